@@ -1,0 +1,144 @@
+// Commands: what callers ask for, imperative names. Parsers here validate every command that arrives from outside
+// (platform intake over NATS, the Cloud Foundry-shaped HTTP bodies) before anything is decided or appended.
+import { type PolicyRule, PROTOCOLS } from './catalogue.ts';
+import {
+  type Issues,
+  type Result,
+  appNameOf,
+  arrayOf,
+  idOf,
+  intOf,
+  ipv4Of,
+  join,
+  objectOf,
+  oneOf,
+  optional,
+  result,
+  stringOf,
+} from './fields.ts';
+
+export type RegisterApp = { type: 'RegisterApp'; data: { appId: string; name: string; spaceId: string; orgId: string } };
+export type RenameApp = { type: 'RenameApp'; data: { appId: string; name: string } };
+export type DeleteApp = { type: 'DeleteApp'; data: { appId: string } };
+export type StartContainer = {
+  type: 'StartContainer';
+  data: { containerId: string; appId: string; instanceIndex: number; cellId: string; ip: string };
+};
+export type StopContainer = { type: 'StopContainer'; data: { containerId: string } };
+export type CreatePolicies = { type: 'CreatePolicies'; data: { sourceAppId: string; policies: PolicyRule[] } };
+export type DeletePolicies = {
+  type: 'DeletePolicies';
+  data: { sourceAppId: string; policies: PolicyRule[]; reason: 'requested' | 'app-deleted' };
+};
+
+export type AppCommand = RegisterApp | RenameApp | DeleteApp;
+export type ContainerCommand = StartContainer | StopContainer;
+export type PolicyCommand = CreatePolicies | DeletePolicies;
+export type IntakeCommand = AppCommand | ContainerCommand;
+
+/** Metadata every intake request may carry: a request id (retries reuse it) and the calling component. */
+export type RequestMeta = { requestId?: string; actor?: string };
+
+const META_KEYS = ['requestId', 'actor'] as const;
+
+function metaOf(o: Record<string, unknown>, issues: Issues): RequestMeta {
+  const meta: RequestMeta = {};
+  const requestId = optional(o.requestId, 'requestId', issues, (v, p, i) => stringOf(v, p, i, { max: 128 }));
+  const actor = optional(o.actor, 'actor', issues, idOf);
+  if (requestId !== undefined) meta.requestId = requestId;
+  if (actor !== undefined) meta.actor = actor;
+  return meta;
+}
+
+type IntakeParser = (o: Record<string, unknown>, issues: Issues) => IntakeCommand;
+
+export const intakeParsers: Record<IntakeCommand['type'], { keys: readonly string[]; parse: IntakeParser }> = {
+  RegisterApp: {
+    keys: ['appId', 'name', 'spaceId', 'orgId'],
+    parse: (o, i) => ({
+      type: 'RegisterApp',
+      data: { appId: idOf(o.appId, 'appId', i), name: appNameOf(o.name, 'name', i), spaceId: idOf(o.spaceId, 'spaceId', i), orgId: idOf(o.orgId, 'orgId', i) },
+    }),
+  },
+  RenameApp: {
+    keys: ['appId', 'name'],
+    parse: (o, i) => ({ type: 'RenameApp', data: { appId: idOf(o.appId, 'appId', i), name: appNameOf(o.name, 'name', i) } }),
+  },
+  DeleteApp: { keys: ['appId'], parse: (o, i) => ({ type: 'DeleteApp', data: { appId: idOf(o.appId, 'appId', i) } }) },
+  StartContainer: {
+    keys: ['containerId', 'appId', 'instanceIndex', 'cellId', 'ip'],
+    parse: (o, i) => ({
+      type: 'StartContainer',
+      data: {
+        containerId: idOf(o.containerId, 'containerId', i),
+        appId: idOf(o.appId, 'appId', i),
+        instanceIndex: intOf(o.instanceIndex, 'instanceIndex', i, 0, 1_000_000),
+        cellId: idOf(o.cellId, 'cellId', i),
+        ip: ipv4Of(o.ip, 'ip', i),
+      },
+    }),
+  },
+  StopContainer: {
+    keys: ['containerId'],
+    parse: (o, i) => ({ type: 'StopContainer', data: { containerId: idOf(o.containerId, 'containerId', i) } }),
+  },
+};
+
+/** Parses one intake request body (already JSON-decoded) for the given command type. */
+export function parseIntakeCommand(type: IntakeCommand['type'], raw: unknown): Result<{ command: IntakeCommand; meta: RequestMeta }> {
+  const issues: Issues = [];
+  const spec = intakeParsers[type];
+  const o = objectOf(raw, '', issues, [...spec.keys, ...META_KEYS]);
+  if (issues.length > 0) return { ok: false, issues };
+  const command = spec.parse(o, issues);
+  const meta = metaOf(o, issues);
+  return result(issues, { command, meta });
+}
+
+/** One policy as the Cloud Foundry external API v1 spells it, parsed. */
+export type CfPolicy = { sourceAppId: string; rule: PolicyRule };
+
+export type CfPoliciesOptions = { maxPolicies: number };
+
+/**
+ * Parses `{"policies":[{"source":{"id"},"destination":{"id","protocol","ports":{"start","end"}}}]}`.
+ * Rules (as Cloud Foundry's policy server): a non-empty list; ids required; protocol tcp or udp;
+ * 1 <= start <= end <= 65535; clients may not set tags.
+ */
+export function parseCfPolicies(raw: unknown, opts: CfPoliciesOptions): Result<CfPolicy[]> {
+  const issues: Issues = [];
+  const body = objectOf(raw, '', issues, ['policies']);
+  if (issues.length > 0) return { ok: false, issues };
+  if (body.policies === undefined) return { ok: false, issues: [{ path: 'policies', message: 'is required' }] };
+  const list = arrayOf(body.policies, 'policies', issues, { min: 1, max: opts.maxPolicies });
+  if (issues.length > 0) return { ok: false, issues };
+  const out = list.map((p, n) => {
+    const path = join('policies', n);
+    const o = objectOf(p, path, issues, ['source', 'destination']);
+    const src = objectOf(o.source, join(path, 'source'), issues, ['id', 'tag']);
+    const dst = objectOf(o.destination, join(path, 'destination'), issues, ['id', 'tag', 'protocol', 'ports']);
+    if (src.tag !== undefined) issues.push({ path: join(path, 'source.tag'), message: 'tags are assigned by the server and may not be set' });
+    if (dst.tag !== undefined) issues.push({ path: join(path, 'destination.tag'), message: 'tags are assigned by the server and may not be set' });
+    const ports = objectOf(dst.ports, join(path, 'destination.ports'), issues, ['start', 'end']);
+    const rule: PolicyRule = {
+      destAppId: idOf(dst.id, join(path, 'destination.id'), issues),
+      protocol: oneOf(dst.protocol, join(path, 'destination.protocol'), issues, PROTOCOLS),
+      startPort: intOf(ports.start, join(path, 'destination.ports.start'), issues, 1, 65535),
+      endPort: intOf(ports.end, join(path, 'destination.ports.end'), issues, 1, 65535),
+    };
+    if (rule.startPort > rule.endPort) {
+      issues.push({ path: join(path, 'destination.ports'), message: 'start must not be greater than end' });
+    }
+    return { sourceAppId: idOf(src.id, join(path, 'source.id'), issues), rule };
+  });
+  return result(issues, out);
+}
+
+/** Comma-separated id filter of the GET policies endpoint; empty entries are an error. */
+export function parseIdList(raw: unknown, name: string): Result<string[] | undefined> {
+  if (raw === undefined) return { ok: true, value: undefined };
+  const issues: Issues = [];
+  if (typeof raw !== 'string') return { ok: false, issues: [{ path: name, message: 'must be given once, as a comma-separated list' }] };
+  const ids = raw.split(',').map((s, i) => idOf(s.trim(), join(name, i), issues));
+  return result(issues, ids);
+}

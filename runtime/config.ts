@@ -1,0 +1,74 @@
+// Configuration: every setting has a flag, an environment variable and a default. Flags win over the
+// environment. The README's configuration table lists the same settings.
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { ConfigError } from './errors.ts';
+
+export type Config = {
+  /** Existing NATS server(s); when unset, `netfold up` runs an embedded one. */
+  natsUrl: string | undefined;
+  dataDir: string;
+  natsPort: number;
+  replicas: number;
+  httpHost: string;
+  httpPort: number;
+  httpBodyLimit: number;
+  policyQuota: number;
+  maxPoliciesPerRequest: number;
+  tokenSecret: string | undefined;
+  logLevel: string;
+};
+
+type Setting = { key: keyof Config; flag: string; env: string; def: string | undefined; kind: 'string' | 'int'; min?: number; max?: number };
+
+export const SETTINGS: readonly Setting[] = [
+  { key: 'natsUrl', flag: 'nats-url', env: 'NATS_URL', def: undefined, kind: 'string' },
+  { key: 'dataDir', flag: 'data-dir', env: 'NETFOLD_DATA_DIR', def: '.netfold', kind: 'string' },
+  { key: 'natsPort', flag: 'nats-port', env: 'NETFOLD_NATS_PORT', def: '4222', kind: 'int', min: -1, max: 65535 },
+  { key: 'replicas', flag: 'replicas', env: 'NETFOLD_REPLICAS', def: '1', kind: 'int', min: 1, max: 5 },
+  { key: 'httpHost', flag: 'http-host', env: 'NETFOLD_HTTP_HOST', def: '127.0.0.1', kind: 'string' },
+  { key: 'httpPort', flag: 'http-port', env: 'NETFOLD_HTTP_PORT', def: '4002', kind: 'int', min: 0, max: 65535 },
+  { key: 'httpBodyLimit', flag: 'http-body-limit', env: 'NETFOLD_HTTP_BODY_LIMIT', def: '1048576', kind: 'int', min: 1024, max: 64 * 1024 * 1024 },
+  { key: 'policyQuota', flag: 'policy-quota', env: 'NETFOLD_POLICY_QUOTA', def: '150', kind: 'int', min: 1, max: 1_000_000 },
+  { key: 'maxPoliciesPerRequest', flag: 'max-policies-per-request', env: 'NETFOLD_MAX_POLICIES_PER_REQUEST', def: '1000', kind: 'int', min: 1, max: 100_000 },
+  { key: 'tokenSecret', flag: 'token-secret', env: 'NETFOLD_TOKEN_SECRET', def: undefined, kind: 'string' },
+  { key: 'logLevel', flag: 'log-level', env: 'NETFOLD_LOG_LEVEL', def: 'info', kind: 'string' },
+];
+
+/** Builds the config from parsed flags (by flag name) and the environment. */
+export function loadConfig(flags: Record<string, string | boolean | undefined> = {}, env: NodeJS.ProcessEnv = process.env): Config {
+  const out: Record<string, string | number | undefined> = {};
+  for (const s of SETTINGS) {
+    const fromFlag = flags[s.flag];
+    const text = typeof fromFlag === 'string' ? fromFlag : env[s.env] !== undefined && env[s.env] !== '' ? env[s.env] : s.def;
+    if (text === undefined) {
+      out[s.key] = undefined;
+      continue;
+    }
+    if (s.kind === 'int') {
+      const n = Number(text);
+      if (!Number.isInteger(n) || n < (s.min ?? -Infinity) || n > (s.max ?? Infinity)) {
+        throw new ConfigError(`--${s.flag} / ${s.env} must be an integer between ${s.min} and ${s.max}, got "${text}"`);
+      }
+      out[s.key] = n;
+    } else {
+      out[s.key] = text;
+    }
+  }
+  const config = out as unknown as Config;
+  config.dataDir = resolve(config.dataDir);
+  return config;
+}
+
+/** The token secret: configured, or generated once and kept in the data dir (mode 0600). */
+export function resolveTokenSecret(config: Pick<Config, 'tokenSecret' | 'dataDir'>, create: boolean): string {
+  if (config.tokenSecret) return config.tokenSecret;
+  const file = join(config.dataDir, 'token-secret');
+  if (existsSync(file)) return readFileSync(file, 'utf8').trim();
+  if (!create) throw new ConfigError(`no token secret: set NETFOLD_TOKEN_SECRET or run "netfold up" once to create ${file}`);
+  mkdirSync(config.dataDir, { recursive: true });
+  const secret = randomBytes(32).toString('hex');
+  writeFileSync(file, secret + '\n', { mode: 0o600 });
+  return secret;
+}

@@ -1,0 +1,254 @@
+// The event log on JetStream: appending with per-subject optimistic concurrency, reading back in order, and
+// following it into a pure fold (the model every service keeps in memory).
+import { DeliverPolicy, JetStreamApiError, JetStreamApiCodes, type ConsumerMessages } from '@nats-io/jetstream';
+import { type EventEnvelope, type RecordedEvent, parseEvent } from '../events/catalogue.ts';
+import type { Bus } from './nats.ts';
+import type { Logger } from './logger.ts';
+import { NetfoldError, UnavailableError } from './errors.ts';
+import { EVENTS_STREAM } from './subjects.ts';
+import { isTransientNatsError } from './retry.ts';
+
+/** The subject moved on since the state a decision was made on (JetStream API error 10071). */
+export class WrongExpectedSequenceError extends NetfoldError {
+  constructor(subject: string, expected: number, cause?: unknown) {
+    super(`${subject} is no longer at sequence ${expected}`, 'wrong-expected-sequence', 409, true, cause);
+    this.name = 'WrongExpectedSequenceError';
+  }
+}
+
+export type AppendOptions = {
+  /** The sequence of the last event on this subject that the decision saw (0: none). */
+  expectedSubjectSeq: number;
+  /** How long to keep retrying a publish that got no answer (same Nats-Msg-Id, so it is stored at most once). */
+  deadlineMs?: number;
+};
+
+export class EventLog {
+  readonly #bus: Bus;
+  readonly #stream: string;
+
+  constructor(bus: Bus, stream = EVENTS_STREAM) {
+    this.#bus = bus;
+    this.#stream = stream;
+  }
+
+  get stream(): string {
+    return this.#stream;
+  }
+
+  /** Appends one event; returns its stream sequence (the revision). Retries transient failures with the same msgID. */
+  async append(subject: string, event: EventEnvelope, opts: AppendOptions): Promise<number> {
+    const payload = JSON.stringify(event);
+    const deadline = Date.now() + (opts.deadlineMs ?? 20_000);
+    let delay = 50;
+    for (;;) {
+      try {
+        const ack = await this.#bus.js.publish(subject, payload, {
+          msgID: event.id,
+          expect: { lastSubjectSequence: opts.expectedSubjectSeq, streamName: this.#stream },
+        });
+        return ack.seq;
+      } catch (err) {
+        if (err instanceof JetStreamApiError && (err.code === JetStreamApiCodes.StreamWrongLastSequence || err.code === JetStreamApiCodes.StreamWrongLastSequenceUnknown)) {
+          throw new WrongExpectedSequenceError(subject, opts.expectedSubjectSeq, err);
+        }
+        if (!isTransientNatsError(err) || Date.now() + delay > deadline) {
+          if (isTransientNatsError(err)) throw new UnavailableError('the event log did not acknowledge the append in time', err);
+          throw err;
+        }
+        await new Promise((r) => setTimeout(r, delay));
+        delay = Math.min(delay * 2, 1000);
+      }
+    }
+  }
+
+  /** The sequence of the last event on a subject, read from the server (0 when there is none). */
+  async lastSubjectSeq(subject: string): Promise<number> {
+    try {
+      const m = await this.#bus.jsm.direct.getMessage(this.#stream, { last_by_subj: subject });
+      return m ? m.seq : 0;
+    } catch (err) {
+      if (err instanceof JetStreamApiError && err.code === JetStreamApiCodes.NoMessageFound) return 0;
+      throw err;
+    }
+  }
+
+  /** The stream's last sequence. */
+  async lastSeq(): Promise<number> {
+    const info = await this.#bus.jsm.streams.info(this.#stream);
+    return info.state.last_seq;
+  }
+
+  /** Reads events in order from `fromSeq` (inclusive) up to the stream's end at the time of the call. */
+  async *read(fromSeq = 1, log?: Logger): AsyncGenerator<RecordedEvent | { seq: number; subject: string; invalid: string }> {
+    const last = await this.lastSeq();
+    if (last < fromSeq) return;
+    const consumer = await this.#bus.js.consumers.get(this.#stream, {
+      deliver_policy: DeliverPolicy.StartSequence,
+      opt_start_seq: fromSeq,
+    });
+    const messages = await consumer.consume();
+    try {
+      for await (const m of messages) {
+        const parsed = decode(m.seq, m.subject, m.data, log);
+        yield parsed;
+        if (m.seq >= last) break;
+      }
+    } finally {
+      await messages.close();
+    }
+  }
+}
+
+function decode(seq: number, subject: string, data: Uint8Array, log?: Logger): RecordedEvent | { seq: number; subject: string; invalid: string } {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(Buffer.from(data).toString('utf8'));
+  } catch {
+    log?.warn({ seq, subject }, 'event-not-json');
+    return { seq, subject, invalid: 'not JSON' };
+  }
+  const r = parseEvent(raw);
+  if (!r.ok) {
+    log?.warn({ seq, subject, issues: r.issues.slice(0, 5) }, 'event-invalid');
+    return { seq, subject, invalid: r.issues.map((i) => `${i.path}: ${i.message}`).join('; ') };
+  }
+  return { seq, subject, event: r.value };
+}
+
+export type Fold<S> = {
+  initial: S;
+  /** Folds recorded events (in order) into the state. Pure. */
+  apply(state: S, batch: readonly RecordedEvent[]): S;
+  /** Moves the state past a log entry that holds no valid event. */
+  skip(state: S, seq: number, subject: string): S;
+  seqOf(state: S): number;
+};
+
+type Waiter = { seq: number; resolve: () => void; reject: (err: Error) => void; timer: NodeJS.Timeout };
+
+/**
+ * Follows the event log with an ordered consumer and keeps a fold of it in memory. `ready()` resolves once the
+ * fold has caught up with the log as it was at start; `waitFor(seq)` resolves once a given revision is folded.
+ */
+export class LogFollower<S> {
+  readonly #bus: Bus;
+  readonly #fold: Fold<S>;
+  readonly #log: Logger;
+  readonly #stream: string;
+  #state: S;
+  #messages: ConsumerMessages | undefined;
+  #waiters: Waiter[] = [];
+  #loop: Promise<void> | undefined;
+  #stopped = false;
+  readonly #listeners = new Set<(state: S, batch: readonly RecordedEvent[]) => void>();
+
+  constructor(bus: Bus, fold: Fold<S>, log: Logger, opts: { stream?: string; initialState?: S } = {}) {
+    this.#bus = bus;
+    this.#fold = fold;
+    this.#log = log.child({ component: 'log-follower' });
+    this.#stream = opts.stream ?? EVENTS_STREAM;
+    this.#state = opts.initialState ?? fold.initial;
+  }
+
+  get state(): S {
+    return this.#state;
+  }
+
+  get seq(): number {
+    return this.#fold.seqOf(this.#state);
+  }
+
+  /** Called after every folded batch with the new state. */
+  onFold(listener: (state: S, batch: readonly RecordedEvent[]) => void): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+
+  /** Starts following; resolves when the state covers the log as it was when this was called. */
+  async start(): Promise<void> {
+    const info = await this.#bus.jsm.streams.info(this.#stream);
+    const target = info.state.last_seq;
+    const consumer = await this.#bus.js.consumers.get(this.#stream, {
+      deliver_policy: DeliverPolicy.StartSequence,
+      opt_start_seq: this.seq + 1,
+    });
+    this.#messages = await consumer.consume({ max_messages: 2048 });
+    this.#loop = this.#run(this.#messages);
+    await this.waitFor(target, 600_000);
+    this.#log.info({ seq: this.seq }, 'log-follower-caught-up');
+  }
+
+  async #run(messages: ConsumerMessages): Promise<void> {
+    let batch: RecordedEvent[] = [];
+    try {
+      for await (const m of messages) {
+        const rec = decode(m.seq, m.subject, m.data, this.#log);
+        if ('invalid' in rec) {
+          this.#flush(batch);
+          batch = [];
+          this.#state = this.#fold.skip(this.#state, rec.seq, rec.subject);
+          this.#wake();
+          continue;
+        }
+        batch.push(rec);
+        if (m.info.pending === 0 || batch.length >= 1000) {
+          this.#flush(batch);
+          batch = [];
+        }
+      }
+      this.#flush(batch);
+    } catch (err) {
+      if (!this.#stopped) this.#log.error({ err }, 'log-follower-failed');
+    }
+  }
+
+  #flush(batch: RecordedEvent[]): void {
+    if (batch.length === 0) return;
+    this.#state = this.#fold.apply(this.#state, batch);
+    for (const l of this.#listeners) {
+      try {
+        l(this.#state, batch);
+      } catch (err) {
+        this.#log.error({ err }, 'log-follower-listener-failed');
+      }
+    }
+    this.#wake();
+  }
+
+  #wake(): void {
+    const seq = this.seq;
+    if (this.#waiters.length === 0) return;
+    const still: Waiter[] = [];
+    for (const w of this.#waiters) {
+      if (w.seq <= seq) {
+        clearTimeout(w.timer);
+        w.resolve();
+      } else still.push(w);
+    }
+    this.#waiters = still;
+  }
+
+  /** Resolves once the fold covers `seq`; rejects with UnavailableError after `timeoutMs`. */
+  waitFor(seq: number, timeoutMs = 10_000): Promise<void> {
+    if (this.seq >= seq) return Promise.resolve();
+    return new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.#waiters = this.#waiters.filter((w) => w.timer !== timer);
+        reject(new UnavailableError(`the model did not reach revision ${seq} within ${timeoutMs} ms (at ${this.seq})`));
+      }, timeoutMs);
+      this.#waiters.push({ seq, resolve, reject, timer });
+    });
+  }
+
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    for (const w of this.#waiters) {
+      clearTimeout(w.timer);
+      w.reject(new UnavailableError('log follower stopped'));
+    }
+    this.#waiters = [];
+    await this.#messages?.close();
+    await this.#loop;
+  }
+}

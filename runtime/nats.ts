@@ -1,0 +1,72 @@
+// One way to connect to NATS for every service: reconnects for ever, logs connection state changes.
+import { connect } from '@nats-io/transport-node';
+import type { NatsConnection } from '@nats-io/nats-core';
+import { jetstream, jetstreamManager, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream';
+import type { Logger } from './logger.ts';
+import { UnavailableError } from './errors.ts';
+
+export type { NatsConnection } from '@nats-io/nats-core';
+
+export type Bus = {
+  nc: NatsConnection;
+  js: JetStreamClient;
+  jsm: JetStreamManager;
+  close(): Promise<void>;
+};
+
+export type ConnectOptions = {
+  servers: string | string[];
+  name: string;
+  log: Logger;
+  /** How long to keep trying the first connection (ms). */
+  connectTimeoutMs?: number;
+  /** Timeout of JetStream API calls and publishes (ms). */
+  apiTimeoutMs?: number;
+};
+
+export async function connectBus(opts: ConnectOptions): Promise<Bus> {
+  const log = opts.log.child({ component: 'nats' });
+  const deadline = Date.now() + (opts.connectTimeoutMs ?? 15000);
+  let nc: NatsConnection | undefined;
+  let lastErr: unknown;
+  while (!nc && Date.now() < deadline) {
+    try {
+      nc = await connect({
+        servers: opts.servers,
+        name: opts.name,
+        maxReconnectAttempts: -1,
+        reconnectTimeWait: 250,
+        pingInterval: 10_000,
+      });
+    } catch (err) {
+      lastErr = err;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  }
+  if (!nc) throw new UnavailableError(`could not connect to NATS at ${String(opts.servers)}`, lastErr);
+  const conn = nc;
+  log.info({ server: conn.getServer() }, 'nats-connected');
+  void (async () => {
+    for await (const s of conn.status()) {
+      if (s.type === 'disconnect' || s.type === 'reconnect' || s.type === 'error') {
+        log.warn({ status: s.type }, 'nats-status');
+      }
+    }
+  })().catch(() => undefined);
+  const timeout = opts.apiTimeoutMs ?? 5000;
+  const js = jetstream(conn, { timeout });
+  const jsm = await jetstreamManager(conn, { timeout, checkAPI: false });
+  return {
+    nc: conn,
+    js,
+    jsm,
+    async close() {
+      if (conn.isClosed()) return;
+      try {
+        await conn.drain();
+      } catch {
+        await conn.close();
+      }
+    },
+  };
+}

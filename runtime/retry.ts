@@ -1,0 +1,35 @@
+// Retrying NATS calls through the stalls of a cluster (a stream leader election takes 5-8 s; the client may report
+// it as a timeout, "no responders" or "jetstream not enabled").
+import { errors as coreErrors } from '@nats-io/nats-core';
+import { JetStreamApiError } from '@nats-io/jetstream';
+import { jserrors } from '@nats-io/jetstream/internal';
+import { UnavailableError } from './errors.ts';
+
+export function isTransientNatsError(err: unknown): boolean {
+  if (err instanceof coreErrors.TimeoutError || err instanceof coreErrors.NoRespondersError) return true;
+  if (err instanceof coreErrors.RequestError) return true;
+  if (err instanceof jserrors.JetStreamNotEnabled) return true;
+  if (err instanceof JetStreamApiError) {
+    // 503 "JetStream system temporarily unavailable", 10008 cluster not available, 10074 no leader... (by status)
+    return err.status === 503;
+  }
+  return false;
+}
+
+export type RetryOptions = { deadlineMs?: number; baseDelayMs?: number };
+
+/** Runs `work` until it succeeds, fails with a non-transient error, or the deadline passes. */
+export async function withNatsRetry<T>(what: string, work: () => Promise<T>, opts: RetryOptions = {}): Promise<T> {
+  const deadline = Date.now() + (opts.deadlineMs ?? 30_000);
+  let delay = opts.baseDelayMs ?? 100;
+  for (;;) {
+    try {
+      return await work();
+    } catch (err) {
+      if (!isTransientNatsError(err)) throw err;
+      if (Date.now() + delay > deadline) throw new UnavailableError(`${what}: NATS did not answer in time`, err);
+      await new Promise((r) => setTimeout(r, delay));
+      delay = Math.min(delay * 2, 2000);
+    }
+  }
+}

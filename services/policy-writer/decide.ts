@@ -1,0 +1,158 @@
+// Deciders: pure functions from a command and the state it concerns to the events that record it. No clock, ids
+// or I/O here: envelopes are added by the caller. A repeated command decides no events. Expected refusals are
+// results (`rejected`), not exceptions.
+import type { AppCommand, ContainerCommand, PolicyCommand } from '../../events/commands.ts';
+import { type DomainEvent, type PolicyRule, policyKey } from '../../events/catalogue.ts';
+import type { AppState, ContainerState, PolicyRecord } from '../../projections/model.ts';
+
+export type Rejection = { code: string; message: string; status: 400 | 403 | 404 | 409 };
+export type Decision = { ok: true; events: DomainEvent[]; note?: string } | { ok: false; rejection: Rejection };
+
+const accept = (events: DomainEvent[], note?: string): Decision => (note ? { ok: true, events, note } : { ok: true, events });
+const reject = (status: Rejection['status'], code: string, message: string): Decision => ({ ok: false, rejection: { status, code, message } });
+
+// ---- apps -------------------------------------------------------------------------------------------------------
+
+export type AppDecisionState = {
+  app: AppState | undefined;
+  /** The live app that holds the command's name, if any. */
+  nameOwner: string | undefined;
+};
+
+export function decideApp(cmd: AppCommand, s: AppDecisionState): Decision {
+  const { app } = s;
+  switch (cmd.type) {
+    case 'RegisterApp': {
+      const d = cmd.data;
+      if (app?.deleted) return reject(409, 'app-deleted', `app ${d.appId} was deleted; app ids are not reused`);
+      if (s.nameOwner && s.nameOwner !== d.appId) return reject(409, 'app-name-taken', `app name ${d.name} is already used by another app`);
+      if (!app) return accept([{ type: 'AppRegistered', v: 1, data: { ...d } }]);
+      if (app.spaceId !== d.spaceId || app.orgId !== d.orgId) {
+        return reject(409, 'app-conflict', `app ${d.appId} is already registered in another space or org`);
+      }
+      if (app.name !== d.name) return accept([{ type: 'AppRenamed', v: 1, data: { appId: d.appId, name: d.name, previousName: app.name } }]);
+      return accept([], 'already-registered');
+    }
+    case 'RenameApp': {
+      const d = cmd.data;
+      if (!app) return reject(404, 'app-not-found', `app ${d.appId} is not registered`);
+      if (app.deleted) return reject(409, 'app-deleted', `app ${d.appId} was deleted`);
+      if (app.name === d.name) return accept([], 'already-named');
+      if (s.nameOwner && s.nameOwner !== d.appId) return reject(409, 'app-name-taken', `app name ${d.name} is already used by another app`);
+      return accept([{ type: 'AppRenamed', v: 1, data: { appId: d.appId, name: d.name, previousName: app.name } }]);
+    }
+    case 'DeleteApp': {
+      if (!app) return accept([], 'not-registered');
+      if (app.deleted) return accept([], 'already-deleted');
+      return accept([{ type: 'AppDeleted', v: 1, data: { appId: cmd.data.appId } }]);
+    }
+    default: {
+      const never: never = cmd;
+      return never;
+    }
+  }
+}
+
+// ---- containers -------------------------------------------------------------------------------------------------
+
+export type ContainerDecisionState = { container: ContainerState | undefined; app: AppState | undefined };
+
+export function decideContainer(cmd: ContainerCommand, s: ContainerDecisionState): Decision {
+  const { container } = s;
+  switch (cmd.type) {
+    case 'StartContainer': {
+      const d = cmd.data;
+      if (container?.status === 'stopped') return accept([], 'already-stopped');
+      if (container) {
+        const same = container.appId === d.appId && container.cellId === d.cellId && container.ip === d.ip && container.instanceIndex === d.instanceIndex;
+        return same ? accept([], 'already-running') : reject(409, 'container-conflict', `container ${d.containerId} is already running with other details`);
+      }
+      if (!s.app) return reject(404, 'app-not-found', `app ${d.appId} is not registered`);
+      if (s.app.deleted) return reject(409, 'app-deleted', `app ${d.appId} was deleted`);
+      return accept([{ type: 'ContainerStarted', v: 1, data: { ...d } }]);
+    }
+    case 'StopContainer': {
+      const id = cmd.data.containerId;
+      if (container?.status === 'stopped') return accept([], 'already-stopped');
+      if (!container) {
+        // Recorded so that a start arriving after its stop (reordering) is ignored.
+        return accept([{ type: 'ContainerStopped', v: 1, data: { containerId: id, appId: null, cellId: null, wasRunning: false } }], 'stopped-before-start');
+      }
+      return accept([{ type: 'ContainerStopped', v: 1, data: { containerId: id, appId: container.appId, cellId: container.cellId, wasRunning: true } }]);
+    }
+    default: {
+      const never: never = cmd;
+      return never;
+    }
+  }
+}
+
+// ---- policies ---------------------------------------------------------------------------------------------------
+
+/** Who is asking: admins may touch every app; others only apps in their spaces. */
+export type Access = { admin: boolean; spaces: readonly string[] };
+
+export type PolicyDecisionState = {
+  access: Access;
+  /** Every app the command names (source and destinations); undefined when unknown. */
+  apps: Record<string, AppState | undefined>;
+  /** The source app's current policies by key. */
+  existing: Record<string, PolicyRecord>;
+  /** Most policies a non-admin may hold per source app. */
+  quota: number;
+  /** Apps that already have a tag, and how many tags are left. */
+  tagged: Record<string, number>;
+  freeTags: number;
+};
+
+export const NOT_ACCESSIBLE = 'one or more applications cannot be found or accessed';
+
+/** Checks that the caller may name every app of a policy command. Both ends must be accessible. */
+export function checkAccess(access: Access, appIds: readonly string[], apps: Record<string, AppState | undefined>, mustExist: boolean): Rejection | undefined {
+  if (access.admin && !mustExist) return undefined;
+  for (const id of appIds) {
+    const app = apps[id];
+    if (!app || app.deleted) {
+      if (mustExist || !access.admin) return { status: 403, code: 'app-not-accessible', message: NOT_ACCESSIBLE };
+      continue;
+    }
+    if (!access.admin && !access.spaces.includes(app.spaceId)) return { status: 403, code: 'app-not-accessible', message: NOT_ACCESSIBLE };
+  }
+  return undefined;
+}
+
+function uniqueRules(rules: readonly PolicyRule[]): PolicyRule[] {
+  const seen = new Map<string, PolicyRule>();
+  for (const r of rules) if (!seen.has(policyKey(r))) seen.set(policyKey(r), r);
+  return [...seen.values()];
+}
+
+export function decidePolicies(cmd: PolicyCommand, s: PolicyDecisionState): Decision {
+  const { sourceAppId, policies } = cmd.data;
+  const appIds = [sourceAppId, ...policies.map((p) => p.destAppId)];
+  switch (cmd.type) {
+    case 'CreatePolicies': {
+      const denied = checkAccess(s.access, appIds, s.apps, true);
+      if (denied) return { ok: false, rejection: denied };
+      const fresh = uniqueRules(policies).filter((r) => !s.existing[policyKey(r)]);
+      if (fresh.length === 0) return accept([], 'already-present');
+      if (!s.access.admin && Object.keys(s.existing).length + fresh.length > s.quota) {
+        return reject(403, 'quota-exceeded', 'policy quota exceeded');
+      }
+      const untagged = new Set(appIds.filter((id) => s.tagged[id] === undefined));
+      if (untagged.size > s.freeTags) return reject(409, 'tags-exhausted', 'no free tags are left for new apps in policies');
+      return accept([{ type: 'PoliciesCreated', v: 1, data: { sourceAppId, policies: fresh } }]);
+    }
+    case 'DeletePolicies': {
+      const denied = checkAccess(s.access, appIds, s.apps, false);
+      if (denied) return { ok: false, rejection: denied };
+      const present = uniqueRules(policies).filter((r) => s.existing[policyKey(r)]);
+      if (present.length === 0) return accept([], 'not-present');
+      return accept([{ type: 'PoliciesDeleted', v: 1, data: { sourceAppId, policies: present, reason: cmd.data.reason } }]);
+    }
+    default: {
+      const never: never = cmd;
+      return never;
+    }
+  }
+}

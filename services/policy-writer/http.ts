@@ -1,0 +1,97 @@
+// The developer gateway: Cloud Foundry's external policy API v1 over HTTP (fastify). Every error body is
+// `{ code, error }` JSON with a stable code.
+import Fastify, { type FastifyInstance, type FastifyRequest } from 'fastify';
+import { ulid } from 'ulid';
+import type { Logger } from '../../runtime/logger.ts';
+import { NetfoldError, UnauthenticatedError, ValidationError, toNetfoldError } from '../../runtime/errors.ts';
+import { type Principal, verifyToken } from '../../runtime/tokens.ts';
+import { parseIdList } from '../../events/commands.ts';
+import type { PolicyApi } from './policy-api.ts';
+
+export type HttpOptions = {
+  api: PolicyApi;
+  tokenSecret: string;
+  log: Logger;
+  bodyLimitBytes: number;
+};
+
+const BASE = '/networking/v1/external';
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    principal?: Principal;
+  }
+}
+
+export function buildHttpGateway(opts: HttpOptions): FastifyInstance {
+  const log = opts.log.child({ component: 'http' });
+  const app = Fastify({ logger: false, bodyLimit: opts.bodyLimitBytes, genReqId: () => ulid() });
+
+  app.setErrorHandler((err, req, reply) => {
+    const e = fastifyErrorToNetfold(err);
+    if (e.status >= 500) log.error({ err, route: req.routeOptions.url, reqId: req.id }, 'http-request-failed');
+    void reply.status(e.status).send(e.toBody());
+  });
+  app.setNotFoundHandler((_req, reply) => {
+    void reply.status(404).send({ code: 'not-found', error: 'no such endpoint' });
+  });
+  app.addHook('onResponse', async (req, reply) => {
+    log.debug({ method: req.method, route: req.routeOptions.url, status: reply.statusCode, ms: Math.round(reply.elapsedTime) }, 'http-request');
+  });
+
+  const authenticate = async (req: FastifyRequest) => {
+    const header = req.headers.authorization;
+    if (!header) throw new UnauthenticatedError('missing Authorization header (Bearer token)');
+    const m = /^Bearer\s+(\S+)$/i.exec(header);
+    if (!m) throw new UnauthenticatedError('Authorization header must be "Bearer <token>"');
+    req.principal = await verifyToken(opts.tokenSecret, m[1]!);
+  };
+  const principal = (req: FastifyRequest): Principal => req.principal!;
+  const metaOf = (req: FastifyRequest) => {
+    const rid = req.headers['x-request-id'];
+    const correlationId = typeof rid === 'string' && rid.length > 0 && rid.length <= 128 ? rid : req.id;
+    return { actor: `user:${principal(req).user}`, correlationId };
+  };
+
+  app.get('/healthz', async () => ({ ok: true }));
+
+  app.register(async (api) => {
+    api.addHook('onRequest', authenticate);
+
+    api.post(`${BASE}/policies`, async (req) => opts.api.change('create', principal(req), req.body, metaOf(req)));
+    api.post(`${BASE}/policies/delete`, async (req) => opts.api.change('delete', principal(req), req.body, metaOf(req)));
+    api.get(`${BASE}/policies`, async (req) => {
+      const q = req.query as Record<string, unknown>;
+      const filters = { ids: parseIdList(q.id, 'id'), sourceIds: parseIdList(q.source_id, 'source_id'), destIds: parseIdList(q.dest_id, 'dest_id') };
+      const issues = Object.values(filters).flatMap((r) => (r.ok ? [] : r.issues));
+      if (issues.length > 0) throw new ValidationError(issues);
+      const value = (r: (typeof filters)['ids']) => (r.ok ? r.value : undefined);
+      const filter: { ids?: string[]; sourceIds?: string[]; destIds?: string[] } = {};
+      if (value(filters.ids)) filter.ids = value(filters.ids)!;
+      if (value(filters.sourceIds)) filter.sourceIds = value(filters.sourceIds)!;
+      if (value(filters.destIds)) filter.destIds = value(filters.destIds)!;
+      return opts.api.list(principal(req), filter);
+    });
+    api.get(`${BASE}/tags`, async (req) => opts.api.tags(principal(req)));
+    api.get(`${BASE}/whoami`, async (req) => ({ user_name: principal(req).user }));
+  });
+
+  return app;
+}
+
+type FastifyishError = Error & { statusCode?: number; code?: string };
+
+function fastifyErrorToNetfold(err: unknown): NetfoldError {
+  if (err instanceof NetfoldError) return err;
+  const e = err as FastifyishError;
+  switch (e.statusCode) {
+    case 413:
+      return new NetfoldError('request body is too large', 'body-too-large', 413, false);
+    case 415:
+      return new NetfoldError('request body must be JSON (Content-Type: application/json)', 'unsupported-media-type', 415, false);
+    case 400:
+      return new NetfoldError(`request body is not valid JSON: ${e.message}`, 'invalid-json', 400, false);
+    default:
+      return toNetfoldError(err);
+  }
+}

@@ -1,0 +1,98 @@
+// Platform intake over NATS request/reply: app and container lifecycle. A reply is sent only after the event is
+// acknowledged by the log (or the command was found to be a repeat); invalid input gets an error reply and
+// appends nothing. Replies: `{ ok: true, revision, appended, note? }` or `{ ok: false, code, error, retryable }`.
+import type { Msg, Subscription } from '@nats-io/nats-core';
+import { ulid } from 'ulid';
+import type { IntakeCommand } from '../../events/commands.ts';
+import { parseIntakeCommand } from '../../events/commands.ts';
+import type { Logger } from '../../runtime/logger.ts';
+import type { NatsConnection } from '../../runtime/nats.ts';
+import { ValidationError, toNetfoldError } from '../../runtime/errors.ts';
+import { INTAKE_QUEUE, type IntakeSubject, intakeSubject } from '../../runtime/subjects.ts';
+import type { CommandResult, Writer } from './writer.ts';
+
+export type IntakeReply =
+  | { ok: true; revision: number; appended: number; note?: string }
+  | { ok: false; code: string; error: string; retryable: boolean; issues?: { path: string; message: string }[] };
+
+const commandOfSubject: Record<IntakeSubject, IntakeCommand['type']> = {
+  [intakeSubject.registerApp]: 'RegisterApp',
+  [intakeSubject.renameApp]: 'RenameApp',
+  [intakeSubject.deleteApp]: 'DeleteApp',
+  [intakeSubject.startContainer]: 'StartContainer',
+  [intakeSubject.stopContainer]: 'StopContainer',
+};
+
+export class Intake {
+  readonly #nc: NatsConnection;
+  readonly #writer: Writer;
+  readonly #log: Logger;
+  readonly #subs: Subscription[] = [];
+  readonly #inFlight = new Set<Promise<void>>();
+
+  constructor(nc: NatsConnection, writer: Writer, log: Logger) {
+    this.#nc = nc;
+    this.#writer = writer;
+    this.#log = log.child({ component: 'intake' });
+  }
+
+  start(): void {
+    for (const subject of Object.keys(commandOfSubject) as IntakeSubject[]) {
+      const sub = this.#nc.subscribe(subject, {
+        queue: INTAKE_QUEUE,
+        callback: (err, msg) => {
+          if (err) {
+            this.#log.error({ err, subject }, 'intake-subscription-failed');
+            return;
+          }
+          const p = this.#handle(subject, msg).finally(() => this.#inFlight.delete(p));
+          this.#inFlight.add(p);
+        },
+      });
+      this.#subs.push(sub);
+    }
+  }
+
+  async #handle(subject: IntakeSubject, msg: Msg): Promise<void> {
+    const reply = await this.#decide(subject, msg);
+    if (!msg.reply) {
+      this.#log.warn({ subject, ok: reply.ok }, 'intake-request-without-reply-subject');
+      return;
+    }
+    msg.respond(JSON.stringify(reply));
+  }
+
+  async #decide(subject: IntakeSubject, msg: Msg): Promise<IntakeReply> {
+    try {
+      let raw: unknown;
+      try {
+        raw = msg.json();
+      } catch {
+        return { ok: false, code: 'invalid-json', error: 'request body is not valid JSON', retryable: false };
+      }
+      const parsed = parseIntakeCommand(commandOfSubject[subject], raw);
+      if (!parsed.ok) throw new ValidationError(parsed.issues);
+      const { command, meta } = parsed.value;
+      const cmdMeta = { actor: `platform:${meta.actor ?? 'unknown'}`, correlationId: meta.requestId ?? ulid() };
+      const result: CommandResult =
+        command.type === 'StartContainer' || command.type === 'StopContainer'
+          ? await this.#writer.container(command, cmdMeta)
+          : await this.#writer.app(command, cmdMeta);
+      const ok: IntakeReply = { ok: true, revision: result.revision, appended: result.events.length };
+      if (result.note) ok.note = result.note;
+      return ok;
+    } catch (err) {
+      const e = toNetfoldError(err);
+      if (e.status >= 500) this.#log.error({ err, subject }, 'intake-command-failed');
+      const body: IntakeReply = { ok: false, code: e.code, error: e.message, retryable: e.retryable };
+      if (e instanceof ValidationError) body.issues = e.issues;
+      return body;
+    }
+  }
+
+  /** Stops taking requests and waits for those in flight to be answered. */
+  async stop(): Promise<void> {
+    await Promise.all(this.#subs.map((s) => s.drain().catch(() => undefined)));
+    await Promise.all([...this.#inFlight]);
+  }
+}

@@ -1,0 +1,106 @@
+// The Cloud Foundry-shaped policy operations, independent of HTTP: authorization, validation, batching by source
+// app, listing with filters and visibility.
+import { type CfPolicy, type PolicyCommand, parseCfPolicies } from '../../events/commands.ts';
+import type { PolicyRule } from '../../events/catalogue.ts';
+import { type Model, type PolicyRecord, allPolicies } from '../../projections/model.ts';
+import { ForbiddenError, ValidationError } from '../../runtime/errors.ts';
+import { eventSubject } from '../../runtime/subjects.ts';
+import type { Principal } from '../../runtime/tokens.ts';
+import type { Access } from './decide.ts';
+import { type CommandMeta, type Writer, rejectionError } from './writer.ts';
+
+export type CfPolicyJson = {
+  source: { id: string };
+  destination: { id: string; protocol: string; ports: { start: number; end: number } };
+};
+
+export type PolicyFilter = { ids?: string[]; sourceIds?: string[]; destIds?: string[] };
+
+export function accessOf(p: Principal): Access {
+  if (p.scopes.includes('network.admin')) return { admin: true, spaces: p.spaces };
+  if (p.scopes.includes('network.write')) return { admin: false, spaces: p.spaces };
+  throw new ForbiddenError('token lacks the network.admin or network.write scope', 'missing-scope');
+}
+
+export function toCfJson(p: PolicyRecord): CfPolicyJson {
+  return {
+    source: { id: p.sourceAppId },
+    destination: { id: p.destAppId, protocol: p.protocol, ports: { start: p.startPort, end: p.endPort } },
+  };
+}
+
+function groupBySource(policies: CfPolicy[]): Map<string, PolicyRule[]> {
+  const groups = new Map<string, PolicyRule[]>();
+  for (const p of [...policies].sort((a, b) => (a.sourceAppId < b.sourceAppId ? -1 : a.sourceAppId > b.sourceAppId ? 1 : 0))) {
+    (groups.get(p.sourceAppId) ?? groups.set(p.sourceAppId, []).get(p.sourceAppId)!).push(p.rule);
+  }
+  return groups;
+}
+
+export type PolicyApiOptions = { writer: Writer; maxPoliciesPerRequest: number };
+
+export class PolicyApi {
+  readonly #writer: Writer;
+  readonly #maxPolicies: number;
+
+  constructor(opts: PolicyApiOptions) {
+    this.#writer = opts.writer;
+    this.#maxPolicies = opts.maxPoliciesPerRequest;
+  }
+
+  /**
+   * Creates or deletes every policy of a request. The whole request is validated and authorized against the
+   * current model first (nothing is appended if any part is refused); then each source app's part is appended
+   * atomically, in source order. Both operations are idempotent, so a request that failed midway (e.g. NATS
+   * unavailable) can simply be sent again.
+   */
+  async change(kind: 'create' | 'delete', principal: Principal, body: unknown, meta: CommandMeta): Promise<{ revision: number }> {
+    const access = accessOf(principal);
+    const parsed = parseCfPolicies(body, { maxPolicies: this.#maxPolicies });
+    if (!parsed.ok) throw new ValidationError(parsed.issues);
+    const commands: PolicyCommand[] = [...groupBySource(parsed.value)].map(([sourceAppId, policies]) =>
+      kind === 'create'
+        ? { type: 'CreatePolicies', data: { sourceAppId, policies } }
+        : { type: 'DeletePolicies', data: { sourceAppId, policies, reason: 'requested' } },
+    );
+    const apps = new Set(parsed.value.flatMap((p) => [p.sourceAppId, p.rule.destAppId]));
+    await this.#writer.catchUpOn([...apps].map(eventSubject.app));
+    for (const cmd of commands) {
+      const d = this.#writer.decidePolicies(cmd, access);
+      if (!d.ok) throw rejectionError(d.rejection);
+    }
+    let revision = 0;
+    for (const cmd of commands) {
+      const r = await this.#writer.policies(cmd, access, meta);
+      revision = Math.max(revision, r.revision);
+    }
+    return { revision };
+  }
+
+  list(principal: Principal, filter: PolicyFilter): { total_policies: number; policies: CfPolicyJson[]; revision: number } {
+    const access = accessOf(principal);
+    const m = this.#writer.model;
+    const visible = (p: PolicyRecord) => access.admin || inSpaces(m, p.sourceAppId, access.spaces) || inSpaces(m, p.destAppId, access.spaces);
+    const match = (p: PolicyRecord) =>
+      (!filter.ids || filter.ids.includes(p.sourceAppId) || filter.ids.includes(p.destAppId)) &&
+      (!filter.sourceIds || filter.sourceIds.includes(p.sourceAppId)) &&
+      (!filter.destIds || filter.destIds.includes(p.destAppId));
+    const policies = allPolicies(m).filter((p) => visible(p) && match(p)).map(toCfJson);
+    return { total_policies: policies.length, policies, revision: m.seq };
+  }
+
+  tags(principal: Principal): { tags: { id: string; tag: string; type: 'app' }[] } {
+    if (!accessOf(principal).admin) throw new ForbiddenError('listing tags needs the network.admin scope', 'admin-only');
+    const byApp = this.#writer.model.tags.byApp;
+    return {
+      tags: Object.entries(byApp)
+        .sort(([, a], [, b]) => a - b)
+        .map(([id, tag]) => ({ id, tag: tag.toString(16).toUpperCase().padStart(4, '0'), type: 'app' as const })),
+    };
+  }
+}
+
+function inSpaces(m: Model, appId: string, spaces: readonly string[]): boolean {
+  const app = m.apps[appId];
+  return !!app && spaces.includes(app.spaceId);
+}

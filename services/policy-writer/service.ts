@@ -1,0 +1,65 @@
+// Assembles the policy-writer: model follower, writer, HTTP gateway and platform intake.
+import { ulid } from 'ulid';
+import type { Bus } from '../../runtime/nats.ts';
+import type { Logger } from '../../runtime/logger.ts';
+import { EventLog, LogFollower } from '../../runtime/event-log.ts';
+import { type Model, modelFold } from '../../projections/model.ts';
+import { buildHttpGateway } from './http.ts';
+import { Intake } from './intake.ts';
+import { PolicyApi } from './policy-api.ts';
+import { Writer } from './writer.ts';
+
+export type PolicyWriterConfig = {
+  httpHost: string;
+  httpPort: number;
+  httpBodyLimit: number;
+  policyQuota: number;
+  maxPoliciesPerRequest: number;
+  tokenSecret: string;
+};
+
+export type PolicyWriter = {
+  /** Base URL of the HTTP gateway. */
+  url: string;
+  writer: Writer;
+  follower: LogFollower<Model>;
+  stop(): Promise<void>;
+};
+
+export async function startPolicyWriter(deps: {
+  bus: Bus;
+  log: Logger;
+  config: PolicyWriterConfig;
+  now?: () => Date;
+  newId?: () => string;
+}): Promise<PolicyWriter> {
+  const log = deps.log.child({ service: 'policy-writer' });
+  const eventLog = new EventLog(deps.bus);
+  const follower = new LogFollower<Model>(deps.bus, modelFold, log);
+  await follower.start();
+  const writer = new Writer({
+    log,
+    eventLog,
+    follower,
+    now: deps.now ?? (() => new Date()),
+    newId: deps.newId ?? (() => ulid()),
+    policyQuota: deps.config.policyQuota,
+  });
+  const api = new PolicyApi({ writer, maxPoliciesPerRequest: deps.config.maxPoliciesPerRequest });
+  const http = buildHttpGateway({ api, tokenSecret: deps.config.tokenSecret, log, bodyLimitBytes: deps.config.httpBodyLimit });
+  const address = await http.listen({ host: deps.config.httpHost, port: deps.config.httpPort });
+  const intake = new Intake(deps.bus.nc, writer, log);
+  intake.start();
+  log.info({ url: address, revision: follower.seq }, 'policy-writer-started');
+  return {
+    url: address,
+    writer,
+    follower,
+    async stop() {
+      await intake.stop();
+      await http.close();
+      await follower.stop();
+      log.info('policy-writer-stopped');
+    },
+  };
+}

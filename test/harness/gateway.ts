@@ -1,0 +1,69 @@
+// Starts a policy-writer against a test NATS fixture and offers small HTTP and intake clients.
+import type { Test } from 'tap';
+import { ulid } from 'ulid';
+import { startPolicyWriter, type PolicyWriter } from '../../services/policy-writer/service.ts';
+import { mintToken, type Principal } from '../../runtime/tokens.ts';
+import type { Bus } from '../../runtime/nats.ts';
+import type { NatsFixture } from './nats.ts';
+import type { IntakeReply } from '../../services/policy-writer/intake.ts';
+import { intakeSubject } from '../../runtime/subjects.ts';
+
+export const TEST_SECRET = 'test-secret-0123456789abcdef0123456789abcdef';
+
+export type GatewayFixture = {
+  writer: PolicyWriter;
+  bus: Bus;
+  http(method: string, path: string, opts?: { token?: string | null; body?: unknown; rawBody?: string; headers?: Record<string, string> }): Promise<{ status: number; body: any }>;
+  token(p: Partial<Principal> & { scopes: string[] }): Promise<string>;
+  admin: string;
+  intake(subject: keyof typeof intakeSubject, body: unknown): Promise<IntakeReply>;
+  stop(): Promise<void>;
+};
+
+export async function startGateway(t: Test, nats: NatsFixture, overrides: Partial<{ policyQuota: number; httpBodyLimit: number; maxPoliciesPerRequest: number }> = {}): Promise<GatewayFixture> {
+  const bus = await nats.connect('gateway');
+  const writer = await startPolicyWriter({
+    bus,
+    log: nats.log,
+    config: { httpHost: '127.0.0.1', httpPort: 0, httpBodyLimit: 1024 * 1024, policyQuota: 150, maxPoliciesPerRequest: 1000, tokenSecret: TEST_SECRET, ...overrides },
+  });
+  let stopped = false;
+  const stop = async () => {
+    if (stopped) return;
+    stopped = true;
+    await writer.stop();
+  };
+  t.teardown(stop);
+  const token = (p: Partial<Principal> & { scopes: string[] }) => mintToken(TEST_SECRET, { user: p.user ?? 'tester', scopes: p.scopes, spaces: p.spaces ?? [] }, 3600);
+  const admin = await token({ user: 'admin', scopes: ['network.admin'] });
+  return {
+    writer,
+    bus,
+    admin,
+    token,
+    stop,
+    async http(method, path, opts = {}) {
+      const headers: Record<string, string> = { ...(opts.headers ?? {}) };
+      const tok = opts.token === undefined ? admin : opts.token;
+      if (tok !== null) headers.authorization = `Bearer ${tok}`;
+      let body: string | undefined;
+      if (opts.rawBody !== undefined) body = opts.rawBody;
+      else if (opts.body !== undefined) body = JSON.stringify(opts.body);
+      if (body !== undefined && !headers['content-type']) headers['content-type'] = 'application/json';
+      const res = await fetch(writer.url + path, { method, headers, body });
+      const text = await res.text();
+      return { status: res.status, body: text ? JSON.parse(text) : undefined };
+    },
+    async intake(subject, body) {
+      const msg = await bus.nc.request(intakeSubject[subject], JSON.stringify(body), { timeout: 10_000 });
+      return msg.json<IntakeReply>();
+    },
+  };
+}
+
+export const requestId = () => ulid();
+
+/** A CF policy body. */
+export function cfPolicy(src: string, dst: string, protocol = 'tcp', start = 8080, end = start) {
+  return { source: { id: src }, destination: { id: dst, protocol, ports: { start, end } } };
+}
