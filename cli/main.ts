@@ -1,0 +1,191 @@
+// The netfold CLI. `netfold help` lists the commands.
+import { readFileSync, existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { ulid } from 'ulid';
+import { SETTINGS, loadConfig, resolveTokenSecret, type Config } from '../runtime/config.ts';
+import { NetfoldError, toNetfoldError } from '../runtime/errors.ts';
+import { silentLogger } from '../runtime/logger.ts';
+import { connectBus } from '../runtime/nats.ts';
+import { intakeSubject } from '../runtime/subjects.ts';
+import { mintToken, parseDuration, SCOPES } from '../runtime/tokens.ts';
+import type { IntakeReply } from '../services/policy-writer/intake.ts';
+import { type Out, UsageError, output, table } from './output.ts';
+import { up } from './up.ts';
+
+const HELP = `netfold — event-sourced container networking control plane
+
+usage: netfold <command> [flags]
+
+  up                                  run NATS (embedded unless --nats-url), the gateway and intake
+  token mint --user U --scope S[,S] [--space ID,..] [--ttl 24h]
+                                      mint a bearer token (scopes: ${SCOPES.join(', ')})
+  app register --id ID --name NAME --space ID --org ID
+  app rename --id ID --name NAME
+  app delete --id ID
+  container start --id ID --app ID --cell ID --index N --ip A.B.C.D
+  container stop --id ID
+  policy add --from APP --to APP [--protocol tcp|udp] --port N[-M]
+  policy remove --from APP --to APP [--protocol tcp|udp] --port N[-M]
+  policy list [--id ID,..] [--source ID,..] [--dest ID,..]
+
+common flags: --json (machine-readable output), --nats-url URL, --api URL (policy API, default
+http://127.0.0.1:<http-port>), --token TOKEN (default: NETFOLD_TOKEN, then <data-dir>/admin.token),
+--request-id ID (intake retries), and every setting in the README's configuration table.`;
+
+const CLI_FLAGS = {
+  json: { type: 'boolean' },
+  help: { type: 'boolean', short: 'h' },
+  api: { type: 'string' },
+  token: { type: 'string' },
+  'request-id': { type: 'string' },
+  id: { type: 'string' },
+  name: { type: 'string' },
+  space: { type: 'string' },
+  org: { type: 'string' },
+  app: { type: 'string' },
+  cell: { type: 'string' },
+  index: { type: 'string' },
+  ip: { type: 'string' },
+  from: { type: 'string' },
+  to: { type: 'string' },
+  protocol: { type: 'string' },
+  port: { type: 'string' },
+  source: { type: 'string' },
+  dest: { type: 'string' },
+  user: { type: 'string' },
+  scope: { type: 'string' },
+  ttl: { type: 'string' },
+} as const;
+
+type Flags = Record<string, string | boolean | undefined>;
+
+function need(flags: Flags, name: string): string {
+  const v = flags[name];
+  if (typeof v !== 'string' || v === '') throw new UsageError(`--${name} is required`);
+  return v;
+}
+
+function intFlag(flags: Flags, name: string): number {
+  const text = need(flags, name);
+  const n = Number(text);
+  if (!Number.isInteger(n)) throw new UsageError(`--${name} must be an integer, got "${text}"`);
+  return n;
+}
+
+async function intake(config: Config, flags: Flags, out: Out, subject: string, body: Record<string, unknown>): Promise<void> {
+  const servers = (config.natsUrl ?? `nats://127.0.0.1:${config.natsPort}`).split(',');
+  const bus = await connectBus({ servers, name: 'netfold-cli', log: silentLogger(), connectTimeoutMs: 5000 });
+  try {
+    const requestId = typeof flags['request-id'] === 'string' ? flags['request-id'] : ulid();
+    const msg = await bus.nc.request(subject, JSON.stringify({ ...body, requestId, actor: 'cli' }), { timeout: 30_000 });
+    const reply = msg.json<IntakeReply>();
+    if (!reply.ok) throw new NetfoldError(reply.error, reply.code, 400, reply.retryable);
+    out.print(`ok: revision ${reply.revision}${reply.note ? ` (${reply.note}, nothing appended)` : ''}`, reply);
+  } finally {
+    await bus.close();
+  }
+}
+
+function tokenFor(config: Config, flags: Flags): string {
+  if (typeof flags.token === 'string') return flags.token;
+  if (process.env.NETFOLD_TOKEN) return process.env.NETFOLD_TOKEN;
+  const file = join(config.dataDir, 'admin.token');
+  if (existsSync(file)) return readFileSync(file, 'utf8').trim();
+  throw new UsageError(`no token: pass --token, set NETFOLD_TOKEN, or run "netfold up" to create ${file}`);
+}
+
+async function api(config: Config, flags: Flags, method: string, path: string, body?: unknown): Promise<any> {
+  const base = typeof flags.api === 'string' ? flags.api : process.env.NETFOLD_API_URL ?? `http://${config.httpHost}:${config.httpPort}`;
+  const res = await fetch(`${base}/networking/v1/external${path}`, {
+    method,
+    headers: { authorization: `Bearer ${tokenFor(config, flags)}`, ...(body ? { 'content-type': 'application/json' } : {}) },
+    body: body ? JSON.stringify(body) : null,
+  }).catch((err: unknown) => {
+    throw new NetfoldError(`could not reach the policy API at ${base}`, 'unreachable', 503, true, err);
+  });
+  const data = await res.json().catch(() => ({}));
+  if (!res.ok) throw new NetfoldError(data.error ?? `HTTP ${res.status}`, data.code ?? 'http-error', res.status, false);
+  return data;
+}
+
+function policyBody(flags: Flags) {
+  const m = /^(\d+)(?:-(\d+))?$/.exec(need(flags, 'port'));
+  if (!m) throw new UsageError('--port must be N or N-M');
+  const start = Number(m[1]);
+  const end = m[2] ? Number(m[2]) : start;
+  const protocol = typeof flags.protocol === 'string' ? flags.protocol : 'tcp';
+  return { policies: [{ source: { id: need(flags, 'from') }, destination: { id: need(flags, 'to'), protocol, ports: { start, end } } }] };
+}
+
+async function main(argv: string[]): Promise<void> {
+  const settingFlags = Object.fromEntries(SETTINGS.map((s) => [s.flag, { type: 'string' as const }]));
+  const { values: flags, positionals } = parseArgs({ args: argv, options: { ...settingFlags, ...CLI_FLAGS }, allowPositionals: true, strict: true });
+  const [group, verb] = positionals;
+  const out = output(flags.json === true);
+  if (flags.help || !group || group === 'help') {
+    process.stdout.write(HELP + '\n');
+    return;
+  }
+  const config = loadConfig(flags);
+  const key = verb ? `${group} ${verb}` : group;
+  switch (key) {
+    case 'up':
+      return up(config);
+    case 'token mint': {
+      const scopes = need(flags, 'scope').split(',');
+      for (const s of scopes) if (!(SCOPES as readonly string[]).includes(s)) throw new UsageError(`unknown scope "${s}" (use ${SCOPES.join(', ')})`);
+      const spaces = typeof flags.space === 'string' ? flags.space.split(',').filter(Boolean) : [];
+      const ttl = parseDuration(typeof flags.ttl === 'string' ? flags.ttl : '24h');
+      const token = await mintToken(resolveTokenSecret(config, false), { user: need(flags, 'user'), scopes, spaces }, ttl);
+      return out.print(token, { token });
+    }
+    case 'app register':
+      return intake(config, flags, out, intakeSubject.registerApp, { appId: need(flags, 'id'), name: need(flags, 'name'), spaceId: need(flags, 'space'), orgId: need(flags, 'org') });
+    case 'app rename':
+      return intake(config, flags, out, intakeSubject.renameApp, { appId: need(flags, 'id'), name: need(flags, 'name') });
+    case 'app delete':
+      return intake(config, flags, out, intakeSubject.deleteApp, { appId: need(flags, 'id') });
+    case 'container start':
+      return intake(config, flags, out, intakeSubject.startContainer, {
+        containerId: need(flags, 'id'),
+        appId: need(flags, 'app'),
+        cellId: need(flags, 'cell'),
+        instanceIndex: intFlag(flags, 'index'),
+        ip: need(flags, 'ip'),
+      });
+    case 'container stop':
+      return intake(config, flags, out, intakeSubject.stopContainer, { containerId: need(flags, 'id') });
+    case 'policy add': {
+      const r = await api(config, flags, 'POST', '/policies', policyBody(flags));
+      return out.print(`ok: revision ${r.revision}`, r);
+    }
+    case 'policy remove': {
+      const r = await api(config, flags, 'POST', '/policies/delete', policyBody(flags));
+      return out.print(`ok: revision ${r.revision}`, r);
+    }
+    case 'policy list': {
+      const q = new URLSearchParams();
+      if (typeof flags.id === 'string') q.set('id', flags.id);
+      if (typeof flags.source === 'string') q.set('source_id', flags.source);
+      if (typeof flags.dest === 'string') q.set('dest_id', flags.dest);
+      const r = await api(config, flags, 'GET', `/policies${q.size ? '?' + q.toString() : ''}`);
+      const rows = [['SOURCE', 'DESTINATION', 'PROTOCOL', 'PORTS']].concat(
+        r.policies.map((p: any) => [p.source.id, p.destination.id, p.destination.protocol, p.destination.ports.start === p.destination.ports.end ? `${p.destination.ports.start}` : `${p.destination.ports.start}-${p.destination.ports.end}`]),
+      );
+      return out.print(`${table(rows)}\n${r.total_policies} policies (revision ${r.revision})`, r);
+    }
+    default:
+      throw new UsageError(`unknown command "${key}"; see "netfold help"`);
+  }
+}
+
+try {
+  await main(process.argv.slice(2));
+} catch (err) {
+  const e = err instanceof TypeError && (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS') ? new UsageError(err.message) : toNetfoldError(err);
+  const json = process.argv.includes('--json');
+  const detail = e.code === "internal" && e.cause instanceof Error ? `: ${e.cause.message}` : "";
+  process.stderr.write(json ? JSON.stringify(e.toBody()) + "\n" : `netfold: ${e.message}${detail} (${e.code})\n`);
+  process.exitCode = e.code === 'usage' ? 2 : 1;
+}

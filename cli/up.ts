@@ -1,0 +1,51 @@
+// `netfold up`: the all-in-one. Runs an embedded nats-server in the data dir (unless --nats-url points at an
+// existing server or cluster), sets up the streams, starts the services built so far, and stops them cleanly on
+// SIGINT/SIGTERM.
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { type Config, resolveTokenSecret } from '../runtime/config.ts';
+import { createRootLogger } from '../runtime/logger.ts';
+import { startNatsServer, type NatsServerProcess } from '../runtime/nats-server.ts';
+import { connectBus } from '../runtime/nats.ts';
+import { ensureTopology, defaultTopologyOptions } from '../runtime/topology.ts';
+import { stopOnSignals } from '../runtime/lifecycle.ts';
+import { mintToken } from '../runtime/tokens.ts';
+import { startPolicyWriter } from '../services/policy-writer/service.ts';
+
+export async function up(config: Config): Promise<void> {
+  const log = createRootLogger({ level: config.logLevel, name: 'netfold' });
+  let embedded: NatsServerProcess | undefined;
+  if (!config.natsUrl) {
+    embedded = await startNatsServer({ storeDir: join(config.dataDir, 'jetstream'), port: config.natsPort });
+    log.info({ url: embedded.url, storeDir: join(config.dataDir, 'jetstream') }, 'embedded-nats-started');
+  }
+  const natsUrl = config.natsUrl ?? embedded!.url;
+  const bus = await connectBus({ servers: natsUrl.split(','), name: 'netfold-up', log });
+  await ensureTopology(bus.jsm, { ...defaultTopologyOptions, replicas: config.replicas }, log);
+  const tokenSecret = resolveTokenSecret(config, true);
+  const writer = await startPolicyWriter({ bus, log, config: { ...config, tokenSecret } });
+
+  const adminTokenFile = join(config.dataDir, 'admin.token');
+  const adminToken = await mintToken(tokenSecret, { user: 'admin', scopes: ['network.admin'], spaces: [] }, 30 * 86400);
+  writeFileSync(adminTokenFile, adminToken + '\n', { mode: 0o600 });
+
+  process.stderr.write(
+    [
+      '',
+      'netfold is up.',
+      `  NATS:          ${natsUrl}${embedded ? ' (embedded, data in ' + join(config.dataDir, 'jetstream') + ')' : ''}`,
+      `  policy API:    ${writer.url}/networking/v1/external/policies`,
+      `  admin token:   ${adminTokenFile}`,
+      '',
+      `  try: curl -H "Authorization: Bearer $(cat ${adminTokenFile})" ${writer.url}/networking/v1/external/policies`,
+      '  stop with Ctrl-C',
+      '',
+    ].join('\n') + '\n',
+  );
+
+  stopOnSignals(log, async () => {
+    await writer.stop();
+    await bus.close();
+    await embedded?.stop();
+  });
+}

@@ -1,0 +1,75 @@
+// Builders for recorded events, for fold and decider tests (given / when / then).
+import type { DomainEvent, RecordedEvent } from '../../events/catalogue.ts';
+import { eventSubject } from '../../runtime/subjects.ts';
+import { type Model, foldEvents, initialModel } from '../../projections/model.ts';
+
+const BASE_TIME = Date.parse('2026-01-01T00:00:00.000Z');
+const CROCKFORD = '0123456789ABCDEFGHJKMNPQRSTVWXYZ';
+
+/** A deterministic ULID-shaped id for test event n. */
+export function testId(n: number): string {
+  let s = '';
+  let v = n;
+  for (let i = 0; i < 26; i++) {
+    s = CROCKFORD[v % 32] + s;
+    v = Math.floor(v / 32);
+  }
+  return s;
+}
+
+export function subjectOf(e: DomainEvent): string {
+  switch (e.type) {
+    case 'AppRegistered':
+    case 'AppRenamed':
+    case 'AppDeleted':
+      return eventSubject.app(e.data.appId);
+    case 'ContainerStarted':
+    case 'ContainerStopped':
+      return eventSubject.container(e.data.containerId);
+    case 'PoliciesCreated':
+    case 'PoliciesDeleted':
+      return eventSubject.policy(e.data.sourceAppId);
+  }
+}
+
+/** Records events as if appended in order from sequence `firstSeq`. */
+export function record(events: DomainEvent[], firstSeq = 1, actor = 'user:test'): RecordedEvent[] {
+  return events.map((e, i) => {
+    const seq = firstSeq + i;
+    return {
+      seq,
+      subject: subjectOf(e),
+      event: { ...e, id: testId(seq), at: new Date(BASE_TIME + seq * 1000).toISOString(), actor, correlationId: `c${seq}` },
+    };
+  });
+}
+
+export function modelOf(events: DomainEvent[]): Model {
+  return foldEvents(initialModel(), record(events));
+}
+
+export const ev = {
+  registered: (appId: string, name = appId, spaceId = 's1', orgId = 'o1'): DomainEvent => ({ type: 'AppRegistered', v: 1, data: { appId, name, spaceId, orgId } }),
+  renamed: (appId: string, name: string, previousName: string): DomainEvent => ({ type: 'AppRenamed', v: 1, data: { appId, name, previousName } }),
+  deleted: (appId: string): DomainEvent => ({ type: 'AppDeleted', v: 1, data: { appId } }),
+  started: (containerId: string, appId: string, cellId = 'cell-1', ip = '10.255.1.2', instanceIndex = 0): DomainEvent => ({
+    type: 'ContainerStarted',
+    v: 1,
+    data: { containerId, appId, cellId, ip, instanceIndex },
+  }),
+  stopped: (containerId: string, appId: string | null = null, cellId: string | null = null, wasRunning = appId !== null): DomainEvent => ({
+    type: 'ContainerStopped',
+    v: 1,
+    data: { containerId, appId, cellId, wasRunning },
+  }),
+  created: (sourceAppId: string, destAppId: string, startPort = 8080, endPort = startPort, protocol: 'tcp' | 'udp' = 'tcp'): DomainEvent => ({
+    type: 'PoliciesCreated',
+    v: 1,
+    data: { sourceAppId, policies: [{ destAppId, protocol, startPort, endPort }] },
+  }),
+  removed: (sourceAppId: string, destAppId: string, startPort = 8080, endPort = startPort, protocol: 'tcp' | 'udp' = 'tcp'): DomainEvent => ({
+    type: 'PoliciesDeleted',
+    v: 1,
+    data: { sourceAppId, policies: [{ destAppId, protocol, startPort, endPort }], reason: 'requested' },
+  }),
+};
