@@ -81,7 +81,7 @@ async function intake(config: Config, flags: Flags, out: Out, subject: string, b
     const msg = await bus.nc.request(subject, JSON.stringify({ ...body, requestId, actor: 'cli' }), { timeout: 30_000 });
     const reply = msg.json<IntakeReply>();
     if (!reply.ok) throw new NetfoldError(reply.error, reply.code, 400, reply.retryable);
-    out.print(`ok: revision ${reply.revision}${reply.note ? ` (${reply.note}, nothing appended)` : ''}`, reply);
+    out.print(`ok: revision ${reply.revision}${reply.note ? ` (${reply.note}${reply.appended === 0 ? ', nothing appended' : ''})` : ''}`, reply);
   } finally {
     await bus.close();
   }

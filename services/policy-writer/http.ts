@@ -26,6 +26,7 @@ declare module 'fastify' {
 export function buildHttpGateway(opts: HttpOptions): FastifyInstance {
   const log = opts.log.child({ component: 'http' });
   const app = Fastify({ logger: false, bodyLimit: opts.bodyLimitBytes, genReqId: () => ulid() });
+  app.removeContentTypeParser('text/plain'); // the API speaks JSON only
 
   app.setErrorHandler((err, req, reply) => {
     const e = fastifyErrorToNetfold(err);

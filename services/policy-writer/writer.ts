@@ -17,7 +17,7 @@ export type CommandResult = {
   /** The event-log sequence at which the requested state holds (the last appended event, or the aggregate's). */
   revision: number;
   events: EventEnvelope[];
-  /** Why nothing was appended, for a repeated command (e.g. `already-registered`). */
+  /** What the decision noticed, e.g. why nothing was appended (`already-registered`) or `stopped-before-start`. */
   note?: string;
 };
 
@@ -49,6 +49,8 @@ export class Writer {
   readonly #o: WriterOptions;
   readonly #mutex = new KeyedMutex();
   readonly #log: Logger;
+  /** Counters for metrics and tests. */
+  readonly stats = { appended: 0, conflicts: 0 };
 
   constructor(opts: WriterOptions) {
     this.#o = opts;
@@ -85,11 +87,15 @@ export class Writer {
             const env = envelope(e, { id: this.#o.newId(), at: this.#o.now().toISOString(), ...meta });
             expected = await eventLog.append(subject, env, { expectedSubjectSeq: expected });
             appended.push(env);
+            this.stats.appended += 1;
           }
           await follower.waitFor(expected);
-          return { revision: expected, events: appended };
+          const result: CommandResult = { revision: expected, events: appended };
+          if (decision.note) result.note = decision.note;
+          return result;
         } catch (err) {
           if (!(err instanceof WrongExpectedSequenceError)) throw err;
+          this.stats.conflicts += 1;
           this.#log.debug({ subject, attempt }, 'append-conflict');
           await follower.waitFor(await eventLog.lastSubjectSeq(subject));
         }

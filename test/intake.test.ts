@@ -1,0 +1,102 @@
+// Platform intake over NATS request/reply against a real nats-server.
+import t, { type Test } from 'tap';
+import { EventLog } from '../runtime/event-log.ts';
+import { intakeSubject } from '../runtime/subjects.ts';
+import { startNats } from './harness/nats.ts';
+import { startGateway, cfPolicy } from './harness/gateway.ts';
+
+async function setup(t: Test) {
+  const nats = await startNats(t);
+  const gw = await startGateway(t, nats);
+  return { gw, log: new EventLog(gw.bus) };
+}
+
+async function eventsFrom(log: EventLog, from: number) {
+  const out = [];
+  for await (const rec of log.read(from)) if ('event' in rec) out.push(rec.event);
+  return out;
+}
+
+t.test('app lifecycle: register, rename, delete, with revisions', async (t) => {
+  const { gw, log } = await setup(t);
+  const reg = await gw.intake('registerApp', { appId: 'a1', name: 'web', spaceId: 's1', orgId: 'o1', requestId: 'r-1', actor: 'cc' });
+  t.same(reg, { ok: true, revision: 1, appended: 1 });
+  const ren = await gw.intake('renameApp', { appId: 'a1', name: 'site' });
+  t.same(ren, { ok: true, revision: 2, appended: 1 });
+  const del = await gw.intake('deleteApp', { appId: 'a1' });
+  t.same(del, { ok: true, revision: 3, appended: 1 });
+  const events = await eventsFrom(log, 1);
+  t.match(events, [
+    { type: 'AppRegistered', v: 1, actor: 'platform:cc', correlationId: 'r-1', data: { appId: 'a1', name: 'web', spaceId: 's1', orgId: 'o1' } },
+    { type: 'AppRenamed', data: { appId: 'a1', name: 'site', previousName: 'web' } },
+    { type: 'AppDeleted', data: { appId: 'a1' } },
+  ]);
+  t.same(await gw.intake('deleteApp', { appId: 'a1' }), { ok: true, revision: 3, appended: 0, note: 'already-deleted' });
+  t.match(await gw.intake('registerApp', { appId: 'a1', name: 'web', spaceId: 's1', orgId: 'o1' }), { ok: false, code: 'app-deleted', retryable: false });
+});
+
+t.test('invalid input gets an error reply and appends nothing', async (t) => {
+  const { gw, log } = await setup(t);
+  await gw.intake('registerApp', { appId: 'a1', name: 'web', spaceId: 's1', orgId: 'o1' });
+  const before = await log.lastSeq();
+  const raw = await gw.bus.nc.request(intakeSubject.startContainer, '{not json', { timeout: 5000 });
+  t.match(raw.json(), { ok: false, code: 'invalid-json' });
+  const bad = await gw.intake('startContainer', { containerId: 'c1', appId: 'a1', cellId: 'cell-1', instanceIndex: 0, ip: '10.0.0.300' });
+  t.match(bad, { ok: false, code: 'invalid-input', issues: [{ path: 'ip' }] });
+  t.match(await gw.intake('registerApp', { appId: 'a.b', name: 'x', spaceId: 's', orgId: 'o' }), { ok: false, code: 'invalid-input' });
+  t.match(await gw.intake('startContainer', { containerId: 'c1', appId: 'nope', cellId: 'cell-1', instanceIndex: 0, ip: '10.0.0.3' }), { ok: false, code: 'app-not-found' });
+  t.match(await gw.intake('registerApp', { appId: 'a2', name: 'WEB', spaceId: 's1', orgId: 'o1' }), { ok: false, code: 'app-name-taken' });
+  t.match(await gw.intake('renameApp', { appId: 'ghost', name: 'x' }), { ok: false, code: 'app-not-found' });
+  t.equal(await log.lastSeq(), before, 'nothing was appended');
+});
+
+t.test('retries with the same request id are idempotent', async (t) => {
+  const { gw, log } = await setup(t);
+  const reg = { appId: 'a1', name: 'web', spaceId: 's1', orgId: 'o1', requestId: 'req-1' };
+  const first = await gw.intake('registerApp', reg);
+  const again = await Promise.all([gw.intake('registerApp', reg), gw.intake('registerApp', reg)]);
+  for (const r of again) t.same(r, { ok: true, revision: first.ok ? first.revision : -1, appended: 0, note: 'already-registered' });
+  const start = { containerId: 'c1', appId: 'a1', cellId: 'cell-1', instanceIndex: 0, ip: '10.255.1.2', requestId: 'req-2' };
+  const results = await Promise.all(Array.from({ length: 5 }, () => gw.intake('startContainer', start)));
+  t.equal(results.filter((r) => r.ok && r.appended === 1).length, 1, 'exactly one of five concurrent retries appended');
+  t.ok(results.every((r) => r.ok && r.revision === 2), 'all answer the same revision');
+  t.equal(await log.lastSeq(), 2);
+  t.match(await gw.intake('startContainer', { ...start, ip: '10.255.1.3' }), { ok: false, code: 'container-conflict' });
+});
+
+t.test('a stop before its start, and a stop of an unknown container, do not corrupt state', async (t) => {
+  const { gw, log } = await setup(t);
+  await gw.intake('registerApp', { appId: 'a1', name: 'web', spaceId: 's1', orgId: 'o1' });
+  t.match(await gw.intake('stopContainer', { containerId: 'c1' }), { ok: true, appended: 1, note: 'stopped-before-start' });
+  t.match(await gw.intake('startContainer', { containerId: 'c1', appId: 'a1', cellId: 'cell-1', instanceIndex: 0, ip: '10.255.1.2' }), { ok: true, appended: 0, note: 'already-stopped' });
+  t.match(await gw.intake('stopContainer', { containerId: 'c1' }), { ok: true, appended: 0, note: 'already-stopped' });
+  const m = gw.writer.follower.state;
+  t.equal(m.containers.c1?.status, 'stopped');
+  t.same(m.containersByCell, {}, 'no running container on any cell');
+  t.equal(await log.lastSeq(), 2);
+  // the normal order
+  t.match(await gw.intake('startContainer', { containerId: 'c2', appId: 'a1', cellId: 'cell-1', instanceIndex: 1, ip: '10.255.1.3' }), { ok: true, appended: 1 });
+  t.same(gw.writer.follower.state.containersByCell, { 'cell-1': { c2: true } });
+  t.match(await gw.intake('stopContainer', { containerId: 'c2' }), { ok: true, appended: 1 });
+  t.match((await eventsFrom(log, 4))[0], { type: 'ContainerStopped', data: { containerId: 'c2', appId: 'a1', cellId: 'cell-1', wasRunning: true } });
+});
+
+t.test('deleting an app deletes its policies, as events, before the app', async (t) => {
+  const { gw, log } = await setup(t);
+  for (const appId of ['a', 'b', 'c']) await gw.intake('registerApp', { appId, name: appId, spaceId: 's1', orgId: 'o1' });
+  await gw.http('POST', '/networking/v1/external/policies', { body: { policies: [cfPolicy('a', 'b'), cfPolicy('b', 'a', 'udp', 53), cfPolicy('c', 'a'), cfPolicy('c', 'b')] } });
+  const before = await log.lastSeq();
+  const del = await gw.intake('deleteApp', { appId: 'a', requestId: 'del-a' });
+  t.match(del, { ok: true, appended: 1 });
+  const events = await eventsFrom(log, before + 1);
+  t.match(events, [
+    { type: 'PoliciesDeleted', correlationId: 'del-a', data: { sourceAppId: 'a', reason: 'app-deleted', policies: [{ destAppId: 'b' }] } },
+    { type: 'PoliciesDeleted', data: { sourceAppId: 'b', reason: 'app-deleted', policies: [{ destAppId: 'a', protocol: 'udp' }] } },
+    { type: 'PoliciesDeleted', data: { sourceAppId: 'c', reason: 'app-deleted', policies: [{ destAppId: 'a' }] } },
+    { type: 'AppDeleted', data: { appId: 'a' } },
+  ]);
+  t.equal(events.length, 4);
+  t.ok(del.ok && del.revision === before + 4, 'the reply carries the revision of the deletion');
+  const list = await gw.http('GET', '/networking/v1/external/policies');
+  t.same(list.body.policies, [cfPolicy('c', 'b')]);
+});
