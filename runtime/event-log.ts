@@ -6,7 +6,7 @@ import type { Bus } from './nats.ts';
 import type { Logger } from './logger.ts';
 import { NetfoldError, UnavailableError } from './errors.ts';
 import { EVENTS_STREAM } from './subjects.ts';
-import { isTransientNatsError } from './retry.ts';
+import { isTransientNatsError, withNatsRetry } from './retry.ts';
 
 /** The subject moved on since the state a decision was made on (JetStream API error 10071). */
 export class WrongExpectedSequenceError extends NetfoldError {
@@ -64,18 +64,20 @@ export class EventLog {
 
   /** The sequence of the last event on a subject, read from the server (0 when there is none). */
   async lastSubjectSeq(subject: string): Promise<number> {
-    try {
-      const m = await this.#bus.jsm.direct.getMessage(this.#stream, { last_by_subj: subject });
-      return m ? m.seq : 0;
-    } catch (err) {
-      if (err instanceof JetStreamApiError && err.code === JetStreamApiCodes.NoMessageFound) return 0;
-      throw err;
-    }
+    return withNatsRetry(`last sequence of ${subject}`, async () => {
+      try {
+        const m = await this.#bus.jsm.direct.getMessage(this.#stream, { last_by_subj: subject });
+        return m ? m.seq : 0;
+      } catch (err) {
+        if (err instanceof JetStreamApiError && err.code === JetStreamApiCodes.NoMessageFound) return 0;
+        throw err;
+      }
+    }, { deadlineMs: 15_000 });
   }
 
   /** The stream's last sequence. */
   async lastSeq(): Promise<number> {
-    const info = await this.#bus.jsm.streams.info(this.#stream);
+    const info = await withNatsRetry('stream info', () => this.#bus.jsm.streams.info(this.#stream), { deadlineMs: 15_000 });
     return info.state.last_seq;
   }
 

@@ -3,7 +3,7 @@
 import { errors as coreErrors } from '@nats-io/nats-core';
 import { JetStreamApiError } from '@nats-io/jetstream';
 import { jserrors } from '@nats-io/jetstream/internal';
-import { UnavailableError } from './errors.ts';
+import { type NetfoldError, UnavailableError, toNetfoldError } from './errors.ts';
 
 export function isTransientNatsError(err: unknown): boolean {
   if (err instanceof coreErrors.TimeoutError || err instanceof coreErrors.NoRespondersError) return true;
@@ -32,4 +32,10 @@ export async function withNatsRetry<T>(what: string, work: () => Promise<T>, opt
       delay = Math.min(delay * 2, 2000);
     }
   }
+}
+
+/** Maps anything thrown to a NetfoldError; NATS stalls become a retryable 503 `unavailable`. */
+export function toServiceError(err: unknown): NetfoldError {
+  if (isTransientNatsError(err)) return new UnavailableError('NATS did not answer in time; try again', err);
+  return toNetfoldError(err);
 }

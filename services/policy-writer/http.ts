@@ -3,7 +3,8 @@
 import Fastify, { type FastifyInstance, type FastifyRequest } from 'fastify';
 import { ulid } from 'ulid';
 import type { Logger } from '../../runtime/logger.ts';
-import { NetfoldError, UnauthenticatedError, ValidationError, toNetfoldError } from '../../runtime/errors.ts';
+import { NetfoldError, UnauthenticatedError, ValidationError } from '../../runtime/errors.ts';
+import { toServiceError } from '../../runtime/retry.ts';
 import { type Principal, verifyToken } from '../../runtime/tokens.ts';
 import { parseIdList } from '../../events/commands.ts';
 import type { PolicyApi } from './policy-api.ts';
@@ -93,6 +94,6 @@ function fastifyErrorToNetfold(err: unknown): NetfoldError {
     case 400:
       return new NetfoldError(`request body is not valid JSON: ${e.message}`, 'invalid-json', 400, false);
     default:
-      return toNetfoldError(err);
+      return toServiceError(err);
   }
 }

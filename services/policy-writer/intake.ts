@@ -7,7 +7,8 @@ import type { IntakeCommand } from '../../events/commands.ts';
 import { parseIntakeCommand } from '../../events/commands.ts';
 import type { Logger } from '../../runtime/logger.ts';
 import type { NatsConnection } from '../../runtime/nats.ts';
-import { ValidationError, toNetfoldError } from '../../runtime/errors.ts';
+import { ValidationError } from '../../runtime/errors.ts';
+import { toServiceError } from '../../runtime/retry.ts';
 import { INTAKE_QUEUE, type IntakeSubject, intakeSubject } from '../../runtime/subjects.ts';
 import type { CommandResult, Writer } from './writer.ts';
 
@@ -82,7 +83,7 @@ export class Intake {
       if (result.note) ok.note = result.note;
       return ok;
     } catch (err) {
-      const e = toNetfoldError(err);
+      const e = toServiceError(err);
       if (e.status >= 500) this.#log.error({ err, subject }, 'intake-command-failed');
       const body: IntakeReply = { ok: false, code: e.code, error: e.message, retryable: e.retryable };
       if (e instanceof ValidationError) body.issues = e.issues;

@@ -7,7 +7,7 @@ import type { Test } from 'tap';
 import { startNatsServer, type NatsServerProcess } from '../../runtime/nats-server.ts';
 import { connectBus, type Bus } from '../../runtime/nats.ts';
 import { ensureTopology, defaultTopologyOptions } from '../../runtime/topology.ts';
-import { silentLogger, type Logger } from '../../runtime/logger.ts';
+import { createRootLogger, silentLogger, type Logger } from '../../runtime/logger.ts';
 
 export type NatsFixture = {
   server: NatsServerProcess;
@@ -21,7 +21,8 @@ export type NatsFixture = {
 
 export async function startNats(t: Test): Promise<NatsFixture> {
   const storeDir = mkdtempSync(join(tmpdir(), 'netfold-test-'));
-  const log = silentLogger();
+  // NETFOLD_TEST_LOG=debug shows the services' logs while debugging a test.
+  const log = process.env.NETFOLD_TEST_LOG ? createRootLogger({ level: process.env.NETFOLD_TEST_LOG }) : silentLogger();
   let server = await startNatsServer({ storeDir });
   const buses: Bus[] = [];
   const fixture: NatsFixture = {

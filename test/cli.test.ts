@@ -1,0 +1,62 @@
+// The netfold CLI as a user runs it (a child process), against a real nats-server and gateway.
+import t from 'tap';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { startNats } from './harness/nats.ts';
+import { startGateway, TEST_SECRET } from './harness/gateway.ts';
+import { verifyToken } from '../runtime/tokens.ts';
+
+const run = promisify(execFile);
+
+t.test('netfold CLI: token, app, container, policy', async (t) => {
+  const nats = await startNats(t);
+  const gw = await startGateway(t, nats);
+  const env = { ...process.env, NATS_URL: nats.server.url, NETFOLD_TOKEN_SECRET: TEST_SECRET, NETFOLD_API_URL: gw.writer.url, NETFOLD_DATA_DIR: nats.storeDir };
+  const netfold = async (...args: string[]) => {
+    try {
+      const r = await run(process.execPath, ['bin/netfold.mjs', ...args], { env });
+      return { code: 0, stdout: r.stdout, stderr: r.stderr };
+    } catch (err) {
+      const e = err as { code: number; stdout: string; stderr: string };
+      return { code: e.code, stdout: e.stdout, stderr: e.stderr };
+    }
+  };
+
+  const minted = await netfold('token', 'mint', '--user', 'dev', '--scope', 'network.write', '--space', 's1', '--ttl', '1h', '--json');
+  t.equal(minted.code, 0, minted.stderr);
+  const { token } = JSON.parse(minted.stdout);
+  t.same(await verifyToken(TEST_SECRET, token), { user: 'dev', scopes: ['network.write'], spaces: ['s1'] });
+  env.NETFOLD_TOKEN = token;
+
+  const reg = await netfold('app', 'register', '--id', 'a1', '--name', 'web', '--space', 's1', '--org', 'o1', '--json');
+  t.same(JSON.parse(reg.stdout), { ok: true, revision: 1, appended: 1 });
+  t.match((await netfold('app', 'register', '--id', 'a2', '--name', 'api', '--space', 's1', '--org', 'o1')).stdout, /^ok: revision 2/);
+  t.match((await netfold('app', 'register', '--id', 'a2', '--name', 'api', '--space', 's1', '--org', 'o1')).stdout, /already-registered, nothing appended/);
+  t.match((await netfold('container', 'start', '--id', 'c1', '--app', 'a2', '--cell', 'cell-1', '--index', '0', '--ip', '10.255.1.2')).stdout, /^ok: revision 3/);
+
+  const add = await netfold('policy', 'add', '--from', 'a1', '--to', 'a2', '--port', '8080-8090', '--json');
+  t.equal(add.code, 0, add.stderr);
+  t.same(JSON.parse(add.stdout), { revision: 4 });
+  const list = await netfold('policy', 'list');
+  t.match(list.stdout, /a1\s+a2\s+tcp\s+8080-8090/);
+  t.match(list.stdout, /1 policies \(revision 4\)/);
+  const listJson = JSON.parse((await netfold('policy', 'list', '--source', 'a1', '--json')).stdout);
+  t.equal(listJson.total_policies, 1);
+  t.equal((await netfold('policy', 'remove', '--from', 'a1', '--to', 'a2', '--port', '8080-8090')).code, 0);
+  t.match((await netfold('policy', 'list')).stdout, /0 policies/);
+  t.match((await netfold('container', 'stop', '--id', 'c1', '--json')).stdout, /"appended":1/);
+  t.match((await netfold('app', 'delete', '--id', 'a1')).stdout, /^ok/);
+
+  const denied = await netfold('policy', 'add', '--from', 'a2', '--to', 'nope', '--port', '80');
+  t.equal(denied.code, 1);
+  t.match(denied.stderr, /cannot be found or accessed \(app-not-accessible\)/);
+  const badIp = await netfold('container', 'start', '--id', 'c2', '--app', 'a2', '--cell', 'x', '--index', '0', '--ip', 'nope', '--json');
+  t.equal(badIp.code, 1);
+  t.match(JSON.parse(badIp.stderr), { code: 'invalid-input' });
+  const usage = await netfold('policy', 'add', '--from', 'a2');
+  t.equal(usage.code, 2);
+  t.match(usage.stderr, /--to is required|--port is required/);
+  t.equal((await netfold('frobnicate')).code, 2);
+  t.equal((await netfold('app', 'register', '--bogus')).code, 2);
+  t.match((await netfold('help')).stdout, /usage: netfold/);
+});

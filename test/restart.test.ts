@@ -1,0 +1,42 @@
+// Restarts lose nothing: a new gateway rebuilds the same model from the log, and a gateway rides out a
+// nats-server kill -9 and restart (same port, same store).
+import t from 'tap';
+import { startNats } from './harness/nats.ts';
+import { startGateway, cfPolicy } from './harness/gateway.ts';
+
+const P = '/networking/v1/external/policies';
+
+t.test('a restarted gateway loses nothing', async (t) => {
+  const nats = await startNats(t);
+  const first = await startGateway(t, nats);
+  for (const appId of ['a', 'b', 'c']) await first.intake('registerApp', { appId, name: appId, spaceId: 's1', orgId: 'o1' });
+  await first.intake('startContainer', { containerId: 'c1', appId: 'a', cellId: 'cell-1', instanceIndex: 0, ip: '10.255.1.2' });
+  await first.intake('stopContainer', { containerId: 'ghost' });
+  const created = await first.http('POST', P, { body: { policies: [cfPolicy('a', 'b'), cfPolicy('b', 'c', 'udp', 53, 54), cfPolicy('c', 'a')] } });
+  t.equal(created.status, 200);
+  await first.http('POST', `${P}/delete`, { body: { policies: [cfPolicy('c', 'a')] } });
+  const before = (await first.http('GET', P)).body;
+  const modelBefore = first.writer.follower.state;
+  await first.stop();
+
+  const second = await startGateway(t, nats);
+  t.same((await second.http('GET', P)).body, before, 'the same policies at the same revision');
+  t.same(second.writer.follower.state, modelBefore, 'the rebuilt model is identical');
+  t.match(await second.intake('startContainer', { containerId: 'ghost', appId: 'a', cellId: 'cell-1', instanceIndex: 1, ip: '10.255.1.3' }), { ok: true, appended: 0, note: 'already-stopped' });
+});
+
+t.test('a gateway rides out a nats-server kill -9 and restart', async (t) => {
+  const nats = await startNats(t);
+  const gw = await startGateway(t, nats);
+  for (const appId of ['a', 'b']) await gw.intake('registerApp', { appId, name: appId, spaceId: 's1', orgId: 'o1' });
+  const r1 = await gw.http('POST', P, { body: { policies: [cfPolicy('a', 'b')] } });
+  t.equal(r1.status, 200);
+  await nats.server.kill();
+  await nats.restart();
+  // The first request after the restart may race the reconnect: a 503 is a retryable answer, so retry it.
+  let r2 = await gw.http('POST', P, { body: { policies: [cfPolicy('b', 'a')] } });
+  for (let i = 0; i < 20 && r2.status === 503; i++) r2 = await gw.http('POST', P, { body: { policies: [cfPolicy('b', 'a')] } });
+  t.equal(r2.status, 200, JSON.stringify(r2.body));
+  t.ok(r2.body.revision > r1.body.revision);
+  t.same((await gw.http('GET', P)).body.policies, [cfPolicy('a', 'b'), cfPolicy('b', 'a')], 'the acknowledged policy survived');
+});
