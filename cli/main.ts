@@ -2,7 +2,7 @@
 import { readFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { ulid } from 'ulid';
+import { newId } from '../runtime/ids.ts';
 import { SETTINGS, loadConfig, resolveTokenSecret, type Config } from '../runtime/config.ts';
 import { NetfoldError, toNetfoldError } from '../runtime/errors.ts';
 import { silentLogger } from '../runtime/logger.ts';
@@ -77,7 +77,7 @@ async function intake(config: Config, flags: Flags, out: Out, subject: string, b
   const servers = (config.natsUrl ?? `nats://127.0.0.1:${config.natsPort}`).split(',');
   const bus = await connectBus({ servers, name: 'netfold-cli', log: silentLogger(), connectTimeoutMs: 5000 });
   try {
-    const requestId = typeof flags['request-id'] === 'string' ? flags['request-id'] : ulid();
+    const requestId = typeof flags['request-id'] === 'string' ? flags['request-id'] : newId();
     const msg = await bus.nc.request(subject, JSON.stringify({ ...body, requestId, actor: 'cli' }), { timeout: 30_000 });
     const reply = msg.json<IntakeReply>();
     if (!reply.ok) throw new NetfoldError(reply.error, reply.code, 400, reply.retryable);

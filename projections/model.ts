@@ -72,17 +72,29 @@ export function initialModel(): Model {
   };
 }
 
-/** Folds a batch of recorded events (in log order) into the model. Pure. */
+/** Folds a batch of recorded events (in log order) into the model. Pure: returns a new model (immer). */
 export function foldEvents(model: Model, batch: readonly RecordedEvent[]): Model {
   if (batch.length === 0 || batch[batch.length - 1]!.seq <= model.seq) return model;
-  return produce(model, (draft) => {
-    for (const rec of batch) {
-      if (rec.seq <= draft.seq) continue;
-      applyEvent(draft, rec.event, rec.seq);
-      draft.seq = rec.seq;
-      draft.subjectSeq[rec.subject] = rec.seq;
-    }
-  });
+  return produce(model, (draft) => foldInto(draft, batch));
+}
+
+/**
+ * The same fold applied in place, for a process that owns its model privately (the live log follower): immer
+ * copies every record it writes to, which on records of 50k+ containers costs O(n) per batch. Both run the very
+ * same `applyEvent`, so their results are identical (the sequence tests check it).
+ */
+export function foldEventsInPlace(model: Model, batch: readonly RecordedEvent[]): Model {
+  foldInto(model as Draft<Model>, batch);
+  return model;
+}
+
+function foldInto(draft: Draft<Model>, batch: readonly RecordedEvent[]): void {
+  for (const rec of batch) {
+    if (rec.seq <= draft.seq) continue;
+    applyEvent(draft, rec.event, rec.seq);
+    draft.seq = rec.seq;
+    draft.subjectSeq[rec.subject] = rec.seq;
+  }
 }
 
 /** Advances the model's sequence over log entries that carry no valid event (skipped, never fatal). */
@@ -250,10 +262,16 @@ export function comparePolicies(a: PolicyRecord, b: PolicyRecord): number {
 
 const cmp = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
 
-/** The model as a fold the log follower can drive. */
-export const modelFold = {
+/** The model as a fold the live log follower drives: in place, on a model only the follower writes. */
+export const liveModelFold = {
   initial: initialModel(),
-  apply: foldEvents,
-  skip: skipSequence,
+  apply: foldEventsInPlace,
+  skip: (m: Model, seq: number, subject: string): Model => {
+    if (seq > m.seq) {
+      m.seq = seq;
+      m.subjectSeq[subject] = seq;
+    }
+    return m;
+  },
   seqOf: (m: Model) => m.seq,
 };

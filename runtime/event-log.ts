@@ -1,6 +1,7 @@
 // The event log on JetStream: appending with per-subject optimistic concurrency, reading back in order, and
 // following it into a pure fold (the model every service keeps in memory).
 import { DeliverPolicy, JetStreamApiError, JetStreamApiCodes, type ConsumerMessages } from '@nats-io/jetstream';
+import { createInbox, headers, type Msg, type Subscription } from '@nats-io/nats-core';
 import { type EventEnvelope, type RecordedEvent, parseEvent } from '../events/catalogue.ts';
 import type { Bus } from './nats.ts';
 import type { Logger } from './logger.ts';
@@ -23,42 +24,125 @@ export type AppendOptions = {
   deadlineMs?: number;
 };
 
+/** The server refused an append (a JetStream API error other than a wrong expected sequence). */
+export class AppendRejectedError extends NetfoldError {
+  readonly apiCode: number;
+  constructor(apiCode: number, description: string) {
+    super(`the event log refused the append: ${description} (${apiCode})`, 'append-rejected', 500, false);
+    this.name = 'AppendRejectedError';
+    this.apiCode = apiCode;
+  }
+}
+
+class AppendTimeout extends Error {}
+
+type PendingAck = { resolve: (m: Msg) => void; reject: (e: Error) => void; timer: NodeJS.Timeout };
+
+/**
+ * Appends are plain publishes to the stream subject with a reply subject on one shared inbox subscription; the
+ * PubAck is matched by token. This is the path the design notes measured at ~110k msgs/s on this machine, where
+ * js.publish (a request with its own error objects and promise plumbing per message) reaches ~20k.
+ */
+class AckInbox {
+  readonly #prefix = createInbox();
+  readonly #pending = new Map<string, PendingAck>();
+  #sub: Subscription | undefined;
+  #next = 0;
+
+  constructor(private readonly bus: Bus) {}
+
+  #subscribe(): void {
+    this.#sub = this.bus.nc.subscribe(`${this.#prefix}.*`, {
+      callback: (_err, msg) => {
+        const token = msg.subject.slice(this.#prefix.length + 1);
+        const p = this.#pending.get(token);
+        if (!p) return; // answered after its timeout: the retry with the same msgID gets its own answer
+        this.#pending.delete(token);
+        clearTimeout(p.timer);
+        p.resolve(msg);
+      },
+    });
+  }
+
+  request(subject: string, payload: string, hdrs: ReturnType<typeof headers>, timeoutMs: number): Promise<Msg> {
+    if (!this.#sub) this.#subscribe();
+    const token = (this.#next++).toString(36);
+    return new Promise<Msg>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.#pending.delete(token);
+        reject(new AppendTimeout());
+      }, timeoutMs);
+      this.#pending.set(token, { resolve, reject, timer });
+      try {
+        this.bus.nc.publish(subject, payload, { reply: `${this.#prefix}.${token}`, headers: hdrs });
+      } catch (err) {
+        this.#pending.delete(token);
+        clearTimeout(timer);
+        reject(err instanceof Error ? err : new Error(String(err)));
+      }
+    });
+  }
+}
+
+type PubAckJson = { stream?: string; seq?: number; duplicate?: boolean; error?: { code?: number; err_code?: number; description?: string } };
+
 export class EventLog {
   readonly #bus: Bus;
   readonly #stream: string;
+  readonly #acks: AckInbox;
+  readonly #timeoutMs: number;
 
-  constructor(bus: Bus, stream = EVENTS_STREAM) {
+  constructor(bus: Bus, stream = EVENTS_STREAM, opts: { ackTimeoutMs?: number } = {}) {
     this.#bus = bus;
     this.#stream = stream;
+    this.#acks = new AckInbox(bus);
+    this.#timeoutMs = opts.ackTimeoutMs ?? 5000;
   }
 
   get stream(): string {
     return this.#stream;
   }
 
-  /** Appends one event; returns its stream sequence (the revision). Retries transient failures with the same msgID. */
+  /**
+   * Appends one event; returns its stream sequence (the revision). A publish that gets no answer (timeout, no
+   * responders during an election) is sent again with the same Nats-Msg-Id, so it is stored at most once.
+   */
   async append(subject: string, event: EventEnvelope, opts: AppendOptions): Promise<number> {
     const payload = JSON.stringify(event);
+    const hdrs = headers();
+    hdrs.set('Nats-Msg-Id', event.id);
+    hdrs.set('Nats-Expected-Stream', this.#stream);
+    hdrs.set('Nats-Expected-Last-Subject-Sequence', String(opts.expectedSubjectSeq));
     const deadline = Date.now() + (opts.deadlineMs ?? 20_000);
     let delay = 50;
     for (;;) {
+      let transient: unknown;
       try {
-        const ack = await this.#bus.js.publish(subject, payload, {
-          msgID: event.id,
-          expect: { lastSubjectSequence: opts.expectedSubjectSeq, streamName: this.#stream },
-        });
-        return ack.seq;
+        const msg = await this.#acks.request(subject, payload, hdrs, this.#timeoutMs);
+        if (msg.headers?.code === 503) {
+          transient = new Error('no responders for the stream');
+        } else {
+          const ack = JSON.parse(new TextDecoder().decode(msg.data)) as PubAckJson;
+          if (ack.error) {
+            const code = ack.error.err_code ?? 0;
+            if (code === JetStreamApiCodes.StreamWrongLastSequence || code === JetStreamApiCodes.StreamWrongLastSequenceUnknown) {
+              throw new WrongExpectedSequenceError(subject, opts.expectedSubjectSeq);
+            }
+            if (ack.error.code === 503) transient = new Error(ack.error.description ?? 'unavailable');
+            else throw new AppendRejectedError(code, ack.error.description ?? 'unknown error');
+          } else if (typeof ack.seq === 'number' && ack.stream === this.#stream) {
+            return ack.seq;
+          } else {
+            throw new AppendRejectedError(0, `unexpected acknowledgement ${JSON.stringify(ack).slice(0, 200)}`);
+          }
+        }
       } catch (err) {
-        if (err instanceof JetStreamApiError && (err.code === JetStreamApiCodes.StreamWrongLastSequence || err.code === JetStreamApiCodes.StreamWrongLastSequenceUnknown)) {
-          throw new WrongExpectedSequenceError(subject, opts.expectedSubjectSeq, err);
-        }
-        if (!isTransientNatsError(err) || Date.now() + delay > deadline) {
-          if (isTransientNatsError(err)) throw new UnavailableError('the event log did not acknowledge the append in time', err);
-          throw err;
-        }
-        await new Promise((r) => setTimeout(r, delay));
-        delay = Math.min(delay * 2, 1000);
+        if (!(err instanceof AppendTimeout) && !isTransientNatsError(err)) throw err;
+        transient = err;
       }
+      if (Date.now() + delay > deadline) throw new UnavailableError('the event log did not acknowledge the append in time', transient);
+      await new Promise((r) => setTimeout(r, delay));
+      delay = Math.min(delay * 2, 1000);
     }
   }
 
@@ -119,6 +203,7 @@ function decode(seq: number, subject: string, data: Uint8Array, log?: Logger): R
 }
 
 export type Fold<S> = {
+  /** The state to start from; the follower starts from a structured clone of it. */
   initial: S;
   /** Folds recorded events (in order) into the state. Pure. */
   apply(state: S, batch: readonly RecordedEvent[]): S;
@@ -150,7 +235,7 @@ export class LogFollower<S> {
     this.#fold = fold;
     this.#log = log.child({ component: 'log-follower' });
     this.#stream = opts.stream ?? EVENTS_STREAM;
-    this.#state = opts.initialState ?? fold.initial;
+    this.#state = opts.initialState ?? structuredClone(fold.initial);
   }
 
   get state(): S {

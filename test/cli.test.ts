@@ -11,7 +11,7 @@ const run = promisify(execFile);
 t.test('netfold CLI: token, app, container, policy', async (t) => {
   const nats = await startNats(t);
   const gw = await startGateway(t, nats);
-  const env = { ...process.env, NATS_URL: nats.server.url, NETFOLD_TOKEN_SECRET: TEST_SECRET, NETFOLD_API_URL: gw.writer.url, NETFOLD_DATA_DIR: nats.storeDir };
+  const env: NodeJS.ProcessEnv = { ...process.env, NATS_URL: nats.server.url, NETFOLD_TOKEN_SECRET: TEST_SECRET, NETFOLD_API_URL: gw.writer.url, NETFOLD_DATA_DIR: nats.storeDir };
   const netfold = async (...args: string[]) => {
     try {
       const r = await run(process.execPath, ['bin/netfold.mjs', ...args], { env });

@@ -1,5 +1,5 @@
 import t from 'tap';
-import { foldEvents, initialModel, allPolicies, freeTagCount, MAX_TAG } from '../projections/model.ts';
+import { foldEvents, foldEventsInPlace, initialModel, allPolicies, freeTagCount, MAX_TAG } from '../projections/model.ts';
 import { ev, modelOf, record } from './harness/events.ts';
 
 t.test('containers are indexed by app and cell while running', async (t) => {
@@ -60,4 +60,18 @@ t.test('tags: capacity', async (t) => {
   t.equal(freeTagCount(initialModel()), MAX_TAG);
   const m = modelOf([ev.registered('a'), ev.registered('b'), ev.created('a', 'b')]);
   t.equal(freeTagCount(m), MAX_TAG - 2);
+});
+
+t.test('the in-place fold of the live follower gives exactly the pure fold', async (t) => {
+  const history = [
+    ev.registered('a'), ev.registered('b'), ev.registered('c'), ev.created('a', 'b'), ev.created('c', 'a', 1, 9, 'udp'),
+    ev.started('c1', 'a'), ev.stopped('c0'), ev.started('c0', 'a'), ev.renamed('b', 'bee', 'b'), ev.deleted('a'), ev.created('c', 'b'),
+  ];
+  const recs = record(history);
+  const pure = foldEvents(initialModel(), recs);
+  const inPlace = recs.reduce((m, r) => foldEventsInPlace(m, [r]), structuredClone(initialModel()));
+  t.same(inPlace, pure);
+  const start = initialModel();
+  foldEvents(start, recs);
+  t.same(start, initialModel(), 'the pure fold leaves its input alone');
 });

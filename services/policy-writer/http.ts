@@ -1,7 +1,7 @@
 // The developer gateway: Cloud Foundry's external policy API v1 over HTTP (fastify). Every error body is
 // `{ code, error }` JSON with a stable code.
 import Fastify, { type FastifyInstance, type FastifyRequest } from 'fastify';
-import { ulid } from 'ulid';
+import { newId } from '../../runtime/ids.ts';
 import type { Logger } from '../../runtime/logger.ts';
 import { NetfoldError, UnauthenticatedError, ValidationError } from '../../runtime/errors.ts';
 import { toServiceError } from '../../runtime/retry.ts';
@@ -26,7 +26,7 @@ declare module 'fastify' {
 
 export function buildHttpGateway(opts: HttpOptions): FastifyInstance {
   const log = opts.log.child({ component: 'http' });
-  const app = Fastify({ logger: false, bodyLimit: opts.bodyLimitBytes, genReqId: () => ulid() });
+  const app = Fastify({ logger: false, bodyLimit: opts.bodyLimitBytes, genReqId: () => newId() });
   app.removeContentTypeParser('text/plain'); // the API speaks JSON only
 
   app.setErrorHandler((err, req, reply) => {

@@ -2,7 +2,7 @@
 // acknowledged by the log (or the command was found to be a repeat); invalid input gets an error reply and
 // appends nothing. Replies: `{ ok: true, revision, appended, note? }` or `{ ok: false, code, error, retryable }`.
 import type { Msg, Subscription } from '@nats-io/nats-core';
-import { ulid } from 'ulid';
+import { newId } from '../../runtime/ids.ts';
 import type { IntakeCommand } from '../../events/commands.ts';
 import { parseIntakeCommand } from '../../events/commands.ts';
 import type { Logger } from '../../runtime/logger.ts';
@@ -74,7 +74,7 @@ export class Intake {
       const parsed = parseIntakeCommand(commandOfSubject[subject], raw);
       if (!parsed.ok) throw new ValidationError(parsed.issues);
       const { command, meta } = parsed.value;
-      const cmdMeta = { actor: `platform:${meta.actor ?? 'unknown'}`, correlationId: meta.requestId ?? ulid() };
+      const cmdMeta = { actor: `platform:${meta.actor ?? 'unknown'}`, correlationId: meta.requestId ?? newId() };
       const result: CommandResult =
         command.type === 'StartContainer' || command.type === 'StopContainer'
           ? await this.#writer.container(command, cmdMeta)

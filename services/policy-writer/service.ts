@@ -1,9 +1,9 @@
 // Assembles the policy-writer: model follower, writer, HTTP gateway and platform intake.
-import { ulid } from 'ulid';
+import { newId } from '../../runtime/ids.ts';
 import type { Bus } from '../../runtime/nats.ts';
 import type { Logger } from '../../runtime/logger.ts';
 import { EventLog, LogFollower } from '../../runtime/event-log.ts';
-import { type Model, modelFold } from '../../projections/model.ts';
+import { type Model, liveModelFold } from '../../projections/model.ts';
 import { buildHttpGateway } from './http.ts';
 import { Intake } from './intake.ts';
 import { PolicyApi } from './policy-api.ts';
@@ -35,14 +35,14 @@ export async function startPolicyWriter(deps: {
 }): Promise<PolicyWriter> {
   const log = deps.log.child({ service: 'policy-writer' });
   const eventLog = new EventLog(deps.bus);
-  const follower = new LogFollower<Model>(deps.bus, modelFold, log);
+  const follower = new LogFollower<Model>(deps.bus, liveModelFold, log);
   await follower.start();
   const writer = new Writer({
     log,
     eventLog,
     follower,
     now: deps.now ?? (() => new Date()),
-    newId: deps.newId ?? (() => ulid()),
+    newId: deps.newId ?? newId,
     policyQuota: deps.config.policyQuota,
   });
   const api = new PolicyApi({ writer, maxPoliciesPerRequest: deps.config.maxPoliciesPerRequest });

@@ -64,12 +64,13 @@ export class Writer {
   /**
    * Runs one decision on one aggregate subject. `related` are other aggregates the decision reads (e.g. the apps a
    * policy names): when the model has never seen one, the log is asked for it first, so a write acknowledged by
-   * another writer instance is not missed.
+   * another writer instance is not missed. The aggregate itself needs no such check: if the model is behind on
+   * it, the append's expected sequence fails and the decision is made again on the caught-up model.
    */
   async execute(subject: string, related: readonly string[], decide: (m: Model) => Decision, meta: CommandMeta): Promise<CommandResult> {
     const { follower, eventLog } = this.#o;
     return this.#mutex.run(subject, async () => {
-      await this.catchUpOn([subject, ...related]);
+      await this.catchUpOn(related);
       const attempts = this.#o.maxAttempts ?? 8;
       for (let attempt = 1; attempt <= attempts; attempt++) {
         const model = follower.state;

@@ -1,6 +1,6 @@
 // Starts a policy-writer against a test NATS fixture and offers small HTTP and intake clients.
 import type { Test } from 'tap';
-import { ulid } from 'ulid';
+import { newId } from '../../runtime/ids.ts';
 import { startPolicyWriter, type PolicyWriter } from '../../services/policy-writer/service.ts';
 import { mintToken, type Principal } from '../../runtime/tokens.ts';
 import type { Bus } from '../../runtime/nats.ts';
@@ -61,7 +61,7 @@ export async function startGateway(t: Test, nats: NatsFixture, overrides: Partia
   };
 }
 
-export const requestId = () => ulid();
+export const requestId = () => newId();
 
 /** A CF policy body. */
 export function cfPolicy(src: string, dst: string, protocol = 'tcp', start = 8080, end = start) {

@@ -1,0 +1,104 @@
+// npm run bench:ingest — policy creates/s and container events/s through the real path (HTTP gateway and NATS
+// intake into a policy-writer process, appends acknowledged by JetStream, model folded), next to the raw
+// JetStream append rate of the same server in the same run.
+//
+// Flags (env): BENCH_RAW_MSGS (100000), BENCH_APPS (200), BENCH_CONTAINERS (20000), BENCH_POLICIES (10000),
+// BENCH_CONCURRENCY (256 intake / 64 HTTP).
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { StorageType } from '@nats-io/jetstream';
+import { startNatsServer } from '../runtime/nats-server.ts';
+import { connectBus } from '../runtime/nats.ts';
+import { ensureTopology, defaultTopologyOptions } from '../runtime/topology.ts';
+import { silentLogger } from '../runtime/logger.ts';
+import { intakeSubject } from '../runtime/subjects.ts';
+import { mintToken } from '../runtime/tokens.ts';
+import { cpuSeconds, machine, pool, rate, rawAppendRate, startChild, stopChild } from './lib.ts';
+
+const env = (k: string, d: number) => Number(process.env[k] ?? d);
+const RAW = env('BENCH_RAW_MSGS', 100_000);
+const APPS = env('BENCH_APPS', 200);
+const CONTAINERS = env('BENCH_CONTAINERS', 20_000);
+const POLICIES = env('BENCH_POLICIES', 10_000);
+const INTAKE_CONC = env('BENCH_CONCURRENCY', 256);
+const HTTP_CONC = env('BENCH_HTTP_CONCURRENCY', 64);
+
+const dir = mkdtempSync(join(tmpdir(), 'netfold-bench-'));
+const server = await startNatsServer({ storeDir: dir });
+const log = silentLogger();
+const bus = await connectBus({ servers: server.url, name: 'bench', log });
+await ensureTopology(bus.jsm, defaultTopologyOptions, log);
+const results: Record<string, number | string> = {};
+const progress = (what: string) => process.stderr.write(`bench: ${what}\n`);
+
+progress('raw JetStream append');
+// 1. Raw limit: plain publishes to a stream subject with a reply inbox, 1024 in flight, counting PubAcks.
+await bus.jsm.streams.add({ name: 'BENCH_RAW', subjects: ['bench.raw.>'], storage: StorageType.File, duplicate_window: 120e9 });
+const payload = JSON.stringify({ id: '01JB0000000000000000000000', type: 'ContainerStarted', v: 1, at: new Date().toISOString(), actor: 'platform:bench', correlationId: 'x'.repeat(26), data: { containerId: 'c-000000', appId: 'app-000', instanceIndex: 0, cellId: 'cell-000', ip: '10.255.0.1' } });
+results['raw JetStream append (msgs/s)'] = await rawAppendRate(bus.nc, 'bench.raw', payload, RAW, 1024);
+progress('js.publish');
+// js.publish for reference, 256 in flight.
+{
+  const n = Math.min(RAW, 50_000);
+  const ms = await pool(n, 256, async (i) => {
+    await bus.js.publish(`bench.raw.js.${i % 1000}`, payload);
+  });
+  results['js.publish, 256 in flight (msgs/s)'] = rate(n, ms);
+}
+
+// 2. The real path: a policy-writer process (HTTP gateway + intake), driven from this process.
+const secret = 'bench-secret-bench-secret-bench-secret';
+const httpPort = await freePort();
+const child = await startChild('services/policy-writer/main.ts', { NATS_URL: server.url, NETFOLD_TOKEN_SECRET: secret, NETFOLD_HTTP_PORT: String(httpPort), NETFOLD_LOG_LEVEL: 'info' }, 'policy-writer-started');
+const gateway = `http://127.0.0.1:${httpPort}/networking/v1/external/policies`;
+const admin = await mintToken(secret, { user: 'bench', scopes: ['network.admin'], spaces: [] }, 3600);
+
+const request = async (subject: string, body: unknown) => {
+  const m = await bus.nc.request(subject, JSON.stringify(body), { timeout: 30_000 });
+  const r = m.json<{ ok: boolean; error?: string }>();
+  if (!r.ok) throw new Error(`${subject}: ${r.error}`);
+};
+
+const measure = async (name: string, count: number, concurrency: number, task: (i: number) => Promise<void>) => {
+  progress(name);
+  const cpu0 = cpuSeconds(child.pid!);
+  const ms = await pool(count, concurrency, task);
+  results[name] = rate(count, ms);
+  results[`${name} — writer CPU (cores)`] = Math.round(((cpuSeconds(child.pid!) - cpu0) / (ms / 1000)) * 100) / 100;
+};
+
+await measure('app registrations (cmds/s)', APPS, INTAKE_CONC, (i) => request(intakeSubject.registerApp, { appId: `app-${i}`, name: `app-${i}`, spaceId: 's1', orgId: 'o1' }));
+await measure('container starts via intake (events/s)', CONTAINERS, INTAKE_CONC, (i) =>
+  request(intakeSubject.startContainer, { containerId: `c-${i}`, appId: `app-${i % APPS}`, cellId: `cell-${i % 1000}`, instanceIndex: Math.floor(i / APPS), ip: `10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}` }),
+);
+await measure('container stops via intake (events/s)', CONTAINERS, INTAKE_CONC, (i) => request(intakeSubject.stopContainer, { containerId: `c-${i}` }));
+await measure('policy creates via HTTP, 1 per request (policies/s)', POLICIES, HTTP_CONC, async (i) => {
+  const src = i % APPS;
+  const dst = (src + 1 + Math.floor(i / APPS)) % APPS;
+  const body = { policies: [{ source: { id: `app-${src}` }, destination: { id: `app-${dst}`, protocol: 'tcp', ports: { start: 1000 + Math.floor(i / (APPS * APPS)), end: 1000 + Math.floor(i / (APPS * APPS)) } } }] };
+  const res = await fetch(gateway, { method: 'POST', headers: { authorization: `Bearer ${admin}`, 'content-type': 'application/json' }, body: JSON.stringify(body) });
+  if (res.status !== 200) throw new Error(`HTTP ${res.status}: ${await res.text()}`);
+  await res.arrayBuffer();
+});
+const events = (await bus.jsm.streams.info('NF_EVENTS')).state.messages;
+
+const raw = results['raw JetStream append (msgs/s)'] as number;
+const lines = Object.entries(results).map(([k, v]) => `| ${k} | ${v} |${typeof v === 'number' && !k.includes('CPU') && !k.startsWith('raw') ? ` ${Math.round((v / raw) * 1000) / 10}% of raw |` : ' |'}`);
+console.log(JSON.stringify({ machine: machine(), sizes: { RAW, APPS, CONTAINERS, POLICIES, INTAKE_CONC, HTTP_CONC }, eventsInLog: events, results }, null, 2));
+console.log(['', '| measurement | figure | vs raw |', '|---|---|---|', ...lines].join('\n'));
+await stopChild(child);
+await bus.close();
+await server.stop();
+rmSync(dir, { recursive: true, force: true });
+
+async function freePort(): Promise<number> {
+  const { createServer } = await import('node:net');
+  return new Promise((resolve) => {
+    const srv = createServer();
+    srv.listen(0, '127.0.0.1', () => {
+      const port = (srv.address() as { port: number }).port;
+      srv.close(() => resolve(port));
+    });
+  });
+}

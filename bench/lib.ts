@@ -1,0 +1,100 @@
+// Shared pieces of the benchmarks: machine description, an embedded server, bounded-concurrency loops.
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { cpus, totalmem } from 'node:os';
+import { createInbox, type NatsConnection } from '@nats-io/nats-core';
+
+export function machine(): Record<string, string> {
+  let nats = 'unknown';
+  try {
+    nats = execFileSync('nats-server', ['--version']).toString().trim();
+  } catch {
+    // reported as unknown
+  }
+  return {
+    cpu: `${cpus()[0]?.model ?? 'unknown'} x ${cpus().length}`,
+    memory: `${Math.round(totalmem() / 2 ** 30)} GiB`,
+    node: process.version,
+    nats,
+  };
+}
+
+/** Runs `task(i)` for i in [0, count) with at most `concurrency` in flight; returns elapsed ms. */
+export async function pool(count: number, concurrency: number, task: (i: number) => Promise<void>): Promise<number> {
+  const t0 = performance.now();
+  let next = 0;
+  const worker = async () => {
+    while (next < count) {
+      const i = next++;
+      await task(i);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(concurrency, count) }, worker));
+  return performance.now() - t0;
+}
+
+export const rate = (n: number, ms: number) => Math.round((n / ms) * 1000);
+
+/** Starts a TypeScript entry point as a child process; resolves once it logs `readyMessage`. */
+export async function startChild(entry: string, env: NodeJS.ProcessEnv, readyMessage: string): Promise<ChildProcess> {
+  const extra = process.env.BENCH_CHILD_NODE_ARGS ? process.env.BENCH_CHILD_NODE_ARGS.split(' ') : [];
+  const child = spawn(process.execPath, [...extra, '--import', 'tsx', entry], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'inherit'] });
+  await new Promise<void>((resolve, reject) => {
+    let buf = '';
+    child.stdout!.on('data', (d: Buffer) => {
+      buf += d.toString();
+      if (buf.includes(`"msg":"${readyMessage}"`)) resolve();
+      if (buf.length > 1_000_000) buf = buf.slice(-10_000);
+    });
+    child.once('exit', (code) => reject(new Error(`${entry} exited with ${code}`)));
+  });
+  return child;
+}
+
+export async function stopChild(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null) return;
+  const exited = new Promise((r) => child.once('exit', r));
+  child.kill('SIGTERM');
+  await exited;
+}
+
+export function cpuSeconds(pid: number): number {
+  try {
+    const stat = execFileSync('cat', [`/proc/${pid}/stat`]).toString();
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(fields[11]) + Number(fields[12])) / 100;
+  } catch {
+    return NaN;
+  }
+}
+
+/**
+ * The raw append limit: plain publishes to stream subjects with a reply inbox, `window` in flight, counting the
+ * PubAcks ourselves (no per-message promise, as js.publish has). Returns msgs/s.
+ */
+export async function rawAppendRate(nc: NatsConnection, prefix: string, payload: string, count: number, window: number): Promise<number> {
+  const inbox = createInbox();
+  let acked = 0;
+  let sent = 0;
+  let wake: (() => void) | undefined;
+  const sub = nc.subscribe(`${inbox}.*`, {
+    callback: () => {
+      acked++;
+      const w = wake;
+      wake = undefined;
+      w?.();
+    },
+  });
+  const t0 = performance.now();
+  while (acked < count) {
+    while (sent < count && sent - acked < window) {
+      nc.publish(`${prefix}.${sent % 1000}`, payload, { reply: `${inbox}.${sent}` });
+      sent++;
+    }
+    await new Promise<void>((resolve) => {
+      wake = resolve;
+    });
+  }
+  const ms = performance.now() - t0;
+  sub.unsubscribe();
+  return rate(count, ms);
+}
