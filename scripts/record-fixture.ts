@@ -1,0 +1,57 @@
+// Records a real event log for test/fixtures: runs a scenario through the real gateway and intake against a
+// throwaway nats-server, then writes the stream as JSON lines ({ seq, subject, event }) to stdout.
+//   node --import tsx scripts/record-fixture.ts > test/fixtures/events-v1.jsonl
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { startNatsServer } from '../runtime/nats-server.ts';
+import { connectBus } from '../runtime/nats.ts';
+import { ensureTopology, defaultTopologyOptions } from '../runtime/topology.ts';
+import { silentLogger } from '../runtime/logger.ts';
+import { intakeSubject } from '../runtime/subjects.ts';
+import { EventLog } from '../runtime/event-log.ts';
+import { mintToken } from '../runtime/tokens.ts';
+import { startPolicyWriter } from '../services/policy-writer/service.ts';
+
+const dir = mkdtempSync(join(tmpdir(), 'netfold-fixture-'));
+const server = await startNatsServer({ storeDir: dir });
+const log = silentLogger();
+const bus = await connectBus({ servers: server.url, name: 'fixture', log });
+await ensureTopology(bus.jsm, defaultTopologyOptions, log);
+const secret = 'fixture-secret-fixture-secret-fixture';
+const writer = await startPolicyWriter({ bus, log, config: { httpHost: '127.0.0.1', httpPort: 0, httpBodyLimit: 1 << 20, policyQuota: 150, maxPoliciesPerRequest: 1000, tokenSecret: secret } });
+const admin = await mintToken(secret, { user: 'alice', scopes: ['network.admin'], spaces: [] }, 600);
+const dev = await mintToken(secret, { user: 'bob', scopes: ['network.write'], spaces: ['space-1'] }, 600);
+
+const intake = async (subject: string, body: object) => {
+  const r = (await bus.nc.request(subject, JSON.stringify({ ...body, actor: 'cloud-controller' }), { timeout: 5000 })).json<{ ok: boolean; error?: string }>();
+  if (!r.ok) throw new Error(`${subject}: ${r.error}`);
+};
+const policies = async (token: string, path: string, list: [string, string, 'tcp' | 'udp', number, number][]) => {
+  const body = { policies: list.map(([s, d, protocol, start, end]) => ({ source: { id: s }, destination: { id: d, protocol, ports: { start, end } } })) };
+  const res = await fetch(`${writer.url}/networking/v1/external/policies${path}`, { method: 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, body: JSON.stringify(body) });
+  if (res.status !== 200) throw new Error(`${path}: ${res.status} ${await res.text()}`);
+};
+
+for (const [appId, name, space] of [['app-web', 'web', 'space-1'], ['app-api', 'api', 'space-1'], ['app-db', 'db', 'space-2'], ['app-cache', 'cache', 'space-2']]) {
+  await intake(intakeSubject.registerApp, { appId, name, spaceId: space, orgId: 'org-1' });
+}
+await intake(intakeSubject.startContainer, { containerId: 'web-0', appId: 'app-web', cellId: 'cell-1', instanceIndex: 0, ip: '10.255.1.2' });
+await intake(intakeSubject.startContainer, { containerId: 'web-1', appId: 'app-web', cellId: 'cell-2', instanceIndex: 1, ip: '10.255.2.2' });
+await intake(intakeSubject.startContainer, { containerId: 'api-0', appId: 'app-api', cellId: 'cell-2', instanceIndex: 0, ip: '10.255.2.3' });
+await intake(intakeSubject.startContainer, { containerId: 'db-0', appId: 'app-db', cellId: 'cell-3', instanceIndex: 0, ip: '10.255.3.2' });
+await intake(intakeSubject.stopContainer, { containerId: 'cache-9' });
+await policies(dev, '', [['app-web', 'app-api', 'tcp', 8080, 8080]]);
+await policies(admin, '', [['app-api', 'app-db', 'tcp', 5432, 5432], ['app-api', 'app-cache', 'tcp', 6379, 6380], ['app-web', 'app-db', 'udp', 53, 53]]);
+await intake(intakeSubject.renameApp, { appId: 'app-api', name: 'backend' });
+await intake(intakeSubject.startContainer, { containerId: 'cache-0', appId: 'app-cache', cellId: 'cell-3', instanceIndex: 0, ip: '10.255.3.3' });
+await policies(admin, '/delete', [['app-web', 'app-db', 'udp', 53, 53]]);
+await intake(intakeSubject.stopContainer, { containerId: 'web-1' });
+await intake(intakeSubject.deleteApp, { appId: 'app-cache' });
+await intake(intakeSubject.startContainer, { containerId: 'api-1', appId: 'app-api', cellId: 'cell-1', instanceIndex: 1, ip: '10.255.1.3' });
+
+for await (const rec of new EventLog(bus).read(1)) process.stdout.write(JSON.stringify(rec) + '\n');
+await writer.stop();
+await bus.close();
+await server.stop();
+rmSync(dir, { recursive: true, force: true });
