@@ -1,0 +1,59 @@
+// Request/reply over one shared inbox subscription: publish with a reply subject `<inbox>.<token>` and match the
+// answer by token. Per request this costs one publish and a map entry, where nc.request (and js.publish, built on
+// it) also builds error objects and a subscription entry per call; with many requests in flight that difference
+// was most of the client's CPU. Used for event-log appends and by the benchmarks' load generators.
+import { createInbox, type Msg, type MsgHdrs, type NatsConnection, type Subscription } from '@nats-io/nats-core';
+
+/** No answer within the timeout. The request may or may not have been acted on. */
+export class RequestTimeout extends Error {
+  constructor(subject: string, ms: number) {
+    super(`no answer on ${subject} within ${ms} ms`);
+    this.name = 'RequestTimeout';
+  }
+}
+
+type Pending = { resolve: (m: Msg) => void; reject: (e: Error) => void; timer: NodeJS.Timeout };
+
+export class InboxRequester {
+  readonly #nc: NatsConnection;
+  readonly #prefix = createInbox();
+  readonly #pending = new Map<string, Pending>();
+  #sub: Subscription | undefined;
+  #next = 0;
+
+  constructor(nc: NatsConnection) {
+    this.#nc = nc;
+  }
+
+  get inFlight(): number {
+    return this.#pending.size;
+  }
+
+  request(subject: string, payload: string | Uint8Array, opts: { headers?: MsgHdrs; timeoutMs: number }): Promise<Msg> {
+    this.#sub ??= this.#nc.subscribe(`${this.#prefix}.*`, {
+      callback: (_err, msg) => {
+        const token = msg.subject.slice(this.#prefix.length + 1);
+        const p = this.#pending.get(token);
+        if (!p) return; // answered after its timeout; the caller has moved on
+        this.#pending.delete(token);
+        clearTimeout(p.timer);
+        p.resolve(msg);
+      },
+    });
+    const token = (this.#next++).toString(36);
+    return new Promise<Msg>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.#pending.delete(token);
+        reject(new RequestTimeout(subject, opts.timeoutMs));
+      }, opts.timeoutMs);
+      this.#pending.set(token, { resolve, reject, timer });
+      try {
+        this.#nc.publish(subject, payload, opts.headers ? { reply: `${this.#prefix}.${token}`, headers: opts.headers } : { reply: `${this.#prefix}.${token}` });
+      } catch (err) {
+        this.#pending.delete(token);
+        clearTimeout(timer);
+        reject(err instanceof Error ? err : new Error(String(err)));
+      }
+    });
+  }
+}
