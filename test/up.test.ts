@@ -1,0 +1,56 @@
+// `netfold up` as a user runs it: embedded nats-server, the gateway usable with the admin token it writes, and a
+// clean shutdown on SIGTERM that also stops the embedded server.
+import t from 'tap';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+t.test('netfold up: embedded NATS, gateway with admin token, clean stop', async (t) => {
+  const dataDir = mkdtempSync(join(tmpdir(), 'netfold-up-'));
+  t.teardown(() => rmSync(dataDir, { recursive: true, force: true }));
+  const child = spawn(process.execPath, ['bin/netfold.mjs', 'up', '--data-dir', dataDir, '--nats-port=-1', '--http-port', '0', '--log-level', 'warn'], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, NATS_URL: '' },
+  });
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  t.teardown(() => {
+    if (child.exitCode === null) child.kill('SIGKILL');
+  });
+  let banner = '';
+  const ready = await new Promise<{ api: string; nats: string }>((resolve, reject) => {
+    child.stderr!.on('data', (d: Buffer) => {
+      banner += d.toString();
+      const api = /policy API:\s+(\S+)/.exec(banner);
+      const nats = /NATS:\s+(\S+)/.exec(banner);
+      if (api && nats && banner.includes('admin token:')) resolve({ api: api[1]!, nats: nats[1]! });
+    });
+    child.once('exit', (code) => reject(new Error(`netfold up exited early (${code}): ${banner}`)));
+  });
+  t.match(banner, new RegExp(`admin token:\\s+${join(dataDir, 'admin.token')}`));
+  const token = readFileSync(join(dataDir, 'admin.token'), 'utf8').trim();
+  const auth = { authorization: `Bearer ${token}`, 'content-type': 'application/json' };
+
+  const { connect } = await import('@nats-io/transport-node');
+  const nc = await connect({ servers: ready.nats });
+  for (const appId of ['a', 'b']) {
+    const r = await nc.request('nf.cmd.app.register', JSON.stringify({ appId, name: appId, spaceId: 's', orgId: 'o' }), { timeout: 5000 });
+    t.match(r.json(), { ok: true });
+  }
+  await nc.close();
+
+  const body = JSON.stringify({ policies: [{ source: { id: 'a' }, destination: { id: 'b', protocol: 'tcp', ports: { start: 80, end: 80 } } }] });
+  const created = await fetch(ready.api, { method: 'POST', headers: auth, body });
+  t.equal(created.status, 200);
+  const listed = (await (await fetch(ready.api, { headers: auth })).json()) as { total_policies: number };
+  t.equal(listed.total_policies, 1);
+  const deleted = await fetch(`${ready.api}/delete`, { method: 'POST', headers: auth, body });
+  t.equal(deleted.status, 200);
+  t.equal(((await (await fetch(ready.api, { headers: auth })).json()) as { total_policies: number }).total_policies, 0);
+  t.equal((await fetch(ready.api)).status, 401, 'no token, no access');
+
+  child.kill('SIGTERM');
+  t.equal(await exited, 0, 'exits cleanly on SIGTERM');
+  const { connect: again } = await import('@nats-io/transport-node');
+  await t.rejects(again({ servers: ready.nats, reconnect: false, timeout: 1000 }), 'the embedded nats-server is gone');
+});
