@@ -1,0 +1,136 @@
+// The planner's pure core: folds events into the global model and, for the cells this instance owns, turns each
+// event's effect into per-cell outputs: a delta (operations, stamped with the event's sequence and the cell's
+// previous revision, plus the hash of the resulting state) and, every `snapshotEvery` deltas or when a cell is
+// taken over, a full snapshot. Deterministic: the same events and ownership give the same outputs, byte for byte,
+// whatever the batch sizes, which is what makes a restart from a checkpoint exact.
+import type { RecordedEvent } from '../../events/catalogue.ts';
+import { type CellOp, type CellState, cellsTouchedBy, deriveCellState, diffCellStates, emptyCellState } from '../../projections/cell.ts';
+import { stateHash } from '../../projections/canonical.ts';
+import { type Model, foldEventsInPlace, initialModel } from '../../projections/model.ts';
+
+export type CellDelta = { kind: 'delta'; cellId: string; revision: number; prevRevision: number; ops: CellOp[]; hash: string };
+export type CellSnapshot = { kind: 'snapshot'; cellId: string; revision: number; hash: string; state: CellState };
+export type PlannerOutput = CellDelta | CellSnapshot;
+
+type CellTrack = { state: CellState; revision: number; hash: string; sinceSnapshot: number };
+
+/** What a checkpoint holds: the model and, per owned cell, its revision and delta count since its last snapshot. */
+export type PlannerCheckpoint = {
+  v: 1;
+  seq: number;
+  model: Model;
+  cells: Record<string, { revision: number; sinceSnapshot: number }>;
+};
+
+export type PlannerCoreOptions = {
+  domain: string;
+  /** A snapshot after this many deltas of a cell (readers that fall further behind re-read it). */
+  snapshotEvery: number;
+  owns: (cellId: string) => boolean;
+};
+
+export const EMPTY_CELL_HASH = stateHash(emptyCellState());
+
+export class PlannerCore {
+  readonly #opts: PlannerCoreOptions;
+  #owns: (cellId: string) => boolean;
+  readonly model: Model;
+  readonly #cells = new Map<string, CellTrack>();
+  /** Every cell any event has named, owned or not. */
+  readonly #known = new Set<string>();
+
+  constructor(opts: PlannerCoreOptions, checkpoint?: PlannerCheckpoint) {
+    this.#opts = opts;
+    this.#owns = opts.owns;
+    this.model = checkpoint ? structuredClone(checkpoint.model) : structuredClone(initialModel());
+    for (const c of Object.values(this.model.containers)) if (c.cellId) this.#known.add(c.cellId);
+    for (const [cellId, t] of Object.entries(checkpoint?.cells ?? {})) {
+      this.#known.add(cellId);
+      const state = deriveCellState(this.model, cellId, opts.domain);
+      this.#cells.set(cellId, { state, revision: t.revision, hash: stateHash(state), sinceSnapshot: t.sinceSnapshot });
+    }
+  }
+
+  get seq(): number {
+    return this.model.seq;
+  }
+
+  /** Owned cells and their current revision and hash. */
+  cells(): Record<string, { revision: number; hash: string }> {
+    const out: Record<string, { revision: number; hash: string }> = {};
+    for (const [id, t] of [...this.#cells].sort(([a], [b]) => (a < b ? -1 : 1))) out[id] = { revision: t.revision, hash: t.hash };
+    return out;
+  }
+
+  cellState(cellId: string): CellState | undefined {
+    return this.#cells.get(cellId)?.state;
+  }
+
+  /** Folds events in order; returns the outputs for owned cells, in order. */
+  ingest(batch: readonly RecordedEvent[]): PlannerOutput[] {
+    const out: PlannerOutput[] = [];
+    for (const rec of batch) {
+      if (rec.seq <= this.model.seq) continue;
+      const touched = cellsTouchedBy(this.model, rec.event);
+      foldEventsInPlace(this.model, [rec]);
+      for (const c of cellsTouchedBy(this.model, rec.event)) touched.add(c);
+      for (const cellId of [...touched].sort()) {
+        this.#known.add(cellId);
+        if (!this.#owns(cellId)) continue;
+        const track = this.#cells.get(cellId) ?? this.#track(cellId);
+        const next = deriveCellState(this.model, cellId, this.#opts.domain);
+        const ops = diffCellStates(track.state, next);
+        if (ops.length === 0) continue;
+        const hash = stateHash(next);
+        out.push({ kind: 'delta', cellId, revision: rec.seq, prevRevision: track.revision, ops, hash });
+        track.state = next;
+        track.revision = rec.seq;
+        track.hash = hash;
+        track.sinceSnapshot += 1;
+        if (track.sinceSnapshot >= this.#opts.snapshotEvery) {
+          out.push(this.#snapshot(cellId, track));
+          track.sinceSnapshot = 0;
+        }
+      }
+    }
+    return out;
+  }
+
+  #track(cellId: string): CellTrack {
+    const t: CellTrack = { state: emptyCellState(), revision: 0, hash: EMPTY_CELL_HASH, sinceSnapshot: 0 };
+    this.#cells.set(cellId, t);
+    return t;
+  }
+
+  #snapshot(cellId: string, t: CellTrack): CellSnapshot {
+    return { kind: 'snapshot', cellId, revision: t.revision, hash: t.hash, state: structuredClone(t.state) };
+  }
+
+  /**
+   * Changes which cells this instance owns. A cell taken over gets a snapshot at the current sequence (its state
+   * is derived from the model, which every instance folds whole); a cell given up is forgotten.
+   */
+  setOwnership(owns: (cellId: string) => boolean): PlannerOutput[] {
+    this.#owns = owns;
+    const out: PlannerOutput[] = [];
+    for (const cellId of [...this.#known].sort()) {
+      const had = this.#cells.has(cellId);
+      if (owns(cellId) && !had) {
+        const state = deriveCellState(this.model, cellId, this.#opts.domain);
+        const t: CellTrack = { state, revision: this.model.seq, hash: stateHash(state), sinceSnapshot: 0 };
+        this.#cells.set(cellId, t);
+        out.push(this.#snapshot(cellId, t));
+      } else if (!owns(cellId) && had) {
+        this.#cells.delete(cellId);
+      }
+    }
+    return out;
+  }
+
+  /** A checkpoint of everything needed to resume exactly (serialize it before folding further). */
+  checkpoint(): PlannerCheckpoint {
+    const cells: PlannerCheckpoint['cells'] = {};
+    for (const [id, t] of this.#cells) cells[id] = { revision: t.revision, sinceSnapshot: t.sinceSnapshot };
+    return { v: 1, seq: this.model.seq, model: this.model, cells };
+  }
+}
