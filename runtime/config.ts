@@ -18,6 +18,9 @@ export type Config = {
   maxPoliciesPerRequest: number;
   tokenSecret: string | undefined;
   logLevel: string;
+  plannerId: string;
+  domain: string;
+  checkpointIntervalMs: number;
 };
 
 type Setting = { key: keyof Config; flag: string; env: string; def: string | undefined; kind: 'string' | 'int'; min?: number; max?: number };
@@ -34,6 +37,9 @@ export const SETTINGS: readonly Setting[] = [
   { key: 'maxPoliciesPerRequest', flag: 'max-policies-per-request', env: 'NETFOLD_MAX_POLICIES_PER_REQUEST', def: '1000', kind: 'int', min: 1, max: 100_000 },
   { key: 'tokenSecret', flag: 'token-secret', env: 'NETFOLD_TOKEN_SECRET', def: undefined, kind: 'string' },
   { key: 'logLevel', flag: 'log-level', env: 'NETFOLD_LOG_LEVEL', def: 'info', kind: 'string' },
+  { key: 'plannerId', flag: 'planner-id', env: 'NETFOLD_PLANNER_ID', def: 'planner', kind: 'string' },
+  { key: 'domain', flag: 'domain', env: 'NETFOLD_DOMAIN', def: 'apps.internal', kind: 'string' },
+  { key: 'checkpointIntervalMs', flag: 'checkpoint-interval-ms', env: 'NETFOLD_CHECKPOINT_INTERVAL_MS', def: '5000', kind: 'int', min: 100, max: 3_600_000 },
 ];
 
 /** Builds the config from parsed flags (by flag name) and the environment. */

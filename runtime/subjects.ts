@@ -5,6 +5,8 @@
 //   nf.evt.container.<containerId> container lifecycle events           (stream NF_EVENTS)
 //   nf.evt.policy.<sourceAppId>   policy events of one source app      (stream NF_EVENTS)
 //   nf.cmd.<aggregate>.<verb>     platform intake, request/reply        (core NATS, queue group policy-writer)
+//   nf.cell.snap.<cellId>         a cell's latest full desired state    (stream NF_CELL_SNAPSHOTS, 1 per subject)
+//   nf.cell.delta.<cellId>        a cell's recent changes               (stream NF_CELL_DELTAS, last N per subject)
 
 export const EVENTS_STREAM = 'NF_EVENTS';
 export const EVENT_SUBJECTS = 'nf.evt.>';
@@ -26,3 +28,18 @@ export const intakeSubject = {
 export type IntakeSubject = (typeof intakeSubject)[keyof typeof intakeSubject];
 
 export const INTAKE_QUEUE = 'policy-writer';
+
+export const CELL_SNAPSHOTS_STREAM = 'NF_CELL_SNAPSHOTS';
+export const CELL_DELTAS_STREAM = 'NF_CELL_DELTAS';
+
+export const cellSubject = {
+  snapshot: (cellId: string) => `nf.cell.snap.${cellId}`,
+  delta: (cellId: string) => `nf.cell.delta.${cellId}`,
+  allSnapshots: 'nf.cell.snap.*',
+  allDeltas: 'nf.cell.delta.*',
+} as const;
+
+/** Planner instances announce themselves here (KV bucket; entries expire when an instance stops heartbeating). */
+export const PLANNER_MEMBERS_BUCKET = 'netfold-planners';
+/** Planner checkpoints (object store: checkpoints are larger than one message). */
+export const PLANNER_CHECKPOINT_BUCKET = 'netfold-planner-checkpoints';

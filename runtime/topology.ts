@@ -1,7 +1,7 @@
 // JetStream topology as code: every stream netfold uses, created or updated idempotently at start-up.
 import { DiscardPolicy, RetentionPolicy, StorageType, type JetStreamManager, type StreamConfig } from '@nats-io/jetstream';
 import type { Logger } from './logger.ts';
-import { EVENTS_STREAM, EVENT_SUBJECTS } from './subjects.ts';
+import { CELL_DELTAS_STREAM, CELL_SNAPSHOTS_STREAM, EVENTS_STREAM, EVENT_SUBJECTS, cellSubject } from './subjects.ts';
 import { withNatsRetry } from './retry.ts';
 
 export type TopologyOptions = {
@@ -9,9 +9,11 @@ export type TopologyOptions = {
   replicas: number;
   /** Window in which a repeated Nats-Msg-Id is dropped (ms). */
   duplicateWindowMs: number;
+  /** Deltas kept per cell: readers further behind than this re-read the snapshot (>= 4x the snapshot cadence). */
+  deltasPerCell: number;
 };
 
-export const defaultTopologyOptions: TopologyOptions = { replicas: 1, duplicateWindowMs: 120_000 };
+export const defaultTopologyOptions: TopologyOptions = { replicas: 1, duplicateWindowMs: 120_000, deltasPerCell: 256 };
 
 const ms = (n: number) => n * 1_000_000;
 
@@ -34,8 +36,38 @@ export function eventStreamConfig(opts: TopologyOptions): Partial<StreamConfig> 
   };
 }
 
+/** Each cell's latest full desired state: one message per cell subject. */
+export function cellSnapshotStreamConfig(opts: TopologyOptions): Partial<StreamConfig> & { name: string } {
+  return {
+    name: CELL_SNAPSHOTS_STREAM,
+    subjects: [cellSubject.allSnapshots],
+    storage: StorageType.File,
+    retention: RetentionPolicy.Limits,
+    discard: DiscardPolicy.Old,
+    max_msgs_per_subject: 1,
+    num_replicas: opts.replicas,
+    duplicate_window: ms(opts.duplicateWindowMs),
+    allow_direct: true,
+  };
+}
+
+/** Each cell's recent deltas, the last `deltasPerCell` per cell subject. */
+export function cellDeltaStreamConfig(opts: TopologyOptions): Partial<StreamConfig> & { name: string } {
+  return {
+    name: CELL_DELTAS_STREAM,
+    subjects: [cellSubject.allDeltas],
+    storage: StorageType.File,
+    retention: RetentionPolicy.Limits,
+    discard: DiscardPolicy.Old,
+    max_msgs_per_subject: opts.deltasPerCell,
+    num_replicas: opts.replicas,
+    duplicate_window: ms(opts.duplicateWindowMs),
+    allow_direct: true,
+  };
+}
+
 export async function ensureTopology(jsm: JetStreamManager, opts: TopologyOptions, log: Logger): Promise<void> {
-  for (const config of [eventStreamConfig(opts)]) {
+  for (const config of [eventStreamConfig(opts), cellSnapshotStreamConfig(opts), cellDeltaStreamConfig(opts)]) {
     await withNatsRetry(`ensure-stream ${config.name}`, async () => {
       const existing = await jsm.streams.info(config.name).catch((err: unknown) => {
         if (isStreamNotFound(err)) return null;

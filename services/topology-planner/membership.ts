@@ -1,0 +1,76 @@
+// Planner instances share the cells by rendezvous hashing over the live members. Members announce themselves in a
+// KV bucket whose entries expire (the bucket's TTL) unless refreshed; nats-server 2.9 does not notify watchers of
+// expiry, so the member list is re-read every heartbeat. A clean stop deletes its own entry at once.
+import { createHash } from 'node:crypto';
+import { Kvm, type KV } from '@nats-io/kv';
+import type { Bus } from '../../runtime/nats.ts';
+import type { Logger } from '../../runtime/logger.ts';
+import { PLANNER_MEMBERS_BUCKET } from '../../runtime/subjects.ts';
+import { withNatsRetry } from '../../runtime/retry.ts';
+
+/** The member that owns a cell: the highest hash of (member, cell). Stable: a change of members moves only the
+ * cells of the member that came or went. */
+export function ownerOf(cellId: string, members: readonly string[]): string | undefined {
+  let best: string | undefined;
+  let bestScore = '';
+  for (const m of members) {
+    const score = createHash('sha256').update(`${m}\u0000${cellId}`).digest('hex');
+    if (score > bestScore) {
+      bestScore = score;
+      best = m;
+    }
+  }
+  return best;
+}
+
+export type MembershipOptions = { bus: Bus; id: string; log: Logger; heartbeatMs: number; ttlMs: number; replicas: number };
+
+export class Membership {
+  readonly #o: MembershipOptions;
+  readonly #log: Logger;
+  #kv: KV | undefined;
+  #members: string[] = [];
+  #timer: NodeJS.Timeout | undefined;
+  #listeners = new Set<(members: string[]) => void>();
+
+  constructor(opts: MembershipOptions) {
+    this.#o = opts;
+    this.#log = opts.log.child({ component: 'membership' });
+  }
+
+  get members(): readonly string[] {
+    return this.#members;
+  }
+
+  owns = (cellId: string): boolean => ownerOf(cellId, this.#members) === this.#o.id;
+
+  onChange(listener: (members: string[]) => void): void {
+    this.#listeners.add(listener);
+  }
+
+  async start(): Promise<void> {
+    this.#kv = await withNatsRetry('planner members bucket', () =>
+      new Kvm(this.#o.bus.js).create(PLANNER_MEMBERS_BUCKET, { history: 1, ttl: this.#o.ttlMs, replicas: this.#o.replicas }),
+    );
+    await this.#beat();
+    this.#timer = setInterval(() => void this.#beat().catch((err: unknown) => this.#log.warn({ err }, 'planner-heartbeat-failed')), this.#o.heartbeatMs);
+  }
+
+  async #beat(): Promise<void> {
+    const kv = this.#kv!;
+    await kv.put(this.#o.id, JSON.stringify({ at: Date.now() }));
+    const keys: string[] = [];
+    for await (const k of await kv.keys()) keys.push(k);
+    keys.sort();
+    if (keys.join(',') !== this.#members.join(',')) {
+      this.#members = keys;
+      this.#log.info({ members: keys }, 'planner-members-changed');
+      for (const l of this.#listeners) l(keys);
+    }
+  }
+
+  async stop(): Promise<void> {
+    if (this.#timer) clearInterval(this.#timer);
+    await this.#kv?.delete(this.#o.id).catch(() => undefined);
+  }
+}

@@ -1,0 +1,223 @@
+// The topology planner service: restores its checkpoint, follows the event log from there with an ordered
+// consumer, and publishes each owned cell's deltas and snapshots in order. Outputs go out with msg ids
+// (`d:<cell>:<revision>`, `s:<cell>:<revision>`), and after a restart anything at or below what a cell's
+// subjects already hold is not sent again, so a restart from any checkpoint leaves the same outputs as an
+// uninterrupted run. A checkpoint is written only once every output it covers is acknowledged.
+import { DeliverPolicy } from '@nats-io/jetstream';
+import { Objm, type ObjectStore } from '@nats-io/obj';
+import type { Bus } from '../../runtime/nats.ts';
+import type { Logger } from '../../runtime/logger.ts';
+import { LogFollower, type Fold } from '../../runtime/event-log.ts';
+import { StreamPublisher } from '../../runtime/stream-publisher.ts';
+import { withNatsRetry } from '../../runtime/retry.ts';
+import { CELL_DELTAS_STREAM, CELL_SNAPSHOTS_STREAM, PLANNER_CHECKPOINT_BUCKET, cellSubject } from '../../runtime/subjects.ts';
+import { liveModelFold } from '../../projections/model.ts';
+import { PlannerCore, type PlannerCheckpoint, type PlannerOutput } from './core.ts';
+import { Membership } from './membership.ts';
+
+export type PlannerConfig = {
+  /** Stable instance id: names its checkpoint and its membership entry. */
+  plannerId: string;
+  domain: string;
+  snapshotEvery: number;
+  checkpointIntervalMs: number;
+  heartbeatMs: number;
+  memberTtlMs: number;
+  replicas: number;
+  /** Most outputs awaiting acknowledgement at once. */
+  publishWindow: number;
+};
+
+export const defaultPlannerConfig: PlannerConfig = {
+  plannerId: 'planner',
+  domain: 'apps.internal',
+  snapshotEvery: 64,
+  checkpointIntervalMs: 5000,
+  heartbeatMs: 1000,
+  memberTtlMs: 5000,
+  replicas: 1,
+  publishWindow: 512,
+};
+
+type QueueItem = { output: PlannerOutput } | { checkpoint: { seq: number; json: string } } | { through: number };
+
+export type Planner = {
+  core: PlannerCore;
+  membership: Membership;
+  /** Highest event-log sequence whose outputs are all acknowledged. */
+  publishedThrough(): number;
+  /** Resolves once every output for events up to `seq` is acknowledged. */
+  waitPublished(seq: number, timeoutMs?: number): Promise<void>;
+  stats: { deltas: number; snapshots: number; suppressed: number; checkpoints: number };
+  stop(): Promise<void>;
+};
+
+export async function startPlanner(deps: { bus: Bus; log: Logger; config: PlannerConfig }): Promise<Planner> {
+  const cfg = deps.config;
+  const log = deps.log.child({ service: 'topology-planner', planner: cfg.plannerId });
+  const objects = await withNatsRetry('planner checkpoint bucket', () => new Objm(deps.bus.js).create(PLANNER_CHECKPOINT_BUCKET, { replicas: cfg.replicas }));
+  const checkpointName = `planner-${cfg.plannerId}`;
+  const checkpoint = await loadCheckpoint(objects, checkpointName);
+  const membership = new Membership({ bus: deps.bus, id: cfg.plannerId, log, heartbeatMs: cfg.heartbeatMs, ttlMs: cfg.memberTtlMs, replicas: cfg.replicas });
+  await membership.start();
+  const core = new PlannerCore({ domain: cfg.domain, snapshotEvery: cfg.snapshotEvery, owns: membership.owns }, checkpoint ?? undefined);
+  log.info({ seq: core.seq, cells: Object.keys(core.cells()).length, fromCheckpoint: !!checkpoint }, 'planner-restored');
+
+  const published = {
+    delta: await lastRevisions(deps.bus, CELL_DELTAS_STREAM, cellSubject.allDeltas),
+    snapshot: await lastRevisions(deps.bus, CELL_SNAPSHOTS_STREAM, cellSubject.allSnapshots),
+  };
+  const deltas = new StreamPublisher(deps.bus.nc, CELL_DELTAS_STREAM);
+  const snapshots = new StreamPublisher(deps.bus.nc, CELL_SNAPSHOTS_STREAM);
+  const stats = { deltas: 0, snapshots: 0, suppressed: 0, checkpoints: 0 };
+
+  // ---- the ordered output pipeline ----
+  const queue: QueueItem[] = [];
+  let publishedThrough = core.seq;
+  let wakePump: (() => void) | undefined;
+  let stopping = false;
+  const seqWaiters: { seq: number; resolve: () => void }[] = [];
+  const enqueue = (items: QueueItem[]) => {
+    queue.push(...items);
+    wakePump?.();
+  };
+  const pump = (async () => {
+    const inFlight = new Set<Promise<void>>();
+    const settleAll = async () => {
+      while (inFlight.size > 0) await Promise.race(inFlight);
+    };
+    for (;;) {
+      const item = queue.shift();
+      if (!item) {
+        if (stopping) break;
+        await new Promise<void>((r) => (wakePump = r));
+        wakePump = undefined;
+        continue;
+      }
+      if ('output' in item) {
+        const p = publishOutput(item.output).catch((err: unknown) => log.error({ err, cell: item.output.cellId }, 'planner-publish-failed'));
+        const tracked = p.finally(() => inFlight.delete(tracked));
+        inFlight.add(tracked);
+        if (inFlight.size >= cfg.publishWindow) await Promise.race(inFlight);
+      } else if ('through' in item) {
+        await settleAll();
+        publishedThrough = Math.max(publishedThrough, item.through);
+        for (let i = seqWaiters.length - 1; i >= 0; i--) {
+          if (seqWaiters[i]!.seq <= publishedThrough) seqWaiters.splice(i, 1)[0]!.resolve();
+        }
+      } else {
+        await settleAll();
+        await withNatsRetry('planner checkpoint', () => objects.putBlob({ name: checkpointName }, new TextEncoder().encode(item.checkpoint.json)))
+          .then(() => {
+            stats.checkpoints += 1;
+            log.debug({ seq: item.checkpoint.seq }, 'planner-checkpoint-written');
+          })
+          .catch((err: unknown) => log.error({ err }, 'planner-checkpoint-failed'));
+      }
+    }
+    await settleAll();
+  })();
+
+  async function publishOutput(o: PlannerOutput): Promise<void> {
+    const kind = o.kind;
+    const already = published[kind].get(o.cellId) ?? 0;
+    if (o.revision < already || (o.revision === already && kind === 'delta')) {
+      stats.suppressed += 1;
+      return;
+    }
+    if (kind === 'delta') {
+      const { kind: _k, ...body } = o;
+      await deltas.publish(cellSubject.delta(o.cellId), JSON.stringify(body), { msgId: `d:${o.cellId}:${o.revision}` });
+      stats.deltas += 1;
+    } else {
+      const { kind: _k, ...body } = o;
+      await snapshots.publish(cellSubject.snapshot(o.cellId), JSON.stringify(body), { msgId: `s:${o.cellId}:${o.revision}` });
+      stats.snapshots += 1;
+    }
+  }
+
+  // ---- following the log ----
+  // A checkpoint is serialized between batches (the core is consistent there) and written by the pump once every
+  // output before it is acknowledged.
+  let lastCheckpointAt = Date.now();
+  let lastCheckpointSeq = core.seq;
+  const checkpointIfDue = (force = false): QueueItem[] => {
+    if (core.seq <= lastCheckpointSeq || (!force && Date.now() - lastCheckpointAt < cfg.checkpointIntervalMs)) return [];
+    lastCheckpointAt = Date.now();
+    lastCheckpointSeq = core.seq;
+    return [{ checkpoint: { seq: core.seq, json: JSON.stringify(core.checkpoint()) } }];
+  };
+  const checkpointTimer = setInterval(() => enqueue(checkpointIfDue()), cfg.checkpointIntervalMs);
+  const fold: Fold<PlannerCore> = {
+    initial: core,
+    apply(c, batch) {
+      const items: QueueItem[] = c.ingest(batch).map((output) => ({ output }));
+      items.push({ through: c.seq }, ...checkpointIfDue());
+      enqueue(items);
+      return c;
+    },
+    skip(c, seq, subject) {
+      liveModelFold.skip(c.model, seq, subject);
+      return c;
+    },
+    seqOf: (c) => c.seq,
+  };
+  const follower = new LogFollower<PlannerCore>(deps.bus, fold, log, { initialState: core });
+
+  const reconcileOwnership = () => {
+    const taken = core.setOwnership(membership.owns);
+    if (taken.length > 0) log.info({ cells: taken.map((o) => o.cellId) }, 'planner-cells-taken-over');
+    enqueue([...taken.map((output) => ({ output })), { through: core.seq }]);
+  };
+  reconcileOwnership(); // the members may have changed since the checkpoint
+  membership.onChange(reconcileOwnership);
+  await follower.start();
+  log.info({ seq: core.seq, members: membership.members }, 'planner-started');
+
+  return {
+    core,
+    membership,
+    stats,
+    publishedThrough: () => publishedThrough,
+    waitPublished(seq, timeoutMs = 10_000) {
+      if (publishedThrough >= seq) return Promise.resolve();
+      return new Promise<void>((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`planner outputs through ${seq} not published within ${timeoutMs} ms`)), timeoutMs);
+        seqWaiters.push({ seq, resolve: () => (clearTimeout(timer), resolve()) });
+      });
+    },
+    async stop() {
+      clearInterval(checkpointTimer);
+      await follower.stop();
+      await membership.stop();
+      enqueue(checkpointIfDue(true));
+      stopping = true;
+      wakePump?.();
+      await pump;
+      log.info({ seq: core.seq }, 'planner-stopped');
+    },
+  };
+}
+
+async function loadCheckpoint(objects: ObjectStore, name: string): Promise<PlannerCheckpoint | null> {
+  const blob = await withNatsRetry('planner checkpoint read', () => objects.getBlob(name));
+  if (!blob) return null;
+  const cp = JSON.parse(new TextDecoder().decode(blob)) as PlannerCheckpoint;
+  return cp.v === 1 ? cp : null;
+}
+
+/** The revision of the last message on every cell subject of a stream (one ordered consumer, last per subject). */
+async function lastRevisions(bus: Bus, stream: string, filter: string): Promise<Map<string, number>> {
+  const out = new Map<string, number>();
+  const info = await withNatsRetry('cell stream info', () => bus.jsm.streams.info(stream));
+  if (info.state.messages === 0) return out;
+  const consumer = await bus.js.consumers.get(stream, { filter_subjects: filter, deliver_policy: DeliverPolicy.LastPerSubject });
+  const messages = await consumer.consume();
+  for await (const m of messages) {
+    const body = m.json<{ cellId: string; revision: number }>();
+    out.set(body.cellId, Math.max(out.get(body.cellId) ?? 0, body.revision));
+    if (m.info.pending === 0) break;
+  }
+  await messages.close();
+  return out;
+}

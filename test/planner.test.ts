@@ -1,0 +1,179 @@
+// The topology planner against a real nats-server: readers that start from the snapshot and follow the deltas
+// end equal to the state derived from the whole log — with one planner, across a planner kill -9 and restart
+// (where the published deltas must be exactly those of an uninterrupted run), and across re-partitioning.
+import t, { type Test } from 'tap';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { DeliverPolicy } from '@nats-io/jetstream';
+import { Objm } from '@nats-io/obj';
+import { startNats, eventually, type NatsFixture } from './harness/nats.ts';
+import { startGateway, cfPolicy, type GatewayFixture } from './harness/gateway.ts';
+import { EventLog } from '../runtime/event-log.ts';
+import { CellFeed } from '../runtime/cell-feed.ts';
+import type { Bus } from '../runtime/nats.ts';
+import { CELL_DELTAS_STREAM, PLANNER_CHECKPOINT_BUCKET } from '../runtime/subjects.ts';
+import { foldEvents, initialModel, type Model } from '../projections/model.ts';
+import { deriveCellState } from '../projections/cell.ts';
+import { canonicalJson, stateHash } from '../projections/canonical.ts';
+import { startPlanner, defaultPlannerConfig, type Planner } from '../services/topology-planner/service.ts';
+import { PlannerCore } from '../services/topology-planner/core.ts';
+import type { RecordedEvent } from '../events/catalogue.ts';
+
+const CELLS = ['cell-a', 'cell-b', 'cell-c', 'cell-d'];
+
+async function logEvents(bus: Bus): Promise<RecordedEvent[]> {
+  const out: RecordedEvent[] = [];
+  for await (const rec of new EventLog(bus).read(1)) if ('event' in rec) out.push(rec);
+  return out;
+}
+
+async function reference(bus: Bus): Promise<Model> {
+  return foldEvents(initialModel(), await logEvents(bus));
+}
+
+/** Workload step `i`: apps, containers spread over the cells, policies, stops. */
+async function workload(gw: GatewayFixture, from: number, to: number): Promise<void> {
+  for (let i = from; i < to; i++) {
+    const app = `app-${i % 6}`;
+    if (i < 6) await gw.intake('registerApp', { appId: app, name: `svc${i}`, spaceId: 's1', orgId: 'o1' });
+    const started = await gw.intake('startContainer', { containerId: `c-${i}`, appId: app, cellId: CELLS[i % CELLS.length], instanceIndex: i, ip: `10.255.${i % CELLS.length}.${10 + i}` });
+    if (!started.ok) throw new Error(JSON.stringify(started));
+    if (i % 3 === 2) await gw.http('POST', '/networking/v1/external/policies', { body: { policies: [cfPolicy(`app-${i % 6}`, `app-${(i + 1) % 6}`, 'tcp', 1000 + i)] } });
+    if (i % 5 === 4) await gw.intake('stopContainer', { containerId: `c-${i - 2}` });
+  }
+}
+
+async function feedsFor(t: Test, bus: Bus, nats: NatsFixture): Promise<Map<string, CellFeed>> {
+  const feeds = new Map<string, CellFeed>();
+  for (const cell of CELLS) {
+    const feed = new CellFeed(bus, cell, nats.log);
+    await feed.start();
+    feeds.set(cell, feed);
+  }
+  t.teardown(async () => {
+    for (const f of feeds.values()) await f.stop();
+  });
+  return feeds;
+}
+
+/** Every feed reaches the state derived from the whole log, and holds exactly it. */
+async function feedsConverge(t: Test, bus: Bus, feeds: Map<string, CellFeed>, what: string): Promise<void> {
+  const model = await reference(bus);
+  for (const [cell, feed] of feeds) {
+    const expected = deriveCellState(model, cell);
+    const hash = stateHash(expected);
+    await feed.waitUntil((v) => v.hash === hash, 15_000, `${what}: hash of ${cell}`);
+    t.equal(canonicalJson(feed.view.state), canonicalJson(expected), `${what}: ${cell} equals the derived state`);
+  }
+}
+
+function inProcessPlanner(t: Test, bus: Bus, nats: NatsFixture, id = 'planner', over: Partial<typeof defaultPlannerConfig> = {}): Promise<Planner> {
+  return startPlanner({ bus, log: nats.log, config: { ...defaultPlannerConfig, plannerId: id, heartbeatMs: 100, memberTtlMs: 1000, checkpointIntervalMs: 200, ...over } }).then((p) => {
+    t.teardown(() => p.stop().catch(() => undefined));
+    return p;
+  });
+}
+
+t.test('readers follow one planner to the derived state', async (t) => {
+  const nats = await startNats(t);
+  const gw = await startGateway(t, nats);
+  const bus = await nats.connect('readers');
+  const planner = await inProcessPlanner(t, await nats.connect('planner'), nats);
+  const feeds = await feedsFor(t, bus, nats);
+  await workload(gw, 0, 24);
+  await feedsConverge(t, bus, feeds, 'live');
+  t.ok(planner.stats.deltas > 0, `deltas were published (${planner.stats.deltas})`);
+  t.same(Object.keys(planner.core.cells()).sort(), CELLS, 'the only planner owns every cell');
+  // A reader started late begins from the snapshot (or the empty state) and the retained deltas.
+  const late = new CellFeed(bus, 'cell-a', nats.log);
+  await late.start();
+  t.teardown(() => late.stop());
+  await feedsConverge(t, bus, new Map([['cell-a', late]]), 'late reader');
+  // A policy delete reaches the destination's cells.
+  await gw.http('POST', '/networking/v1/external/policies/delete', { body: { policies: [cfPolicy('app-2', 'app-3', 'tcp', 1002)] } });
+  await feedsConverge(t, bus, feeds, 'after a delete');
+});
+
+t.test('a planner killed with SIGKILL and restarted: same deltas as an uninterrupted run', async (t) => {
+  const nats = await startNats(t);
+  const gw = await startGateway(t, nats);
+  const bus = await nats.connect('readers');
+  const feeds = await feedsFor(t, bus, nats);
+  const env = { ...process.env, NATS_URL: nats.server.url, NETFOLD_LOG_LEVEL: 'warn', NETFOLD_CHECKPOINT_INTERVAL_MS: '100' };
+  const spawnPlanner = () => {
+    const child = spawn(process.execPath, ['--import', 'tsx', 'services/topology-planner/main.ts'], { env, stdio: 'ignore' });
+    t.teardown(() => {
+      if (child.exitCode === null) child.kill('SIGKILL');
+    });
+    return child;
+  };
+  const objects = await new Objm(bus.js).create(PLANNER_CHECKPOINT_BUCKET);
+  const checkpointSeq = async () => {
+    const blob = await objects.getBlob('planner-planner');
+    return blob ? (JSON.parse(new TextDecoder().decode(blob)) as { seq: number }).seq : 0;
+  };
+
+  let child: ChildProcess = spawnPlanner();
+  await workload(gw, 0, 15);
+  await feedsConverge(t, bus, feeds, 'before the kill');
+  const logged = (await logEvents(bus)).length;
+  await eventually(async () => ((await checkpointSeq()) >= logged ? true : undefined), 15_000, 'a checkpoint covering phase 1');
+  await workload(gw, 15, 22);
+  child.kill('SIGKILL'); // while it works on phase 2
+  await new Promise((r) => child.once('exit', r));
+  await workload(gw, 22, 30);
+  child = spawnPlanner();
+  await feedsConverge(t, bus, feeds, 'after the restart');
+
+  // The deltas stream holds exactly what one uninterrupted planner would have published.
+  const core = new PlannerCore({ domain: 'apps.internal', snapshotEvery: defaultPlannerConfig.snapshotEvery, owns: () => true });
+  const expected = core.ingest(await logEvents(bus)).filter((o) => o.kind === 'delta').map(({ kind: _k, ...d }) => d);
+  const stored: unknown[] = [];
+  const consumer = await bus.js.consumers.get(CELL_DELTAS_STREAM, { deliver_policy: DeliverPolicy.All });
+  const info = await bus.jsm.streams.info(CELL_DELTAS_STREAM);
+  const messages = await consumer.consume();
+  for await (const m of messages) {
+    stored.push(m.json());
+    if (m.seq >= info.state.last_seq) break;
+  }
+  await messages.close();
+  const byCell = (list: unknown[]) => canonicalJson([...(list as { cellId: string; revision: number }[])].sort((a, b) => (a.cellId === b.cellId ? a.revision - b.revision : a.cellId < b.cellId ? -1 : 1)));
+  t.equal(stored.length, expected.length, 'no delta lost, none duplicated');
+  t.equal(byCell(stored), byCell(expected), 'byte-identical deltas');
+  child.kill('SIGTERM');
+  await new Promise((r) => child.once('exit', r));
+});
+
+t.test('re-partitioning: planners join and leave; every cell keeps exactly one owner', async (t) => {
+  const nats = await startNats(t);
+  const gw = await startGateway(t, nats);
+  const bus = await nats.connect('readers');
+  const feeds = await feedsFor(t, bus, nats);
+  const p1 = await inProcessPlanner(t, await nats.connect('p1'), nats, 'p1');
+  const p2 = await inProcessPlanner(t, await nats.connect('p2'), nats, 'p2');
+  const live = [p1, p2];
+  const partitioned = async (what: string) => {
+    const ids = live.map((p) => p.membership.members.join(','));
+    await eventually(() => (live.every((p) => p.membership.members.length === live.length) ? true : undefined), 10_000, `${what}: members agree`);
+    t.ok(ids.length > 0);
+    const owners = CELLS.map((c) => live.filter((p) => c in p.core.cells()).length);
+    t.same(owners, CELLS.map(() => 1), `${what}: each cell has exactly one owner`);
+  };
+  await workload(gw, 0, 12);
+  await eventually(() => (live.every((p) => p.membership.members.length === 2) ? true : undefined), 10_000, 'two members');
+  await feedsConverge(t, bus, feeds, 'two planners');
+  await partitioned('two planners');
+
+  const p3 = await inProcessPlanner(t, await nats.connect('p3'), nats, 'p3');
+  live.push(p3);
+  await eventually(() => (live.every((p) => p.membership.members.length === 3) ? true : undefined), 10_000, 'three members');
+  await workload(gw, 12, 20);
+  await feedsConverge(t, bus, feeds, 'a third joined');
+  await partitioned('three planners');
+
+  await p1.stop();
+  live.shift();
+  await eventually(() => (live.every((p) => p.membership.members.length === 2) ? true : undefined), 10_000, 'p1 gone');
+  await workload(gw, 20, 28);
+  await feedsConverge(t, bus, feeds, 'one left');
+  await partitioned('after p1 left');
+});
