@@ -1,6 +1,6 @@
 // `netfold up`: the all-in-one. Runs an embedded nats-server in the data dir (unless --nats-url points at an
 // existing server or cluster), sets up the streams, starts the services built so far, and stops them cleanly on
-// SIGINT/SIGTERM.
+// SIGINT/SIGTERM. Services so far: policy-writer (gateway + intake) and topology-planner.
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { type Config, resolveTokenSecret } from '../runtime/config.ts';
@@ -11,6 +11,7 @@ import { ensureTopology, defaultTopologyOptions } from '../runtime/topology.ts';
 import { stopOnSignals } from '../runtime/lifecycle.ts';
 import { mintToken } from '../runtime/tokens.ts';
 import { startPolicyWriter } from '../services/policy-writer/service.ts';
+import { startPlanner, defaultPlannerConfig } from '../services/topology-planner/service.ts';
 
 export async function up(config: Config): Promise<void> {
   const log = createRootLogger({ level: config.logLevel, name: 'netfold' });
@@ -24,6 +25,11 @@ export async function up(config: Config): Promise<void> {
   await ensureTopology(bus.jsm, { ...defaultTopologyOptions, replicas: config.replicas }, log);
   const tokenSecret = resolveTokenSecret(config, true);
   const writer = await startPolicyWriter({ bus, log, config: { ...config, tokenSecret } });
+  const planner = await startPlanner({
+    bus,
+    log,
+    config: { ...defaultPlannerConfig, plannerId: config.plannerId, domain: config.domain, replicas: config.replicas, checkpointIntervalMs: config.checkpointIntervalMs },
+  });
 
   const adminTokenFile = join(config.dataDir, 'admin.token');
   const adminToken = await mintToken(tokenSecret, { user: 'admin', scopes: ['network.admin'], spaces: [] }, 30 * 86400);
@@ -35,6 +41,7 @@ export async function up(config: Config): Promise<void> {
       'netfold is up.',
       `  NATS:          ${natsUrl}${embedded ? ' (embedded, data in ' + join(config.dataDir, 'jetstream') + ')' : ''}`,
       `  policy API:    ${writer.url}/networking/v1/external/policies`,
+      `  planner:       ${config.plannerId}, per-cell state on nf.cell.snap.<cell> / nf.cell.delta.<cell>`,
       `  admin token:   ${adminTokenFile}`,
       '',
       `  try: curl -H "Authorization: Bearer $(cat ${adminTokenFile})" ${writer.url}/networking/v1/external/policies`,
@@ -45,6 +52,7 @@ export async function up(config: Config): Promise<void> {
 
   stopOnSignals(log, async () => {
     await writer.stop();
+    await planner.stop();
     await bus.close();
     await embedded?.stop();
   });

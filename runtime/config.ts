@@ -63,6 +63,12 @@ export function loadConfig(flags: Record<string, string | boolean | undefined> =
     }
   }
   const config = out as unknown as Config;
+  if (!/^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/.test(config.plannerId)) {
+    throw new ConfigError(`--planner-id / NETFOLD_PLANNER_ID must be 1-64 letters, digits, "-" or "_", got "${config.plannerId}"`);
+  }
+  if (!/^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/.test(config.domain)) {
+    throw new ConfigError(`--domain / NETFOLD_DOMAIN must be a lower-case DNS name, got "${config.domain}"`);
+  }
   config.dataDir = resolve(config.dataDir);
   return config;
 }

@@ -5,6 +5,7 @@ import { readFileSync } from 'node:fs';
 import { parseEvent, type RecordedEvent } from '../events/catalogue.ts';
 import { allPolicies, foldEvents, initialModel } from '../projections/model.ts';
 import { stateHash } from '../projections/canonical.ts';
+import { PlannerCore } from '../services/topology-planner/core.ts';
 
 function load(file: string): RecordedEvent[] {
   return readFileSync(new URL(`./fixtures/${file}`, import.meta.url), 'utf8')
@@ -31,4 +32,19 @@ t.test('events-v1.jsonl folds to its known state', async (t) => {
   t.same(m.appIdByName, { web: 'app-web', backend: 'app-api', db: 'app-db' });
   t.equal(m.containers['cache-9']?.status, 'stopped');
   t.equal(stateHash(m), 'adafd3da1b18599b94dcd67673408f041b009cf95f702807d72b2fd94130d68a', 'the model hash is pinned');
+});
+
+t.test('events-v1.jsonl gives known per-cell hashes through the planner', async (t) => {
+  const recs = load('events-v1.jsonl');
+  const core = new PlannerCore({ domain: 'apps.internal', snapshotEvery: 64, owns: () => true });
+  core.ingest(recs);
+  t.same(core.cells(), {
+    'cell-1': { revision: 19, hash: '03a3d3b456a7a40d910ade744c05cfa4a034c2ae737c91dcd316c032000a1330' },
+    'cell-2': { revision: 16, hash: '3b14ff6e249e695eedf95ad62e5ddad8e7690ecd4587aa0354578080efdf2678' },
+    'cell-3': { revision: 19, hash: '64ce5cf5821ec9981d4a11300581fcfa5ed6e779ec7fcdecbdd27a327431d839' },
+  });
+  // What the hashes stand for, readably: db on cell-3 may be reached by both api instances on 5432 only.
+  t.same(core.cellState('cell-3')?.ingress, { 'app-db': { 'app-api|tcp|5432|5432': { sourceAppId: 'app-api', protocol: 'tcp', startPort: 5432, endPort: 5432 } } });
+  t.same(core.cellState('cell-3')?.sources, { 'app-api': { '10.255.2.3': true, '10.255.1.3': true } });
+  t.same(Object.keys(core.cellState('cell-1')?.names ?? {}).sort(), ['0.web.apps.internal', '1.backend.apps.internal', 'backend.apps.internal', 'web.apps.internal']);
 });
