@@ -67,11 +67,13 @@ export function cpuSeconds(pid: number): number {
   }
 }
 
-/**
- * The raw append limit: plain publishes to stream subjects with a reply inbox, `window` in flight, counting the
- * PubAcks ourselves (no per-message promise, as js.publish has). Returns msgs/s.
- */
-export async function rawAppendRate(nc: NatsConnection, prefix: string, payload: string, count: number, window: number): Promise<number> {
+/** The raw append limit: one payload published `count` times with `window` acks outstanding; msgs/s. */
+export function rawAppendRate(nc: NatsConnection, prefix: string, payload: string, count: number, window: number): Promise<number> {
+  return publishAll(nc, count, window, (i) => [`${prefix}.${i % 1000}`, payload]);
+}
+
+/** Publishes `count` messages made by `make(i)` with `window` acknowledgements outstanding; returns msgs/s. */
+export async function publishAll(nc: NatsConnection, count: number, window: number, make: (i: number) => [string, string]): Promise<number> {
   const inbox = createInbox();
   let acked = 0;
   let sent = 0;
@@ -87,7 +89,8 @@ export async function rawAppendRate(nc: NatsConnection, prefix: string, payload:
   const t0 = performance.now();
   while (acked < count) {
     while (sent < count && sent - acked < window) {
-      nc.publish(`${prefix}.${sent % 1000}`, payload, { reply: `${inbox}.${sent}` });
+      const [subject, payload] = make(sent);
+      nc.publish(subject, payload, { reply: `${inbox}.${sent}` });
       sent++;
     }
     await new Promise<void>((resolve) => {
@@ -97,4 +100,19 @@ export async function rawAppendRate(nc: NatsConnection, prefix: string, payload:
   const ms = performance.now() - t0;
   sub.unsubscribe();
   return rate(count, ms);
+}
+
+export function percentile(sorted: number[], p: number): number {
+  if (sorted.length === 0) return NaN;
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
+}
+
+export function rssMiB(pid: number): number {
+  try {
+    const status = execFileSync('cat', [`/proc/${pid}/status`]).toString();
+    const m = /VmRSS:\s+(\d+)\s+kB/.exec(status);
+    return m ? Math.round(Number(m[1]) / 1024) : NaN;
+  } catch {
+    return NaN;
+  }
 }

@@ -1,0 +1,180 @@
+// npm run bench:planner — the topology planner: (1) fold rate replaying a 1,000,000-event log (model only, and the
+// full planner with per-cell outputs), (2) time from an event's append to its cell delta being published, at
+// 1,000 cells / 50,000 containers / 10,000 policies, (3) planner memory at 250,000 containers. The raw append rate
+// of the same server is measured in the same run. Sizes: BENCH_EVENTS, BENCH_CELLS, BENCH_CONTAINERS,
+// BENCH_POLICIES, BENCH_APPS, BENCH_SAMPLES, BENCH_MEM_CONTAINERS.
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { startNatsServer } from '../runtime/nats-server.ts';
+import { connectBus, type Bus } from '../runtime/nats.ts';
+import { ensureTopology, defaultTopologyOptions } from '../runtime/topology.ts';
+import { silentLogger } from '../runtime/logger.ts';
+import { EventLog } from '../runtime/event-log.ts';
+import { newId } from '../runtime/ids.ts';
+import { eventSubject } from '../runtime/subjects.ts';
+import type { DomainEvent, RecordedEvent } from '../events/catalogue.ts';
+import { foldEventsInPlace, initialModel } from '../projections/model.ts';
+import { PlannerCore } from '../services/topology-planner/core.ts';
+import { machine, percentile, publishAll, rawAppendRate, rssMiB, startChild, stopChild } from './lib.ts';
+
+const env = (k: string, d: number) => Number(process.env[k] ?? d);
+const EVENTS = env('BENCH_EVENTS', 1_000_000);
+const CELLS = env('BENCH_CELLS', 1000);
+const CONTAINERS = env('BENCH_CONTAINERS', 50_000);
+const POLICIES = env('BENCH_POLICIES', 10_000);
+const APPS = env('BENCH_APPS', 10_000);
+const SAMPLES = env('BENCH_SAMPLES', 2000);
+const MEM_CONTAINERS = env('BENCH_MEM_CONTAINERS', 250_000);
+const progress = (what: string) => process.stderr.write(`bench: ${what}\n`);
+const results: Record<string, string | number> = {};
+
+const ip = (j: number) => `10.${(j >> 16) & 255}.${(j >> 8) & 255}.${j & 255}`;
+
+/** A synthetic but valid history: apps, policies, containers, then stop/start churn up to `total` events. */
+function history(total: number, apps: number, policies: number, containers: number, cells: number): (i: number) => DomainEvent {
+  const base = apps + policies;
+  return (i) => {
+    if (i < apps) return { type: 'AppRegistered', v: 1, data: { appId: `app-${i}`, name: `a${i}`, spaceId: 's', orgId: 'o' } };
+    if (i < base) {
+      const k = i - apps;
+      return { type: 'PoliciesCreated', v: 1, data: { sourceAppId: `app-${k % apps}`, policies: [{ destAppId: `app-${(k * 7 + 1) % apps}`, protocol: 'tcp', startPort: 1000 + Math.floor(k / apps), endPort: 1000 + Math.floor(k / apps) }] } };
+    }
+    const j = i - base;
+    if (j < containers) return { type: 'ContainerStarted', v: 1, data: { containerId: `c-${j}`, appId: `app-${j % apps}`, instanceIndex: Math.floor(j / apps), cellId: `cell-${j % cells}`, ip: ip(j) } };
+    // churn: stop the oldest running container, start a new one of the same app on the same cell
+    const k = j - containers;
+    const victim = Math.floor(k / 2);
+    if (k % 2 === 0) return { type: 'ContainerStopped', v: 1, data: { containerId: `c-${victim}`, appId: `app-${victim % apps}`, cellId: `cell-${victim % cells}`, wasRunning: true } };
+    const fresh = containers + victim;
+    return { type: 'ContainerStarted', v: 1, data: { containerId: `c-${fresh}`, appId: `app-${victim % apps}`, instanceIndex: Math.floor(fresh / apps), cellId: `cell-${victim % cells}`, ip: ip(fresh) } };
+  };
+  void total;
+}
+
+function subjectOf(e: DomainEvent): string {
+  if (e.type.startsWith('App')) return eventSubject.app((e.data as { appId: string }).appId);
+  if (e.type.startsWith('Container')) return eventSubject.container((e.data as { containerId: string }).containerId);
+  return eventSubject.policy((e.data as { sourceAppId: string }).sourceAppId);
+}
+
+async function freshServer(): Promise<{ bus: Bus; url: string; pid: number; close(): Promise<void> }> {
+  const dir = mkdtempSync(join(tmpdir(), 'netfold-bench-'));
+  const server = await startNatsServer({ storeDir: dir });
+  const log = silentLogger();
+  const bus = await connectBus({ servers: server.url, name: 'bench', log });
+  await ensureTopology(bus.jsm, defaultTopologyOptions, log);
+  return {
+    bus,
+    url: server.url,
+    pid: server.pid,
+    async close() {
+      await bus.close();
+      await server.stop();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+async function load(bus: Bus, count: number, make: (i: number) => DomainEvent): Promise<number> {
+  return publishAll(bus.nc, count, 1024, (i) => {
+    const e = make(i);
+    return [subjectOf(e), JSON.stringify({ id: newId(), at: new Date().toISOString(), actor: 'platform:bench', correlationId: 'bench', ...e })];
+  });
+}
+
+// ---- 1. replaying 1M events ----
+{
+  const s = await freshServer();
+  progress('raw append rate');
+  results['raw JetStream append (msgs/s)'] = await rawAppendRate(s.bus.nc, 'nf.evt.container.raw', JSON.stringify({ pad: 'x'.repeat(280) }), 100_000, 1024);
+  // (those 100k raw messages are not valid events; the readers below skip them as invalid, counted in the time)
+  progress(`loading ${EVENTS} events`);
+  const make = history(EVENTS, APPS, POLICIES, CONTAINERS, CELLS);
+  results[`load ${EVENTS} events into NF_EVENTS (msgs/s)`] = await load(s.bus, EVENTS, make);
+
+  progress('replay: read + validate + fold the model');
+  const t0 = performance.now();
+  const model = structuredClone(initialModel());
+  const recs: RecordedEvent[] = [];
+  let batch: RecordedEvent[] = [];
+  for await (const r of new EventLog(s.bus).read(1)) {
+    if (!('event' in r)) continue;
+    batch.push(r);
+    recs.push(r);
+    if (batch.length === 1000) {
+      foldEventsInPlace(model, batch);
+      batch = [];
+    }
+  }
+  foldEventsInPlace(model, batch);
+  const replayMs = performance.now() - t0;
+  results['replay: read, validate, fold model (events/s)'] = Math.round((recs.length / replayMs) * 1000);
+  results['replay: read, validate, fold model (s)'] = Math.round(replayMs / 100) / 10;
+
+  progress('planner core over the same events (per-event cell outputs)');
+  const core = new PlannerCore({ domain: 'apps.internal', snapshotEvery: 64, owns: () => true });
+  const t1 = performance.now();
+  let outputs = 0;
+  for (let i = 0; i < recs.length; i += 1000) outputs += core.ingest(recs.slice(i, i + 1000)).length;
+  const coreMs = performance.now() - t1;
+  results['planner core: fold + per-cell deltas (events/s)'] = Math.round((recs.length / coreMs) * 1000);
+  results['planner core: rebuild 1M incl. outputs (s)'] = Math.round(((replayMs - 0) / 1000 + coreMs / 1000) * 10) / 10;
+  results['planner core: outputs produced'] = outputs;
+  await s.close();
+}
+
+// ---- 2. latency append -> delta at 1000 cells / 50k containers / 10k policies ----
+{
+  const s = await freshServer();
+  const base = APPS + POLICIES + CONTAINERS;
+  progress(`loading ${base} events (${APPS} apps, ${POLICIES} policies, ${CONTAINERS} containers on ${CELLS} cells)`);
+  await load(s.bus, base, history(base, APPS, POLICIES, CONTAINERS, CELLS));
+  const child = await startChild('services/topology-planner/main.ts', { NATS_URL: s.url, NETFOLD_LOG_LEVEL: 'info' }, 'planner-started');
+  const seen = new Map<number, number>();
+  const sub = s.bus.nc.subscribe('nf.cell.delta.>', {
+    callback: (_e, m) => {
+      const rev = (m.json() as { revision: number }).revision;
+      if (!seen.has(rev)) seen.set(rev, performance.now());
+    },
+  });
+  const log = new EventLog(s.bus);
+  const make = history(base + SAMPLES, APPS, POLICIES, CONTAINERS, CELLS);
+  const sent: { seq: number; t: number }[] = [];
+  progress(`${SAMPLES} sample events, one every 2 ms`);
+  for (let i = 0; i < SAMPLES; i++) {
+    const e = make(base + i);
+    const t = performance.now();
+    const seq = await log.append(subjectOf(e), { id: newId(), at: new Date().toISOString(), actor: 'platform:bench', correlationId: 'bench', ...e }, { expectedSubjectSeq: i % 2 === 0 ? (await log.lastSubjectSeq(subjectOf(e))) : 0 });
+    sent.push({ seq, t });
+    await new Promise((r) => setTimeout(r, 2));
+  }
+  const deadline = Date.now() + 30_000;
+  while (sent.some((x) => !seen.has(x.seq)) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  const lat = sent.filter((x) => seen.has(x.seq)).map((x) => seen.get(x.seq)! - x.t).sort((a, b) => a - b);
+  results['append -> delta published: samples'] = `${lat.length} of ${SAMPLES}`;
+  results['append -> delta published: p50 (ms)'] = Math.round(percentile(lat, 50) * 10) / 10;
+  results['append -> delta published: p99 (ms)'] = Math.round(percentile(lat, 99) * 10) / 10;
+  results['append -> delta published: max (ms)'] = Math.round((lat[lat.length - 1] ?? NaN) * 10) / 10;
+  results[`planner RSS at ${CONTAINERS} containers (MiB)`] = rssMiB(child.pid!);
+  sub.unsubscribe();
+  await stopChild(child);
+  await s.close();
+}
+
+// ---- 3. memory at 250k containers ----
+{
+  const s = await freshServer();
+  const base = APPS + POLICIES + MEM_CONTAINERS;
+  progress(`loading ${base} events for the memory run (${MEM_CONTAINERS} containers)`);
+  await load(s.bus, base, history(base, APPS, POLICIES, MEM_CONTAINERS, CELLS));
+  const t0 = performance.now();
+  const child = await startChild('services/topology-planner/main.ts', { NATS_URL: s.url, NETFOLD_LOG_LEVEL: 'info' }, 'planner-started');
+  results[`planner start-up from an empty checkpoint over ${base} events (s)`] = Math.round((performance.now() - t0) / 100) / 10;
+  results[`planner RSS at ${MEM_CONTAINERS} containers (MiB)`] = rssMiB(child.pid!);
+  await stopChild(child);
+  await s.close();
+}
+
+console.log(JSON.stringify({ machine: machine(), sizes: { EVENTS, CELLS, CONTAINERS, POLICIES, APPS, SAMPLES, MEM_CONTAINERS }, results }, null, 2));
+console.log(['', '| measurement | figure |', '|---|---|', ...Object.entries(results).map(([k, v]) => `| ${k} | ${v} |`)].join('\n'));
