@@ -6,8 +6,15 @@
 // agent expands them to (source IP, destination IP, protocol, ports) tuples. Keeping sources as per-app IP sets
 // keeps the state small (no product of sources x destinations x policies) and makes a container start a small
 // change: one IP in one set, on each cell that hosts a destination of its app.
+//
+// The state is a set of entries, each (section, key) -> value. The planner never re-derives a whole cell per event:
+// `dirtyEntries` says which entries of which cells an event can change, `deriveEntry` computes one entry, and the
+// hash is the XOR of the entries' hashes, so an update costs the size of the change, not the size of the cell.
+// `deriveCellState` derives a whole cell the same way; tests check the two agree.
+import { createHash } from 'node:crypto';
 import type { EventEnvelope } from '../events/catalogue.ts';
 import type { Model } from './model.ts';
+import { canonicalJson } from './canonical.ts';
 
 export const DEFAULT_DOMAIN = 'apps.internal';
 
@@ -31,146 +38,263 @@ export function emptyCellState(): CellState {
   return { containers: {}, ingress: {}, sources: {}, tags: {}, names: {} };
 }
 
-function runningIpsOf(m: Model, appId: string): string[] {
-  const ips: string[] = [];
+export const SECTIONS = ['containers', 'ingress', 'sources', 'tags', 'names'] as const;
+export type Section = (typeof SECTIONS)[number];
+
+const isLiveApp = (m: Model, appId: string | null | undefined): appId is string => !!appId && !!m.apps[appId] && !m.apps[appId]!.deleted;
+
+/** Running containers of a live app on one cell. */
+function localContainersOf(m: Model, appId: string, cellId: string): string[] {
+  const out: string[] = [];
+  if (!isLiveApp(m, appId)) return out;
   for (const id of Object.keys(m.containersByApp[appId] ?? {})) {
     const c = m.containers[id];
-    if (c?.ip) ips.push(c.ip);
+    if (c && c.status === 'running' && c.cellId === cellId && c.ip !== null && c.instanceIndex !== null) out.push(id);
   }
-  return ips;
+  return out;
 }
 
-const isLive = (m: Model, appId: string | null): appId is string => !!appId && !!m.apps[appId] && !m.apps[appId]!.deleted;
+const hostsApp = (m: Model, appId: string, cellId: string) => localContainersOf(m, appId, cellId).length > 0;
 
-/** The desired state of one cell at the model's revision. */
+/** Live sources allowed into a destination app, as ingress rules (empty when none). */
+function rulesInto(m: Model, destAppId: string): Record<string, IngressRule> {
+  const rules: Record<string, IngressRule> = {};
+  for (const ref of Object.keys(m.policiesByDest[destAppId] ?? {})) {
+    const sourceAppId = ref.slice(0, ref.indexOf('|'));
+    const p = m.policies[sourceAppId]?.[ref.slice(sourceAppId.length + 1)];
+    if (!p || !isLiveApp(m, sourceAppId)) continue;
+    rules[`${sourceAppId}|${p.protocol}|${p.startPort}|${p.endPort}`] = { sourceAppId, protocol: p.protocol, startPort: p.startPort, endPort: p.endPort };
+  }
+  return rules;
+}
+
+/** Does a live source have a policy to a live destination hosted on the cell? */
+function isSourceOn(m: Model, sourceAppId: string, cellId: string): boolean {
+  if (!isLiveApp(m, sourceAppId)) return false;
+  const seen = new Set<string>();
+  for (const p of Object.values(m.policies[sourceAppId] ?? {})) {
+    if (seen.has(p.destAppId)) continue;
+    seen.add(p.destAppId);
+    if (hostsApp(m, p.destAppId, cellId)) return true;
+  }
+  return false;
+}
+
+/** One entry of a cell's desired state; undefined when the entry is absent. */
+export function deriveEntry(m: Model, cellId: string, section: Section, key: string, domain: string = DEFAULT_DOMAIN): unknown {
+  switch (section) {
+    case 'containers': {
+      const c = m.containers[key];
+      if (!c || c.status !== 'running' || c.cellId !== cellId || !isLiveApp(m, c.appId) || c.ip === null || c.instanceIndex === null) return undefined;
+      return { appId: c.appId, appName: m.apps[c.appId]!.name, instanceIndex: c.instanceIndex, ip: c.ip } satisfies LocalContainer;
+    }
+    case 'names': {
+      const suffix = `.${domain}`;
+      if (!key.endsWith(suffix)) return undefined;
+      const labels = key.slice(0, -suffix.length).split('.');
+      const name = labels.length === 1 ? labels[0]! : labels[1];
+      const index = labels.length === 2 ? Number(labels[0]) : undefined;
+      const appId = name === undefined || labels.length > 2 ? undefined : m.appIdByName[name];
+      if (!appId) return undefined;
+      const ips: Record<string, true> = {};
+      for (const id of localContainersOf(m, appId, cellId)) {
+        const c = m.containers[id]!;
+        if (index === undefined || c.instanceIndex === index) ips[c.ip!] = true;
+      }
+      return Object.keys(ips).length > 0 ? ips : undefined;
+    }
+    case 'ingress': {
+      if (!hostsApp(m, key, cellId)) return undefined;
+      const rules = rulesInto(m, key);
+      return Object.keys(rules).length > 0 ? rules : undefined;
+    }
+    case 'sources': {
+      if (!isSourceOn(m, key, cellId)) return undefined;
+      const ips: Record<string, true> = {};
+      for (const id of Object.keys(m.containersByApp[key] ?? {})) {
+        const ip = m.containers[id]?.ip;
+        if (ip) ips[ip] = true;
+      }
+      return Object.keys(ips).length > 0 ? ips : undefined;
+    }
+    case 'tags': {
+      const tag = m.tags.byApp[key];
+      if (tag === undefined) return undefined;
+      const asDest = hostsApp(m, key, cellId) && Object.keys(rulesInto(m, key)).length > 0;
+      return asDest || isSourceOn(m, key, cellId) ? tag : undefined;
+    }
+  }
+}
+
+/** The whole state of a cell, entry by entry: the reference the incremental planner is checked against. */
 export function deriveCellState(m: Model, cellId: string, domain: string = DEFAULT_DOMAIN): CellState {
   const s = emptyCellState();
+  const set = (section: Section, key: string) => {
+    const v = deriveEntry(m, cellId, section, key, domain);
+    if (v !== undefined) (s[section] as Record<string, unknown>)[key] = v;
+  };
+  const localApps = new Set<string>();
   for (const id of Object.keys(m.containersByCell[cellId] ?? {})) {
+    set('containers', id);
     const c = m.containers[id];
-    if (!c || c.status !== 'running' || !isLive(m, c.appId) || c.ip === null || c.instanceIndex === null) continue;
-    const app = m.apps[c.appId]!;
-    s.containers[id] = { appId: c.appId, appName: app.name, instanceIndex: c.instanceIndex, ip: c.ip };
-    const name = app.name.toLowerCase();
-    (s.names[`${name}.${domain}`] ??= {})[c.ip] = true;
-    (s.names[`${c.instanceIndex}.${name}.${domain}`] ??= {})[c.ip] = true;
+    if (c?.appId && isLiveApp(m, c.appId) && c.instanceIndex !== null) {
+      localApps.add(c.appId);
+      const name = m.apps[c.appId]!.name.toLowerCase();
+      set('names', `${name}.${domain}`);
+      set('names', `${c.instanceIndex}.${name}.${domain}`);
+    }
   }
-  const destApps = new Set(Object.values(s.containers).map((c) => c.appId));
-  for (const destAppId of destApps) {
-    for (const ref of Object.keys(m.policiesByDest[destAppId] ?? {})) {
-      const sourceAppId = ref.slice(0, ref.indexOf('|'));
-      const p = m.policies[sourceAppId]?.[ref.slice(sourceAppId.length + 1)];
-      if (!p || !isLive(m, sourceAppId)) continue;
-      (s.ingress[destAppId] ??= {})[`${sourceAppId}|${p.protocol}|${p.startPort}|${p.endPort}`] = {
-        sourceAppId,
-        protocol: p.protocol,
-        startPort: p.startPort,
-        endPort: p.endPort,
-      };
-      if (!s.sources[sourceAppId]) {
-        const ips = runningIpsOf(m, sourceAppId);
-        if (ips.length > 0) s.sources[sourceAppId] = Object.fromEntries(ips.map((ip) => [ip, true as const]));
-      }
-      for (const app of [sourceAppId, destAppId]) {
-        const tag = m.tags.byApp[app];
-        if (tag !== undefined) s.tags[app] = tag;
-      }
+  for (const d of localApps) {
+    set('ingress', d);
+    set('tags', d);
+    for (const rule of Object.values(rulesInto(m, d))) {
+      set('sources', rule.sourceAppId);
+      set('tags', rule.sourceAppId);
     }
   }
   return s;
 }
 
-function cellsHosting(m: Model, appId: string, into: Set<string>): void {
-  for (const id of Object.keys(m.containersByApp[appId] ?? {})) {
-    const cell = m.containers[id]?.cellId;
-    if (cell) into.add(cell);
-  }
-}
+/** Entries an event can change, per cell, as `section \u0000 key`; judged on one model (ask before and after). */
+export type DirtyEntries = Map<string, Set<string>>;
 
-function cellsHostingDestinationsOf(m: Model, sourceAppId: string, into: Set<string>): void {
-  const dests = new Set(Object.values(m.policies[sourceAppId] ?? {}).map((p) => p.destAppId));
-  for (const d of dests) cellsHosting(m, d, into);
-}
+export const entryId = (section: Section, key: string) => `${section}\u0000${key}`;
+export const splitEntryId = (id: string): [Section, string] => {
+  const at = id.indexOf('\u0000');
+  return [id.slice(0, at) as Section, id.slice(at + 1)];
+};
 
-/**
- * The cells whose state an event can change, judged on one model. The planner asks before and after folding the
- * event and takes the union, so both what the event removes and what it adds are covered.
- */
-export function cellsTouchedBy(m: Model, e: EventEnvelope): Set<string> {
-  const cells = new Set<string>();
+export function dirtyEntries(m: Model, e: EventEnvelope, domain: string = DEFAULT_DOMAIN, into: DirtyEntries = new Map()): DirtyEntries {
+  const mark = (cellId: string, section: Section, key: string) => {
+    let set = into.get(cellId);
+    if (!set) into.set(cellId, (set = new Set()));
+    set.add(entryId(section, key));
+  };
+  const cellsHosting = (appId: string): Set<string> => {
+    const cells = new Set<string>();
+    for (const id of Object.keys(m.containersByApp[appId] ?? {})) {
+      const cell = m.containers[id]?.cellId;
+      if (cell) cells.add(cell);
+    }
+    return cells;
+  };
+  const destinationsOf = (appId: string) => new Set(Object.values(m.policies[appId] ?? {}).map((p) => p.destAppId));
+  const sourcesInto = (appId: string) => new Set(Object.keys(m.policiesByDest[appId] ?? {}).map((ref) => ref.slice(0, ref.indexOf('|'))));
+  /** Everything on a cell that depends on an app's presence there: its containers, names, ingress and tags. */
+  const markAppOnCell = (appId: string, cellId: string) => {
+    const app = m.apps[appId];
+    for (const id of Object.keys(m.containersByApp[appId] ?? {})) {
+      const c = m.containers[id];
+      if (c?.cellId !== cellId) continue;
+      mark(cellId, 'containers', id);
+      if (app && c.instanceIndex !== null) mark(cellId, 'names', `${c.instanceIndex}.${app.name.toLowerCase()}.${domain}`);
+    }
+    if (app) mark(cellId, 'names', `${app.name.toLowerCase()}.${domain}`);
+    mark(cellId, 'ingress', appId);
+    mark(cellId, 'tags', appId);
+    for (const s of sourcesInto(appId)) {
+      mark(cellId, 'sources', s);
+      mark(cellId, 'tags', s);
+    }
+  };
+  /** An app's IPs as a source, on every cell hosting one of its destinations. */
+  const markAsSource = (appId: string, tagsToo: boolean) => {
+    for (const d of destinationsOf(appId)) {
+      for (const cell of cellsHosting(d)) {
+        mark(cell, 'sources', appId);
+        if (tagsToo) {
+          mark(cell, 'tags', appId);
+          mark(cell, 'ingress', d);
+          mark(cell, 'tags', d);
+        }
+      }
+    }
+  };
   switch (e.type) {
     case 'AppRegistered':
     case 'AppRenamed':
-    case 'AppDeleted':
-      cellsHosting(m, e.data.appId, cells);
-      cellsHostingDestinationsOf(m, e.data.appId, cells);
+    case 'AppDeleted': {
+      const appId = e.data.appId;
+      for (const cell of cellsHosting(appId)) markAppOnCell(appId, cell);
+      markAsSource(appId, e.type === 'AppDeleted');
       break;
+    }
     case 'ContainerStarted':
     case 'ContainerStopped': {
       const c = m.containers[e.data.containerId];
       const appId = c?.appId ?? e.data.appId;
       const cellId = c?.cellId ?? e.data.cellId;
-      if (cellId) cells.add(cellId);
-      if (appId) cellsHostingDestinationsOf(m, appId, cells);
+      if (cellId) mark(cellId, 'containers', e.data.containerId);
+      if (appId && cellId) {
+        const app = m.apps[appId];
+        const index = c?.instanceIndex ?? (e.type === 'ContainerStarted' ? e.data.instanceIndex : null);
+        if (app && index !== null) mark(cellId, 'names', `${index}.${app.name.toLowerCase()}.${domain}`);
+        markAppOnCell(appId, cellId);
+      }
+      if (appId) markAsSource(appId, false);
       break;
     }
     case 'PoliciesCreated':
-    case 'PoliciesDeleted':
-      for (const rule of e.data.policies) cellsHosting(m, rule.destAppId, cells);
+    case 'PoliciesDeleted': {
+      const s = e.data.sourceAppId;
+      for (const rule of e.data.policies) {
+        for (const cell of cellsHosting(rule.destAppId)) {
+          mark(cell, 'ingress', rule.destAppId);
+          mark(cell, 'tags', rule.destAppId);
+          mark(cell, 'sources', s);
+          mark(cell, 'tags', s);
+        }
+      }
       break;
+    }
     default: {
       const never: never = e;
       return never;
     }
   }
-  return cells;
+  return into;
 }
 
-/** One change: set the value at `path`, or delete it when `value` is absent. */
-export type CellOp = { path: string[]; value?: unknown };
+/** One change: set the entry `path` = [section, key] to `value`, or delete it when `value` is absent. */
+export type CellOp = { path: [Section, string]; value?: unknown };
 
-const isRecord = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+/** The hash of one entry, as a 128-bit number. */
+export function entryHash(section: Section, key: string, value: unknown): bigint {
+  return BigInt('0x' + createHash('sha256').update(canonicalJson([section, key, value])).digest('hex').slice(0, 32));
+}
 
-function sameJson(a: unknown, b: unknown): boolean {
+export const hashHex = (h: bigint) => h.toString(16).padStart(32, '0');
+
+/** The hash of a whole state: XOR of its entries' hashes (order-free, so it can be kept up to date per entry). */
+export function cellHashOf(state: CellState): string {
+  let h = 0n;
+  for (const section of SECTIONS) {
+    for (const [key, value] of Object.entries(state[section])) h ^= entryHash(section, key, value);
+  }
+  return hashHex(h);
+}
+
+/** Applies operations to a state in place and returns the new hash, updated entry by entry. */
+export function applyCellOps(state: CellState, hash: string, ops: readonly CellOp[]): string {
+  let h = BigInt('0x' + hash);
+  for (const { path: [section, key], value } of ops) {
+    const entries = state[section] as Record<string, unknown>;
+    const old = entries[key];
+    if (old !== undefined) h ^= entryHash(section, key, old);
+    if (value === undefined) delete entries[key];
+    else {
+      entries[key] = structuredClone(value);
+      h ^= entryHash(section, key, value);
+    }
+  }
+  return hashHex(h);
+}
+
+/** Deep equality of two JSON values (records, arrays, primitives). */
+export function sameValue(a: unknown, b: unknown): boolean {
   if (a === b) return true;
-  if (!isRecord(a) || !isRecord(b)) return false;
+  if (typeof a !== 'object' || typeof b !== 'object' || a === null || b === null || Array.isArray(a) !== Array.isArray(b)) return false;
   const ka = Object.keys(a);
   if (ka.length !== Object.keys(b).length) return false;
-  return ka.every((k) => k in b && sameJson(a[k], b[k]));
-}
-
-/** The operations that turn `prev` into `next`, in a deterministic order (sorted keys). */
-export function diffCellStates(prev: CellState, next: CellState): CellOp[] {
-  const ops: CellOp[] = [];
-  const walk = (a: Record<string, unknown>, b: Record<string, unknown>, path: string[], depth: number) => {
-    const keys = [...new Set([...Object.keys(a), ...Object.keys(b)])].sort();
-    for (const k of keys) {
-      const va = a[k];
-      const vb = b[k];
-      if (vb === undefined) ops.push({ path: [...path, k] });
-      else if (va === undefined) ops.push({ path: [...path, k], value: vb });
-      else if (depth < 3 && isRecord(va) && isRecord(vb)) walk(va, vb, [...path, k], depth + 1);
-      else if (!sameJson(va, vb)) ops.push({ path: [...path, k], value: vb });
-    }
-  };
-  walk(prev as unknown as Record<string, unknown>, next as unknown as Record<string, unknown>, [], 0);
-  return ops;
-}
-
-/** Applies operations to a state in place (the reader owns its copy). */
-export function applyCellOps(state: CellState, ops: readonly CellOp[]): CellState {
-  for (const op of ops) {
-    let node = state as unknown as Record<string, unknown>;
-    for (const key of op.path.slice(0, -1)) {
-      let child = node[key];
-      if (!isRecord(child)) {
-        child = {};
-        node[key] = child;
-      }
-      node = child as Record<string, unknown>;
-    }
-    const last = op.path[op.path.length - 1]!;
-    if (op.value === undefined) delete node[last];
-    else node[last] = structuredClone(op.value);
-  }
-  return state;
+  return ka.every((k) => k in b && sameValue((a as Record<string, unknown>)[k], (b as Record<string, unknown>)[k]));
 }

@@ -3,8 +3,7 @@
 // match, makes it re-read the snapshot and the retained deltas after it. Anything at or below the held revision is
 // ignored, so duplicates and a planner replaying after a restart change nothing.
 import { DeliverPolicy, JetStreamApiCodes, JetStreamApiError, type ConsumerMessages } from '@nats-io/jetstream';
-import { type CellOp, type CellState, applyCellOps, emptyCellState } from '../projections/cell.ts';
-import { stateHash } from '../projections/canonical.ts';
+import { type CellOp, type CellState, applyCellOps, cellHashOf, emptyCellState } from '../projections/cell.ts';
 import type { Bus } from './nats.ts';
 import type { Logger } from './logger.ts';
 import { CELL_DELTAS_STREAM, CELL_SNAPSHOTS_STREAM, cellSubject } from './subjects.ts';
@@ -24,7 +23,7 @@ export class CellFeed {
   readonly #log: Logger;
   #state: CellState = emptyCellState();
   #revision = 0;
-  #hash = stateHash(emptyCellState());
+  #hash = cellHashOf(emptyCellState());
   #messages: ConsumerMessages | undefined;
   #loop: Promise<void> | undefined;
   #stopped = false;
@@ -86,8 +85,8 @@ export class CellFeed {
           this.#log.info({ revision: this.#revision, expected: d.prevRevision }, 'cell-feed-gap');
           return this.#resync();
         }
-        const next = applyCellOps(structuredClone(this.#state), d.ops);
-        const hash = stateHash(next);
+        const next = structuredClone(this.#state);
+        const hash = applyCellOps(next, this.#hash, d.ops);
         if (hash !== d.hash) {
           this.#log.warn({ revision: d.revision }, 'cell-feed-hash-mismatch');
           return this.#resync();

@@ -4,8 +4,8 @@
 // checkpoint must give exactly the outputs of an uninterrupted run; partitions must add up to the whole.
 import t, { type Test } from 'tap';
 import type { DomainEvent, RecordedEvent } from '../events/catalogue.ts';
-import { type CellState, applyCellOps, deriveCellState, emptyCellState } from '../projections/cell.ts';
-import { canonicalJson, stateHash } from '../projections/canonical.ts';
+import { type CellState, applyCellOps, cellHashOf, deriveCellState, emptyCellState } from '../projections/cell.ts';
+import { canonicalJson } from '../projections/canonical.ts';
 import { PlannerCore, type PlannerCheckpoint, type PlannerOutput } from '../services/topology-planner/core.ts';
 import { ev, record } from './harness/events.ts';
 
@@ -60,20 +60,22 @@ function merge(streams: DomainEvent[][], seed: number | null): DomainEvent[] {
   }
 }
 
-type Reader = Record<string, { state: CellState; revision: number }>;
+type Reader = Record<string, { state: CellState; revision: number; hash: string }>;
 
 /** Applies outputs as an agent would; fails the test on a chain break or a hash mismatch. */
 function applyOutputs(t: Test, reader: Reader, outputs: PlannerOutput[]): void {
   for (const o of outputs) {
-    const r = (reader[o.cellId] ??= { state: emptyCellState(), revision: 0 });
+    const r = (reader[o.cellId] ??= { state: emptyCellState(), revision: 0, hash: cellHashOf(emptyCellState()) });
     if (o.kind === 'snapshot') {
-      if (o.revision >= r.revision) reader[o.cellId] = { state: structuredClone(o.state), revision: o.revision };
+      if (cellHashOf(o.state) !== o.hash) t.fail(`snapshot hash of ${o.cellId} at ${o.revision} is not the hash of its state`);
+      if (o.revision >= r.revision) reader[o.cellId] = { state: structuredClone(o.state), revision: o.revision, hash: o.hash };
       continue;
     }
     if (o.prevRevision !== r.revision) t.fail(`gap on ${o.cellId}: at ${r.revision}, delta expects ${o.prevRevision}`);
-    applyCellOps(r.state, o.ops);
+    r.hash = applyCellOps(r.state, r.hash, o.ops);
     r.revision = o.revision;
-    if (stateHash(r.state) !== o.hash) t.fail(`hash mismatch on ${o.cellId} at ${o.revision}`);
+    if (r.hash !== o.hash) t.fail(`hash mismatch on ${o.cellId} at ${o.revision}`);
+    if (cellHashOf(r.state) !== r.hash) t.fail(`incremental hash differs from the full hash on ${o.cellId} at ${o.revision}`);
   }
 }
 

@@ -12,8 +12,8 @@ import { CellFeed } from '../runtime/cell-feed.ts';
 import type { Bus } from '../runtime/nats.ts';
 import { CELL_DELTAS_STREAM, PLANNER_CHECKPOINT_BUCKET } from '../runtime/subjects.ts';
 import { foldEvents, initialModel, type Model } from '../projections/model.ts';
-import { deriveCellState } from '../projections/cell.ts';
-import { canonicalJson, stateHash } from '../projections/canonical.ts';
+import { cellHashOf, deriveCellState } from '../projections/cell.ts';
+import { canonicalJson } from '../projections/canonical.ts';
 import { startPlanner, defaultPlannerConfig, type Planner } from '../services/topology-planner/service.ts';
 import { PlannerCore } from '../services/topology-planner/core.ts';
 import type { RecordedEvent } from '../events/catalogue.ts';
@@ -60,7 +60,7 @@ async function feedsConverge(t: Test, bus: Bus, feeds: Map<string, CellFeed>, wh
   const model = await reference(bus);
   for (const [cell, feed] of feeds) {
     const expected = deriveCellState(model, cell);
-    const hash = stateHash(expected);
+    const hash = cellHashOf(expected);
     await feed.waitUntil((v) => v.hash === hash, 15_000, `${what}: hash of ${cell}`);
     t.equal(canonicalJson(feed.view.state), canonicalJson(expected), `${what}: ${cell} equals the derived state`);
   }

@@ -1,11 +1,22 @@
 // The planner's pure core: folds events into the global model and, for the cells this instance owns, turns each
 // event's effect into per-cell outputs: a delta (operations, stamped with the event's sequence and the cell's
 // previous revision, plus the hash of the resulting state) and, every `snapshotEvery` deltas or when a cell is
-// taken over, a full snapshot. Deterministic: the same events and ownership give the same outputs, byte for byte,
+// taken over, a full snapshot. Per event it re-derives only the entries the event can change (dirtyEntries),
+// judged on the model before and after folding it, so its cost follows the size of the change. Deterministic: the same events and ownership give the same outputs, byte for byte,
 // whatever the batch sizes, which is what makes a restart from a checkpoint exact.
 import type { RecordedEvent } from '../../events/catalogue.ts';
-import { type CellOp, type CellState, cellsTouchedBy, deriveCellState, diffCellStates, emptyCellState } from '../../projections/cell.ts';
-import { stateHash } from '../../projections/canonical.ts';
+import {
+  type CellOp,
+  type CellState,
+  applyCellOps,
+  cellHashOf,
+  deriveCellState,
+  deriveEntry,
+  dirtyEntries,
+  emptyCellState,
+  sameValue,
+  splitEntryId,
+} from '../../projections/cell.ts';
 import { type Model, foldEventsInPlace, initialModel } from '../../projections/model.ts';
 
 export type CellDelta = { kind: 'delta'; cellId: string; revision: number; prevRevision: number; ops: CellOp[]; hash: string };
@@ -29,7 +40,7 @@ export type PlannerCoreOptions = {
   owns: (cellId: string) => boolean;
 };
 
-export const EMPTY_CELL_HASH = stateHash(emptyCellState());
+export const EMPTY_CELL_HASH = cellHashOf(emptyCellState());
 
 export class PlannerCore {
   readonly #opts: PlannerCoreOptions;
@@ -47,7 +58,7 @@ export class PlannerCore {
     for (const [cellId, t] of Object.entries(checkpoint?.cells ?? {})) {
       this.#known.add(cellId);
       const state = deriveCellState(this.model, cellId, opts.domain);
-      this.#cells.set(cellId, { state, revision: t.revision, hash: stateHash(state), sinceSnapshot: t.sinceSnapshot });
+      this.#cells.set(cellId, { state, revision: t.revision, hash: cellHashOf(state), sinceSnapshot: t.sinceSnapshot });
     }
   }
 
@@ -69,24 +80,30 @@ export class PlannerCore {
   /** Folds events in order; returns the outputs for owned cells, in order. */
   ingest(batch: readonly RecordedEvent[]): PlannerOutput[] {
     const out: PlannerOutput[] = [];
+    const domain = this.#opts.domain;
     for (const rec of batch) {
       if (rec.seq <= this.model.seq) continue;
-      const touched = cellsTouchedBy(this.model, rec.event);
+      const dirty = dirtyEntries(this.model, rec.event, domain);
       foldEventsInPlace(this.model, [rec]);
-      for (const c of cellsTouchedBy(this.model, rec.event)) touched.add(c);
-      for (const cellId of [...touched].sort()) {
+      dirtyEntries(this.model, rec.event, domain, dirty);
+      for (const cellId of [...dirty.keys()].sort()) {
         this.#known.add(cellId);
         if (!this.#owns(cellId)) continue;
         const track = this.#cells.get(cellId) ?? this.#track(cellId);
-        const next = deriveCellState(this.model, cellId, this.#opts.domain);
-        const ops = diffCellStates(track.state, next);
+        const ops: CellOp[] = [];
+        for (const id of [...dirty.get(cellId)!].sort()) {
+          const [section, key] = splitEntryId(id);
+          const next = deriveEntry(this.model, cellId, section, key, domain);
+          const current = (track.state[section] as Record<string, unknown>)[key];
+          if (next === undefined ? current === undefined : current !== undefined && sameValue(current, next)) continue;
+          ops.push(next === undefined ? { path: [section, key] } : { path: [section, key], value: next });
+        }
         if (ops.length === 0) continue;
-        const hash = stateHash(next);
-        out.push({ kind: 'delta', cellId, revision: rec.seq, prevRevision: track.revision, ops, hash });
-        track.state = next;
+        const prevRevision = track.revision;
+        track.hash = applyCellOps(track.state, track.hash, ops);
         track.revision = rec.seq;
-        track.hash = hash;
         track.sinceSnapshot += 1;
+        out.push({ kind: 'delta', cellId, revision: rec.seq, prevRevision, ops, hash: track.hash });
         if (track.sinceSnapshot >= this.#opts.snapshotEvery) {
           out.push(this.#snapshot(cellId, track));
           track.sinceSnapshot = 0;
@@ -117,7 +134,7 @@ export class PlannerCore {
       const had = this.#cells.has(cellId);
       if (owns(cellId) && !had) {
         const state = deriveCellState(this.model, cellId, this.#opts.domain);
-        const t: CellTrack = { state, revision: this.model.seq, hash: stateHash(state), sinceSnapshot: 0 };
+        const t: CellTrack = { state, revision: this.model.seq, hash: cellHashOf(state), sinceSnapshot: 0 };
         this.#cells.set(cellId, t);
         out.push(this.#snapshot(cellId, t));
       } else if (!owns(cellId) && had) {
