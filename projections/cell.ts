@@ -274,8 +274,11 @@ export function cellHashOf(state: CellState): string {
   return hashHex(h);
 }
 
-/** Applies operations to a state in place and returns the new hash, updated entry by entry. */
-export function applyCellOps(state: CellState, hash: string, ops: readonly CellOp[]): string {
+/**
+ * Applies operations to a state in place and returns the new hash, updated entry by entry. Values are copied
+ * unless `share` is set (the planner shares them: its entries are replaced whole, never edited).
+ */
+export function applyCellOps(state: CellState, hash: string, ops: readonly CellOp[], share = false): string {
   let h = BigInt('0x' + hash);
   for (const { path: [section, key], value } of ops) {
     const entries = state[section] as Record<string, unknown>;
@@ -283,7 +286,7 @@ export function applyCellOps(state: CellState, hash: string, ops: readonly CellO
     if (old !== undefined) h ^= entryHash(section, key, old);
     if (value === undefined) delete entries[key];
     else {
-      entries[key] = structuredClone(value);
+      entries[key] = share ? value : structuredClone(value);
       h ^= entryHash(section, key, value);
     }
   }

@@ -62,15 +62,15 @@ export class EventLog {
     return info.state.last_seq;
   }
 
-  /** Reads events in order from `fromSeq` (inclusive) up to the stream's end at the time of the call. */
-  async *read(fromSeq = 1, log?: Logger): AsyncGenerator<RecordedEvent | { seq: number; subject: string; invalid: string }> {
-    const last = await this.lastSeq();
+  /** Reads events in order from `fromSeq` up to `toSeq` (inclusive; default: the stream's end at the call). */
+  async *read(fromSeq = 1, log?: Logger, toSeq?: number): AsyncGenerator<RecordedEvent | { seq: number; subject: string; invalid: string }> {
+    const last = Math.min(toSeq ?? Infinity, await this.lastSeq());
     if (last < fromSeq) return;
     const consumer = await this.#bus.js.consumers.get(this.#stream, {
       deliver_policy: DeliverPolicy.StartSequence,
       opt_start_seq: fromSeq,
     });
-    const messages = await consumer.consume();
+    const messages = await consumer.consume({ max_messages: 4096 });
     try {
       for await (const m of messages) {
         const parsed = decode(m.seq, m.subject, m.data, log);
@@ -106,6 +106,8 @@ export type Fold<S> = {
   apply(state: S, batch: readonly RecordedEvent[]): S;
   /** Moves the state past a log entry that holds no valid event. */
   skip(state: S, seq: number, subject: string): S;
+  /** When set, awaited after each folded batch: the follower reads no further until it resolves (backpressure). */
+  drained?: () => Promise<void> | undefined;
   seqOf(state: S): number;
 };
 
@@ -179,6 +181,8 @@ export class LogFollower<S> {
         if (m.info.pending === 0 || batch.length >= 1000) {
           this.#flush(batch);
           batch = [];
+          const wait = this.#fold.drained?.();
+          if (wait) await wait;
         }
       }
       this.#flush(batch);

@@ -7,11 +7,12 @@ import { DeliverPolicy } from '@nats-io/jetstream';
 import { Objm, type ObjectStore } from '@nats-io/obj';
 import type { Bus } from '../../runtime/nats.ts';
 import type { Logger } from '../../runtime/logger.ts';
-import { LogFollower, type Fold } from '../../runtime/event-log.ts';
+import { EventLog, LogFollower, type Fold } from '../../runtime/event-log.ts';
 import { StreamPublisher } from '../../runtime/stream-publisher.ts';
 import { withNatsRetry } from '../../runtime/retry.ts';
 import { CELL_DELTAS_STREAM, CELL_SNAPSHOTS_STREAM, PLANNER_CHECKPOINT_BUCKET, cellSubject } from '../../runtime/subjects.ts';
-import { liveModelFold } from '../../projections/model.ts';
+import { type Model, foldEventsInPlace, initialModel, liveModelFold } from '../../projections/model.ts';
+import type { RecordedEvent } from '../../events/catalogue.ts';
 import { PlannerCore, type PlannerCheckpoint, type PlannerOutput } from './core.ts';
 import { Membership } from './membership.ts';
 
@@ -60,7 +61,10 @@ export async function startPlanner(deps: { bus: Bus; log: Logger; config: Planne
   const checkpoint = await loadCheckpoint(objects, checkpointName);
   const membership = new Membership({ bus: deps.bus, id: cfg.plannerId, log, heartbeatMs: cfg.heartbeatMs, ttlMs: cfg.memberTtlMs, replicas: cfg.replicas });
   await membership.start();
-  const core = new PlannerCore({ domain: cfg.domain, snapshotEvery: cfg.snapshotEvery, owns: membership.owns }, checkpoint ?? undefined);
+  const coreOptions = { domain: cfg.domain, snapshotEvery: cfg.snapshotEvery, owns: membership.owns };
+  const core = checkpoint
+    ? new PlannerCore(coreOptions, { checkpoint, model: await foldLogTo(deps.bus, checkpoint.seq, log) })
+    : new PlannerCore(coreOptions);
   log.info({ seq: core.seq, cells: Object.keys(core.cells()).length, fromCheckpoint: !!checkpoint }, 'planner-restored');
 
   const published = {
@@ -81,6 +85,11 @@ export async function startPlanner(deps: { bus: Bus; log: Logger; config: Planne
     queue.push(...items);
     wakePump?.();
   };
+  // Backpressure: when the publisher falls behind, the follower stops reading the log until the queue drains.
+  const HIGH_WATER = 20_000;
+  let drainedWaiter: (() => void) | undefined;
+  const drained = (): Promise<void> | undefined =>
+    queue.length < HIGH_WATER ? undefined : new Promise<void>((resolve) => (drainedWaiter = resolve));
   const pump = (async () => {
     const inFlight = new Set<Promise<void>>();
     const settleAll = async () => {
@@ -88,6 +97,10 @@ export async function startPlanner(deps: { bus: Bus; log: Logger; config: Planne
     };
     for (;;) {
       const item = queue.shift();
+      if (drainedWaiter && queue.length < HIGH_WATER / 2) {
+        drainedWaiter();
+        drainedWaiter = undefined;
+      }
       if (!item) {
         if (stopping) break;
         await new Promise<void>((r) => (wakePump = r));
@@ -161,6 +174,7 @@ export async function startPlanner(deps: { bus: Bus; log: Logger; config: Planne
       return c;
     },
     seqOf: (c) => c.seq,
+    drained,
   };
   const follower = new LogFollower<PlannerCore>(deps.bus, fold, log, { initialState: core });
 
@@ -194,6 +208,7 @@ export async function startPlanner(deps: { bus: Bus; log: Logger; config: Planne
       stopping = true;
       wakePump?.();
       await pump;
+      drainedWaiter?.();
       log.info({ seq: core.seq }, 'planner-stopped');
     },
   };
@@ -203,7 +218,24 @@ async function loadCheckpoint(objects: ObjectStore, name: string): Promise<Plann
   const blob = await withNatsRetry('planner checkpoint read', () => objects.getBlob(name));
   if (!blob) return null;
   const cp = JSON.parse(new TextDecoder().decode(blob)) as PlannerCheckpoint;
-  return cp.v === 1 ? cp : null;
+  return cp.v === 2 ? cp : null; // an older checkpoint format is simply not used: the log is replayed instead
+}
+
+/** The model as of `seq`: the log folded up to it, fold only. */
+async function foldLogTo(bus: Bus, seq: number, log: Logger): Promise<Model> {
+  const model = structuredClone(initialModel());
+  let batch: RecordedEvent[] = [];
+  for await (const r of new EventLog(bus).read(1, log, seq)) {
+    if ('event' in r) {
+      batch.push(r);
+      if (batch.length < 1000) continue;
+    }
+    foldEventsInPlace(model, batch);
+    batch = [];
+    if (!('event' in r)) liveModelFold.skip(model, r.seq, r.subject);
+  }
+  foldEventsInPlace(model, batch);
+  return model;
 }
 
 /** The revision of the last message on every cell subject of a stream (one ordered consumer, last per subject). */
