@@ -2,7 +2,7 @@
 // full planner with per-cell outputs), (2) time from an event's append to its cell delta being published, at
 // 1,000 cells / 50,000 containers / 10,000 policies, (3) planner memory at 250,000 containers. The raw append rate
 // of the same server is measured in the same run. Sizes: BENCH_EVENTS, BENCH_CELLS, BENCH_CONTAINERS,
-// BENCH_POLICIES, BENCH_APPS, BENCH_SAMPLES, BENCH_MEM_CONTAINERS.
+// BENCH_POLICIES, BENCH_APPS, BENCH_SAMPLES, BENCH_MEM_CONTAINERS; BENCH_ONLY=replay|latency|memory runs one part.
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -84,7 +84,7 @@ async function load(bus: Bus, count: number, make: (i: number) => DomainEvent): 
 }
 
 // ---- 1. replaying 1M events ----
-{
+if (!process.env.BENCH_ONLY || process.env.BENCH_ONLY === 'replay') {
   const s = await freshServer();
   progress('raw append rate');
   results['raw JetStream append (msgs/s)'] = await rawAppendRate(s.bus.nc, 'nf.evt.container.raw', JSON.stringify({ pad: 'x'.repeat(280) }), 100_000, 1024);
@@ -125,7 +125,7 @@ async function load(bus: Bus, count: number, make: (i: number) => DomainEvent): 
 }
 
 // ---- 2. latency append -> delta at 1000 cells / 50k containers / 10k policies ----
-{
+if (!process.env.BENCH_ONLY || process.env.BENCH_ONLY === 'latency') {
   const s = await freshServer();
   const base = APPS + POLICIES + CONTAINERS;
   progress(`loading ${base} events (${APPS} apps, ${POLICIES} policies, ${CONTAINERS} containers on ${CELLS} cells)`);
@@ -175,7 +175,7 @@ async function load(bus: Bus, count: number, make: (i: number) => DomainEvent): 
 }
 
 // ---- 3. memory at 250k containers ----
-{
+if (!process.env.BENCH_ONLY || process.env.BENCH_ONLY === 'memory') {
   const s = await freshServer();
   const base = APPS + POLICIES + MEM_CONTAINERS;
   progress(`loading ${base} events for the memory run (${MEM_CONTAINERS} containers)`);
