@@ -16,15 +16,14 @@ import { silentLogger } from '../runtime/logger.ts';
 import { intakeSubject } from '../runtime/subjects.ts';
 import { mintToken } from '../runtime/tokens.ts';
 import { InboxRequester } from '../runtime/inbox-requester.ts';
-import { cpuSeconds, machine, pool, rate, rawAppendRate, startChild, stopChild } from './lib.ts';
+import { cpuSeconds, envNumber, machine, pool, progress, rate, rawAppendRate, startChild, stopChild } from './lib.ts';
 
-const env = (k: string, d: number) => Number(process.env[k] ?? d);
-const RAW = env('BENCH_RAW_MSGS', 100_000);
-const APPS = env('BENCH_APPS', 2000);
-const CONTAINERS = env('BENCH_CONTAINERS', 20_000);
-const POLICIES = env('BENCH_POLICIES', 10_000);
-const INTAKE_CONC = env('BENCH_CONCURRENCY', 256);
-const HTTP_CONC = env('BENCH_HTTP_CONCURRENCY', 64);
+const RAW = envNumber('BENCH_RAW_MSGS', 100_000);
+const APPS = envNumber('BENCH_APPS', 2000);
+const CONTAINERS = envNumber('BENCH_CONTAINERS', 20_000);
+const POLICIES = envNumber('BENCH_POLICIES', 10_000);
+const INTAKE_CONC = envNumber('BENCH_CONCURRENCY', 256);
+const HTTP_CONC = envNumber('BENCH_HTTP_CONCURRENCY', 64);
 
 const dir = mkdtempSync(join(tmpdir(), 'netfold-bench-'));
 const server = await startNatsServer({ storeDir: dir });
@@ -32,7 +31,6 @@ const log = silentLogger();
 const bus = await connectBus({ servers: server.url, name: 'bench', log });
 await ensureTopology(bus.jsm, defaultTopologyOptions, log);
 const results: Record<string, number | string> = {};
-const progress = (what: string) => process.stderr.write(`bench: ${what}\n`);
 
 progress('raw JetStream append');
 // 1. Raw limit: plain publishes to a stream subject with a reply inbox, 1024 in flight, counting PubAcks.

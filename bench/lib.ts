@@ -3,6 +3,14 @@ import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { cpus, totalmem } from 'node:os';
 import { createInbox, type NatsConnection } from '@nats-io/nats-core';
 
+/** A numeric benchmark size from the environment. */
+export const envNumber = (name: string, fallback: number): number => Number(process.env[name] ?? fallback);
+
+/** A progress line on stderr (stdout carries the results). */
+export const progress = (what: string): void => {
+  process.stderr.write(`bench: ${what}\n`);
+};
+
 export function machine(): Record<string, string> {
   let nats = 'unknown';
   try {

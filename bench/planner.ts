@@ -17,18 +17,18 @@ import type { DomainEvent, RecordedEvent } from '../events/catalogue.ts';
 import { foldEventsInPlace, initialModel } from '../projections/model.ts';
 import { PlannerCore } from '../services/topology-planner/core.ts';
 import { deriveCellState } from '../projections/cell.ts';
-import { machine, percentile, publishAll, rawAppendRate, rssMiB, startChild, stopChild } from './lib.ts';
+import { envNumber, machine, percentile, progress, publishAll, rawAppendRate, rssMiB, startChild, stopChild } from './lib.ts';
 
-const env = (k: string, d: number) => Number(process.env[k] ?? d);
-const EVENTS = env('BENCH_EVENTS', 1_000_000);
-const CELLS = env('BENCH_CELLS', 1000);
-const CONTAINERS = env('BENCH_CONTAINERS', 50_000);
-const POLICIES = env('BENCH_POLICIES', 10_000);
-const APPS = env('BENCH_APPS', 10_000);
-const SAMPLES = env('BENCH_SAMPLES', 2000);
-const MEM_CONTAINERS = env('BENCH_MEM_CONTAINERS', 250_000);
-const progress = (what: string) => process.stderr.write(`bench: ${what}\n`);
+const EVENTS = envNumber('BENCH_EVENTS', 1_000_000);
+const CELLS = envNumber('BENCH_CELLS', 1000);
+const CONTAINERS = envNumber('BENCH_CONTAINERS', 50_000);
+const POLICIES = envNumber('BENCH_POLICIES', 10_000);
+const APPS = envNumber('BENCH_APPS', 10_000);
+const SAMPLES = envNumber('BENCH_SAMPLES', 2000);
+const MEM_CONTAINERS = envNumber('BENCH_MEM_CONTAINERS', 250_000);
 const results: Record<string, string | number> = {};
+// Planner processes run with the heap cap docs/operations.md recommends, unless BENCH_CHILD_NODE_ARGS says otherwise.
+process.env.BENCH_CHILD_NODE_ARGS ??= '--max-old-space-size=768';
 
 const ip = (j: number) => `10.${(j >> 16) & 255}.${(j >> 8) & 255}.${j & 255}`;
 

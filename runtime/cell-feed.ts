@@ -8,14 +8,12 @@ import type { Bus } from './nats.ts';
 import type { Logger } from './logger.ts';
 import { CELL_DELTAS_STREAM, CELL_SNAPSHOTS_STREAM, cellSubject } from './subjects.ts';
 import { withNatsRetry } from './retry.ts';
-import { UnavailableError } from './errors.ts';
+import { Progress } from './progress.ts';
 
 export type CellDeltaMessage = { cellId: string; revision: number; prevRevision: number; ops: CellOp[]; hash: string };
 export type CellSnapshotMessage = { cellId: string; revision: number; hash: string; state: CellState };
 
 export type CellView = { cellId: string; revision: number; hash: string; state: CellState };
-
-type Waiter = { check: (v: CellView) => boolean; resolve: () => void; reject: (e: Error) => void; timer: NodeJS.Timeout };
 
 export class CellFeed {
   readonly #bus: Bus;
@@ -27,7 +25,7 @@ export class CellFeed {
   #messages: ConsumerMessages | undefined;
   #loop: Promise<void> | undefined;
   #stopped = false;
-  #waiters: Waiter[] = [];
+  readonly #progress: Progress<CellView>;
   readonly #listeners = new Set<(view: CellView) => void>();
   /** Times the feed re-read its snapshot because of a gap or a hash mismatch. */
   resyncs = 0;
@@ -36,6 +34,7 @@ export class CellFeed {
     this.#bus = bus;
     this.#cellId = cellId;
     this.#log = log.child({ component: 'cell-feed', cell: cellId });
+    this.#progress = new Progress(this.view);
   }
 
   get view(): CellView {
@@ -112,33 +111,17 @@ export class CellFeed {
     this.#hash = hash;
     const view = this.view;
     for (const l of this.#listeners) l(view);
-    this.#waiters = this.#waiters.filter((w) => {
-      if (!w.check(view)) return true;
-      clearTimeout(w.timer);
-      w.resolve();
-      return false;
-    });
+    this.#progress.advance(view);
   }
 
   /** Resolves once the held state satisfies `check` (e.g. a revision or a hash reached). */
   waitUntil(check: (v: CellView) => boolean, timeoutMs = 10_000, what = 'condition'): Promise<void> {
-    if (check(this.view)) return Promise.resolve();
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.#waiters = this.#waiters.filter((w) => w.timer !== timer);
-        reject(new UnavailableError(`cell ${this.#cellId}: ${what} not reached within ${timeoutMs} ms (at revision ${this.#revision})`));
-      }, timeoutMs);
-      this.#waiters.push({ check, resolve, reject, timer });
-    });
+    return this.#progress.until(check, timeoutMs, `cell ${this.#cellId}: ${what}`);
   }
 
   async stop(): Promise<void> {
     this.#stopped = true;
-    for (const w of this.#waiters) {
-      clearTimeout(w.timer);
-      w.reject(new UnavailableError('cell feed stopped'));
-    }
-    this.#waiters = [];
+    this.#progress.cancelAll('cell feed stopped');
     await this.#messages?.close();
     await this.#loop;
   }

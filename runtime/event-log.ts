@@ -5,9 +5,9 @@ import { StreamPublisher, type PublishOptions } from './stream-publisher.ts';
 import { type EventEnvelope, type RecordedEvent, parseEvent } from '../events/catalogue.ts';
 import type { Bus } from './nats.ts';
 import type { Logger } from './logger.ts';
-import { UnavailableError } from './errors.ts';
 import { EVENTS_STREAM } from './subjects.ts';
 import { withNatsRetry } from './retry.ts';
+import { Progress } from './progress.ts';
 
 export type AppendOptions = {
   /** The sequence of the last event on this subject that the decision saw (0: none). */
@@ -111,8 +111,6 @@ export type Fold<S> = {
   seqOf(state: S): number;
 };
 
-type Waiter = { seq: number; resolve: () => void; reject: (err: Error) => void; timer: NodeJS.Timeout };
-
 /**
  * Follows the event log with an ordered consumer and keeps a fold of it in memory. `ready()` resolves once the
  * fold has caught up with the log as it was at start; `waitFor(seq)` resolves once a given revision is folded.
@@ -124,7 +122,7 @@ export class LogFollower<S> {
   readonly #stream: string;
   #state: S;
   #messages: ConsumerMessages | undefined;
-  #waiters: Waiter[] = [];
+  readonly #progress = new Progress(0);
   #loop: Promise<void> | undefined;
   #stopped = false;
   readonly #listeners = new Set<(state: S, batch: readonly RecordedEvent[]) => void>();
@@ -205,37 +203,17 @@ export class LogFollower<S> {
   }
 
   #wake(): void {
-    const seq = this.seq;
-    if (this.#waiters.length === 0) return;
-    const still: Waiter[] = [];
-    for (const w of this.#waiters) {
-      if (w.seq <= seq) {
-        clearTimeout(w.timer);
-        w.resolve();
-      } else still.push(w);
-    }
-    this.#waiters = still;
+    this.#progress.advance(this.seq);
   }
 
   /** Resolves once the fold covers `seq`; rejects with UnavailableError after `timeoutMs`. */
   waitFor(seq: number, timeoutMs = 10_000): Promise<void> {
-    if (this.seq >= seq) return Promise.resolve();
-    return new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.#waiters = this.#waiters.filter((w) => w.timer !== timer);
-        reject(new UnavailableError(`the model did not reach revision ${seq} within ${timeoutMs} ms (at ${this.seq})`));
-      }, timeoutMs);
-      this.#waiters.push({ seq, resolve, reject, timer });
-    });
+    return this.#progress.until((at) => at >= seq, timeoutMs, `the model at revision ${seq} (now ${this.seq})`);
   }
 
   async stop(): Promise<void> {
     this.#stopped = true;
-    for (const w of this.#waiters) {
-      clearTimeout(w.timer);
-      w.reject(new UnavailableError('log follower stopped'));
-    }
-    this.#waiters = [];
+    this.#progress.cancelAll('log follower stopped');
     await this.#messages?.close();
     await this.#loop;
   }

@@ -36,35 +36,26 @@ export function eventStreamConfig(opts: TopologyOptions): Partial<StreamConfig> 
   };
 }
 
-/** Each cell's latest full desired state: one message per cell subject. */
-export function cellSnapshotStreamConfig(opts: TopologyOptions): Partial<StreamConfig> & { name: string } {
+/** Per-cell output streams: limits retention, the last `perSubject` messages of each cell subject kept. */
+function cellStreamConfig(name: string, subject: string, perSubject: number, opts: TopologyOptions): Partial<StreamConfig> & { name: string } {
   return {
-    name: CELL_SNAPSHOTS_STREAM,
-    subjects: [cellSubject.allSnapshots],
+    name,
+    subjects: [subject],
     storage: StorageType.File,
     retention: RetentionPolicy.Limits,
     discard: DiscardPolicy.Old,
-    max_msgs_per_subject: 1,
+    max_msgs_per_subject: perSubject,
     num_replicas: opts.replicas,
     duplicate_window: ms(opts.duplicateWindowMs),
     allow_direct: true,
   };
 }
 
+/** Each cell's latest full desired state: one message per cell subject. */
+export const cellSnapshotStreamConfig = (opts: TopologyOptions) => cellStreamConfig(CELL_SNAPSHOTS_STREAM, cellSubject.allSnapshots, 1, opts);
+
 /** Each cell's recent deltas, the last `deltasPerCell` per cell subject. */
-export function cellDeltaStreamConfig(opts: TopologyOptions): Partial<StreamConfig> & { name: string } {
-  return {
-    name: CELL_DELTAS_STREAM,
-    subjects: [cellSubject.allDeltas],
-    storage: StorageType.File,
-    retention: RetentionPolicy.Limits,
-    discard: DiscardPolicy.Old,
-    max_msgs_per_subject: opts.deltasPerCell,
-    num_replicas: opts.replicas,
-    duplicate_window: ms(opts.duplicateWindowMs),
-    allow_direct: true,
-  };
-}
+export const cellDeltaStreamConfig = (opts: TopologyOptions) => cellStreamConfig(CELL_DELTAS_STREAM, cellSubject.allDeltas, opts.deltasPerCell, opts);
 
 export async function ensureTopology(jsm: JetStreamManager, opts: TopologyOptions, log: Logger): Promise<void> {
   for (const config of [eventStreamConfig(opts), cellSnapshotStreamConfig(opts), cellDeltaStreamConfig(opts)]) {

@@ -10,6 +10,7 @@ import type { Logger } from '../../runtime/logger.ts';
 import { EventLog, LogFollower, type Fold } from '../../runtime/event-log.ts';
 import { StreamPublisher } from '../../runtime/stream-publisher.ts';
 import { withNatsRetry } from '../../runtime/retry.ts';
+import { Progress } from '../../runtime/progress.ts';
 import { CELL_DELTAS_STREAM, CELL_SNAPSHOTS_STREAM, PLANNER_CHECKPOINT_BUCKET, cellSubject } from '../../runtime/subjects.ts';
 import { type Model, foldEventsInPlace, initialModel, liveModelFold } from '../../projections/model.ts';
 import type { RecordedEvent } from '../../events/catalogue.ts';
@@ -77,10 +78,9 @@ export async function startPlanner(deps: { bus: Bus; log: Logger; config: Planne
 
   // ---- the ordered output pipeline ----
   const queue: QueueItem[] = [];
-  let publishedThrough = core.seq;
+  const publishedThrough = new Progress(core.seq);
   let wakePump: (() => void) | undefined;
   let stopping = false;
-  const seqWaiters: { seq: number; resolve: () => void }[] = [];
   const enqueue = (items: QueueItem[]) => {
     queue.push(...items);
     wakePump?.();
@@ -114,10 +114,7 @@ export async function startPlanner(deps: { bus: Bus; log: Logger; config: Planne
         if (inFlight.size >= cfg.publishWindow) await Promise.race(inFlight);
       } else if ('through' in item) {
         await settleAll();
-        publishedThrough = Math.max(publishedThrough, item.through);
-        for (let i = seqWaiters.length - 1; i >= 0; i--) {
-          if (seqWaiters[i]!.seq <= publishedThrough) seqWaiters.splice(i, 1)[0]!.resolve();
-        }
+        publishedThrough.advance(Math.max(publishedThrough.value, item.through));
       } else {
         await settleAll();
         await withNatsRetry('planner checkpoint', () => objects.putBlob({ name: checkpointName }, new TextEncoder().encode(item.checkpoint.json)))
@@ -192,14 +189,8 @@ export async function startPlanner(deps: { bus: Bus; log: Logger; config: Planne
     core,
     membership,
     stats,
-    publishedThrough: () => publishedThrough,
-    waitPublished(seq, timeoutMs = 10_000) {
-      if (publishedThrough >= seq) return Promise.resolve();
-      return new Promise<void>((resolve, reject) => {
-        const timer = setTimeout(() => reject(new Error(`planner outputs through ${seq} not published within ${timeoutMs} ms`)), timeoutMs);
-        seqWaiters.push({ seq, resolve: () => (clearTimeout(timer), resolve()) });
-      });
-    },
+    publishedThrough: () => publishedThrough.value,
+    waitPublished: (seq, timeoutMs = 10_000) => publishedThrough.until((at) => at >= seq, timeoutMs, `planner outputs through ${seq}`),
     async stop() {
       clearInterval(checkpointTimer);
       await follower.stop();
@@ -209,6 +200,7 @@ export async function startPlanner(deps: { bus: Bus; log: Logger; config: Planne
       wakePump?.();
       await pump;
       drainedWaiter?.();
+      publishedThrough.cancelAll('planner stopped');
       log.info({ seq: core.seq }, 'planner-stopped');
     },
   };
