@@ -43,3 +43,8 @@ export const cellSubject = {
 export const PLANNER_MEMBERS_BUCKET = 'netfold-planners';
 /** Planner checkpoints (object store: checkpoints are larger than one message). */
 export const PLANNER_CHECKPOINT_BUCKET = 'netfold-planner-checkpoints';
+
+/** Each cell agent's status: applied revision and hash, rule counts, last apply, drift repairs, errors. */
+export const CELL_STATUS_BUCKET = 'netfold-cell-status';
+/** Discovery records: per cell, its local names and IPs, re-put on every heartbeat. */
+export const DISCOVERY_BUCKET = 'netfold-discovery';

@@ -1,0 +1,160 @@
+// The cell agent: follows its cell's desired state (CellFeed), turns it into rules and applies them through a
+// dataplane only when they change; repairs drift; reports what it applied (status KV) and publishes its
+// containers' discovery names (discovery KV, re-put on every heartbeat). Stopping leaves the rules in place.
+import { Kvm, type KV } from '@nats-io/kv';
+import type { Bus } from '../../runtime/nats.ts';
+import type { Logger } from '../../runtime/logger.ts';
+import { CellFeed } from '../../runtime/cell-feed.ts';
+import { Progress } from '../../runtime/progress.ts';
+import { withNatsRetry } from '../../runtime/retry.ts';
+import { CELL_STATUS_BUCKET, DISCOVERY_BUCKET } from '../../runtime/subjects.ts';
+import type { Dataplane } from './dataplane.ts';
+import { type RuleSet, expandRules } from './rules.ts';
+
+export type CellAgentConfig = {
+  cellId: string;
+  overlayCidr: string;
+  driftIntervalMs: number;
+  heartbeatMs: number;
+  replicas: number;
+};
+
+export const defaultCellAgentConfig: Omit<CellAgentConfig, 'cellId'> = { overlayCidr: '10.255.0.0/16', driftIntervalMs: 500, heartbeatMs: 5000, replicas: 1 };
+
+export type CellStatus = {
+  cellId: string;
+  dataplane: Dataplane['kind'];
+  /** Revision and hash of the desired state now enforced. */
+  revision: number;
+  hash: string;
+  appliedAt: string;
+  applyMs: number;
+  rules: { local: number; allows: number };
+  driftRepairs: number;
+  error: string | null;
+};
+
+export type DiscoveryRecord = { cellId: string; at: string; names: Record<string, string[]> };
+
+export type CellAgent = {
+  feed: CellFeed;
+  status(): CellStatus | undefined;
+  /** Resolves once the applied revision is at least `revision`. */
+  waitApplied(revision: number, timeoutMs?: number): Promise<void>;
+  /** Checks for drift now (also done every driftIntervalMs); true when something was repaired. */
+  checkDrift(): Promise<boolean>;
+  stop(): Promise<void>;
+};
+
+export async function createBuckets(bus: Bus, replicas: number): Promise<{ status: KV; discovery: KV }> {
+  const kvm = new Kvm(bus.js);
+  const status = await withNatsRetry('cell status bucket', () => kvm.create(CELL_STATUS_BUCKET, { history: 1, replicas }));
+  const discovery = await withNatsRetry('discovery bucket', () => kvm.create(DISCOVERY_BUCKET, { history: 1, replicas }));
+  return { status, discovery };
+}
+
+export async function startCellAgent(deps: { bus: Bus; log: Logger; config: CellAgentConfig; dataplane: Dataplane }): Promise<CellAgent> {
+  const { config: cfg, dataplane } = deps;
+  const log = deps.log.child({ service: 'cell-agent', cell: cfg.cellId });
+  const buckets = await createBuckets(deps.bus, cfg.replicas);
+  const feed = new CellFeed(deps.bus, cfg.cellId, log);
+  const applied = new Progress<number>(-1);
+  let status: CellStatus | undefined;
+  let lastRules: string | undefined;
+  let driftRepairs = 0;
+  let dirty = true;
+  let running: Promise<void> | undefined;
+  let stopped = false;
+
+  const discoveryRecord = (): DiscoveryRecord => ({
+    cellId: cfg.cellId,
+    at: new Date().toISOString(),
+    names: Object.fromEntries(Object.entries(feed.view.state.names).map(([name, ips]) => [name, Object.keys(ips).sort()])),
+  });
+  const publishDiscovery = () => buckets.discovery.put(cfg.cellId, JSON.stringify(discoveryRecord())).catch((err: unknown) => log.warn({ err }, 'discovery-put-failed'));
+
+  async function applyLatest(): Promise<void> {
+    while (dirty && !stopped) {
+      dirty = false;
+      const view = feed.view;
+      const rules: RuleSet = expandRules(view.state);
+      const key = JSON.stringify(rules);
+      const t0 = performance.now();
+      let error: string | null = null;
+      if (key !== lastRules) {
+        try {
+          await dataplane.apply(rules);
+          lastRules = key;
+          log.info({ revision: view.revision, allows: rules.allows.length, ms: Math.round(performance.now() - t0) }, 'rules-applied');
+        } catch (err) {
+          error = err instanceof Error ? err.message : String(err);
+          log.error({ err, revision: view.revision }, 'rules-apply-failed');
+        }
+      }
+      status = {
+        cellId: cfg.cellId,
+        dataplane: dataplane.kind,
+        revision: error ? (status?.revision ?? 0) : view.revision,
+        hash: error ? (status?.hash ?? '') : view.hash,
+        appliedAt: new Date().toISOString(),
+        applyMs: Math.round((performance.now() - t0) * 10) / 10,
+        rules: { local: rules.local.length, allows: rules.allows.length },
+        driftRepairs,
+        error,
+      };
+      await buckets.status.put(cfg.cellId, JSON.stringify(status)).catch((err: unknown) => log.warn({ err }, 'status-put-failed'));
+      if (!error) {
+        applied.advance(view.revision);
+        await publishDiscovery();
+      }
+    }
+  }
+  const schedule = () => {
+    dirty = true;
+    running ??= applyLatest().finally(() => {
+      running = undefined;
+      if (dirty && !stopped) schedule();
+    });
+  };
+
+  async function checkDrift(): Promise<boolean> {
+    if (stopped || !(await dataplane.drifted())) return false;
+    driftRepairs += 1;
+    lastRules = undefined;
+    log.warn({ repairs: driftRepairs }, 'drift-detected');
+    schedule();
+    await running;
+    log.info({ repairs: driftRepairs }, 'drift-repaired');
+    return true;
+  }
+
+  feed.onChange(schedule);
+  await feed.start();
+  schedule();
+  await running;
+  const driftTimer = setInterval(() => {
+    if (status?.error) {
+      lastRules = undefined; // the last apply failed: try again
+      schedule();
+    }
+    void checkDrift().catch((err: unknown) => log.error({ err }, 'drift-check-failed'));
+  }, cfg.driftIntervalMs);
+  const heartbeat = setInterval(() => void publishDiscovery(), cfg.heartbeatMs);
+  log.info({ revision: feed.view.revision, dataplane: dataplane.kind }, 'cell-agent-started');
+
+  return {
+    feed,
+    status: () => status,
+    waitApplied: (revision, timeoutMs = 10_000) => applied.until((r) => r >= revision, timeoutMs, `cell ${cfg.cellId} applied revision ${revision}`),
+    checkDrift,
+    async stop() {
+      stopped = true;
+      clearInterval(driftTimer);
+      clearInterval(heartbeat);
+      await feed.stop();
+      await running;
+      applied.cancelAll('cell agent stopped');
+      log.info('cell-agent-stopped'); // the rules stay in place: containers keep their policy while we are away
+    },
+  };
+}

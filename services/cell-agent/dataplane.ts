@@ -1,0 +1,123 @@
+// Dataplane drivers behind one small interface (the "modular topology" of the original proposal): the real
+// nftables driver, an in-memory one for simulation and benchmarks, and a render-only one for dry runs.
+import { spawn } from 'node:child_process';
+import { NetfoldError } from '../../runtime/errors.ts';
+import { type Protocol, type RuleSet, TABLE, allows, renderNft } from './rules.ts';
+
+export interface Dataplane {
+  readonly kind: 'nftables' | 'memory' | 'render';
+  /** Loads the whole rule set atomically. */
+  apply(rules: RuleSet): Promise<void>;
+  /** True when what is enforced differs from what was last applied (tampered with, flushed, missing). */
+  drifted(): Promise<boolean>;
+}
+
+export class DataplaneError extends NetfoldError {
+  constructor(message: string, cause?: unknown) {
+    super(message, 'dataplane-failed', 500, true, cause);
+    this.name = 'DataplaneError';
+  }
+}
+
+/** Runs a command, feeding `input` on stdin; resolves with stdout (streamed, no buffer limit). */
+export function run(command: string, args: string[], input?: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(command, args, { stdio: [input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'] });
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    child.stdout!.on('data', (d: Buffer) => out.push(d));
+    child.stderr!.on('data', (d: Buffer) => err.push(d));
+    child.once('error', (e) => reject(new DataplaneError(`could not run ${command}: ${e.message}`, e)));
+    child.once('close', (code) => {
+      if (code === 0) resolve(Buffer.concat(out).toString());
+      else reject(new DataplaneError(`${command} ${args.join(' ')} exited ${code}: ${Buffer.concat(err).toString().trim().slice(0, 2000)}`));
+    });
+    if (input !== undefined) {
+      child.stdin!.on('error', () => undefined); // a command that exits early: its exit code tells
+      child.stdin!.end(input);
+    }
+  });
+}
+
+export type NftOptions = { overlayCidr: string; /** Network namespace to program; the host's when absent. */ netns?: string };
+
+/** The real driver: one nftables table owned by netfold, replaced whole in one `nft -f -` transaction. */
+export class NftDataplane implements Dataplane {
+  readonly kind = 'nftables' as const;
+  readonly #o: NftOptions;
+  #applied: string | undefined;
+
+  constructor(opts: NftOptions) {
+    this.#o = opts;
+  }
+
+  #nft(args: string[], input?: string): Promise<string> {
+    return this.#o.netns ? run('ip', ['netns', 'exec', this.#o.netns, 'nft', ...args], input) : run('nft', args, input);
+  }
+
+  async apply(rules: RuleSet): Promise<void> {
+    await this.#nft(['-f', '-'], renderNft(rules, this.#o.overlayCidr));
+    this.#applied = await this.listing();
+  }
+
+  /** The kernel's listing of the table, or null when it does not exist. */
+  async listing(): Promise<string | undefined> {
+    try {
+      return await this.#nft(['list', 'table', 'inet', TABLE]);
+    } catch {
+      return undefined;
+    }
+  }
+
+  async drifted(): Promise<boolean> {
+    if (this.#applied === undefined) return false;
+    return (await this.listing()) !== this.#applied;
+  }
+}
+
+/** Same semantics in process: for simulations and benchmarks (and tests of what a rule set allows). */
+export class MemoryDataplane implements Dataplane {
+  readonly kind = 'memory' as const;
+  rules: RuleSet = { local: [], allows: [] };
+  applies = 0;
+  #tampered = false;
+
+  constructor(private readonly overlayCidr: string) {}
+
+  async apply(rules: RuleSet): Promise<void> {
+    this.rules = structuredClone(rules);
+    this.applies += 1;
+    this.#tampered = false;
+  }
+
+  async drifted(): Promise<boolean> {
+    return this.#tampered;
+  }
+
+  /** Simulates someone flushing the rules. */
+  tamper(): void {
+    this.rules = { local: this.rules.local, allows: [] };
+    this.#tampered = true;
+  }
+
+  allows(src: string, dst: string, protocol: Protocol, port: number): boolean {
+    return allows(this.rules, src, dst, protocol, port, this.overlayCidr);
+  }
+}
+
+/** Dry run: renders what it would load and hands it to `print`; enforces nothing. */
+export class RenderDataplane implements Dataplane {
+  readonly kind = 'render' as const;
+  constructor(
+    private readonly overlayCidr: string,
+    private readonly print: (text: string) => void,
+  ) {}
+
+  async apply(rules: RuleSet): Promise<void> {
+    this.print(renderNft(rules, this.overlayCidr));
+  }
+
+  async drifted(): Promise<boolean> {
+    return false;
+  }
+}

@@ -1,0 +1,106 @@
+// From a cell's desired state to the rules its dataplane enforces: a pure expansion and a deterministic nftables
+// rendering. Enforcement is at the destination, default deny for traffic from the overlay to local containers.
+import type { CellState } from '../../projections/cell.ts';
+
+export type Protocol = 'tcp' | 'udp';
+/** One allowed flow; `startPort === endPort` for a single port. */
+export type Allow = { src: string; dst: string; protocol: Protocol; startPort: number; endPort: number };
+
+export type RuleSet = {
+  /** IPs of the local containers: traffic to them is denied unless allowed. */
+  local: string[];
+  allows: Allow[];
+};
+
+const IPV4 = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
+const CIDR = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}\/([0-9]|[12][0-9]|3[0-2])$/;
+
+export class InvalidRuleError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'InvalidRuleError';
+  }
+}
+
+const cmpAllow = (a: Allow, b: Allow) =>
+  a.dst < b.dst ? -1 : a.dst > b.dst ? 1 : a.src < b.src ? -1 : a.src > b.src ? 1 : a.protocol < b.protocol ? -1 : a.protocol > b.protocol ? 1 : a.startPort - b.startPort || a.endPort - b.endPort;
+
+/** Expands a cell's state into allowed flows, sorted and without duplicates. */
+export function expandRules(state: CellState): RuleSet {
+  const local = new Set<string>();
+  const allows = new Map<string, Allow>();
+  for (const c of Object.values(state.containers)) {
+    local.add(c.ip);
+    for (const rule of Object.values(state.ingress[c.appId] ?? {})) {
+      for (const src of Object.keys(state.sources[rule.sourceAppId] ?? {})) {
+        const a: Allow = { src, dst: c.ip, protocol: rule.protocol, startPort: rule.startPort, endPort: rule.endPort };
+        allows.set(`${a.src}|${a.dst}|${a.protocol}|${a.startPort}|${a.endPort}`, a);
+      }
+    }
+  }
+  return { local: [...local].sort(), allows: [...allows.values()].sort(cmpAllow) };
+}
+
+/** Does a rule set allow a new flow? (The semantics every driver implements.) */
+export function allows(rules: RuleSet, src: string, dst: string, protocol: Protocol, port: number, overlayCidr: string): boolean {
+  if (!rules.local.includes(dst) || !inCidr(src, overlayCidr)) return true;
+  return rules.allows.some((a) => a.src === src && a.dst === dst && a.protocol === protocol && port >= a.startPort && port <= a.endPort);
+}
+
+function ipToInt(ip: string): number {
+  return ip.split('.').reduce((n, o) => n * 256 + Number(o), 0);
+}
+
+export function inCidr(ip: string, cidr: string): boolean {
+  const [net, bits] = cidr.split('/');
+  const mask = Number(bits) === 0 ? 0 : 2 ** 32 - 2 ** (32 - Number(bits));
+  return (ipToInt(ip) & mask) >>> 0 === (ipToInt(net!) & mask) >>> 0;
+}
+
+export const TABLE = 'netfold';
+
+/**
+ * The nftables table, complete, as one `nft -f` transaction: create-if-missing, delete, create — so the swap is
+ * atomic and an existing table (e.g. after an agent restart) is replaced without a gap. Every address is validated
+ * first: nft would resolve an invalid one as a host name.
+ */
+export function renderNft(rules: RuleSet, overlayCidr: string): string {
+  if (!CIDR.test(overlayCidr)) throw new InvalidRuleError(`invalid overlay CIDR ${overlayCidr}`);
+  for (const ip of rules.local) if (!IPV4.test(ip)) throw new InvalidRuleError(`invalid local address ${ip}`);
+  for (const a of rules.allows) {
+    if (!IPV4.test(a.src) || !IPV4.test(a.dst)) throw new InvalidRuleError(`invalid address in ${JSON.stringify(a)}`);
+    if (!Number.isInteger(a.startPort) || !Number.isInteger(a.endPort) || a.startPort < 1 || a.endPort > 65535 || a.startPort > a.endPort) {
+      throw new InvalidRuleError(`invalid ports in ${JSON.stringify(a)}`);
+    }
+  }
+  const set = (name: string, type: string, elements: string[], interval: boolean) =>
+    [`  set ${name} {`, `    type ${type}`, ...(interval ? ['    flags interval'] : []), ...(elements.length > 0 ? [`    elements = { ${elements.join(', ')} }`] : []), '  }'];
+  const exact = (p: Protocol) => rules.allows.filter((a) => a.protocol === p && a.startPort === a.endPort).map((a) => `${a.src} . ${a.dst} . ${a.startPort}`);
+  const ranged = (p: Protocol) => rules.allows.filter((a) => a.protocol === p && a.startPort !== a.endPort).map((a) => `${a.src} . ${a.dst} . ${a.startPort}-${a.endPort}`);
+  const tuple = 'ipv4_addr . ipv4_addr . inet_service';
+  return [
+    `table inet ${TABLE}`,
+    `delete table inet ${TABLE}`,
+    `table inet ${TABLE} {`,
+    ...set('local', 'ipv4_addr', rules.local, false),
+    ...set('allow_tcp', tuple, exact('tcp'), false),
+    ...set('allow_udp', tuple, exact('udp'), false),
+    ...set('range_tcp', tuple, ranged('tcp'), true),
+    ...set('range_udp', tuple, ranged('udp'), true),
+    '  chain forward {',
+    '    type filter hook forward priority filter - 1; policy accept;',
+    '    meta nfproto != ipv4 accept',
+    '    ct state established,related accept',
+    '    ip daddr != @local accept',
+    `    ip saddr != ${overlayCidr} accept`,
+    '    ip saddr . ip daddr . tcp dport @allow_tcp accept',
+    '    ip saddr . ip daddr . tcp dport @range_tcp accept',
+    '    ip saddr . ip daddr . udp dport @allow_udp accept',
+    '    ip saddr . ip daddr . udp dport @range_udp accept',
+    '    meta l4proto tcp reject with tcp reset',
+    '    reject',
+    '  }',
+    '}',
+    '',
+  ].join('\n');
+}
