@@ -1,0 +1,90 @@
+// Rendering (golden file, and `nft --check` of it as root) and rule semantics of the memory driver, on the same
+// cases the end-to-end test proves with real TCP.
+import t from 'tap';
+import { readFileSync, writeFileSync } from 'node:fs';
+import type { CellState } from '../projections/cell.ts';
+import { expandRules, renderNft, InvalidRuleError } from '../services/cell-agent/rules.ts';
+import { MemoryDataplane, RenderDataplane, run } from '../services/cell-agent/dataplane.ts';
+import { isRoot } from './harness/netns.ts';
+
+const OVERLAY = '10.255.0.0/16';
+const state: CellState = {
+  containers: {
+    back1: { appId: 'app-back', appName: 'back', instanceIndex: 0, ip: '10.255.1.3' },
+    db0: { appId: 'app-db', appName: 'db', instanceIndex: 0, ip: '10.255.1.4' },
+  },
+  ingress: {
+    'app-back': {
+      'app-front|tcp|8080|8081': { sourceAppId: 'app-front', protocol: 'tcp', startPort: 8080, endPort: 8081 },
+      'app-front|udp|53|53': { sourceAppId: 'app-front', protocol: 'udp', startPort: 53, endPort: 53 },
+    },
+    'app-db': { 'app-back|tcp|5432|5432': { sourceAppId: 'app-back', protocol: 'tcp', startPort: 5432, endPort: 5432 } },
+  },
+  sources: { 'app-front': { '10.255.1.2': true, '10.255.2.9': true }, 'app-back': { '10.255.1.3': true } },
+  tags: { 'app-front': 1, 'app-back': 2, 'app-db': 3 },
+  names: {},
+};
+
+t.test('expansion: one allow per (source IP, local destination, rule)', async (t) => {
+  const rules = expandRules(state);
+  t.same(rules.local, ['10.255.1.3', '10.255.1.4']);
+  t.same(rules.allows.map((a) => `${a.src}>${a.dst}/${a.protocol}:${a.startPort}-${a.endPort}`), [
+    '10.255.1.2>10.255.1.3/tcp:8080-8081',
+    '10.255.1.2>10.255.1.3/udp:53-53',
+    '10.255.2.9>10.255.1.3/tcp:8080-8081',
+    '10.255.2.9>10.255.1.3/udp:53-53',
+    '10.255.1.3>10.255.1.4/tcp:5432-5432',
+  ]);
+});
+
+t.test('rendering matches the golden file', async (t) => {
+  const text = renderNft(expandRules(state), OVERLAY);
+  const golden = new URL('./golden/cell.nft', import.meta.url);
+  if (process.env.UPDATE_GOLDEN) writeFileSync(golden, text);
+  t.equal(text, readFileSync(golden, 'utf8'));
+  t.match(text, /set allow_tcp \{\n\s+type ipv4_addr \. ipv4_addr \. inet_service\n\s+elements = \{ 10\.255\.1\.3 \. 10\.255\.1\.4 \. 5432 \}/);
+  t.match(text, /set range_tcp \{[^}]*flags interval[^}]*10\.255\.1\.2 \. 10\.255\.1\.3 \. 8080-8081/);
+  const empty = renderNft({ local: [], allows: [] }, OVERLAY);
+  t.notMatch(empty, /elements/, 'empty sets have no elements clause');
+});
+
+t.test('rendering refuses anything nft would misread', async (t) => {
+  t.throws(() => renderNft({ local: ['example.com'], allows: [] }, OVERLAY), InvalidRuleError);
+  t.throws(() => renderNft({ local: [], allows: [{ src: '10.0.0.1', dst: '10.0.0.300', protocol: 'tcp', startPort: 1, endPort: 1 }] }, OVERLAY), InvalidRuleError);
+  t.throws(() => renderNft({ local: [], allows: [{ src: '10.0.0.1', dst: '10.0.0.2', protocol: 'tcp', startPort: 9, endPort: 8 }] }, OVERLAY), InvalidRuleError);
+  t.throws(() => renderNft({ local: [], allows: [] }, '10.255.0.0/33'), InvalidRuleError);
+});
+
+t.test('nft accepts the rendered file (nft --check)', { skip: isRoot() ? false : 'needs root for nft --check' }, async (t) => {
+  await run('nft', ['-c', '-f', '-'], renderNft(expandRules(state), OVERLAY));
+  t.pass('nft --check accepted the ruleset');
+});
+
+t.test('memory driver semantics: the end-to-end cases', async (t) => {
+  const mem = new MemoryDataplane(OVERLAY);
+  await mem.apply(expandRules(state));
+  t.equal(mem.allows('10.255.1.2', '10.255.1.3', 'tcp', 8080), true, 'allowed source, port in range');
+  t.equal(mem.allows('10.255.1.2', '10.255.1.3', 'tcp', 8081), true, 'range end');
+  t.equal(mem.allows('10.255.1.2', '10.255.1.3', 'tcp', 8082), false, 'port outside the range');
+  t.equal(mem.allows('10.255.1.2', '10.255.1.3', 'udp', 53), true, 'udp rule');
+  t.equal(mem.allows('10.255.1.2', '10.255.1.3', 'tcp', 53), false, 'protocol matters');
+  t.equal(mem.allows('10.255.9.9', '10.255.1.3', 'tcp', 8080), false, 'unknown source in the overlay: denied');
+  t.equal(mem.allows('10.255.1.2', '10.255.1.4', 'tcp', 5432), false, 'another destination app: denied');
+  t.equal(mem.allows('10.255.1.3', '10.255.1.4', 'tcp', 5432), true);
+  t.equal(mem.allows('192.0.2.1', '10.255.1.3', 'tcp', 22), true, 'traffic from outside the overlay is not container-to-container');
+  t.equal(mem.allows('10.255.1.3', '10.255.2.2', 'tcp', 80), true, 'a destination on another cell is enforced there, not here');
+  mem.tamper();
+  t.equal(await mem.drifted(), true);
+  await mem.apply(expandRules(state));
+  t.equal(await mem.drifted(), false);
+  t.equal(mem.applies, 2);
+});
+
+t.test('render driver prints what it would load', async (t) => {
+  const printed: string[] = [];
+  const dry = new RenderDataplane(OVERLAY, (text) => printed.push(text));
+  await dry.apply(expandRules(state));
+  t.equal(printed.length, 1);
+  t.equal(printed[0], renderNft(expandRules(state), OVERLAY));
+  t.equal(await dry.drifted(), false);
+});
