@@ -12,6 +12,10 @@ import { mintToken, parseDuration, SCOPES } from '../runtime/tokens.ts';
 import type { IntakeReply } from '../services/policy-writer/intake.ts';
 import { type Out, UsageError, output, table } from './output.ts';
 import { up } from './up.ts';
+import { Kvm } from '@nats-io/kv';
+import { waitEnforced } from '../runtime/enforcement.ts';
+import { CELL_STATUS_BUCKET } from '../runtime/subjects.ts';
+import type { CellStatus } from '../services/cell-agent/agent.ts';
 
 const HELP = `netfold — event-sourced container networking control plane
 
@@ -28,6 +32,8 @@ usage: netfold <command> [flags]
   policy add --from APP --to APP [--protocol tcp|udp] --port N[-M]
   policy remove --from APP --to APP [--protocol tcp|udp] --port N[-M]
   policy list [--id ID,..] [--source ID,..] [--dest ID,..]
+  wait --revision N [--timeout 30s]   wait until revision N is enforced on every cell (exit 1 on timeout)
+  cells                               each cell's agent status: applied revision, rules, drift repairs, errors
 
 common flags: --json (machine-readable output), --nats-url URL, --api URL (policy API, default
 http://127.0.0.1:<http-port>), --token TOKEN (default: NETFOLD_TOKEN, then <data-dir>/admin.token),
@@ -56,6 +62,8 @@ const CLI_FLAGS = {
   user: { type: 'string' },
   scope: { type: 'string' },
   ttl: { type: 'string' },
+  revision: { type: 'string' },
+  timeout: { type: 'string' },
 } as const;
 
 type Flags = Record<string, string | boolean | undefined>;
@@ -174,6 +182,40 @@ async function main(argv: string[]): Promise<void> {
         r.policies.map((p: any) => [p.source.id, p.destination.id, p.destination.protocol, p.destination.ports.start === p.destination.ports.end ? `${p.destination.ports.start}` : `${p.destination.ports.start}-${p.destination.ports.end}`]),
       );
       return out.print(`${table(rows)}\n${r.total_policies} policies (revision ${r.revision})`, r);
+    }
+    case 'wait': {
+      const revision = intFlag(flags, 'revision');
+      const timeoutMs = parseDuration(typeof flags.timeout === 'string' ? flags.timeout : '30s') * 1000;
+      const bus = await connectBus({ servers: (config.natsUrl ?? `nats://127.0.0.1:${config.natsPort}`).split(','), name: 'netfold-cli', log: silentLogger(), connectTimeoutMs: 5000 });
+      try {
+        const e = await waitEnforced(bus, revision, timeoutMs);
+        const rows = [['CELL', 'PLANNED', 'REQUIRED', 'APPLIED', 'OK']].concat(e.cells.map((c) => [c.cellId, String(c.planned), String(c.required), String(c.applied ?? '-'), c.ok ? 'yes' : 'no']));
+        const behind = e.plannersBehind.length > 0 ? `\nplanners not yet at ${revision}: ${e.plannersBehind.join(', ')}` : '';
+        out.print(`${table(rows)}${behind}\nrevision ${revision}: ${e.enforced ? 'enforced on every cell' : 'NOT enforced everywhere (timed out)'}`, e);
+        if (!e.enforced) process.exitCode = 1;
+      } finally {
+        await bus.close();
+      }
+      return;
+    }
+    case 'cells': {
+      const bus = await connectBus({ servers: (config.natsUrl ?? `nats://127.0.0.1:${config.natsPort}`).split(','), name: 'netfold-cli', log: silentLogger(), connectTimeoutMs: 5000 });
+      try {
+        const kv = await new Kvm(bus.js).open(CELL_STATUS_BUCKET).catch(() => null);
+        const statuses: CellStatus[] = [];
+        if (kv) for await (const k of await kv.keys()) {
+          const e = await kv.get(k);
+          if (e?.operation === 'PUT') statuses.push(e.json<CellStatus>());
+        }
+        statuses.sort((a, b) => (a.cellId < b.cellId ? -1 : 1));
+        const rows = [['CELL', 'DATAPLANE', 'REVISION', 'LOCAL', 'ALLOWS', 'APPLY MS', 'REPAIRS', 'APPLIED AT', 'ERROR']].concat(
+          statuses.map((s) => [s.cellId, s.dataplane, String(s.revision), String(s.rules.local), String(s.rules.allows), String(s.applyMs), String(s.driftRepairs), s.appliedAt, s.error ?? '']),
+        );
+        out.print(`${table(rows)}\n${statuses.length} cells`, statuses);
+      } finally {
+        await bus.close();
+      }
+      return;
     }
     default:
       throw new UsageError(`unknown command "${key}"; see "netfold help"`);

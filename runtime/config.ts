@@ -21,6 +21,11 @@ export type Config = {
   plannerId: string;
   domain: string;
   checkpointIntervalMs: number;
+  cellId: string | undefined;
+  dataplane: string;
+  netns: string | undefined;
+  overlayCidr: string;
+  driftIntervalMs: number;
 };
 
 type Setting = { key: keyof Config; flag: string; env: string; def: string | undefined; kind: 'string' | 'int'; min?: number; max?: number };
@@ -40,6 +45,11 @@ export const SETTINGS: readonly Setting[] = [
   { key: 'plannerId', flag: 'planner-id', env: 'NETFOLD_PLANNER_ID', def: 'planner', kind: 'string' },
   { key: 'domain', flag: 'domain', env: 'NETFOLD_DOMAIN', def: 'apps.internal', kind: 'string' },
   { key: 'checkpointIntervalMs', flag: 'checkpoint-interval-ms', env: 'NETFOLD_CHECKPOINT_INTERVAL_MS', def: '5000', kind: 'int', min: 100, max: 3_600_000 },
+  { key: 'cellId', flag: 'cell-id', env: 'NETFOLD_CELL_ID', def: undefined, kind: 'string' },
+  { key: 'dataplane', flag: 'dataplane', env: 'NETFOLD_DATAPLANE', def: 'nftables', kind: 'string' },
+  { key: 'netns', flag: 'netns', env: 'NETFOLD_NETNS', def: undefined, kind: 'string' },
+  { key: 'overlayCidr', flag: 'overlay-cidr', env: 'NETFOLD_OVERLAY_CIDR', def: '10.255.0.0/16', kind: 'string' },
+  { key: 'driftIntervalMs', flag: 'drift-interval-ms', env: 'NETFOLD_DRIFT_INTERVAL_MS', def: '500', kind: 'int', min: 50, max: 3_600_000 },
 ];
 
 /** Builds the config from parsed flags (by flag name) and the environment. */
@@ -63,6 +73,15 @@ export function loadConfig(flags: Record<string, string | boolean | undefined> =
     }
   }
   const config = out as unknown as Config;
+  if (config.cellId !== undefined && !/^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$/.test(config.cellId)) {
+    throw new ConfigError(`--cell-id / NETFOLD_CELL_ID must be 1-128 letters, digits, "-" or "_", got "${config.cellId}"`);
+  }
+  if (!['nftables', 'memory', 'render'].includes(config.dataplane)) {
+    throw new ConfigError(`--dataplane / NETFOLD_DATAPLANE must be nftables, memory or render, got "${config.dataplane}"`);
+  }
+  if (!/^(\d{1,3}\.){3}\d{1,3}\/\d{1,2}$/.test(config.overlayCidr)) {
+    throw new ConfigError(`--overlay-cidr / NETFOLD_OVERLAY_CIDR must be an IPv4 CIDR, got "${config.overlayCidr}"`);
+  }
   if (!/^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/.test(config.plannerId)) {
     throw new ConfigError(`--planner-id / NETFOLD_PLANNER_ID must be 1-64 letters, digits, "-" or "_", got "${config.plannerId}"`);
   }

@@ -48,3 +48,6 @@ export const PLANNER_CHECKPOINT_BUCKET = 'netfold-planner-checkpoints';
 export const CELL_STATUS_BUCKET = 'netfold-cell-status';
 /** Discovery records: per cell, its local names and IPs, re-put on every heartbeat. */
 export const DISCOVERY_BUCKET = 'netfold-discovery';
+
+/** Ready gate: request/reply to a cell's agent — "is the policy for container C in place here?" */
+export const readySubject = (cellId: string) => `nf.ready.${cellId}`;

@@ -7,7 +7,8 @@ import type { Logger } from '../../runtime/logger.ts';
 import { CellFeed } from '../../runtime/cell-feed.ts';
 import { Progress } from '../../runtime/progress.ts';
 import { withNatsRetry } from '../../runtime/retry.ts';
-import { CELL_STATUS_BUCKET, DISCOVERY_BUCKET } from '../../runtime/subjects.ts';
+import { CELL_STATUS_BUCKET, DISCOVERY_BUCKET, readySubject } from '../../runtime/subjects.ts';
+import { idOf } from '../../events/fields.ts';
 import type { Dataplane } from './dataplane.ts';
 import { type RuleSet, expandRules } from './rules.ts';
 
@@ -58,7 +59,8 @@ export async function startCellAgent(deps: { bus: Bus; log: Logger; config: Cell
   const log = deps.log.child({ service: 'cell-agent', cell: cfg.cellId });
   const buckets = await createBuckets(deps.bus, cfg.replicas);
   const feed = new CellFeed(deps.bus, cfg.cellId, log);
-  const applied = new Progress<number>(-1);
+  /** What is enforced now: the applied revision and the containers it covers. */
+  const applied = new Progress<{ revision: number; containers: Record<string, unknown> }>({ revision: -1, containers: {} });
   let status: CellStatus | undefined;
   let lastRules: string | undefined;
   let driftRepairs = 0;
@@ -104,8 +106,8 @@ export async function startCellAgent(deps: { bus: Bus; log: Logger; config: Cell
       };
       await buckets.status.put(cfg.cellId, JSON.stringify(status)).catch((err: unknown) => log.warn({ err }, 'status-put-failed'));
       if (!error) {
-        applied.advance(view.revision);
-        await publishDiscovery();
+        await publishDiscovery(); // before announcing the revision: "applied" includes the names
+        applied.advance({ revision: view.revision, containers: view.state.containers });
       }
     }
   }
@@ -128,6 +130,30 @@ export async function startCellAgent(deps: { bus: Bus; log: Logger; config: Cell
     return true;
   }
 
+  // Ready gate: answered as soon as the container's policy is enforced here (or after the caller's timeout).
+  const ready = deps.bus.nc.subscribe(readySubject(cfg.cellId), {
+    callback: (_err, msg) => {
+      void (async () => {
+        let body: { containerId?: unknown; timeoutMs?: unknown } = {};
+        try {
+          body = msg.json();
+        } catch {
+          return msg.respond(JSON.stringify({ ready: false, code: 'invalid-json', error: 'request body is not valid JSON' }));
+        }
+        const issues: { path: string; message: string }[] = [];
+        const containerId = idOf(body.containerId, 'containerId', issues);
+        const timeoutMs = typeof body.timeoutMs === 'number' && body.timeoutMs >= 0 && body.timeoutMs <= 60_000 ? body.timeoutMs : 10_000;
+        if (issues.length > 0) return msg.respond(JSON.stringify({ ready: false, code: 'invalid-input', error: issues.map((i) => `${i.path}: ${i.message}`).join('; ') }));
+        try {
+          await applied.until((a) => containerId in a.containers, timeoutMs, `container ${containerId} on ${cfg.cellId}`);
+          msg.respond(JSON.stringify({ ready: true, cellId: cfg.cellId, revision: applied.value.revision }));
+        } catch {
+          msg.respond(JSON.stringify({ ready: false, code: 'timeout', error: `container ${containerId} is not enforced on ${cfg.cellId} yet` }));
+        }
+      })();
+    },
+  });
+
   feed.onChange(schedule);
   await feed.start();
   schedule();
@@ -145,10 +171,11 @@ export async function startCellAgent(deps: { bus: Bus; log: Logger; config: Cell
   return {
     feed,
     status: () => status,
-    waitApplied: (revision, timeoutMs = 10_000) => applied.until((r) => r >= revision, timeoutMs, `cell ${cfg.cellId} applied revision ${revision}`),
+    waitApplied: (revision, timeoutMs = 10_000) => applied.until((a) => a.revision >= revision, timeoutMs, `cell ${cfg.cellId} applied revision ${revision}`),
     checkDrift,
     async stop() {
       stopped = true;
+      ready.unsubscribe();
       clearInterval(driftTimer);
       clearInterval(heartbeat);
       await feed.stop();

@@ -8,9 +8,13 @@ import { toServiceError } from '../../runtime/retry.ts';
 import { type Principal, verifyToken } from '../../runtime/tokens.ts';
 import { parseIdList } from '../../events/commands.ts';
 import type { PolicyApi } from './policy-api.ts';
+import { accessOf } from './policy-api.ts';
+import type { Enforcement } from '../../runtime/enforcement.ts';
 
 export type HttpOptions = {
   api: PolicyApi;
+  /** Answers "is revision N enforced on every cell?", waiting up to `waitMs` for it to become so. */
+  enforcement: (revision: number, waitMs: number) => Promise<Enforcement>;
   tokenSecret: string;
   log: Logger;
   bodyLimitBytes: number;
@@ -76,6 +80,18 @@ export function buildHttpGateway(opts: HttpOptions): FastifyInstance {
     });
     api.get(`${BASE}/tags`, async (req) => opts.api.tags(principal(req)));
     api.get(`${BASE}/whoami`, async (req) => ({ user_name: principal(req).user }));
+    // netfold's own: is a revision enforced on every cell? `wait_ms` (<= 60000) waits for it.
+    api.get(`${BASE}/enforcement`, async (req) => {
+      accessOf(principal(req));
+      const q = req.query as Record<string, unknown>;
+      const revision = Number(q.revision);
+      const waitMs = q.wait_ms === undefined ? 0 : Number(q.wait_ms);
+      const issues = [];
+      if (!Number.isInteger(revision) || revision < 0) issues.push({ path: 'revision', message: 'must be a non-negative integer' });
+      if (!Number.isInteger(waitMs) || waitMs < 0 || waitMs > 60_000) issues.push({ path: 'wait_ms', message: 'must be an integer between 0 and 60000' });
+      if (issues.length > 0) throw new ValidationError(issues);
+      return opts.enforcement(revision, waitMs);
+    });
   });
 
   return app;

@@ -8,6 +8,7 @@ import { buildHttpGateway } from './http.ts';
 import { Intake } from './intake.ts';
 import { PolicyApi } from './policy-api.ts';
 import { Writer } from './writer.ts';
+import { waitEnforced } from '../../runtime/enforcement.ts';
 
 export type PolicyWriterConfig = {
   httpHost: string;
@@ -46,7 +47,13 @@ export async function startPolicyWriter(deps: {
     policyQuota: deps.config.policyQuota,
   });
   const api = new PolicyApi({ writer, maxPoliciesPerRequest: deps.config.maxPoliciesPerRequest });
-  const http = buildHttpGateway({ api, tokenSecret: deps.config.tokenSecret, log, bodyLimitBytes: deps.config.httpBodyLimit });
+  const http = buildHttpGateway({
+    api,
+    enforcement: (revision, waitMs) => waitEnforced(deps.bus, revision, waitMs),
+    tokenSecret: deps.config.tokenSecret,
+    log,
+    bodyLimitBytes: deps.config.httpBodyLimit,
+  });
   const address = await http.listen({ host: deps.config.httpHost, port: deps.config.httpPort });
   const intake = new Intake(deps.bus.nc, writer, log);
   intake.start();

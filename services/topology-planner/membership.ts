@@ -1,5 +1,5 @@
 // Planner instances share the cells by rendezvous hashing over the live members. Members announce themselves in a
-// KV bucket whose entries expire (the bucket's TTL) unless refreshed; nats-server 2.9 does not notify watchers of
+// KV bucket (`m.<id>`; their progress under `p.<id>`) whose entries expire (the bucket's TTL) unless refreshed; nats-server 2.9 does not notify watchers of
 // expiry, so the member list is re-read every heartbeat. A clean stop deletes its own entry at once.
 import { createHash } from 'node:crypto';
 import { Kvm, type KV } from '@nats-io/kv';
@@ -44,6 +44,35 @@ export class Membership {
 
   owns = (cellId: string): boolean => ownerOf(cellId, this.#members) === this.#o.id;
 
+  /**
+   * Announces how far this planner's outputs are published (`p.<id>`): with it, "is revision N enforced?" can
+   * tell a cell untouched by N from a planner that has not got there yet. Throttled; fire and forget.
+   */
+  reportProgress(publishedThrough: number): void {
+    if (publishedThrough > this.#latest) this.#latest = publishedThrough;
+    void this.#flushProgress();
+  }
+
+  #latest = 0;
+  #sent = 0;
+  #reporting = false;
+
+  async #flushProgress(): Promise<void> {
+    if (this.#reporting || !this.#kv) return;
+    this.#reporting = true;
+    try {
+      while (this.#sent < this.#latest) {
+        const value = this.#latest;
+        await this.#kv.put(`p.${this.#o.id}`, JSON.stringify({ publishedThrough: value }));
+        this.#sent = value;
+      }
+    } catch (err) {
+      this.#log.warn({ err }, 'planner-progress-put-failed');
+    } finally {
+      this.#reporting = false;
+    }
+  }
+
   onChange(listener: (members: string[]) => void): void {
     this.#listeners.add(listener);
   }
@@ -58,9 +87,9 @@ export class Membership {
 
   async #beat(): Promise<void> {
     const kv = this.#kv!;
-    await kv.put(this.#o.id, JSON.stringify({ at: Date.now() }));
+    await kv.put(`m.${this.#o.id}`, JSON.stringify({ at: Date.now() }));
     const keys: string[] = [];
-    for await (const k of await kv.keys()) keys.push(k);
+    for await (const k of await kv.keys('m.*')) keys.push(k.slice(2));
     keys.sort();
     if (keys.join(',') !== this.#members.join(',')) {
       this.#members = keys;
@@ -71,6 +100,6 @@ export class Membership {
 
   async stop(): Promise<void> {
     if (this.#timer) clearInterval(this.#timer);
-    await this.#kv?.delete(this.#o.id).catch(() => undefined);
+    await this.#kv?.delete(`m.${this.#o.id}`).catch(() => undefined);
   }
 }

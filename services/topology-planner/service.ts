@@ -3,7 +3,6 @@
 // (`d:<cell>:<revision>`, `s:<cell>:<revision>`), and after a restart anything at or below what a cell's
 // subjects already hold is not sent again, so a restart from any checkpoint leaves the same outputs as an
 // uninterrupted run. A checkpoint is written only once every output it covers is acknowledged.
-import { DeliverPolicy } from '@nats-io/jetstream';
 import { Objm, type ObjectStore } from '@nats-io/obj';
 import type { Bus } from '../../runtime/nats.ts';
 import type { Logger } from '../../runtime/logger.ts';
@@ -11,6 +10,7 @@ import { EventLog, LogFollower, type Fold } from '../../runtime/event-log.ts';
 import { StreamPublisher } from '../../runtime/stream-publisher.ts';
 import { withNatsRetry } from '../../runtime/retry.ts';
 import { Progress } from '../../runtime/progress.ts';
+import { lastRevisionPerCell } from '../../runtime/enforcement.ts';
 import { CELL_DELTAS_STREAM, CELL_SNAPSHOTS_STREAM, PLANNER_CHECKPOINT_BUCKET, cellSubject } from '../../runtime/subjects.ts';
 import { type Model, foldEventsInPlace, initialModel, liveModelFold } from '../../projections/model.ts';
 import type { RecordedEvent } from '../../events/catalogue.ts';
@@ -69,8 +69,8 @@ export async function startPlanner(deps: { bus: Bus; log: Logger; config: Planne
   log.info({ seq: core.seq, cells: Object.keys(core.cells()).length, fromCheckpoint: !!checkpoint }, 'planner-restored');
 
   const published = {
-    delta: await lastRevisions(deps.bus, CELL_DELTAS_STREAM, cellSubject.allDeltas),
-    snapshot: await lastRevisions(deps.bus, CELL_SNAPSHOTS_STREAM, cellSubject.allSnapshots),
+    delta: await lastRevisionPerCell(deps.bus, CELL_DELTAS_STREAM, cellSubject.allDeltas),
+    snapshot: await lastRevisionPerCell(deps.bus, CELL_SNAPSHOTS_STREAM, cellSubject.allSnapshots),
   };
   const deltas = new StreamPublisher(deps.bus.nc, CELL_DELTAS_STREAM);
   const snapshots = new StreamPublisher(deps.bus.nc, CELL_SNAPSHOTS_STREAM);
@@ -115,6 +115,7 @@ export async function startPlanner(deps: { bus: Bus; log: Logger; config: Planne
       } else if ('through' in item) {
         await settleAll();
         publishedThrough.advance(Math.max(publishedThrough.value, item.through));
+        membership.reportProgress(publishedThrough.value);
       } else {
         await settleAll();
         await withNatsRetry('planner checkpoint', () => objects.putBlob({ name: checkpointName }, new TextEncoder().encode(item.checkpoint.json)))
@@ -228,20 +229,4 @@ async function foldLogTo(bus: Bus, seq: number, log: Logger): Promise<Model> {
   }
   foldEventsInPlace(model, batch);
   return model;
-}
-
-/** The revision of the last message on every cell subject of a stream (one ordered consumer, last per subject). */
-async function lastRevisions(bus: Bus, stream: string, filter: string): Promise<Map<string, number>> {
-  const out = new Map<string, number>();
-  const info = await withNatsRetry('cell stream info', () => bus.jsm.streams.info(stream));
-  if (info.state.messages === 0) return out;
-  const consumer = await bus.js.consumers.get(stream, { filter_subjects: filter, deliver_policy: DeliverPolicy.LastPerSubject });
-  const messages = await consumer.consume();
-  for await (const m of messages) {
-    const body = m.json<{ cellId: string; revision: number }>();
-    out.set(body.cellId, Math.max(out.get(body.cellId) ?? 0, body.revision));
-    if (m.info.pending === 0) break;
-  }
-  await messages.close();
-  return out;
 }
