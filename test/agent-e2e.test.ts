@@ -7,6 +7,7 @@ import { buildNet, isRoot } from './harness/netns.ts';
 import { startPlanner, defaultPlannerConfig } from '../services/topology-planner/service.ts';
 import { startCellAgent, defaultCellAgentConfig, type CellAgent } from '../services/cell-agent/agent.ts';
 import { NftDataplane, run } from '../services/cell-agent/dataplane.ts';
+import { waitEnforced } from '../runtime/enforcement.ts';
 
 const P = '/networking/v1/external/policies';
 
@@ -25,12 +26,15 @@ t.test('real nftables enforcement between namespaces', { skip: isRoot() ? false 
   const planner = await startPlanner({ bus: await nats.connect('planner'), log: nats.log, config: { ...defaultPlannerConfig, heartbeatMs: 100 } });
   t.teardown(() => planner.stop());
   const agents: Record<string, CellAgent> = {};
+  const planes: NftDataplane[] = [];
   const startAgent = async (cell: string) => {
+    const dataplane = new NftDataplane({ overlayCidr: '10.255.0.0/16', netns: net.cellNs(cell) });
+    planes.push(dataplane);
     const agent = await startCellAgent({
       bus: await nats.connect(`agent-${cell}`),
       log: nats.log,
       config: { ...defaultCellAgentConfig, cellId: `cell-${cell}`, driftIntervalMs: 200 },
-      dataplane: new NftDataplane({ overlayCidr: '10.255.0.0/16', netns: net.cellNs(cell) }),
+      dataplane,
     });
     agents[cell] = agent;
     return agent;
@@ -63,8 +67,8 @@ t.test('real nftables enforcement between namespaces', { skip: isRoot() ? false 
 
   const added = await gw.http('POST', P, { body: { policies: [cfPolicy('app-front', 'app-back', 'tcp', 8080, 8081)] } });
   t.equal(added.status, 200);
-  await agents.A!.waitApplied(added.body.revision);
-  await agents.B!.waitApplied(added.body.revision);
+  const enforced = await waitEnforced(gw.bus, added.body.revision, 10_000); // what `netfold wait` does
+  t.equal(enforced.enforced, true, 'wait returns: enforced on every cell');
   t.equal(await net.probe('front', 'back1', 8080), 'open', 'allowed on the same cell once applied');
   t.equal(await net.probe('front', 'back2', 8081), 'open', 'allowed across cells once applied');
   t.equal(await net.probe('front', 'back2', 9000), 'refused', 'a port outside the range is still denied');
@@ -112,4 +116,5 @@ t.test('real nftables enforcement between namespaces', { skip: isRoot() ? false 
   await agentA.waitApplied(again.body.revision);
   t.equal(await net.probe('front', 'back1', 8080), 'open', 'the restarted agent applies what changed meanwhile');
   t.equal(await net.probe('front', 'back1', 8081), 'refused');
+  t.ok(planes.some((p) => p.loads.incremental > 0) && planes.every((p) => p.loads.full >= 1), 'both whole loads and incremental changes were exercised');
 });

@@ -3,7 +3,7 @@
 import t from 'tap';
 import { readFileSync, writeFileSync } from 'node:fs';
 import type { CellState } from '../projections/cell.ts';
-import { expandRules, renderNft, InvalidRuleError } from '../services/cell-agent/rules.ts';
+import { expandRules, renderNft, renderNftChanges, InvalidRuleError } from '../services/cell-agent/rules.ts';
 import { MemoryDataplane, RenderDataplane, run } from '../services/cell-agent/dataplane.ts';
 import { isRoot } from './harness/netns.ts';
 
@@ -87,4 +87,27 @@ t.test('render driver prints what it would load', async (t) => {
   t.equal(printed.length, 1);
   t.equal(printed[0], renderNft(expandRules(state), OVERLAY));
   t.equal(await dry.drifted(), false);
+});
+
+t.test('incremental changes: element additions and deletions in one transaction', async (t) => {
+  const before = expandRules(state);
+  const after = expandRules({
+    ...state,
+    sources: { ...state.sources, 'app-front': { '10.255.1.2': true, '10.255.3.3': true } },
+  });
+  t.equal(renderNftChanges(before, before, OVERLAY), null, 'nothing to do');
+  t.equal(
+    renderNftChanges(before, after, OVERLAY),
+    [
+      'delete element inet netfold allow_udp { 10.255.2.9 . 10.255.1.3 . 53 }',
+      'delete element inet netfold range_tcp { 10.255.2.9 . 10.255.1.3 . 8080-8081 }',
+      'add element inet netfold allow_udp { 10.255.3.3 . 10.255.1.3 . 53 }',
+      'add element inet netfold range_tcp { 10.255.3.3 . 10.255.1.3 . 8080-8081 }',
+      '',
+    ].join('\n'),
+  );
+  const moved = renderNftChanges(before, { local: ['10.255.1.9'], allows: [] }, OVERLAY)!;
+  t.match(moved, /delete element inet netfold local \{ 10\.255\.1\.3, 10\.255\.1\.4 \}/);
+  t.match(moved, /add element inet netfold local \{ 10\.255\.1\.9 \}/);
+  t.throws(() => renderNftChanges(before, { local: ['nope'], allows: [] }, OVERLAY), InvalidRuleError);
 });

@@ -64,6 +64,9 @@ export async function startCellAgent(deps: { bus: Bus; log: Logger; config: Cell
   let status: CellStatus | undefined;
   let lastRules: string | undefined;
   let driftRepairs = 0;
+  /** Set by a drift check: apply even if the rules did not change (survives an apply already in flight). */
+  let reload = false;
+  let checking = false;
   let dirty = true;
   let running: Promise<void> | undefined;
   let stopped = false;
@@ -83,7 +86,8 @@ export async function startCellAgent(deps: { bus: Bus; log: Logger; config: Cell
       const key = JSON.stringify(rules);
       const t0 = performance.now();
       let error: string | null = null;
-      if (key !== lastRules) {
+      if (key !== lastRules || reload) {
+        reload = false;
         try {
           await dataplane.apply(rules);
           lastRules = key;
@@ -120,14 +124,20 @@ export async function startCellAgent(deps: { bus: Bus; log: Logger; config: Cell
   };
 
   async function checkDrift(): Promise<boolean> {
-    if (stopped || !(await dataplane.drifted())) return false;
-    driftRepairs += 1;
-    lastRules = undefined;
-    log.warn({ repairs: driftRepairs }, 'drift-detected');
-    schedule();
-    await running;
-    log.info({ repairs: driftRepairs }, 'drift-repaired');
-    return true;
+    if (stopped || checking) return false;
+    checking = true;
+    try {
+      if (!(await dataplane.drifted())) return false;
+      driftRepairs += 1;
+      reload = true;
+      log.warn({ repairs: driftRepairs }, 'drift-detected');
+      schedule();
+      await running;
+      log.info({ repairs: driftRepairs }, 'drift-repaired');
+      return true;
+    } finally {
+      checking = false;
+    }
   }
 
   // Ready gate: answered as soon as the container's policy is enforced here (or after the caller's timeout).
@@ -160,7 +170,7 @@ export async function startCellAgent(deps: { bus: Bus; log: Logger; config: Cell
   await running;
   const driftTimer = setInterval(() => {
     if (status?.error) {
-      lastRules = undefined; // the last apply failed: try again
+      reload = true; // the last apply failed: try again
       schedule();
     }
     void checkDrift().catch((err: unknown) => log.error({ err }, 'drift-check-failed'));

@@ -2,7 +2,7 @@
 // nftables driver, an in-memory one for simulation and benchmarks, and a render-only one for dry runs.
 import { spawn } from 'node:child_process';
 import { NetfoldError } from '../../runtime/errors.ts';
-import { type Protocol, type RuleSet, TABLE, allows, renderNft } from './rules.ts';
+import { type Protocol, type RuleSet, TABLE, allows, renderNft, renderNftChanges } from './rules.ts';
 
 export interface Dataplane {
   readonly kind: 'nftables' | 'memory' | 'render';
@@ -41,11 +41,22 @@ export function run(command: string, args: string[], input?: string): Promise<st
 
 export type NftOptions = { overlayCidr: string; /** Network namespace to program; the host's when absent. */ netns?: string };
 
-/** The real driver: one nftables table owned by netfold, replaced whole in one `nft -f -` transaction. */
+/**
+ * The real driver: one nftables table owned by netfold. The first load, and any load after drift, replaces the
+ * table whole in one `nft -f -` transaction; later changes are set element additions and deletions in one
+ * transaction. After each apply the kernel's listing is captured (in the background, awaited by the next drift
+ * check) as the baseline that drift checks compare with.
+ */
 export class NftDataplane implements Dataplane {
   readonly kind = 'nftables' as const;
   readonly #o: NftOptions;
-  #applied: string | undefined;
+  #applied: RuleSet | undefined;
+  #baseline: Promise<string | undefined> | undefined;
+  /** Drift seen (incremented by drifted()) and drift repaired by a whole load: equal when in sync. */
+  #driftSeen = 0;
+  #driftLoaded = 0;
+  /** Loads by kind, for status and benchmarks. */
+  readonly loads = { full: 0, incremental: 0 };
 
   constructor(opts: NftOptions) {
     this.#o = opts;
@@ -56,11 +67,29 @@ export class NftDataplane implements Dataplane {
   }
 
   async apply(rules: RuleSet): Promise<void> {
-    await this.#nft(['-f', '-'], renderNft(rules, this.#o.overlayCidr));
-    this.#applied = await this.listing();
+    await this.#baseline; // never overlap a listing with a change
+    const drift = this.#driftSeen;
+    const whole = !this.#applied || drift !== this.#driftLoaded;
+    const changes = whole ? undefined : renderNftChanges(this.#applied!, rules, this.#o.overlayCidr);
+    if (changes === null) return;
+    try {
+      if (changes !== undefined) {
+        await this.#nft(['-f', '-'], changes);
+        this.loads.incremental += 1;
+      } else {
+        await this.#nft(['-f', '-'], renderNft(rules, this.#o.overlayCidr));
+        this.loads.full += 1;
+      }
+    } catch (err) {
+      this.#applied = undefined; // unknown state: the next apply loads the table whole
+      throw err;
+    }
+    this.#applied = structuredClone(rules);
+    if (whole) this.#driftLoaded = drift; // drift seen during this load is repaired by the next one
+    this.#baseline = this.listing();
   }
 
-  /** The kernel's listing of the table, or null when it does not exist. */
+  /** The kernel's listing of the table, or undefined when it does not exist. */
   async listing(): Promise<string | undefined> {
     try {
       return await this.#nft(['list', 'table', 'inet', TABLE]);
@@ -70,8 +99,11 @@ export class NftDataplane implements Dataplane {
   }
 
   async drifted(): Promise<boolean> {
-    if (this.#applied === undefined) return false;
-    return (await this.listing()) !== this.#applied;
+    if (!this.#applied || !this.#baseline) return false;
+    const baseline = await this.#baseline;
+    const drifted = baseline === undefined || (await this.listing()) !== baseline;
+    if (drifted) this.#driftSeen += 1; // the next apply loads the table whole
+    return drifted;
   }
 }
 

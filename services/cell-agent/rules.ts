@@ -64,7 +64,7 @@ export const TABLE = 'netfold';
  * atomic and an existing table (e.g. after an agent restart) is replaced without a gap. Every address is validated
  * first: nft would resolve an invalid one as a host name.
  */
-export function renderNft(rules: RuleSet, overlayCidr: string): string {
+export function validateRules(rules: RuleSet, overlayCidr: string): void {
   if (!CIDR.test(overlayCidr)) throw new InvalidRuleError(`invalid overlay CIDR ${overlayCidr}`);
   for (const ip of rules.local) if (!IPV4.test(ip)) throw new InvalidRuleError(`invalid local address ${ip}`);
   for (const a of rules.allows) {
@@ -73,6 +73,10 @@ export function renderNft(rules: RuleSet, overlayCidr: string): string {
       throw new InvalidRuleError(`invalid ports in ${JSON.stringify(a)}`);
     }
   }
+}
+
+export function renderNft(rules: RuleSet, overlayCidr: string): string {
+  validateRules(rules, overlayCidr);
   const set = (name: string, type: string, elements: string[], interval: boolean) =>
     [`  set ${name} {`, `    type ${type}`, ...(interval ? ['    flags interval'] : []), ...(elements.length > 0 ? [`    elements = { ${elements.join(', ')} }`] : []), '  }'];
   const exact = (p: Protocol) => rules.allows.filter((a) => a.protocol === p && a.startPort === a.endPort).map((a) => `${a.src} . ${a.dst} . ${a.startPort}`);
@@ -103,4 +107,35 @@ export function renderNft(rules: RuleSet, overlayCidr: string): string {
     '}',
     '',
   ].join('\n');
+}
+
+const setOf = (a: Allow): string => `${a.startPort === a.endPort ? 'allow' : 'range'}_${a.protocol}`;
+const elementOf = (a: Allow): string => `${a.src} . ${a.dst} . ${a.startPort === a.endPort ? a.startPort : `${a.startPort}-${a.endPort}`}`;
+
+/**
+ * The changes from one rule set to the next as one nft transaction of set element additions and deletions
+ * (the table's chains never change), or null when there is nothing to do. Addresses are validated as in renderNft.
+ */
+export function renderNftChanges(prev: RuleSet, next: RuleSet, overlayCidr: string): string | null {
+  validateRules(next, overlayCidr);
+  const lines: string[] = [];
+  const diff = <T>(a: T[], b: T[], key: (x: T) => string) => {
+    const ka = new Map(a.map((x) => [key(x), x]));
+    const kb = new Map(b.map((x) => [key(x), x]));
+    return { added: [...kb].filter(([k]) => !ka.has(k)).map(([, x]) => x), removed: [...ka].filter(([k]) => !kb.has(k)).map(([, x]) => x) };
+  };
+  const local = diff(prev.local, next.local, (x) => x);
+  const allowsDiff = diff(prev.allows, next.allows, (a) => `${setOf(a)}|${elementOf(a)}`);
+  const group = (list: Allow[]) => {
+    const by = new Map<string, string[]>();
+    for (const a of list) (by.get(setOf(a)) ?? by.set(setOf(a), []).get(setOf(a))!).push(elementOf(a));
+    return [...by].sort(([x], [y]) => (x < y ? -1 : 1));
+  };
+  // Deletions of allows first, then of local addresses; additions of local addresses last, so no instant exists
+  // where a new destination is local (denied) before its allows are in — the transaction is atomic anyway.
+  for (const [set, els] of group(allowsDiff.removed)) lines.push(`delete element inet ${TABLE} ${set} { ${els.join(', ')} }`);
+  if (local.removed.length > 0) lines.push(`delete element inet ${TABLE} local { ${local.removed.join(', ')} }`);
+  for (const [set, els] of group(allowsDiff.added)) lines.push(`add element inet ${TABLE} ${set} { ${els.join(', ')} }`);
+  if (local.added.length > 0) lines.push(`add element inet ${TABLE} local { ${local.added.join(', ')} }`);
+  return lines.length > 0 ? lines.join('\n') + '\n' : null;
 }
