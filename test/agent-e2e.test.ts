@@ -105,6 +105,7 @@ t.test('real nftables enforcement between namespaces', { skip: isRoot() ? false 
   await run('ip', ['netns', 'exec', net.cellNs('A'), 'nft', 'delete', 'table', 'inet', 'netfold']);
   await eventually(() => (repairs() >= 2 ? true : undefined), 3000, 'the deleted table repaired');
   t.equal(await net.probe('front', 'back1', 8080), 'refused', 'enforced again after repairing a delete');
+  t.match(agents.A!.status()?.lastRepair, { drift: 'table-missing' }, 'the status says what was repaired');
   t.equal(await agents.A!.checkDrift(), false, 'nothing left to repair');
 
   // A stopped agent leaves its rules in place; a new one adopts the table without a gap.

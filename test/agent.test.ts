@@ -1,6 +1,10 @@
 // Cell agents with the memory dataplane against a real nats-server, the planner and the gateway: status,
 // "is revision N enforced everywhere?", the ready gate, discovery records, drift repair, restart.
 import t from 'tap';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+
+const run = promisify(execFile);
 import { Kvm } from '@nats-io/kv';
 import { startNats, eventually } from './harness/nats.ts';
 import { startGateway, cfPolicy } from './harness/gateway.ts';
@@ -77,6 +81,18 @@ t.test('agents with the memory dataplane', async (t) => {
   t.equal(planes['cell-2']!.allows('10.255.1.2', '10.255.2.2', 'tcp', 9000), false, 'tampered');
   await eventually(() => (agents['cell-2']!.status()?.driftRepairs === 1 ? true : undefined), 5000, 'drift repaired');
   t.equal(planes['cell-2']!.allows('10.255.1.2', '10.255.2.2', 'tcp', 9000), true, 'repaired');
+  t.match(agents['cell-2']!.status()?.lastRepair, { drift: 'rules-flushed' });
+
+  // The CLI: `netfold wait` and `netfold cells`, as a user runs them.
+  const env = { ...process.env, NATS_URL: nats.server.url };
+  const cli = (...args: string[]) => run(process.execPath, ['bin/netfold.mjs', ...args], { env }).catch((e: { code: number; stdout: string }) => ({ stdout: e.stdout, code: e.code }));
+  const latest = await gw.http('POST', P, { body: { policies: [cfPolicy('web', 'api', 'tcp', 9001)] } });
+  const waited = await cli('wait', '--revision', String(latest.body.revision), '--timeout', '10s', '--json');
+  t.match(JSON.parse(waited.stdout), { revision: latest.body.revision, enforced: true });
+  const human = await cli('wait', '--revision', String(latest.body.revision));
+  t.match(human.stdout, /enforced on every cell/);
+  const cells = JSON.parse((await cli('cells', '--json')).stdout) as { cellId: string; dataplane: string }[];
+  t.same(cells.map((c) => [c.cellId, c.dataplane]), [['cell-1', 'memory'], ['cell-2', 'memory']]);
 
   // Discovery records: each agent publishes its containers' names; a stop removes them.
   const kv = await new Kvm(gw.bus.js).open(DISCOVERY_BUCKET);

@@ -32,6 +32,8 @@ export type CellStatus = {
   applyMs: number;
   rules: { local: number; allows: number };
   driftRepairs: number;
+  /** The last repair: when, and what was found (`table-missing`, `table-changed`, …). */
+  lastRepair: { at: string; drift: string } | null;
   error: string | null;
 };
 
@@ -64,6 +66,7 @@ export async function startCellAgent(deps: { bus: Bus; log: Logger; config: Cell
   let status: CellStatus | undefined;
   let lastRules: string | undefined;
   let driftRepairs = 0;
+  let lastRepair: CellStatus['lastRepair'] = null;
   /** Set by a drift check: apply even if the rules did not change (survives an apply already in flight). */
   let reload = false;
   let checking = false;
@@ -106,6 +109,7 @@ export async function startCellAgent(deps: { bus: Bus; log: Logger; config: Cell
         applyMs: Math.round((performance.now() - t0) * 10) / 10,
         rules: { local: rules.local.length, allows: rules.allows.length },
         driftRepairs,
+        lastRepair,
         error,
       };
       await buckets.status.put(cfg.cellId, JSON.stringify(status)).catch((err: unknown) => log.warn({ err }, 'status-put-failed'));
@@ -129,8 +133,9 @@ export async function startCellAgent(deps: { bus: Bus; log: Logger; config: Cell
     try {
       if (!(await dataplane.drifted())) return false;
       driftRepairs += 1;
+      lastRepair = { at: new Date().toISOString(), drift: dataplane.lastDrift ?? 'unknown' };
       reload = true;
-      log.warn({ repairs: driftRepairs }, 'drift-detected');
+      log.warn({ repairs: driftRepairs, drift: lastRepair.drift }, 'drift-detected');
       schedule();
       await running;
       log.info({ repairs: driftRepairs }, 'drift-repaired');

@@ -2,7 +2,7 @@
 // nftables driver, an in-memory one for simulation and benchmarks, and a render-only one for dry runs.
 import { spawn } from 'node:child_process';
 import { NetfoldError } from '../../runtime/errors.ts';
-import { type Protocol, type RuleSet, TABLE, allows, renderNft, renderNftChanges } from './rules.ts';
+import { type Protocol, type RuleIndex, type RuleSet, TABLE, allows, indexRules, renderNft, renderNftChanges } from './rules.ts';
 
 export interface Dataplane {
   readonly kind: 'nftables' | 'memory' | 'render';
@@ -10,6 +10,8 @@ export interface Dataplane {
   apply(rules: RuleSet): Promise<void>;
   /** True when what is enforced differs from what was last applied (tampered with, flushed, missing). */
   drifted(): Promise<boolean>;
+  /** What the last detected drift was, e.g. `table-missing` or `table-changed`. */
+  readonly lastDrift?: string;
 }
 
 export class DataplaneError extends NetfoldError {
@@ -50,13 +52,15 @@ export type NftOptions = { overlayCidr: string; /** Network namespace to program
 export class NftDataplane implements Dataplane {
   readonly kind = 'nftables' as const;
   readonly #o: NftOptions;
-  #applied: RuleSet | undefined;
+  /** What is loaded; its index is built on the first incremental change after a whole load (off the load's path). */
+  #applied: { rules: RuleSet; index?: RuleIndex } | undefined;
   #baseline: Promise<string | undefined> | undefined;
   /** Drift seen (incremented by drifted()) and drift repaired by a whole load: equal when in sync. */
   #driftSeen = 0;
   #driftLoaded = 0;
   /** Loads by kind, for status and benchmarks. */
   readonly loads = { full: 0, incremental: 0 };
+  lastDrift?: string;
 
   constructor(opts: NftOptions) {
     this.#o = opts;
@@ -70,12 +74,19 @@ export class NftDataplane implements Dataplane {
     await this.#baseline; // never overlap a listing with a change
     const drift = this.#driftSeen;
     const whole = !this.#applied || drift !== this.#driftLoaded;
-    const changes = whole ? undefined : renderNftChanges(this.#applied!, rules, this.#o.overlayCidr);
-    if (changes === null) return;
+    let changes: ReturnType<typeof renderNftChanges> | undefined;
+    if (!whole) {
+      const applied = this.#applied!;
+      applied.index ??= indexRules(applied.rules);
+      changes = renderNftChanges(applied.index, rules, this.#o.overlayCidr);
+      if (changes.text === null) return;
+    }
+    let index: RuleIndex | undefined;
     try {
       if (changes !== undefined) {
-        await this.#nft(['-f', '-'], changes);
+        await this.#nft(['-f', '-'], changes.text!);
         this.loads.incremental += 1;
+        index = changes.index;
       } else {
         await this.#nft(['-f', '-'], renderNft(rules, this.#o.overlayCidr));
         this.loads.full += 1;
@@ -84,7 +95,7 @@ export class NftDataplane implements Dataplane {
       this.#applied = undefined; // unknown state: the next apply loads the table whole
       throw err;
     }
-    this.#applied = structuredClone(rules);
+    this.#applied = index ? { rules, index } : { rules }; // rule sets are never modified once built
     if (whole) this.#driftLoaded = drift; // drift seen during this load is repaired by the next one
     this.#baseline = this.listing();
   }
@@ -101,9 +112,11 @@ export class NftDataplane implements Dataplane {
   async drifted(): Promise<boolean> {
     if (!this.#applied || !this.#baseline) return false;
     const baseline = await this.#baseline;
-    const drifted = baseline === undefined || (await this.listing()) !== baseline;
-    if (drifted) this.#driftSeen += 1; // the next apply loads the table whole
-    return drifted;
+    const now = await this.listing();
+    if (baseline !== undefined && now === baseline) return false;
+    this.lastDrift = now === undefined ? 'table-missing' : 'table-changed';
+    this.#driftSeen += 1; // the next apply loads the table whole
+    return true;
   }
 }
 
@@ -122,7 +135,10 @@ export class MemoryDataplane implements Dataplane {
     this.#tampered = false;
   }
 
+  lastDrift?: string;
+
   async drifted(): Promise<boolean> {
+    if (this.#tampered) this.lastDrift = 'rules-flushed';
     return this.#tampered;
   }
 

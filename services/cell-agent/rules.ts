@@ -38,7 +38,27 @@ export function expandRules(state: CellState): RuleSet {
       }
     }
   }
-  return { local: [...local].sort(), allows: [...allows.values()].sort(cmpAllow) };
+  return { local: [...local].sort(), allows: normalizeAllows([...allows.values()]) };
+}
+
+/**
+ * Sorted, with overlapping port ranges of the same (source, destination, protocol) merged: an interval set refuses
+ * overlapping elements ("File exists"), and two policies may well name overlapping ranges.
+ */
+export function normalizeAllows(list: Allow[]): Allow[] {
+  const sorted = [...list].sort(cmpAllow);
+  const out: Allow[] = [];
+  for (const a of sorted) {
+    const prev = out[out.length - 1];
+    const ranged = a.startPort !== a.endPort;
+    if (prev && ranged && prev.startPort !== prev.endPort && prev.src === a.src && prev.dst === a.dst && prev.protocol === a.protocol && a.startPort <= prev.endPort) {
+      out[out.length - 1] = { ...prev, endPort: Math.max(prev.endPort, a.endPort) };
+      continue;
+    }
+    if (prev && !ranged && prev.src === a.src && prev.dst === a.dst && prev.protocol === a.protocol && prev.startPort === a.startPort && prev.endPort === a.endPort) continue;
+    out.push(a);
+  }
+  return out;
 }
 
 /** Does a rule set allow a new flow? (The semantics every driver implements.) */
@@ -64,11 +84,19 @@ export const TABLE = 'netfold';
  * atomic and an existing table (e.g. after an agent restart) is replaced without a gap. Every address is validated
  * first: nft would resolve an invalid one as a host name.
  */
+/** Validates every address (each distinct one once) and port range; nft would resolve a bad address as a name. */
 export function validateRules(rules: RuleSet, overlayCidr: string): void {
   if (!CIDR.test(overlayCidr)) throw new InvalidRuleError(`invalid overlay CIDR ${overlayCidr}`);
-  for (const ip of rules.local) if (!IPV4.test(ip)) throw new InvalidRuleError(`invalid local address ${ip}`);
+  const seen = new Set<string>();
+  const address = (ip: string, what: string) => {
+    if (seen.has(ip)) return;
+    if (!IPV4.test(ip)) throw new InvalidRuleError(`invalid ${what} address ${JSON.stringify(ip)}`);
+    seen.add(ip);
+  };
+  for (const ip of rules.local) address(ip, 'local');
   for (const a of rules.allows) {
-    if (!IPV4.test(a.src) || !IPV4.test(a.dst)) throw new InvalidRuleError(`invalid address in ${JSON.stringify(a)}`);
+    address(a.src, 'source');
+    address(a.dst, 'destination');
     if (!Number.isInteger(a.startPort) || !Number.isInteger(a.endPort) || a.startPort < 1 || a.endPort > 65535 || a.startPort > a.endPort) {
       throw new InvalidRuleError(`invalid ports in ${JSON.stringify(a)}`);
     }
@@ -77,6 +105,15 @@ export function validateRules(rules: RuleSet, overlayCidr: string): void {
 
 export function renderNft(rules: RuleSet, overlayCidr: string): string {
   validateRules(rules, overlayCidr);
+  const ranges = new Map<string, Allow[]>();
+  for (const a of rules.allows) {
+    if (a.startPort === a.endPort) continue;
+    const k = `${a.src}|${a.dst}|${a.protocol}`;
+    for (const b of ranges.get(k) ?? []) {
+      if (a.startPort <= b.endPort && b.startPort <= a.endPort) throw new InvalidRuleError(`overlapping port ranges for ${k}: normalize with normalizeAllows`);
+    }
+    (ranges.get(k) ?? ranges.set(k, []).get(k)!).push(a);
+  }
   const set = (name: string, type: string, elements: string[], interval: boolean) =>
     [`  set ${name} {`, `    type ${type}`, ...(interval ? ['    flags interval'] : []), ...(elements.length > 0 ? [`    elements = { ${elements.join(', ')} }`] : []), '  }'];
   const exact = (p: Protocol) => rules.allows.filter((a) => a.protocol === p && a.startPort === a.endPort).map((a) => `${a.src} . ${a.dst} . ${a.startPort}`);
@@ -112,30 +149,37 @@ export function renderNft(rules: RuleSet, overlayCidr: string): string {
 const setOf = (a: Allow): string => `${a.startPort === a.endPort ? 'allow' : 'range'}_${a.protocol}`;
 const elementOf = (a: Allow): string => `${a.src} . ${a.dst} . ${a.startPort === a.endPort ? a.startPort : `${a.startPort}-${a.endPort}`}`;
 
+/** A rule set indexed by nft set and element, to compute the next change without rebuilding the last index. */
+export type RuleIndex = { local: Set<string>; allows: Map<string, Allow> };
+
+export function indexRules(rules: RuleSet): RuleIndex {
+  return { local: new Set(rules.local), allows: new Map(rules.allows.map((a) => [`${setOf(a)}|${elementOf(a)}`, a])) };
+}
+
 /**
- * The changes from one rule set to the next as one nft transaction of set element additions and deletions
- * (the table's chains never change), or null when there is nothing to do. Addresses are validated as in renderNft.
+ * The changes from one rule set (indexed) to the next as one nft transaction of set element additions and
+ * deletions (the table's chains never change), or null when there is nothing to do; with the next set's index.
+ * Only what is added needs validating: what is loaded already was.
  */
-export function renderNftChanges(prev: RuleSet, next: RuleSet, overlayCidr: string): string | null {
-  validateRules(next, overlayCidr);
-  const lines: string[] = [];
-  const diff = <T>(a: T[], b: T[], key: (x: T) => string) => {
-    const ka = new Map(a.map((x) => [key(x), x]));
-    const kb = new Map(b.map((x) => [key(x), x]));
-    return { added: [...kb].filter(([k]) => !ka.has(k)).map(([, x]) => x), removed: [...ka].filter(([k]) => !kb.has(k)).map(([, x]) => x) };
-  };
-  const local = diff(prev.local, next.local, (x) => x);
-  const allowsDiff = diff(prev.allows, next.allows, (a) => `${setOf(a)}|${elementOf(a)}`);
+export function renderNftChanges(prev: RuleIndex, next: RuleSet, overlayCidr: string): { text: string | null; index: RuleIndex } {
+  const index = indexRules(next);
+  const addedLocal = next.local.filter((ip) => !prev.local.has(ip));
+  const removedLocal = [...prev.local].filter((ip) => !index.local.has(ip));
+  const added: Allow[] = [];
+  for (const [k, a] of index.allows) if (!prev.allows.has(k)) added.push(a);
+  const removed: Allow[] = [];
+  for (const [k, a] of prev.allows) if (!index.allows.has(k)) removed.push(a);
+  validateRules({ local: addedLocal, allows: added }, overlayCidr);
   const group = (list: Allow[]) => {
     const by = new Map<string, string[]>();
     for (const a of list) (by.get(setOf(a)) ?? by.set(setOf(a), []).get(setOf(a))!).push(elementOf(a));
     return [...by].sort(([x], [y]) => (x < y ? -1 : 1));
   };
-  // Deletions of allows first, then of local addresses; additions of local addresses last, so no instant exists
-  // where a new destination is local (denied) before its allows are in — the transaction is atomic anyway.
-  for (const [set, els] of group(allowsDiff.removed)) lines.push(`delete element inet ${TABLE} ${set} { ${els.join(', ')} }`);
-  if (local.removed.length > 0) lines.push(`delete element inet ${TABLE} local { ${local.removed.join(', ')} }`);
-  for (const [set, els] of group(allowsDiff.added)) lines.push(`add element inet ${TABLE} ${set} { ${els.join(', ')} }`);
-  if (local.added.length > 0) lines.push(`add element inet ${TABLE} local { ${local.added.join(', ')} }`);
-  return lines.length > 0 ? lines.join('\n') + '\n' : null;
+  const lines: string[] = [];
+  // Deletions first: an element and its replacement may overlap in an interval set. The transaction is atomic.
+  for (const [set, els] of group(removed)) lines.push(`delete element inet ${TABLE} ${set} { ${els.join(', ')} }`);
+  if (removedLocal.length > 0) lines.push(`delete element inet ${TABLE} local { ${removedLocal.join(', ')} }`);
+  for (const [set, els] of group(added)) lines.push(`add element inet ${TABLE} ${set} { ${els.join(', ')} }`);
+  if (addedLocal.length > 0) lines.push(`add element inet ${TABLE} local { ${addedLocal.join(', ')} }`);
+  return { text: lines.length > 0 ? lines.join('\n') + '\n' : null, index };
 }
