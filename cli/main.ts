@@ -6,7 +6,7 @@ import { newId } from '../runtime/ids.ts';
 import { SETTINGS, loadConfig, resolveTokenSecret, type Config } from '../runtime/config.ts';
 import { NetfoldError, toNetfoldError } from '../runtime/errors.ts';
 import { silentLogger } from '../runtime/logger.ts';
-import { connectBus } from '../runtime/nats.ts';
+import { connectBus, type Bus } from '../runtime/nats.ts';
 import { intakeSubject } from '../runtime/subjects.ts';
 import { mintToken, parseDuration, SCOPES } from '../runtime/tokens.ts';
 import type { IntakeReply } from '../services/policy-writer/intake.ts';
@@ -81,18 +81,25 @@ function intFlag(flags: Flags, name: string): number {
   return n;
 }
 
-async function intake(config: Config, flags: Flags, out: Out, subject: string, body: Record<string, unknown>): Promise<void> {
+/** Runs `work` with a NATS connection (NATS_URL, or the embedded server's port) and closes it after. */
+async function withBus<T>(config: Config, work: (bus: Bus) => Promise<T>): Promise<T> {
   const servers = (config.natsUrl ?? `nats://127.0.0.1:${config.natsPort}`).split(',');
   const bus = await connectBus({ servers, name: 'netfold-cli', log: silentLogger(), connectTimeoutMs: 5000 });
   try {
+    return await work(bus);
+  } finally {
+    await bus.close();
+  }
+}
+
+async function intake(config: Config, flags: Flags, out: Out, subject: string, body: Record<string, unknown>): Promise<void> {
+  await withBus(config, async (bus) => {
     const requestId = typeof flags['request-id'] === 'string' ? flags['request-id'] : newId();
     const msg = await bus.nc.request(subject, JSON.stringify({ ...body, requestId, actor: 'cli' }), { timeout: 30_000 });
     const reply = msg.json<IntakeReply>();
     if (!reply.ok) throw new NetfoldError(reply.error, reply.code, 400, reply.retryable);
     out.print(`ok: revision ${reply.revision}${reply.note ? ` (${reply.note}${reply.appended === 0 ? ', nothing appended' : ''})` : ''}`, reply);
-  } finally {
-    await bus.close();
-  }
+  });
 }
 
 function tokenFor(config: Config, flags: Flags): string {
@@ -186,21 +193,16 @@ async function main(argv: string[]): Promise<void> {
     case 'wait': {
       const revision = intFlag(flags, 'revision');
       const timeoutMs = parseDuration(typeof flags.timeout === 'string' ? flags.timeout : '30s') * 1000;
-      const bus = await connectBus({ servers: (config.natsUrl ?? `nats://127.0.0.1:${config.natsPort}`).split(','), name: 'netfold-cli', log: silentLogger(), connectTimeoutMs: 5000 });
-      try {
+      return withBus(config, async (bus) => {
         const e = await waitEnforced(bus, revision, timeoutMs);
         const rows = [['CELL', 'PLANNED', 'REQUIRED', 'APPLIED', 'OK']].concat(e.cells.map((c) => [c.cellId, String(c.planned), String(c.required), String(c.applied ?? '-'), c.ok ? 'yes' : 'no']));
         const behind = e.plannersBehind.length > 0 ? `\nplanners not yet at ${revision}: ${e.plannersBehind.join(', ')}` : '';
         out.print(`${table(rows)}${behind}\nrevision ${revision}: ${e.enforced ? 'enforced on every cell' : 'NOT enforced everywhere (timed out)'}`, e);
         if (!e.enforced) process.exitCode = 1;
-      } finally {
-        await bus.close();
-      }
-      return;
+      });
     }
     case 'cells': {
-      const bus = await connectBus({ servers: (config.natsUrl ?? `nats://127.0.0.1:${config.natsPort}`).split(','), name: 'netfold-cli', log: silentLogger(), connectTimeoutMs: 5000 });
-      try {
+      return withBus(config, async (bus) => {
         const kv = await new Kvm(bus.js).open(CELL_STATUS_BUCKET).catch(() => null);
         const statuses: CellStatus[] = [];
         if (kv) for await (const k of await kv.keys()) {
@@ -212,10 +214,7 @@ async function main(argv: string[]): Promise<void> {
           statuses.map((s) => [s.cellId, s.dataplane, String(s.revision), String(s.rules.local), String(s.rules.allows), String(s.applyMs), String(s.driftRepairs), s.appliedAt, s.error ?? '']),
         );
         out.print(`${table(rows)}\n${statuses.length} cells`, statuses);
-      } finally {
-        await bus.close();
-      }
-      return;
+      });
     }
     default:
       throw new UsageError(`unknown command "${key}"; see "netfold help"`);
