@@ -1,0 +1,195 @@
+// The discovery service: keeps the agents' records (a KV watch, not a poll), expires silent cells, and answers DNS
+// over UDP and TCP and an HTTP lookup for tools.
+import { createSocket, type Socket } from 'node:dgram';
+import { createServer, type Server } from 'node:net';
+import Fastify from 'fastify';
+import { Kvm, type KvWatchEntry } from '@nats-io/kv';
+import type { Bus } from '../../runtime/nats.ts';
+import type { Logger } from '../../runtime/logger.ts';
+import { withNatsRetry } from '../../runtime/retry.ts';
+import { DISCOVERY_BUCKET } from '../../runtime/subjects.ts';
+import { DiscoveryIndex, type ExpiryState } from './records.ts';
+import { answer } from './dns.ts';
+
+export type DiscoveryConfig = {
+  zone: string;
+  ttl: number;
+  dnsHost: string;
+  dnsPort: number;
+  httpHost: string;
+  httpPort: number;
+  /** A cell not heard of for this long has its records dropped (Cloud Foundry: 180 s). */
+  expiryMs: number;
+  replicas: number;
+};
+
+export const defaultDiscoveryConfig: DiscoveryConfig = {
+  zone: 'apps.internal',
+  ttl: 0,
+  dnsHost: '127.0.0.1',
+  dnsPort: 8053,
+  httpHost: '127.0.0.1',
+  httpPort: 8054,
+  expiryMs: 180_000,
+  replicas: 1,
+};
+
+export type Discovery = {
+  index: DiscoveryIndex;
+  dnsPort: number;
+  httpUrl: string;
+  /** Answers by response code, queries dropped as unreadable, records expired. */
+  stats: { answers: Record<string, number>; dropped: number; expired: number };
+  /** Runs the expiry check now (it also runs periodically); returns the cells dropped. */
+  expireNow(): string[];
+  /** Whether NATS is connected and until when expiry is paused. */
+  expiry: ExpiryState;
+  stop(): Promise<void>;
+};
+
+export async function startDiscovery(deps: { bus: Bus; log: Logger; config: DiscoveryConfig; now?: () => number }): Promise<Discovery> {
+  const cfg = deps.config;
+  const now = deps.now ?? (() => Date.now());
+  const log = deps.log.child({ service: 'discovery' });
+  const index = new DiscoveryIndex(cfg.expiryMs);
+  const stats = { answers: {} as Record<string, number>, dropped: 0, expired: 0 };
+  const expiry: ExpiryState = { connected: true, pausedUntil: 0 };
+
+  // ---- records: watch the bucket ----
+  const kv = await withNatsRetry('discovery bucket', () => new Kvm(deps.bus.js).create(DISCOVERY_BUCKET, { history: 1, replicas: cfg.replicas }));
+  const watcher = await kv.watch();
+  const initial = (await kv.status()).values;
+  let caughtUp: () => void = () => undefined;
+  const ready = new Promise<void>((resolve) => (caughtUp = resolve));
+  if (initial === 0) caughtUp();
+  const watching = (async () => {
+    for await (const e of watcher as AsyncIterable<KvWatchEntry>) {
+      if (e.operation === 'PUT') {
+        try {
+          const r = e.json<{ names?: Record<string, string[]> }>();
+          index.put(e.key, r.names ?? {}, now());
+        } catch (err) {
+          log.warn({ err, cell: e.key }, 'discovery-record-invalid');
+        }
+      } else {
+        index.remove(e.key);
+      }
+      if (e.delta === 0 || e.isUpdate) caughtUp(); // the initial contents are in
+    }
+  })().catch((err: unknown) => log.error({ err }, 'discovery-watch-failed'));
+  await ready;
+
+  // ---- expiry, paused while disconnected and for one threshold after reconnecting ----
+  void (async () => {
+    for await (const s of deps.bus.nc.status()) {
+      if (s.type === 'disconnect') expiry.connected = false;
+      if (s.type === 'reconnect') {
+        expiry.connected = true;
+        expiry.pausedUntil = now() + cfg.expiryMs;
+        log.info({ pausedUntil: new Date(expiry.pausedUntil).toISOString() }, 'discovery-expiry-paused');
+      }
+    }
+  })().catch(() => undefined);
+  const expireNow = () => {
+    const dropped = index.expire(now(), expiry);
+    if (dropped.length > 0) {
+      stats.expired += dropped.length;
+      log.info({ cells: dropped }, 'discovery-records-expired');
+    }
+    return dropped;
+  };
+  const pruner = setInterval(expireNow, Math.max(50, Math.min(1000, Math.floor(cfg.expiryMs / 4))));
+
+  const resolve = (fqdn: string) => index.lookup(fqdn);
+  const opts = { zone: cfg.zone, ttl: cfg.ttl, random: Math.random };
+  const count = (rcode: string) => (stats.answers[rcode] = (stats.answers[rcode] ?? 0) + 1);
+
+  // ---- DNS over UDP ----
+  const udp: Socket = createSocket('udp4');
+  udp.on('message', (msg, rinfo) => {
+    try {
+      const r = answer(msg, resolve, opts, 'udp');
+      if (!r) {
+        stats.dropped += 1;
+        return;
+      }
+      count(r.rcode);
+      udp.send(r.bytes, rinfo.port, rinfo.address);
+    } catch (err) {
+      stats.dropped += 1;
+      log.warn({ err }, 'dns-udp-failed');
+    }
+  });
+  udp.on('error', (err) => log.error({ err }, 'dns-udp-error'));
+  await new Promise<void>((resolve, reject) => {
+    udp.once('error', reject);
+    udp.bind(cfg.dnsPort, cfg.dnsHost, () => resolve());
+  });
+  const dnsPort = udp.address().port;
+
+  // ---- DNS over TCP (same port): 2-byte length-prefixed messages ----
+  const sockets = new Set<import('node:net').Socket>();
+  const tcp: Server = createServer((sock) => {
+    sockets.add(sock);
+    sock.once('close', () => sockets.delete(sock));
+    let buf = Buffer.alloc(0);
+    sock.setTimeout(10_000, () => sock.destroy());
+    sock.on('error', () => sock.destroy());
+    sock.on('data', (chunk: Buffer) => {
+      buf = Buffer.concat([buf, chunk]);
+      if (buf.length > 65_537) return sock.destroy();
+      while (buf.length >= 2) {
+        const len = buf.readUInt16BE(0);
+        if (buf.length < 2 + len) break;
+        const msg = buf.subarray(2, 2 + len);
+        buf = buf.subarray(2 + len);
+        const r = answer(Buffer.from(msg), resolve, opts, 'tcp');
+        if (!r) {
+          stats.dropped += 1;
+          continue;
+        }
+        count(r.rcode);
+        const out = Buffer.alloc(2 + r.bytes.length);
+        out.writeUInt16BE(r.bytes.length, 0);
+        r.bytes.copy(out, 2);
+        sock.write(out);
+      }
+    });
+  });
+  await new Promise<void>((resolve, reject) => {
+    tcp.once('error', reject);
+    tcp.listen(dnsPort, cfg.dnsHost, () => resolve());
+  });
+
+  // ---- HTTP lookup ----
+  const http = Fastify({ logger: false });
+  http.get('/healthz', async () => ({ ok: true, cells: index.cells }));
+  http.get('/v1/registration/:name', async (req, reply) => {
+    const raw = String((req.params as { name: string }).name).toLowerCase().replace(/\.$/, '');
+    const fqdn = raw === cfg.zone || raw.endsWith(`.${cfg.zone}`) ? raw : `${raw}.${cfg.zone}`;
+    const hosts = index.lookup(fqdn).map((h) => ({ ip_address: h.ip, cell_id: h.cellId }));
+    if (hosts.length === 0) return reply.status(404).send({ code: 'not-found', error: `no instances of ${fqdn}` });
+    return { name: fqdn, hosts };
+  });
+  const httpUrl = await http.listen({ host: cfg.httpHost, port: cfg.httpPort });
+  log.info({ dns: `${cfg.dnsHost}:${dnsPort}`, http: httpUrl, zone: cfg.zone, cells: index.cells }, 'discovery-started');
+
+  return {
+    index,
+    dnsPort,
+    httpUrl,
+    stats,
+    expireNow,
+    expiry,
+    async stop() {
+      clearInterval(pruner);
+      watcher.stop();
+      await watching;
+      await new Promise<void>((r) => udp.close(() => r()));
+      for (const sock of sockets) sock.destroy();
+      await new Promise<void>((r) => tcp.close(() => r()));
+      await http.close();
+      log.info('discovery-stopped');
+    },
+  };
+}

@@ -1,0 +1,176 @@
+// The discovery service against a real nats-server, fed by the real planner and agents (memory dataplane), queried
+// with real resolvers: Node's dns.Resolver, dig, and raw dns-packet over UDP and TCP. Expiry uses an injected clock.
+import t from 'tap';
+import { Resolver } from 'node:dns/promises';
+import { createSocket } from 'node:dgram';
+import { connect as tcpConnect } from 'node:net';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import * as dnsPacket from 'dns-packet';
+import { startNats, eventually } from './harness/nats.ts';
+import { startGateway } from './harness/gateway.ts';
+import { startPlanner, defaultPlannerConfig } from '../services/topology-planner/service.ts';
+import { startCellAgent, defaultCellAgentConfig, type CellAgent } from '../services/cell-agent/agent.ts';
+import { MemoryDataplane } from '../services/cell-agent/dataplane.ts';
+import { startDiscovery, defaultDiscoveryConfig } from '../services/discovery/service.ts';
+import { MAX_UDP } from '../services/discovery/dns.ts';
+
+const exec = promisify(execFile);
+
+function udpQuery(port: number, packet: Buffer, timeoutMs = 1000): Promise<Buffer | null> {
+  return new Promise((resolve) => {
+    const s = createSocket('udp4');
+    const timer = setTimeout(() => {
+      s.close();
+      resolve(null);
+    }, timeoutMs);
+    s.once('message', (m) => {
+      clearTimeout(timer);
+      s.close();
+      resolve(m);
+    });
+    s.send(packet, port, '127.0.0.1');
+  });
+}
+
+function tcpQuery(port: number, packet: Buffer): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const sock = tcpConnect(port, '127.0.0.1');
+    const len = Buffer.alloc(2);
+    len.writeUInt16BE(packet.length);
+    sock.write(Buffer.concat([len, packet]));
+    let buf = Buffer.alloc(0);
+    sock.on('data', (d: Buffer) => {
+      buf = Buffer.concat([buf, d]);
+      if (buf.length >= 2 && buf.length >= 2 + buf.readUInt16BE(0)) {
+        sock.destroy();
+        resolve(buf.subarray(2, 2 + buf.readUInt16BE(0)));
+      }
+    });
+    sock.once('error', reject);
+  });
+}
+
+const query = (name: string, type: dnsPacket.RecordType = 'A', id = 42) => dnsPacket.encode({ id, type: 'query', flags: dnsPacket.RECURSION_DESIRED, questions: [{ type, name }] });
+
+t.test('discovery: names follow containers; DNS semantics; expiry; outage; fuzz', async (t) => {
+  const nats = await startNats(t);
+  const gw = await startGateway(t, nats);
+  const planner = await startPlanner({ bus: await nats.connect('planner'), log: nats.log, config: { ...defaultPlannerConfig, heartbeatMs: 100 } });
+  t.teardown(() => planner.stop());
+  const agents: Record<string, CellAgent> = {};
+  for (const cell of ['cell-1', 'cell-2']) {
+    agents[cell] = await startCellAgent({ bus: await nats.connect(cell), log: nats.log, config: { ...defaultCellAgentConfig, cellId: cell, heartbeatMs: 100 }, dataplane: new MemoryDataplane('10.255.0.0/16') });
+  }
+  t.teardown(async () => {
+    for (const a of Object.values(agents)) await a.stop();
+  });
+  let clock = Date.now();
+  const discovery = await startDiscovery({ bus: await nats.connect('discovery'), log: nats.log, config: { ...defaultDiscoveryConfig, dnsPort: 0, httpPort: 0, expiryMs: 1000 }, now: () => clock });
+  t.teardown(() => discovery.stop());
+  const resolver = new Resolver({ timeout: 2000, tries: 1 });
+  resolver.setServers([`127.0.0.1:${discovery.dnsPort}`]);
+  const a4 = (name: string) => resolver.resolve4(name).then((ips) => ips.sort(), (err: { code: string }) => err.code);
+
+  await gw.intake('registerApp', { appId: 'web', name: 'web', spaceId: 's', orgId: 'o' });
+  await gw.intake('registerApp', { appId: 'big', name: 'Big', spaceId: 's', orgId: 'o' });
+  await gw.intake('startContainer', { containerId: 'web-0', appId: 'web', cellId: 'cell-1', instanceIndex: 0, ip: '10.255.1.2' });
+  await gw.intake('startContainer', { containerId: 'web-1', appId: 'web', cellId: 'cell-2', instanceIndex: 1, ip: '10.255.2.2' });
+
+  await eventually(async () => ((await a4('web.apps.internal')).length === 2 ? true : undefined), 10_000, 'both web instances resolve');
+  t.same(await a4('web.apps.internal'), ['10.255.1.2', '10.255.2.2'], 'app name: every instance');
+  t.same(await a4('WEB.apps.internal'), ['10.255.1.2', '10.255.2.2'], 'case-insensitive');
+  t.same(await a4('1.web.apps.internal'), ['10.255.2.2'], 'index: one instance');
+  t.equal(await a4('nope.apps.internal'), 'ENOTFOUND', 'unknown name in the zone: NXDOMAIN');
+  t.equal(await a4('example.com'), 'EREFUSED', 'outside the zone: REFUSED');
+  t.equal(await resolver.resolve6('web.apps.internal').then(() => 'answered', (e: { code: string }) => e.code), 'ENODATA', 'AAAA for a known name: no answers');
+
+  const nx = dnsPacket.decode((await udpQuery(discovery.dnsPort, query('nope.apps.internal')))!);
+  t.match(nx, { id: 42, rcode: 'NXDOMAIN', flag_aa: true, flag_ra: false, authorities: [{ type: 'SOA', name: 'apps.internal' }] });
+  const aaaa = dnsPacket.decode((await udpQuery(discovery.dnsPort, query('web.apps.internal', 'AAAA')))!);
+  t.match(aaaa, { rcode: 'NOERROR', answers: [] });
+  const ok = dnsPacket.decode((await udpQuery(discovery.dnsPort, query('web.apps.internal')))!);
+  t.ok(ok.answers!.every((a) => (a as { ttl?: number }).ttl === 0 && a.type === 'A'), 'TTL 0');
+
+  // dig, over UDP and TCP
+  const dig = async (...args: string[]) => (await exec('dig', [`@127.0.0.1`, '-p', String(discovery.dnsPort), '+time=2', '+tries=1', ...args])).stdout;
+  t.match(await dig('web.apps.internal', 'A', '+short').then((o) => o.trim().split('\n').sort()), ['10.255.1.2', '10.255.2.2']);
+  t.match(await dig('+tcp', 'nope.apps.internal'), /status: NXDOMAIN/);
+  t.match(await dig('example.com'), /status: REFUSED/);
+
+  // HTTP lookup
+  const http = await fetch(`${discovery.httpUrl}/v1/registration/web`);
+  t.same(await http.json(), { name: 'web.apps.internal', hosts: [{ ip_address: '10.255.1.2', cell_id: 'cell-1' }, { ip_address: '10.255.2.2', cell_id: 'cell-2' }] });
+  t.equal((await fetch(`${discovery.httpUrl}/v1/registration/nope`)).status, 404);
+
+  // Records follow a stop.
+  await gw.intake('stopContainer', { containerId: 'web-1' });
+  await eventually(async () => ((await a4('web.apps.internal')).length === 1 ? true : undefined), 10_000, 'the stopped instance leaves');
+  t.same(await a4('web.apps.internal'), ['10.255.1.2']);
+  t.equal(await a4('1.web.apps.internal'), 'ENOTFOUND');
+
+  // Truncation: 40 instances do not fit in 512 bytes over UDP; TCP carries them all.
+  for (let i = 0; i < 40; i++) await gw.intake('startContainer', { containerId: `big-${i}`, appId: 'big', cellId: 'cell-1', instanceIndex: i, ip: `10.255.1.${100 + i}` });
+  await eventually(async () => ((await discovery.index.lookup('big.apps.internal')).length === 40 ? true : undefined), 10_000, '40 instances indexed');
+  const udpBig = (await udpQuery(discovery.dnsPort, query('big.apps.internal')))!;
+  t.ok(udpBig.length <= MAX_UDP, `UDP answer within 512 bytes (${udpBig.length})`);
+  t.match(dnsPacket.decode(udpBig), { flag_tc: true, answers: [] });
+  t.equal(dnsPacket.decode(await tcpQuery(discovery.dnsPort, query('big.apps.internal'))).answers!.length, 40, 'TCP: every instance');
+  t.equal((await a4('big.apps.internal')).length, 40, 'a real resolver falls back to TCP');
+
+  // A silent cell's records expire; a talking one's do not.
+  await agents['cell-2']!.stop();
+  delete agents['cell-2'];
+  await gw.intake('startContainer', { containerId: 'web-2', appId: 'web', cellId: 'cell-2', instanceIndex: 2, ip: '10.255.2.3' });
+  clock += 5000;
+  await eventually(() => ((discovery.index.heardAt('cell-1') ?? 0) >= clock ? true : undefined), 5000, 'cell-1 heard of after the clock moved');
+  t.same(discovery.expireNow(), ['cell-2'], 'the silent cell expired');
+  t.equal(await a4('big.apps.internal').then((r) => r.length), 40, 'the live cell still answers');
+
+  // A NATS outage does not empty DNS: no expiry while disconnected, nor for one threshold after.
+  await nats.server.kill();
+  await eventually(() => (!discovery.expiry.connected ? true : undefined), 10_000, 'discovery noticed the outage');
+  clock += 60_000;
+  t.same(discovery.expireNow(), [], 'nothing expires while disconnected');
+  t.equal(await a4('0.web.apps.internal').then((r) => r[0]), '10.255.1.2', 'answers during the outage');
+  await nats.restart();
+  await eventually(() => (discovery.expiry.connected ? true : undefined), 15_000, 'discovery reconnected');
+  t.same(discovery.expireNow(), [], 'nothing expires during the threshold after reconnecting');
+  t.equal(await a4('0.web.apps.internal').then((r) => r[0]), '10.255.1.2');
+
+  // Fuzz: random and mutated packets never crash it; no answer exceeds 512 bytes.
+  let seed = 12345;
+  const rnd = () => ((seed = (seed * 1103515245 + 12345) & 0x7fffffff) / 0x7fffffff);
+  const valid = query('web.apps.internal');
+  const packets: Buffer[] = [];
+  for (let i = 0; i < 3000; i++) {
+    let p: Buffer;
+    if (i % 3 === 0) p = Buffer.from(Array.from({ length: Math.floor(rnd() * 600) }, () => Math.floor(rnd() * 256)));
+    else {
+      p = Buffer.from(valid);
+      for (let k = 0; k < 1 + Math.floor(rnd() * 6); k++) p[Math.floor(rnd() * p.length)] = Math.floor(rnd() * 256);
+      if (i % 3 === 2) p = p.subarray(0, Math.floor(rnd() * p.length));
+    }
+    packets.push(p);
+  }
+  const sock = createSocket('udp4');
+  let answered = 0;
+  sock.on('message', (r) => {
+    answered++;
+    if (r.length > MAX_UDP) t.fail(`an answer of ${r.length} bytes`);
+  });
+  await new Promise<void>((r) => sock.bind(0, '127.0.0.1', () => r()));
+  for (let i = 0; i < packets.length; i += 100) {
+    await Promise.all(packets.slice(i, i + 100).map((p) => new Promise<void>((r) => sock.send(p, discovery.dnsPort, '127.0.0.1', () => r()))));
+    await new Promise((r) => setImmediate(r));
+  }
+  // the last answers: wait until a valid query sent after the fuzz is answered on the same socket
+  const marker = query('web.apps.internal', 'A', 7777);
+  const markerSeen = new Promise<void>((resolve) => sock.on('message', (r) => r.readUInt16BE(0) === 7777 && resolve()));
+  sock.send(marker, discovery.dnsPort, '127.0.0.1');
+  await markerSeen;
+  sock.close();
+  t.ok(answered > 100, `the server kept answering (${answered} of 3000 fuzz packets got an answer)`);
+  t.same(await a4('0.web.apps.internal'), ['10.255.1.2'], 'still healthy after the fuzz');
+  t.ok(discovery.stats.answers.FORMERR! > 0 && discovery.stats.dropped > 0, 'malformed packets were answered FORMERR or dropped');
+});
