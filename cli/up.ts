@@ -1,6 +1,6 @@
 // `netfold up`: the all-in-one. Runs an embedded nats-server in the data dir (unless --nats-url points at an
 // existing server or cluster), sets up the streams, starts the services built so far, and stops them cleanly on
-// SIGINT/SIGTERM. Services so far: policy-writer (gateway + intake) and topology-planner.
+// SIGINT/SIGTERM. Services so far: policy-writer (gateway + intake), topology-planner and discovery.
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { type Config, resolveTokenSecret } from '../runtime/config.ts';
@@ -12,6 +12,7 @@ import { stopOnSignals } from '../runtime/lifecycle.ts';
 import { mintToken } from '../runtime/tokens.ts';
 import { startPolicyWriter } from '../services/policy-writer/service.ts';
 import { startPlanner, defaultPlannerConfig } from '../services/topology-planner/service.ts';
+import { startDiscovery, discoveryConfigOf } from '../services/discovery/service.ts';
 
 export async function up(config: Config): Promise<void> {
   const log = createRootLogger({ level: config.logLevel, name: 'netfold' });
@@ -31,6 +32,7 @@ export async function up(config: Config): Promise<void> {
     config: { ...defaultPlannerConfig, plannerId: config.plannerId, domain: config.domain, replicas: config.replicas, checkpointIntervalMs: config.checkpointIntervalMs },
   });
 
+  const discovery = await startDiscovery({ bus, log, config: discoveryConfigOf(config) });
   const adminTokenFile = join(config.dataDir, 'admin.token');
   const adminToken = await mintToken(tokenSecret, { user: 'admin', scopes: ['network.admin'], spaces: [] }, 30 * 86400);
   writeFileSync(adminTokenFile, adminToken + '\n', { mode: 0o600 });
@@ -42,6 +44,7 @@ export async function up(config: Config): Promise<void> {
       `  NATS:          ${natsUrl}${embedded ? ' (embedded, data in ' + join(config.dataDir, 'jetstream') + ')' : ''}`,
       `  policy API:    ${writer.url}/networking/v1/external/policies`,
       `  planner:       ${config.plannerId}, per-cell state on nf.cell.snap.<cell> / nf.cell.delta.<cell>`,
+      `  DNS:           ${config.dnsHost}:${discovery.dnsPort} (udp+tcp), zone ${config.domain}; lookup ${discovery.httpUrl}/v1/registration/<name>`,
       `  admin token:   ${adminTokenFile}`,
       '',
       `  try: curl -H "Authorization: Bearer $(cat ${adminTokenFile})" ${writer.url}/networking/v1/external/policies`,
@@ -52,6 +55,7 @@ export async function up(config: Config): Promise<void> {
 
   stopOnSignals(log, async () => {
     await writer.stop();
+    await discovery.stop();
     await planner.stop();
     await bus.close();
     await embedded?.stop();

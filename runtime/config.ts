@@ -26,6 +26,11 @@ export type Config = {
   netns: string | undefined;
   overlayCidr: string;
   driftIntervalMs: number;
+  dnsHost: string;
+  dnsPort: number;
+  dnsTtl: number;
+  discoveryHttpPort: number;
+  discoveryExpiryMs: number;
 };
 
 type Setting = { key: keyof Config; flag: string; env: string; def: string | undefined; kind: 'string' | 'int'; min?: number; max?: number };
@@ -50,6 +55,11 @@ export const SETTINGS: readonly Setting[] = [
   { key: 'netns', flag: 'netns', env: 'NETFOLD_NETNS', def: undefined, kind: 'string' },
   { key: 'overlayCidr', flag: 'overlay-cidr', env: 'NETFOLD_OVERLAY_CIDR', def: '10.255.0.0/16', kind: 'string' },
   { key: 'driftIntervalMs', flag: 'drift-interval-ms', env: 'NETFOLD_DRIFT_INTERVAL_MS', def: '500', kind: 'int', min: 50, max: 3_600_000 },
+  { key: 'dnsHost', flag: 'dns-host', env: 'NETFOLD_DNS_HOST', def: '127.0.0.1', kind: 'string' },
+  { key: 'dnsPort', flag: 'dns-port', env: 'NETFOLD_DNS_PORT', def: '8053', kind: 'int', min: 0, max: 65535 },
+  { key: 'dnsTtl', flag: 'dns-ttl', env: 'NETFOLD_DNS_TTL', def: '0', kind: 'int', min: 0, max: 86_400 },
+  { key: 'discoveryHttpPort', flag: 'discovery-http-port', env: 'NETFOLD_DISCOVERY_HTTP_PORT', def: '8054', kind: 'int', min: 0, max: 65535 },
+  { key: 'discoveryExpiryMs', flag: 'discovery-expiry-ms', env: 'NETFOLD_DISCOVERY_EXPIRY_MS', def: '180000', kind: 'int', min: 100, max: 86_400_000 },
 ];
 
 /** Builds the config from parsed flags (by flag name) and the environment. */

@@ -5,11 +5,12 @@ import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { Resolver } from 'node:dns/promises';
 
 t.test('netfold up: embedded NATS, gateway with admin token, clean stop', async (t) => {
   const dataDir = mkdtempSync(join(tmpdir(), 'netfold-up-'));
   t.teardown(() => rmSync(dataDir, { recursive: true, force: true }));
-  const child = spawn(process.execPath, ['bin/netfold.mjs', 'up', '--data-dir', dataDir, '--nats-port=-1', '--http-port', '0', '--log-level', 'warn'], {
+  const child = spawn(process.execPath, ['bin/netfold.mjs', 'up', '--data-dir', dataDir, '--nats-port=-1', '--http-port', '0', '--dns-port', '0', '--discovery-http-port', '0', '--log-level', 'warn'], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, NATS_URL: '' },
   });
@@ -18,12 +19,13 @@ t.test('netfold up: embedded NATS, gateway with admin token, clean stop', async 
     if (child.exitCode === null) child.kill('SIGKILL');
   });
   let banner = '';
-  const ready = await new Promise<{ api: string; nats: string }>((resolve, reject) => {
+  const ready = await new Promise<{ api: string; nats: string; dns: number }>((resolve, reject) => {
     child.stderr!.on('data', (d: Buffer) => {
       banner += d.toString();
       const api = /policy API:\s+(\S+)/.exec(banner);
       const nats = /NATS:\s+(\S+)/.exec(banner);
-      if (api && nats && banner.includes('admin token:')) resolve({ api: api[1]!, nats: nats[1]! });
+      const dns = /DNS:\s+127\.0\.0\.1:(\d+)/.exec(banner);
+      if (api && nats && dns && banner.includes('admin token:')) resolve({ api: api[1]!, nats: nats[1]!, dns: Number(dns[1]) });
     });
     child.once('exit', (code) => reject(new Error(`netfold up exited early (${code}): ${banner}`)));
   });
@@ -48,6 +50,9 @@ t.test('netfold up: embedded NATS, gateway with admin token, clean stop', async 
   t.equal(deleted.status, 200);
   t.equal(((await (await fetch(ready.api, { headers: auth })).json()) as { total_policies: number }).total_policies, 0);
   t.equal((await fetch(ready.api)).status, 401, 'no token, no access');
+  const resolver = new Resolver({ timeout: 2000, tries: 1 });
+  resolver.setServers([`127.0.0.1:${ready.dns}`]);
+  t.equal(await resolver.resolve4('a.apps.internal').then(() => 'answered', (e: { code: string }) => e.code), 'ENOTFOUND', 'DNS answers (no containers yet)');
 
   child.kill('SIGTERM');
   t.equal(await exited, 0, 'exits cleanly on SIGTERM');

@@ -5,6 +5,7 @@ import { createServer, type Server } from 'node:net';
 import Fastify from 'fastify';
 import { Kvm, type KvWatchEntry } from '@nats-io/kv';
 import type { Bus } from '../../runtime/nats.ts';
+import type { Config } from '../../runtime/config.ts';
 import type { Logger } from '../../runtime/logger.ts';
 import { withNatsRetry } from '../../runtime/retry.ts';
 import { DISCOVERY_BUCKET } from '../../runtime/subjects.ts';
@@ -46,6 +47,11 @@ export type Discovery = {
   expiry: ExpiryState;
   stop(): Promise<void>;
 };
+
+/** The discovery settings of the shared configuration. */
+export function discoveryConfigOf(c: Config): DiscoveryConfig {
+  return { zone: c.domain, ttl: c.dnsTtl, dnsHost: c.dnsHost, dnsPort: c.dnsPort, httpHost: c.httpHost, httpPort: c.discoveryHttpPort, expiryMs: c.discoveryExpiryMs, replicas: c.replicas };
+}
 
 export async function startDiscovery(deps: { bus: Bus; log: Logger; config: DiscoveryConfig; now?: () => number }): Promise<Discovery> {
   const cfg = deps.config;
