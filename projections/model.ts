@@ -97,15 +97,6 @@ function foldInto(draft: Draft<Model>, batch: readonly RecordedEvent[]): void {
   }
 }
 
-/** Advances the model's sequence over log entries that carry no valid event (skipped, never fatal). */
-export function skipSequence(model: Model, seq: number, subject: string): Model {
-  if (seq <= model.seq) return model;
-  return produce(model, (draft) => {
-    draft.seq = seq;
-    draft.subjectSeq[subject] = seq;
-  });
-}
-
 function applyEvent(m: Draft<Model>, e: EventEnvelope, seq: number): void {
   switch (e.type) {
     case 'AppRegistered': {
@@ -241,10 +232,6 @@ export function freeTagCount(m: Model): number {
 export function liveApp(m: Model, appId: string): AppState | undefined {
   const app = m.apps[appId];
   return app && !app.deleted ? app : undefined;
-}
-
-export function policiesOf(m: Model, sourceAppId: string): PolicyRecord[] {
-  return Object.values(m.policies[sourceAppId] ?? {});
 }
 
 /** Every policy, sorted by source, destination, protocol, start and end. */

@@ -78,10 +78,6 @@ export class ConfigError extends NetfoldError {
   }
 }
 
-export function isNetfoldError(err: unknown): err is NetfoldError {
-  return err instanceof NetfoldError;
-}
-
 /** Turns anything thrown into a NetfoldError: known ones pass through, the rest become a non-retryable 500. */
 export function toNetfoldError(err: unknown): NetfoldError {
   if (err instanceof NetfoldError) return err;
