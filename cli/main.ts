@@ -12,6 +12,10 @@ import { mintToken, parseDuration, SCOPES } from '../runtime/tokens.ts';
 import type { IntakeReply } from '../services/policy-writer/intake.ts';
 import { type Out, UsageError, output, table } from './output.ts';
 import { up } from './up.ts';
+import { DeliverPolicy } from '@nats-io/jetstream';
+import { EventLog } from '../runtime/event-log.ts';
+import { parseEvent } from '../events/catalogue.ts';
+import { type AuditEntry, type AuditFilter, audit, auditEntry, explainAt, matches, modelAt, parsePoint, replay, stateView } from './operators.ts';
 import { Kvm } from '@nats-io/kv';
 import { waitEnforced } from '../runtime/enforcement.ts';
 import { CELL_STATUS_BUCKET } from '../runtime/subjects.ts';
@@ -29,10 +33,17 @@ usage: netfold <command> [flags]
   app delete --id ID
   container start --id ID --app ID --cell ID --index N --ip A.B.C.D
   container stop --id ID
-  policy add --from APP --to APP [--protocol tcp|udp] --port N[-M]
-  policy remove --from APP --to APP [--protocol tcp|udp] --port N[-M]
+  policy add --from APP --to APP [--protocol tcp|udp] --port N[-M] [--dry-run]
+  policy remove --from APP --to APP [--protocol tcp|udp] --port N[-M] [--dry-run]
   policy list [--id ID,..] [--source ID,..] [--dest ID,..]
   wait --revision N [--timeout 30s]   wait until revision N is enforced on every cell (exit 1 on timeout)
+  audit [--app ID] [--actor A] [--type T] [--since TIME] [--until TIME] [--follow]
+                                      every change: time, revision, actor, type, effect
+  state [--at REVISION|TIME] [--cell ID]
+                                      apps, containers, policies (and one cell's rules) as they were then
+  explain SOURCE-APP DEST-APP PORT [--protocol tcp|udp]
+                                      allowed or denied, by which policy, on which cells, enforced where
+  replay [--to REVISION|TIME]         rebuild every cell from the log; compare with planner and agents (exit 1 on a difference)
   cells                               each cell's agent status: applied revision, rules, drift repairs, errors
 
 common flags: --json (machine-readable output), --nats-url URL, --api URL (policy API, default
@@ -64,6 +75,13 @@ const CLI_FLAGS = {
   ttl: { type: 'string' },
   revision: { type: 'string' },
   timeout: { type: 'string' },
+  since: { type: 'string' },
+  until: { type: 'string' },
+  follow: { type: 'boolean' },
+  at: { type: 'string' },
+  actor: { type: 'string' },
+  type: { type: 'string' },
+  'dry-run': { type: 'boolean' },
 } as const;
 
 type Flags = Record<string, string | boolean | undefined>;
@@ -124,6 +142,12 @@ async function api(config: Config, flags: Flags, method: string, path: string, b
   return data;
 }
 
+function timeFlag(text: string, name: string): number {
+  const t = Date.parse(text);
+  if (Number.isNaN(t)) throw new UsageError(`--${name} must be an ISO time, got "${text}"`);
+  return t;
+}
+
 function policyBody(flags: Flags) {
   const m = /^(\d+)(?:-(\d+))?$/.exec(need(flags, 'port'));
   if (!m) throw new UsageError('--port must be N or N-M');
@@ -143,7 +167,8 @@ async function main(argv: string[]): Promise<void> {
     return;
   }
   const config = loadConfig(flags);
-  const key = verb ? `${group} ${verb}` : group;
+  const single = ['up', 'wait', 'cells', 'audit', 'state', 'explain', 'replay'];
+  const key = verb && !single.includes(group) ? `${group} ${verb}` : group;
   switch (key) {
     case 'up':
       return up(config);
@@ -171,13 +196,16 @@ async function main(argv: string[]): Promise<void> {
       });
     case 'container stop':
       return intake(config, flags, out, intakeSubject.stopContainer, { containerId: need(flags, 'id') });
-    case 'policy add': {
-      const r = await api(config, flags, 'POST', '/policies', policyBody(flags));
-      return out.print(`ok: revision ${r.revision}`, r);
-    }
+    case 'policy add':
     case 'policy remove': {
-      const r = await api(config, flags, 'POST', '/policies/delete', policyBody(flags));
-      return out.print(`ok: revision ${r.revision}`, r);
+      const path = key === 'policy add' ? '/policies' : '/policies/delete';
+      const r = await api(config, flags, 'POST', `${path}${flags['dry-run'] ? '?dry_run=true' : ''}`, policyBody(flags));
+      if (!r.dry_run) return out.print(`ok: revision ${r.revision}`, r);
+      const cells = Object.entries(r.cells as Record<string, { added: string[]; removed: string[] }>);
+      const lines = [`dry run at revision ${r.revision}: ${r.events.length} event(s) would be appended; nothing was`];
+      for (const [cell, c] of cells) lines.push(`cell ${cell}:`, ...c.added.map((f) => `  + ${f}`), ...c.removed.map((f) => `  - ${f}`));
+      if (cells.length === 0) lines.push('no cell would change');
+      return out.print(lines.join('\n'), r);
     }
     case 'policy list': {
       const q = new URLSearchParams();
@@ -199,6 +227,84 @@ async function main(argv: string[]): Promise<void> {
         const behind = e.plannersBehind.length > 0 ? `\nplanners not yet at ${revision}: ${e.plannersBehind.join(', ')}` : '';
         out.print(`${table(rows)}${behind}\nrevision ${revision}: ${e.enforced ? 'enforced on every cell' : 'NOT enforced everywhere (timed out)'}`, e);
         if (!e.enforced) process.exitCode = 1;
+      });
+    }
+    case 'audit': {
+      const f: AuditFilter = {};
+      if (typeof flags.app === 'string') f.app = flags.app;
+      if (typeof flags.actor === 'string') f.actor = flags.actor;
+      if (typeof flags.type === 'string') f.type = flags.type;
+      if (typeof flags.since === 'string') f.since = timeFlag(flags.since, 'since');
+      if (typeof flags.until === 'string') f.until = timeFlag(flags.until, 'until');
+      const line = (a: AuditEntry) => (out.json ? JSON.stringify(a) : `${a.at}  #${a.revision}  ${a.actor}  ${a.type}  ${a.effect}`);
+      return withBus(config, async (bus) => {
+        const entries = await audit(bus, f);
+        for (const a of entries) process.stdout.write(line(a) + '\n');
+        if (!flags.follow) return;
+        const from = (entries.at(-1)?.revision ?? 0) + 1;
+        const log = new EventLog(bus);
+        const start = Math.max(from, (await log.lastSeq()) + 1);
+        const consumer = await bus.js.consumers.get(log.stream, { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: start });
+        const messages = await consumer.consume();
+        process.once('SIGINT', () => void messages.close());
+        process.once('SIGTERM', () => void messages.close());
+        for await (const m of messages) {
+          const parsed = parseEvent(m.json());
+          if (!parsed.ok) continue;
+          const rec = { seq: m.seq, subject: m.subject, event: parsed.value };
+          if (matches(rec, f)) process.stdout.write(line(auditEntry(rec)) + '\n');
+        }
+      });
+    }
+    case 'state': {
+      return withBus(config, async (bus) => {
+        const m = await modelAt(bus, typeof flags.at === 'string' ? parsePoint(flags.at) : undefined);
+        const view = stateView(m, typeof flags.cell === 'string' ? flags.cell : undefined, config.domain);
+        const human = [
+          `state at revision ${view.revision}`,
+          `apps (${view.apps.length}):`,
+          table(view.apps.map((a) => [`  ${a.id}`, a.name, a.spaceId, a.deleted ? 'deleted' : ''])),
+          `containers (${view.containers.length}):`,
+          table(view.containers.map((c) => [`  ${c.id}`, c.appId ?? '-', c.cellId ?? '-', c.ip ?? '-', c.status])),
+          `policies (${view.policies.length}):`,
+          table(view.policies.map((p) => [`  ${p.sourceAppId}`, '->', p.destAppId, `${p.protocol}/${p.startPort === p.endPort ? p.startPort : `${p.startPort}-${p.endPort}`}`, `by ${p.createdBy}`, p.createdAt])),
+          ...(view.cell ? [`cell ${view.cell.cellId} (hash ${view.cell.hash}):`, JSON.stringify(view.cell.state, null, 2)] : []),
+        ].join('\n');
+        out.print(human, view);
+      });
+    }
+    case 'explain': {
+      const [, , , port] = positionals;
+      const [source, destination] = [positionals[1], positionals[2]];
+      if (!source || !destination || !port || !/^\d+$/.test(port)) throw new UsageError('usage: netfold explain SOURCE-APP DEST-APP PORT [--protocol tcp|udp]');
+      const protocol = flags.protocol === 'udp' ? 'udp' : 'tcp';
+      return withBus(config, async (bus) => {
+        const e = await explainAt(bus, await modelAt(bus, undefined), source, destination, Number(port), protocol);
+        const human = [
+          `${source} -> ${destination} ${protocol}/${port}: ${e.allowed ? 'ALLOWED' : 'DENIED'} (${e.reason}) at revision ${e.revision}`,
+          ...e.policies.map((p) => `  by policy ${p.sourceAppId} -> ${p.destAppId} ${p.protocol}/${p.startPort}-${p.endPort}, created ${p.createdAt} by ${p.createdBy} (revision ${p.createdSeq})`),
+          ...e.nearMisses.map((p) => `  not covered by ${p.protocol}/${p.startPort}-${p.endPort} (created ${p.createdAt} by ${p.createdBy})`),
+          ...e.enforcement.map((c) => `  cell ${c.cellId}: planned revision ${c.planned ?? '-'}, applied ${c.applied ?? '-'}${c.planned !== null && c.applied !== null && c.applied >= c.planned ? ' (in force)' : ''}`),
+        ].join('\n');
+        out.print(human, e);
+      });
+    }
+    case 'replay': {
+      return withBus(config, async (bus) => {
+        const tty = process.stderr.isTTY && !out.json;
+        const t0 = Date.now();
+        const progress = tty
+          ? (done: number, total: number) => {
+              const rate = done / Math.max(0.001, (Date.now() - t0) / 1000);
+              const eta = rate > 0 ? Math.max(0, (total - done) / rate) : 0;
+              process.stderr.write(`\rreplaying ${done}/${total} events, ${Math.round(rate)}/s, ETA ${eta.toFixed(1)} s   `);
+            }
+          : undefined;
+        const report = await replay(bus, typeof flags.to === 'string' ? parsePoint(flags.to) : undefined, config.domain, progress);
+        if (tty) process.stderr.write('\n');
+        const rows = [['CELL', 'REPLAYED', 'PLANNED', 'APPLIED', 'OK']].concat(report.cells.map((c) => [c.cellId, c.replayed.slice(0, 12), c.planned?.slice(0, 12) ?? '-', c.applied?.slice(0, 12) ?? '-', c.ok ? 'yes' : 'DIFFERS']));
+        out.print(`${table(rows)}\nrevision ${report.revision}: ${report.ok ? 'every cell matches' : 'differences found'}`, report);
+        if (!report.ok) process.exitCode = 1;
       });
     }
     case 'cells': {

@@ -1,16 +1,8 @@
 // From a cell's desired state to the rules its dataplane enforces: a pure expansion and a deterministic nftables
 // rendering. Enforcement is at the destination, default deny for traffic from the overlay to local containers.
-import type { CellState } from '../../projections/cell.ts';
 
-export type Protocol = 'tcp' | 'udp';
-/** One allowed flow; `startPort === endPort` for a single port. */
-export type Allow = { src: string; dst: string; protocol: Protocol; startPort: number; endPort: number };
-
-export type RuleSet = {
-  /** IPs of the local containers: traffic to them is denied unless allowed. */
-  local: string[];
-  allows: Allow[];
-};
+export { type Allow, type Protocol, type RuleSet, allows, expandRules, inCidr, normalizeAllows } from '../../projections/flows.ts';
+import type { Allow, Protocol, RuleSet } from '../../projections/flows.ts';
 
 const IPV4 = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
 const CIDR = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}\/([0-9]|[12][0-9]|3[0-2])$/;
@@ -22,68 +14,8 @@ export class InvalidRuleError extends Error {
   }
 }
 
-const cmpAllow = (a: Allow, b: Allow) =>
-  a.dst < b.dst ? -1 : a.dst > b.dst ? 1 : a.src < b.src ? -1 : a.src > b.src ? 1 : a.protocol < b.protocol ? -1 : a.protocol > b.protocol ? 1 : a.startPort - b.startPort || a.endPort - b.endPort;
-
-/** Expands a cell's state into allowed flows, sorted and without duplicates. */
-export function expandRules(state: CellState): RuleSet {
-  const local = new Set<string>();
-  const allows = new Map<string, Allow>();
-  for (const c of Object.values(state.containers)) {
-    local.add(c.ip);
-    for (const rule of Object.values(state.ingress[c.appId] ?? {})) {
-      for (const src of Object.keys(state.sources[rule.sourceAppId] ?? {})) {
-        const a: Allow = { src, dst: c.ip, protocol: rule.protocol, startPort: rule.startPort, endPort: rule.endPort };
-        allows.set(`${a.src}|${a.dst}|${a.protocol}|${a.startPort}|${a.endPort}`, a);
-      }
-    }
-  }
-  return { local: [...local].sort(), allows: normalizeAllows([...allows.values()]) };
-}
-
-/**
- * Sorted, with overlapping port ranges of the same (source, destination, protocol) merged: an interval set refuses
- * overlapping elements ("File exists"), and two policies may well name overlapping ranges.
- */
-export function normalizeAllows(list: Allow[]): Allow[] {
-  const sorted = [...list].sort(cmpAllow);
-  const out: Allow[] = [];
-  for (const a of sorted) {
-    const prev = out[out.length - 1];
-    const ranged = a.startPort !== a.endPort;
-    if (prev && ranged && prev.startPort !== prev.endPort && prev.src === a.src && prev.dst === a.dst && prev.protocol === a.protocol && a.startPort <= prev.endPort) {
-      out[out.length - 1] = { ...prev, endPort: Math.max(prev.endPort, a.endPort) };
-      continue;
-    }
-    if (prev && !ranged && prev.src === a.src && prev.dst === a.dst && prev.protocol === a.protocol && prev.startPort === a.startPort && prev.endPort === a.endPort) continue;
-    out.push(a);
-  }
-  return out;
-}
-
-/** Does a rule set allow a new flow? (The semantics every driver implements.) */
-export function allows(rules: RuleSet, src: string, dst: string, protocol: Protocol, port: number, overlayCidr: string): boolean {
-  if (!rules.local.includes(dst) || !inCidr(src, overlayCidr)) return true;
-  return rules.allows.some((a) => a.src === src && a.dst === dst && a.protocol === protocol && port >= a.startPort && port <= a.endPort);
-}
-
-function ipToInt(ip: string): number {
-  return ip.split('.').reduce((n, o) => n * 256 + Number(o), 0);
-}
-
-export function inCidr(ip: string, cidr: string): boolean {
-  const [net, bits] = cidr.split('/');
-  const mask = Number(bits) === 0 ? 0 : 2 ** 32 - 2 ** (32 - Number(bits));
-  return (ipToInt(ip) & mask) >>> 0 === (ipToInt(net!) & mask) >>> 0;
-}
-
 export const TABLE = 'netfold';
 
-/**
- * The nftables table, complete, as one `nft -f` transaction: create-if-missing, delete, create — so the swap is
- * atomic and an existing table (e.g. after an agent restart) is replaced without a gap. Every address is validated
- * first: nft would resolve an invalid one as a host name.
- */
 /** Validates every address (each distinct one once) and port range; nft would resolve a bad address as a name. */
 export function validateRules(rules: RuleSet, overlayCidr: string): void {
   if (!CIDR.test(overlayCidr)) throw new InvalidRuleError(`invalid overlay CIDR ${overlayCidr}`);
@@ -103,6 +35,11 @@ export function validateRules(rules: RuleSet, overlayCidr: string): void {
   }
 }
 
+/**
+ * The nftables table, complete, as one `nft -f` transaction: create-if-missing, delete, create — so the swap is
+ * atomic and an existing table (e.g. after an agent restart) is replaced without a gap. Every address is validated
+ * first: nft would resolve an invalid one as a host name.
+ */
 export function renderNft(rules: RuleSet, overlayCidr: string): string {
   validateRules(rules, overlayCidr);
   const ranges = new Map<string, Allow[]>();

@@ -64,8 +64,10 @@ export function buildHttpGateway(opts: HttpOptions): FastifyInstance {
   app.register(async (api) => {
     api.addHook('onRequest', authenticate);
 
-    api.post(`${BASE}/policies`, async (req) => opts.api.change('create', principal(req), req.body, metaOf(req)));
-    api.post(`${BASE}/policies/delete`, async (req) => opts.api.change('delete', principal(req), req.body, metaOf(req)));
+    // `?dry_run=true` validates, authorizes and shows per cell what would change, appending nothing.
+    const dryRun = (req: FastifyRequest) => (req.query as Record<string, unknown>).dry_run === 'true';
+    api.post(`${BASE}/policies`, async (req) => opts.api.change('create', principal(req), req.body, metaOf(req), dryRun(req)));
+    api.post(`${BASE}/policies/delete`, async (req) => opts.api.change('delete', principal(req), req.body, metaOf(req), dryRun(req)));
     api.get(`${BASE}/policies`, async (req) => {
       const q = req.query as Record<string, unknown>;
       const filters = { ids: parseIdList(q.id, 'id'), sourceIds: parseIdList(q.source_id, 'source_id'), destIds: parseIdList(q.dest_id, 'dest_id') };

@@ -1,8 +1,10 @@
 // The Cloud Foundry-shaped policy operations, independent of HTTP: authorization, validation, batching by source
 // app, listing with filters and visibility.
 import { type CfPolicy, type PolicyCommand, parseCfPolicies } from '../../events/commands.ts';
-import type { PolicyRule } from '../../events/catalogue.ts';
-import { type Model, type PolicyRecord, allPolicies } from '../../projections/model.ts';
+import type { DomainEvent, EventEnvelope, PolicyRule } from '../../events/catalogue.ts';
+import { deriveCellState } from '../../projections/cell.ts';
+import { type Allow, expandRules } from '../../projections/flows.ts';
+import { type Model, type PolicyRecord, allPolicies, foldEventsInPlace } from '../../projections/model.ts';
 import { ForbiddenError, ValidationError } from '../../runtime/errors.ts';
 import { eventSubject } from '../../runtime/subjects.ts';
 import type { Principal } from '../../runtime/tokens.ts';
@@ -54,7 +56,7 @@ export class PolicyApi {
    * atomically, in source order. Both operations are idempotent, so a request that failed midway (e.g. NATS
    * unavailable) can simply be sent again.
    */
-  async change(kind: 'create' | 'delete', principal: Principal, body: unknown, meta: CommandMeta): Promise<{ revision: number }> {
+  async change(kind: 'create' | 'delete', principal: Principal, body: unknown, meta: CommandMeta, dryRun = false): Promise<{ revision: number } | DryRun> {
     const access = accessOf(principal);
     const parsed = parseCfPolicies(body, { maxPolicies: this.#maxPolicies });
     if (!parsed.ok) throw new ValidationError(parsed.issues);
@@ -65,10 +67,13 @@ export class PolicyApi {
     );
     const apps = new Set(parsed.value.flatMap((p) => [p.sourceAppId, p.rule.destAppId]));
     await this.#writer.catchUpOn([...apps].map(eventSubject.app));
+    const decided: DomainEvent[] = [];
     for (const cmd of commands) {
       const d = this.#writer.decidePolicies(cmd, access);
       if (!d.ok) throw rejectionError(d.rejection);
+      decided.push(...d.events);
     }
+    if (dryRun) return dryRunOf(this.#writer.model, decided, meta);
     let revision = 0;
     for (const cmd of commands) {
       const r = await this.#writer.policies(cmd, access, meta);
@@ -103,4 +108,39 @@ export class PolicyApi {
 function inSpaces(m: Model, appId: string, spaces: readonly string[]): boolean {
   const app = m.apps[appId];
   return !!app && spaces.includes(app.spaceId);
+}
+
+export type DryRun = {
+  dry_run: true;
+  /** The model revision the answer is computed on. */
+  revision: number;
+  /** The events the request would append. */
+  events: DomainEvent[];
+  /** Per cell hosting an affected destination: the flows that would be allowed and no longer allowed. */
+  cells: Record<string, { added: string[]; removed: string[] }>;
+};
+
+const flowText = (a: Allow) => `${a.src} -> ${a.dst} ${a.protocol}/${a.startPort === a.endPort ? a.startPort : `${a.startPort}-${a.endPort}`}`;
+
+/** What a change would do, computed on a copy of the model; nothing is appended. */
+export function dryRunOf(model: Model, events: DomainEvent[], meta: CommandMeta): DryRun {
+  const after = structuredClone(model);
+  const recorded = events.map((e, i) => ({
+    seq: model.seq + 1 + i,
+    subject: 'dry-run',
+    event: { ...e, id: '00000000000000000000000000', at: new Date(0).toISOString(), actor: meta.actor, correlationId: meta.correlationId } as EventEnvelope,
+  }));
+  foldEventsInPlace(after, recorded);
+  const dests = new Set(events.flatMap((e) => ('policies' in e.data ? e.data.policies.map((p) => p.destAppId) : [])));
+  const cellIds = new Set<string>();
+  for (const m of [model, after]) for (const d of dests) for (const id of Object.keys(m.containersByApp[d] ?? {})) if (m.containers[id]?.cellId) cellIds.add(m.containers[id]!.cellId!);
+  const cells: DryRun['cells'] = {};
+  for (const cellId of [...cellIds].sort()) {
+    const before = new Set(expandRules(deriveCellState(model, cellId)).allows.map(flowText));
+    const next = new Set(expandRules(deriveCellState(after, cellId)).allows.map(flowText));
+    const added = [...next].filter((f) => !before.has(f));
+    const removed = [...before].filter((f) => !next.has(f));
+    if (added.length > 0 || removed.length > 0) cells[cellId] = { added, removed };
+  }
+  return { dry_run: true, revision: model.seq, events, cells };
 }

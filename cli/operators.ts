@@ -1,0 +1,198 @@
+// Operators' tools over the log: audit, state as of a point, explain, replay-and-compare. Each takes a bus and
+// returns data; the CLI prints it (human or --json).
+import { Kvm } from '@nats-io/kv';
+import type { Bus } from '../runtime/nats.ts';
+import { EventLog } from '../runtime/event-log.ts';
+import { type EventEnvelope, type RecordedEvent } from '../events/catalogue.ts';
+import { type Model, foldEventsInPlace, initialModel, allPolicies } from '../projections/model.ts';
+import { cellHashOf, deriveCellState, type CellState } from '../projections/cell.ts';
+import { explain, type Explanation } from '../projections/explain.ts';
+import { CELL_DELTAS_STREAM, CELL_SNAPSHOTS_STREAM, CELL_STATUS_BUCKET, cellSubject } from '../runtime/subjects.ts';
+import { JetStreamApiCodes, JetStreamApiError } from '@nats-io/jetstream';
+
+/** The apps an event concerns (for filtering). */
+export function appsOf(e: EventEnvelope): string[] {
+  switch (e.type) {
+    case 'AppRegistered':
+    case 'AppRenamed':
+    case 'AppDeleted':
+      return [e.data.appId];
+    case 'ContainerStarted':
+      return [e.data.appId];
+    case 'ContainerStopped':
+      return e.data.appId ? [e.data.appId] : [];
+    case 'PoliciesCreated':
+    case 'PoliciesDeleted':
+      return [e.data.sourceAppId, ...e.data.policies.map((p) => p.destAppId)];
+  }
+}
+
+/** One line of what an event did. */
+export function effectOf(e: EventEnvelope): string {
+  const d = e.data as Record<string, unknown>;
+  switch (e.type) {
+    case 'AppRegistered':
+      return `app ${e.data.appId} "${e.data.name}" registered in space ${e.data.spaceId}`;
+    case 'AppRenamed':
+      return `app ${e.data.appId} renamed ${e.data.previousName} -> ${e.data.name}`;
+    case 'AppDeleted':
+      return `app ${e.data.appId} deleted`;
+    case 'ContainerStarted':
+      return `container ${e.data.containerId} of ${e.data.appId} started on ${e.data.cellId} at ${e.data.ip} (#${e.data.instanceIndex})`;
+    case 'ContainerStopped':
+      return `container ${e.data.containerId} stopped${e.data.wasRunning ? '' : ' (before any start: a later start is ignored)'}`;
+    case 'PoliciesCreated':
+    case 'PoliciesDeleted': {
+      const verb = e.type === 'PoliciesCreated' ? 'allowed' : `revoked${e.data.reason === 'app-deleted' ? ' (app deleted)' : ''}`;
+      return `${verb}: ${e.data.policies.map((p) => `${e.data.sourceAppId} -> ${p.destAppId} ${p.protocol}/${p.startPort === p.endPort ? p.startPort : `${p.startPort}-${p.endPort}`}`).join(', ')}`;
+    }
+  }
+  return JSON.stringify(d);
+}
+
+export type AuditFilter = { app?: string; actor?: string; type?: string; since?: number; until?: number };
+export type AuditEntry = { revision: number; at: string; actor: string; type: string; correlationId: string; effect: string };
+
+export function matches(rec: RecordedEvent, f: AuditFilter): boolean {
+  const e = rec.event;
+  if (f.app && !appsOf(e).includes(f.app)) return false;
+  if (f.actor && e.actor !== f.actor && !e.actor.endsWith(`:${f.actor}`)) return false;
+  if (f.type && e.type !== f.type) return false;
+  const at = Date.parse(e.at);
+  if (f.since !== undefined && at < f.since) return false;
+  if (f.until !== undefined && at > f.until) return false;
+  return true;
+}
+
+export const auditEntry = (rec: RecordedEvent): AuditEntry => ({
+  revision: rec.seq,
+  at: rec.event.at,
+  actor: rec.event.actor,
+  type: rec.event.type,
+  correlationId: rec.event.correlationId,
+  effect: effectOf(rec.event),
+});
+
+export async function audit(bus: Bus, f: AuditFilter): Promise<AuditEntry[]> {
+  const out: AuditEntry[] = [];
+  for await (const rec of new EventLog(bus).read(1)) if ('event' in rec && matches(rec, f)) out.push(auditEntry(rec));
+  return out;
+}
+
+/** A point in the log: a revision, or an ISO time (the last event at or before it). */
+export type Point = { revision: number } | { time: number };
+
+export function parsePoint(text: string): Point {
+  if (/^\d+$/.test(text)) return { revision: Number(text) };
+  const time = Date.parse(text);
+  if (Number.isNaN(time)) throw new Error(`"${text}" is neither a revision nor an ISO time`);
+  return { time };
+}
+
+/** Folds the log up to a point (fold only); `onProgress` sees the count folded. */
+export async function modelAt(bus: Bus, point: Point | undefined, onProgress?: (folded: number, total: number) => void): Promise<Model> {
+  const log = new EventLog(bus);
+  const total = await log.lastSeq();
+  const model = structuredClone(initialModel());
+  let batch: RecordedEvent[] = [];
+  let folded = 0;
+  const to = point && 'revision' in point ? point.revision : undefined;
+  for await (const rec of log.read(1, undefined, to)) {
+    if (!('event' in rec)) continue;
+    if (point && 'time' in point && Date.parse(rec.event.at) > point.time) break;
+    batch.push(rec);
+    if (batch.length === 1000) {
+      foldEventsInPlace(model, batch);
+      folded += batch.length;
+      batch = [];
+      onProgress?.(folded, total);
+    }
+  }
+  foldEventsInPlace(model, batch);
+  onProgress?.(folded + batch.length, total);
+  return model;
+}
+
+export type StateView = {
+  revision: number;
+  apps: { id: string; name: string; spaceId: string; deleted: boolean }[];
+  containers: { id: string; appId: string | null; cellId: string | null; ip: string | null; status: string }[];
+  policies: ReturnType<typeof allPolicies>;
+  cell?: { cellId: string; hash: string; state: CellState };
+};
+
+export function stateView(m: Model, cellId?: string, domain?: string): StateView {
+  const view: StateView = {
+    revision: m.seq,
+    apps: Object.values(m.apps).map((a) => ({ id: a.id, name: a.name, spaceId: a.spaceId, deleted: a.deleted })).sort((a, b) => (a.id < b.id ? -1 : 1)),
+    containers: Object.values(m.containers).map((c) => ({ id: c.id, appId: c.appId, cellId: c.cellId, ip: c.ip, status: c.status })).sort((a, b) => (a.id < b.id ? -1 : 1)),
+    policies: allPolicies(m),
+  };
+  if (cellId) {
+    const state = deriveCellState(m, cellId, domain);
+    view.cell = { cellId, hash: cellHashOf(state), state };
+  }
+  return view;
+}
+
+export type ExplainView = Explanation & { source: string; destination: string; port: number; protocol: string; revision: number; enforcement: { cellId: string; planned: number | null; applied: number | null }[] };
+
+export async function explainAt(bus: Bus, m: Model, source: string, destination: string, port: number, protocol: 'tcp' | 'udp'): Promise<ExplainView> {
+  const e = explain(m, source, destination, port, protocol);
+  const status = await new Kvm(bus.js).open(CELL_STATUS_BUCKET).catch(() => null);
+  const enforcement = await Promise.all(
+    e.cells.map(async (cellId) => {
+      const applied = status ? ((await status.get(cellId))?.json<{ revision?: number }>()?.revision ?? null) : null;
+      const planned = await lastPublished(bus, cellId);
+      return { cellId, planned: planned?.revision ?? null, applied };
+    }),
+  );
+  return { ...e, source, destination, port, protocol, revision: m.seq, enforcement };
+}
+
+async function lastOn(bus: Bus, stream: string, subject: string): Promise<{ revision: number; hash: string } | null> {
+  try {
+    const msg = await bus.jsm.direct.getMessage(stream, { last_by_subj: subject });
+    return msg ? msg.json<{ revision: number; hash: string }>() : null;
+  } catch (err) {
+    if (err instanceof JetStreamApiError && err.code === JetStreamApiCodes.NoMessageFound) return null;
+    throw err;
+  }
+}
+
+/** The planner's latest output for a cell (delta or snapshot, whichever is newer). */
+export async function lastPublished(bus: Bus, cellId: string): Promise<{ revision: number; hash: string } | null> {
+  const [d, s] = await Promise.all([lastOn(bus, CELL_DELTAS_STREAM, cellSubject.delta(cellId)), lastOn(bus, CELL_SNAPSHOTS_STREAM, cellSubject.snapshot(cellId))]);
+  if (!d) return s;
+  if (!s) return d;
+  return s.revision > d.revision ? s : d;
+}
+
+export type ReplayCell = { cellId: string; replayed: string; planned: string | null; applied: string | null; ok: boolean };
+export type ReplayReport = { revision: number; cells: ReplayCell[]; ok: boolean };
+
+/**
+ * Rebuilds every cell's state from the log and compares its hash with the planner's latest output and the
+ * agent's applied state. With `to`, only the replayed hashes are given (live state is not as of then).
+ */
+export async function replay(bus: Bus, to: Point | undefined, domain: string, onProgress?: (folded: number, total: number) => void): Promise<ReplayReport> {
+  const m = await modelAt(bus, to, onProgress);
+  const cells = Object.keys(m.containersByCell);
+  const status = await new Kvm(bus.js).open(CELL_STATUS_BUCKET).catch(() => null);
+  const known = new Set(cells);
+  if (status && !to) for await (const k of await status.keys()) known.add(k);
+  const out: ReplayCell[] = [];
+  for (const cellId of [...known].sort()) {
+    const replayed = cellHashOf(deriveCellState(m, cellId, domain));
+    if (to) {
+      out.push({ cellId, replayed, planned: null, applied: null, ok: true });
+      continue;
+    }
+    const planned = (await lastPublished(bus, cellId))?.hash ?? null;
+    const applied = status ? ((await status.get(cellId))?.json<{ hash?: string }>()?.hash ?? null) : null;
+    const empty = cellHashOf({ containers: {}, ingress: {}, sources: {}, tags: {}, names: {} });
+    const ok = (planned ?? empty) === replayed && (applied === null || applied === replayed);
+    out.push({ cellId, replayed, planned, applied, ok });
+  }
+  return { revision: m.seq, cells: out, ok: out.every((c) => c.ok) };
+}
