@@ -12,6 +12,7 @@ import { mintToken, parseDuration, SCOPES } from '../runtime/tokens.ts';
 import type { IntakeReply } from '../services/policy-writer/intake.ts';
 import { type Out, UsageError, output, table } from './output.ts';
 import { up } from './up.ts';
+import { demo } from './demo.ts';
 import { DeliverPolicy } from '@nats-io/jetstream';
 import { EventLog } from '../runtime/event-log.ts';
 import { parseEvent } from '../events/catalogue.ts';
@@ -44,6 +45,7 @@ usage: netfold <command> [flags]
   explain SOURCE-APP DEST-APP PORT [--protocol tcp|udp]
                                       allowed or denied, by which policy, on which cells, enforced where
   replay [--to REVISION|TIME]         rebuild every cell from the log; compare with planner and agents (exit 1 on a difference)
+  demo                                a scripted tour against a running "npm start"
   cells                               each cell's agent status: applied revision, rules, drift repairs, errors
 
 common flags: --json (machine-readable output), --nats-url URL, --api URL (policy API, default
@@ -167,7 +169,7 @@ async function main(argv: string[]): Promise<void> {
     return;
   }
   const config = loadConfig(flags);
-  const single = ['up', 'wait', 'cells', 'audit', 'state', 'explain', 'replay'];
+  const single = ['up', 'wait', 'cells', 'audit', 'state', 'explain', 'replay', 'demo'];
   const key = verb && !single.includes(group) ? `${group} ${verb}` : group;
   switch (key) {
     case 'up':
@@ -306,6 +308,10 @@ async function main(argv: string[]): Promise<void> {
         out.print(`${table(rows)}\nrevision ${report.revision}: ${report.ok ? 'every cell matches' : 'differences found'}`, report);
         if (!report.ok) process.exitCode = 1;
       });
+    }
+    case 'demo': {
+      const base = typeof flags.api === 'string' ? flags.api : process.env.NETFOLD_API_URL ?? `http://${config.httpHost}:${config.httpPort}`;
+      return withBus(config, (bus) => demo({ bus, api: base, token: tokenFor(config, flags), dnsPort: config.dnsPort, say: (l) => process.stdout.write(l + '\n') }));
     }
     case 'cells': {
       return withBus(config, async (bus) => {

@@ -13,6 +13,8 @@ import { mintToken } from '../runtime/tokens.ts';
 import { startPolicyWriter } from '../services/policy-writer/service.ts';
 import { startPlanner, defaultPlannerConfig } from '../services/topology-planner/service.ts';
 import { startDiscovery, discoveryConfigOf } from '../services/discovery/service.ts';
+import { startCellAgent, defaultCellAgentConfig, type CellAgent } from '../services/cell-agent/agent.ts';
+import { MemoryDataplane } from '../services/cell-agent/dataplane.ts';
 
 export async function up(config: Config): Promise<void> {
   const log = createRootLogger({ level: config.logLevel, name: 'netfold' });
@@ -33,6 +35,18 @@ export async function up(config: Config): Promise<void> {
   });
 
   const discovery = await startDiscovery({ bus, log, config: discoveryConfigOf(config) });
+  // Simulated cells: agents with the in-memory dataplane (no root needed), so the whole story runs on one machine.
+  const agents: CellAgent[] = [];
+  for (let i = 1; i <= config.simulateCells; i++) {
+    agents.push(
+      await startCellAgent({
+        bus,
+        log,
+        config: { ...defaultCellAgentConfig, cellId: `sim-cell-${i}`, overlayCidr: config.overlayCidr, replicas: config.replicas },
+        dataplane: new MemoryDataplane(config.overlayCidr),
+      }),
+    );
+  }
   const adminTokenFile = join(config.dataDir, 'admin.token');
   const adminToken = await mintToken(tokenSecret, { user: 'admin', scopes: ['network.admin'], spaces: [] }, 30 * 86400);
   writeFileSync(adminTokenFile, adminToken + '\n', { mode: 0o600 });
@@ -45,16 +59,18 @@ export async function up(config: Config): Promise<void> {
       `  policy API:    ${writer.url}/networking/v1/external/policies`,
       `  planner:       ${config.plannerId}, per-cell state on nf.cell.snap.<cell> / nf.cell.delta.<cell>`,
       `  DNS:           ${config.dnsHost}:${discovery.dnsPort} (udp+tcp), zone ${config.domain}; lookup ${discovery.httpUrl}/v1/registration/<name>`,
+      `  cells:         ${config.simulateCells} simulated (sim-cell-1..${config.simulateCells}, memory dataplane; --simulate-cells N)`,
       `  admin token:   ${adminTokenFile}`,
       '',
       `  try: curl -H "Authorization: Bearer $(cat ${adminTokenFile})" ${writer.url}/networking/v1/external/policies`,
-      '  stop with Ctrl-C',
+      '  tour: npx netfold demo      stop with Ctrl-C',
       '',
     ].join('\n') + '\n',
   );
 
   stopOnSignals(log, async () => {
     await writer.stop();
+    for (const a of agents) await a.stop();
     await discovery.stop();
     await planner.stop();
     await bus.close();

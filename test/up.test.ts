@@ -54,6 +54,20 @@ t.test('netfold up: embedded NATS, gateway with admin token, clean stop', async 
   resolver.setServers([`127.0.0.1:${ready.dns}`]);
   t.equal(await resolver.resolve4('a.apps.internal').then(() => 'answered', (e: { code: string }) => e.code), 'ENOTFOUND', 'DNS answers (no containers yet)');
 
+  // The newcomer's tour, in a second process, against this running `netfold up` (3 simulated cells by default).
+  const { execFile } = await import('node:child_process');
+  const tour = await new Promise<{ code: number; out: string }>((resolve) =>
+    execFile(process.execPath, ['bin/netfold.mjs', 'demo', '--nats-url', ready.nats, '--api', ready.api.replace(/\/networking.*$/, ''), '--dns-port', String(ready.dns), '--data-dir', dataDir], (err, stdout, stderr) =>
+      resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, out: stdout + stderr }),
+    ),
+  );
+  t.equal(tour.code, 0, tour.out);
+  t.match(tour.out, /cells reporting: sim-cell-1, sim-cell-2, sim-cell-3/);
+  t.match(tour.out, /is enforced on every cell/);
+  t.match(tour.out, /DNS backend\.apps\.internal -> 10\.255\.102\.2, 10\.255\.103\.2/);
+  t.match(tour.out, /tcp\/8080: ALLOWED/);
+  t.match(tour.out, /tcp\/9090: DENIED/);
+
   child.kill('SIGTERM');
   t.equal(await exited, 0, 'exits cleanly on SIGTERM');
   const { connect: again } = await import('@nats-io/transport-node');
