@@ -1,4 +1,5 @@
 // The netfold CLI. `netfold help` lists the commands.
+import { openBucket } from '../runtime/buckets.ts';
 import { readFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -17,7 +18,6 @@ import { DeliverPolicy } from '@nats-io/jetstream';
 import { EventLog } from '../runtime/event-log.ts';
 import { parseEvent } from '../events/catalogue.ts';
 import { type AuditEntry, type AuditFilter, audit, auditEntry, explainAt, matches, modelAt, parsePoint, replay, stateView } from './operators.ts';
-import { Kvm } from '@nats-io/kv';
 import { waitEnforced } from '../runtime/enforcement.ts';
 import { CELL_STATUS_BUCKET } from '../runtime/subjects.ts';
 import type { CellStatus } from '../services/cell-agent/agent.ts';
@@ -315,7 +315,7 @@ async function main(argv: string[]): Promise<void> {
     }
     case 'cells': {
       return withBus(config, async (bus) => {
-        const kv = await new Kvm(bus.js).open(CELL_STATUS_BUCKET).catch(() => null);
+        const kv = await openBucket(bus, CELL_STATUS_BUCKET);
         const statuses: CellStatus[] = [];
         if (kv) for await (const k of await kv.keys()) {
           const e = await kv.get(k);

@@ -1,6 +1,6 @@
 // Operators' tools over the log: audit, state as of a point, explain, replay-and-compare. Each takes a bus and
 // returns data; the CLI prints it (human or --json).
-import { Kvm } from '@nats-io/kv';
+import { openBucket } from '../runtime/buckets.ts';
 import type { Bus } from '../runtime/nats.ts';
 import { EventLog } from '../runtime/event-log.ts';
 import { type EventEnvelope, type RecordedEvent } from '../events/catalogue.ts';
@@ -139,7 +139,7 @@ export type ExplainView = Explanation & { source: string; destination: string; p
 
 export async function explainAt(bus: Bus, m: Model, source: string, destination: string, port: number, protocol: 'tcp' | 'udp'): Promise<ExplainView> {
   const e = explain(m, source, destination, port, protocol);
-  const status = await new Kvm(bus.js).open(CELL_STATUS_BUCKET).catch(() => null);
+  const status = await openBucket(bus, CELL_STATUS_BUCKET);
   const enforcement = await Promise.all(
     e.cells.map(async (cellId) => {
       const applied = status ? ((await status.get(cellId))?.json<{ revision?: number }>()?.revision ?? null) : null;
@@ -178,7 +178,7 @@ export type ReplayReport = { revision: number; cells: ReplayCell[]; ok: boolean 
 export async function replay(bus: Bus, to: Point | undefined, domain: string, onProgress?: (folded: number, total: number) => void): Promise<ReplayReport> {
   const m = await modelAt(bus, to, onProgress);
   const cells = Object.keys(m.containersByCell);
-  const status = await new Kvm(bus.js).open(CELL_STATUS_BUCKET).catch(() => null);
+  const status = await openBucket(bus, CELL_STATUS_BUCKET);
   const known = new Set(cells);
   if (status && !to) for await (const k of await status.keys()) known.add(k);
   const out: ReplayCell[] = [];

@@ -2,8 +2,8 @@
 // its agent has applied at least the cell's last planned revision at or below N (when the planner's latest
 // revision for the cell is above N, N itself is required, which is sufficient and never too weak). Planners must
 // have published their outputs through N, otherwise a cell untouched so far may still be about to change.
+import { openBucket } from './buckets.ts';
 import { DeliverPolicy } from '@nats-io/jetstream';
-import { Kvm } from '@nats-io/kv';
 import type { Bus } from './nats.ts';
 import { withNatsRetry } from './retry.ts';
 import { CELL_DELTAS_STREAM, CELL_SNAPSHOTS_STREAM, CELL_STATUS_BUCKET, PLANNER_MEMBERS_BUCKET, cellSubject } from './subjects.ts';
@@ -29,7 +29,7 @@ export async function lastRevisionPerCell(bus: Bus, stream: string, filter: stri
 
 async function kvEntries(bus: Bus, bucket: string, filter?: string): Promise<Map<string, unknown>> {
   const out = new Map<string, unknown>();
-  const kv = await new Kvm(bus.js).open(bucket).catch(() => null);
+  const kv = await openBucket(bus, bucket);
   if (!kv) return out;
   const keys: string[] = [];
   for await (const k of await kv.keys(filter)) keys.push(k);

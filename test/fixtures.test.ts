@@ -48,3 +48,20 @@ t.test('events-v1.jsonl gives known per-cell hashes through the planner', async 
   t.same(core.cellState('cell-3')?.sources, { 'app-api': { '10.255.2.3': true, '10.255.1.3': true } });
   t.same(Object.keys(core.cellState('cell-1')?.names ?? {}).sort(), ['0.web.apps.internal', '1.backend.apps.internal', 'backend.apps.internal', 'web.apps.internal']);
 });
+
+t.test('events-v1.jsonl replayed from a real stream gives the same per-cell hashes', async (t) => {
+  const { startNats } = await import('./harness/nats.ts');
+  const { replay } = await import('../cli/operators.ts');
+  const nats = await startNats(t);
+  const bus = await nats.connect('fixture');
+  for (const rec of load('events-v1.jsonl')) {
+    const ack = await bus.js.publish(rec.subject, JSON.stringify(rec.event), { msgID: rec.event.id });
+    t.equal(ack.seq, rec.seq, `stored at its recorded revision ${rec.seq}`);
+  }
+  const report = await replay(bus, undefined, 'apps.internal');
+  t.same(Object.fromEntries(report.cells.map((c) => [c.cellId, c.replayed])), {
+    'cell-1': '7eb0b3ef09439cc2917bab54c68b1bcc',
+    'cell-2': 'a5f6a3465a7bfd4b961e956793aa9ac8',
+    'cell-3': '2436dae7b8739850f3672c438081438e',
+  });
+});
