@@ -143,7 +143,7 @@ if (!process.env.BENCH_ONLY || process.env.BENCH_ONLY === 'latency') {
   progress(`loading ${base} events (${APPS} apps, ${POLICIES} policies, ${CONTAINERS} containers on ${CELLS} cells)`);
   await load(s.bus, base, history(base, APPS, POLICIES, CONTAINERS, CELLS));
   const tStart = performance.now();
-  const child = await startChild('services/topology-planner/main.ts', { NATS_URL: s.url, NETFOLD_LOG_LEVEL: 'info' }, 'planner-started');
+  const child = await startChild('services/topology-planner/main.ts', { NATS_URL: s.url, NETFOLD_LOG_LEVEL: 'info', NETFOLD_METRICS_PORT: '0' }, 'planner-started');
   // 'planner-started' means folded; wait until its outputs are all published too (the delta stream stops growing).
   let last = -1;
   for (;;) {
@@ -193,7 +193,7 @@ if (!process.env.BENCH_ONLY || process.env.BENCH_ONLY === 'memory') {
   progress(`loading ${base} events for the memory run (${MEM_CONTAINERS} containers)`);
   await load(s.bus, base, history(base, APPS, POLICIES, MEM_CONTAINERS, CELLS));
   const t0 = performance.now();
-  const child = await startChild('services/topology-planner/main.ts', { NATS_URL: s.url, NETFOLD_LOG_LEVEL: 'info' }, 'planner-started');
+  const child = await startChild('services/topology-planner/main.ts', { NATS_URL: s.url, NETFOLD_LOG_LEVEL: 'info', NETFOLD_METRICS_PORT: '0' }, 'planner-started');
   results[`planner start-up over ${base} events, folded (s)`] = Math.round((performance.now() - t0) / 100) / 10;
   results[`planner RSS at ${MEM_CONTAINERS} containers (MiB)`] = rssMiB(child.pid!);
   await stopChild(child);

@@ -15,6 +15,7 @@ import { startPlanner, defaultPlannerConfig } from '../services/topology-planner
 import { startDiscovery, discoveryConfigOf } from '../services/discovery/service.ts';
 import { startCellAgent, defaultCellAgentConfig, type CellAgent } from '../services/cell-agent/agent.ts';
 import { MemoryDataplane } from '../services/cell-agent/dataplane.ts';
+import { Registry } from '../runtime/metrics.ts';
 
 export async function up(config: Config): Promise<void> {
   const log = createRootLogger({ level: config.logLevel, name: 'netfold' });
@@ -27,14 +28,16 @@ export async function up(config: Config): Promise<void> {
   const bus = await connectBus({ servers: natsUrl.split(','), name: 'netfold-up', log });
   await ensureTopology(bus.jsm, { ...defaultTopologyOptions, replicas: config.replicas }, log);
   const tokenSecret = resolveTokenSecret(config, true);
-  const writer = await startPolicyWriter({ bus, log, config: { ...config, tokenSecret } });
+  const metrics = new Registry(); // one registry for every service in this process, served at the gateway's /metrics
+  const writer = await startPolicyWriter({ bus, log, config: { ...config, tokenSecret }, metrics });
   const planner = await startPlanner({
     bus,
     log,
+    metrics,
     config: { ...defaultPlannerConfig, plannerId: config.plannerId, domain: config.domain, replicas: config.replicas, checkpointIntervalMs: config.checkpointIntervalMs },
   });
 
-  const discovery = await startDiscovery({ bus, log, config: discoveryConfigOf(config) });
+  const discovery = await startDiscovery({ bus, log, config: discoveryConfigOf(config), metrics });
   // Simulated cells: agents with the in-memory dataplane (no root needed), so the whole story runs on one machine.
   const agents: CellAgent[] = [];
   for (let i = 1; i <= config.simulateCells; i++) {
@@ -44,6 +47,7 @@ export async function up(config: Config): Promise<void> {
         log,
         config: { ...defaultCellAgentConfig, cellId: `sim-cell-${i}`, overlayCidr: config.overlayCidr, replicas: config.replicas },
         dataplane: new MemoryDataplane(config.overlayCidr),
+        metrics,
       }),
     );
   }
@@ -60,6 +64,7 @@ export async function up(config: Config): Promise<void> {
       `  planner:       ${config.plannerId}, per-cell state on nf.cell.snap.<cell> / nf.cell.delta.<cell>`,
       `  DNS:           ${config.dnsHost}:${discovery.dnsPort} (udp+tcp), zone ${config.domain}; lookup ${discovery.httpUrl}/v1/registration/<name>`,
       `  cells:         ${config.simulateCells} simulated (sim-cell-1..${config.simulateCells}, memory dataplane; --simulate-cells N)`,
+      `  metrics:       ${writer.url}/metrics (Prometheus text, every service of this process)`,
       `  admin token:   ${adminTokenFile}`,
       '',
       `  try: curl -H "Authorization: Bearer $(cat ${adminTokenFile})" ${writer.url}/networking/v1/external/policies`,

@@ -10,10 +10,11 @@ import { CELL_DELTAS_STREAM, CELL_SNAPSHOTS_STREAM, cellSubject } from './subjec
 import { withNatsRetry } from './retry.ts';
 import { Progress } from './progress.ts';
 
-export type CellDeltaMessage = { cellId: string; revision: number; prevRevision: number; ops: CellOp[]; hash: string };
+export type CellDeltaMessage = { cellId: string; revision: number; prevRevision: number; ops: CellOp[]; hash: string; at?: string };
 export type CellSnapshotMessage = { cellId: string; revision: number; hash: string; state: CellState };
 
-export type CellView = { cellId: string; revision: number; hash: string; state: CellState };
+/** `eventAt`: time of the event behind the last delta applied (absent after a snapshot). */
+export type CellView = { cellId: string; revision: number; hash: string; state: CellState; eventAt?: string };
 
 export class CellFeed {
   readonly #bus: Bus;
@@ -37,8 +38,12 @@ export class CellFeed {
     this.#progress = new Progress(this.view);
   }
 
+  #eventAt: string | undefined;
+
   get view(): CellView {
-    return { cellId: this.#cellId, revision: this.#revision, hash: this.#hash, state: this.#state };
+    const v: CellView = { cellId: this.#cellId, revision: this.#revision, hash: this.#hash, state: this.#state };
+    if (this.#eventAt) v.eventAt = this.#eventAt;
+    return v;
   }
 
   onChange(listener: (view: CellView) => void): () => void {
@@ -54,7 +59,7 @@ export class CellFeed {
   async #sync(): Promise<void> {
     await this.#messages?.close();
     const snap = await this.#readSnapshot();
-    if (snap && snap.revision >= this.#revision) this.#adopt(snap.state, snap.revision, snap.hash);
+    if (snap && snap.revision >= this.#revision) this.#adopt(snap.state, snap.revision, snap.hash, undefined);
     const consumer = await withNatsRetry('cell delta consumer', () =>
       this.#bus.js.consumers.get(CELL_DELTAS_STREAM, { filter_subjects: cellSubject.delta(this.#cellId), deliver_policy: DeliverPolicy.All }),
     );
@@ -90,7 +95,7 @@ export class CellFeed {
           this.#log.warn({ revision: d.revision }, 'cell-feed-hash-mismatch');
           return this.#resync();
         }
-        this.#adopt(next, d.revision, hash);
+        this.#adopt(next, d.revision, hash, d.at);
       }
     } catch (err) {
       if (!this.#stopped) this.#log.error({ err }, 'cell-feed-failed');
@@ -105,7 +110,8 @@ export class CellFeed {
     await this.#sync().catch((err: unknown) => this.#log.error({ err }, 'cell-feed-resync-failed'));
   }
 
-  #adopt(state: CellState, revision: number, hash: string): void {
+  #adopt(state: CellState, revision: number, hash: string, eventAt: string | undefined): void {
+    this.#eventAt = eventAt;
     this.#state = state;
     this.#revision = revision;
     this.#hash = hash;

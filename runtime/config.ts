@@ -32,6 +32,7 @@ export type Config = {
   discoveryHttpPort: number;
   discoveryExpiryMs: number;
   simulateCells: number;
+  metricsPort: number | undefined;
 };
 
 type Setting = { key: keyof Config; flag: string; env: string; def: string | undefined; kind: 'string' | 'int'; min?: number; max?: number };
@@ -62,6 +63,7 @@ export const SETTINGS: readonly Setting[] = [
   { key: 'discoveryHttpPort', flag: 'discovery-http-port', env: 'NETFOLD_DISCOVERY_HTTP_PORT', def: '8054', kind: 'int', min: 0, max: 65535 },
   { key: 'discoveryExpiryMs', flag: 'discovery-expiry-ms', env: 'NETFOLD_DISCOVERY_EXPIRY_MS', def: '180000', kind: 'int', min: 100, max: 86_400_000 },
   { key: 'simulateCells', flag: 'simulate-cells', env: 'NETFOLD_SIMULATE_CELLS', def: '3', kind: 'int', min: 0, max: 1000 },
+  { key: 'metricsPort', flag: 'metrics-port', env: 'NETFOLD_METRICS_PORT', def: undefined, kind: 'int', min: 0, max: 65535 },
 ];
 
 /** Builds the config from parsed flags (by flag name) and the environment. */

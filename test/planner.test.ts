@@ -98,7 +98,7 @@ t.test('a planner killed with SIGKILL and restarted: same deltas as an uninterru
   const gw = await startGateway(t, nats);
   const bus = await nats.connect('readers');
   const feeds = await feedsFor(t, bus, nats);
-  const env = { ...process.env, NATS_URL: nats.server.url, NETFOLD_LOG_LEVEL: 'warn', NETFOLD_CHECKPOINT_INTERVAL_MS: '100' };
+  const env = { ...process.env, NATS_URL: nats.server.url, NETFOLD_LOG_LEVEL: 'warn', NETFOLD_CHECKPOINT_INTERVAL_MS: '100', NETFOLD_METRICS_PORT: '0' };
   const spawnPlanner = () => {
     const child = spawn(process.execPath, ['--import', 'tsx', 'services/topology-planner/main.ts'], { env, stdio: 'ignore' });
     t.teardown(() => {

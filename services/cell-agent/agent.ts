@@ -11,6 +11,7 @@ import { CELL_STATUS_BUCKET, DISCOVERY_BUCKET, readySubject } from '../../runtim
 import { idOf } from '../../events/fields.ts';
 import type { Dataplane } from './dataplane.ts';
 import { type RuleSet, expandRules } from './rules.ts';
+import { Registry } from '../../runtime/metrics.ts';
 
 export type CellAgentConfig = {
   cellId: string;
@@ -56,10 +57,17 @@ export async function createBuckets(bus: Bus, replicas: number): Promise<{ statu
   return { status, discovery };
 }
 
-export async function startCellAgent(deps: { bus: Bus; log: Logger; config: CellAgentConfig; dataplane: Dataplane }): Promise<CellAgent> {
+export async function startCellAgent(deps: { bus: Bus; log: Logger; config: CellAgentConfig; dataplane: Dataplane; metrics?: Registry }): Promise<CellAgent> {
   const { config: cfg, dataplane } = deps;
   const log = deps.log.child({ service: 'cell-agent', cell: cfg.cellId });
   const buckets = await createBuckets(deps.bus, cfg.replicas);
+  const metrics = deps.metrics ?? new Registry();
+  const cell = { cell: cfg.cellId };
+  const mApply = metrics.histogram('netfold_agent_apply_seconds', 'time to load a rule change into the dataplane');
+  const mPropagation = metrics.histogram('netfold_propagation_seconds', 'from an event being decided to its rules being applied on the cell');
+  const mRules = metrics.gauge('netfold_agent_rules', 'rules enforced on the cell, by kind (local destinations, allowed flows)');
+  const mRepairs = metrics.counter('netfold_agent_drift_repairs_total', 'dataplane drift detected and repaired');
+  const mErrors = metrics.counter('netfold_agent_apply_errors_total', 'rule loads that failed');
   const feed = new CellFeed(deps.bus, cfg.cellId, log);
   /** What is enforced now: the applied revision and the containers it covers. */
   const applied = new Progress<{ revision: number; containers: Record<string, unknown> }>({ revision: -1, containers: {} });
@@ -94,9 +102,12 @@ export async function startCellAgent(deps: { bus: Bus; log: Logger; config: Cell
         try {
           await dataplane.apply(rules);
           lastRules = key;
+          mApply.observe(cell, (performance.now() - t0) / 1000);
+          if (view.eventAt) mPropagation.observe(cell, Math.max(0, Date.now() - Date.parse(view.eventAt)) / 1000);
           log.info({ revision: view.revision, allows: rules.allows.length, ms: Math.round(performance.now() - t0) }, 'rules-applied');
         } catch (err) {
           error = err instanceof Error ? err.message : String(err);
+          mErrors.inc(cell);
           log.error({ err, revision: view.revision }, 'rules-apply-failed');
         }
       }
@@ -112,6 +123,8 @@ export async function startCellAgent(deps: { bus: Bus; log: Logger; config: Cell
         lastRepair,
         error,
       };
+      mRules.set({ ...cell, kind: 'local' }, rules.local.length);
+      mRules.set({ ...cell, kind: 'allows' }, rules.allows.length);
       await buckets.status.put(cfg.cellId, JSON.stringify(status)).catch((err: unknown) => log.warn({ err }, 'status-put-failed'));
       if (!error) {
         await publishDiscovery(); // before announcing the revision: "applied" includes the names
@@ -133,6 +146,7 @@ export async function startCellAgent(deps: { bus: Bus; log: Logger; config: Cell
     try {
       if (!(await dataplane.drifted())) return false;
       driftRepairs += 1;
+      mRepairs.inc(cell);
       lastRepair = { at: new Date().toISOString(), drift: dataplane.lastDrift ?? 'unknown' };
       reload = true;
       log.warn({ repairs: driftRepairs, drift: lastRepair.drift }, 'drift-detected');

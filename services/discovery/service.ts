@@ -11,6 +11,7 @@ import { withNatsRetry } from '../../runtime/retry.ts';
 import { DISCOVERY_BUCKET } from '../../runtime/subjects.ts';
 import { DiscoveryIndex, type ExpiryState } from './records.ts';
 import { answer } from './dns.ts';
+import { CONTENT_TYPE, Registry } from '../../runtime/metrics.ts';
 
 export type DiscoveryConfig = {
   zone: string;
@@ -53,7 +54,7 @@ export function discoveryConfigOf(c: Config): DiscoveryConfig {
   return { zone: c.domain, ttl: c.dnsTtl, dnsHost: c.dnsHost, dnsPort: c.dnsPort, httpHost: c.httpHost, httpPort: c.discoveryHttpPort, expiryMs: c.discoveryExpiryMs, replicas: c.replicas };
 }
 
-export async function startDiscovery(deps: { bus: Bus; log: Logger; config: DiscoveryConfig; now?: () => number }): Promise<Discovery> {
+export async function startDiscovery(deps: { bus: Bus; log: Logger; config: DiscoveryConfig; now?: () => number; metrics?: Registry }): Promise<Discovery> {
   const cfg = deps.config;
   const now = deps.now ?? (() => Date.now());
   const log = deps.log.child({ service: 'discovery' });
@@ -108,7 +109,14 @@ export async function startDiscovery(deps: { bus: Bus; log: Logger; config: Disc
 
   const resolve = (fqdn: string) => index.lookup(fqdn);
   const opts = { zone: cfg.zone, ttl: cfg.ttl, random: Math.random };
-  const count = (rcode: string) => (stats.answers[rcode] = (stats.answers[rcode] ?? 0) + 1);
+  const metrics = deps.metrics ?? new Registry();
+  const mQueries = metrics.counter('netfold_dns_queries_total', 'DNS queries answered, by transport and response code');
+  const mDropped = metrics.counter('netfold_dns_dropped_total', 'DNS packets dropped as unreadable');
+  metrics.onCollect(() => metrics.gauge('netfold_discovery_cells', 'cells whose records are live').set({}, index.cells));
+  const count = (rcode: string, transport: 'udp' | 'tcp' = 'udp') => {
+    stats.answers[rcode] = (stats.answers[rcode] ?? 0) + 1;
+    mQueries.inc({ transport, rcode });
+  };
 
   // ---- DNS over UDP ----
   const udp: Socket = createSocket('udp4');
@@ -117,6 +125,7 @@ export async function startDiscovery(deps: { bus: Bus; log: Logger; config: Disc
       const r = answer(msg, resolve, opts, 'udp');
       if (!r) {
         stats.dropped += 1;
+        mDropped.inc();
         return;
       }
       count(r.rcode);
@@ -152,9 +161,10 @@ export async function startDiscovery(deps: { bus: Bus; log: Logger; config: Disc
         const r = answer(Buffer.from(msg), resolve, opts, 'tcp');
         if (!r) {
           stats.dropped += 1;
+          mDropped.inc();
           continue;
         }
-        count(r.rcode);
+        count(r.rcode, 'tcp');
         const out = Buffer.alloc(2 + r.bytes.length);
         out.writeUInt16BE(r.bytes.length, 0);
         r.bytes.copy(out, 2);
@@ -170,6 +180,7 @@ export async function startDiscovery(deps: { bus: Bus; log: Logger; config: Disc
   // ---- HTTP lookup ----
   const http = Fastify({ logger: false });
   http.get('/healthz', async () => ({ ok: true, cells: index.cells }));
+  http.get('/metrics', async (_req, reply) => reply.type(CONTENT_TYPE).send(metrics.render()));
   http.get('/v1/registration/:name', async (req, reply) => {
     const raw = String((req.params as { name: string }).name).toLowerCase().replace(/\.$/, '');
     const fqdn = raw === cfg.zone || raw.endsWith(`.${cfg.zone}`) ? raw : `${raw}.${cfg.zone}`;

@@ -10,6 +10,7 @@ import { parseIdList } from '../../events/commands.ts';
 import type { PolicyApi } from './policy-api.ts';
 import { accessOf } from './policy-api.ts';
 import type { Enforcement } from '../../runtime/enforcement.ts';
+import { CONTENT_TYPE, type Registry } from '../../runtime/metrics.ts';
 
 export type HttpOptions = {
   api: PolicyApi;
@@ -18,6 +19,7 @@ export type HttpOptions = {
   tokenSecret: string;
   log: Logger;
   bodyLimitBytes: number;
+  metrics: Registry;
 };
 
 const BASE = '/networking/v1/external';
@@ -41,7 +43,13 @@ export function buildHttpGateway(opts: HttpOptions): FastifyInstance {
   app.setNotFoundHandler((_req, reply) => {
     void reply.status(404).send({ code: 'not-found', error: 'no such endpoint' });
   });
+  const mRequests = opts.metrics.counter('netfold_gateway_requests_total', 'HTTP requests, by method, route and status');
+  const mLatency = opts.metrics.histogram('netfold_gateway_request_seconds', 'HTTP request duration, by route');
+  app.get('/metrics', async (_req, reply) => reply.type(CONTENT_TYPE).send(opts.metrics.render()));
   app.addHook('onResponse', async (req, reply) => {
+    const route = req.routeOptions.url ?? 'unmatched';
+    mRequests.inc({ method: req.method, route, status: String(reply.statusCode) });
+    mLatency.observe({ route }, reply.elapsedTime / 1000);
     log.debug({ method: req.method, route: req.routeOptions.url, status: reply.statusCode, ms: Math.round(reply.elapsedTime) }, 'http-request');
   });
 

@@ -11,6 +11,7 @@ import { ValidationError } from '../../runtime/errors.ts';
 import { toServiceError } from '../../runtime/retry.ts';
 import { INTAKE_QUEUE, type IntakeSubject, intakeSubject } from '../../runtime/subjects.ts';
 import type { CommandResult, Writer } from './writer.ts';
+import type { Counter, Registry } from '../../runtime/metrics.ts';
 
 export type IntakeReply =
   | { ok: true; revision: number; appended: number; note?: string }
@@ -31,7 +32,10 @@ export class Intake {
   readonly #subs: Subscription[] = [];
   readonly #inFlight = new Set<Promise<void>>();
 
-  constructor(nc: NatsConnection, writer: Writer, log: Logger) {
+  readonly #requests: Counter;
+
+  constructor(nc: NatsConnection, writer: Writer, log: Logger, metrics: Registry) {
+    this.#requests = metrics.counter('netfold_intake_requests_total', 'platform intake requests, by command and outcome code');
     this.#nc = nc;
     this.#writer = writer;
     this.#log = log.child({ component: 'intake' });
@@ -56,6 +60,7 @@ export class Intake {
 
   async #handle(subject: IntakeSubject, msg: Msg): Promise<void> {
     const reply = await this.#decide(subject, msg);
+    this.#requests.inc({ command: commandOfSubject[subject], code: reply.ok ? 'ok' : reply.code });
     if (!msg.reply) {
       this.#log.warn({ subject, ok: reply.ok }, 'intake-request-without-reply-subject');
       return;

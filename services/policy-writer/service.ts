@@ -9,6 +9,7 @@ import { Intake } from './intake.ts';
 import { PolicyApi } from './policy-api.ts';
 import { Writer } from './writer.ts';
 import { waitEnforced } from '../../runtime/enforcement.ts';
+import { Registry } from '../../runtime/metrics.ts';
 
 export type PolicyWriterConfig = {
   httpHost: string;
@@ -33,7 +34,9 @@ export async function startPolicyWriter(deps: {
   config: PolicyWriterConfig;
   now?: () => Date;
   newId?: () => string;
+  metrics?: Registry;
 }): Promise<PolicyWriter> {
+  const metrics = deps.metrics ?? new Registry();
   const log = deps.log.child({ service: 'policy-writer' });
   const eventLog = new EventLog(deps.bus);
   const follower = new LogFollower<Model>(deps.bus, liveModelFold, log);
@@ -53,9 +56,15 @@ export async function startPolicyWriter(deps: {
     tokenSecret: deps.config.tokenSecret,
     log,
     bodyLimitBytes: deps.config.httpBodyLimit,
+    metrics,
   });
   const address = await http.listen({ host: deps.config.httpHost, port: deps.config.httpPort });
-  const intake = new Intake(deps.bus.nc, writer, log);
+  const intake = new Intake(deps.bus.nc, writer, log, metrics);
+  metrics.onCollect(() => {
+    metrics.gauge('netfold_writer_revision', 'event-log revision the writer has folded').set({}, follower.seq);
+    metrics.gauge('netfold_writer_events_appended', 'events this writer appended since start').set({}, writer.stats.appended);
+    metrics.gauge('netfold_writer_conflicts', 'appends retried after another writer moved the aggregate').set({}, writer.stats.conflicts);
+  });
   intake.start();
   log.info({ url: address, revision: follower.seq }, 'policy-writer-started');
   return {

@@ -19,7 +19,8 @@ import {
 } from '../../projections/cell.ts';
 import { type Model, foldEventsInPlace, initialModel } from '../../projections/model.ts';
 
-export type CellDelta = { kind: 'delta'; cellId: string; revision: number; prevRevision: number; ops: CellOp[]; hash: string };
+/** `at` is the time of the event the delta reflects: agents measure propagation from it. */
+export type CellDelta = { kind: 'delta'; cellId: string; revision: number; prevRevision: number; ops: CellOp[]; hash: string; at: string };
 export type CellSnapshot = { kind: 'snapshot'; cellId: string; revision: number; hash: string; state: CellState };
 export type PlannerOutput = CellDelta | CellSnapshot;
 
@@ -115,7 +116,7 @@ export class PlannerCore {
         track.hash = applyCellOps(track.state, track.hash, ops, true);
         track.revision = rec.seq;
         track.sinceSnapshot += 1;
-        out.push({ kind: 'delta', cellId, revision: rec.seq, prevRevision, ops, hash: track.hash });
+        out.push({ kind: 'delta', cellId, revision: rec.seq, prevRevision, ops, hash: track.hash, at: rec.event.at });
         if (track.sinceSnapshot >= this.#opts.snapshotEvery) {
           out.push(this.#snapshot(cellId, track));
           track.sinceSnapshot = 0;

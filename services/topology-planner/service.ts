@@ -10,6 +10,7 @@ import { EventLog, LogFollower, type Fold } from '../../runtime/event-log.ts';
 import { StreamPublisher } from '../../runtime/stream-publisher.ts';
 import { withNatsRetry } from '../../runtime/retry.ts';
 import { Progress } from '../../runtime/progress.ts';
+import { Registry } from '../../runtime/metrics.ts';
 import { lastRevisionPerCell } from '../../runtime/enforcement.ts';
 import { CELL_DELTAS_STREAM, CELL_SNAPSHOTS_STREAM, PLANNER_CHECKPOINT_BUCKET, cellSubject } from '../../runtime/subjects.ts';
 import { type Model, foldEventsInPlace, initialModel, liveModelFold } from '../../projections/model.ts';
@@ -54,7 +55,7 @@ export type Planner = {
   stop(): Promise<void>;
 };
 
-export async function startPlanner(deps: { bus: Bus; log: Logger; config: PlannerConfig }): Promise<Planner> {
+export async function startPlanner(deps: { bus: Bus; log: Logger; config: PlannerConfig; metrics?: Registry }): Promise<Planner> {
   const cfg = deps.config;
   const log = deps.log.child({ service: 'topology-planner', planner: cfg.plannerId });
   const objects = await withNatsRetry('planner checkpoint bucket', () => new Objm(deps.bus.js).create(PLANNER_CHECKPOINT_BUCKET, { replicas: cfg.replicas }));
@@ -75,6 +76,14 @@ export async function startPlanner(deps: { bus: Bus; log: Logger; config: Planne
   const deltas = new StreamPublisher(deps.bus.nc, CELL_DELTAS_STREAM);
   const snapshots = new StreamPublisher(deps.bus.nc, CELL_SNAPSHOTS_STREAM);
   const stats = { deltas: 0, snapshots: 0, suppressed: 0, checkpoints: 0 };
+  const metrics = deps.metrics ?? new Registry();
+  const mFolded = metrics.counter('netfold_planner_events_folded_total', 'events folded by the planner');
+  const mOutputs = metrics.counter('netfold_planner_outputs_total', 'per-cell outputs published, by kind');
+  metrics.onCollect(() => {
+    metrics.gauge('netfold_planner_revision', 'event-log revision folded / published').set({ planner: cfg.plannerId, of: 'folded' }, core.seq);
+    metrics.gauge('netfold_planner_revision', 'event-log revision folded / published').set({ planner: cfg.plannerId, of: 'published' }, publishedThrough.value);
+    metrics.gauge('netfold_planner_cells_owned', 'cells this planner owns').set({ planner: cfg.plannerId }, Object.keys(core.cells()).length);
+  });
 
   // ---- the ordered output pipeline ----
   const queue: QueueItem[] = [];
@@ -140,10 +149,12 @@ export async function startPlanner(deps: { bus: Bus; log: Logger; config: Planne
       const { kind: _k, ...body } = o;
       await deltas.publish(cellSubject.delta(o.cellId), JSON.stringify(body), { msgId: `d:${o.cellId}:${o.revision}` });
       stats.deltas += 1;
+      mOutputs.inc({ kind: 'delta' });
     } else {
       const { kind: _k, ...body } = o;
       await snapshots.publish(cellSubject.snapshot(o.cellId), JSON.stringify(body), { msgId: `s:${o.cellId}:${o.revision}` });
       stats.snapshots += 1;
+      mOutputs.inc({ kind: 'snapshot' });
     }
   }
 
@@ -162,6 +173,7 @@ export async function startPlanner(deps: { bus: Bus; log: Logger; config: Planne
   const fold: Fold<PlannerCore> = {
     initial: core,
     apply(c, batch) {
+      mFolded.inc({}, batch.length);
       const items: QueueItem[] = c.ingest(batch).map((output) => ({ output }));
       items.push({ through: c.seq }, ...checkpointIfDue());
       enqueue(items);

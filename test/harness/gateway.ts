@@ -7,6 +7,7 @@ import type { Bus } from '../../runtime/nats.ts';
 import type { NatsFixture } from './nats.ts';
 import type { IntakeReply } from '../../services/policy-writer/intake.ts';
 import { intakeSubject } from '../../runtime/subjects.ts';
+import type { Registry } from '../../runtime/metrics.ts';
 
 export const TEST_SECRET = 'test-secret-0123456789abcdef0123456789abcdef';
 
@@ -20,12 +21,13 @@ export type GatewayFixture = {
   stop(): Promise<void>;
 };
 
-export async function startGateway(t: Test, nats: NatsFixture, overrides: Partial<{ policyQuota: number; httpBodyLimit: number; maxPoliciesPerRequest: number }> = {}): Promise<GatewayFixture> {
+export async function startGateway(t: Test, nats: NatsFixture, overrides: Partial<{ policyQuota: number; httpBodyLimit: number; maxPoliciesPerRequest: number }> = {}, metrics?: Registry): Promise<GatewayFixture> {
   const bus = await nats.connect('gateway');
   const writer = await startPolicyWriter({
     bus,
     log: nats.log,
     config: { httpHost: '127.0.0.1', httpPort: 0, httpBodyLimit: 1024 * 1024, policyQuota: 150, maxPoliciesPerRequest: 1000, tokenSecret: TEST_SECRET, ...overrides },
+    ...(metrics ? { metrics } : {}),
   });
   let stopped = false;
   const stop = async () => {
