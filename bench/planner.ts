@@ -17,6 +17,7 @@ import type { DomainEvent, RecordedEvent } from '../events/catalogue.ts';
 import { foldEventsInPlace, initialModel } from '../projections/model.ts';
 import { PlannerCore } from '../services/topology-planner/core.ts';
 import { deriveCellState } from '../projections/cell.ts';
+import { replay } from '../cli/operators.ts';
 import { envNumber, machine, percentile, progress, publishAll, rawAppendRate, rssMiB, startChild, stopChild } from './lib.ts';
 
 const EVENTS = envNumber('BENCH_EVENTS', 1_000_000);
@@ -124,6 +125,16 @@ if (!process.env.BENCH_ONLY || process.env.BENCH_ONLY === 'replay') {
   results['rebuild: replay + every cell state (s)'] = Math.round((replayMs + deriveMs) / 100) / 10;
   results['cell state entries'] = entries;
 
+  progress('netfold replay (cli/operators.ts) over the same log');
+  const tr = performance.now();
+  const report = await replay(s.bus, undefined, 'apps.internal');
+  const replayCliMs = performance.now() - tr;
+  results['netfold replay of 1M: read, validate, fold, hash every cell (s)'] = Math.round(replayCliMs / 100) / 10;
+  results['netfold replay of 1M (events/s)'] = Math.round((recs.length / replayCliMs) * 1000);
+  results['netfold replay cells compared'] = report.cells.length;
+  if (process.env.BENCH_SKIP_CORE) {
+    await s.close();
+  } else {
   progress('planner core over the same events (per-event cell outputs)');
   const core = new PlannerCore({ domain: 'apps.internal', snapshotEvery: 64, owns: () => true });
   const t1 = performance.now();
@@ -134,6 +145,7 @@ if (!process.env.BENCH_ONLY || process.env.BENCH_ONLY === 'replay') {
   results['planner core: 1M with per-event outputs, replay included (s)'] = Math.round((replayMs + coreMs) / 100) / 10;
   results['planner core: outputs produced'] = outputs;
   await s.close();
+  }
 }
 
 // ---- 2. latency append -> delta at 1000 cells / 50k containers / 10k policies ----
