@@ -145,14 +145,20 @@ export async function startCellAgent(deps: { bus: Bus; log: Logger; config: Cell
     checking = true;
     try {
       if (!(await dataplane.drifted())) return false;
-      driftRepairs += 1;
-      mRepairs.inc(cell);
-      lastRepair = { at: new Date().toISOString(), drift: dataplane.lastDrift ?? 'unknown' };
+      const drift = dataplane.lastDrift ?? 'unknown';
+      log.warn({ drift }, 'drift-detected');
       reload = true;
-      log.warn({ repairs: driftRepairs, drift: lastRepair.drift }, 'drift-detected');
       schedule();
-      await running;
-      log.info({ repairs: driftRepairs }, 'drift-repaired');
+      await running; // the loop runs until the reload has been applied
+      // Counted once repaired, so a status showing the repair means the rules are back.
+      driftRepairs += 1;
+      lastRepair = { at: new Date().toISOString(), drift };
+      mRepairs.inc(cell);
+      if (status) {
+        status = { ...status, driftRepairs, lastRepair };
+        await buckets.status.put(cfg.cellId, JSON.stringify(status)).catch((err: unknown) => log.warn({ err }, 'status-put-failed'));
+      }
+      log.info({ repairs: driftRepairs, drift }, 'drift-repaired');
       return true;
     } finally {
       checking = false;
