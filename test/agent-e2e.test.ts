@@ -100,10 +100,10 @@ t.test('real nftables enforcement between namespaces', { skip: isRoot() ? false 
   // Someone flushes the table, then deletes it: each time the agent notices (every 200 ms here) and restores it.
   const repairs = () => agents.A!.status()?.driftRepairs ?? 0;
   await run('ip', ['netns', 'exec', net.cellNs('A'), 'nft', 'flush', 'table', 'inet', 'netfold']);
-  await eventually(() => (repairs() >= 1 ? true : undefined), 3000, 'the flushed table repaired');
+  await eventually(() => (repairs() >= 1 ? true : undefined), 10_000, 'the flushed table repaired');
   t.equal(await net.probe('front', 'back1', 8080), 'refused', 'enforced again after repairing a flush');
   await run('ip', ['netns', 'exec', net.cellNs('A'), 'nft', 'delete', 'table', 'inet', 'netfold']);
-  await eventually(() => (repairs() >= 2 ? true : undefined), 3000, 'the deleted table repaired');
+  await eventually(() => (repairs() >= 2 ? true : undefined), 10_000, 'the deleted table repaired');
   t.equal(await net.probe('front', 'back1', 8080), 'refused', 'enforced again after repairing a delete');
   t.match(agents.A!.status()?.lastRepair, { drift: 'table-missing' }, 'the status says what was repaired');
   t.equal(await agents.A!.checkDrift(), false, 'nothing left to repair');

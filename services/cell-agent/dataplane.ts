@@ -61,6 +61,14 @@ export class NftDataplane implements Dataplane {
   /** Loads by kind, for status and benchmarks. */
   readonly loads = { full: 0, incremental: 0 };
   lastDrift?: string;
+  /** apply() and drifted() never interleave: a load between reading the baseline and listing would look like drift. */
+  #tail: Promise<unknown> = Promise.resolve();
+
+  #exclusive<T>(work: () => Promise<T>): Promise<T> {
+    const run = this.#tail.then(work, work);
+    this.#tail = run.catch(() => undefined);
+    return run;
+  }
 
   constructor(opts: NftOptions) {
     this.#o = opts;
@@ -70,7 +78,11 @@ export class NftDataplane implements Dataplane {
     return this.#o.netns ? run('ip', ['netns', 'exec', this.#o.netns, 'nft', ...args], input) : run('nft', args, input);
   }
 
-  async apply(rules: RuleSet): Promise<void> {
+  apply(rules: RuleSet): Promise<void> {
+    return this.#exclusive(() => this.#apply(rules));
+  }
+
+  async #apply(rules: RuleSet): Promise<void> {
     await this.#baseline; // never overlap a listing with a change
     const drift = this.#driftSeen;
     const whole = !this.#applied || drift !== this.#driftLoaded;
@@ -109,7 +121,11 @@ export class NftDataplane implements Dataplane {
     }
   }
 
-  async drifted(): Promise<boolean> {
+  drifted(): Promise<boolean> {
+    return this.#exclusive(() => this.#drifted());
+  }
+
+  async #drifted(): Promise<boolean> {
     if (!this.#applied || !this.#baseline) return false;
     const baseline = await this.#baseline;
     const now = await this.listing();
