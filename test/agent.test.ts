@@ -8,9 +8,8 @@ const run = promisify(execFile);
 import { Kvm } from '@nats-io/kv';
 import { startNats, eventually } from './harness/nats.ts';
 import { startGateway, cfPolicy } from './harness/gateway.ts';
-import { startPlanner, defaultPlannerConfig } from '../services/topology-planner/service.ts';
-import { startCellAgent, defaultCellAgentConfig, type CellAgent, type DiscoveryRecord } from '../services/cell-agent/agent.ts';
-import { MemoryDataplane } from '../services/cell-agent/dataplane.ts';
+import type { DiscoveryRecord } from '../services/cell-agent/agent.ts';
+import { startStack } from './harness/stack.ts';
 import { enforcementOf } from '../runtime/enforcement.ts';
 import { DISCOVERY_BUCKET, readySubject } from '../runtime/subjects.ts';
 
@@ -19,20 +18,7 @@ const P = '/networking/v1/external/policies';
 t.test('agents with the memory dataplane', async (t) => {
   const nats = await startNats(t);
   const gw = await startGateway(t, nats);
-  const planner = await startPlanner({ bus: await nats.connect('planner'), log: nats.log, config: { ...defaultPlannerConfig, heartbeatMs: 100 } });
-  t.teardown(() => planner.stop());
-  const planes: Record<string, MemoryDataplane> = {};
-  const agents: Record<string, CellAgent> = {};
-  const startAgent = async (cell: string) => {
-    planes[cell] ??= new MemoryDataplane('10.255.0.0/16');
-    agents[cell] = await startCellAgent({ bus: await nats.connect(`agent-${cell}`), log: nats.log, config: { ...defaultCellAgentConfig, cellId: cell, driftIntervalMs: 100, heartbeatMs: 200 }, dataplane: planes[cell]! });
-    return agents[cell]!;
-  };
-  t.teardown(async () => {
-    for (const a of Object.values(agents)) await a.stop();
-  });
-  await startAgent('cell-1');
-  await startAgent('cell-2');
+  const { planner, agents, planes, startAgent, stopAgent } = await startStack(t, nats, ['cell-1', 'cell-2'], { agent: { driftIntervalMs: 100, heartbeatMs: 200 } });
 
   for (const [appId, name] of [['web', 'web'], ['api', 'api']]) await gw.intake('registerApp', { appId, name, spaceId: 's', orgId: 'o' });
   await gw.intake('startContainer', { containerId: 'web-0', appId: 'web', cellId: 'cell-1', instanceIndex: 0, ip: '10.255.1.2' });
@@ -61,8 +47,7 @@ t.test('agents with the memory dataplane', async (t) => {
   t.equal((await gw.http('GET', '/networking/v1/external/enforcement?revision=abc')).status, 400);
 
   // Not enforced while an agent is away: a change for its cell waits for it.
-  await agents['cell-2']!.stop();
-  delete agents['cell-2'];
+  await stopAgent('cell-2');
   const del = await gw.http('POST', `${P}/delete`, { body: { policies: [cfPolicy('web', 'api', 'tcp', 8080)] } });
   await planner.waitPublished(del.body.revision);
   const pending = await enforcementOf(gw.bus, del.body.revision);

@@ -9,9 +9,7 @@ import { promisify } from 'node:util';
 import * as dnsPacket from 'dns-packet';
 import { startNats, eventually } from './harness/nats.ts';
 import { startGateway } from './harness/gateway.ts';
-import { startPlanner, defaultPlannerConfig } from '../services/topology-planner/service.ts';
-import { startCellAgent, defaultCellAgentConfig, type CellAgent } from '../services/cell-agent/agent.ts';
-import { MemoryDataplane } from '../services/cell-agent/dataplane.ts';
+import { startStack } from './harness/stack.ts';
 import { startDiscovery, defaultDiscoveryConfig } from '../services/discovery/service.ts';
 import { MAX_UDP } from '../services/discovery/dns.ts';
 
@@ -56,15 +54,7 @@ const query = (name: string, type: dnsPacket.RecordType = 'A', id = 42) => dnsPa
 t.test('discovery: names follow containers; DNS semantics; expiry; outage; fuzz', async (t) => {
   const nats = await startNats(t);
   const gw = await startGateway(t, nats);
-  const planner = await startPlanner({ bus: await nats.connect('planner'), log: nats.log, config: { ...defaultPlannerConfig, heartbeatMs: 100 } });
-  t.teardown(() => planner.stop());
-  const agents: Record<string, CellAgent> = {};
-  for (const cell of ['cell-1', 'cell-2']) {
-    agents[cell] = await startCellAgent({ bus: await nats.connect(cell), log: nats.log, config: { ...defaultCellAgentConfig, cellId: cell, heartbeatMs: 100 }, dataplane: new MemoryDataplane('10.255.0.0/16') });
-  }
-  t.teardown(async () => {
-    for (const a of Object.values(agents)) await a.stop();
-  });
+  const stack = await startStack(t, nats, ['cell-1', 'cell-2'], { agent: { heartbeatMs: 100 } });
   let clock = Date.now();
   const discovery = await startDiscovery({ bus: await nats.connect('discovery'), log: nats.log, config: { ...defaultDiscoveryConfig, dnsPort: 0, httpPort: 0, expiryMs: 1000 }, now: () => clock });
   t.teardown(() => discovery.stop());
@@ -119,8 +109,7 @@ t.test('discovery: names follow containers; DNS semantics; expiry; outage; fuzz'
   t.equal((await a4('big.apps.internal')).length, 40, 'a real resolver falls back to TCP');
 
   // A silent cell's records expire; a talking one's do not.
-  await agents['cell-2']!.stop();
-  delete agents['cell-2'];
+  await stack.stopAgent('cell-2');
   await gw.intake('startContainer', { containerId: 'web-2', appId: 'web', cellId: 'cell-2', instanceIndex: 2, ip: '10.255.2.3' });
   clock += 5000;
   await eventually(() => ((discovery.index.heardAt('cell-1') ?? 0) >= clock ? true : undefined), 5000, 'cell-1 heard of after the clock moved');

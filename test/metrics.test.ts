@@ -5,9 +5,7 @@ import { Resolver } from 'node:dns/promises';
 import { startNats, eventually } from './harness/nats.ts';
 import { startGateway, cfPolicy } from './harness/gateway.ts';
 import { Registry } from '../runtime/metrics.ts';
-import { startPlanner, defaultPlannerConfig } from '../services/topology-planner/service.ts';
-import { startCellAgent, defaultCellAgentConfig } from '../services/cell-agent/agent.ts';
-import { MemoryDataplane } from '../services/cell-agent/dataplane.ts';
+import { startStack } from './harness/stack.ts';
 import { startDiscovery, defaultDiscoveryConfig } from '../services/discovery/service.ts';
 import { waitEnforced } from '../runtime/enforcement.ts';
 
@@ -48,11 +46,9 @@ t.test('metrics parse and move', async (t) => {
   const nats = await startNats(t);
   const metrics = new Registry();
   const gw = await startGateway(t, nats, {}, metrics);
-  const planner = await startPlanner({ bus: await nats.connect('planner'), log: nats.log, config: { ...defaultPlannerConfig, heartbeatMs: 100 }, metrics });
-  t.teardown(() => planner.stop());
-  const plane = new MemoryDataplane('10.255.0.0/16');
-  const agent = await startCellAgent({ bus: await nats.connect('agent'), log: nats.log, config: { ...defaultCellAgentConfig, cellId: 'cell-1', driftIntervalMs: 100 }, dataplane: plane, metrics });
-  t.teardown(() => agent.stop());
+  const stack = await startStack(t, nats, ['cell-1'], { metrics, agent: { driftIntervalMs: 100 } });
+  const plane = stack.planes['cell-1']!;
+  const agent = stack.agents['cell-1']!;
   const discovery = await startDiscovery({ bus: await nats.connect('dns'), log: nats.log, config: { ...defaultDiscoveryConfig, dnsPort: 0, httpPort: 0 }, metrics });
   t.teardown(() => discovery.stop());
 

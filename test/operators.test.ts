@@ -6,9 +6,7 @@ import { promisify } from 'node:util';
 import { Kvm } from '@nats-io/kv';
 import { startNats } from './harness/nats.ts';
 import { startGateway, cfPolicy } from './harness/gateway.ts';
-import { startPlanner, defaultPlannerConfig } from '../services/topology-planner/service.ts';
-import { startCellAgent, defaultCellAgentConfig, type CellAgent } from '../services/cell-agent/agent.ts';
-import { MemoryDataplane } from '../services/cell-agent/dataplane.ts';
+import { startStack } from './harness/stack.ts';
 import { waitEnforced } from '../runtime/enforcement.ts';
 import { EventLog } from '../runtime/event-log.ts';
 import { CELL_STATUS_BUCKET } from '../runtime/subjects.ts';
@@ -20,15 +18,7 @@ const P = '/networking/v1/external/policies';
 t.test('audit, state, explain, dry run, replay', async (t) => {
   const nats = await startNats(t);
   const gw = await startGateway(t, nats);
-  const planner = await startPlanner({ bus: await nats.connect('planner'), log: nats.log, config: { ...defaultPlannerConfig, heartbeatMs: 100 } });
-  t.teardown(() => planner.stop());
-  const agents: CellAgent[] = [];
-  for (const cell of ['cell-1', 'cell-2']) {
-    agents.push(await startCellAgent({ bus: await nats.connect(cell), log: nats.log, config: { ...defaultCellAgentConfig, cellId: cell }, dataplane: new MemoryDataplane('10.255.0.0/16') }));
-  }
-  t.teardown(async () => {
-    for (const a of agents) await a.stop();
-  });
+  const stack = await startStack(t, nats, ['cell-1', 'cell-2']);
   const bus = gw.bus;
   for (const app of ['web', 'api', 'db']) await gw.intake('registerApp', { appId: app, name: app, spaceId: 's', orgId: 'o', actor: 'cc' });
   await gw.intake('startContainer', { containerId: 'web-0', appId: 'web', cellId: 'cell-1', instanceIndex: 0, ip: '10.255.1.2' });
@@ -90,8 +80,7 @@ t.test('audit, state, explain, dry run, replay', async (t) => {
   t.same(report.cells.map((c) => c.cellId), ['cell-1', 'cell-2']);
   const past = await replay(bus, { revision: del.body.revision - 1 }, 'apps.internal');
   t.not(past.cells.find((c) => c.cellId === 'cell-2')!.replayed, report.cells.find((c) => c.cellId === 'cell-2')!.replayed, 'replay to an earlier revision differs');
-  for (const a of agents) await a.stop();
-  agents.length = 0;
+  for (const cell of ['cell-1', 'cell-2']) await stack.stopAgent(cell);
   const status = await new Kvm(bus.js).open(CELL_STATUS_BUCKET);
   const s2 = (await status.get('cell-2'))!.json<Record<string, unknown>>();
   await status.put('cell-2', JSON.stringify({ ...s2, hash: 'f'.repeat(32) }));
