@@ -16,14 +16,22 @@ export async function lastRevisionPerCell(bus: Bus, stream: string, filter: stri
   const out = new Map<string, number>();
   const info = await withNatsRetry('cell stream info', () => bus.jsm.streams.info(stream));
   if (info.state.messages === 0) return out;
+  const last = info.state.last_seq;
   const consumer = await bus.js.consumers.get(stream, { filter_subjects: filter, deliver_policy: DeliverPolicy.LastPerSubject });
   const messages = await consumer.consume();
-  for await (const m of messages) {
-    const body = m.json<{ cellId: string; revision: number }>();
-    out.set(body.cellId, Math.max(out.get(body.cellId) ?? 0, body.revision));
-    if (m.info.pending === 0) break;
+  // Ends at the stream's last message as of the call, or when nothing is pending; and in any case after 10 s
+  // (a message counted as pending can be discarded by the per-subject limit before it is delivered).
+  const guard = setTimeout(() => void messages.close(), 10_000);
+  try {
+    for await (const m of messages) {
+      const body = m.json<{ cellId: string; revision: number }>();
+      out.set(body.cellId, Math.max(out.get(body.cellId) ?? 0, body.revision));
+      if (m.info.pending === 0 || m.seq >= last) break;
+    }
+  } finally {
+    clearTimeout(guard);
+    await messages.close();
   }
-  await messages.close();
   return out;
 }
 

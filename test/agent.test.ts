@@ -70,7 +70,7 @@ t.test('agents with the memory dataplane', async (t) => {
 
   // The CLI: `netfold wait` and `netfold cells`, as a user runs them.
   const env = { ...process.env, NATS_URL: nats.server.url };
-  const cli = (...args: string[]) => run(process.execPath, ['bin/netfold.mjs', ...args], { env }).catch((e: { code: number; stdout: string }) => ({ stdout: e.stdout, code: e.code }));
+  const cli = (...args: string[]) => run(process.execPath, ['bin/netfold.mjs', ...args], { env, timeout: 60_000 }).catch((e: { code: number; stdout: string }) => ({ stdout: e.stdout, code: e.code }));
   const latest = await gw.http('POST', P, { body: { policies: [cfPolicy('web', 'api', 'tcp', 9001)] } });
   const waited = await cli('wait', '--revision', String(latest.body.revision), '--timeout', '10s', '--json');
   t.match(JSON.parse(waited.stdout), { revision: latest.body.revision, enforced: true });

@@ -14,7 +14,7 @@ t.test('netfold CLI: token, app, container, policy', async (t) => {
   const env: NodeJS.ProcessEnv = { ...process.env, NATS_URL: nats.server.url, NETFOLD_TOKEN_SECRET: TEST_SECRET, NETFOLD_API_URL: gw.writer.url, NETFOLD_DATA_DIR: nats.storeDir };
   const netfold = async (...args: string[]) => {
     try {
-      const r = await run(process.execPath, ['bin/netfold.mjs', ...args], { env });
+      const r = await run(process.execPath, ['bin/netfold.mjs', ...args], { env, timeout: 60_000 });
       return { code: 0, stdout: r.stdout, stderr: r.stderr };
     } catch (err) {
       const e = err as { code: number; stdout: string; stderr: string };

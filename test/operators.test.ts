@@ -90,7 +90,7 @@ t.test('audit, state, explain, dry run, replay', async (t) => {
 
   // the CLI prints it and exits non-zero on a difference
   const env = { ...process.env, NATS_URL: nats.server.url };
-  const cli = (...args: string[]) => run(process.execPath, ['bin/netfold.mjs', ...args], { env }).then((r) => ({ ...r, code: 0 }), (e: { code: number; stdout: string; stderr: string }) => e);
+  const cli = (...args: string[]) => run(process.execPath, ['bin/netfold.mjs', ...args], { env, timeout: 60_000 }).then((r) => ({ ...r, code: 0 }), (e: { code: number; stdout: string; stderr: string }) => e);
   const r = await cli('replay');
   t.equal(r.code, 1);
   t.match(r.stdout, /cell-2 .* DIFFERS/);

@@ -118,9 +118,8 @@ export async function startDiscovery(deps: { bus: Bus; log: Logger; config: Disc
     mQueries.inc({ transport, rcode });
   };
 
-  // ---- DNS over UDP ----
-  const udp: Socket = createSocket('udp4');
-  udp.on('message', (msg, rinfo) => {
+  // ---- DNS over UDP and TCP on one port ----
+  const onUdp = (udp: Socket) => (msg: Buffer, rinfo: { port: number; address: string }) => {
     try {
       const r = answer(msg, resolve, opts, 'udp');
       if (!r) {
@@ -134,17 +133,9 @@ export async function startDiscovery(deps: { bus: Bus; log: Logger; config: Disc
       stats.dropped += 1;
       log.warn({ err }, 'dns-udp-failed');
     }
-  });
-  udp.on('error', (err) => log.error({ err }, 'dns-udp-error'));
-  await new Promise<void>((resolve, reject) => {
-    udp.once('error', reject);
-    udp.bind(cfg.dnsPort, cfg.dnsHost, () => resolve());
-  });
-  const dnsPort = udp.address().port;
-
-  // ---- DNS over TCP (same port): 2-byte length-prefixed messages ----
+  };
   const sockets = new Set<import('node:net').Socket>();
-  const tcp: Server = createServer((sock) => {
+  const onTcp = (sock: import('node:net').Socket) => {
     sockets.add(sock);
     sock.once('close', () => sockets.delete(sock));
     let buf = Buffer.alloc(0);
@@ -171,11 +162,32 @@ export async function startDiscovery(deps: { bus: Bus; log: Logger; config: Disc
         sock.write(out);
       }
     });
-  });
-  await new Promise<void>((resolve, reject) => {
-    tcp.once('error', reject);
-    tcp.listen(dnsPort, cfg.dnsHost, () => resolve());
-  });
+  };
+  /** Binds UDP, then TCP on the same port; with port 0, a port free for UDP may be taken for TCP: try another. */
+  const bindBoth = async (): Promise<{ udp: Socket; tcp: Server; port: number }> => {
+    for (let attempt = 1; ; attempt++) {
+      const udp = createSocket('udp4');
+      udp.on('message', onUdp(udp));
+      await new Promise<void>((res, rej) => {
+        udp.once('error', rej);
+        udp.bind(cfg.dnsPort, cfg.dnsHost, () => res());
+      });
+      udp.on('error', (err) => log.error({ err }, 'dns-udp-error'));
+      const port = udp.address().port;
+      const tcp = createServer(onTcp);
+      try {
+        await new Promise<void>((res, rej) => {
+          tcp.once('error', rej);
+          tcp.listen(port, cfg.dnsHost, () => res());
+        });
+        return { udp, tcp, port };
+      } catch (err) {
+        await new Promise<void>((r) => udp.close(() => r()));
+        if (cfg.dnsPort !== 0 || attempt >= 10) throw err;
+      }
+    }
+  };
+  const { udp, tcp, port: dnsPort } = await bindBoth();
 
   // ---- HTTP lookup ----
   const http = Fastify({ logger: false });
