@@ -1,7 +1,7 @@
 // `netfold demo`: a scripted tour against a running `netfold up` (npm start): registers two apps, starts their
 // containers on the simulated cells, adds a policy, waits until it is enforced on every cell, resolves the names
 // through DNS, and shows the audit trail and an explanation. Safe to run again (every step is idempotent).
-import { openBucket } from '../runtime/buckets.ts';
+import { kvLatest } from '../runtime/buckets.ts';
 import { Resolver } from 'node:dns/promises';
 import type { Bus } from '../runtime/nats.ts';
 import { intakeSubject, CELL_STATUS_BUCKET } from '../runtime/subjects.ts';
@@ -18,10 +18,7 @@ export async function demo(o: DemoOptions): Promise<void> {
     if (!r.ok) throw new NetfoldError(r.error ?? 'refused', r.code ?? 'refused', 400, false);
     return r.revision!;
   };
-  const status = await openBucket(bus, CELL_STATUS_BUCKET);
-  const cells: string[] = [];
-  if (status) for await (const k of await status.keys()) cells.push(k);
-  cells.sort();
+  const cells = [...(await kvLatest(bus, CELL_STATUS_BUCKET)).keys()].sort();
   if (cells.length < 2) throw new NetfoldError('the demo needs at least two cells: run "npm start" (3 simulated cells by default) first', 'no-cells', 400, false);
   say(`1. cells reporting: ${cells.join(', ')}`);
 

@@ -1,5 +1,5 @@
 // The netfold CLI. `netfold help` lists the commands.
-import { openBucket } from '../runtime/buckets.ts';
+import { kvLatest } from '../runtime/buckets.ts';
 import { readFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -315,12 +315,7 @@ async function main(argv: string[]): Promise<void> {
     }
     case 'cells': {
       return withBus(config, async (bus) => {
-        const kv = await openBucket(bus, CELL_STATUS_BUCKET);
-        const statuses: CellStatus[] = [];
-        if (kv) for await (const k of await kv.keys()) {
-          const e = await kv.get(k);
-          if (e?.operation === 'PUT') statuses.push(e.json<CellStatus>());
-        }
+        const statuses = [...(await kvLatest(bus, CELL_STATUS_BUCKET)).values()] as CellStatus[];
         statuses.sort((a, b) => (a.cellId < b.cellId ? -1 : 1));
         const rows = [['CELL', 'DATAPLANE', 'REVISION', 'LOCAL', 'ALLOWS', 'APPLY MS', 'REPAIRS', 'APPLIED AT', 'ERROR']].concat(
           statuses.map((s) => [s.cellId, s.dataplane, String(s.revision), String(s.rules.local), String(s.rules.allows), String(s.applyMs), String(s.driftRepairs), s.appliedAt, s.error ?? '']),

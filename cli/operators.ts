@@ -1,6 +1,6 @@
 // Operators' tools over the log: audit, state as of a point, explain, replay-and-compare. Each takes a bus and
 // returns data; the CLI prints it (human or --json).
-import { openBucket } from '../runtime/buckets.ts';
+import { kvLatest, openBucket } from '../runtime/buckets.ts';
 import type { Bus } from '../runtime/nats.ts';
 import { EventLog } from '../runtime/event-log.ts';
 import { type EventEnvelope, type RecordedEvent } from '../events/catalogue.ts';
@@ -178,9 +178,8 @@ export type ReplayReport = { revision: number; cells: ReplayCell[]; ok: boolean 
 export async function replay(bus: Bus, to: Point | undefined, domain: string, onProgress?: (folded: number, total: number) => void): Promise<ReplayReport> {
   const m = await modelAt(bus, to, onProgress);
   const cells = Object.keys(m.containersByCell);
-  const status = await openBucket(bus, CELL_STATUS_BUCKET);
-  const known = new Set(cells);
-  if (status && !to) for await (const k of await status.keys()) known.add(k);
+  const statuses = to ? new Map<string, unknown>() : await kvLatest(bus, CELL_STATUS_BUCKET);
+  const known = new Set([...cells, ...statuses.keys()]);
   const out: ReplayCell[] = [];
   for (const cellId of [...known].sort()) {
     const replayed = cellHashOf(deriveCellState(m, cellId, domain));
@@ -189,7 +188,7 @@ export async function replay(bus: Bus, to: Point | undefined, domain: string, on
       continue;
     }
     const planned = (await lastPublished(bus, cellId))?.hash ?? null;
-    const applied = status ? ((await status.get(cellId))?.json<{ hash?: string }>()?.hash ?? null) : null;
+    const applied = (statuses.get(cellId) as { hash?: string } | undefined)?.hash ?? null;
     const empty = cellHashOf({ containers: {}, ingress: {}, sources: {}, tags: {}, names: {} });
     const ok = (planned ?? empty) === replayed && (applied === null || applied === replayed);
     out.push({ cellId, replayed, planned, applied, ok });

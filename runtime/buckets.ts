@@ -1,7 +1,49 @@
-// Opening a KV bucket that may not exist yet (no agent or planner has created it): null instead of an error.
+// Reading the latest message of every subject of a stream (KV buckets included) with one ordered consumer, bounded:
+// it stops at the stream's last message as of the call, when nothing is pending, or after a guard time. (A
+// message counted as pending can be discarded by a per-subject limit before it is delivered, so "wait until
+// nothing is pending" alone — as kv.keys() does — can hang while the stream is being written.)
+import { DeliverPolicy, type JsMsg } from '@nats-io/jetstream';
 import { Kvm, type KV } from '@nats-io/kv';
 import type { Bus } from './nats.ts';
+import { withNatsRetry } from './retry.ts';
 
+export async function lastPerSubject(bus: Bus, stream: string, filter: string, guardMs = 10_000): Promise<JsMsg[]> {
+  const info = await withNatsRetry(`stream info ${stream}`, () => bus.jsm.streams.info(stream)).catch(() => null);
+  if (!info || info.state.messages === 0) return [];
+  const last = info.state.last_seq;
+  const consumer = await bus.js.consumers.get(stream, { filter_subjects: filter, deliver_policy: DeliverPolicy.LastPerSubject });
+  const messages = await consumer.consume();
+  const guard = setTimeout(() => void messages.close(), guardMs);
+  const out: JsMsg[] = [];
+  try {
+    for await (const m of messages) {
+      out.push(m);
+      if (m.info.pending === 0 || m.seq >= last) break;
+    }
+  } finally {
+    clearTimeout(guard);
+    await messages.close();
+  }
+  return out;
+}
+
+/** The live entries of a KV bucket (deleted keys left out), as parsed JSON; empty when the bucket does not exist. */
+export async function kvLatest(bus: Bus, bucket: string, keyFilter = '>'): Promise<Map<string, unknown>> {
+  const prefix = `$KV.${bucket}.`;
+  const out = new Map<string, unknown>();
+  for (const m of await lastPerSubject(bus, `KV_${bucket}`, `${prefix}${keyFilter}`)) {
+    const op = m.headers?.get('KV-Operation');
+    if (op === 'DEL' || op === 'PURGE') continue;
+    try {
+      out.set(m.subject.slice(prefix.length), m.json());
+    } catch {
+      // not JSON: not one of ours
+    }
+  }
+  return out;
+}
+
+/** Opening a KV bucket that may not exist yet (no agent or planner has created it): null instead of an error. */
 export async function openBucket(bus: Bus, name: string): Promise<KV | null> {
   try {
     const kv = await new Kvm(bus.js).open(name);

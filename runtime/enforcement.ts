@@ -2,58 +2,27 @@
 // its agent has applied at least the cell's last planned revision at or below N (when the planner's latest
 // revision for the cell is above N, N itself is required, which is sufficient and never too weak). Planners must
 // have published their outputs through N, otherwise a cell untouched so far may still be about to change.
-import { openBucket } from './buckets.ts';
-import { DeliverPolicy } from '@nats-io/jetstream';
+import { kvLatest, lastPerSubject } from './buckets.ts';
 import type { Bus } from './nats.ts';
-import { withNatsRetry } from './retry.ts';
 import { CELL_DELTAS_STREAM, CELL_SNAPSHOTS_STREAM, CELL_STATUS_BUCKET, PLANNER_MEMBERS_BUCKET, cellSubject } from './subjects.ts';
 
 export type CellEnforcement = { cellId: string; planned: number; required: number; applied: number | null; ok: boolean; error: string | null };
 export type Enforcement = { revision: number; enforced: boolean; plannersBehind: string[]; cells: CellEnforcement[] };
 
-/** The revision of the last message on every cell subject of a stream (one consumer, last per subject). */
+/** The revision of the last message on every cell subject of a stream (bounded; see lastPerSubject). */
 export async function lastRevisionPerCell(bus: Bus, stream: string, filter: string): Promise<Map<string, number>> {
   const out = new Map<string, number>();
-  const info = await withNatsRetry('cell stream info', () => bus.jsm.streams.info(stream));
-  if (info.state.messages === 0) return out;
-  const last = info.state.last_seq;
-  const consumer = await bus.js.consumers.get(stream, { filter_subjects: filter, deliver_policy: DeliverPolicy.LastPerSubject });
-  const messages = await consumer.consume();
-  // Ends at the stream's last message as of the call, or when nothing is pending; and in any case after 10 s
-  // (a message counted as pending can be discarded by the per-subject limit before it is delivered).
-  const guard = setTimeout(() => void messages.close(), 10_000);
-  try {
-    for await (const m of messages) {
-      const body = m.json<{ cellId: string; revision: number }>();
-      out.set(body.cellId, Math.max(out.get(body.cellId) ?? 0, body.revision));
-      if (m.info.pending === 0 || m.seq >= last) break;
-    }
-  } finally {
-    clearTimeout(guard);
-    await messages.close();
+  for (const m of await lastPerSubject(bus, stream, filter)) {
+    const body = m.json<{ cellId: string; revision: number }>();
+    out.set(body.cellId, Math.max(out.get(body.cellId) ?? 0, body.revision));
   }
-  return out;
-}
-
-async function kvEntries(bus: Bus, bucket: string, filter?: string): Promise<Map<string, unknown>> {
-  const out = new Map<string, unknown>();
-  const kv = await openBucket(bus, bucket);
-  if (!kv) return out;
-  const keys: string[] = [];
-  for await (const k of await kv.keys(filter)) keys.push(k);
-  await Promise.all(
-    keys.map(async (k) => {
-      const e = await kv.get(k);
-      if (e && e.operation === 'PUT') out.set(k, e.json());
-    }),
-  );
   return out;
 }
 
 export async function enforcementOf(bus: Bus, revision: number): Promise<Enforcement> {
   const [planners, statuses, deltas, snapshots] = await Promise.all([
-    kvEntries(bus, PLANNER_MEMBERS_BUCKET),
-    kvEntries(bus, CELL_STATUS_BUCKET),
+    kvLatest(bus, PLANNER_MEMBERS_BUCKET),
+    kvLatest(bus, CELL_STATUS_BUCKET),
     lastRevisionPerCell(bus, CELL_DELTAS_STREAM, cellSubject.allDeltas),
     lastRevisionPerCell(bus, CELL_SNAPSHOTS_STREAM, cellSubject.allSnapshots),
   ]);

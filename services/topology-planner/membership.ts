@@ -7,6 +7,7 @@ import type { Bus } from '../../runtime/nats.ts';
 import type { Logger } from '../../runtime/logger.ts';
 import { PLANNER_MEMBERS_BUCKET } from '../../runtime/subjects.ts';
 import { withNatsRetry } from '../../runtime/retry.ts';
+import { kvLatest } from '../../runtime/buckets.ts';
 
 /** The member that owns a cell: the highest hash of (member, cell). Stable: a change of members moves only the
  * cells of the member that came or went. */
@@ -88,9 +89,7 @@ export class Membership {
   async #beat(): Promise<void> {
     const kv = this.#kv!;
     await kv.put(`m.${this.#o.id}`, JSON.stringify({ at: Date.now() }));
-    const keys: string[] = [];
-    for await (const k of await kv.keys('m.*')) keys.push(k.slice(2));
-    keys.sort();
+    const keys = [...(await kvLatest(this.#o.bus, PLANNER_MEMBERS_BUCKET, 'm.*')).keys()].map((k) => k.slice(2)).sort();
     if (keys.join(',') !== this.#members.join(',')) {
       this.#members = keys;
       this.#log.info({ members: keys }, 'planner-members-changed');
