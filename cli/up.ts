@@ -11,7 +11,7 @@ import { ensureTopology, defaultTopologyOptions } from '../runtime/topology.ts';
 import { stopOnSignals } from '../runtime/lifecycle.ts';
 import { mintToken } from '../runtime/tokens.ts';
 import { startPolicyWriter } from '../services/policy-writer/service.ts';
-import { startPlanner, defaultPlannerConfig } from '../services/topology-planner/service.ts';
+import { startPlanner, plannerConfigOf } from '../services/topology-planner/service.ts';
 import { startDiscovery, discoveryConfigOf } from '../services/discovery/service.ts';
 import { startCellAgent, defaultCellAgentConfig, type CellAgent } from '../services/cell-agent/agent.ts';
 import { MemoryDataplane } from '../services/cell-agent/dataplane.ts';
@@ -30,12 +30,7 @@ export async function up(config: Config): Promise<void> {
   const tokenSecret = resolveTokenSecret(config, true);
   const metrics = new Registry(); // one registry for every service in this process, served at the gateway's /metrics
   const writer = await startPolicyWriter({ bus, log, config: { ...config, tokenSecret }, metrics });
-  const planner = await startPlanner({
-    bus,
-    log,
-    metrics,
-    config: { ...defaultPlannerConfig, plannerId: config.plannerId, domain: config.domain, replicas: config.replicas, checkpointIntervalMs: config.checkpointIntervalMs },
-  });
+  const planner = await startPlanner({ bus, log, metrics, config: plannerConfigOf(config) });
 
   const discovery = await startDiscovery({ bus, log, config: discoveryConfigOf(config), metrics });
   // Simulated cells: agents with the in-memory dataplane (no root needed), so the whole story runs on one machine.

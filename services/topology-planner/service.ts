@@ -5,6 +5,7 @@
 // uninterrupted run. A checkpoint is written only once every output it covers is acknowledged.
 import { Objm, type ObjectStore } from '@nats-io/obj';
 import type { Bus } from '../../runtime/nats.ts';
+import type { Config } from '../../runtime/config.ts';
 import type { Logger } from '../../runtime/logger.ts';
 import { EventLog, LogFollower, type Fold } from '../../runtime/event-log.ts';
 import { StreamPublisher } from '../../runtime/stream-publisher.ts';
@@ -41,6 +42,11 @@ export const defaultPlannerConfig: PlannerConfig = {
   replicas: 1,
   publishWindow: 512,
 };
+
+/** The planner settings of the shared configuration. */
+export function plannerConfigOf(c: Config): PlannerConfig {
+  return { ...defaultPlannerConfig, plannerId: c.plannerId, domain: c.domain, replicas: c.replicas, checkpointIntervalMs: c.checkpointIntervalMs };
+}
 
 type QueueItem = { output: PlannerOutput } | { checkpoint: { seq: number; json: string } } | { through: number };
 
