@@ -16,7 +16,16 @@ export type CellSnapshotMessage = { cellId: string; revision: number; hash: stri
 /** `eventAt`: time of the event behind the last delta applied (absent after a snapshot). */
 export type CellView = { cellId: string; revision: number; hash: string; state: CellState; eventAt?: string };
 
-export class CellFeed {
+/** Where an agent gets its cell's desired state from: the planner's stream (CellFeed) or a poll (PollingCellFeed). */
+export interface DesiredStateFeed {
+  readonly view: CellView;
+  onChange(listener: (view: CellView) => void): () => void;
+  start(): Promise<void>;
+  waitUntil(check: (v: CellView) => boolean, timeoutMs?: number, what?: string): Promise<void>;
+  stop(): Promise<void>;
+}
+
+export class CellFeed implements DesiredStateFeed {
   readonly #bus: Bus;
   readonly #cellId: string;
   readonly #log: Logger;
@@ -130,5 +139,88 @@ export class CellFeed {
     this.#progress.cancelAll('cell feed stopped');
     await this.#messages?.close();
     await this.#loop;
+  }
+}
+
+/**
+ * The Cloud Foundry model, kept as a baseline for benchmarks: every `intervalMs` (first one at a random phase, so
+ * a thousand agents do not ask at once) the agent asks the owning planner for its cell's whole current state and
+ * adopts it if it is newer. Convergence then takes up to a whole interval, whatever the planner's speed.
+ */
+export class PollingCellFeed implements DesiredStateFeed {
+  readonly #bus: Bus;
+  readonly #cellId: string;
+  readonly #log: Logger;
+  readonly #intervalMs: number;
+  readonly #phase: number;
+  #view: CellView;
+  readonly #progress: Progress<CellView>;
+  readonly #listeners = new Set<(view: CellView) => void>();
+  #timer: NodeJS.Timeout | undefined;
+  #polling: Promise<void> | undefined;
+  #stopped = false;
+  /** Polls answered, and polls that failed (no planner answered in time). */
+  readonly stats = { polls: 0, failures: 0 };
+
+  constructor(bus: Bus, cellId: string, log: Logger, intervalMs: number, random: () => number = Math.random) {
+    this.#bus = bus;
+    this.#cellId = cellId;
+    this.#log = log.child({ component: 'cell-poll', cell: cellId });
+    this.#intervalMs = intervalMs;
+    this.#phase = Math.floor(random() * intervalMs);
+    const empty = emptyCellState();
+    this.#view = { cellId, revision: 0, hash: cellHashOf(empty), state: empty };
+    this.#progress = new Progress(this.#view);
+  }
+
+  get view(): CellView {
+    return this.#view;
+  }
+
+  onChange(listener: (view: CellView) => void): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+
+  async start(): Promise<void> {
+    await this.#poll();
+    const tick = () => {
+      if (this.#stopped) return;
+      this.#polling = this.#poll().finally(() => {
+        this.#polling = undefined;
+        if (!this.#stopped) this.#timer = setTimeout(tick, this.#intervalMs);
+      });
+    };
+    this.#timer = setTimeout(tick, this.#phase);
+  }
+
+  async #poll(): Promise<void> {
+    try {
+      const m = await this.#bus.nc.request(cellSubject.state(this.#cellId), '', { timeout: Math.min(this.#intervalMs, 5000) });
+      const answer = m.json<{ revision: number; hash: string; state: CellState }>();
+      this.stats.polls += 1;
+      if (answer.revision <= this.#view.revision) return;
+      if (cellHashOf(answer.state) !== answer.hash) {
+        this.#log.warn({ revision: answer.revision }, 'cell-poll-hash-mismatch');
+        return;
+      }
+      this.#view = { cellId: this.#cellId, revision: answer.revision, hash: answer.hash, state: answer.state };
+      for (const l of this.#listeners) l(this.#view);
+      this.#progress.advance(this.#view);
+    } catch (err) {
+      this.stats.failures += 1;
+      if (!this.#stopped) this.#log.debug({ err }, 'cell-poll-failed');
+    }
+  }
+
+  waitUntil(check: (v: CellView) => boolean, timeoutMs = 10_000, what = 'condition'): Promise<void> {
+    return this.#progress.until(check, timeoutMs, `cell ${this.#cellId}: ${what}`);
+  }
+
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    clearTimeout(this.#timer);
+    this.#progress.cancelAll('cell poll stopped');
+    await this.#polling;
   }
 }

@@ -26,6 +26,7 @@ export type Config = {
   netns: string | undefined;
   overlayCidr: string;
   driftIntervalMs: number;
+  pollIntervalMs: number;
   dnsHost: string;
   dnsPort: number;
   dnsTtl: number;
@@ -57,6 +58,7 @@ export const SETTINGS: readonly Setting[] = [
   { key: 'netns', flag: 'netns', env: 'NETFOLD_NETNS', def: undefined, kind: 'string' },
   { key: 'overlayCidr', flag: 'overlay-cidr', env: 'NETFOLD_OVERLAY_CIDR', def: '10.255.0.0/16', kind: 'string' },
   { key: 'driftIntervalMs', flag: 'drift-interval-ms', env: 'NETFOLD_DRIFT_INTERVAL_MS', def: '500', kind: 'int', min: 50, max: 3_600_000 },
+  { key: 'pollIntervalMs', flag: 'poll-interval-ms', env: 'NETFOLD_POLL_INTERVAL_MS', def: '0', kind: 'int', min: 0, max: 3_600_000 },
   { key: 'dnsHost', flag: 'dns-host', env: 'NETFOLD_DNS_HOST', def: '127.0.0.1', kind: 'string' },
   { key: 'dnsPort', flag: 'dns-port', env: 'NETFOLD_DNS_PORT', def: '8053', kind: 'int', min: 0, max: 65535 },
   { key: 'dnsTtl', flag: 'dns-ttl', env: 'NETFOLD_DNS_TTL', def: '0', kind: 'int', min: 0, max: 86_400 },

@@ -164,27 +164,38 @@ export class LogFollower<S> {
   }
 
   async #run(messages: ConsumerMessages): Promise<void> {
+    // A batch is what has arrived by the time the event loop turns (or 1000 events): messages delivered together
+    // are folded together, and one arriving alone is folded at once. (Waiting for the consumer to report nothing
+    // pending held events back for seconds while the log was being written steadily.)
     let batch: RecordedEvent[] = [];
+    let scheduled: NodeJS.Immediate | undefined;
+    const flushNow = () => {
+      if (scheduled) clearImmediate(scheduled);
+      scheduled = undefined;
+      const b = batch;
+      batch = [];
+      this.#flush(b);
+    };
     try {
       for await (const m of messages) {
+        if (batch.length === 0) {
+          const wait = this.#fold.drained?.();
+          if (wait) await wait;
+        }
         const rec = decode(m.seq, m.subject, m.data, this.#log);
         if ('invalid' in rec) {
-          this.#flush(batch);
-          batch = [];
+          flushNow();
           this.#state = this.#fold.skip(this.#state, rec.seq, rec.subject);
           this.#wake();
           continue;
         }
         batch.push(rec);
-        if (m.info.pending === 0 || batch.length >= 1000) {
-          this.#flush(batch);
-          batch = [];
-          const wait = this.#fold.drained?.();
-          if (wait) await wait;
-        }
+        if (m.info.pending === 0 || batch.length >= 1000) flushNow();
+        else scheduled ??= setImmediate(flushNow);
       }
-      this.#flush(batch);
+      flushNow();
     } catch (err) {
+      if (scheduled) clearImmediate(scheduled);
       if (!this.#stopped) this.#log.error({ err }, 'log-follower-failed');
     }
   }

@@ -7,6 +7,7 @@
 //   nf.cmd.<aggregate>.<verb>     platform intake, request/reply        (core NATS, queue group policy-writer)
 //   nf.cell.snap.<cellId>         a cell's latest full desired state    (stream NF_CELL_SNAPSHOTS, 1 per subject)
 //   nf.cell.delta.<cellId>        a cell's recent changes               (stream NF_CELL_DELTAS, last N per subject)
+//   nf.cell.state.<cellId>        a cell's current state, on request    (core NATS, answered by the owning planner)
 
 export const EVENTS_STREAM = 'NF_EVENTS';
 export const EVENT_SUBJECTS = 'nf.evt.>';
@@ -37,6 +38,9 @@ export const cellSubject = {
   delta: (cellId: string) => `nf.cell.delta.${cellId}`,
   allSnapshots: 'nf.cell.snap.*',
   allDeltas: 'nf.cell.delta.*',
+  /** Request/reply: the owning planner answers with the cell's current state (what a polling agent pulls). */
+  state: (cellId: string) => `nf.cell.state.${cellId}`,
+  allStates: 'nf.cell.state.*',
 } as const;
 
 /** Planner instances announce themselves here (KV bucket; entries expire when an instance stops heartbeating). */

@@ -4,7 +4,7 @@
 import { Kvm, type KV } from '@nats-io/kv';
 import type { Bus } from '../../runtime/nats.ts';
 import type { Logger } from '../../runtime/logger.ts';
-import { CellFeed } from '../../runtime/cell-feed.ts';
+import { CellFeed, PollingCellFeed, type DesiredStateFeed } from '../../runtime/cell-feed.ts';
 import { Progress } from '../../runtime/progress.ts';
 import { withNatsRetry } from '../../runtime/retry.ts';
 import { CELL_STATUS_BUCKET, DISCOVERY_BUCKET, readySubject } from '../../runtime/subjects.ts';
@@ -19,9 +19,11 @@ export type CellAgentConfig = {
   driftIntervalMs: number;
   heartbeatMs: number;
   replicas: number;
+  /** 0: follow the planner's per-cell stream (netfold). > 0: pull the whole state this often (the Cloud Foundry model, a baseline). */
+  pollIntervalMs: number;
 };
 
-export const defaultCellAgentConfig: Omit<CellAgentConfig, 'cellId'> = { overlayCidr: '10.255.0.0/16', driftIntervalMs: 500, heartbeatMs: 5000, replicas: 1 };
+export const defaultCellAgentConfig: Omit<CellAgentConfig, 'cellId'> = { overlayCidr: '10.255.0.0/16', driftIntervalMs: 500, heartbeatMs: 5000, replicas: 1, pollIntervalMs: 0 };
 
 export type CellStatus = {
   cellId: string;
@@ -41,7 +43,7 @@ export type CellStatus = {
 export type DiscoveryRecord = { cellId: string; at: string; names: Record<string, string[]> };
 
 export type CellAgent = {
-  feed: CellFeed;
+  feed: DesiredStateFeed;
   status(): CellStatus | undefined;
   /** Resolves once the applied revision is at least `revision`. */
   waitApplied(revision: number, timeoutMs?: number): Promise<void>;
@@ -68,7 +70,7 @@ export async function startCellAgent(deps: { bus: Bus; log: Logger; config: Cell
   const mRules = metrics.gauge('netfold_agent_rules', 'rules enforced on the cell, by kind (local destinations, allowed flows)');
   const mRepairs = metrics.counter('netfold_agent_drift_repairs_total', 'dataplane drift detected and repaired');
   const mErrors = metrics.counter('netfold_agent_apply_errors_total', 'rule loads that failed');
-  const feed = new CellFeed(deps.bus, cfg.cellId, log);
+  const feed: DesiredStateFeed = cfg.pollIntervalMs > 0 ? new PollingCellFeed(deps.bus, cfg.cellId, log, cfg.pollIntervalMs) : new CellFeed(deps.bus, cfg.cellId, log);
   /** What is enforced now: the applied revision and the containers it covers. */
   const applied = new Progress<{ revision: number; containers: Record<string, unknown> }>({ revision: -1, containers: {} });
   let status: CellStatus | undefined;
@@ -201,7 +203,7 @@ export async function startCellAgent(deps: { bus: Bus; log: Logger; config: Cell
     void checkDrift().catch((err: unknown) => log.error({ err }, 'drift-check-failed'));
   }, cfg.driftIntervalMs);
   const heartbeat = setInterval(() => void publishDiscovery(), cfg.heartbeatMs);
-  log.info({ revision: feed.view.revision, dataplane: dataplane.kind }, 'cell-agent-started');
+  log.info({ revision: feed.view.revision, dataplane: dataplane.kind, pollIntervalMs: cfg.pollIntervalMs }, 'cell-agent-started');
 
   return {
     feed,

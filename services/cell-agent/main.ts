@@ -1,6 +1,7 @@
 // Standalone cell agent: wiring only. Needs NATS_URL and --cell-id; --dataplane nftables (default, needs root),
 // memory or render (dry run: prints each ruleset it would load); --netns to program a network namespace; metrics on
-// --metrics-port (9471). Stopping leaves the rules in place.
+// --metrics-port (9471); --poll-interval-ms > 0 pulls the whole state on that period instead of following the
+// planner's stream (the Cloud Foundry model, for baselines). Stopping leaves the rules in place.
 import { runService } from '../../runtime/service-main.ts';
 import { ConfigError } from '../../runtime/errors.ts';
 import { startCellAgent, defaultCellAgentConfig } from './agent.ts';
@@ -21,7 +22,7 @@ await runService(
       log,
       dataplane,
       metrics,
-      config: { ...defaultCellAgentConfig, cellId: config.cellId, overlayCidr: config.overlayCidr, driftIntervalMs: config.driftIntervalMs, replicas: config.replicas },
+      config: { ...defaultCellAgentConfig, cellId: config.cellId, overlayCidr: config.overlayCidr, driftIntervalMs: config.driftIntervalMs, replicas: config.replicas, pollIntervalMs: config.pollIntervalMs },
     });
   },
   { metricsPort: 9471 },

@@ -90,6 +90,12 @@ export class PlannerCore {
     return this.#cells.get(cellId)?.state;
   }
 
+  /** An owned cell's current state with its revision and hash (undefined for a cell not owned here). */
+  cellView(cellId: string): { revision: number; hash: string; state: CellState } | undefined {
+    const t = this.#cells.get(cellId);
+    return t && { revision: t.revision, hash: t.hash, state: t.state };
+  }
+
   /** Folds events in order; returns the outputs for owned cells, in order. */
   ingest(batch: readonly RecordedEvent[]): PlannerOutput[] {
     const out: PlannerOutput[] = [];

@@ -16,7 +16,8 @@ import { lastRevisionPerCell } from '../../runtime/enforcement.ts';
 import { CELL_DELTAS_STREAM, CELL_SNAPSHOTS_STREAM, PLANNER_CHECKPOINT_BUCKET, cellSubject } from '../../runtime/subjects.ts';
 import { type Model, foldEventsInPlace, initialModel, liveModelFold } from '../../projections/model.ts';
 import type { RecordedEvent } from '../../events/catalogue.ts';
-import { PlannerCore, type PlannerCheckpoint, type PlannerOutput } from './core.ts';
+import { EMPTY_CELL_HASH, PlannerCore, type PlannerCheckpoint, type PlannerOutput } from './core.ts';
+import { emptyCellState } from '../../projections/cell.ts';
 import { Membership } from './membership.ts';
 
 export type PlannerConfig = {
@@ -201,6 +202,16 @@ export async function startPlanner(deps: { bus: Bus; log: Logger; config: Planne
   };
   reconcileOwnership(); // the members may have changed since the checkpoint
   membership.onChange(reconcileOwnership);
+  // Pull access to a cell's current state, for agents that poll (the Cloud Foundry model, kept as a baseline):
+  // only the owner answers; the others stay silent.
+  const stateRequests = deps.bus.nc.subscribe(cellSubject.allStates, {
+    callback: (_err, msg) => {
+      const cellId = msg.subject.slice(cellSubject.state('').length);
+      if (!membership.owns(cellId) || !msg.reply) return;
+      const view = core.cellView(cellId) ?? { revision: 0, hash: EMPTY_CELL_HASH, state: emptyCellState() };
+      msg.respond(JSON.stringify({ cellId, ...view }));
+    },
+  });
   await follower.start();
   log.info({ seq: core.seq, members: membership.members }, 'planner-started');
 
@@ -212,6 +223,7 @@ export async function startPlanner(deps: { bus: Bus; log: Logger; config: Planne
     waitPublished: (seq, timeoutMs = 10_000) => publishedThrough.until((at) => at >= seq, timeoutMs, `planner outputs through ${seq}`),
     async stop() {
       clearInterval(checkpointTimer);
+      stateRequests.unsubscribe();
       await follower.stop();
       await membership.stop();
       enqueue(checkpointIfDue(true));

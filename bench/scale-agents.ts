@@ -1,0 +1,46 @@
+// One process hosting many cell agents for `npm run bench:scale`: each agent is the production agent
+// (services/cell-agent/agent.ts) with its own cell feed (its own JetStream consumer, or its own poll), on the memory
+// dataplane. Agents share this process's NATS connections (BENCH_AGENT_CONNS of them, round robin).
+//
+// Env: NATS_URL, BENCH_CELL_FROM / BENCH_CELL_TO (cells cell-<from> … cell-<to - 1>), BENCH_POLL_MS (0 = follow the
+// stream), BENCH_AGENT_CONNS (4), NETFOLD_OVERLAY_CIDR. Logs `agents-started` once every agent has applied its
+// first state; SIGTERM stops them all.
+import { connectBus, type Bus } from '../runtime/nats.ts';
+import { createRootLogger } from '../runtime/logger.ts';
+import { stopOnSignals } from '../runtime/lifecycle.ts';
+import { startCellAgent, defaultCellAgentConfig, type CellAgent } from '../services/cell-agent/agent.ts';
+import { MemoryDataplane } from '../services/cell-agent/dataplane.ts';
+import { envNumber, pool } from './lib.ts';
+
+const log = createRootLogger({ name: 'bench-agents', level: process.env.NETFOLD_LOG_LEVEL ?? 'warn' });
+const from = envNumber('BENCH_CELL_FROM', 0);
+const to = envNumber('BENCH_CELL_TO', 10);
+const pollIntervalMs = envNumber('BENCH_POLL_MS', 0);
+const overlayCidr = process.env.NETFOLD_OVERLAY_CIDR ?? '10.0.0.0/8';
+const conns = Math.max(1, envNumber('BENCH_AGENT_CONNS', 4));
+const url = process.env.NATS_URL;
+if (!url) throw new Error('NATS_URL is required');
+
+const buses: Bus[] = [];
+for (let i = 0; i < conns; i++) buses.push(await connectBus({ servers: url.split(','), name: `bench-agents-${from}-${i}`, log }));
+const agents: CellAgent[] = [];
+await pool(to - from, 32, async (i) => {
+  const cellId = `cell-${from + i}`;
+  agents.push(
+    await startCellAgent({
+      bus: buses[i % conns]!,
+      log,
+      config: { ...defaultCellAgentConfig, cellId, overlayCidr, pollIntervalMs },
+      dataplane: new MemoryDataplane(overlayCidr),
+    }),
+  );
+});
+// `info` is forced through whatever the level: the parent waits for this line.
+log.level = 'info';
+log.info({ agents: agents.length, from, to, pollIntervalMs }, 'agents-started');
+log.level = process.env.NETFOLD_LOG_LEVEL ?? 'warn';
+
+stopOnSignals(log, async () => {
+  await pool(agents.length, 64, (i) => agents[i]!.stop());
+  for (const b of buses) await b.close();
+});

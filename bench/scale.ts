@@ -1,0 +1,451 @@
+// npm run bench:scale — the whole system at scale on one machine: a nats-server, the policy-writer (HTTP gateway and
+// NATS intake), planner(s), the discovery service and BENCH_CELLS cell agents (memory dataplane, each with its own
+// feed) in BENCH_AGENT_PROCS processes, each component its own process. It loads BENCH_APPS apps, BENCH_CONTAINERS
+// containers and BENCH_POLICIES policies through the real gateway and intake, then runs steady churn for
+// BENCH_DURATION_S seconds (BENCH_CHURN container restarts/s, BENCH_POLICY_RATE policy adds/deletes per second) and
+// measures:
+//   - policy add/delete → applied on every affected cell (the cells the planner sent a delta for that revision);
+//   - container start → its peers' rules applied, and its DNS name answering;
+//   - ingest: container starts/s through intake while everything runs, next to the raw JetStream append rate of
+//     the same server measured in the same run;
+//   - CPU (cores) and RSS of every component over the churn window.
+// Then it waits until every cell's applied hash equals the planner's and checks that with a fresh replay.
+// BENCH_POLL_MS > 0 runs the same workload with agents pulling their whole state on that period (the Cloud Foundry
+// model) instead of following their stream; BENCH_BASELINE=1 runs both, one after the other, on fresh servers.
+// Stdout: one JSON document (BENCH_FORMAT=json) or JSON then a markdown table.
+import { createSocket } from 'node:dgram';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Agent, request as httpRequest } from 'node:http';
+import { createServer } from 'node:net';
+import type { ChildProcess } from 'node:child_process';
+import * as dnsPacket from 'dns-packet';
+import { StorageType } from '@nats-io/jetstream';
+import { startNatsServer } from '../runtime/nats-server.ts';
+import { connectBus, type Bus } from '../runtime/nats.ts';
+import { ensureTopology, defaultTopologyOptions } from '../runtime/topology.ts';
+import { silentLogger } from '../runtime/logger.ts';
+import { CELL_STATUS_BUCKET, intakeSubject } from '../runtime/subjects.ts';
+import { mintToken } from '../runtime/tokens.ts';
+import { InboxRequester } from '../runtime/inbox-requester.ts';
+import { replay } from '../cli/operators.ts';
+import { waitEnforced } from '../runtime/enforcement.ts';
+import { cpuSeconds, envNumber, machine, percentile, pool, progress, rate, rawAppendRate, rssMiB, startChild, stopChild } from './lib.ts';
+
+const sizes = {
+  CELLS: envNumber('BENCH_CELLS', 1000),
+  APPS: envNumber('BENCH_APPS', 5000),
+  CONTAINERS: envNumber('BENCH_CONTAINERS', 50_000),
+  POLICIES: envNumber('BENCH_POLICIES', 10_000),
+  AGENT_PROCS: envNumber('BENCH_AGENT_PROCS', 2),
+  PLANNERS: envNumber('BENCH_PLANNERS', 1),
+  CHURN: envNumber('BENCH_CHURN', 20),
+  POLICY_RATE: envNumber('BENCH_POLICY_RATE', 4),
+  DURATION_S: envNumber('BENCH_DURATION_S', 30),
+  DNS_EVERY: envNumber('BENCH_DNS_EVERY', 4),
+  RAW_MSGS: envNumber('BENCH_RAW_MSGS', 100_000),
+  INTAKE_CONCURRENCY: envNumber('BENCH_CONCURRENCY', 256),
+  CONVERGE_TIMEOUT_S: envNumber('BENCH_CONVERGE_TIMEOUT_S', 300),
+};
+const DOMAIN = 'apps.internal';
+const SECRET = 'bench-secret-bench-secret-bench-secret';
+
+/** A small deterministic generator (mulberry32), so every run places the same containers on the same cells. */
+function seeded(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+const ipOf = (j: number) => {
+  const n = j + 256;
+  return `10.${(n >> 16) & 255}.${(n >> 8) & 255}.${n & 255}`;
+};
+const round = (x: number, d = 1) => Math.round(x * 10 ** d) / 10 ** d;
+const summary = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return { samples: s.length, p50: round(percentile(s, 50)), p95: round(percentile(s, 95)), p99: round(percentile(s, 99)), max: round(s[s.length - 1] ?? NaN) };
+};
+
+type Sample = { kind: 'policy-add' | 'policy-delete' | 'container-start'; t0: number; acked?: number; revision?: number; dnsAt?: number; ip?: string };
+type Component = { name: string; pid: number };
+
+export type ScaleRun = {
+  mode: string;
+  results: Record<string, unknown>;
+  check: { cells: number; converged: number; enforced: boolean; replayOk: boolean; differing: string[]; withoutStatus: string[] };
+};
+
+async function runOnce(pollMs: number): Promise<ScaleRun> {
+  const mode = pollMs > 0 ? `poll every ${pollMs} ms (Cloud Foundry model)` : 'stream (netfold)';
+  const results: Record<string, unknown> = {};
+  const dir = mkdtempSync(join(tmpdir(), 'netfold-bench-'));
+  const server = await startNatsServer({ storeDir: dir });
+  const log = silentLogger();
+  const bus = await connectBus({ servers: server.url, name: 'bench-scale', log });
+  await ensureTopology(bus.jsm, defaultTopologyOptions, log);
+  const children: { name: string; child: ChildProcess }[] = [];
+  const httpAgent = new Agent({ keepAlive: true, maxSockets: 32 });
+  const dnsSock = createSocket('udp4');
+  try {
+    // ---- raw limit, same server, before anything else runs ----
+    progress(`[${mode}] raw JetStream append`);
+    await bus.jsm.streams.add({ name: 'BENCH_RAW', subjects: ['bench.raw.>'], storage: StorageType.File });
+    const payload = JSON.stringify({ id: '01JB0000000000000000000000', type: 'ContainerStarted', v: 1, at: new Date().toISOString(), actor: 'platform:bench', correlationId: 'x'.repeat(26), data: { containerId: 'c-000000', appId: 'app-0000', instanceIndex: 0, cellId: 'cell-000', ip: '10.0.1.0' } });
+    const raw = await rawAppendRate(bus.nc, 'bench.raw', payload, sizes.RAW_MSGS, 1024);
+    results['raw JetStream append (msgs/s)'] = raw;
+    await bus.jsm.streams.delete('BENCH_RAW');
+
+    // ---- observers: every planner output, every agent status ----
+    /** revision → cells the planner sent a delta for, and when the first of them was seen. */
+    const deltaCells = new Map<number, { cells: Set<string>; firstAt: number }>();
+    /** The planner's latest hash per cell, from its deltas. */
+    const plannedHash = new Map<string, string>();
+    const deltaSub = bus.nc.subscribe('nf.cell.delta.*', {
+      callback: (_e, m) => {
+        const d = m.json<{ cellId: string; revision: number; hash: string }>();
+        let e = deltaCells.get(d.revision);
+        if (!e) deltaCells.set(d.revision, (e = { cells: new Set(), firstAt: performance.now() }));
+        e.cells.add(d.cellId);
+        plannedHash.set(d.cellId, d.hash);
+      },
+    });
+    /** Per cell, each status seen: [time, revision]; and the latest hash applied. */
+    const statusLog = new Map<string, [number, number][]>();
+    const appliedHash = new Map<string, string>();
+    const statusSub = bus.nc.subscribe(`$KV.${CELL_STATUS_BUCKET}.>`, {
+      callback: (_e, m) => {
+        const s = m.json<{ cellId: string; revision: number; hash: string }>();
+        let l = statusLog.get(s.cellId);
+        if (!l) statusLog.set(s.cellId, (l = []));
+        const last = l[l.length - 1];
+        if (!last || s.revision > last[1]) l.push([performance.now(), s.revision]);
+        appliedHash.set(s.cellId, s.hash);
+      },
+    });
+    const appliedAt = (cellId: string, revision: number): number | undefined => {
+      const l = statusLog.get(cellId);
+      if (!l) return undefined;
+      let lo = 0;
+      let hi = l.length;
+      while (lo < hi) {
+        const mid = (lo + hi) >> 1;
+        if (l[mid]![1] >= revision) hi = mid;
+        else lo = mid + 1;
+      }
+      return l[lo]?.[0];
+    };
+
+    // ---- the system, each part its own process ----
+    progress(`[${mode}] starting gateway, ${sizes.PLANNERS} planner(s), discovery, ${sizes.CELLS} agents in ${sizes.AGENT_PROCS} processes`);
+    const httpPort = await freePort();
+    const dnsPort = await freePort();
+    const baseEnv = { NATS_URL: server.url, NETFOLD_LOG_LEVEL: 'info', NETFOLD_DOMAIN: DOMAIN };
+    children.push({ name: 'policy-writer', child: await startChild('services/policy-writer/main.ts', { ...baseEnv, NETFOLD_TOKEN_SECRET: SECRET, NETFOLD_HTTP_PORT: String(httpPort) }, 'policy-writer-started') });
+    for (let p = 0; p < sizes.PLANNERS; p++) {
+      children.push({ name: `planner-${p}`, child: await startChild('services/topology-planner/main.ts', { ...baseEnv, NETFOLD_PLANNER_ID: `planner-${p}`, NETFOLD_METRICS_PORT: '0' }, 'planner-started') });
+    }
+    children.push({ name: 'discovery', child: await startChild('services/discovery/main.ts', { ...baseEnv, NETFOLD_DNS_PORT: String(dnsPort), NETFOLD_DISCOVERY_HTTP_PORT: '0' }, 'discovery-started') });
+    const per = Math.ceil(sizes.CELLS / sizes.AGENT_PROCS);
+    const agentStarts: Promise<void>[] = [];
+    for (let a = 0; a < sizes.AGENT_PROCS; a++) {
+      const from = a * per;
+      const to = Math.min(sizes.CELLS, from + per);
+      if (from >= to) continue;
+      agentStarts.push(
+        startChild('bench/scale-agents.ts', { ...baseEnv, NETFOLD_LOG_LEVEL: 'warn', BENCH_CELL_FROM: String(from), BENCH_CELL_TO: String(to), BENCH_POLL_MS: String(pollMs) }, 'agents-started').then((child) => {
+          children.push({ name: `agents-${a}`, child });
+        }),
+      );
+    }
+    const tAgents = performance.now();
+    await Promise.all(agentStarts);
+    results['agents started (s)'] = round((performance.now() - tAgents) / 1000);
+    const components: Component[] = [{ name: 'nats-server', pid: server.pid }, ...children.map((c) => ({ name: c.name, pid: c.child.pid! }))];
+
+    const requester = new InboxRequester(bus.nc);
+    const intake = async (subject: string, body: unknown): Promise<number> => {
+      const m = await requester.request(subject, JSON.stringify(body), { timeoutMs: 60_000 });
+      const r = m.json<{ ok: boolean; revision?: number; error?: string }>();
+      if (!r.ok) throw new Error(`${subject}: ${r.error}`);
+      return r.revision!;
+    };
+    const admin = await mintToken(SECRET, { user: 'bench', scopes: ['network.admin'], spaces: [] }, 7200);
+    const gateway = `http://127.0.0.1:${httpPort}/networking/v1/external`;
+    const policyCall = async (path: 'policies' | 'policies/delete', policies: unknown[]): Promise<number> => {
+      const res = await post(httpAgent, `${gateway}/${path}`, admin, JSON.stringify({ policies }));
+      if (res.status !== 200) throw new Error(`POST ${path}: HTTP ${res.status} ${res.body}`);
+      return (JSON.parse(res.body) as { revision: number }).revision;
+    };
+    const cfPolicy = (src: string, dst: string, port: number) => ({ source: { id: src }, destination: { id: dst, protocol: 'tcp', ports: { start: port, end: port } } });
+
+    // ---- load, through the real gateway and intake, with everything running ----
+    const rnd = seeded(7);
+    const cellOf = () => `cell-${Math.floor(rnd() * sizes.CELLS)}`;
+    const instances = new Array<number>(sizes.APPS).fill(0);
+    const running: { id: string; app: number; cellId: string }[] = [];
+    progress(`[${mode}] loading ${sizes.APPS} apps, ${sizes.POLICIES} policies, ${sizes.CONTAINERS} containers`);
+    const cpuLoad0 = cpuOf(components);
+    const tLoad = performance.now();
+    let ms = await pool(sizes.APPS, sizes.INTAKE_CONCURRENCY, async (i) => {
+      await intake(intakeSubject.registerApp, { appId: `app-${i}`, name: `a${i}`, spaceId: 's1', orgId: 'o1' });
+    });
+    results['ingest: app registrations via intake (cmds/s)'] = rate(sizes.APPS, ms);
+    const BATCH = 100;
+    ms = await pool(Math.ceil(sizes.POLICIES / BATCH), 8, async (b) => {
+      const batch = [];
+      for (let k = b * BATCH; k < Math.min(sizes.POLICIES, (b + 1) * BATCH); k++) {
+        batch.push(cfPolicy(`app-${k % sizes.APPS}`, `app-${(k * 7 + 1 + Math.floor(k / sizes.APPS)) % sizes.APPS}`, 1000 + Math.floor(k / sizes.APPS)));
+      }
+      await policyCall('policies', batch);
+    });
+    results[`ingest: policy creates via HTTP, ${BATCH} per request (policies/s)`] = rate(sizes.POLICIES, ms);
+    const starts = Array.from({ length: sizes.CONTAINERS }, (_, j) => ({ id: `c-${j}`, app: j % sizes.APPS, cellId: cellOf(), ip: ipOf(j) }));
+    ms = await pool(sizes.CONTAINERS, sizes.INTAKE_CONCURRENCY, async (j) => {
+      const c = starts[j]!;
+      const index = instances[c.app]!++;
+      await intake(intakeSubject.startContainer, { containerId: c.id, appId: `app-${c.app}`, cellId: c.cellId, instanceIndex: index, ip: c.ip });
+      running.push(c);
+    });
+    const ingest = rate(sizes.CONTAINERS, ms);
+    results['ingest: container starts via intake, everything running (cmds/s)'] = ingest;
+    results['ingest vs raw append (%)'] = round((ingest / raw) * 100);
+    results['ingest: CPU cores during the container load'] = coresOf(components, cpuLoad0, (performance.now() - tLoad) / 1000, ['nats-server', 'policy-writer', 'planner-0']);
+    progress(`[${mode}] waiting for every cell to converge after the load`);
+    const tConv = performance.now();
+    const conv = await waitConverged(bus, plannedHash, appliedHash, sizes.CONVERGE_TIMEOUT_S * 1000);
+    results['load: converged after the last command (s)'] = round((performance.now() - tConv) / 1000);
+    results['load: cells converged'] = `${conv.converged} of ${conv.cells}${conv.enforced ? '' : ' (not enforced)'}`;
+
+    // ---- steady churn ----
+    progress(`[${mode}] churn for ${sizes.DURATION_S} s: ${sizes.CHURN} restarts/s, ${sizes.POLICY_RATE} policy changes/s`);
+    const samples: Sample[] = [];
+    const added: ReturnType<typeof cfPolicy>[] = [];
+    let nextContainer = sizes.CONTAINERS;
+    let nextPort = 20_000;
+    let inFlight = 0;
+    let failures = 0;
+    const dnsPending = new Map<number, { sample: Sample; query: Buffer }>();
+    let dnsId = 0;
+    await new Promise<void>((r) => dnsSock.bind(0, '127.0.0.1', () => r()));
+    dnsSock.on('message', (m) => {
+      const id = m.readUInt16BE(0);
+      const p = dnsPending.get(id);
+      if (!p || (m[3]! & 0x0f) !== 0) return;
+      const answers = dnsPacket.decode(m).answers ?? [];
+      if (answers.some((a) => a.type === 'A' && a.data === p.sample.ip)) {
+        p.sample.dnsAt = performance.now();
+        dnsPending.delete(id);
+      }
+    });
+    const dnsTimer = setInterval(() => {
+      for (const p of dnsPending.values()) dnsSock.send(p.query, dnsPort, '127.0.0.1');
+    }, 2);
+    const restart = async () => {
+      const victim = running.splice(Math.floor(rnd() * running.length), 1)[0]!;
+      await intake(intakeSubject.stopContainer, { containerId: victim.id });
+      const j = nextContainer++;
+      const fresh = { id: `c-${j}`, app: victim.app, cellId: cellOf(), ip: ipOf(j) };
+      const index = instances[fresh.app]!++;
+      const sample: Sample = { kind: 'container-start', t0: performance.now(), ip: fresh.ip };
+      samples.push(sample);
+      if (sizes.DNS_EVERY > 0 && j % sizes.DNS_EVERY === 0) {
+        const id = dnsId++ & 0xffff;
+        dnsPending.set(id, { sample, query: dnsPacket.encode({ id, type: 'query', questions: [{ type: 'A', name: `${index}.a${fresh.app}.${DOMAIN}` }] }) });
+      }
+      sample.revision = await intake(intakeSubject.startContainer, { containerId: fresh.id, appId: `app-${fresh.app}`, cellId: fresh.cellId, instanceIndex: index, ip: fresh.ip });
+      sample.acked = performance.now();
+      running.push(fresh);
+    };
+    const policyChange = async () => {
+      const remove = added.length > 20 && rnd() < 0.5;
+      const sample: Sample = { kind: remove ? 'policy-delete' : 'policy-add', t0: performance.now() };
+      samples.push(sample);
+      if (remove) {
+        const p = added.splice(Math.floor(rnd() * added.length), 1)[0]!;
+        sample.t0 = performance.now();
+        sample.revision = await policyCall('policies/delete', [p]);
+      } else {
+        // a destination with instances, so the change reaches cells
+        const dst = running[Math.floor(rnd() * running.length)]!.app;
+        const p = cfPolicy(`app-${Math.floor(rnd() * sizes.APPS)}`, `app-${dst}`, nextPort++);
+        sample.revision = await policyCall('policies', [p]);
+        added.push(p);
+      }
+      sample.acked = performance.now();
+    };
+    const fire = (task: () => Promise<void>) => {
+      inFlight++;
+      task()
+        .catch((err: unknown) => {
+          failures++;
+          progress(`churn command failed: ${(err as Error).message}`);
+        })
+        .finally(() => inFlight--);
+    };
+    const cpu0 = cpuOf(components);
+    const tChurn = performance.now();
+    await new Promise<void>((resolve) => {
+      let restarts = 0;
+      let policies = 0;
+      const tick = setInterval(() => {
+        const elapsed = (performance.now() - tChurn) / 1000;
+        if (elapsed >= sizes.DURATION_S) {
+          clearInterval(tick);
+          resolve();
+          return;
+        }
+        while (restarts < elapsed * sizes.CHURN) {
+          restarts++;
+          fire(restart);
+        }
+        while (policies < elapsed * sizes.POLICY_RATE) {
+          policies++;
+          fire(policyChange);
+        }
+      }, 5);
+    });
+    const churnS = (performance.now() - tChurn) / 1000;
+    while (inFlight > 0) await new Promise((r) => setTimeout(r, 20));
+    progress(`[${mode}] waiting for every cell to converge after the churn`);
+    const final = await waitConverged(bus, plannedHash, appliedHash, sizes.CONVERGE_TIMEOUT_S * 1000);
+    const dnsDeadline = performance.now() + 15_000;
+    while (dnsPending.size > 0 && performance.now() < dnsDeadline) await new Promise((r) => setTimeout(r, 20));
+    clearInterval(dnsTimer);
+    // CPU over the churn window (the convergence tail is included: it is part of the work the churn caused).
+    const windowS = (performance.now() - tChurn) / 1000;
+    results['churn: commands failed'] = failures;
+    results['churn: duration (s)'] = round(churnS);
+    results['CPU cores over the churn window'] = coresOf(components, cpu0, windowS);
+    results['RSS after the churn (MiB)'] = Object.fromEntries(components.map((c) => [c.name, rssMiB(c.pid)]));
+
+    // ---- latencies ----
+    const toAll = (s: Sample): { all?: number; planned?: number; cells: number } => {
+      const e = s.revision === undefined ? undefined : deltaCells.get(s.revision);
+      if (!e) return { cells: 0 };
+      let last = 0;
+      for (const c of e.cells) {
+        const at = appliedAt(c, s.revision!);
+        if (at === undefined) return { cells: e.cells.size };
+        last = Math.max(last, at);
+      }
+      return { all: last - s.t0, planned: e.firstAt - s.t0, cells: e.cells.size };
+    };
+    for (const kind of ['policy-add', 'policy-delete', 'container-start'] as const) {
+      const of = samples.filter((s) => s.kind === kind);
+      const measured = of.map((s) => ({ s, r: toAll(s) })).filter((x) => x.r.cells > 0);
+      const done = measured.filter((x) => x.r.all !== undefined);
+      const label = kind === 'container-start' ? 'container start → every affected cell applied (own cell and peers)' : `${kind.replace('-', ' ')} → every affected cell applied`;
+      results[`${label} (ms)`] = { ...summary(done.map((x) => x.r.all!)), unconverged: measured.length - done.length };
+      results[`${kind}: affected cells per change (mean)`] = round(measured.reduce((n, x) => n + x.r.cells, 0) / Math.max(1, measured.length));
+      results[`${kind}: command acknowledged (ms)`] = summary(of.filter((s) => s.acked).map((s) => s.acked! - s.t0));
+      results[`${kind}: first cell delta published (ms)`] = summary(done.map((x) => x.r.planned!));
+    }
+    const dnsSamples = samples.filter((s) => s.dnsAt !== undefined).map((s) => s.dnsAt! - s.t0);
+    results['container start → DNS name answers (ms)'] = { ...summary(dnsSamples), unresolved: dnsPending.size };
+
+    // ---- correctness: every cell converged to the planner's hash, and a fresh replay agrees ----
+    progress(`[${mode}] replay check`);
+    const report = await replay(bus, undefined, DOMAIN);
+    const withoutStatus = report.cells.filter((c) => c.applied === null).map((c) => c.cellId);
+    const check = { cells: final.cells, converged: final.converged, enforced: final.enforced, replayOk: report.ok, differing: report.cells.filter((c) => !c.ok).map((c) => c.cellId), withoutStatus };
+    deltaSub.unsubscribe();
+    statusSub.unsubscribe();
+    return { mode, results, check };
+  } finally {
+    dnsSock.close();
+    httpAgent.destroy();
+    for (const c of [...children].reverse()) await stopChild(c.child);
+    await bus.close();
+    await server.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * Waits until the system says the log's last revision is enforced everywhere (netfold's own answer: planners
+ * published through it, every cell applied its latest planned revision), then until every cell's applied hash is
+ * the planner's latest hash (or the timeout).
+ */
+async function waitConverged(bus: Bus, planned: Map<string, string>, applied: Map<string, string>, timeoutMs: number): Promise<{ cells: number; converged: number; enforced: boolean }> {
+  const t0 = performance.now();
+  const revision = (await bus.jsm.streams.info('NF_EVENTS')).state.last_seq;
+  const enforced = (await waitEnforced(bus, revision, timeoutMs)).enforced;
+  const count = () => {
+    let n = 0;
+    for (const [cell, hash] of planned) if (applied.get(cell) === hash) n++;
+    return n;
+  };
+  const deadline = t0 + timeoutMs;
+  let last = -1;
+  let lastChange = performance.now();
+  for (;;) {
+    const n = count();
+    if (n === planned.size) break;
+    if (n !== last) {
+      last = n;
+      lastChange = performance.now();
+    }
+    // stop early only when nothing moves for a whole minute, or at the overall deadline
+    if (performance.now() > deadline || performance.now() - lastChange > 60_000) break;
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  return { cells: planned.size, converged: count(), enforced };
+}
+
+function cpuOf(components: Component[]): Map<string, number> {
+  return new Map([...components.map((c) => [c.name, cpuSeconds(c.pid)] as const), ['bench driver', process.cpuUsage().user / 1e6 + process.cpuUsage().system / 1e6]]);
+}
+
+function coresOf(components: Component[], before: Map<string, number>, seconds: number, only?: string[]): Record<string, number> {
+  const after = cpuOf(components);
+  const out: Record<string, number> = {};
+  for (const [name, t] of after) if (!only || only.includes(name)) out[name] = round((t - before.get(name)!) / seconds, 2);
+  return out;
+}
+
+function post(agent: Agent, url: string, token: string, body: string): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = httpRequest(url, { method: 'POST', agent, headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } }, (res) => {
+      let text = '';
+      res.setEncoding('utf8');
+      res.on('data', (c: string) => (text += c));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body: text }));
+    });
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
+function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const srv = createServer();
+    srv.listen(0, '127.0.0.1', () => {
+      const port = (srv.address() as { port: number }).port;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+const runs: ScaleRun[] = [];
+const pollMs = envNumber('BENCH_POLL_MS', 0);
+runs.push(await runOnce(pollMs));
+if (process.env.BENCH_BASELINE === '1' && pollMs === 0) runs.push(await runOnce(envNumber('BENCH_BASELINE_POLL_MS', 5000)));
+const doc = { machine: machine(), sizes, runs };
+console.log(JSON.stringify(doc, null, 2));
+if (process.env.BENCH_FORMAT !== 'json') {
+  const cell = (v: unknown) => (typeof v === 'object' && v !== null ? Object.entries(v).map(([k, x]) => `${k} ${x}`).join(', ') : String(v));
+  const keys = [...new Set(runs.flatMap((r) => Object.keys(r.results)))];
+  console.log(['', `| measurement | ${runs.map((r) => r.mode).join(' | ')} |`, `|---|${runs.map(() => '---|').join('')}`, ...keys.map((k) => `| ${k} | ${runs.map((r) => cell(r.results[k])).join(' | ')} |`)].join('\n'));
+}
+const failed = runs.filter((r) => !r.check.enforced || r.check.converged !== r.check.cells || !r.check.replayOk || r.check.withoutStatus.length > 0);
+if (failed.length > 0) {
+  process.stderr.write(`bench: not converged: ${JSON.stringify(failed.map((r) => ({ mode: r.mode, ...r.check })))}\n`);
+  process.exitCode = 1;
+}
