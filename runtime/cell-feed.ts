@@ -98,7 +98,10 @@ export class CellFeed implements DesiredStateFeed {
           this.#log.info({ revision: this.#revision, expected: d.prevRevision }, 'cell-feed-gap');
           return this.#resync();
         }
-        const next = structuredClone(this.#state);
+        // Copy on write: entries are replaced whole, never edited, so copying the sections the delta touches
+        // keeps the held state intact (a mismatch below discards `next`) at the cost of the change, not the cell.
+        const next: CellState = { ...this.#state };
+        for (const section of new Set(d.ops.map((o) => o.path[0]))) (next as Record<string, unknown>)[section] = { ...this.#state[section] };
         const hash = applyCellOps(next, this.#hash, d.ops);
         if (hash !== d.hash) {
           this.#log.warn({ revision: d.revision }, 'cell-feed-hash-mismatch');

@@ -75,12 +75,15 @@ export async function startCellAgent(deps: { bus: Bus; log: Logger; config: Cell
   const applied = new Progress<{ revision: number; containers: Record<string, unknown> }>({ revision: -1, containers: {} });
   let status: CellStatus | undefined;
   let lastRules: string | undefined;
+  let lastRuleSet: RuleSet | undefined;
+  let lastInputs: readonly unknown[] | undefined;
   let driftRepairs = 0;
   let lastRepair: CellStatus['lastRepair'] = null;
   /** Set by a drift check: apply even if the rules did not change (survives an apply already in flight). */
   let reload = false;
   let checking = false;
   let dirty = true;
+  let publishedNames: unknown;
   let running: Promise<void> | undefined;
   let stopped = false;
 
@@ -95,9 +98,13 @@ export async function startCellAgent(deps: { bus: Bus; log: Logger; config: Cell
     while (dirty && !stopped) {
       dirty = false;
       const view = feed.view;
-      const rules: RuleSet = expandRules(view.state);
-      const key = JSON.stringify(rules);
       const t0 = performance.now();
+      // Rules follow from three sections only, and sections are replaced (never edited) when they change: the
+      // same three objects as last time mean the same rules, with no need to expand the cell again.
+      const inputs = [view.state.containers, view.state.ingress, view.state.sources] as const;
+      const unchanged = lastInputs !== undefined && inputs.every((section, i) => section === lastInputs![i]);
+      const rules: RuleSet = unchanged && lastRuleSet ? lastRuleSet : expandRules(view.state);
+      const key = unchanged ? lastRules : JSON.stringify(rules);
       let error: string | null = null;
       if (key !== lastRules || reload) {
         reload = false;
@@ -112,6 +119,10 @@ export async function startCellAgent(deps: { bus: Bus; log: Logger; config: Cell
           mErrors.inc(cell);
           log.error({ err, revision: view.revision }, 'rules-apply-failed');
         }
+      }
+      if (!error && key === lastRules) {
+        lastRuleSet = rules;
+        lastInputs = inputs;
       }
       status = {
         cellId: cfg.cellId,
@@ -129,7 +140,12 @@ export async function startCellAgent(deps: { bus: Bus; log: Logger; config: Cell
       mRules.set({ ...cell, kind: 'allows' }, rules.allows.length);
       await buckets.status.put(cfg.cellId, JSON.stringify(status)).catch((err: unknown) => log.warn({ err }, 'status-put-failed'));
       if (!error) {
-        await publishDiscovery(); // before announcing the revision: "applied" includes the names
+        // Before announcing the revision: "applied" includes the names. Sections are replaced, never edited, when
+        // they change, so an unchanged `names` object means nothing new to publish (the heartbeat re-puts it).
+        if (view.state.names !== publishedNames) {
+          await publishDiscovery();
+          publishedNames = view.state.names;
+        }
         applied.advance({ revision: view.revision, containers: view.state.containers });
       }
     }

@@ -146,7 +146,7 @@ export class MemoryDataplane implements Dataplane {
   constructor(private readonly overlayCidr: string) {}
 
   async apply(rules: RuleSet): Promise<void> {
-    this.rules = structuredClone(rules);
+    this.rules = rules; // the agent never edits a rule set it handed over (a new one is built for every change)
     this.applies += 1;
     this.#tampered = false;
   }
