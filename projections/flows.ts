@@ -17,18 +17,61 @@ const cmpAllow = (a: Allow, b: Allow) =>
 
 /** Expands a cell's state into allowed flows, sorted and without duplicates. */
 export function expandRules(state: CellState): RuleSet {
-  const local = new Set<string>();
-  const allows = new Map<string, Allow>();
-  for (const c of Object.values(state.containers)) {
-    local.add(c.ip);
-    for (const rule of Object.values(state.ingress[c.appId] ?? {})) {
-      for (const src of Object.keys(state.sources[rule.sourceAppId] ?? {})) {
-        const a: Allow = { src, dst: c.ip, protocol: rule.protocol, startPort: rule.startPort, endPort: rule.endPort };
-        allows.set(`${a.src}|${a.dst}|${a.protocol}|${a.startPort}|${a.endPort}`, a);
+  return new RuleExpander().expand(state);
+}
+
+type ContainerFlows = { container: unknown; ingress: unknown; sources: unknown[]; allows: Allow[] };
+
+/**
+ * expandRules for a state that changes a little at a time: remembers each local container's flows with the
+ * entries they came from, and recomputes only a container whose own entry, its app's ingress rules or one of their
+ * source apps is a different object than last time (entries are replaced whole, never edited). When nothing a rule
+ * depends on changed it returns the previous RuleSet object itself, so `!==` tells a caller whether to apply.
+ */
+export class RuleExpander {
+  #memo = new Map<string, ContainerFlows>();
+  #last: RuleSet | undefined;
+
+  expand(state: CellState): RuleSet {
+    const next = new Map<string, ContainerFlows>();
+    const byIp = new Map<string, Allow[][]>();
+    let changed = this.#last === undefined || Object.keys(state.containers).length !== this.#memo.size;
+    for (const [id, c] of Object.entries(state.containers)) {
+      const ingress = state.ingress[c.appId];
+      const rules = Object.values(ingress ?? {});
+      const sources = rules.map((r) => state.sources[r.sourceAppId]);
+      const m = this.#memo.get(id);
+      let flows: ContainerFlows;
+      if (m && m.container === c && m.ingress === ingress && m.sources.length === sources.length && m.sources.every((x, i) => x === sources[i])) {
+        flows = m;
+      } else {
+        changed = true;
+        const allows: Allow[] = [];
+        for (const rule of rules) {
+          for (const src of Object.keys(state.sources[rule.sourceAppId] ?? {})) {
+            allows.push({ src, dst: c.ip, protocol: rule.protocol, startPort: rule.startPort, endPort: rule.endPort });
+          }
+        }
+        flows = { container: c, ingress, sources, allows: normalizeAllows(allows) };
       }
+      next.set(id, flows);
+      const group = byIp.get(c.ip);
+      if (group) group.push(flows.allows);
+      else byIp.set(c.ip, [flows.allows]);
     }
+    this.#memo = next;
+    if (!changed && this.#last) return this.#last;
+    // Sorted by destination first, so the whole list is each destination's normalized list in address order
+    // (two containers sharing an address, which a valid state never has, are normalized together).
+    const local = [...byIp.keys()].sort();
+    const out: Allow[] = [];
+    for (const ip of local) {
+      const lists = byIp.get(ip)!;
+      for (const a of lists.length === 1 ? lists[0]! : normalizeAllows(lists.flat())) out.push(a);
+    }
+    this.#last = { local, allows: out };
+    return this.#last;
   }
-  return { local: [...local].sort(), allows: normalizeAllows([...allows.values()]) };
 }
 
 /**

@@ -6,6 +6,8 @@ import { DeliverPolicy, type JsMsg } from '@nats-io/jetstream';
 import { Kvm, type KV } from '@nats-io/kv';
 import type { Bus } from './nats.ts';
 import { withNatsRetry } from './retry.ts';
+import { StreamPublisher } from './stream-publisher.ts';
+import type { NatsConnection } from './nats.ts';
 
 export async function lastPerSubject(bus: Bus, stream: string, filter: string, guardMs = 10_000): Promise<JsMsg[]> {
   const info = await withNatsRetry(`stream info ${stream}`, () => bus.jsm.streams.info(stream)).catch(() => null);
@@ -51,5 +53,25 @@ export async function openBucket(bus: Bus, name: string): Promise<KV | null> {
     return kv;
   } catch {
     return null;
+  }
+}
+
+/**
+ * Puts into a KV bucket as plain publishes to `$KV.<bucket>.<key>` over a shared acknowledgement inbox: the same
+ * stored message as `kv.put`, without the error objects (and their stack traces) nats.js builds for every call —
+ * a third of an agent host's CPU with 1,000 agents reporting. The bucket must exist; keys must be valid tokens.
+ */
+export class BucketWriter {
+  readonly #publisher: StreamPublisher;
+  readonly #prefix: string;
+
+  constructor(nc: NatsConnection, bucket: string) {
+    this.#publisher = new StreamPublisher(nc, `KV_${bucket}`);
+    this.#prefix = `$KV.${bucket}.`;
+  }
+
+  /** Resolves with the entry's revision once stored. */
+  async put(key: string, value: string): Promise<number> {
+    return (await this.#publisher.publish(this.#prefix + key, value, {})).seq;
   }
 }

@@ -29,7 +29,8 @@ export class PublishRejectedError extends NetfoldError {
 type PubAckJson = { stream?: string; seq?: number; duplicate?: boolean; error?: { code?: number; err_code?: number; description?: string } };
 
 export type PublishOptions = {
-  msgId: string;
+  /** Deduplication id; omit only where storing a message twice is harmless (a KV value put again). */
+  msgId?: string;
   /** Expected last sequence of this subject (optimistic concurrency); omitted: no expectation. */
   expectedSubjectSeq?: number;
   /** How long to keep re-sending a publish that gets no answer. */
@@ -50,7 +51,7 @@ export class StreamPublisher {
   /** Publishes and returns the stream sequence (the original one when the msg id was a duplicate). */
   async publish(subject: string, payload: string, opts: PublishOptions): Promise<{ seq: number; duplicate: boolean }> {
     const hdrs = headers();
-    hdrs.set('Nats-Msg-Id', opts.msgId);
+    if (opts.msgId !== undefined) hdrs.set('Nats-Msg-Id', opts.msgId);
     hdrs.set('Nats-Expected-Stream', this.#stream);
     if (opts.expectedSubjectSeq !== undefined) hdrs.set('Nats-Expected-Last-Subject-Sequence', String(opts.expectedSubjectSeq));
     const deadline = Date.now() + (opts.deadlineMs ?? 20_000);

@@ -3,7 +3,7 @@
 import t from 'tap';
 import { readFileSync, writeFileSync } from 'node:fs';
 import type { CellState } from '../projections/cell.ts';
-import { expandRules, indexRules, renderNft, renderNftChanges, InvalidRuleError } from '../services/cell-agent/rules.ts';
+import { type Allow, RuleExpander, expandRules, indexRules, normalizeAllows, renderNft, renderNftChanges, InvalidRuleError } from '../services/cell-agent/rules.ts';
 import { MemoryDataplane, RenderDataplane, run } from '../services/cell-agent/dataplane.ts';
 import { isRoot } from './harness/netns.ts';
 
@@ -142,4 +142,68 @@ t.test('nft accepts merged overlapping ranges', { skip: isRoot() ? false : 'need
   });
   await run('nft', ['-c', '-f', '-'], renderNft(rules, OVERLAY));
   t.pass('accepted');
+});
+
+t.test('RuleExpander: equal to a whole expansion after every step of a random history; same object when unchanged', async (t) => {
+  // The spec, written out directly: every (source IP, local container, ingress rule of its app), sorted, normalized.
+  const whole = (s: CellState) => {
+    const all: Allow[] = [];
+    for (const c of Object.values(s.containers)) {
+      for (const r of Object.values(s.ingress[c.appId] ?? {})) {
+        for (const src of Object.keys(s.sources[r.sourceAppId] ?? {})) all.push({ src, dst: c.ip, protocol: r.protocol, startPort: r.startPort, endPort: r.endPort });
+      }
+    }
+    return { local: [...new Set(Object.values(s.containers).map((c) => c.ip))].sort(), allows: normalizeAllows(all) };
+  };
+  let seed = 42;
+  const rnd = (n: number) => {
+    seed = (seed * 1103515245 + 12345) % 2 ** 31;
+    return seed % n;
+  };
+  const apps = ['a', 'b', 'c', 'd'];
+  let s: CellState = { containers: {}, ingress: {}, sources: {}, tags: {}, names: {} };
+  const expander = new RuleExpander();
+  let previous = expander.expand(s);
+  let sameObjectSteps = 0;
+  for (let step = 0; step < 400; step++) {
+    // copy on write, as the cell feed does: a changed entry is a new object in a new section object
+    const kind = rnd(6);
+    const app = apps[rnd(apps.length)]!;
+    if (kind === 0) {
+      const id = `c${rnd(8)}`;
+      const containers = { ...s.containers };
+      if (containers[id]) delete containers[id];
+      else containers[id] = { appId: app, appName: app, instanceIndex: 0, ip: `10.255.0.${rnd(6)}` }; // addresses may repeat
+      s = { ...s, containers };
+    } else if (kind === 1) {
+      const start = 1000 + rnd(5);
+      const rule = { sourceAppId: apps[rnd(apps.length)]!, protocol: rnd(2) ? ('tcp' as const) : ('udp' as const), startPort: start, endPort: start + rnd(3) };
+      const key = `${rule.sourceAppId}|${rule.protocol}|${rule.startPort}|${rule.endPort}`;
+      const entry = { ...(s.ingress[app] ?? {}) };
+      if (entry[key]) delete entry[key];
+      else entry[key] = rule;
+      s = { ...s, ingress: { ...s.ingress, [app]: entry } };
+    } else if (kind === 2) {
+      const ips = { ...(s.sources[app] ?? {}) };
+      const ip = `10.255.9.${rnd(5)}`;
+      if (ips[ip]) delete ips[ip];
+      else ips[ip] = true;
+      s = { ...s, sources: { ...s.sources, [app]: ips } };
+    } else if (kind === 3) {
+      s = { ...s, names: { ...s.names, [`${app}.apps.internal`]: { [`10.255.0.${rnd(6)}`]: true } } };
+    } else if (kind === 4) {
+      s = { ...s, tags: { ...s.tags, [app]: rnd(100) } };
+    } else {
+      s = JSON.parse(JSON.stringify(s)) as CellState; // a snapshot: every object new, nothing different
+    }
+    const got = expander.expand(s);
+    t.same(got, whole(s), `step ${step}`);
+    if (kind === 3 || kind === 4) {
+      t.equal(got, previous, `step ${step}: names/tags do not touch the rules: the same object`);
+      sameObjectSteps++;
+    }
+    previous = got;
+  }
+  t.ok(sameObjectSteps > 50, 'unchanged steps were exercised');
+  t.same(expandRules(s), whole(s));
 });

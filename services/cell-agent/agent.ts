@@ -7,10 +7,11 @@ import type { Logger } from '../../runtime/logger.ts';
 import { CellFeed, PollingCellFeed, type DesiredStateFeed } from '../../runtime/cell-feed.ts';
 import { Progress } from '../../runtime/progress.ts';
 import { withNatsRetry } from '../../runtime/retry.ts';
+import { BucketWriter } from '../../runtime/buckets.ts';
 import { CELL_STATUS_BUCKET, DISCOVERY_BUCKET, readySubject } from '../../runtime/subjects.ts';
 import { idOf } from '../../events/fields.ts';
 import type { Dataplane } from './dataplane.ts';
-import { type RuleSet, expandRules } from './rules.ts';
+import { type RuleSet, RuleExpander } from './rules.ts';
 import { Registry } from '../../runtime/metrics.ts';
 
 export type CellAgentConfig = {
@@ -62,7 +63,8 @@ export async function createBuckets(bus: Bus, replicas: number): Promise<{ statu
 export async function startCellAgent(deps: { bus: Bus; log: Logger; config: CellAgentConfig; dataplane: Dataplane; metrics?: Registry }): Promise<CellAgent> {
   const { config: cfg, dataplane } = deps;
   const log = deps.log.child({ service: 'cell-agent', cell: cfg.cellId });
-  const buckets = await createBuckets(deps.bus, cfg.replicas);
+  await createBuckets(deps.bus, cfg.replicas);
+  const buckets = { status: new BucketWriter(deps.bus.nc, CELL_STATUS_BUCKET), discovery: new BucketWriter(deps.bus.nc, DISCOVERY_BUCKET) };
   const metrics = deps.metrics ?? new Registry();
   const cell = { cell: cfg.cellId };
   const mApply = metrics.histogram('netfold_agent_apply_seconds', 'time to load a rule change into the dataplane');
@@ -74,9 +76,9 @@ export async function startCellAgent(deps: { bus: Bus; log: Logger; config: Cell
   /** What is enforced now: the applied revision and the containers it covers. */
   const applied = new Progress<{ revision: number; containers: Record<string, unknown> }>({ revision: -1, containers: {} });
   let status: CellStatus | undefined;
-  let lastRules: string | undefined;
-  let lastRuleSet: RuleSet | undefined;
-  let lastInputs: readonly unknown[] | undefined;
+  /** The rule set last loaded into the dataplane. */
+  let lastRules: RuleSet | undefined;
+  const expander = new RuleExpander();
   let driftRepairs = 0;
   let lastRepair: CellStatus['lastRepair'] = null;
   /** Set by a drift check: apply even if the rules did not change (survives an apply already in flight). */
@@ -99,18 +101,14 @@ export async function startCellAgent(deps: { bus: Bus; log: Logger; config: Cell
       dirty = false;
       const view = feed.view;
       const t0 = performance.now();
-      // Rules follow from three sections only, and sections are replaced (never edited) when they change: the
-      // same three objects as last time mean the same rules, with no need to expand the cell again.
-      const inputs = [view.state.containers, view.state.ingress, view.state.sources] as const;
-      const unchanged = lastInputs !== undefined && inputs.every((section, i) => section === lastInputs![i]);
-      const rules: RuleSet = unchanged && lastRuleSet ? lastRuleSet : expandRules(view.state);
-      const key = unchanged ? lastRules : JSON.stringify(rules);
+      // The same RuleSet object back means nothing the rules depend on changed since the last expansion.
+      const rules: RuleSet = expander.expand(view.state);
       let error: string | null = null;
-      if (key !== lastRules || reload) {
+      if (rules !== lastRules || reload) {
         reload = false;
         try {
           await dataplane.apply(rules);
-          lastRules = key;
+          lastRules = rules;
           mApply.observe(cell, (performance.now() - t0) / 1000);
           if (view.eventAt) mPropagation.observe(cell, Math.max(0, Date.now() - Date.parse(view.eventAt)) / 1000);
           log.info({ revision: view.revision, allows: rules.allows.length, ms: Math.round(performance.now() - t0) }, 'rules-applied');
@@ -119,10 +117,6 @@ export async function startCellAgent(deps: { bus: Bus; log: Logger; config: Cell
           mErrors.inc(cell);
           log.error({ err, revision: view.revision }, 'rules-apply-failed');
         }
-      }
-      if (!error && key === lastRules) {
-        lastRuleSet = rules;
-        lastInputs = inputs;
       }
       status = {
         cellId: cfg.cellId,

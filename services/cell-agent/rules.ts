@@ -1,7 +1,7 @@
 // From a cell's desired state to the rules its dataplane enforces: a pure expansion and a deterministic nftables
 // rendering. Enforcement is at the destination, default deny for traffic from the overlay to local containers.
 
-export { type Allow, type Protocol, type RuleSet, allows, expandRules, inCidr, normalizeAllows } from '../../projections/flows.ts';
+export { type Allow, type Protocol, type RuleSet, RuleExpander, allows, expandRules, inCidr, normalizeAllows } from '../../projections/flows.ts';
 import type { Allow, Protocol, RuleSet } from '../../projections/flows.ts';
 
 const IPV4 = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
