@@ -12,6 +12,7 @@ import { startGateway } from './harness/gateway.ts';
 import { startStack } from './harness/stack.ts';
 import { startDiscovery, defaultDiscoveryConfig } from '../services/discovery/service.ts';
 import { MAX_UDP } from '../services/discovery/dns.ts';
+import { DiscoveryIndex } from '../services/discovery/records.ts';
 
 const exec = promisify(execFile);
 
@@ -171,4 +172,46 @@ t.test('discovery: names follow containers; DNS semantics; expiry; outage; fuzz'
   t.ok(answered > 100, `the server kept answering (${answered} of 3000 fuzz packets got an answer)`);
   t.same(await a4('0.web.apps.internal'), ['10.255.1.2'], 'still healthy after the fuzz');
   t.ok(discovery.stats.answers.FORMERR! > 0 && discovery.stats.dropped > 0, 'malformed packets were answered FORMERR or dropped');
+});
+
+t.test('discovery index: incremental puts, removes and expiry answer as a rebuild from the records would', async (t) => {
+  const index = new DiscoveryIndex(1000);
+  const records = new Map<string, { names: Record<string, string[]>; at: number }>();
+  const expected = (fqdn: string) =>
+    [...records.entries()]
+      .flatMap(([cellId, r]) => (r.names[fqdn] ?? []).map((ip) => ({ ip, cellId })))
+      .sort((a, b) => (a.ip < b.ip ? -1 : a.ip > b.ip ? 1 : a.cellId < b.cellId ? -1 : 1));
+  let seed = 7;
+  const rnd = (n: number) => {
+    seed = (seed * 1103515245 + 12345) % 2 ** 31;
+    return seed % n;
+  };
+  const names = ['web.apps.internal', '0.web.apps.internal', 'db.apps.internal', 'api.apps.internal'];
+  let now = 0;
+  for (let step = 0; step < 500; step++) {
+    now += rnd(200);
+    const cellId = `cell-${rnd(5)}`;
+    const kind = rnd(10);
+    if (kind < 6) {
+      const r: Record<string, string[]> = {};
+      for (const n of names) if (rnd(2)) r[n] = [`10.0.${rnd(3)}.${rnd(4)}`];
+      index.put(cellId, r, now);
+      records.set(cellId, { names: r, at: now });
+    } else if (kind < 8 && records.has(cellId)) {
+      // a heartbeat: the same names again
+      index.put(cellId, records.get(cellId)!.names, now);
+      records.get(cellId)!.at = now;
+    } else if (kind === 8) {
+      index.remove(cellId);
+      records.delete(cellId);
+    } else {
+      const dropped = index.expire(now, { connected: true, pausedUntil: 0 });
+      const stale = [...records.entries()].filter(([, r]) => now - r.at > 1000).map(([c]) => c).sort();
+      t.same(dropped, stale, `step ${step}: expired cells`);
+      for (const c of stale) records.delete(c);
+    }
+    for (const n of [...names, 'nope.apps.internal']) t.same(index.lookup(n), expected(n), `step ${step}: ${n}`);
+  }
+  index.put('cell-x', { 'web.apps.internal': 'not-a-list' as unknown as string[], 'db.apps.internal': ['10.9.9.9'] }, now);
+  t.same(index.lookup('db.apps.internal').filter((h) => h.cellId === 'cell-x'), [{ ip: '10.9.9.9', cellId: 'cell-x' }], 'a malformed entry is ignored, the rest kept');
 });
