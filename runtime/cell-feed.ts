@@ -3,7 +3,7 @@
 // match, makes it re-read the snapshot and the retained deltas after it. Anything at or below the held revision is
 // ignored, so duplicates and a planner replaying after a restart change nothing.
 import { DeliverPolicy, JetStreamApiCodes, JetStreamApiError, type ConsumerMessages } from '@nats-io/jetstream';
-import { type CellOp, type CellState, applyCellOps, cellHashOf, emptyCellState } from '../projections/cell.ts';
+import { type CellOp, type CellState, SECTIONS, applyCellOps, cellHashOf, emptyCellState } from '../projections/cell.ts';
 import type { Bus } from './nats.ts';
 import type { Logger } from './logger.ts';
 import { CELL_DELTAS_STREAM, CELL_SNAPSHOTS_STREAM, cellSubject } from './subjects.ts';
@@ -13,8 +13,12 @@ import { Progress } from './progress.ts';
 export type CellDeltaMessage = { cellId: string; revision: number; prevRevision: number; ops: CellOp[]; hash: string; at?: string };
 export type CellSnapshotMessage = { cellId: string; revision: number; hash: string; state: CellState };
 
-/** `eventAt`: time of the event behind the last delta applied (absent after a snapshot). */
-export type CellView = { cellId: string; revision: number; hash: string; state: CellState; eventAt?: string };
+/**
+ * `state` is the feed's own, changed in place as deltas arrive: read it when told of a change, copy what must be
+ * kept. `namesSeq` moves whenever the discovery names may have changed. `eventAt`: time of the event behind the
+ * last delta applied (absent after a snapshot).
+ */
+export type CellView = { cellId: string; revision: number; hash: string; state: CellState; namesSeq: number; eventAt?: string };
 
 /** Where an agent gets its cell's desired state from: the planner's stream (CellFeed) or a poll (PollingCellFeed). */
 export interface DesiredStateFeed {
@@ -48,9 +52,10 @@ export class CellFeed implements DesiredStateFeed {
   }
 
   #eventAt: string | undefined;
+  #namesSeq = 0;
 
   get view(): CellView {
-    const v: CellView = { cellId: this.#cellId, revision: this.#revision, hash: this.#hash, state: this.#state };
+    const v: CellView = { cellId: this.#cellId, revision: this.#revision, hash: this.#hash, state: this.#state, namesSeq: this.#namesSeq };
     if (this.#eventAt) v.eventAt = this.#eventAt;
     return v;
   }
@@ -98,16 +103,25 @@ export class CellFeed implements DesiredStateFeed {
           this.#log.info({ revision: this.#revision, expected: d.prevRevision }, 'cell-feed-gap');
           return this.#resync();
         }
-        // Copy on write: entries are replaced whole, never edited, so copying the sections the delta touches
-        // keeps the held state intact (a mismatch below discards `next`) at the cost of the change, not the cell.
-        const next: CellState = { ...this.#state };
-        for (const section of new Set(d.ops.map((o) => o.path[0]))) (next as Record<string, unknown>)[section] = { ...this.#state[section] };
-        const hash = applyCellOps(next, this.#hash, d.ops);
+        // In place, with an undo list: a delta costs the entries it changes, not the cell. A mismatching hash
+        // puts the old entries back before the resync, so the state held is never one that was not planned.
+        if (!d.ops.every((o) => SECTIONS.includes(o.path[0]))) {
+          this.#log.warn({ revision: d.revision }, 'cell-feed-invalid-delta');
+          return this.#resync();
+        }
+        const undo = d.ops.map(({ path: [section, key] }) => [section, key, this.#state[section][key]] as const);
+        const hash = applyCellOps(this.#state, this.#hash, d.ops);
         if (hash !== d.hash) {
+          for (const [section, key, old] of undo.reverse()) {
+            const entries = this.#state[section] as Record<string, unknown>;
+            if (old === undefined) delete entries[key];
+            else entries[key] = old;
+          }
           this.#log.warn({ revision: d.revision }, 'cell-feed-hash-mismatch');
           return this.#resync();
         }
-        this.#adopt(next, d.revision, hash, d.at);
+        if (d.ops.some((o) => o.path[0] === 'names')) this.#namesSeq += 1;
+        this.#adopt(this.#state, d.revision, hash, d.at);
       }
     } catch (err) {
       if (!this.#stopped) this.#log.error({ err }, 'cell-feed-failed');
@@ -123,6 +137,7 @@ export class CellFeed implements DesiredStateFeed {
   }
 
   #adopt(state: CellState, revision: number, hash: string, eventAt: string | undefined): void {
+    if (state !== this.#state) this.#namesSeq += 1;
     this.#eventAt = eventAt;
     this.#state = state;
     this.#revision = revision;
@@ -172,7 +187,7 @@ export class PollingCellFeed implements DesiredStateFeed {
     this.#intervalMs = intervalMs;
     this.#phase = Math.floor(random() * intervalMs);
     const empty = emptyCellState();
-    this.#view = { cellId, revision: 0, hash: cellHashOf(empty), state: empty };
+    this.#view = { cellId, revision: 0, hash: cellHashOf(empty), state: empty, namesSeq: 0 };
     this.#progress = new Progress(this.#view);
   }
 
@@ -207,7 +222,7 @@ export class PollingCellFeed implements DesiredStateFeed {
         this.#log.warn({ revision: answer.revision }, 'cell-poll-hash-mismatch');
         return;
       }
-      this.#view = { cellId: this.#cellId, revision: answer.revision, hash: answer.hash, state: answer.state };
+      this.#view = { cellId: this.#cellId, revision: answer.revision, hash: answer.hash, state: answer.state, namesSeq: this.#view.namesSeq + 1 };
       for (const l of this.#listeners) l(this.#view);
       this.#progress.advance(this.#view);
     } catch (err) {

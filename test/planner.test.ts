@@ -177,3 +177,34 @@ t.test('re-partitioning: planners join and leave; every cell keeps exactly one o
   await feedsConverge(t, bus, feeds, 'one left');
   await partitioned('after p1 left');
 });
+
+t.test('a reader refuses a delta whose hash does not match and one that skips a revision, keeps the planned state, recovers', async (t) => {
+  const nats = await startNats(t);
+  const gw = await startGateway(t, nats);
+  const bus = await nats.connect('readers');
+  await inProcessPlanner(t, await nats.connect('planner'), nats);
+  const feeds = await feedsFor(t, bus, nats);
+  await workload(gw, 0, 12);
+  await feedsConverge(t, bus, feeds, 'before');
+  const feed = feeds.get('cell-a')!;
+  const before = { state: canonicalJson(feed.view.state), hash: feed.view.hash, revision: feed.view.revision };
+  const evil = { appId: 'app-0', appName: 'svc0', instanceIndex: 99, ip: '10.255.9.9' };
+
+  // 1. Right chain, wrong hash: nothing of it may stay applied.
+  const forged = await bus.js.publish('nf.cell.delta.cell-a', JSON.stringify({ cellId: 'cell-a', revision: before.revision + 1000, prevRevision: before.revision, ops: [{ path: ['containers', 'evil'], value: evil }, { path: ['containers', Object.keys(feed.view.state.containers)[0]] }], hash: '0'.repeat(64) }));
+  await eventually(() => (feed.resyncs >= 1 ? true : undefined), 10_000, 'a resync after the mismatch');
+  t.equal(canonicalJson(feed.view.state), before.state, 'the state is the planned one, the forged ops undone');
+  t.equal(feed.view.hash, before.hash);
+  await bus.jsm.streams.deleteMessage(CELL_DELTAS_STREAM, forged.seq);
+
+  // 2. A gap (its previous revision is not the one held).
+  const gap = await bus.js.publish('nf.cell.delta.cell-a', JSON.stringify({ cellId: 'cell-a', revision: before.revision + 2000, prevRevision: before.revision + 1500, ops: [{ path: ['containers', 'evil'], value: evil }], hash: '0'.repeat(64) }));
+  const resyncs = feed.resyncs;
+  await eventually(() => (feed.resyncs > resyncs ? true : undefined), 10_000, 'a resync after the gap');
+  t.equal(canonicalJson(feed.view.state), before.state, 'a delta after a gap is not applied');
+  await bus.jsm.streams.deleteMessage(CELL_DELTAS_STREAM, gap.seq);
+
+  // 3. And the reader goes on following the planner.
+  await workload(gw, 12, 24);
+  await feedsConverge(t, bus, feeds, 'after');
+});

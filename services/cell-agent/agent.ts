@@ -74,7 +74,7 @@ export async function startCellAgent(deps: { bus: Bus; log: Logger; config: Cell
   const mErrors = metrics.counter('netfold_agent_apply_errors_total', 'rule loads that failed');
   const feed: DesiredStateFeed = cfg.pollIntervalMs > 0 ? new PollingCellFeed(deps.bus, cfg.cellId, log, cfg.pollIntervalMs) : new CellFeed(deps.bus, cfg.cellId, log);
   /** What is enforced now: the applied revision and the containers it covers. */
-  const applied = new Progress<{ revision: number; containers: Record<string, unknown> }>({ revision: -1, containers: {} });
+  const applied = new Progress<{ revision: number; containers: ReadonlySet<string> }>({ revision: -1, containers: new Set() });
   let status: CellStatus | undefined;
   /** The rule set last loaded into the dataplane. */
   let lastRules: RuleSet | undefined;
@@ -85,7 +85,7 @@ export async function startCellAgent(deps: { bus: Bus; log: Logger; config: Cell
   let reload = false;
   let checking = false;
   let dirty = true;
-  let publishedNames: unknown;
+  let publishedNames = -1;
   let running: Promise<void> | undefined;
   let stopped = false;
 
@@ -103,6 +103,8 @@ export async function startCellAgent(deps: { bus: Bus; log: Logger; config: Cell
       const t0 = performance.now();
       // The same RuleSet object back means nothing the rules depend on changed since the last expansion.
       const rules: RuleSet = expander.expand(view.state);
+      // the feed's state changes in place: the containers these rules cover are taken now, for the ready gate
+      const covered = new Set(Object.keys(view.state.containers));
       let error: string | null = null;
       if (rules !== lastRules || reload) {
         reload = false;
@@ -134,13 +136,13 @@ export async function startCellAgent(deps: { bus: Bus; log: Logger; config: Cell
       mRules.set({ ...cell, kind: 'allows' }, rules.allows.length);
       await buckets.status.put(cfg.cellId, JSON.stringify(status)).catch((err: unknown) => log.warn({ err }, 'status-put-failed'));
       if (!error) {
-        // Before announcing the revision: "applied" includes the names. Sections are replaced, never edited, when
-        // they change, so an unchanged `names` object means nothing new to publish (the heartbeat re-puts it).
-        if (view.state.names !== publishedNames) {
+        // Before announcing the revision: "applied" includes the names; unchanged names need no put (the heartbeat
+        // re-puts them).
+        if (view.namesSeq !== publishedNames) {
           await publishDiscovery();
-          publishedNames = view.state.names;
+          publishedNames = view.namesSeq;
         }
-        applied.advance({ revision: view.revision, containers: view.state.containers });
+        applied.advance({ revision: view.revision, containers: covered });
       }
     }
   }
@@ -192,7 +194,7 @@ export async function startCellAgent(deps: { bus: Bus; log: Logger; config: Cell
         const timeoutMs = typeof body.timeoutMs === 'number' && body.timeoutMs >= 0 && body.timeoutMs <= 60_000 ? body.timeoutMs : 10_000;
         if (issues.length > 0) return msg.respond(JSON.stringify({ ready: false, code: 'invalid-input', error: issues.map((i) => `${i.path}: ${i.message}`).join('; ') }));
         try {
-          await applied.until((a) => containerId in a.containers, timeoutMs, `container ${containerId} on ${cfg.cellId}`);
+          await applied.until((a) => a.containers.has(containerId), timeoutMs, `container ${containerId} on ${cfg.cellId}`);
           msg.respond(JSON.stringify({ ready: true, cellId: cfg.cellId, revision: applied.value.revision }));
         } catch {
           msg.respond(JSON.stringify({ ready: false, code: 'timeout', error: `container ${containerId} is not enforced on ${cfg.cellId} yet` }));
