@@ -48,10 +48,17 @@ export async function startChild(entry: string, env: NodeJS.ProcessEnv, readyMes
   const child = spawn(process.execPath, [...extra, '--import', 'tsx', entry], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'inherit'] });
   await new Promise<void>((resolve, reject) => {
     let buf = '';
+    let ready = false;
     child.stdout!.on('data', (d: Buffer) => {
       buf += d.toString();
-      if (buf.includes(`"msg":"${readyMessage}"`)) resolve();
-      if (buf.length > 1_000_000) buf = buf.slice(-10_000);
+      if (!ready && buf.includes(`"msg":"${readyMessage}"`)) {
+        ready = true;
+        resolve();
+      }
+      // Warnings and errors of a child show on the benchmark's stderr (a run with them is suspect).
+      const lines = buf.split('\n');
+      buf = lines.pop() ?? '';
+      for (const line of lines) if (/"level":(40|50|60)/.test(line)) process.stderr.write(`${entry}: ${line.slice(0, 2000)}\n`);
     });
     child.once('exit', (code) => reject(new Error(`${entry} exited with ${code}`)));
   });

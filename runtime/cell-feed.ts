@@ -100,7 +100,7 @@ export class CellFeed implements DesiredStateFeed {
         const d = m.json<CellDeltaMessage>();
         if (d.revision <= this.#revision) continue;
         if (d.prevRevision !== this.#revision) {
-          this.#log.info({ revision: this.#revision, expected: d.prevRevision }, 'cell-feed-gap');
+          this.#log.warn({ revision: this.#revision, expected: d.prevRevision }, 'cell-feed-gap');
           return this.#resync();
         }
         // In place, with an undo list: a delta costs the entries it changes, not the cell. A mismatching hash

@@ -10,7 +10,9 @@ import { startGateway, cfPolicy, type GatewayFixture } from './harness/gateway.t
 import { EventLog } from '../runtime/event-log.ts';
 import { CellFeed } from '../runtime/cell-feed.ts';
 import type { Bus } from '../runtime/nats.ts';
-import { CELL_DELTAS_STREAM, PLANNER_CHECKPOINT_BUCKET } from '../runtime/subjects.ts';
+import { CELL_DELTAS_STREAM, PLANNER_CHECKPOINT_BUCKET, PLANNER_MEMBERS_BUCKET } from '../runtime/subjects.ts';
+import { Kvm } from '@nats-io/kv';
+import { enforcementOf } from '../runtime/enforcement.ts';
 import { foldEvents, initialModel, type Model } from '../projections/model.ts';
 import { cellHashOf, deriveCellState } from '../projections/cell.ts';
 import { canonicalJson } from '../projections/canonical.ts';
@@ -207,4 +209,23 @@ t.test('a reader refuses a delta whose hash does not match and one that skips a 
   // 3. And the reader goes on following the planner.
   await workload(gw, 12, 24);
   await feedsConverge(t, bus, feeds, 'after');
+});
+
+t.test('an idle planner keeps announcing how far it has published, past the members TTL', async (t) => {
+  const nats = await startNats(t);
+  const gw = await startGateway(t, nats);
+  const bus = await nats.connect('readers');
+  const planner = await inProcessPlanner(t, await nats.connect('planner'), nats); // heartbeat 100 ms, TTL 1 s
+  await workload(gw, 0, 6);
+  const last = await new EventLog(bus).lastSeq();
+  await planner.waitPublished(last);
+  const kv = await new Kvm(bus.js).open(PLANNER_MEMBERS_BUCKET);
+  const first = await eventually(async () => (await kv.get('p.planner')) ?? undefined, 5000, 'a progress entry');
+  // No new events: the entry must still be refreshed, at least for two whole TTLs' worth of heartbeats.
+  const later = await eventually(async () => {
+    const e = await kv.get('p.planner');
+    return e && e.revision >= first.revision + 20 ? e : undefined;
+  }, 10_000, 'the progress entry re-put while idle');
+  t.same(later.json(), { publishedThrough: last });
+  t.same((await enforcementOf(bus, last)).plannersBehind, [], 'the idle planner is not reported behind');
 });

@@ -89,6 +89,12 @@ export class Membership {
   async #beat(): Promise<void> {
     const kv = this.#kv!;
     await kv.put(`m.${this.#o.id}`, JSON.stringify({ at: Date.now() }));
+    // The progress entry expires with the bucket's TTL like the member entry: an idle planner must keep saying how
+    // far it has published, or after one TTL it would look behind (and nothing would ever be "enforced" again).
+    if (this.#latest > 0) {
+      await kv.put(`p.${this.#o.id}`, JSON.stringify({ publishedThrough: this.#latest }));
+      this.#sent = Math.max(this.#sent, this.#latest);
+    }
     const keys = [...(await kvLatest(this.#o.bus, PLANNER_MEMBERS_BUCKET, 'm.*')).keys()].map((k) => k.slice(2)).sort();
     if (keys.join(',') !== this.#members.join(',')) {
       this.#members = keys;

@@ -41,7 +41,7 @@ export const defaultPlannerConfig: PlannerConfig = {
   heartbeatMs: 1000,
   memberTtlMs: 5000,
   replicas: 1,
-  publishWindow: 4096,
+  publishWindow: 512,
 };
 
 /** The planner settings of the shared configuration. */
