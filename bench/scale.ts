@@ -38,7 +38,7 @@ const sizes = {
   APPS: envNumber('BENCH_APPS', 5000),
   CONTAINERS: envNumber('BENCH_CONTAINERS', 50_000),
   POLICIES: envNumber('BENCH_POLICIES', 10_000),
-  AGENT_PROCS: envNumber('BENCH_AGENT_PROCS', 2),
+  AGENT_PROCS: envNumber('BENCH_AGENT_PROCS', 4),
   PLANNERS: envNumber('BENCH_PLANNERS', 1),
   CHURN: envNumber('BENCH_CHURN', 20),
   POLICY_RATE: envNumber('BENCH_POLICY_RATE', 4),
