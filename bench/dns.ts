@@ -6,7 +6,6 @@ import { createSocket } from 'node:dgram';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createServer } from 'node:net';
 import * as dnsPacket from 'dns-packet';
 import { Kvm } from '@nats-io/kv';
 import { startNatsServer } from '../runtime/nats-server.ts';
@@ -19,7 +18,7 @@ import { startPlanner, defaultPlannerConfig } from '../services/topology-planner
 import { startCellAgent, defaultCellAgentConfig } from '../services/cell-agent/agent.ts';
 import { MemoryDataplane } from '../services/cell-agent/dataplane.ts';
 import { startDiscovery, defaultDiscoveryConfig } from '../services/discovery/service.ts';
-import { cpuSeconds, envNumber, machine, percentile, progress, startChild, stopChild } from './lib.ts';
+import { cpuSeconds, envNumber, freePort, machine, percentile, progress, startChild, stopChild } from './lib.ts';
 
 const QUERIES = envNumber('BENCH_QUERIES', 100_000);
 const WINDOW = envNumber('BENCH_WINDOW', 256);
@@ -30,15 +29,6 @@ const server = await startNatsServer({ storeDir: dir });
 const log = silentLogger();
 const bus = await connectBus({ servers: server.url, name: 'bench', log });
 await ensureTopology(bus.jsm, defaultTopologyOptions, log);
-
-const freePort = () =>
-  new Promise<number>((resolve) => {
-    const srv = createServer();
-    srv.listen(0, '127.0.0.1', () => {
-      const port = (srv.address() as { port: number }).port;
-      srv.close(() => resolve(port));
-    });
-  });
 
 // ---- 1. queries/s ----
 {

@@ -7,7 +7,7 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Agent, request as httpRequest } from 'node:http';
+import { Agent } from 'node:http';
 import { StorageType } from '@nats-io/jetstream';
 import { startNatsServer } from '../runtime/nats-server.ts';
 import { connectBus } from '../runtime/nats.ts';
@@ -16,7 +16,7 @@ import { silentLogger } from '../runtime/logger.ts';
 import { intakeSubject } from '../runtime/subjects.ts';
 import { mintToken } from '../runtime/tokens.ts';
 import { InboxRequester } from '../runtime/inbox-requester.ts';
-import { cpuSeconds, envNumber, machine, pool, progress, rate, rawAppendRate, startChild, stopChild } from './lib.ts';
+import { cpuSeconds, envNumber, freePort, machine, pool, post, progress, rate, rawAppendRate, startChild, stopChild } from './lib.ts';
 
 const RAW = envNumber('BENCH_RAW_MSGS', 100_000);
 const APPS = envNumber('BENCH_APPS', 2000);
@@ -83,7 +83,7 @@ await measure('policy creates via HTTP, 1 per request (policies/s)', POLICIES, H
   const src = i % APPS;
   const dst = (src + 1 + Math.floor(i / APPS)) % APPS;
   const body = { policies: [{ source: { id: `app-${src}` }, destination: { id: `app-${dst}`, protocol: 'tcp', ports: { start: 1000 + Math.floor(i / (APPS * APPS)), end: 1000 + Math.floor(i / (APPS * APPS)) } } }] };
-  const res = await post(gateway, admin, JSON.stringify(body));
+  const res = await post(agent, gateway, admin, JSON.stringify(body));
   if (res.status !== 200) throw new Error(`HTTP ${res.status}: ${res.body}`);
 });
 const events = (await bus.jsm.streams.info('NF_EVENTS')).state.messages;
@@ -98,27 +98,4 @@ await bus.close();
 await server.stop();
 rmSync(dir, { recursive: true, force: true });
 
-/** A keep-alive POST with node:http: far less client CPU than fetch, so the gateway is what is measured. */
-function post(url: string, token: string, body: string): Promise<{ status: number; body: string }> {
-  return new Promise((resolve, reject) => {
-    const req = httpRequest(url, { method: 'POST', agent, headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } }, (res) => {
-      let text = '';
-      res.setEncoding('utf8');
-      res.on('data', (c: string) => (text += c));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body: text }));
-    });
-    req.on('error', reject);
-    req.end(body);
-  });
-}
 
-async function freePort(): Promise<number> {
-  const { createServer } = await import('node:net');
-  return new Promise((resolve) => {
-    const srv = createServer();
-    srv.listen(0, '127.0.0.1', () => {
-      const port = (srv.address() as { port: number }).port;
-      srv.close(() => resolve(port));
-    });
-  });
-}

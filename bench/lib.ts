@@ -1,6 +1,8 @@
 // Shared pieces of the benchmarks: machine description, an embedded server, bounded-concurrency loops.
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { cpus, totalmem } from 'node:os';
+import { type Agent, request as httpRequest } from 'node:http';
+import { createServer } from 'node:net';
 import { createInbox, type NatsConnection } from '@nats-io/nats-core';
 
 /** A numeric benchmark size from the environment. */
@@ -130,4 +132,29 @@ export function rssMiB(pid: number): number {
   } catch {
     return NaN;
   }
+}
+
+/** A keep-alive POST with node:http: far less client CPU than fetch, so the service is what is measured. */
+export function post(agent: Agent, url: string, token: string, body: string): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = httpRequest(url, { method: 'POST', agent, headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } }, (res) => {
+      let text = '';
+      res.setEncoding('utf8');
+      res.on('data', (c: string) => (text += c));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body: text }));
+    });
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
+/** A port free on 127.0.0.1 right now (for a child service to listen on). */
+export function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const srv = createServer();
+    srv.listen(0, '127.0.0.1', () => {
+      const port = (srv.address() as { port: number }).port;
+      srv.close(() => resolve(port));
+    });
+  });
 }

@@ -17,8 +17,7 @@ import { createSocket } from 'node:dgram';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Agent, request as httpRequest } from 'node:http';
-import { createServer } from 'node:net';
+import { Agent } from 'node:http';
 import type { ChildProcess } from 'node:child_process';
 import * as dnsPacket from 'dns-packet';
 import { StorageType } from '@nats-io/jetstream';
@@ -31,7 +30,7 @@ import { mintToken } from '../runtime/tokens.ts';
 import { InboxRequester } from '../runtime/inbox-requester.ts';
 import { replay } from '../cli/operators.ts';
 import { enforcementOf } from '../runtime/enforcement.ts';
-import { cpuSeconds, envNumber, machine, percentile, pool, progress, rate, rawAppendRate, rssMiB, startChild, stopChild } from './lib.ts';
+import { cpuSeconds, envNumber, freePort, machine, percentile, pool, post, progress, rate, rawAppendRate, rssMiB, startChild, stopChild } from './lib.ts';
 
 const sizes = {
   CELLS: envNumber('BENCH_CELLS', 1000),
@@ -418,28 +417,7 @@ function coresOf(components: Component[], before: Map<string, number>, seconds: 
   return out;
 }
 
-function post(agent: Agent, url: string, token: string, body: string): Promise<{ status: number; body: string }> {
-  return new Promise((resolve, reject) => {
-    const req = httpRequest(url, { method: 'POST', agent, headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } }, (res) => {
-      let text = '';
-      res.setEncoding('utf8');
-      res.on('data', (c: string) => (text += c));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body: text }));
-    });
-    req.on('error', reject);
-    req.end(body);
-  });
-}
 
-function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const srv = createServer();
-    srv.listen(0, '127.0.0.1', () => {
-      const port = (srv.address() as { port: number }).port;
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
 // Interrupted (Ctrl-C, a test's timeout): take every process this run started down with it.
 const live = new Set<number>();
