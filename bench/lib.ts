@@ -10,7 +10,7 @@ export const envNumber = (name: string, fallback: number): number => Number(proc
 
 /** A progress line on stderr (stdout carries the results). */
 export const progress = (what: string): void => {
-  process.stderr.write(`bench: ${what}\n`);
+  process.stderr.write(`bench: ${new Date().toISOString()} ${what}\n`);
 };
 
 export function machine(): Record<string, string> {
@@ -60,7 +60,12 @@ export async function startChild(entry: string, env: NodeJS.ProcessEnv, readyMes
       // Warnings and errors of a child show on the benchmark's stderr (a run with them is suspect).
       const lines = buf.split('\n');
       buf = lines.pop() ?? '';
-      for (const line of lines) if (/"level":(40|50|60)/.test(line)) process.stderr.write(`${entry}: ${line.slice(0, 2000)}\n`);
+      for (const line of lines) {
+        if (/"level":(40|50|60)/.test(line)) process.stderr.write(`${entry}: ${line.slice(0, 2000)}\n`);
+        // with BENCH_CHILD_NODE_ARGS=--trace-gc: pauses of 20 ms or more, with the time they were seen
+        const gc = /(Mark-Compact|Scavenge)[^,]*MB, ([\d.]+)/.exec(line);
+        if (gc && Number(gc[2]) >= 20) process.stderr.write(`gc ${new Date().toISOString()} ${entry} ${gc[1]} ${gc[2]} ms\n`);
+      }
     });
     child.once('exit', (code) => reject(new Error(`${entry} exited with ${code}`)));
   });
