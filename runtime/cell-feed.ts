@@ -105,7 +105,7 @@ export class CellFeed implements DesiredStateFeed {
         }
         // In place, with an undo list: a delta costs the entries it changes, not the cell. A mismatching hash
         // puts the old entries back before the resync, so the state held is never one that was not planned.
-        if (!d.ops.every((o) => SECTIONS.includes(o.path[0]))) {
+        if (!Array.isArray(d.ops) || !d.ops.every((o) => Array.isArray(o?.path) && SECTIONS.includes(o.path[0]) && typeof o.path[1] === 'string')) {
           this.#log.warn({ revision: d.revision }, 'cell-feed-invalid-delta');
           return this.#resync();
         }
