@@ -56,7 +56,8 @@ t.test('agents with the memory dataplane', async (t) => {
   t.equal(planes['cell-2']!.allows('10.255.1.2', '10.255.2.2', 'tcp', 8080), true, 'the rules stayed in place while the agent was away');
   await startAgent('cell-2');
   await agents['cell-2']!.waitApplied(del.body.revision);
-  t.equal((await enforcementOf(gw.bus, del.body.revision)).enforced, true, 'the restarted agent caught up');
+  const caughtUp = await enforcementOf(gw.bus, del.body.revision);
+  t.equal(caughtUp.enforced, true, `the restarted agent caught up: ${JSON.stringify(caughtUp)}`);
   t.equal(planes['cell-2']!.allows('10.255.1.2', '10.255.2.2', 'tcp', 8080), false);
 
   // Drift: the memory dataplane can be tampered with; the agent repairs it.
