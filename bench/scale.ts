@@ -217,7 +217,7 @@ async function runOnce(pollMs: number): Promise<ScaleRun> {
     const ingest = rate(sizes.CONTAINERS, ms);
     results['ingest: container starts via intake, everything running (cmds/s)'] = ingest;
     results['ingest vs raw append (%)'] = round((ingest / raw) * 100);
-    results['ingest: CPU cores during the container load'] = coresOf(components, cpuLoad0, (performance.now() - tLoad) / 1000, ['nats-server', 'policy-writer', 'planner-0']);
+    results['ingest: CPU cores during the container load'] = coresOf(components, cpuLoad0, (performance.now() - tLoad) / 1000, ['nats-server', 'policy-writer', ...components.map((c) => c.name).filter((n) => n.startsWith('planner-'))]);
     progress(`[${mode}] waiting for every cell to converge after the load`);
     const tConv = performance.now();
     const conv = await waitConverged(bus, plannedHash, appliedHash, sizes.CONVERGE_TIMEOUT_S * 1000);
