@@ -177,8 +177,6 @@ export class PollingCellFeed implements DesiredStateFeed {
   #timer: NodeJS.Timeout | undefined;
   #polling: Promise<void> | undefined;
   #stopped = false;
-  /** Polls answered, and polls that failed (no planner answered in time). */
-  readonly stats = { polls: 0, failures: 0 };
 
   constructor(bus: Bus, cellId: string, log: Logger, intervalMs: number, random: () => number = Math.random) {
     this.#bus = bus;
@@ -216,7 +214,6 @@ export class PollingCellFeed implements DesiredStateFeed {
     try {
       const m = await this.#bus.nc.request(cellSubject.state(this.#cellId), '', { timeout: Math.min(this.#intervalMs, 5000) });
       const answer = m.json<{ revision: number; hash: string; state: CellState }>();
-      this.stats.polls += 1;
       if (answer.revision <= this.#view.revision) return;
       if (cellHashOf(answer.state) !== answer.hash) {
         this.#log.warn({ revision: answer.revision }, 'cell-poll-hash-mismatch');
@@ -226,7 +223,6 @@ export class PollingCellFeed implements DesiredStateFeed {
       for (const l of this.#listeners) l(this.#view);
       this.#progress.advance(this.#view);
     } catch (err) {
-      this.stats.failures += 1;
       if (!this.#stopped) this.#log.debug({ err }, 'cell-poll-failed');
     }
   }

@@ -1,7 +1,7 @@
 // The cell agent: follows its cell's desired state (CellFeed), turns it into rules and applies them through a
 // dataplane only when they change; repairs drift; reports what it applied (status KV) and publishes its
 // containers' discovery names (discovery KV, re-put on every heartbeat). Stopping leaves the rules in place.
-import { Kvm, type KV } from '@nats-io/kv';
+import { Kvm } from '@nats-io/kv';
 import type { Bus } from '../../runtime/nats.ts';
 import type { Logger } from '../../runtime/logger.ts';
 import { CellFeed, PollingCellFeed, type DesiredStateFeed } from '../../runtime/cell-feed.ts';
@@ -53,11 +53,11 @@ export type CellAgent = {
   stop(): Promise<void>;
 };
 
-export async function createBuckets(bus: Bus, replicas: number): Promise<{ status: KV; discovery: KV }> {
+/** Makes sure the status and discovery buckets exist (agents then write to them with BucketWriter). */
+export async function createBuckets(bus: Bus, replicas: number): Promise<void> {
   const kvm = new Kvm(bus.js);
-  const status = await withNatsRetry('cell status bucket', () => kvm.create(CELL_STATUS_BUCKET, { history: 1, replicas }));
-  const discovery = await withNatsRetry('discovery bucket', () => kvm.create(DISCOVERY_BUCKET, { history: 1, replicas }));
-  return { status, discovery };
+  await withNatsRetry('cell status bucket', () => kvm.create(CELL_STATUS_BUCKET, { history: 1, replicas }));
+  await withNatsRetry('discovery bucket', () => kvm.create(DISCOVERY_BUCKET, { history: 1, replicas }));
 }
 
 export async function startCellAgent(deps: { bus: Bus; log: Logger; config: CellAgentConfig; dataplane: Dataplane; metrics?: Registry }): Promise<CellAgent> {
