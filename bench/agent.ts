@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MemoryDataplane, NftDataplane, run } from '../services/cell-agent/dataplane.ts';
 import { type Allow, type RuleSet, expandRules, normalizeAllows, renderNft } from '../services/cell-agent/rules.ts';
-import type { CellState } from '../projections/cell.ts';
+import { type CellState, emptyCellState } from '../projections/cell.ts';
 import { envNumber, machine, percentile, progress } from './lib.ts';
 
 if (process.getuid?.() !== 0) {
@@ -71,7 +71,7 @@ try {
   }
 
   progress('memory driver');
-  const state: CellState = { containers: {}, ingress: {}, sources: {}, tags: {}, names: {} };
+  const state: CellState = emptyCellState();
   for (let d = 0; d < 50; d++) {
     state.containers[`c${d}`] = { appId: `dst${d}`, appName: `dst${d}`, instanceIndex: 0, ip: ip(1 + d) };
     state.ingress[`dst${d}`] = { [`src${d}|tcp|8080|8080`]: { sourceAppId: `src${d}`, protocol: 'tcp', startPort: 8080, endPort: 8080 } };

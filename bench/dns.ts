@@ -84,7 +84,7 @@ await ensureTopology(bus.jsm, defaultTopologyOptions, log);
 // ---- 2. container start -> name resolves ----
 {
   progress(`${SAMPLES} container starts, each resolved as soon as possible`);
-  const writer = await startPolicyWriter({ bus, log, config: { httpHost: '127.0.0.1', httpPort: 0, httpBodyLimit: 1 << 20, policyQuota: 150, maxPoliciesPerRequest: 1000, tokenSecret: 'x'.repeat(32) } });
+  const writer = await startPolicyWriter({ bus, log, config: { httpHost: '127.0.0.1', httpPort: 0, httpBodyLimit: 1 << 20, policyQuota: 150, maxPoliciesPerRequest: 1000, tokenSecret: 'x'.repeat(32), overlayCidr: '10.255.0.0/16' } });
   const planner = await startPlanner({ bus, log, config: defaultPlannerConfig });
   const agent = await startCellAgent({ bus, log, config: { ...defaultCellAgentConfig, cellId: 'cell-1' }, dataplane: new MemoryDataplane('10.255.0.0/16') });
   const discovery = await startDiscovery({ bus, log, config: { ...defaultDiscoveryConfig, dnsPort: 0, httpPort: 0 } });

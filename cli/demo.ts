@@ -1,6 +1,7 @@
 // `netfold demo`: a scripted tour against a running `netfold up` (npm start): registers two apps, starts their
 // containers on the simulated cells, adds a policy, waits until it is enforced on every cell, resolves the names
 // through DNS, and shows the audit trail and an explanation. Safe to run again (every step is idempotent).
+import { cidrRange, intToIp } from '../projections/ipv4.ts';
 import { kvLatest } from '../runtime/buckets.ts';
 import { Resolver } from 'node:dns/promises';
 import type { Bus } from '../runtime/nats.ts';
@@ -18,20 +19,24 @@ export async function demo(o: DemoOptions): Promise<void> {
     if (!r.ok) throw new NetfoldError(r.error ?? 'refused', r.code ?? 'refused', 400, false);
     return r.revision!;
   };
-  const cells = [...(await kvLatest(bus, CELL_STATUS_BUCKET)).keys()].sort();
+  const model = await modelAt(bus, undefined);
+  const cells = [...(await kvLatest(bus, CELL_STATUS_BUCKET)).keys()].filter((c) => model.cells[c]?.status === 'active').sort();
   if (cells.length < 2) throw new NetfoldError('the demo needs at least two cells: run "npm start" (3 simulated cells by default) first', 'no-cells', 400, false);
   say(`1. cells reporting: ${cells.join(', ')}`);
 
   say('2. the platform registers two apps and starts their containers');
   await intake(intakeSubject.registerApp, { appId: 'demo-frontend', name: 'frontend', spaceId: 'demo-space', orgId: 'demo-org' });
   await intake(intakeSubject.registerApp, { appId: 'demo-backend', name: 'backend', spaceId: 'demo-space', orgId: 'demo-org' });
-  const starts: [string, string, number, string][] = [
-    ['demo-frontend-0', 'demo-frontend', 0, '10.255.101.2'],
-    ['demo-backend-0', 'demo-backend', 0, '10.255.102.2'],
-    ['demo-backend-1', 'demo-backend', 1, '10.255.103.2'],
+  const starts: [string, string, number][] = [
+    ['demo-frontend-0', 'demo-frontend', 0],
+    ['demo-backend-0', 'demo-backend', 0],
+    ['demo-backend-1', 'demo-backend', 1],
   ];
-  for (const [i, [containerId, appId, index, ip]] of starts.entries()) {
+  for (const [i, [containerId, appId, index]] of starts.entries()) {
     const cellId = cells[i % cells.length]!;
+    // An address in the cell's registered container range (the writer refuses any other).
+    const range = cidrRange(model.cells[cellId]!.subnet);
+    const ip = intToIp(range.first + Math.min(10 + i, range.size - 2));
     await intake(intakeSubject.startContainer, { containerId, appId, instanceIndex: index, cellId, ip });
     say(`   ${containerId} on ${cellId} at ${ip}`);
   }

@@ -17,7 +17,7 @@ import { demo } from './demo.ts';
 import { DeliverPolicy } from '@nats-io/jetstream';
 import { EventLog } from '../runtime/event-log.ts';
 import { parseEvent } from '../events/catalogue.ts';
-import { type AuditEntry, type AuditFilter, audit, auditEntry, explainAt, matches, modelAt, parsePoint, replay, stateView } from './operators.ts';
+import { type AuditEntry, type AuditFilter, audit, auditEntry, explainAt, matches, modelAt, parsePoint, quarantined, replay, stateView } from './operators.ts';
 import { waitEnforced } from '../runtime/enforcement.ts';
 import { CELL_STATUS_BUCKET } from '../runtime/subjects.ts';
 import type { CellStatus } from '../services/cell-agent/agent.ts';
@@ -29,6 +29,8 @@ usage: netfold <command> [flags]
   up                                  run NATS (embedded unless --nats-url), the gateway and intake
   token mint --user U --scope S[,S] [--space ID,..] [--ttl 24h]
                                       mint a bearer token (scopes: ${SCOPES.join(', ')})
+  cell register --id ID --subnet CIDR register a cell and its container range (inside the overlay)
+  cell decommission --id ID           retire a cell (refused while containers run there)
   app register --id ID --name NAME --space ID --org ID
   app rename --id ID --name NAME
   app delete --id ID
@@ -47,6 +49,7 @@ usage: netfold <command> [flags]
   replay [--to REVISION|TIME]         rebuild every cell from the log; compare with planner and agents (exit 1 on a difference)
   demo                                a scripted tour against a running "npm start"
   cells                               each cell's agent status: applied revision, rules, drift repairs, errors
+  quarantine                          log entries the folds skipped (invalid, or a fold that failed), with why
 
 common flags: --json (machine-readable output), --nats-url URL, --api URL (policy API, default
 http://127.0.0.1:<http-port>), --token TOKEN (default: NETFOLD_TOKEN, then <data-dir>/admin.token),
@@ -66,6 +69,7 @@ const CLI_FLAGS = {
   cell: { type: 'string' },
   index: { type: 'string' },
   ip: { type: 'string' },
+  subnet: { type: 'string' },
   from: { type: 'string' },
   to: { type: 'string' },
   protocol: { type: 'string' },
@@ -169,7 +173,7 @@ async function main(argv: string[]): Promise<void> {
     return;
   }
   const config = loadConfig(flags);
-  const single = ['up', 'wait', 'cells', 'audit', 'state', 'explain', 'replay', 'demo'];
+  const single = ['up', 'wait', 'cells', 'audit', 'state', 'explain', 'replay', 'demo', 'quarantine'];
   const key = verb && !single.includes(group) ? `${group} ${verb}` : group;
   switch (key) {
     case 'up':
@@ -182,6 +186,10 @@ async function main(argv: string[]): Promise<void> {
       const token = await mintToken(resolveTokenSecret(config, false), { user: need(flags, 'user'), scopes, spaces }, ttl);
       return out.print(token, { token });
     }
+    case 'cell register':
+      return intake(config, flags, out, intakeSubject.registerCell, { cellId: need(flags, 'id'), subnet: need(flags, 'subnet') });
+    case 'cell decommission':
+      return intake(config, flags, out, intakeSubject.decommissionCell, { cellId: need(flags, 'id') });
     case 'app register':
       return intake(config, flags, out, intakeSubject.registerApp, { appId: need(flags, 'id'), name: need(flags, 'name'), spaceId: need(flags, 'space'), orgId: need(flags, 'org') });
     case 'app rename':
@@ -321,6 +329,14 @@ async function main(argv: string[]): Promise<void> {
           statuses.map((s) => [s.cellId, s.dataplane, String(s.revision), String(s.rules.local), String(s.rules.allows), String(s.applyMs), String(s.driftRepairs), s.appliedAt, s.error ?? '']),
         );
         out.print(`${table(rows)}\n${statuses.length} cells`, statuses);
+      });
+    }
+    case 'quarantine': {
+      return withBus(config, async (bus) => {
+        const q = await quarantined(bus);
+        const rows = [['REVISION', 'SUBJECT', 'REASON', 'TYPE', 'ERROR']].concat(q.entries.map((e) => [String(e.seq), e.subject, e.reason, e.type ?? '-', e.error]));
+        out.print(`${table(rows)}
+${q.entries.length} quarantined of ${q.revision} log entries`, q);
       });
     }
     default:

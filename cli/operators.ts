@@ -4,8 +4,8 @@ import { kvLatest, openBucket } from '../runtime/buckets.ts';
 import type { Bus } from '../runtime/nats.ts';
 import { EventLog } from '../runtime/event-log.ts';
 import { type EventEnvelope, type RecordedEvent } from '../events/catalogue.ts';
-import { type Model, foldEventsInPlace, initialModel, allPolicies } from '../projections/model.ts';
-import { cellHashOf, deriveCellState, type CellState } from '../projections/cell.ts';
+import { type Model, type QuarantineEntry, foldEventsInPlace, initialModel, allPolicies, skipEntry } from '../projections/model.ts';
+import { cellHashOf, deriveCellState, emptyCellState, type CellState } from '../projections/cell.ts';
 import { explain, type Explanation } from '../projections/explain.ts';
 import { CELL_DELTAS_STREAM, CELL_SNAPSHOTS_STREAM, CELL_STATUS_BUCKET, cellSubject } from '../runtime/subjects.ts';
 import { JetStreamApiCodes, JetStreamApiError } from '@nats-io/jetstream';
@@ -13,6 +13,9 @@ import { JetStreamApiCodes, JetStreamApiError } from '@nats-io/jetstream';
 /** The apps an event concerns (for filtering). */
 export function appsOf(e: EventEnvelope): string[] {
   switch (e.type) {
+    case 'CellRegistered':
+    case 'CellDecommissioned':
+      return [];
     case 'AppRegistered':
     case 'AppRenamed':
     case 'AppDeleted':
@@ -31,6 +34,10 @@ export function appsOf(e: EventEnvelope): string[] {
 export function effectOf(e: EventEnvelope): string {
   const d = e.data as Record<string, unknown>;
   switch (e.type) {
+    case 'CellRegistered':
+      return `cell ${e.data.cellId} registered with container range ${e.data.subnet}`;
+    case 'CellDecommissioned':
+      return `cell ${e.data.cellId} decommissioned`;
     case 'AppRegistered':
       return `app ${e.data.appId} "${e.data.name}" registered in space ${e.data.spaceId}`;
     case 'AppRenamed':
@@ -93,12 +100,19 @@ export function parsePoint(text: string): Point {
 export async function modelAt(bus: Bus, point: Point | undefined, onProgress?: (folded: number, total: number) => void): Promise<Model> {
   const log = new EventLog(bus);
   const total = await log.lastSeq();
-  const model = structuredClone(initialModel());
+  const model = initialModel();
   let batch: RecordedEvent[] = [];
   let folded = 0;
   const to = point && 'revision' in point ? point.revision : undefined;
   for await (const rec of log.read(1, undefined, to)) {
-    if (!('event' in rec)) continue;
+    if (!('event' in rec)) {
+      // Folded exactly as the writer and planner fold it: the entry is skipped and recorded in the quarantine.
+      foldEventsInPlace(model, batch);
+      folded += batch.length;
+      batch = [];
+      skipEntry(model, rec.seq, rec.subject, rec.invalid);
+      continue;
+    }
     if (point && 'time' in point && Date.parse(rec.event.at) > point.time) break;
     batch.push(rec);
     if (batch.length === 1000) {
@@ -111,6 +125,12 @@ export async function modelAt(bus: Bus, point: Point | undefined, onProgress?: (
   foldEventsInPlace(model, batch);
   onProgress?.(folded + batch.length, total);
   return model;
+}
+
+/** Every log entry the folds skipped (not a valid event, or a fold that failed), in log order. */
+export async function quarantined(bus: Bus): Promise<{ revision: number; entries: QuarantineEntry[] }> {
+  const m = await modelAt(bus, undefined);
+  return { revision: m.seq, entries: m.quarantine };
 }
 
 export type StateView = {
@@ -189,7 +209,7 @@ export async function replay(bus: Bus, to: Point | undefined, domain: string, on
     }
     const planned = (await lastPublished(bus, cellId))?.hash ?? null;
     const applied = (statuses.get(cellId) as { hash?: string } | undefined)?.hash ?? null;
-    const empty = cellHashOf({ containers: {}, ingress: {}, sources: {}, tags: {}, names: {} });
+    const empty = cellHashOf(emptyCellState());
     const ok = (planned ?? empty) === replayed && (applied === null || applied === replayed);
     out.push({ cellId, replayed, planned, applied, ok });
   }

@@ -16,6 +16,10 @@ import { startDiscovery, discoveryConfigOf } from '../services/discovery/service
 import { startCellAgent, defaultCellAgentConfig, type CellAgent } from '../services/cell-agent/agent.ts';
 import { MemoryDataplane } from '../services/cell-agent/dataplane.ts';
 import { Registry } from '../runtime/metrics.ts';
+import { ConfigError } from '../runtime/errors.ts';
+import { newId } from '../runtime/ids.ts';
+import { nthSubnet } from '../projections/ipv4.ts';
+import type { Writer } from '../services/policy-writer/writer.ts';
 
 export async function up(config: Config): Promise<void> {
   const log = createRootLogger({ level: config.logLevel, name: 'netfold' });
@@ -36,6 +40,7 @@ export async function up(config: Config): Promise<void> {
   // Simulated cells: agents with the in-memory dataplane (no root needed), so the whole story runs on one machine.
   const agents: CellAgent[] = [];
   for (let i = 1; i <= config.simulateCells; i++) {
+    await registerSimulatedCell(writer.writer, config.overlayCidr, i, config.simulateCells);
     agents.push(
       await startCellAgent({
         bus,
@@ -76,4 +81,16 @@ export async function up(config: Config): Promise<void> {
     await bus.close();
     await embedded?.stop();
   });
+}
+
+/**
+ * Simulated cell `sim-cell-i` gets the i-th /24 of the overlay (sim-cell-1: 10.255.1.0/24 by default), smaller
+ * ranges when more cells than /24s are asked for. Registering again is a no-op.
+ */
+async function registerSimulatedCell(writer: Writer, overlayCidr: string, i: number, count: number): Promise<void> {
+  let bits = 24;
+  while (bits < 30 && nthSubnet(overlayCidr, bits, count) === undefined) bits++;
+  const subnet = nthSubnet(overlayCidr, bits, i);
+  if (!subnet) throw new ConfigError(`--overlay-cidr ${overlayCidr} has no room for ${count} simulated cells`);
+  await writer.cell({ type: 'RegisterCell', data: { cellId: `sim-cell-${i}`, subnet } }, { actor: 'system:netfold-up', correlationId: newId() });
 }

@@ -5,6 +5,7 @@ import {
   type Issues,
   type Result,
   appNameOf,
+  cidrOf,
   arrayOf,
   idOf,
   intOf,
@@ -49,7 +50,14 @@ export type PoliciesDeleted = {
   data: { sourceAppId: string; policies: PolicyRule[]; reason: PolicyDeleteReason };
 };
 
+/** A cell (a host running containers) joined, with its container range: its containers' IPs lie in `subnet`. */
+export type CellRegistered = { type: 'CellRegistered'; v: 1; data: { cellId: string; subnet: string } };
+/** A cell left; its id may be registered again later. */
+export type CellDecommissioned = { type: 'CellDecommissioned'; v: 1; data: { cellId: string } };
+
 export type DomainEvent =
+  | CellRegistered
+  | CellDecommissioned
   | AppRegistered
   | AppRenamed
   | AppDeleted
@@ -61,6 +69,8 @@ export type DomainEvent =
 export type EventType = DomainEvent['type'];
 
 export const EVENT_TYPES: readonly EventType[] = [
+  'CellRegistered',
+  'CellDecommissioned',
   'AppRegistered',
   'AppRenamed',
   'AppDeleted',
@@ -107,6 +117,8 @@ const rulesOf = (v: unknown, path: string, issues: Issues): PolicyRule[] =>
 
 /** Data validators for the current version of each event type. */
 const dataReaders: { [T in EventType]: (d: Record<string, unknown>, p: string, i: Issues) => Extract<DomainEvent, { type: T }>['data'] } = {
+  CellRegistered: (d, p, i) => ({ cellId: idOf(d.cellId, join(p, 'cellId'), i), subnet: cidrOf(d.subnet, join(p, 'subnet'), i) }),
+  CellDecommissioned: (d, p, i) => ({ cellId: idOf(d.cellId, join(p, 'cellId'), i) }),
   AppRegistered: (d, p, i) => ({
     appId: idOf(d.appId, join(p, 'appId'), i),
     name: appNameOf(d.name, join(p, 'name'), i),
@@ -145,6 +157,8 @@ const dataReaders: { [T in EventType]: (d: Record<string, unknown>, p: string, i
 
 /** The current version of each type. */
 export const CURRENT_VERSION: { [T in EventType]: number } = {
+  CellRegistered: 1,
+  CellDecommissioned: 1,
   AppRegistered: 1,
   AppRenamed: 1,
   AppDeleted: 1,

@@ -6,6 +6,7 @@ import {
   type Result,
   appNameOf,
   arrayOf,
+  cidrOf,
   idOf,
   intOf,
   ipv4Of,
@@ -17,6 +18,8 @@ import {
   stringOf,
 } from './fields.ts';
 
+export type RegisterCell = { type: 'RegisterCell'; data: { cellId: string; subnet: string } };
+export type DecommissionCell = { type: 'DecommissionCell'; data: { cellId: string } };
 export type RegisterApp = { type: 'RegisterApp'; data: { appId: string; name: string; spaceId: string; orgId: string } };
 export type RenameApp = { type: 'RenameApp'; data: { appId: string; name: string } };
 export type DeleteApp = { type: 'DeleteApp'; data: { appId: string } };
@@ -31,10 +34,11 @@ export type DeletePolicies = {
   data: { sourceAppId: string; policies: PolicyRule[]; reason: 'requested' | 'app-deleted' };
 };
 
+export type CellCommand = RegisterCell | DecommissionCell;
 export type AppCommand = RegisterApp | RenameApp | DeleteApp;
 export type ContainerCommand = StartContainer | StopContainer;
 export type PolicyCommand = CreatePolicies | DeletePolicies;
-export type IntakeCommand = AppCommand | ContainerCommand;
+export type IntakeCommand = CellCommand | AppCommand | ContainerCommand;
 
 /** Metadata every intake request may carry: a request id (retries reuse it) and the calling component. */
 export type RequestMeta = { requestId?: string; actor?: string };
@@ -53,6 +57,11 @@ function metaOf(o: Record<string, unknown>, issues: Issues): RequestMeta {
 type IntakeParser = (o: Record<string, unknown>, issues: Issues) => IntakeCommand;
 
 export const intakeParsers: Record<IntakeCommand['type'], { keys: readonly string[]; parse: IntakeParser }> = {
+  RegisterCell: {
+    keys: ['cellId', 'subnet'],
+    parse: (o, i) => ({ type: 'RegisterCell', data: { cellId: idOf(o.cellId, 'cellId', i), subnet: cidrOf(o.subnet, 'subnet', i) } }),
+  },
+  DecommissionCell: { keys: ['cellId'], parse: (o, i) => ({ type: 'DecommissionCell', data: { cellId: idOf(o.cellId, 'cellId', i) } }) },
   RegisterApp: {
     keys: ['appId', 'name', 'spaceId', 'orgId'],
     parse: (o, i) => ({

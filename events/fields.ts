@@ -2,6 +2,8 @@
 // Each pushes a readable issue and returns a placeholder on failure; callers check `issues.length` once at the end,
 // so one bad input reports every problem at once. No dependencies, no I/O.
 
+import { CIDR_PATTERN, IPV4_PATTERN, isCanonicalCidr } from '../projections/ipv4.ts';
+
 export type Issue = { path: string; message: string };
 export type Issues = Issue[];
 
@@ -10,7 +12,6 @@ export type Result<T> = { ok: true; value: T } | { ok: false; issues: Issue[] };
 export const ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$/;
 /** A DNS label (RFC 1123): the app's discovery name is `<name>.<domain>`. */
 export const APP_NAME_PATTERN = /^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$/;
-const IPV4_PATTERN = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
 const ULID_PATTERN = /^[0-9A-HJKMNP-TV-Z]{26}$/;
 
 const describe = (v: unknown): string => (v === null ? 'null' : Array.isArray(v) ? 'an array' : typeof v);
@@ -73,6 +74,19 @@ export function appNameOf(v: unknown, path: string, issues: Issues): string {
 export function ipv4Of(v: unknown, path: string, issues: Issues): string {
   const s = stringOf(v, path, issues, { max: 15 });
   if (s && !IPV4_PATTERN.test(s)) issues.push({ path, message: 'must be an IPv4 address in dotted-quad form' });
+  return s;
+}
+
+/** An IPv4 network in CIDR form with no host bits set, /8 to /30. */
+export function cidrOf(v: unknown, path: string, issues: Issues): string {
+  const s = stringOf(v, path, issues, { max: 18 });
+  if (!s) return s;
+  if (!CIDR_PATTERN.test(s)) issues.push({ path, message: 'must be an IPv4 network in CIDR form, e.g. 10.255.1.0/24' });
+  else if (!isCanonicalCidr(s)) issues.push({ path, message: 'must have no host bits set (the network address, e.g. 10.255.1.0/24)' });
+  else {
+    const bits = Number(s.split('/')[1]);
+    if (bits < 8 || bits > 30) issues.push({ path, message: 'prefix length must be between /8 and /30' });
+  }
   return s;
 }
 

@@ -15,6 +15,7 @@ import { createHash } from 'node:crypto';
 import type { EventEnvelope } from '../events/catalogue.ts';
 import type { Model } from './model.ts';
 import { canonicalJson } from './canonical.ts';
+import { type Dict, dict } from './dict.ts';
 
 export const DEFAULT_DOMAIN = 'apps.internal';
 
@@ -23,22 +24,26 @@ export type IngressRule = { sourceAppId: string; protocol: 'tcp' | 'udp'; startP
 
 export type CellState = {
   /** Running containers of live apps on this cell. */
-  containers: Record<string, LocalContainer>;
+  containers: Dict<LocalContainer>;
   /** Destination app (with a container here) -> rule key (`source|protocol|start|end`) -> rule. */
-  ingress: Record<string, Record<string, IngressRule>>;
+  ingress: Dict<Dict<IngressRule>>;
   /** Source app named by an ingress rule -> IPs of its running containers (on any cell). */
-  sources: Record<string, Record<string, true>>;
+  sources: Dict<Dict<true>>;
   /** Tags of the apps named by ingress rules (destinations and sources). */
-  tags: Record<string, number>;
+  tags: Dict<number>;
   /** Discovery names of the local containers (`app.domain`, `index.app.domain`, lower case) -> IPs. */
-  names: Record<string, Record<string, true>>;
+  names: Dict<Dict<true>>;
+  /** The cell itself while it is registered: key = cell id, value = its container range. */
+  cell: Dict<CellInfo>;
 };
 
+export type CellInfo = { subnet: string };
+
 export function emptyCellState(): CellState {
-  return { containers: {}, ingress: {}, sources: {}, tags: {}, names: {} };
+  return { containers: dict(), ingress: dict(), sources: dict(), tags: dict(), names: dict(), cell: dict() };
 }
 
-export const SECTIONS = ['containers', 'ingress', 'sources', 'tags', 'names'] as const;
+export const SECTIONS = ['containers', 'ingress', 'sources', 'tags', 'names', 'cell'] as const;
 export type Section = (typeof SECTIONS)[number];
 
 const isLiveApp = (m: Model, appId: string | null | undefined): appId is string => !!appId && !!m.apps[appId] && !m.apps[appId]!.deleted;
@@ -57,8 +62,8 @@ function localContainersOf(m: Model, appId: string, cellId: string): string[] {
 const hostsApp = (m: Model, appId: string, cellId: string) => localContainersOf(m, appId, cellId).length > 0;
 
 /** Live sources allowed into a destination app, as ingress rules (empty when none). */
-function rulesInto(m: Model, destAppId: string): Record<string, IngressRule> {
-  const rules: Record<string, IngressRule> = {};
+function rulesInto(m: Model, destAppId: string): Dict<IngressRule> {
+  const rules = dict<IngressRule>();
   for (const ref of Object.keys(m.policiesByDest[destAppId] ?? {})) {
     const sourceAppId = ref.slice(0, ref.indexOf('|'));
     const p = m.policies[sourceAppId]?.[ref.slice(sourceAppId.length + 1)];
@@ -96,7 +101,7 @@ export function deriveEntry(m: Model, cellId: string, section: Section, key: str
       const index = labels.length === 2 ? Number(labels[0]) : undefined;
       const appId = name === undefined || labels.length > 2 ? undefined : m.appIdByName[name];
       if (!appId) return undefined;
-      const ips: Record<string, true> = {};
+      const ips = dict<true>();
       for (const id of localContainersOf(m, appId, cellId)) {
         const c = m.containers[id]!;
         if (index === undefined || c.instanceIndex === index) ips[c.ip!] = true;
@@ -110,12 +115,16 @@ export function deriveEntry(m: Model, cellId: string, section: Section, key: str
     }
     case 'sources': {
       if (!isSourceOn(m, key, cellId)) return undefined;
-      const ips: Record<string, true> = {};
+      const ips = dict<true>();
       for (const id of Object.keys(m.containersByApp[key] ?? {})) {
         const ip = m.containers[id]?.ip;
         if (ip) ips[ip] = true;
       }
       return Object.keys(ips).length > 0 ? ips : undefined;
+    }
+    case 'cell': {
+      const cell = m.cells[key];
+      return key === cellId && cell?.status === 'active' ? ({ subnet: cell.subnet } satisfies CellInfo) : undefined;
     }
     case 'tags': {
       const tag = m.tags.byApp[key];
@@ -133,6 +142,7 @@ export function deriveCellState(m: Model, cellId: string, domain: string = DEFAU
     const v = deriveEntry(m, cellId, section, key, domain);
     if (v !== undefined) (s[section] as Record<string, unknown>)[key] = v;
   };
+  set('cell', cellId);
   const localApps = new Set<string>();
   for (const id of Object.keys(m.containersByCell[cellId] ?? {})) {
     set('containers', id);
@@ -211,6 +221,10 @@ export function dirtyEntries(m: Model, e: EventEnvelope, domain: string = DEFAUL
     }
   };
   switch (e.type) {
+    case 'CellRegistered':
+    case 'CellDecommissioned':
+      mark(e.data.cellId, 'cell', e.data.cellId);
+      break;
     case 'AppRegistered':
     case 'AppRenamed':
     case 'AppDeleted': {
@@ -299,5 +313,5 @@ export function sameValue(a: unknown, b: unknown): boolean {
   if (typeof a !== 'object' || typeof b !== 'object' || a === null || b === null || Array.isArray(a) !== Array.isArray(b)) return false;
   const ka = Object.keys(a);
   if (ka.length !== Object.keys(b).length) return false;
-  return ka.every((k) => k in b && sameValue((a as Record<string, unknown>)[k], (b as Record<string, unknown>)[k]));
+  return ka.every((k) => Object.hasOwn(b, k) && sameValue((a as Record<string, unknown>)[k], (b as Record<string, unknown>)[k]));
 }

@@ -4,6 +4,8 @@
 // (by stream sequence); every rule below is idempotent, so a re-appended duplicate changes nothing either.
 import { produce, type Draft } from 'immer';
 import { type EventEnvelope, type PolicyRule, type RecordedEvent, policyKey } from '../events/catalogue.ts';
+import { type Dict, dict } from './dict.ts';
+import { cidrContains, cidrsOverlap } from './ipv4.ts';
 
 export type AppState = {
   id: string;
@@ -35,6 +37,21 @@ export type PolicyRecord = PolicyRule & {
   createdSeq: number;
 };
 
+export type CellRecord = {
+  id: string;
+  /** The cell's container range (IPv4 CIDR inside the overlay): its containers' IPs lie in it. */
+  subnet: string;
+  status: 'active' | 'decommissioned';
+  registeredAt: string;
+  decommissionedAt: string | null;
+};
+
+/**
+ * A log entry no fold could use: `invalid` (not an event of this build's catalogue; skipped) or `fold-failed` (a
+ * valid event whose fold threw: a bug; the event is skipped the same way by every fold, so replays still agree).
+ */
+export type QuarantineEntry = { seq: number; subject: string; reason: 'invalid' | 'fold-failed'; error: string; eventId?: string; type?: string };
+
 /** Tags are 16-bit, as Cloud Foundry's default; 0 is never assigned. */
 export const MAX_TAG = 0xffff;
 
@@ -42,33 +59,42 @@ export type Model = {
   /** The last event-log sequence folded in: the revision this model reflects. */
   seq: number;
   /** Last sequence per aggregate subject: the expected-last-subject-sequence of the next append. */
-  subjectSeq: Record<string, number>;
-  apps: Record<string, AppState>;
+  subjectSeq: Dict<number>;
+  apps: Dict<AppState>;
   /** Live apps by lower-cased name (names are DNS labels, so unique among live apps). */
-  appIdByName: Record<string, string>;
-  containers: Record<string, ContainerState>;
+  appIdByName: Dict<string>;
+  containers: Dict<ContainerState>;
   /** Running containers by app and by cell. */
-  containersByApp: Record<string, Record<string, true>>;
-  containersByCell: Record<string, Record<string, true>>;
+  containersByApp: Dict<Dict<true>>;
+  containersByCell: Dict<Dict<true>>;
+  /** The running container holding each IP: one holder per IP, ever. */
+  containersByIp: Dict<string>;
+  /** Cells registered (and decommissioned) by events. */
+  cells: Dict<CellRecord>;
   /** Policies by source app, then by policy key (destination|protocol|start|end). */
-  policies: Record<string, Record<string, PolicyRecord>>;
+  policies: Dict<Dict<PolicyRecord>>;
   /** Index: destination app -> `${source}|${key}`. */
-  policiesByDest: Record<string, Record<string, true>>;
-  tags: { byApp: Record<string, number>; next: number; free: number[] };
+  policiesByDest: Dict<Dict<true>>;
+  tags: { byApp: Dict<number>; next: number; free: number[] };
+  /** Log entries skipped, in log order (see QuarantineEntry). */
+  quarantine: QuarantineEntry[];
 };
 
 export function initialModel(): Model {
   return {
     seq: 0,
-    subjectSeq: {},
-    apps: {},
-    appIdByName: {},
-    containers: {},
-    containersByApp: {},
-    containersByCell: {},
-    policies: {},
-    policiesByDest: {},
-    tags: { byApp: {}, next: 1, free: [] },
+    subjectSeq: dict(),
+    apps: dict(),
+    appIdByName: dict(),
+    containers: dict(),
+    containersByApp: dict(),
+    containersByCell: dict(),
+    containersByIp: dict(),
+    cells: dict(),
+    policies: dict(),
+    policiesByDest: dict(),
+    tags: { byApp: dict(), next: 1, free: [] },
+    quarantine: [],
   };
 }
 
@@ -83,18 +109,56 @@ export function foldEvents(model: Model, batch: readonly RecordedEvent[]): Model
  * copies every record it writes to, which on records of 50k+ containers costs O(n) per batch. Both run the very
  * same `applyEvent`, so their results are identical (the sequence tests check it).
  */
-export function foldEventsInPlace(model: Model, batch: readonly RecordedEvent[]): Model {
-  foldInto(model as Draft<Model>, batch);
+export function foldEventsInPlace(model: Model, batch: readonly RecordedEvent[], step: FoldStep = applyEvent): Model {
+  foldInto(model as Draft<Model>, batch, step);
   return model;
 }
 
-function foldInto(draft: Draft<Model>, batch: readonly RecordedEvent[]): void {
+/** One event's effect on the model. `applyEvent` is the only one; tests pass a failing one to prove quarantine. */
+export type FoldStep = (m: Draft<Model>, e: EventEnvelope, seq: number) => void;
+
+function foldInto(draft: Draft<Model>, batch: readonly RecordedEvent[], step: FoldStep = applyEvent): void {
   for (const rec of batch) {
     if (rec.seq <= draft.seq) continue;
-    applyEvent(draft, rec.event, rec.seq);
+    try {
+      step(draft, rec.event, rec.seq);
+    } catch (err) {
+      // Never expected (every event that passes parseEvent folds); if it happens the event is skipped, recorded,
+      // and the fold goes on: the same code makes the same (partial) change and the same entry in every fold.
+      draft.quarantine.push({ seq: rec.seq, subject: rec.subject, reason: 'fold-failed', error: errorText(err), eventId: rec.event.id, type: rec.event.type });
+    }
     draft.seq = rec.seq;
     draft.subjectSeq[rec.subject] = rec.seq;
   }
+}
+
+const errorText = (err: unknown) => (err instanceof Error ? `${err.name}: ${err.message}` : String(err)).slice(0, 300);
+
+/** Moves a model past a log entry that holds no valid event, recording it in the quarantine. */
+export function skipEntry(m: Model, seq: number, subject: string, error: string): Model {
+  if (seq <= m.seq) return m;
+  m.quarantine.push({ seq, subject, reason: 'invalid', error: error.slice(0, 300) });
+  m.seq = seq;
+  m.subjectSeq[subject] = seq;
+  return m;
+}
+
+/** Why the model would ignore a container start (the decider refuses the same; the fold settles races). */
+export function startConflict(m: Model, d: { containerId: string; cellId: string; ip: string }): 'ip-in-use' | 'cell-decommissioned' | 'ip-outside-cell' | undefined {
+  const holder = m.containersByIp[d.ip];
+  if (holder !== undefined && holder !== d.containerId) return 'ip-in-use';
+  const cell = m.cells[d.cellId];
+  if (cell?.status === 'decommissioned') return 'cell-decommissioned';
+  if (cell && !cidrContains(cell.subnet, d.ip)) return 'ip-outside-cell';
+  return undefined;
+}
+
+/** Active cells whose subnet overlaps the given one (other than the cell itself). */
+export function overlappingCells(m: Model, cellId: string, subnet: string): string[] {
+  return Object.values(m.cells)
+    .filter((c) => c.status === 'active' && c.id !== cellId && cidrsOverlap(c.subnet, subnet))
+    .map((c) => c.id)
+    .sort();
 }
 
 function applyEvent(m: Draft<Model>, e: EventEnvelope, seq: number): void {
@@ -131,9 +195,12 @@ function applyEvent(m: Draft<Model>, e: EventEnvelope, seq: number): void {
     case 'ContainerStarted': {
       if (m.containers[e.data.containerId]) return; // first start wins; a start after its stop is ignored
       const d = e.data;
+      // Two writers may race past the decider's checks; the log order settles it: the later start is ignored.
+      if (startConflict(m as Model, d)) return;
       m.containers[d.containerId] = { id: d.containerId, appId: d.appId, cellId: d.cellId, instanceIndex: d.instanceIndex, ip: d.ip, status: 'running', startedAt: e.at, stoppedAt: null };
-      (m.containersByApp[d.appId] ??= {})[d.containerId] = true;
-      (m.containersByCell[d.cellId] ??= {})[d.containerId] = true;
+      (m.containersByApp[d.appId] ??= dict())[d.containerId] = true;
+      (m.containersByCell[d.cellId] ??= dict())[d.containerId] = true;
+      m.containersByIp[d.ip] = d.containerId;
       return;
     }
     case 'ContainerStopped': {
@@ -147,6 +214,24 @@ function applyEvent(m: Draft<Model>, e: EventEnvelope, seq: number): void {
       c.stoppedAt = e.at;
       if (c.appId) removeIndex(m.containersByApp, c.appId, c.id);
       if (c.cellId) removeIndex(m.containersByCell, c.cellId, c.id);
+      if (c.ip !== null && m.containersByIp[c.ip] === c.id) delete m.containersByIp[c.ip];
+      return;
+    }
+    case 'CellRegistered': {
+      const { cellId, subnet } = e.data;
+      const cell = m.cells[cellId];
+      if (cell?.status === 'active') return; // a repeat; a change of subnet is refused by the decider
+      if (overlappingCells(m as Model, cellId, subnet).length > 0) return; // lost a race with another registration
+      m.cells[cellId] = { id: cellId, subnet, status: 'active', registeredAt: e.at, decommissionedAt: null };
+      return;
+    }
+    case 'CellDecommissioned': {
+      const cell = m.cells[e.data.cellId];
+      if (!cell || cell.status !== 'active') return;
+      const running = m.containersByCell[cell.id];
+      if (running && Object.keys(running).length > 0) return; // lost a race with a start: the cell stays
+      cell.status = 'decommissioned';
+      cell.decommissionedAt = e.at;
       return;
     }
     case 'PoliciesCreated': {
@@ -156,10 +241,10 @@ function applyEvent(m: Draft<Model>, e: EventEnvelope, seq: number): void {
         // A policy naming an app that is unknown or deleted at this point of the log has no effect.
         if (!src || src.deleted || !dst || dst.deleted) continue;
         const key = policyKey(rule);
-        const bySource = (m.policies[src.id] ??= {});
+        const bySource = (m.policies[src.id] ??= dict());
         if (bySource[key]) continue;
         bySource[key] = { ...rule, sourceAppId: src.id, createdAt: e.at, createdBy: e.actor, createdSeq: seq };
-        (m.policiesByDest[rule.destAppId] ??= {})[`${src.id}|${key}`] = true;
+        (m.policiesByDest[rule.destAppId] ??= dict())[`${src.id}|${key}`] = true;
         claimTag(m, src.id);
         claimTag(m, rule.destAppId);
       }
@@ -185,7 +270,7 @@ function removePolicy(m: Draft<Model>, sourceAppId: string, key: string): void {
   removeIndex(m.policiesByDest, rec.destAppId, `${sourceAppId}|${key}`);
 }
 
-function removeIndex(index: Record<string, Record<string, true>>, outer: string, inner: string): void {
+function removeIndex(index: Dict<Dict<true>>, outer: string, inner: string): void {
   const set = index[outer];
   if (!set) return;
   delete set[inner];
@@ -251,14 +336,8 @@ const cmp = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
 
 /** The model as a fold the live log follower drives: in place, on a model only the follower writes. */
 export const liveModelFold = {
-  initial: initialModel(),
+  initial: initialModel,
   apply: foldEventsInPlace,
-  skip: (m: Model, seq: number, subject: string): Model => {
-    if (seq > m.seq) {
-      m.seq = seq;
-      m.subjectSeq[subject] = seq;
-    }
-    return m;
-  },
+  skip: skipEntry,
   seqOf: (m: Model) => m.seq,
 };

@@ -100,12 +100,12 @@ function decode(seq: number, subject: string, data: Uint8Array, log?: Logger): R
 }
 
 export type Fold<S> = {
-  /** The state to start from; the follower starts from a structured clone of it. */
-  initial: S;
+  /** Makes the state to start from. */
+  initial: () => S;
   /** Folds recorded events (in order) into the state. Pure. */
   apply(state: S, batch: readonly RecordedEvent[]): S;
-  /** Moves the state past a log entry that holds no valid event. */
-  skip(state: S, seq: number, subject: string): S;
+  /** Moves the state past a log entry that holds no valid event (`error` says why). */
+  skip(state: S, seq: number, subject: string, error: string): S;
   /** When set, awaited after each folded batch: the follower reads no further until it resolves (backpressure). */
   drained?: () => Promise<void> | undefined;
   seqOf(state: S): number;
@@ -132,7 +132,7 @@ export class LogFollower<S> {
     this.#fold = fold;
     this.#log = log.child({ component: 'log-follower' });
     this.#stream = opts.stream ?? EVENTS_STREAM;
-    this.#state = opts.initialState ?? structuredClone(fold.initial);
+    this.#state = opts.initialState ?? fold.initial();
   }
 
   get state(): S {
@@ -185,7 +185,7 @@ export class LogFollower<S> {
         const rec = decode(m.seq, m.subject, m.data, this.#log);
         if ('invalid' in rec) {
           flushNow();
-          this.#state = this.#fold.skip(this.#state, rec.seq, rec.subject);
+          this.#state = this.#fold.skip(this.#state, rec.seq, rec.subject, rec.invalid);
           this.#wake();
           continue;
         }

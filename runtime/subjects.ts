@@ -1,6 +1,7 @@
 // The subject scheme, in one place. Every id that becomes a subject token is validated first (events/fields.ts:
 // ids are [A-Za-z0-9_-], so no '.', '*', '>' or whitespace can reach a subject).
 //
+//   nf.evt.cell.<cellId>          cell registration                    (stream NF_EVENTS)
 //   nf.evt.app.<appId>            app lifecycle events                 (stream NF_EVENTS)
 //   nf.evt.container.<containerId> container lifecycle events           (stream NF_EVENTS)
 //   nf.evt.policy.<sourceAppId>   policy events of one source app      (stream NF_EVENTS)
@@ -13,12 +14,15 @@ export const EVENTS_STREAM = 'NF_EVENTS';
 export const EVENT_SUBJECTS = 'nf.evt.>';
 
 export const eventSubject = {
+  cell: (cellId: string) => `nf.evt.cell.${cellId}`,
   app: (appId: string) => `nf.evt.app.${appId}`,
   container: (containerId: string) => `nf.evt.container.${containerId}`,
   policy: (sourceAppId: string) => `nf.evt.policy.${sourceAppId}`,
 } as const;
 
 export const intakeSubject = {
+  registerCell: 'nf.cmd.cell.register',
+  decommissionCell: 'nf.cmd.cell.decommission',
   registerApp: 'nf.cmd.app.register',
   renameApp: 'nf.cmd.app.rename',
   deleteApp: 'nf.cmd.app.delete',

@@ -19,7 +19,7 @@ const log = silentLogger();
 const bus = await connectBus({ servers: server.url, name: 'fixture', log });
 await ensureTopology(bus.jsm, defaultTopologyOptions, log);
 const secret = 'fixture-secret-fixture-secret-fixture';
-const writer = await startPolicyWriter({ bus, log, config: { httpHost: '127.0.0.1', httpPort: 0, httpBodyLimit: 1 << 20, policyQuota: 150, maxPoliciesPerRequest: 1000, tokenSecret: secret } });
+const writer = await startPolicyWriter({ bus, log, config: { httpHost: '127.0.0.1', httpPort: 0, httpBodyLimit: 1 << 20, policyQuota: 150, maxPoliciesPerRequest: 1000, tokenSecret: secret, overlayCidr: '10.255.0.0/16' } });
 const admin = await mintToken(secret, { user: 'alice', scopes: ['network.admin'], spaces: [] }, 600);
 const dev = await mintToken(secret, { user: 'bob', scopes: ['network.write'], spaces: ['space-1'] }, 600);
 

@@ -1,19 +1,34 @@
 import t from 'tap';
-import type { AppCommand, ContainerCommand, PolicyCommand } from '../events/commands.ts';
+import type { AppCommand, CellCommand, ContainerCommand, PolicyCommand } from '../events/commands.ts';
 import type { PolicyRule } from '../events/catalogue.ts';
-import { type Model, freeTagCount } from '../projections/model.ts';
-import { type Access, decideApp, decideContainer, decidePolicies } from '../services/policy-writer/decide.ts';
+import { type Model, freeTagCount, overlappingCells } from '../projections/model.ts';
+import { type Access, decideApp, decideCell, decideContainer, decidePolicies } from '../services/policy-writer/decide.ts';
 import { given } from './harness/decider-spec.ts';
+import { dictOf } from '../projections/dict.ts';
 import { ev } from './harness/events.ts';
 
 const app = (cmd: AppCommand) => (m: Model) =>
   decideApp(cmd, { app: m.apps[cmd.data.appId], nameOwner: 'name' in cmd.data ? m.appIdByName[cmd.data.name.toLowerCase()] : undefined });
+const OVERLAY = '10.255.0.0/16';
 const container = (cmd: ContainerCommand) => (m: Model) =>
-  decideContainer(cmd, { container: m.containers[cmd.data.containerId], app: cmd.type === 'StartContainer' ? m.apps[cmd.data.appId] : undefined });
+  decideContainer(cmd, {
+    container: m.containers[cmd.data.containerId],
+    app: cmd.type === 'StartContainer' ? m.apps[cmd.data.appId] : undefined,
+    cell: cmd.type === 'StartContainer' ? m.cells[cmd.data.cellId] : undefined,
+    ipHolder: cmd.type === 'StartContainer' ? m.containersByIp[cmd.data.ip] : undefined,
+    overlayCidr: OVERLAY,
+  });
+const cell = (cmd: CellCommand) => (m: Model) =>
+  decideCell(cmd, {
+    cell: m.cells[cmd.data.cellId],
+    overlayCidr: OVERLAY,
+    overlapping: cmd.type === 'RegisterCell' ? overlappingCells(m, cmd.data.cellId, cmd.data.subnet) : [],
+    running: Object.keys(m.containersByCell[cmd.data.cellId] ?? {}).length,
+  });
 const policies = (cmd: PolicyCommand, access: Access, quota = 150) => (m: Model) =>
   decidePolicies(cmd, {
     access,
-    apps: Object.fromEntries([cmd.data.sourceAppId, ...cmd.data.policies.map((p) => p.destAppId)].map((id) => [id, m.apps[id]])),
+    apps: dictOf([cmd.data.sourceAppId, ...cmd.data.policies.map((p) => p.destAppId)].map((id) => [id, m.apps[id]] as const)),
     existing: m.policies[cmd.data.sourceAppId] ?? {},
     quota,
     tagged: m.tags.byApp,
@@ -21,9 +36,9 @@ const policies = (cmd: PolicyCommand, access: Access, quota = 150) => (m: Model)
   });
 
 const register = (appId: string, name = appId, spaceId = 's1'): AppCommand => ({ type: 'RegisterApp', data: { appId, name, spaceId, orgId: 'o1' } });
-const start = (containerId: string, appId: string): ContainerCommand => ({
+const start = (containerId: string, appId: string, ip = '10.255.1.2', cellId = 'cell-1'): ContainerCommand => ({
   type: 'StartContainer',
-  data: { containerId, appId, cellId: 'cell-1', ip: '10.255.1.2', instanceIndex: 0 },
+  data: { containerId, appId, cellId, ip, instanceIndex: 0 },
 });
 const stop = (containerId: string): ContainerCommand => ({ type: 'StopContainer', data: { containerId } });
 const rule = (destAppId: string, startPort = 8080, endPort = startPort): PolicyRule => ({ destAppId, protocol: 'tcp', startPort, endPort });
@@ -49,16 +64,55 @@ t.test('apps', async (t) => {
 });
 
 t.test('containers', async (t) => {
-  given(t, [ev.registered('a')]).when(container(start('c1', 'a'))).then([ev.started('c1', 'a')]);
-  given(t, []).when(container(start('c1', 'a'))).thenRejects('app-not-found', 404);
-  given(t, [ev.registered('a'), ev.deleted('a')]).when(container(start('c1', 'a'))).thenRejects('app-deleted');
-  given(t, [ev.registered('a'), ev.started('c1', 'a')]).when(container(start('c1', 'a'))).thenNothing('already-running');
-  given(t, [ev.registered('a'), ev.registered('b'), ev.started('c1', 'a')]).when(container(start('c1', 'b'))).thenRejects('container-conflict');
-  given(t, [ev.registered('a'), ev.started('c1', 'a')]).when(container(stop('c1'))).then([ev.stopped('c1', 'a', 'cell-1', true)]);
-  given(t, [ev.registered('a'), ev.started('c1', 'a'), ev.stopped('c1', 'a', 'cell-1')]).when(container(stop('c1'))).thenNothing('already-stopped');
+  const base = [ev.cell('cell-1'), ev.registered('a')];
+  given(t, base).when(container(start('c1', 'a'))).then([ev.started('c1', 'a')]);
+  given(t, [ev.cell('cell-1')]).when(container(start('c1', 'a'))).thenRejects('app-not-found', 404);
+  given(t, [...base, ev.deleted('a')]).when(container(start('c1', 'a'))).thenRejects('app-deleted');
+  given(t, [...base, ev.started('c1', 'a')]).when(container(start('c1', 'a'))).thenNothing('already-running');
+  given(t, [...base, ev.registered('b'), ev.started('c1', 'a')]).when(container(start('c1', 'b'))).thenRejects('container-conflict');
+  given(t, [...base, ev.started('c1', 'a')]).when(container(stop('c1'))).then([ev.stopped('c1', 'a', 'cell-1', true)]);
+  given(t, [...base, ev.started('c1', 'a'), ev.stopped('c1', 'a', 'cell-1')]).when(container(stop('c1'))).thenNothing('already-stopped');
   // A stop for an unknown container is recorded, so that a start arriving after it is ignored.
   given(t, []).when(container(stop('c9'))).then([ev.stopped('c9', null, null, false)]);
-  given(t, [ev.registered('a'), ev.stopped('c9', null, null, false)]).when(container(start('c9', 'a'))).thenNothing('already-stopped');
+  given(t, [...base, ev.stopped('c9', null, null, false)]).when(container(start('c9', 'a'))).thenNothing('already-stopped');
+});
+
+t.test('containers: cells must be known', async (t) => {
+  given(t, [ev.registered('a')]).when(container(start('c1', 'a'))).thenRejects('cell-not-found', 404);
+  given(t, [ev.registered('a'), ev.cell('cell-2')]).when(container(start('c1', 'a'))).thenRejects('cell-not-found', 404);
+  given(t, [ev.registered('a'), ev.cell('cell-1'), ev.decommissioned('cell-1')]).when(container(start('c1', 'a'))).thenRejects('cell-decommissioned', 409);
+  given(t, [ev.registered('a'), ev.cell('cell-1'), ev.decommissioned('cell-1'), ev.cell('cell-1')]).when(container(start('c1', 'a'))).then([ev.started('c1', 'a')], 'a cell registered again takes starts again');
+});
+
+t.test('containers: who may hold an IP', async (t) => {
+  const base = [ev.cell('cell-1'), ev.cell('cell-2'), ev.registered('a'), ev.registered('b')];
+  // Outside the overlay, or outside the cell's range: refused, whatever the address.
+  for (const ip of ['192.168.77.5', '0.0.0.0', '255.255.255.255', '127.0.0.1', '8.8.8.8']) {
+    given(t, base).when(container(start('c1', 'a', ip))).thenRejects('ip-outside-overlay', 400);
+  }
+  given(t, base).when(container(start('c1', 'a', '10.255.2.7'))).thenRejects('ip-outside-cell', 400);
+  given(t, base).when(container(start('c1', 'a', '10.255.1.0'))).thenRejects('ip-reserved', 400);
+  given(t, base).when(container(start('c1', 'a', '10.255.1.255'))).thenRejects('ip-reserved', 400);
+  // Held by a running container: refused until that one stops.
+  given(t, [...base, ev.started('db-0', 'b', 'cell-1', '10.255.1.9')]).when(container(start('web-0', 'a', '10.255.1.9'))).thenRejects('ip-in-use', 409);
+  given(t, [...base, ev.started('db-0', 'b', 'cell-1', '10.255.1.9'), ev.stopped('db-0', 'b', 'cell-1')])
+    .when(container(start('web-0', 'a', '10.255.1.9')))
+    .then([ev.started('web-0', 'a', 'cell-1', '10.255.1.9')], 'a restart reusing an IP stops the old holder first');
+});
+
+t.test('cells', async (t) => {
+  const reg = (cellId: string, subnet: string): CellCommand => ({ type: 'RegisterCell', data: { cellId, subnet } });
+  const decommission = (cellId: string): CellCommand => ({ type: 'DecommissionCell', data: { cellId } });
+  given(t, []).when(cell(reg('cell-1', '10.255.1.0/24'))).then([ev.cell('cell-1', '10.255.1.0/24')]);
+  given(t, [ev.cell('cell-1')]).when(cell(reg('cell-1', '10.255.1.0/24'))).thenNothing('already-registered');
+  given(t, [ev.cell('cell-1')]).when(cell(reg('cell-1', '10.255.9.0/24'))).thenRejects('cell-conflict', 409);
+  given(t, []).when(cell(reg('cell-1', '10.1.0.0/24'))).thenRejects('subnet-outside-overlay', 400);
+  given(t, [ev.cell('cell-1')]).when(cell(reg('cell-2', '10.255.0.0/20'))).thenRejects('subnet-overlap', 409);
+  given(t, [ev.cell('cell-1'), ev.decommissioned('cell-1')]).when(cell(reg('cell-2', '10.255.1.0/24'))).then([ev.cell('cell-2', '10.255.1.0/24')], 'a decommissioned cell frees its range');
+  given(t, []).when(cell(decommission('cell-1'))).thenNothing('not-registered');
+  given(t, [ev.cell('cell-1')]).when(cell(decommission('cell-1'))).then([ev.decommissioned('cell-1')]);
+  given(t, [ev.cell('cell-1'), ev.decommissioned('cell-1')]).when(cell(decommission('cell-1'))).thenNothing('already-decommissioned');
+  given(t, [ev.cell('cell-1'), ev.registered('a'), ev.started('c1', 'a')]).when(cell(decommission('cell-1'))).thenRejects('cell-busy', 409);
 });
 
 t.test('policies: create', async (t) => {

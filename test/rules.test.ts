@@ -2,7 +2,7 @@
 // cases the end-to-end test proves with real TCP.
 import t from 'tap';
 import { readFileSync, writeFileSync } from 'node:fs';
-import type { CellState } from '../projections/cell.ts';
+import { type CellState, emptyCellState } from '../projections/cell.ts';
 import { type Allow, RuleExpander, expandRules, indexRules, normalizeAllows, renderNft, renderNftChanges, InvalidRuleError } from '../services/cell-agent/rules.ts';
 import { MemoryDataplane, RenderDataplane, run } from '../services/cell-agent/dataplane.ts';
 import { isRoot } from './harness/netns.ts';
@@ -23,6 +23,7 @@ const state: CellState = {
   sources: { 'app-front': { '10.255.1.2': true, '10.255.2.9': true }, 'app-back': { '10.255.1.3': true } },
   tags: { 'app-front': 1, 'app-back': 2, 'app-db': 3 },
   names: {},
+  cell: { 'cell-1': { subnet: '10.255.1.0/24' } },
 };
 
 t.test('expansion: one allow per (source IP, local destination, rule)', async (t) => {
@@ -161,7 +162,7 @@ t.test('RuleExpander: equal to a whole expansion after every step of a random hi
     return seed % n;
   };
   const apps = ['a', 'b', 'c', 'd'];
-  let s: CellState = { containers: {}, ingress: {}, sources: {}, tags: {}, names: {} };
+  let s: CellState = emptyCellState();
   const expander = new RuleExpander();
   let previous = expander.expand(s);
   let sameObjectSteps = 0;

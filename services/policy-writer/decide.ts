@@ -1,15 +1,54 @@
 // Deciders: pure functions from a command and the state it concerns to the events that record it. No clock, ids
 // or I/O here: envelopes are added by the caller. A repeated command decides no events. Expected refusals are
 // results (`rejected`), not exceptions.
-import type { AppCommand, ContainerCommand, PolicyCommand } from '../../events/commands.ts';
+import type { AppCommand, CellCommand, ContainerCommand, PolicyCommand } from '../../events/commands.ts';
 import { type DomainEvent, type PolicyRule, policyKey } from '../../events/catalogue.ts';
-import type { AppState, ContainerState, PolicyRecord } from '../../projections/model.ts';
+import type { AppState, CellRecord, ContainerState, PolicyRecord } from '../../projections/model.ts';
+import type { Dict } from '../../projections/dict.ts';
+import { cidrContains, cidrWithin, isNetworkOrBroadcast } from '../../projections/ipv4.ts';
 
 export type Rejection = { code: string; message: string; status: 400 | 403 | 404 | 409 };
 export type Decision = { ok: true; events: DomainEvent[]; note?: string } | { ok: false; rejection: Rejection };
 
 const accept = (events: DomainEvent[], note?: string): Decision => (note ? { ok: true, events, note } : { ok: true, events });
 const reject = (status: Rejection['status'], code: string, message: string): Decision => ({ ok: false, rejection: { status, code, message } });
+
+// ---- cells ------------------------------------------------------------------------------------------------------
+
+export type CellDecisionState = {
+  cell: CellRecord | undefined;
+  /** The overlay every cell's container range must lie in. */
+  overlayCidr: string;
+  /** Active cells (other than this one) whose range overlaps the command's. */
+  overlapping: readonly string[];
+  /** Running containers on the cell. */
+  running: number;
+};
+
+export function decideCell(cmd: CellCommand, s: CellDecisionState): Decision {
+  const { cell } = s;
+  switch (cmd.type) {
+    case 'RegisterCell': {
+      const d = cmd.data;
+      if (cell?.status === 'active') {
+        return cell.subnet === d.subnet ? accept([], 'already-registered') : reject(409, 'cell-conflict', `cell ${d.cellId} is registered with container range ${cell.subnet}`);
+      }
+      if (!cidrWithin(s.overlayCidr, d.subnet)) return reject(400, 'subnet-outside-overlay', `container range ${d.subnet} is not inside the overlay ${s.overlayCidr}`);
+      if (s.overlapping.length > 0) return reject(409, 'subnet-overlap', `container range ${d.subnet} overlaps cell ${s.overlapping[0]}`);
+      return accept([{ type: 'CellRegistered', v: 1, data: { ...d } }]);
+    }
+    case 'DecommissionCell': {
+      if (!cell) return accept([], 'not-registered');
+      if (cell.status === 'decommissioned') return accept([], 'already-decommissioned');
+      if (s.running > 0) return reject(409, 'cell-busy', `cell ${cell.id} still runs ${s.running} container(s): stop them first`);
+      return accept([{ type: 'CellDecommissioned', v: 1, data: { cellId: cell.id } }]);
+    }
+    default: {
+      const never: never = cmd;
+      return never;
+    }
+  }
+}
 
 // ---- apps -------------------------------------------------------------------------------------------------------
 
@@ -55,7 +94,15 @@ export function decideApp(cmd: AppCommand, s: AppDecisionState): Decision {
 
 // ---- containers -------------------------------------------------------------------------------------------------
 
-export type ContainerDecisionState = { container: ContainerState | undefined; app: AppState | undefined };
+export type ContainerDecisionState = {
+  container: ContainerState | undefined;
+  app: AppState | undefined;
+  /** The cell a start names. */
+  cell: CellRecord | undefined;
+  /** The running container that holds the IP a start names, if any. */
+  ipHolder: string | undefined;
+  overlayCidr: string;
+};
 
 export function decideContainer(cmd: ContainerCommand, s: ContainerDecisionState): Decision {
   const { container } = s;
@@ -69,6 +116,14 @@ export function decideContainer(cmd: ContainerCommand, s: ContainerDecisionState
       }
       if (!s.app) return reject(404, 'app-not-found', `app ${d.appId} is not registered`);
       if (s.app.deleted) return reject(409, 'app-deleted', `app ${d.appId} was deleted`);
+      if (!s.cell) return reject(404, 'cell-not-found', `cell ${d.cellId} is not registered`);
+      if (s.cell.status === 'decommissioned') return reject(409, 'cell-decommissioned', `cell ${d.cellId} was decommissioned`);
+      if (!cidrContains(s.overlayCidr, d.ip)) return reject(400, 'ip-outside-overlay', `IP ${d.ip} is not inside the overlay ${s.overlayCidr}`);
+      if (!cidrContains(s.cell.subnet, d.ip)) return reject(400, 'ip-outside-cell', `IP ${d.ip} is not inside cell ${d.cellId}'s container range ${s.cell.subnet}`);
+      if (isNetworkOrBroadcast(s.cell.subnet, d.ip)) return reject(400, 'ip-reserved', `IP ${d.ip} is the network or broadcast address of ${s.cell.subnet}`);
+      if (s.ipHolder !== undefined && s.ipHolder !== d.containerId) {
+        return reject(409, 'ip-in-use', `IP ${d.ip} is held by running container ${s.ipHolder}: stop it first`);
+      }
       return accept([{ type: 'ContainerStarted', v: 1, data: { ...d } }]);
     }
     case 'StopContainer': {
@@ -95,20 +150,20 @@ export type Access = { admin: boolean; spaces: readonly string[] };
 export type PolicyDecisionState = {
   access: Access;
   /** Every app the command names (source and destinations); undefined when unknown. */
-  apps: Record<string, AppState | undefined>;
+  apps: Dict<AppState | undefined>;
   /** The source app's current policies by key. */
-  existing: Record<string, PolicyRecord>;
+  existing: Dict<PolicyRecord>;
   /** Most policies a non-admin may hold per source app. */
   quota: number;
   /** Apps that already have a tag, and how many tags are left. */
-  tagged: Record<string, number>;
+  tagged: Dict<number>;
   freeTags: number;
 };
 
 export const NOT_ACCESSIBLE = 'one or more applications cannot be found or accessed';
 
 /** Checks that the caller may name every app of a policy command. Both ends must be accessible. */
-export function checkAccess(access: Access, appIds: readonly string[], apps: Record<string, AppState | undefined>, mustExist: boolean): Rejection | undefined {
+export function checkAccess(access: Access, appIds: readonly string[], apps: Dict<AppState | undefined>, mustExist: boolean): Rejection | undefined {
   if (access.admin && !mustExist) return undefined;
   for (const id of appIds) {
     const app = apps[id];

@@ -10,7 +10,7 @@ import type { NatsConnection } from '../../runtime/nats.ts';
 import { ValidationError } from '../../runtime/errors.ts';
 import { toServiceError } from '../../runtime/retry.ts';
 import { INTAKE_QUEUE, type IntakeSubject, intakeSubject } from '../../runtime/subjects.ts';
-import type { CommandResult, Writer } from './writer.ts';
+import type { CommandMeta, CommandResult, Writer } from './writer.ts';
 import type { Counter, Registry } from '../../runtime/metrics.ts';
 
 export type IntakeReply =
@@ -18,6 +18,8 @@ export type IntakeReply =
   | { ok: false; code: string; error: string; retryable: boolean; issues?: { path: string; message: string }[] };
 
 const commandOfSubject: Record<IntakeSubject, IntakeCommand['type']> = {
+  [intakeSubject.registerCell]: 'RegisterCell',
+  [intakeSubject.decommissionCell]: 'DecommissionCell',
   [intakeSubject.registerApp]: 'RegisterApp',
   [intakeSubject.renameApp]: 'RenameApp',
   [intakeSubject.deleteApp]: 'DeleteApp',
@@ -80,10 +82,7 @@ export class Intake {
       if (!parsed.ok) throw new ValidationError(parsed.issues);
       const { command, meta } = parsed.value;
       const cmdMeta = { actor: `platform:${meta.actor ?? 'unknown'}`, correlationId: meta.requestId ?? newId() };
-      const result: CommandResult =
-        command.type === 'StartContainer' || command.type === 'StopContainer'
-          ? await this.#writer.container(command, cmdMeta)
-          : await this.#writer.app(command, cmdMeta);
+      const result: CommandResult = await this.#execute(command, cmdMeta);
       const ok: IntakeReply = { ok: true, revision: result.revision, appended: result.events.length };
       if (result.note) ok.note = result.note;
       return ok;
@@ -93,6 +92,19 @@ export class Intake {
       const body: IntakeReply = { ok: false, code: e.code, error: e.message, retryable: e.retryable };
       if (e instanceof ValidationError) body.issues = e.issues;
       return body;
+    }
+  }
+
+  #execute(command: IntakeCommand, meta: CommandMeta): Promise<CommandResult> {
+    switch (command.type) {
+      case 'RegisterCell':
+      case 'DecommissionCell':
+        return this.#writer.cell(command, meta);
+      case 'StartContainer':
+      case 'StopContainer':
+        return this.#writer.container(command, meta);
+      default:
+        return this.#writer.app(command, meta);
     }
   }
 

@@ -18,6 +18,7 @@ export type PolicyWriterConfig = {
   policyQuota: number;
   maxPoliciesPerRequest: number;
   tokenSecret: string;
+  overlayCidr: string;
 };
 
 export type PolicyWriter = {
@@ -48,6 +49,7 @@ export async function startPolicyWriter(deps: {
     now: deps.now ?? (() => new Date()),
     newId: deps.newId ?? newId,
     policyQuota: deps.config.policyQuota,
+    overlayCidr: deps.config.overlayCidr,
   });
   const api = new PolicyApi({ writer, maxPoliciesPerRequest: deps.config.maxPoliciesPerRequest });
   const http = buildHttpGateway({

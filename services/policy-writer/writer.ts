@@ -3,14 +3,15 @@
 // another writer got there first. One aggregate at a time per process; different aggregates run concurrently.
 import type { Logger } from '../../runtime/logger.ts';
 import { type EventEnvelope, envelope } from '../../events/catalogue.ts';
-import type { AppCommand, ContainerCommand, PolicyCommand } from '../../events/commands.ts';
-import { type Model, freeTagCount, liveApp } from '../../projections/model.ts';
+import type { AppCommand, CellCommand, ContainerCommand, PolicyCommand } from '../../events/commands.ts';
+import { type Model, freeTagCount, liveApp, overlappingCells, startConflict } from '../../projections/model.ts';
+import { dictOf } from '../../projections/dict.ts';
 import { KeyedMutex } from '../../runtime/keyed-mutex.ts';
 import type { EventLog, LogFollower } from '../../runtime/event-log.ts';
 import { WrongExpectedSequenceError } from '../../runtime/stream-publisher.ts';
 import { ConflictError, ForbiddenError, NetfoldError, NotFoundError, ValidationError } from '../../runtime/errors.ts';
 import { eventSubject } from '../../runtime/subjects.ts';
-import { type Access, type Decision, type Rejection, decideApp, decideContainer, decidePolicies } from './decide.ts';
+import { type Access, type Decision, type Rejection, decideApp, decideCell, decideContainer, decidePolicies } from './decide.ts';
 
 export type CommandMeta = { actor: string; correlationId: string; causationId?: string };
 
@@ -31,6 +32,8 @@ export type WriterOptions = {
   /** Attempts per command when other writers move the aggregate concurrently. */
   maxAttempts?: number;
   policyQuota: number;
+  /** The overlay network: every cell's container range and every container IP lies in it. */
+  overlayCidr: string;
 };
 
 export function rejectionError(r: Rejection): NetfoldError {
@@ -67,8 +70,18 @@ export class Writer {
    * policy names): when the model has never seen one, the log is asked for it first, so a write acknowledged by
    * another writer instance is not missed. The aggregate itself needs no such check: if the model is behind on
    * it, the append's expected sequence fails and the decision is made again on the caught-up model.
+   *
+   * `took`, when given, is asked once the model has folded the appended events: a rule spanning aggregates (one
+   * holder per IP, non-overlapping cell ranges) is checked by the decider and settled by the fold in log order, so
+   * when another writer won a race the fold ignored this event, and the caller gets the refusal, not a revision.
    */
-  async execute(subject: string, related: readonly string[], decide: (m: Model) => Decision, meta: CommandMeta): Promise<CommandResult> {
+  async execute(
+    subject: string,
+    related: readonly string[],
+    decide: (m: Model) => Decision,
+    meta: CommandMeta,
+    took?: (m: Model) => Rejection | undefined,
+  ): Promise<CommandResult> {
     const { follower, eventLog } = this.#o;
     return this.#mutex.run(subject, async () => {
       await this.catchUpOn(related);
@@ -92,6 +105,11 @@ export class Writer {
             this.stats.appended += 1;
           }
           await follower.waitFor(expected);
+          const lost = took?.(follower.state);
+          if (lost) {
+            this.#log.warn({ subject, code: lost.code, revision: expected }, 'append-ignored-by-fold');
+            throw rejectionError(lost);
+          }
           const result: CommandResult = { revision: expected, events: appended };
           if (decision.note) result.note = decision.note;
           return result;
@@ -117,6 +135,33 @@ export class Writer {
 
   // ---- commands -------------------------------------------------------------------------------------------------
 
+  async cell(cmd: CellCommand, meta: CommandMeta): Promise<CommandResult> {
+    const cellId = cmd.data.cellId;
+    const overlayCidr = this.#o.overlayCidr;
+    return this.execute(
+      eventSubject.cell(cellId),
+      [],
+      (m) =>
+        decideCell(cmd, {
+          cell: m.cells[cellId],
+          overlayCidr,
+          overlapping: cmd.type === 'RegisterCell' ? overlappingCells(m, cellId, cmd.data.subnet) : [],
+          running: Object.keys(m.containersByCell[cellId] ?? {}).length,
+        }),
+      meta,
+      (m) => {
+        const cell = m.cells[cellId];
+        if (cmd.type === 'RegisterCell' && (cell?.status !== 'active' || cell.subnet !== cmd.data.subnet)) {
+          return { status: 409, code: 'subnet-overlap', message: `container range ${cmd.data.subnet} overlaps a cell registered concurrently` };
+        }
+        if (cmd.type === 'DecommissionCell' && cell?.status !== 'decommissioned') {
+          return { status: 409, code: 'cell-busy', message: `cell ${cellId} got a container concurrently: stop it first` };
+        }
+        return undefined;
+      },
+    );
+  }
+
   async app(cmd: AppCommand, meta: CommandMeta): Promise<CommandResult> {
     const appId = cmd.data.appId;
     if (cmd.type === 'DeleteApp') await this.#deletePoliciesOfApp(appId, meta);
@@ -128,11 +173,22 @@ export class Writer {
 
   async container(cmd: ContainerCommand, meta: CommandMeta): Promise<CommandResult> {
     const id = cmd.data.containerId;
-    const appId = cmd.type === 'StartContainer' ? cmd.data.appId : undefined;
-    return this.execute(eventSubject.container(id), appId ? [eventSubject.app(appId)] : [], (m) => decideContainer(cmd, {
-      container: m.containers[id],
-      app: appId ? m.apps[appId] : undefined,
-    }), meta);
+    const start = cmd.type === 'StartContainer' ? cmd.data : undefined;
+    const related = start ? [eventSubject.app(start.appId), eventSubject.cell(start.cellId)] : [];
+    return this.execute(
+      eventSubject.container(id),
+      related,
+      (m) =>
+        decideContainer(cmd, {
+          container: m.containers[id],
+          app: start ? m.apps[start.appId] : undefined,
+          cell: start ? m.cells[start.cellId] : undefined,
+          ipHolder: start ? m.containersByIp[start.ip] : undefined,
+          overlayCidr: this.#o.overlayCidr,
+        }),
+      meta,
+      start && ((m) => startTook(m, start)),
+    );
   }
 
   /** Decides a policy command against the current model without appending (also used to pre-check a batch). */
@@ -140,7 +196,7 @@ export class Writer {
     const ids = [cmd.data.sourceAppId, ...cmd.data.policies.map((p) => p.destAppId)];
     return decidePolicies(cmd, {
       access,
-      apps: Object.fromEntries(ids.map((id) => [id, m.apps[id]])),
+      apps: dictOf(ids.map((id) => [id, m.apps[id]] as const)),
       existing: m.policies[cmd.data.sourceAppId] ?? {},
       quota: this.#o.policyQuota,
       tagged: m.tags.byApp,
@@ -171,4 +227,14 @@ export class Writer {
       await this.policies({ type: 'DeletePolicies', data: { sourceAppId, policies, reason: 'app-deleted' } }, system, meta);
     }
   }
+}
+
+/** After the fold: did this start take effect? (Another writer may have won the IP or the cell first.) */
+function startTook(m: Model, d: { containerId: string; appId: string; cellId: string; ip: string }): Rejection | undefined {
+  const c = m.containers[d.containerId];
+  if (c && c.ip === d.ip && c.cellId === d.cellId && c.appId === d.appId) return undefined;
+  if (c && c.ip === null) return undefined; // a stop arrived first: the start is ignored, as a repeat would be
+  if (c) return { status: 409, code: 'container-conflict', message: `container ${d.containerId} was started concurrently with other details` };
+  const why = startConflict(m, d) ?? 'ip-in-use';
+  return { status: why === 'ip-in-use' || why === 'cell-decommissioned' ? 409 : 400, code: why, message: `container ${d.containerId} was not started: ${why} (settled by a concurrent change)` };
 }

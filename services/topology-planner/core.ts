@@ -14,6 +14,7 @@ import {
   deriveEntry,
   dirtyEntries,
   emptyCellState,
+  SECTIONS,
   sameValue,
   splitEntryId,
 } from '../../projections/cell.ts';
@@ -66,7 +67,7 @@ export class PlannerCore {
     if (resume && resume.model.seq !== resume.checkpoint.seq) {
       throw new Error(`resume model is at ${resume.model.seq}, the checkpoint at ${resume.checkpoint.seq}`);
     }
-    this.model = resume ? resume.model : structuredClone(initialModel());
+    this.model = resume ? resume.model : initialModel();
     for (const c of Object.values(this.model.containers)) if (c.cellId) this.#known.add(c.cellId);
     for (const [cellId, t] of Object.entries(checkpoint?.cells ?? {})) {
       this.#known.add(cellId);
@@ -140,7 +141,8 @@ export class PlannerCore {
 
   #snapshot(cellId: string, t: CellTrack): CellSnapshot {
     // A shallow copy per section is enough: entries are replaced whole, never edited in place.
-    const state: CellState = { containers: { ...t.state.containers }, ingress: { ...t.state.ingress }, sources: { ...t.state.sources }, tags: { ...t.state.tags }, names: { ...t.state.names } };
+    const state = emptyCellState();
+    for (const section of SECTIONS) Object.assign(state[section], t.state[section]);
     return { kind: 'snapshot', cellId, revision: t.revision, hash: t.hash, state };
   }
 

@@ -188,7 +188,7 @@ export async function startPlanner(deps: { bus: Bus; log: Logger; config: Planne
   };
   const checkpointTimer = setInterval(() => enqueue(checkpointIfDue()), cfg.checkpointIntervalMs);
   const fold: Fold<PlannerCore> = {
-    initial: core,
+    initial: () => core,
     apply(c, batch) {
       mFolded.inc({}, batch.length);
       const items: QueueItem[] = c.ingest(batch).map((output) => ({ output }));
@@ -196,8 +196,8 @@ export async function startPlanner(deps: { bus: Bus; log: Logger; config: Planne
       enqueue(items);
       return c;
     },
-    skip(c, seq, subject) {
-      liveModelFold.skip(c.model, seq, subject);
+    skip(c, seq, subject, error) {
+      liveModelFold.skip(c.model, seq, subject, error);
       return c;
     },
     seqOf: (c) => c.seq,
@@ -256,7 +256,7 @@ async function loadCheckpoint(objects: ObjectStore, name: string): Promise<Plann
 
 /** The model as of `seq`: the log folded up to it, fold only. */
 async function foldLogTo(bus: Bus, seq: number, log: Logger): Promise<Model> {
-  const model = structuredClone(initialModel());
+  const model = initialModel();
   let batch: RecordedEvent[] = [];
   for await (const r of new EventLog(bus).read(1, log, seq)) {
     if ('event' in r) {
@@ -265,7 +265,7 @@ async function foldLogTo(bus: Bus, seq: number, log: Logger): Promise<Model> {
     }
     foldEventsInPlace(model, batch);
     batch = [];
-    if (!('event' in r)) liveModelFold.skip(model, r.seq, r.subject);
+    if (!('event' in r)) liveModelFold.skip(model, r.seq, r.subject, r.invalid);
   }
   foldEventsInPlace(model, batch);
   return model;

@@ -19,6 +19,9 @@ export function testId(n: number): string {
 
 export function subjectOf(e: DomainEvent): string {
   switch (e.type) {
+    case 'CellRegistered':
+    case 'CellDecommissioned':
+      return eventSubject.cell(e.data.cellId);
     case 'AppRegistered':
     case 'AppRenamed':
     case 'AppDeleted':
@@ -48,7 +51,16 @@ export function modelOf(events: DomainEvent[]): Model {
   return foldEvents(initialModel(), record(events));
 }
 
+/** The container range of test cell `cell-N` (N = 1..255): 10.255.N.0/24; other ids get none (register by hand). */
+export function subnetOfCell(cellId: string): string {
+  const n = /^cell-(\d+)$/.exec(cellId);
+  if (!n || Number(n[1]) < 1 || Number(n[1]) > 255) throw new Error(`no default subnet for test cell ${cellId}`);
+  return `10.255.${Number(n[1])}.0/24`;
+}
+
 export const ev = {
+  cell: (cellId = 'cell-1', subnet = subnetOfCell(cellId)): DomainEvent => ({ type: 'CellRegistered', v: 1, data: { cellId, subnet } }),
+  decommissioned: (cellId = 'cell-1'): DomainEvent => ({ type: 'CellDecommissioned', v: 1, data: { cellId } }),
   registered: (appId: string, name = appId, spaceId = 's1', orgId = 'o1'): DomainEvent => ({ type: 'AppRegistered', v: 1, data: { appId, name, spaceId, orgId } }),
   renamed: (appId: string, name: string, previousName: string): DomainEvent => ({ type: 'AppRenamed', v: 1, data: { appId, name, previousName } }),
   deleted: (appId: string): DomainEvent => ({ type: 'AppDeleted', v: 1, data: { appId } }),

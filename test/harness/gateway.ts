@@ -26,7 +26,7 @@ export async function startGateway(t: Test, nats: NatsFixture, overrides: Partia
   const writer = await startPolicyWriter({
     bus,
     log: nats.log,
-    config: { httpHost: '127.0.0.1', httpPort: 0, httpBodyLimit: 1024 * 1024, policyQuota: 150, maxPoliciesPerRequest: 1000, tokenSecret: TEST_SECRET, ...overrides },
+    config: { httpHost: '127.0.0.1', httpPort: 0, httpBodyLimit: 1024 * 1024, policyQuota: 150, maxPoliciesPerRequest: 1000, tokenSecret: TEST_SECRET, overlayCidr: '10.255.0.0/16', ...overrides },
     ...(metrics ? { metrics } : {}),
   });
   let stopped = false;

@@ -1,0 +1,64 @@
+// IPv4 addresses and CIDR ranges: the one pattern and the arithmetic every part uses (validation of commands and
+// events, the deciders' "who may hold an IP", the folds). Pure.
+
+export const IPV4_PATTERN = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
+export const CIDR_PATTERN = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}\/([0-9]|[12][0-9]|3[0-2])$/;
+
+export function ipToInt(ip: string): number {
+  const p = ip.split('.');
+  return ((Number(p[0]) << 24) | (Number(p[1]) << 16) | (Number(p[2]) << 8) | Number(p[3])) >>> 0;
+}
+
+export function intToIp(n: number): string {
+  return [n >>> 24, (n >>> 16) & 255, (n >>> 8) & 255, n & 255].join('.');
+}
+
+/** First address and size of a CIDR range. */
+export function cidrRange(cidr: string): { first: number; size: number; bits: number } {
+  const [net, b] = cidr.split('/');
+  const bits = Number(b);
+  const size = 2 ** (32 - bits);
+  const first = bits === 0 ? 0 : (ipToInt(net!) & (2 ** 32 - size)) >>> 0;
+  return { first, size, bits };
+}
+
+export function cidrContains(cidr: string, ip: string): boolean {
+  const { first, size } = cidrRange(cidr);
+  const n = ipToInt(ip);
+  return n >= first && n < first + size;
+}
+
+/** Is `inner` wholly inside `outer`? */
+export function cidrWithin(outer: string, inner: string): boolean {
+  const o = cidrRange(outer);
+  const i = cidrRange(inner);
+  return i.first >= o.first && i.first + i.size <= o.first + o.size;
+}
+
+export function cidrsOverlap(a: string, b: string): boolean {
+  const x = cidrRange(a);
+  const y = cidrRange(b);
+  return x.first < y.first + y.size && y.first < x.first + x.size;
+}
+
+/** The network or broadcast address of a range of 4 or more addresses: never a container's. */
+export function isNetworkOrBroadcast(cidr: string, ip: string): boolean {
+  const { first, size } = cidrRange(cidr);
+  if (size < 4) return false;
+  const n = ipToInt(ip);
+  return n === first || n === first + size - 1;
+}
+
+/** True when the CIDR has no host bits set (10.255.1.0/24, not 10.255.1.7/24). */
+export function isCanonicalCidr(cidr: string): boolean {
+  const [net] = cidr.split('/');
+  return ipToInt(net!) === cidrRange(cidr).first;
+}
+
+/** The `index`-th (0-based) subnet of prefix length `bits` inside `outer`; undefined past its end. */
+export function nthSubnet(outer: string, bits: number, index: number): string | undefined {
+  const o = cidrRange(outer);
+  const size = 2 ** (32 - bits);
+  if (bits < o.bits || index < 0 || (index + 1) * size > o.size) return undefined;
+  return `${intToIp(o.first + index * size)}/${bits}`;
+}
