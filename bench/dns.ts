@@ -92,12 +92,13 @@ await ensureTopology(bus.jsm, defaultTopologyOptions, log);
     const r = (await bus.nc.request(subject, JSON.stringify(body), { timeout: 10_000 })).json<{ ok: boolean; error?: string }>();
     if (!r.ok) throw new Error(r.error);
   };
+  await request(intakeSubject.registerCell, { cellId: 'cell-1', subnet: '10.255.0.0/16' });
   await request(intakeSubject.registerApp, { appId: 'svc', name: 'svc', spaceId: 's', orgId: 'o' });
   const sock = createSocket('udp4');
   await new Promise<void>((r) => sock.bind(0, '127.0.0.1', () => r()));
   const lat: number[] = [];
   for (let i = 0; i < SAMPLES; i++) {
-    const ip = `10.255.${1 + (i >> 8)}.${i & 255}`;
+    const ip = `10.255.${1 + (i >> 7)}.${1 + (i & 127)}`;
     const q = dnsPacket.encode({ id: i, type: 'query', questions: [{ type: 'A', name: `${i}.svc.apps.internal` }] });
     const t0 = performance.now();
     await request(intakeSubject.startContainer, { containerId: `c${i}`, appId: 'svc', cellId: 'cell-1', instanceIndex: i, ip });

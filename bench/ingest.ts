@@ -50,7 +50,7 @@ progress('js.publish');
 // 2. The real path: a policy-writer process (HTTP gateway + intake), driven from this process.
 const secret = 'bench-secret-bench-secret-bench-secret';
 const httpPort = await freePort();
-const child = await startChild('services/policy-writer/main.ts', { NATS_URL: server.url, NETFOLD_TOKEN_SECRET: secret, NETFOLD_HTTP_PORT: String(httpPort), NETFOLD_LOG_LEVEL: 'info' }, 'policy-writer-started');
+const child = await startChild('services/policy-writer/main.ts', { NATS_URL: server.url, NETFOLD_TOKEN_SECRET: secret, NETFOLD_HTTP_PORT: String(httpPort), NETFOLD_LOG_LEVEL: 'info', NETFOLD_OVERLAY_CIDR: '10.0.0.0/8' }, 'policy-writer-started');
 const gateway = `http://127.0.0.1:${httpPort}/networking/v1/external/policies`;
 const agent = new Agent({ keepAlive: true, maxSockets: HTTP_CONC });
 const admin = await mintToken(secret, { user: 'bench', scopes: ['network.admin'], spaces: [] }, 3600);
@@ -60,6 +60,14 @@ const request = async (subject: string, body: unknown) => {
   const m = await requester.request(subject, JSON.stringify(body), { timeoutMs: 30_000 });
   const r = m.json<{ ok: boolean; error?: string }>();
   if (!r.ok) throw new Error(`${subject}: ${r.error}`);
+};
+
+/** Container i runs on cell i % 1000, at host 2 + i / 1000 of that cell's range (up to 252,000 containers). */
+const ipOnCell = (i: number) => {
+  const k = i % 1000;
+  const host = 2 + Math.floor(i / 1000);
+  if (host > 254) throw new Error('more containers than addresses: at most 252,000');
+  return `10.${k >> 8}.${k & 255}.${host}`;
 };
 
 const measure = async (name: string, count: number, concurrency: number, task: (i: number) => Promise<void>) => {
@@ -74,9 +82,11 @@ const measure = async (name: string, count: number, concurrency: number, task: (
   results[`${name} — CPU cores: writer / nats-server / load generator`] = `${cores(cpuSeconds(child.pid!) - cpu0)} / ${cores(cpuSeconds(server.pid) - server0)} / ${cores((self.user + self.system) / 1e6)}`;
 };
 
+// 1,000 cells, cell k with the container range 10.<k / 256>.<k % 256>.0/24 of the overlay 10.0.0.0/8 (not measured).
+await pool(1000, INTAKE_CONC, (k) => request(intakeSubject.registerCell, { cellId: `cell-${k}`, subnet: `10.${k >> 8}.${k & 255}.0/24` }));
 await measure('app registrations (cmds/s)', APPS, INTAKE_CONC, (i) => request(intakeSubject.registerApp, { appId: `app-${i}`, name: `app-${i}`, spaceId: 's1', orgId: 'o1' }));
 await measure('container starts via intake (events/s)', CONTAINERS, INTAKE_CONC, (i) =>
-  request(intakeSubject.startContainer, { containerId: `c-${i}`, appId: `app-${i % APPS}`, cellId: `cell-${i % 1000}`, instanceIndex: Math.floor(i / APPS), ip: `10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}` }),
+  request(intakeSubject.startContainer, { containerId: `c-${i}`, appId: `app-${i % APPS}`, cellId: `cell-${i % 1000}`, instanceIndex: Math.floor(i / APPS), ip: ipOnCell(i) }),
 );
 await measure('container stops via intake (events/s)', CONTAINERS, INTAKE_CONC, (i) => request(intakeSubject.stopContainer, { containerId: `c-${i}` }));
 await measure('policy creates via HTTP, 1 per request (policies/s)', POLICIES, HTTP_CONC, async (i) => {

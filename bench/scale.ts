@@ -62,10 +62,9 @@ function seeded(seed: number): () => number {
   };
 }
 
-const ipOf = (j: number) => {
-  const n = j + 256;
-  return `10.${(n >> 16) & 255}.${(n >> 8) & 255}.${n & 255}`;
-};
+/** Cell k's container range: 10.<k / 256>.<k % 256>.0/24 inside the bench's overlay 10.0.0.0/8. */
+const OVERLAY = '10.0.0.0/8';
+const subnetOf = (k: number) => `10.${(k >> 8) & 255}.${k & 255}.0/24`;
 const round = (x: number, d = 1) => Math.round(x * 10 ** d) / 10 ** d;
 const summary = (xs: number[]) => {
   const s = [...xs].sort((a, b) => a - b);
@@ -146,7 +145,7 @@ async function runOnce(pollMs: number): Promise<ScaleRun> {
     progress(`[${mode}] starting gateway, ${sizes.PLANNERS} planner(s), discovery, ${sizes.CELLS} agents in ${sizes.AGENT_PROCS} processes`);
     const httpPort = await freePort();
     const dnsPort = await freePort();
-    const baseEnv = { NATS_URL: server.url, NETFOLD_LOG_LEVEL: 'info', NETFOLD_DOMAIN: DOMAIN };
+    const baseEnv = { NATS_URL: server.url, NETFOLD_LOG_LEVEL: 'info', NETFOLD_DOMAIN: DOMAIN, NETFOLD_OVERLAY_CIDR: OVERLAY };
     children.push({ name: 'policy-writer', child: await startChild('services/policy-writer/main.ts', { ...baseEnv, NETFOLD_TOKEN_SECRET: SECRET, NETFOLD_HTTP_PORT: String(httpPort) }, 'policy-writer-started') });
     for (let p = 0; p < sizes.PLANNERS; p++) {
       children.push({ name: `planner-${p}`, child: await startChild('services/topology-planner/main.ts', { ...baseEnv, NETFOLD_PLANNER_ID: `planner-${p}`, NETFOLD_METRICS_PORT: '0' }, 'planner-started') });
@@ -188,7 +187,17 @@ async function runOnce(pollMs: number): Promise<ScaleRun> {
 
     // ---- load, through the real gateway and intake, with everything running ----
     const rnd = seeded(7);
-    const cellOf = () => `cell-${Math.floor(rnd() * sizes.CELLS)}`;
+    // Each container gets the next free address of a random cell's range (the writer refuses any other).
+    const nextHost = new Array<number>(sizes.CELLS).fill(2);
+    const place = () => {
+      const k = Math.floor(rnd() * sizes.CELLS);
+      const host = nextHost[k]!++;
+      if (host > 254) throw new Error(`cell-${k} has no free address left`);
+      return { cellId: `cell-${k}`, ip: `10.${(k >> 8) & 255}.${k & 255}.${host}` };
+    };
+    await pool(sizes.CELLS, sizes.INTAKE_CONCURRENCY, async (k) => {
+      await intake(intakeSubject.registerCell, { cellId: `cell-${k}`, subnet: subnetOf(k) });
+    });
     const instances = new Array<number>(sizes.APPS).fill(0);
     const running: { id: string; app: number; cellId: string }[] = [];
     progress(`[${mode}] loading ${sizes.APPS} apps, ${sizes.POLICIES} policies, ${sizes.CONTAINERS} containers`);
@@ -207,7 +216,7 @@ async function runOnce(pollMs: number): Promise<ScaleRun> {
       await policyCall('policies', batch);
     });
     results[`ingest: policy creates via HTTP, ${BATCH} per request (policies/s)`] = rate(sizes.POLICIES, ms);
-    const starts = Array.from({ length: sizes.CONTAINERS }, (_, j) => ({ id: `c-${j}`, app: j % sizes.APPS, cellId: cellOf(), ip: ipOf(j) }));
+    const starts = Array.from({ length: sizes.CONTAINERS }, (_, j) => ({ id: `c-${j}`, app: j % sizes.APPS, ...place() }));
     ms = await pool(sizes.CONTAINERS, sizes.INTAKE_CONCURRENCY, async (j) => {
       const c = starts[j]!;
       const index = instances[c.app]!++;
@@ -252,7 +261,7 @@ async function runOnce(pollMs: number): Promise<ScaleRun> {
       const victim = running.splice(Math.floor(rnd() * running.length), 1)[0]!;
       await intake(intakeSubject.stopContainer, { containerId: victim.id });
       const j = nextContainer++;
-      const fresh = { id: `c-${j}`, app: victim.app, cellId: cellOf(), ip: ipOf(j) };
+      const fresh = { id: `c-${j}`, app: victim.app, ...place() };
       const index = instances[fresh.app]!++;
       const sample: Sample = { kind: 'container-start', t0: performance.now(), ip: fresh.ip };
       samples.push(sample);

@@ -233,9 +233,13 @@ async function main(argv: string[]): Promise<void> {
       const timeoutMs = parseDuration(typeof flags.timeout === 'string' ? flags.timeout : '30s') * 1000;
       return withBus(config, async (bus) => {
         const e = await waitEnforced(bus, revision, timeoutMs);
-        const rows = [['CELL', 'PLANNED', 'REQUIRED', 'APPLIED', 'OK']].concat(e.cells.map((c) => [c.cellId, String(c.planned), String(c.required), String(c.applied ?? '-'), c.ok ? 'yes' : 'no']));
+        const rows = [['CELL', 'PLANNED', 'REQUIRED', 'APPLIED', 'OK', 'LAST HEARD']].concat(
+          e.cells.map((c) => [c.cellId, String(c.planned), String(c.required), String(c.applied ?? '-'), c.ok ? 'yes' : c.silent ? 'silent' : 'no', c.lastHeard ?? 'never']),
+        );
         const behind = e.plannersBehind.length > 0 ? `\nplanners not yet at ${revision}: ${e.plannersBehind.join(', ')}` : '';
-        out.print(`${table(rows)}${behind}\nrevision ${revision}: ${e.enforced ? 'enforced on every cell' : 'NOT enforced everywhere (timed out)'}`, e);
+        const silentBehind = e.cells.filter((c) => c.silent && !c.ok).map((c) => c.cellId);
+        const silent = silentBehind.length > 0 ? `\nsilent cells not counted (no agent heard for 15 s): ${silentBehind.join(', ')}` : '';
+        out.print(`${table(rows)}${behind}${silent}\nrevision ${revision}: ${e.enforced ? 'enforced on every cell' : 'NOT enforced everywhere (timed out)'}`, e);
         if (!e.enforced) process.exitCode = 1;
       });
     }

@@ -2,12 +2,33 @@
 // its agent has applied at least the cell's last planned revision at or below N (when the planner's latest
 // revision for the cell is above N, N itself is required, which is sufficient and never too weak). Planners must
 // have published their outputs through N, otherwise a cell untouched so far may still be about to change.
-import { kvLatest, lastPerSubject } from './buckets.ts';
+//
+// Silent cells: a cell whose agent has not been heard (its discovery record, re-put every heartbeat) for
+// `silentAfterMs` — dead, decommissioned without notice, or never served by any agent — is listed as silent and
+// does not hold the answer back, so one such cell cannot make every revision "not enforced" forever. A cell heard
+// recently is live, and a live cell that lags always holds the answer back.
+import { kvEntries, kvLatest, lastPerSubject } from './buckets.ts';
 import type { Bus } from './nats.ts';
-import { CELL_DELTAS_STREAM, CELL_SNAPSHOTS_STREAM, CELL_STATUS_BUCKET, PLANNER_MEMBERS_BUCKET, cellSubject } from './subjects.ts';
+import { CELL_DELTAS_STREAM, CELL_SNAPSHOTS_STREAM, CELL_STATUS_BUCKET, DISCOVERY_BUCKET, PLANNER_MEMBERS_BUCKET, cellSubject } from './subjects.ts';
 
-export type CellEnforcement = { cellId: string; planned: number; required: number; applied: number | null; ok: boolean; error: string | null };
-export type Enforcement = { revision: number; enforced: boolean; plannersBehind: string[]; cells: CellEnforcement[] };
+export type CellEnforcement = {
+  cellId: string;
+  planned: number;
+  required: number;
+  applied: number | null;
+  ok: boolean;
+  /** Its agent has not been heard for `silentAfterMs` (or ever): listed, but not waited for. */
+  silent: boolean;
+  /** When its agent was last heard (ISO), null when never. */
+  lastHeard: string | null;
+  error: string | null;
+};
+export type Enforcement = { revision: number; enforced: boolean; plannersBehind: string[]; silent: string[]; cells: CellEnforcement[] };
+
+/** Three missed heartbeats of the default 5 s. */
+export const DEFAULT_SILENT_AFTER_MS = 15_000;
+
+export type EnforcementOptions = { silentAfterMs?: number; now?: () => number };
 
 /** The revision of the last message on every cell subject of a stream (bounded; see lastPerSubject). */
 export async function lastRevisionPerCell(bus: Bus, stream: string, filter: string): Promise<Map<string, number>> {
@@ -19,32 +40,48 @@ export async function lastRevisionPerCell(bus: Bus, stream: string, filter: stri
   return out;
 }
 
-export async function enforcementOf(bus: Bus, revision: number): Promise<Enforcement> {
-  const [planners, statuses, deltas, snapshots] = await Promise.all([
+export async function enforcementOf(bus: Bus, revision: number, opts: EnforcementOptions = {}): Promise<Enforcement> {
+  const [planners, statuses, deltas, snapshots, heard] = await Promise.all([
     kvLatest(bus, PLANNER_MEMBERS_BUCKET),
     kvLatest(bus, CELL_STATUS_BUCKET),
     lastRevisionPerCell(bus, CELL_DELTAS_STREAM, cellSubject.allDeltas),
     lastRevisionPerCell(bus, CELL_SNAPSHOTS_STREAM, cellSubject.allSnapshots),
+    kvEntries(bus, DISCOVERY_BUCKET),
   ]);
+  const now = (opts.now ?? Date.now)();
+  const silentAfterMs = opts.silentAfterMs ?? DEFAULT_SILENT_AFTER_MS;
   const members = [...planners.keys()].filter((k) => k.startsWith('m.')).map((k) => k.slice(2));
   const plannersBehind = members.filter((id) => ((planners.get(`p.${id}`) as { publishedThrough?: number } | undefined)?.publishedThrough ?? 0) < revision);
   const planned = new Map(deltas);
   for (const [cell, r] of snapshots) planned.set(cell, Math.max(r, planned.get(cell) ?? 0));
+  for (const cell of statuses.keys()) if (!planned.has(cell)) planned.set(cell, 0);
   const cells: CellEnforcement[] = [...planned.keys()].sort().map((cellId) => {
     const p = planned.get(cellId)!;
     const required = Math.min(p, revision);
     const status = statuses.get(cellId) as { revision?: number; error?: string | null } | undefined;
     const applied = typeof status?.revision === 'number' ? status.revision : null;
-    return { cellId, planned: p, required, applied, ok: applied !== null && applied >= required, error: status?.error ?? null };
+    const heardAt = heard.get(cellId)?.writtenAt;
+    const silent = heardAt === undefined || now - heardAt > silentAfterMs;
+    return {
+      cellId,
+      planned: p,
+      required,
+      applied,
+      ok: applied !== null && applied >= required,
+      silent,
+      lastHeard: heardAt === undefined ? null : new Date(heardAt).toISOString(),
+      error: status?.error ?? null,
+    };
   });
-  return { revision, enforced: members.length > 0 && plannersBehind.length === 0 && cells.every((c) => c.ok), plannersBehind, cells };
+  const enforced = members.length > 0 && plannersBehind.length === 0 && cells.every((c) => c.ok || c.silent);
+  return { revision, enforced, plannersBehind, silent: cells.filter((c) => c.silent).map((c) => c.cellId), cells };
 }
 
 /** Re-checks until revision N is enforced everywhere or the timeout passes; returns the last answer. */
-export async function waitEnforced(bus: Bus, revision: number, timeoutMs: number): Promise<Enforcement> {
+export async function waitEnforced(bus: Bus, revision: number, timeoutMs: number, opts: EnforcementOptions = {}): Promise<Enforcement> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
-    const e = await enforcementOf(bus, revision);
+    const e = await enforcementOf(bus, revision, opts);
     if (e.enforced || Date.now() >= deadline) return e;
     await new Promise((r) => setTimeout(r, Math.min(100, Math.max(0, deadline - Date.now()))));
   }

@@ -33,6 +33,7 @@ const policies = async (token: string, path: string, list: [string, string, 'tcp
   if (res.status !== 200) throw new Error(`${path}: ${res.status} ${await res.text()}`);
 };
 
+for (const n of [1, 2, 3]) await intake(intakeSubject.registerCell, { cellId: `cell-${n}`, subnet: `10.255.${n}.0/24` });
 for (const [appId, name, space] of [['app-web', 'web', 'space-1'], ['app-api', 'api', 'space-1'], ['app-db', 'db', 'space-2'], ['app-cache', 'cache', 'space-2']]) {
   await intake(intakeSubject.registerApp, { appId, name, spaceId: space, orgId: 'org-1' });
 }

@@ -23,6 +23,7 @@ t.test('real nftables enforcement between namespaces', { skip: isRoot() ? false 
 
   const nats = await startNats(t);
   const gw = await startGateway(t, nats);
+  await gw.registerCells(['cell-A', '10.255.1.0/24'], ['cell-B', '10.255.2.0/24']);
   const planner = await startPlanner({ bus: await nats.connect('planner'), log: nats.log, config: { ...defaultPlannerConfig, heartbeatMs: 100 } });
   t.teardown(() => planner.stop());
   const agents: Record<string, CellAgent> = {};

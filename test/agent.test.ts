@@ -18,6 +18,7 @@ const P = '/networking/v1/external/policies';
 t.test('agents with the memory dataplane', async (t) => {
   const nats = await startNats(t);
   const gw = await startGateway(t, nats);
+  await gw.registerCells('cell-1', 'cell-2');
   const { planner, agents, planes, startAgent, stopAgent } = await startStack(t, nats, ['cell-1', 'cell-2'], { agent: { driftIntervalMs: 100, heartbeatMs: 200 } });
 
   for (const [appId, name] of [['web', 'web'], ['api', 'api']]) await gw.intake('registerApp', { appId, name, spaceId: 's', orgId: 'o' });

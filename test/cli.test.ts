@@ -32,20 +32,33 @@ t.test('netfold CLI: token, app, container, policy', async (t) => {
   t.same(JSON.parse(reg.stdout), { ok: true, revision: 1, appended: 1 });
   t.match((await netfold('app', 'register', '--id', 'a2', '--name', 'api', '--space', 's1', '--org', 'o1')).stdout, /^ok: revision 2/);
   t.match((await netfold('app', 'register', '--id', 'a2', '--name', 'api', '--space', 's1', '--org', 'o1')).stdout, /already-registered, nothing appended/);
-  t.match((await netfold('container', 'start', '--id', 'c1', '--app', 'a2', '--cell', 'cell-1', '--index', '0', '--ip', '10.255.1.2')).stdout, /^ok: revision 3/);
+  const unknownCell = await netfold('container', 'start', '--id', 'c1', '--app', 'a2', '--cell', 'cell-1', '--index', '0', '--ip', '10.255.1.2');
+  t.equal(unknownCell.code, 1);
+  t.match(unknownCell.stderr, /cell cell-1 is not registered \(cell-not-found\)/);
+  t.match((await netfold('cell', 'register', '--id', 'cell-1', '--subnet', '10.255.1.0/24')).stdout, /^ok: revision 3/);
+  const overlap = await netfold('cell', 'register', '--id', 'cell-2', '--subnet', '10.255.0.0/20');
+  t.equal(overlap.code, 1);
+  t.match(overlap.stderr, /overlaps cell cell-1 \(subnet-overlap\)/);
+  t.match((await netfold('container', 'start', '--id', 'c1', '--app', 'a2', '--cell', 'cell-1', '--index', '0', '--ip', '10.255.1.2')).stdout, /^ok: revision 4/);
+  const borrowed = await netfold('container', 'start', '--id', 'c9', '--app', 'a1', '--cell', 'cell-1', '--index', '0', '--ip', '10.255.1.2');
+  t.equal(borrowed.code, 1);
+  t.match(borrowed.stderr, /held by running container c1: stop it first \(ip-in-use\)/);
 
   const add = await netfold('policy', 'add', '--from', 'a1', '--to', 'a2', '--port', '8080-8090', '--json');
   t.equal(add.code, 0, add.stderr);
-  t.same(JSON.parse(add.stdout), { revision: 4 });
+  t.same(JSON.parse(add.stdout), { revision: 5 });
   const list = await netfold('policy', 'list');
   t.match(list.stdout, /a1\s+a2\s+tcp\s+8080-8090/);
-  t.match(list.stdout, /1 policies \(revision 4\)/);
+  t.match(list.stdout, /1 policies \(revision 5\)/);
   const listJson = JSON.parse((await netfold('policy', 'list', '--source', 'a1', '--json')).stdout);
   t.equal(listJson.total_policies, 1);
   t.equal((await netfold('policy', 'remove', '--from', 'a1', '--to', 'a2', '--port', '8080-8090')).code, 0);
   t.match((await netfold('policy', 'list')).stdout, /0 policies/);
   t.match((await netfold('container', 'stop', '--id', 'c1', '--json')).stdout, /"appended":1/);
   t.match((await netfold('app', 'delete', '--id', 'a1')).stdout, /^ok/);
+  t.match((await netfold('cell', 'decommission', '--id', 'cell-1')).stdout, /^ok/);
+  const quarantine = JSON.parse((await netfold('quarantine', '--json')).stdout);
+  t.same(quarantine.entries, [], 'nothing skipped by the folds');
 
   const denied = await netfold('policy', 'add', '--from', 'a2', '--to', 'nope', '--port', '80');
   t.equal(denied.code, 1);

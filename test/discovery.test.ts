@@ -55,6 +55,7 @@ const query = (name: string, type: dnsPacket.RecordType = 'A', id = 42) => dnsPa
 t.test('discovery: names follow containers; DNS semantics; expiry; outage; fuzz', async (t) => {
   const nats = await startNats(t);
   const gw = await startGateway(t, nats);
+  await gw.registerCells('cell-1', 'cell-2');
   const stack = await startStack(t, nats, ['cell-1', 'cell-2'], { agent: { heartbeatMs: 100 } });
   let clock = Date.now();
   const discovery = await startDiscovery({ bus: await nats.connect('discovery'), log: nats.log, config: { ...defaultDiscoveryConfig, dnsPort: 0, httpPort: 0, expiryMs: 1000 }, now: () => clock });

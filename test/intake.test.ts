@@ -52,6 +52,7 @@ t.test('invalid input gets an error reply and appends nothing', async (t) => {
 
 t.test('retries with the same request id are idempotent', async (t) => {
   const { gw, log } = await setup(t);
+  await gw.registerCells('cell-1');
   const reg = { appId: 'a1', name: 'web', spaceId: 's1', orgId: 'o1', requestId: 'req-1' };
   const first = await gw.intake('registerApp', reg);
   const again = await Promise.all([gw.intake('registerApp', reg), gw.intake('registerApp', reg)]);
@@ -59,13 +60,14 @@ t.test('retries with the same request id are idempotent', async (t) => {
   const start = { containerId: 'c1', appId: 'a1', cellId: 'cell-1', instanceIndex: 0, ip: '10.255.1.2', requestId: 'req-2' };
   const results = await Promise.all(Array.from({ length: 5 }, () => gw.intake('startContainer', start)));
   t.equal(results.filter((r) => r.ok && r.appended === 1).length, 1, 'exactly one of five concurrent retries appended');
-  t.ok(results.every((r) => r.ok && r.revision === 2), 'all answer the same revision');
-  t.equal(await log.lastSeq(), 2);
+  t.ok(results.every((r) => r.ok && r.revision === 3), 'all answer the same revision');
+  t.equal(await log.lastSeq(), 3);
   t.match(await gw.intake('startContainer', { ...start, ip: '10.255.1.3' }), { ok: false, code: 'container-conflict' });
 });
 
 t.test('a stop before its start, and a stop of an unknown container, do not corrupt state', async (t) => {
   const { gw, log } = await setup(t);
+  await gw.registerCells('cell-1');
   await gw.intake('registerApp', { appId: 'a1', name: 'web', spaceId: 's1', orgId: 'o1' });
   t.match(await gw.intake('stopContainer', { containerId: 'c1' }), { ok: true, appended: 1, note: 'stopped-before-start' });
   t.match(await gw.intake('startContainer', { containerId: 'c1', appId: 'a1', cellId: 'cell-1', instanceIndex: 0, ip: '10.255.1.2' }), { ok: true, appended: 0, note: 'already-stopped' });
@@ -73,12 +75,12 @@ t.test('a stop before its start, and a stop of an unknown container, do not corr
   const m = gw.writer.follower.state;
   t.equal(m.containers.c1?.status, 'stopped');
   t.same(m.containersByCell, {}, 'no running container on any cell');
-  t.equal(await log.lastSeq(), 2);
+  t.equal(await log.lastSeq(), 3);
   // the normal order
   t.match(await gw.intake('startContainer', { containerId: 'c2', appId: 'a1', cellId: 'cell-1', instanceIndex: 1, ip: '10.255.1.3' }), { ok: true, appended: 1 });
   t.same(gw.writer.follower.state.containersByCell, { 'cell-1': { c2: true } });
   t.match(await gw.intake('stopContainer', { containerId: 'c2' }), { ok: true, appended: 1 });
-  t.match((await eventsFrom(log, 4))[0], { type: 'ContainerStopped', data: { containerId: 'c2', appId: 'a1', cellId: 'cell-1', wasRunning: true } });
+  t.match((await eventsFrom(log, 5))[0], { type: 'ContainerStopped', data: { containerId: 'c2', appId: 'a1', cellId: 'cell-1', wasRunning: true } });
 });
 
 t.test('deleting an app deletes its policies, as events, before the app', async (t) => {

@@ -46,6 +46,7 @@ t.test('metrics parse and move', async (t) => {
   const nats = await startNats(t);
   const metrics = new Registry();
   const gw = await startGateway(t, nats, {}, metrics);
+  await gw.registerCells('cell-1');
   const stack = await startStack(t, nats, ['cell-1'], { metrics, agent: { driftIntervalMs: 100 } });
   const plane = stack.planes['cell-1']!;
   const agent = stack.agents['cell-1']!;

@@ -18,6 +18,7 @@ const P = '/networking/v1/external/policies';
 t.test('audit, state, explain, dry run, replay', async (t) => {
   const nats = await startNats(t);
   const gw = await startGateway(t, nats);
+  await gw.registerCells('cell-1', 'cell-2');
   const stack = await startStack(t, nats, ['cell-1', 'cell-2']);
   const bus = gw.bus;
   for (const app of ['web', 'api', 'db']) await gw.intake('registerApp', { appId: app, name: app, spaceId: 's', orgId: 'o', actor: 'cc' });
@@ -49,7 +50,7 @@ t.test('audit, state, explain, dry run, replay', async (t) => {
   const now = stateView(await modelAt(bus, undefined), 'cell-2');
   t.same(now.policies.map((p) => `${p.sourceAppId}>${p.destAppId}`), ['web>api']);
   t.notOk(now.cell!.state.ingress.db);
-  const early = stateView(await modelAt(bus, { revision: 3 }));
+  const early = stateView(await modelAt(bus, { revision: 5 })); // two cells, three apps
   t.same([early.apps.length, early.containers.length, early.policies.length], [3, 0, 0]);
   const byTime = stateView(await modelAt(bus, { time: since - 1 }));
   t.equal(byTime.revision, p1.body.revision, 'a time selects the last event at or before it');

@@ -34,6 +34,7 @@ async function reference(bus: Bus): Promise<Model> {
 
 /** Workload step `i`: apps, containers spread over the cells, policies, stops. */
 async function workload(gw: GatewayFixture, from: number, to: number): Promise<void> {
+  if (from === 0) await gw.registerCells(...CELLS.map((c, k): [string, string] => [c, `10.255.${k}.0/24`]));
   for (let i = from; i < to; i++) {
     const app = `app-${i % 6}`;
     if (i < 6) await gw.intake('registerApp', { appId: app, name: `svc${i}`, spaceId: 's1', orgId: 'o1' });

@@ -9,6 +9,7 @@ const P = '/networking/v1/external/policies';
 t.test('a restarted gateway loses nothing', async (t) => {
   const nats = await startNats(t);
   const first = await startGateway(t, nats);
+  await first.registerCells('cell-1');
   for (const appId of ['a', 'b', 'c']) await first.intake('registerApp', { appId, name: appId, spaceId: 's1', orgId: 'o1' });
   await first.intake('startContainer', { containerId: 'c1', appId: 'a', cellId: 'cell-1', instanceIndex: 0, ip: '10.255.1.2' });
   await first.intake('stopContainer', { containerId: 'ghost' });

@@ -64,7 +64,7 @@ t.test('netfold up: embedded NATS, gateway with admin token, clean stop', async 
   t.equal(tour.code, 0, tour.out);
   t.match(tour.out, /cells reporting: sim-cell-1, sim-cell-2, sim-cell-3/);
   t.match(tour.out, /is enforced on every cell/);
-  t.match(tour.out, /DNS backend\.apps\.internal -> 10\.255\.102\.2, 10\.255\.103\.2/);
+  t.match(tour.out, /DNS backend\.apps\.internal -> 10\.255\.2\.11, 10\.255\.3\.12/, "addresses in the simulated cells' registered ranges");
   t.match(tour.out, /tcp\/8080: ALLOWED/);
   t.match(tour.out, /tcp\/9090: DENIED/);
 

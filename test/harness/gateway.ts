@@ -8,6 +8,7 @@ import type { NatsFixture } from './nats.ts';
 import type { IntakeReply } from '../../services/policy-writer/intake.ts';
 import { intakeSubject } from '../../runtime/subjects.ts';
 import type { Registry } from '../../runtime/metrics.ts';
+import { subnetOfCell } from './events.ts';
 
 export const TEST_SECRET = 'test-secret-0123456789abcdef0123456789abcdef';
 
@@ -18,6 +19,8 @@ export type GatewayFixture = {
   token(p: Partial<Principal> & { scopes: string[] }): Promise<string>;
   admin: string;
   intake(subject: keyof typeof intakeSubject, body: unknown): Promise<IntakeReply>;
+  /** Registers cells through intake: `cell-N` ids get 10.255.N.0/24; others are given as [id, subnet]. Throws on a refusal. */
+  registerCells(...cells: (string | [string, string])[]): Promise<number>;
   stop(): Promise<void>;
 };
 
@@ -59,6 +62,17 @@ export async function startGateway(t: Test, nats: NatsFixture, overrides: Partia
     async intake(subject, body) {
       const msg = await bus.nc.request(intakeSubject[subject], JSON.stringify(body), { timeout: 10_000 });
       return msg.json<IntakeReply>();
+    },
+    async registerCells(...cells) {
+      let revision = 0;
+      for (const c of cells) {
+        const [cellId, subnet] = typeof c === 'string' ? [c, subnetOfCell(c)] : c;
+        const msg = await bus.nc.request(intakeSubject.registerCell, JSON.stringify({ cellId, subnet, actor: 'harness' }), { timeout: 10_000 });
+        const r = msg.json<IntakeReply>();
+        if (!r.ok) throw new Error(`registering ${cellId} ${subnet}: ${r.code} ${r.error}`);
+        revision = Math.max(revision, r.revision);
+      }
+      return revision;
     },
   };
 }
