@@ -72,7 +72,7 @@ export async function startCellAgent(deps: { bus: Bus; log: Logger; config: Cell
   const mRules = metrics.gauge('netfold_agent_rules', 'rules enforced on the cell, by kind (local destinations, allowed flows)');
   const mRepairs = metrics.counter('netfold_agent_drift_repairs_total', 'dataplane drift detected and repaired');
   const mErrors = metrics.counter('netfold_agent_apply_errors_total', 'rule loads that failed');
-  const feed: DesiredStateFeed = cfg.pollIntervalMs > 0 ? new PollingCellFeed(deps.bus, cfg.cellId, log, cfg.pollIntervalMs) : new CellFeed(deps.bus, cfg.cellId, log);
+  const feed: DesiredStateFeed = cfg.pollIntervalMs > 0 ? new PollingCellFeed(deps.bus, cfg.cellId, log, cfg.pollIntervalMs) : new CellFeed(deps.bus, cfg.cellId, log, metrics);
   /** What is enforced now: the applied revision and the containers it covers. */
   const applied = new Progress<{ revision: number; containers: ReadonlySet<string> }>({ revision: -1, containers: new Set() });
   let status: CellStatus | undefined;
