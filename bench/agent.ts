@@ -28,9 +28,12 @@ function ruleSet(n: number): RuleSet {
   const allows: Allow[] = [];
   for (let i = 0; i < n; i++) {
     const port = 1000 + Math.floor(i / 50000);
-    allows.push({ src: ip(300 + (i % 50000)), dst: ip(1 + (i % 100)), protocol: i % 10 === 9 ? 'udp' : 'tcp', startPort: port, endPort: i % 100 === 0 ? port + 10 : port });
+    const protocol = i % 10 === 9 ? 'udp' : 'tcp';
+    const endPort = i % 100 === 0 ? port + 10 : port;
+    // commented like the agent's elements: source app, destination app, policy
+    allows.push({ src: ip(300 + (i % 50000)), dst: ip(1 + (i % 100)), protocol, startPort: port, endPort, srcApp: `app-${i % 500}`, dstApp: `app-d${i % 100}`, policy: `${protocol}/${port === endPort ? port : `${port}-${endPort}`}` });
   }
-  return { local: Array.from({ length: 100 }, (_, i) => ip(1 + i)), allows: normalizeAllows(allows) };
+  return { local: Array.from({ length: 100 }, (_, i) => ip(1 + i)), subnets: ['10.255.0.0/16'], allows: normalizeAllows(allows) };
 }
 const median = (xs: number[]) => percentile([...xs].sort((a, b) => a - b), 50);
 const time = async (fn: () => Promise<unknown>) => {
@@ -58,12 +61,12 @@ try {
     results[`${n} tuples: driver / bare`] = Math.round((median(driver) / median(bare)) * 100) / 100;
 
     const plane = new NftDataplane({ overlayCidr: OVERLAY, netns: ns });
-    await plane.apply(rules);
+    await plane.apply(rules, { revision: 1, hash: 'ab'.repeat(16) });
     const inc: number[] = [];
     let current = rules;
     for (let k = 0; k < INCREMENTAL; k++) {
-      const next: RuleSet = { local: current.local, allows: [...current.allows, { src: ip(60000 + k), dst: ip(1), protocol: 'tcp', startPort: 8080, endPort: 8080 }] };
-      inc.push(await time(() => plane.apply(next)));
+      const next: RuleSet = { ...current, allows: [...current.allows, { src: ip(60000 + k), dst: ip(1), protocol: 'tcp', startPort: 8080, endPort: 8080, srcApp: 'app-new', dstApp: 'app-d1', policy: 'tcp/8080' }] };
+      inc.push(await time(() => plane.apply(next, { revision: k + 2, hash: 'ab'.repeat(16) })));
       current = next;
       await plane.drifted();
     }

@@ -3,12 +3,21 @@
 import type { CellState } from './cell.ts';
 
 export type Protocol = 'tcp' | 'udp';
-/** One allowed flow; `startPort === endPort` for a single port. */
-export type Allow = { src: string; dst: string; protocol: Protocol; startPort: number; endPort: number };
+/**
+ * One allowed flow; `startPort === endPort` for a single port. `srcApp`/`dstApp`: the apps the addresses belong to;
+ * `policy`: the ingress rule(s) it comes from as `protocol/ports` (`tcp/8000-8100+tcp/8050-8150` when overlapping
+ * ranges were merged). They say where a flow comes from (nftables element comments); they do not change what it allows.
+ */
+export type Allow = { src: string; dst: string; protocol: Protocol; startPort: number; endPort: number; srcApp: string; dstApp: string; policy: string };
 
 export type RuleSet = {
   /** IPs of the local containers: traffic to them is denied unless allowed. */
   local: string[];
+  /**
+   * CIDRs of this cell's container range: traffic from the overlay to any address in them is denied unless
+   * allowed, whether the control plane knows a container there or not. Empty when unknown (then only `local` is guarded).
+   */
+  subnets: string[];
   allows: Allow[];
 };
 
@@ -16,9 +25,11 @@ const cmpAllow = (a: Allow, b: Allow) =>
   a.dst < b.dst ? -1 : a.dst > b.dst ? 1 : a.src < b.src ? -1 : a.src > b.src ? 1 : a.protocol < b.protocol ? -1 : a.protocol > b.protocol ? 1 : a.startPort - b.startPort || a.endPort - b.endPort;
 
 /** Expands a cell's state into allowed flows, sorted and without duplicates. */
-export function expandRules(state: CellState): RuleSet {
-  return new RuleExpander().expand(state);
+export function expandRules(state: CellState, subnets: readonly string[] = []): RuleSet {
+  return new RuleExpander().expand(state, subnets);
 }
+
+const portsOf = (protocol: Protocol, startPort: number, endPort: number) => `${protocol}/${startPort === endPort ? startPort : `${startPort}-${endPort}`}`;
 
 type ContainerFlows = { container: unknown; ingress: unknown; sources: unknown[]; allows: Allow[] };
 
@@ -32,10 +43,11 @@ export class RuleExpander {
   #memo = new Map<string, ContainerFlows>();
   #last: RuleSet | undefined;
 
-  expand(state: CellState): RuleSet {
+  expand(state: CellState, subnets: readonly string[] = []): RuleSet {
     const next = new Map<string, ContainerFlows>();
     const byIp = new Map<string, Allow[][]>();
-    let changed = this.#last === undefined || Object.keys(state.containers).length !== this.#memo.size;
+    const cidrs = [...new Set(subnets)].sort();
+    let changed = this.#last === undefined || Object.keys(state.containers).length !== this.#memo.size || cidrs.join(',') !== this.#last.subnets.join(',');
     for (const [id, c] of Object.entries(state.containers)) {
       const ingress = state.ingress[c.appId];
       const rules = Object.values(ingress ?? {});
@@ -49,7 +61,7 @@ export class RuleExpander {
         const allows: Allow[] = [];
         for (const rule of rules) {
           for (const src of Object.keys(state.sources[rule.sourceAppId] ?? {})) {
-            allows.push({ src, dst: c.ip, protocol: rule.protocol, startPort: rule.startPort, endPort: rule.endPort });
+            allows.push({ src, dst: c.ip, protocol: rule.protocol, startPort: rule.startPort, endPort: rule.endPort, srcApp: rule.sourceAppId, dstApp: c.appId, policy: portsOf(rule.protocol, rule.startPort, rule.endPort) });
           }
         }
         flows = { container: c, ingress, sources, allows: normalizeAllows(allows) };
@@ -69,14 +81,17 @@ export class RuleExpander {
       const lists = byIp.get(ip)!;
       for (const a of lists.length === 1 ? lists[0]! : normalizeAllows(lists.flat())) out.push(a);
     }
-    this.#last = { local, allows: out };
+    this.#last = { local, subnets: cidrs, allows: out };
     return this.#last;
   }
 }
 
+const joinPolicies = (a: string, b: string) => (a === b || a.split('+').includes(b) ? a : `${a}+${b}`);
+
 /**
  * Sorted, with overlapping port ranges of the same (source, destination, protocol) merged: an interval set refuses
- * overlapping elements ("File exists"), and two policies may well name overlapping ranges.
+ * overlapping elements ("File exists"), and two policies may well name overlapping ranges. A merged flow names
+ * every policy it came from.
  */
 export function normalizeAllows(list: Allow[]): Allow[] {
   const sorted = [...list].sort(cmpAllow);
@@ -85,7 +100,7 @@ export function normalizeAllows(list: Allow[]): Allow[] {
     const prev = out[out.length - 1];
     const ranged = a.startPort !== a.endPort;
     if (prev && ranged && prev.startPort !== prev.endPort && prev.src === a.src && prev.dst === a.dst && prev.protocol === a.protocol && a.startPort <= prev.endPort) {
-      out[out.length - 1] = { ...prev, endPort: Math.max(prev.endPort, a.endPort) };
+      out[out.length - 1] = { ...prev, endPort: Math.max(prev.endPort, a.endPort), policy: joinPolicies(prev.policy, a.policy) };
       continue;
     }
     if (prev && !ranged && prev.src === a.src && prev.dst === a.dst && prev.protocol === a.protocol && prev.startPort === a.startPort && prev.endPort === a.endPort) continue;
@@ -94,9 +109,14 @@ export function normalizeAllows(list: Allow[]): Allow[] {
   return out;
 }
 
-/** Does a rule set allow a new flow? (The semantics every driver implements.) */
+/**
+ * Does a rule set allow a new flow? (The semantics every driver implements.) Traffic from the overlay to a local
+ * container, or to any address in the cell's subnets, is denied unless a flow allows it; IPv6 is not modelled here
+ * (the nftables driver denies forwarded IPv6, netfold allows IPv4 flows only).
+ */
 export function allows(rules: RuleSet, src: string, dst: string, protocol: Protocol, port: number, overlayCidr: string): boolean {
-  if (!rules.local.includes(dst) || !inCidr(src, overlayCidr)) return true;
+  const guarded = rules.local.includes(dst) || rules.subnets.some((cidr) => inCidr(dst, cidr));
+  if (!guarded || !inCidr(src, overlayCidr)) return true;
   return rules.allows.some((a) => a.src === src && a.dst === dst && a.protocol === protocol && port >= a.startPort && port <= a.endPort);
 }
 

@@ -25,6 +25,8 @@ export type Config = {
   dataplane: string;
   netns: string | undefined;
   overlayCidr: string;
+  /** This cell's container range(s), comma-separated CIDRs inside the overlay (`--cell-subnet`); empty when unset. */
+  cellSubnet: string | undefined;
   driftIntervalMs: number;
   pollIntervalMs: number;
   dnsHost: string;
@@ -57,6 +59,7 @@ export const SETTINGS: readonly Setting[] = [
   { key: 'dataplane', flag: 'dataplane', env: 'NETFOLD_DATAPLANE', def: 'nftables', kind: 'string' },
   { key: 'netns', flag: 'netns', env: 'NETFOLD_NETNS', def: undefined, kind: 'string' },
   { key: 'overlayCidr', flag: 'overlay-cidr', env: 'NETFOLD_OVERLAY_CIDR', def: '10.255.0.0/16', kind: 'string' },
+  { key: 'cellSubnet', flag: 'cell-subnet', env: 'NETFOLD_CELL_SUBNET', def: undefined, kind: 'string' },
   { key: 'driftIntervalMs', flag: 'drift-interval-ms', env: 'NETFOLD_DRIFT_INTERVAL_MS', def: '500', kind: 'int', min: 50, max: 3_600_000 },
   { key: 'pollIntervalMs', flag: 'poll-interval-ms', env: 'NETFOLD_POLL_INTERVAL_MS', def: '0', kind: 'int', min: 0, max: 3_600_000 },
   { key: 'dnsHost', flag: 'dns-host', env: 'NETFOLD_DNS_HOST', def: '127.0.0.1', kind: 'string' },
@@ -97,6 +100,11 @@ export function loadConfig(flags: Record<string, string | boolean | undefined> =
   }
   if (!/^(\d{1,3}\.){3}\d{1,3}\/\d{1,2}$/.test(config.overlayCidr)) {
     throw new ConfigError(`--overlay-cidr / NETFOLD_OVERLAY_CIDR must be an IPv4 CIDR, got "${config.overlayCidr}"`);
+  }
+  if (config.cellSubnet !== undefined) {
+    for (const c of config.cellSubnet.split(',')) {
+      if (!/^(\d{1,3}\.){3}\d{1,3}\/\d{1,2}$/.test(c.trim())) throw new ConfigError(`--cell-subnet / NETFOLD_CELL_SUBNET must be a comma list of IPv4 CIDRs, got "${config.cellSubnet}"`);
+    }
   }
   if (!/^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/.test(config.plannerId)) {
     throw new ConfigError(`--planner-id / NETFOLD_PLANNER_ID must be 1-64 letters, digits, "-" or "_", got "${config.plannerId}"`);

@@ -3,8 +3,8 @@
 import t from 'tap';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { type CellState, emptyCellState } from '../projections/cell.ts';
-import { type Allow, RuleExpander, expandRules, indexRules, normalizeAllows, renderNft, renderNftChanges, InvalidRuleError } from '../services/cell-agent/rules.ts';
-import { MemoryDataplane, RenderDataplane, run } from '../services/cell-agent/dataplane.ts';
+import { type Allow, RuleExpander, expandRules, indexRules, normalizeAllows, renderNft, renderNftChanges, InvalidRuleError, commentOf, commentText, stampOf, parseCellSubnets, cellSubnetsOf, TABLE } from '../services/cell-agent/rules.ts';
+import { MemoryDataplane, NftDataplane, RenderDataplane, run } from '../services/cell-agent/dataplane.ts';
 import { isRoot } from './harness/netns.ts';
 
 const OVERLAY = '10.255.0.0/16';
@@ -38,22 +38,30 @@ t.test('expansion: one allow per (source IP, local destination, rule)', async (t
   ]);
 });
 
+const SUBNET = '10.255.1.0/24';
+const STAMP = { revision: 42, hash: '0123456789abcdef0123456789abcdef' };
+
 t.test('rendering matches the golden file', async (t) => {
-  const text = renderNft(expandRules(state), OVERLAY);
+  const text = renderNft(expandRules(state, [SUBNET]), OVERLAY, STAMP);
   const golden = new URL('./golden/cell.nft', import.meta.url);
   if (process.env.UPDATE_GOLDEN) writeFileSync(golden, text);
   t.equal(text, readFileSync(golden, 'utf8'));
-  t.match(text, /set allow_tcp \{\n\s+type ipv4_addr \. ipv4_addr \. inet_service\n\s+elements = \{ 10\.255\.1\.3 \. 10\.255\.1\.4 \. 5432 \}/);
-  t.match(text, /set range_tcp \{[^}]*flags interval[^}]*10\.255\.1\.2 \. 10\.255\.1\.3 \. 8080-8081/);
-  const empty = renderNft({ local: [], allows: [] }, OVERLAY);
+  t.match(text, /set allow_tcp \{\n\s+type ipv4_addr \. ipv4_addr \. inet_service\n\s+elements = \{ 10\.255\.1\.3 \. 10\.255\.1\.4 \. 5432 comment "app-back->app-db tcp\/5432" \}/);
+  t.match(text, /set range_tcp \{[^}]*flags interval[^}]*10\.255\.1\.2 \. 10\.255\.1\.3 \. 8080-8081 comment "app-front->app-back tcp\/8080-8081"/);
+  t.match(text, /set subnets \{[^}]*flags interval[^}]*elements = \{ 10\.255\.1\.0\/24 \}/);
+  t.match(text, /ip daddr != @local ip daddr != @subnets accept/, 'the guard covers the cell subnet and the known containers');
+  t.match(text, /meta nfproto ipv6 goto forward_ipv6/, 'IPv6 is not accepted unfiltered');
+  t.notMatch(text, /nfproto != ipv4 accept/);
+  t.same(stampOf(text.replace(/^table inet netfold\ndelete table inet netfold\n/, '')), STAMP, 'the stamp reads back from the text');
+  const empty = renderNft({ local: [], subnets: [], allows: [] }, OVERLAY);
   t.notMatch(empty, /elements/, 'empty sets have no elements clause');
 });
 
 t.test('rendering refuses anything nft would misread', async (t) => {
-  t.throws(() => renderNft({ local: ['example.com'], allows: [] }, OVERLAY), InvalidRuleError);
-  t.throws(() => renderNft({ local: [], allows: [{ src: '10.0.0.1', dst: '10.0.0.300', protocol: 'tcp', startPort: 1, endPort: 1 }] }, OVERLAY), InvalidRuleError);
-  t.throws(() => renderNft({ local: [], allows: [{ src: '10.0.0.1', dst: '10.0.0.2', protocol: 'tcp', startPort: 9, endPort: 8 }] }, OVERLAY), InvalidRuleError);
-  t.throws(() => renderNft({ local: [], allows: [] }, '10.255.0.0/33'), InvalidRuleError);
+  t.throws(() => renderNft({ local: ['example.com'], subnets: [], allows: [] }, OVERLAY), InvalidRuleError);
+  t.throws(() => renderNft({ local: [], subnets: [], allows: [{ src: '10.0.0.1', dst: '10.0.0.300', protocol: 'tcp', startPort: 1, endPort: 1, srcApp: 'a', dstApp: 'b', policy: 'tcp/1' }] }, OVERLAY), InvalidRuleError);
+  t.throws(() => renderNft({ local: [], subnets: [], allows: [{ src: '10.0.0.1', dst: '10.0.0.2', protocol: 'tcp', startPort: 9, endPort: 8, srcApp: 'a', dstApp: 'b', policy: 'tcp/1' }] }, OVERLAY), InvalidRuleError);
+  t.throws(() => renderNft({ local: [], subnets: [], allows: [] }, '10.255.0.0/33'), InvalidRuleError);
 });
 
 t.test('nft accepts the rendered file (nft --check)', { skip: isRoot() ? false : 'needs root for nft --check' }, async (t) => {
@@ -102,15 +110,21 @@ t.test('incremental changes: element additions and deletions in one transaction'
     [
       'delete element inet netfold allow_udp { 10.255.2.9 . 10.255.1.3 . 53 }',
       'delete element inet netfold range_tcp { 10.255.2.9 . 10.255.1.3 . 8080-8081 }',
-      'add element inet netfold allow_udp { 10.255.3.3 . 10.255.1.3 . 53 }',
-      'add element inet netfold range_tcp { 10.255.3.3 . 10.255.1.3 . 8080-8081 }',
+      'add element inet netfold allow_udp { 10.255.3.3 . 10.255.1.3 . 53 comment "app-front->app-back udp/53" }',
+      'add element inet netfold range_tcp { 10.255.3.3 . 10.255.1.3 . 8080-8081 comment "app-front->app-back tcp/8080-8081" }',
       '',
     ].join('\n'),
   );
-  const moved = renderNftChanges(indexRules(before), { local: ['10.255.1.9'], allows: [] }, OVERLAY).text!;
+  const stamped = renderNftChanges(indexRules(before, STAMP), after, OVERLAY, { revision: 43, hash: 'f'.repeat(32) });
+  t.match(stamped.text, /delete element inet netfold applied \{ 0 \}\nadd element inet netfold applied \{ 0 comment "netfold revision=43 hash=f{32}" \}\n$/, 'the stamp moves in the same transaction');
+  t.same(stamped.index.stamp, { revision: 43, hash: 'f'.repeat(32) });
+  const unchanged = renderNftChanges(indexRules(before, STAMP), before, OVERLAY, { revision: 44, hash: 'e'.repeat(32) });
+  t.equal(unchanged.text, null, 'no load when the rules are equal');
+  t.same(unchanged.index.stamp, STAMP, 'and the index keeps the stamp that is loaded');
+  const moved = renderNftChanges(indexRules(before), { local: ['10.255.1.9'], subnets: [], allows: [] }, OVERLAY).text!;
   t.match(moved, /delete element inet netfold local \{ 10\.255\.1\.3, 10\.255\.1\.4 \}/);
   t.match(moved, /add element inet netfold local \{ 10\.255\.1\.9 \}/);
-  t.throws(() => renderNftChanges(indexRules(before), { local: ['nope'], allows: [] }, OVERLAY), InvalidRuleError);
+  t.throws(() => renderNftChanges(indexRules(before), { local: ['nope'], subnets: [], allows: [] }, OVERLAY), InvalidRuleError);
 });
 
 t.test('overlapping port ranges of two policies are merged (an interval set refuses overlaps)', async (t) => {
@@ -127,9 +141,10 @@ t.test('overlapping port ranges of two policies are merged (an interval set refu
   };
   const rules = expandRules(overlapping);
   t.same(rules.allows.map((a) => `${a.startPort}-${a.endPort}`), ['8000-8150', '8120-8120']);
-  t.throws(() => renderNft({ local: ['10.255.1.3'], allows: [
-    { src: '10.255.1.2', dst: '10.255.1.3', protocol: 'tcp', startPort: 1, endPort: 10 },
-    { src: '10.255.1.2', dst: '10.255.1.3', protocol: 'tcp', startPort: 5, endPort: 20 },
+  t.equal(commentOf(rules.allows[0]!), 'app-front->app-back tcp/8000-8100+tcp/8050-8150', 'a merged flow names every policy it came from');
+  t.throws(() => renderNft({ local: ['10.255.1.3'], subnets: [], allows: [
+    { src: '10.255.1.2', dst: '10.255.1.3', protocol: 'tcp', startPort: 1, endPort: 10, srcApp: 'a', dstApp: 'b', policy: 'tcp/1' },
+    { src: '10.255.1.2', dst: '10.255.1.3', protocol: 'tcp', startPort: 5, endPort: 20, srcApp: 'a', dstApp: 'b', policy: 'tcp/1' },
   ] }, OVERLAY), InvalidRuleError, 'unmerged overlaps are refused before nft sees them');
 });
 
@@ -151,10 +166,11 @@ t.test('RuleExpander: equal to a whole expansion after every step of a random hi
     const all: Allow[] = [];
     for (const c of Object.values(s.containers)) {
       for (const r of Object.values(s.ingress[c.appId] ?? {})) {
-        for (const src of Object.keys(s.sources[r.sourceAppId] ?? {})) all.push({ src, dst: c.ip, protocol: r.protocol, startPort: r.startPort, endPort: r.endPort });
+        const policy = `${r.protocol}/${r.startPort === r.endPort ? r.startPort : `${r.startPort}-${r.endPort}`}`;
+        for (const src of Object.keys(s.sources[r.sourceAppId] ?? {})) all.push({ src, dst: c.ip, protocol: r.protocol, startPort: r.startPort, endPort: r.endPort, srcApp: r.sourceAppId, dstApp: c.appId, policy });
       }
     }
-    return { local: [...new Set(Object.values(s.containers).map((c) => c.ip))].sort(), allows: normalizeAllows(all) };
+    return { local: [...new Set(Object.values(s.containers).map((c) => c.ip))].sort(), subnets: [], allows: normalizeAllows(all) };
   };
   let seed = 42;
   const rnd = (n: number) => {
@@ -207,4 +223,76 @@ t.test('RuleExpander: equal to a whole expansion after every step of a random hi
   }
   t.ok(sameObjectSteps > 50, 'unchanged steps were exercised');
   t.same(expandRules(s), whole(s));
+});
+
+t.test('comments are safe whatever goes in: no quote can end them, at most 120 bytes', async (t) => {
+  t.equal(commentText('web->api tcp/8080'), 'web->api tcp/8080');
+  t.equal(commentText('a"b\\c\nd;e{f}é'), 'a_b_c_d_e_f__');
+  const long = commentText('x'.repeat(500));
+  t.equal(Buffer.byteLength(long), 120);
+  t.ok(long.endsWith('~'), 'a cut comment says so');
+  const a: Allow = { src: '10.255.1.2', dst: '10.255.1.3', protocol: 'tcp', startPort: 1, endPort: 1, srcApp: 'A'.repeat(128), dstApp: 'B'.repeat(128), policy: 'tcp/1' };
+  t.ok(Buffer.byteLength(commentOf(a)) <= 120);
+});
+
+t.test('cell subnets: CIDRs inside the overlay, host bits zero; the memory driver guards every address in them', async (t) => {
+  t.same(parseCellSubnets('10.255.2.0/24, 10.255.1.0/24', OVERLAY), ['10.255.1.0/24', '10.255.2.0/24']);
+  t.same(parseCellSubnets(undefined, OVERLAY), []);
+  t.same(parseCellSubnets('', OVERLAY), []);
+  t.throws(() => parseCellSubnets('10.254.1.0/24', OVERLAY), InvalidRuleError, 'outside the overlay');
+  t.throws(() => parseCellSubnets('10.255.1.5/24', OVERLAY), InvalidRuleError, 'host bits set');
+  t.throws(() => parseCellSubnets('10.0.0.0/8', OVERLAY), InvalidRuleError, 'wider than the overlay');
+  t.throws(() => parseCellSubnets('example.com/24', OVERLAY), InvalidRuleError);
+  t.same(cellSubnetsOf(state, 'cell-1', ['10.255.1.0/24']), ['10.255.1.0/24']);
+  t.throws(() => renderNft({ local: [], subnets: ['10.255.1.0/33'], allows: [] }, OVERLAY), InvalidRuleError);
+
+  const mem = new MemoryDataplane(OVERLAY);
+  await mem.apply(expandRules(state));
+  t.equal(mem.allows('10.255.1.2', '10.255.1.77', 'tcp', 8080), true, 'without a subnet an unknown address is not guarded (the old fallback)');
+  await mem.apply(expandRules(state, [SUBNET]));
+  t.equal(mem.allows('10.255.1.2', '10.255.1.77', 'tcp', 8080), false, 'an address in the subnet that no container has: denied');
+  t.equal(mem.allows('10.255.1.2', '10.255.1.3', 'tcp', 8080), true, 'allowed flows still allowed');
+  t.equal(mem.allows('192.0.2.1', '10.255.1.77', 'tcp', 8080), true, 'from outside the overlay: not container-to-container');
+  t.equal(mem.allows('10.255.1.3', '10.255.2.2', 'tcp', 80), true, 'another cell\'s subnet is enforced there');
+  const expander = new RuleExpander();
+  const one = expander.expand(state, [SUBNET]);
+  t.equal(expander.expand(state, [SUBNET]), one, 'same subnets: the same object');
+  t.not(expander.expand(state, ['10.255.1.0/25']), one, 'other subnets: a new rule set');
+});
+
+t.test('nft loads comments, applies incremental changes with them, reads the stamp back and sees no drift', { skip: isRoot() ? false : 'needs root (a network namespace and nft)' }, async (t) => {
+  const ns = `nfrules${process.pid}`;
+  await run('ip', ['netns', 'add', ns]);
+  t.teardown(() => run('ip', ['netns', 'del', ns]).catch(() => undefined));
+  const plane = new NftDataplane({ overlayCidr: OVERLAY, netns: ns });
+  t.equal(await plane.found(), null, 'no table yet');
+  const before = expandRules(state, [SUBNET]);
+  await plane.apply(before, STAMP);
+  t.same(await plane.found(), { stamp: STAMP }, 'the stamp reads back from the kernel');
+  const listed = (await plane.listing())!;
+  t.match(listed, /10\.255\.1\.3 \. 10\.255\.1\.4 \. 5432 comment "app-back->app-db tcp\/5432"/);
+  t.equal(await plane.drifted(), false, 'comments do not look like drift');
+  // A merge changes a comment only; a new source adds elements; subnets change: one incremental transaction.
+  const after = expandRules({
+    ...state,
+    ingress: { ...state.ingress, 'app-back': { ...state.ingress['app-back'], 'app-front|tcp|8081|8085': { sourceAppId: 'app-front', protocol: 'tcp', startPort: 8081, endPort: 8085 } } },
+    sources: { ...state.sources, 'app-front': { '10.255.1.2': true, '10.255.3.3': true } },
+  }, [SUBNET, '10.255.9.0/24']);
+  await plane.apply(after, { revision: 50, hash: 'a'.repeat(32) });
+  t.equal(plane.loads.incremental, 1, 'an incremental change');
+  const now = (await plane.listing())!;
+  t.match(now, /10\.255\.1\.2 \. 10\.255\.1\.3 \. 8080-8085 comment "app-front->app-back tcp\/8080-8081\+tcp\/8081-8085"/, 'the merged element with its new comment');
+  t.notMatch(now, /10\.255\.2\.9/, 'the removed source is gone');
+  t.match(now, /10\.255\.9\.0\/24/, 'the new subnet is there');
+  t.same(await plane.found(), { stamp: { revision: 50, hash: 'a'.repeat(32) } });
+  t.equal(await plane.drifted(), false, 'still no drift after an incremental change');
+  await plane.apply(before, { revision: 51, hash: 'b'.repeat(32) });
+  t.equal(plane.loads.incremental, 2);
+  // The same as a whole load of the same rules: what incremental changes leave is what a fresh load makes.
+  const fresh = new NftDataplane({ overlayCidr: OVERLAY, netns: ns });
+  const incrementalListing = (await plane.listing())!;
+  await fresh.apply(before, { revision: 51, hash: 'b'.repeat(32) });
+  t.equal((await fresh.listing())!, incrementalListing, 'incremental result equals a whole load');
+  await run('ip', ['netns', 'exec', ns, 'nft', 'delete', 'element', 'inet', TABLE, 'allow_tcp', '{ 10.255.1.3 . 10.255.1.4 . 5432 }']);
+  t.equal(await fresh.drifted(), true, 'a deleted commented element is drift');
 });

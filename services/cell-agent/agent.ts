@@ -1,6 +1,11 @@
 // The cell agent: follows its cell's desired state (CellFeed), turns it into rules and applies them through a
 // dataplane only when they change; repairs drift; reports what it applied (status KV) and publishes its
 // containers' discovery names (discovery KV, re-put on every heartbeat). Stopping leaves the rules in place.
+//
+// Fail closed across restarts: every load is stamped with the revision and hash of the state it enforces (kept in
+// the table itself). A (re)started agent that finds a table keeps it, loading nothing and repairing nothing, until
+// its feed holds a verified state (from the planner, hash checked) at least as new as that stamp — or exactly the
+// stamped one. Only a dataplane with nothing loaded gets the initial (empty, default-deny) rules right away.
 import { Kvm } from '@nats-io/kv';
 import type { Bus } from '../../runtime/nats.ts';
 import type { Logger } from '../../runtime/logger.ts';
@@ -11,7 +16,7 @@ import { BucketWriter } from '../../runtime/buckets.ts';
 import { CELL_STATUS_BUCKET, DISCOVERY_BUCKET, readySubject } from '../../runtime/subjects.ts';
 import { idOf } from '../../events/fields.ts';
 import type { Dataplane } from './dataplane.ts';
-import { type RuleSet, RuleExpander } from './rules.ts';
+import { type RuleSet, RuleExpander, cellSubnetsOf } from './rules.ts';
 import { Registry } from '../../runtime/metrics.ts';
 
 export type CellAgentConfig = {
@@ -22,9 +27,14 @@ export type CellAgentConfig = {
   replicas: number;
   /** 0: follow the planner's per-cell stream (netfold). > 0: pull the whole state this often (the Cloud Foundry model, a baseline). */
   pollIntervalMs: number;
+  /**
+   * CIDRs of this cell's container range (`--cell-subnet`), validated inside the overlay: every address in them is
+   * denied from the overlay unless allowed. Empty: unknown, only the known local containers are guarded (warned once).
+   */
+  subnets: string[];
 };
 
-export const defaultCellAgentConfig: Omit<CellAgentConfig, 'cellId'> = { overlayCidr: '10.255.0.0/16', driftIntervalMs: 500, heartbeatMs: 5000, replicas: 1, pollIntervalMs: 0 };
+export const defaultCellAgentConfig: Omit<CellAgentConfig, 'cellId'> = { overlayCidr: '10.255.0.0/16', driftIntervalMs: 500, heartbeatMs: 5000, replicas: 1, pollIntervalMs: 0, subnets: [] };
 
 export type CellStatus = {
   cellId: string;
@@ -72,7 +82,7 @@ export async function startCellAgent(deps: { bus: Bus; log: Logger; config: Cell
   const mRules = metrics.gauge('netfold_agent_rules', 'rules enforced on the cell, by kind (local destinations, allowed flows)');
   const mRepairs = metrics.counter('netfold_agent_drift_repairs_total', 'dataplane drift detected and repaired');
   const mErrors = metrics.counter('netfold_agent_apply_errors_total', 'rule loads that failed');
-  const feed: DesiredStateFeed = cfg.pollIntervalMs > 0 ? new PollingCellFeed(deps.bus, cfg.cellId, log, cfg.pollIntervalMs) : new CellFeed(deps.bus, cfg.cellId, log);
+  const feed: DesiredStateFeed = cfg.pollIntervalMs > 0 ? new PollingCellFeed(deps.bus, cfg.cellId, log, cfg.pollIntervalMs) : new CellFeed(deps.bus, cfg.cellId, log, metrics);
   /** What is enforced now: the applied revision and the containers it covers. */
   const applied = new Progress<{ revision: number; containers: ReadonlySet<string> }>({ revision: -1, containers: new Set() });
   let status: CellStatus | undefined;
@@ -88,6 +98,14 @@ export async function startCellAgent(deps: { bus: Bus; log: Logger; config: Cell
   let publishedNames = -1;
   let running: Promise<void> | undefined;
   let stopped = false;
+  let subnetWarned = false;
+  /**
+   * What the dataplane held when this agent started, until the first load replaces it: that load must be a
+   * verified state at least as new as its stamp (or exactly the stamped state). Undefined: nothing to protect.
+   */
+  let adopting: { stamp: { revision: number; hash: string } | null } | undefined = (await dataplane.found()) ?? undefined;
+  let heldLogged = false;
+  if (adopting) log.info({ tableRevision: adopting.stamp?.revision ?? null, tableHash: adopting.stamp?.hash ?? null }, 'table-found');
 
   const discoveryRecord = (): DiscoveryRecord => ({
     cellId: cfg.cellId,
@@ -100,16 +118,33 @@ export async function startCellAgent(deps: { bus: Bus; log: Logger; config: Cell
     while (dirty && !stopped) {
       dirty = false;
       const view = feed.view;
+      if (adopting) {
+        const stamp = adopting.stamp;
+        const same = stamp !== null && view.revision === stamp.revision && view.hash === stamp.hash;
+        if (!same && (!view.verified || view.revision < (stamp?.revision ?? 0))) {
+          // Keep the table found: loading this state could weaken it (an older or unverified state).
+          if (!heldLogged) log.info({ tableRevision: stamp?.revision ?? null, revision: view.revision, verified: view.verified }, 'table-kept');
+          heldLogged = true;
+          continue;
+        }
+        log.info({ tableRevision: stamp?.revision ?? null, revision: view.revision }, 'table-adopted');
+        adopting = undefined;
+      }
       const t0 = performance.now();
+      const subnets = cellSubnetsOf(view.state, cfg.cellId, cfg.subnets);
+      if (subnets.length === 0 && !subnetWarned) {
+        subnetWarned = true;
+        log.warn({ overlayCidr: cfg.overlayCidr }, 'cell-subnet-unknown'); // only the known local containers are guarded
+      }
       // The same RuleSet object back means nothing the rules depend on changed since the last expansion.
-      const rules: RuleSet = expander.expand(view.state);
+      const rules: RuleSet = expander.expand(view.state, subnets);
       // the feed's state changes in place: the containers these rules cover are taken now, for the ready gate
       const covered = new Set(Object.keys(view.state.containers));
       let error: string | null = null;
       if (rules !== lastRules || reload) {
         reload = false;
         try {
-          await dataplane.apply(rules);
+          await dataplane.apply(rules, { revision: view.revision, hash: view.hash });
           lastRules = rules;
           mApply.observe(cell, (performance.now() - t0) / 1000);
           if (view.eventAt) mPropagation.observe(cell, Math.max(0, Date.now() - Date.parse(view.eventAt)) / 1000);

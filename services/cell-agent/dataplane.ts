@@ -2,12 +2,17 @@
 // nftables driver, an in-memory one for simulation and benchmarks, and a render-only one for dry runs.
 import { spawn } from 'node:child_process';
 import { NetfoldError } from '../../runtime/errors.ts';
-import { type Protocol, type RuleIndex, type RuleSet, TABLE, allows, indexRules, renderNft, renderNftChanges } from './rules.ts';
+import { type AppliedStamp, type Protocol, type RuleIndex, type RuleSet, TABLE, allows, indexRules, renderNft, renderNftChanges, stampOf } from './rules.ts';
+
+/** What a (re)started agent finds in the dataplane: null when nothing is loaded; else the stamp it carries (null when none). */
+export type FoundTable = { stamp: AppliedStamp | null } | null;
 
 export interface Dataplane {
   readonly kind: 'nftables' | 'memory' | 'render';
-  /** Loads the whole rule set atomically. */
-  apply(rules: RuleSet): Promise<void>;
+  /** Loads the whole rule set atomically, stamped with the revision and hash of the state it was built from. */
+  apply(rules: RuleSet, stamp?: AppliedStamp): Promise<void>;
+  /** What is loaded now, before this process applied anything (an agent's restart adopts it). */
+  found(): Promise<FoundTable>;
   /** True when what is enforced differs from what was last applied (tampered with, flushed, missing). */
   drifted(): Promise<boolean>;
   /** What the last detected drift was, e.g. `table-missing` or `table-changed`. */
@@ -53,7 +58,7 @@ export class NftDataplane implements Dataplane {
   readonly kind = 'nftables' as const;
   readonly #o: NftOptions;
   /** What is loaded; its index is built on the first incremental change after a whole load (off the load's path). */
-  #applied: { rules: RuleSet; index?: RuleIndex } | undefined;
+  #applied: { rules: RuleSet; stamp?: AppliedStamp; index?: RuleIndex } | undefined;
   #baseline: Promise<string | undefined> | undefined;
   /** Drift seen (incremented by drifted()) and drift repaired by a whole load: equal when in sync. */
   #driftSeen = 0;
@@ -78,19 +83,25 @@ export class NftDataplane implements Dataplane {
     return this.#o.netns ? run('ip', ['netns', 'exec', this.#o.netns, 'nft', ...args], input) : run('nft', args, input);
   }
 
-  apply(rules: RuleSet): Promise<void> {
-    return this.#exclusive(() => this.#apply(rules));
+  apply(rules: RuleSet, stamp?: AppliedStamp): Promise<void> {
+    return this.#exclusive(() => this.#apply(rules, stamp));
   }
 
-  async #apply(rules: RuleSet): Promise<void> {
+  /** The table as found (the stamp is the `applied` set's element comment); null when there is no table. */
+  async found(): Promise<FoundTable> {
+    const listing = await this.#exclusive(() => this.listing());
+    return listing === undefined ? null : { stamp: stampOf(listing) };
+  }
+
+  async #apply(rules: RuleSet, stamp: AppliedStamp | undefined): Promise<void> {
     await this.#baseline; // never overlap a listing with a change
     const drift = this.#driftSeen;
     const whole = !this.#applied || drift !== this.#driftLoaded;
     let changes: ReturnType<typeof renderNftChanges> | undefined;
     if (!whole) {
       const applied = this.#applied!;
-      applied.index ??= indexRules(applied.rules);
-      changes = renderNftChanges(applied.index, rules, this.#o.overlayCidr);
+      applied.index ??= indexRules(applied.rules, applied.stamp);
+      changes = renderNftChanges(applied.index, rules, this.#o.overlayCidr, stamp);
       if (changes.text === null) return;
     }
     let index: RuleIndex | undefined;
@@ -100,14 +111,16 @@ export class NftDataplane implements Dataplane {
         this.loads.incremental += 1;
         index = changes.index;
       } else {
-        await this.#nft(['-f', '-'], renderNft(rules, this.#o.overlayCidr));
+        await this.#nft(['-f', '-'], renderNft(rules, this.#o.overlayCidr, stamp));
         this.loads.full += 1;
       }
     } catch (err) {
       this.#applied = undefined; // unknown state: the next apply loads the table whole
       throw err;
     }
-    this.#applied = index ? { rules, index } : { rules }; // rule sets are never modified once built
+    // rule sets are never modified once built
+    const loadedStamp = index ? index.stamp : stamp;
+    this.#applied = { rules, ...(loadedStamp ? { stamp: loadedStamp } : {}), ...(index ? { index } : {}) };
     if (whole) this.#driftLoaded = drift; // drift seen during this load is repaired by the next one
     this.#baseline = this.listing();
   }
@@ -139,16 +152,25 @@ export class NftDataplane implements Dataplane {
 /** Same semantics in process: for simulations and benchmarks (and tests of what a rule set allows). */
 export class MemoryDataplane implements Dataplane {
   readonly kind = 'memory' as const;
-  rules: RuleSet = { local: [], allows: [] };
+  rules: RuleSet = { local: [], subnets: [], allows: [] };
+  /** The stamp of what is loaded; `loaded` is false until something was applied (like a kernel with no table). */
+  stamp: AppliedStamp | null = null;
+  loaded = false;
   applies = 0;
   #tampered = false;
 
   constructor(private readonly overlayCidr: string) {}
 
-  async apply(rules: RuleSet): Promise<void> {
+  async apply(rules: RuleSet, stamp?: AppliedStamp): Promise<void> {
     this.rules = rules; // the agent never edits a rule set it handed over (a new one is built for every change)
+    this.stamp = stamp ?? null;
+    this.loaded = true;
     this.applies += 1;
     this.#tampered = false;
+  }
+
+  async found(): Promise<FoundTable> {
+    return this.loaded ? { stamp: this.stamp } : null;
   }
 
   lastDrift?: string;
@@ -160,7 +182,7 @@ export class MemoryDataplane implements Dataplane {
 
   /** Simulates someone flushing the rules. */
   tamper(): void {
-    this.rules = { local: this.rules.local, allows: [] };
+    this.rules = { local: this.rules.local, subnets: this.rules.subnets, allows: [] };
     this.#tampered = true;
   }
 
@@ -177,8 +199,12 @@ export class RenderDataplane implements Dataplane {
     private readonly print: (text: string) => void,
   ) {}
 
-  async apply(rules: RuleSet): Promise<void> {
-    this.print(renderNft(rules, this.overlayCidr));
+  async apply(rules: RuleSet, stamp?: AppliedStamp): Promise<void> {
+    this.print(renderNft(rules, this.overlayCidr, stamp));
+  }
+
+  async found(): Promise<FoundTable> {
+    return null;
   }
 
   async drifted(): Promise<boolean> {

@@ -8,7 +8,8 @@ import { createInterface } from 'node:readline';
 import type { Test } from 'tap';
 import { run } from '../../services/cell-agent/dataplane.ts';
 
-export type NetContainer = { ns: string; ip: string; cell: string };
+/** `hostIf`: the container's veth end in its cell's namespace. */
+export type NetContainer = { ns: string; ip: string; cell: string; hostIf: string };
 export type Net = {
   prefix: string;
   cellNs: (cell: string) => string;
@@ -17,6 +18,13 @@ export type Net = {
   tool(ns: string, ...args: string[]): ChildProcess;
   serve(container: string, ...ports: number[]): Promise<void>;
   probe(from: string, to: string, port: number, ms?: number): Promise<string>;
+  /** Like probe, to any address (e.g. an IPv6 one). */
+  probeAddr(from: string, addr: string, port: number, ms?: number): Promise<string>;
+  /**
+   * Connection attempts from `from` to `to`:port, again and again, until stopped: resolves once the first attempt
+   * is done; `stop()` resolves with the counts of every outcome.
+   */
+  loop(from: string, to: string, port: number): Promise<{ stop(): Promise<Record<'open' | 'refused' | 'timeout' | 'error', number>> }>;
   hold(from: string, to: string, port: number): Promise<{ send(line: string): Promise<string>; close(): void }>;
 };
 
@@ -75,7 +83,7 @@ export async function buildNet(t: Test, cells: Record<string, number>, container
     await ip('-n', cellNs(cell), 'addr', 'add', `${gw}/32`, 'dev', host);
     await ip('-n', cellNs(cell), 'link', 'set', host, 'up');
     await ip('-n', cellNs(cell), 'route', 'add', `${addr}/32`, 'dev', host);
-    out[name] = { ns, ip: addr, cell };
+    out[name] = { ns, ip: addr, cell, hostIf: host };
   }
   const names = Object.keys(cells);
   for (let i = 0; i < names.length; i++) {
@@ -119,6 +127,27 @@ export async function buildNet(t: Test, cells: Record<string, number>, container
     },
     async probe(from, to, port, ms = 1500) {
       return firstLine(tool(out[from]!.ns, 'probe', out[to]!.ip, String(port), String(ms)));
+    },
+    async probeAddr(from, addr, port, ms = 1500) {
+      return firstLine(tool(out[from]!.ns, 'probe', addr, String(port), String(ms)));
+    },
+    async loop(from, to, port) {
+      const child = tool(out[from]!.ns, 'loop', out[to]!.ip, String(port), '1000');
+      const lines = createInterface({ input: child.stdout! });
+      const next = () =>
+        new Promise<string>((resolve) => {
+          lines.once('line', resolve);
+          child.once('exit', () => resolve('exited'));
+        });
+      const started = await next();
+      if (started !== 'started') throw new Error(`loop ${from} -> ${to}:${port}: ${started}`);
+      return {
+        async stop() {
+          const summary = next();
+          child.stdin!.write('stop\n');
+          return JSON.parse(await summary) as Record<'open' | 'refused' | 'timeout' | 'error', number>;
+        },
+      };
     },
     async hold(from, to, port) {
       const child = tool(out[from]!.ns, 'hold', out[to]!.ip, String(port));

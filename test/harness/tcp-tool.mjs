@@ -2,18 +2,24 @@
 //   serve PORT [PORT...]      echo server on every port; prints "ready" once listening
 //   probe HOST PORT MS        prints "open", "refused" or "timeout"
 //   hold HOST PORT            connects ("connected"), then sends each stdin line and prints "echo:<line>" or "closed"
+//   loop HOST PORT MS         connects again and again (each attempt closed at once, MS timeout); prints "started"
+//                             after the first attempt, and on a "stop" line on stdin the counts as JSON:
+//                             {"open":n,"refused":n,"timeout":n,"error":n}
 import net from 'node:net';
 import readline from 'node:readline';
 
 const [mode, ...args] = process.argv.slice(2);
 if (mode === 'serve') {
-  let listening = 0;
+  // IPv4 and IPv6 (when the namespace has it) on every port
+  let pending = args.length * 2;
+  const up = () => {
+    if (--pending === 0) console.log('ready');
+  };
   for (const port of args.map(Number)) {
-    net
-      .createServer((s) => s.pipe(s))
-      .listen(port, '0.0.0.0', () => {
-        if (++listening === args.length) console.log('ready');
-      });
+    net.createServer((s) => s.pipe(s)).listen(port, '0.0.0.0', up);
+    const v6 = net.createServer((s) => s.pipe(s));
+    v6.once('error', up);
+    v6.listen({ port, host: '::', ipv6Only: true }, up);
   }
 } else if (mode === 'probe') {
   const [host, port, ms] = args;
@@ -42,6 +48,37 @@ if (mode === 'serve') {
     }
   });
   readline.createInterface({ input: process.stdin }).on('line', (line) => s.write(line + '\n'));
+} else if (mode === 'loop') {
+  const [host, port, ms] = args;
+  const counts = { open: 0, refused: 0, timeout: 0, error: 0 };
+  let stopping = false;
+  let first = true;
+  const attempt = () => {
+    if (stopping) {
+      console.log(JSON.stringify(counts));
+      process.exit(0);
+    }
+    const s = net.connect({ host, port: Number(port) });
+    let done = false;
+    const finish = (r) => {
+      if (done) return;
+      done = true;
+      counts[r] += 1;
+      s.destroy();
+      if (first) {
+        first = false;
+        console.log('started');
+      }
+      setImmediate(attempt);
+    };
+    s.setTimeout(Number(ms), () => finish('timeout'));
+    s.once('connect', () => finish('open'));
+    s.once('error', (e) => finish(e.code === 'ECONNREFUSED' || e.code === 'ECONNRESET' ? 'refused' : 'error'));
+  };
+  readline.createInterface({ input: process.stdin }).on('line', (line) => {
+    if (line === 'stop') stopping = true;
+  });
+  attempt();
 } else {
   console.error('usage: tcp-tool serve|probe|hold …');
   process.exit(2);
