@@ -60,6 +60,7 @@ t.test('an agent kill -9 and restart never opens a denied pair', { skip }, async
   await net.serve('back', 8080);
   const nats = await startNats(t);
   const gw = await startGateway(t, nats);
+  await gw.registerCells(['cell-A', '10.255.1.0/24']);
   const planner = await startPlanner({ bus: await nats.connect('planner'), log: nats.log, config: { ...defaultPlannerConfig, heartbeatMs: 100 } });
   t.teardown(() => planner.stop());
   const env = {
@@ -118,12 +119,13 @@ t.test('an address in the cell subnet that the control plane does not know (or n
   t.equal(await net.probe('front', 'ghost', 8080), 'open', 'without rules the ghost is reachable (the test can fail)');
   const nats = await startNats(t);
   const gw = await startGateway(t, nats);
+  await gw.registerCells(['cell-A', '10.255.1.0/24'], ['cell-B', '10.255.2.0/24']);
   const planner = await startPlanner({ bus: await nats.connect('planner'), log: nats.log, config: { ...defaultPlannerConfig, heartbeatMs: 100 } });
   t.teardown(() => planner.stop());
   const agent = await startCellAgent({
     bus: await nats.connect('agent-B'),
     log: nats.log,
-    config: { ...defaultCellAgentConfig, cellId: 'cell-B', driftIntervalMs: 200, subnets: ['10.255.2.0/24'] },
+    config: { ...defaultCellAgentConfig, cellId: 'cell-B', driftIntervalMs: 200 }, // its range comes from CellRegistered
     dataplane: new NftDataplane({ overlayCidr: '10.255.0.0/16', netns: net.cellNs('B') }),
   });
   t.teardown(() => agent.stop());

@@ -13,6 +13,7 @@ const P = '/networking/v1/external/policies';
 t.test('garbage on the delta subject and a forged snapshot: the agent keeps following', async (t) => {
   const nats = await startNats(t);
   const gw = await startGateway(t, nats);
+  await gw.registerCells('cell-1', 'cell-2');
   const { agents, planes, planner } = await startStack(t, nats, ['cell-1'], { agent: { driftIntervalMs: 100 } });
   for (const appId of ['web', 'api', 'evil']) await gw.intake('registerApp', { appId, name: appId, spaceId: 's', orgId: 'o' });
   await gw.intake('startContainer', { containerId: 'web-0', appId: 'web', cellId: 'cell-2', instanceIndex: 0, ip: '10.255.2.2' });

@@ -14,7 +14,17 @@ import { startGateway, cfPolicy } from './harness/gateway.ts';
 import { startStack } from './harness/stack.ts';
 import { enforcementOf } from '../runtime/enforcement.ts';
 import { EventLog } from '../runtime/event-log.ts';
-import { quarantined } from '../cli/operators.ts';
+import { quarantined, replay } from '../cli/operators.ts';
+import { startDiscovery, defaultDiscoveryConfig } from '../services/discovery/service.ts';
+
+/** Polls a condition until it holds (bounded): for state reached through several processes. */
+async function waitUntil(check: () => Promise<boolean>, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error('condition not reached in time');
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
 
 /** Ids that are properties of Object.prototype (or of Object) and still pass the id pattern. */
 const PROTO_IDS = ['constructor', 'hasOwnProperty', 'toString', 'valueOf', 'keys', 'isPrototypeOf', 'propertyIsEnumerable', 'toLocaleString', 'assign', 'create'];
@@ -162,7 +172,9 @@ t.test('through NATS: the outside tester\'s inputs are refused or harmless, and 
   t.match(await gw.intake('startContainer', { containerId: 'c1', appId: 'hasOwnProperty', cellId: 'cell-1', instanceIndex: 0, ip: '10.255.1.2' }), { ok: false, code: 'app-not-found' });
   const dry = await gw.http('POST', '/networking/v1/external/policies?dry_run=true', { body: { policies: [cfPolicy('toString', 'valueOf')] } });
   t.equal(dry.status, 403, 'a dry run naming unknown apps toString/valueOf is refused like any unknown app');
-  for (const appId of ['constructor', 'toString']) t.match(await gw.intake('registerApp', { appId, name: `n-${appId.toLowerCase()}`, spaceId: 's', orgId: 'o' }), { ok: true });
+  const discovery = await startDiscovery({ bus: await nats.connect('discovery'), log: nats.log, config: { ...defaultDiscoveryConfig, dnsPort: 0, httpPort: 0 } });
+  t.teardown(() => discovery.stop());
+  for (const [appId, name] of [['constructor', 'constructor'], ['toString', 'keys']]) t.match(await gw.intake('registerApp', { appId, name, spaceId: 's', orgId: 'o' }), { ok: true });
   t.match(await gw.intake('startContainer', { containerId: 'keys', appId: 'constructor', cellId: 'cell-1', instanceIndex: 0, ip: '10.255.1.2' }), { ok: true, appended: 1 });
   t.match(await gw.intake('startContainer', { containerId: 'valueOf', appId: 'toString', cellId: 'cell-2', instanceIndex: 0, ip: '10.255.2.2' }), { ok: true, appended: 1 });
   const add = await gw.http('POST', '/networking/v1/external/policies', { body: { policies: [cfPolicy('constructor', 'toString')] } });
@@ -170,6 +182,17 @@ t.test('through NATS: the outside tester\'s inputs are refused or harmless, and 
   await stack.agents['cell-2']!.waitApplied(add.body.revision);
   t.equal(stack.planes['cell-2']!.allows('10.255.1.2', '10.255.2.2', 'tcp', 8080), true, 'constructor -> toString is enforced like any policy');
   t.equal(typeof Object.keys, 'function');
+  // The agent guards its registered range, not only the addresses it knows (CellRegistered reaches its rules).
+  t.equal(stack.planes['cell-2']!.allows('10.255.1.2', '10.255.2.99', 'tcp', 8080), false, 'an unknown address in cell-2\'s range is denied');
+  t.same(stack.agents['cell-2']!.feed.view.state.cell['cell-2'], { subnet: '10.255.2.0/24' });
+  // Discovery answers prototype names like any other; replay rebuilds the same cells.
+  const lookup = async (name: string) => (await (await fetch(`${discovery.httpUrl}/v1/registration/${name}`)).json()) as { hosts: { ip_address: string }[] };
+  await waitUntil(async () => (await lookup('constructor.apps.internal')).hosts.length === 1 && (await lookup('keys.apps.internal')).hosts.length === 1);
+  t.same((await lookup('constructor.apps.internal')).hosts.map((h) => h.ip_address), ['10.255.1.2']);
+  t.same((await lookup('keys.apps.internal')).hosts.map((h) => h.ip_address), ['10.255.2.2']);
+  t.same((await lookup('tostring.apps.internal')).hosts ?? [], [], 'an app id is not a name');
+  const replayed = await replay(gw.bus, undefined, 'apps.internal');
+  t.equal(replayed.ok, true, `replay agrees with planner and agents: ${JSON.stringify(replayed.cells)}`);
 
   // 2. Identity by IP cannot be borrowed; addresses outside the overlay or the cell are refused; nothing appended.
   const before = await log.lastSeq();
