@@ -1,9 +1,11 @@
 // Configuration: every setting has a flag, an environment variable and a default. Flags win over the
 // environment. The README's configuration table lists the same settings.
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { ConfigError } from './errors.ts';
+import { PRIVATE_MODE, isExposed, writePrivateFile } from './private-file.ts';
+import { checkTokenSecret, parseDuration } from './tokens.ts';
 
 export type Config = {
   /** Existing NATS server(s); when unset, `netfold up` runs an embedded one. */
@@ -17,6 +19,8 @@ export type Config = {
   policyQuota: number;
   maxPoliciesPerRequest: number;
   tokenSecret: string | undefined;
+  /** Seconds: the longest lifetime (exp − iat) of a bearer token, checked by the gateway and `token mint`. */
+  tokenMaxTtl: number;
   logLevel: string;
   plannerId: string;
   domain: string;
@@ -36,7 +40,7 @@ export type Config = {
   metricsPort: number | undefined;
 };
 
-type Setting = { key: keyof Config; flag: string; env: string; def: string | undefined; kind: 'string' | 'int'; min?: number; max?: number };
+type Setting = { key: keyof Config; flag: string; env: string; def: string | undefined; kind: 'string' | 'int' | 'duration'; min?: number; max?: number };
 
 export const SETTINGS: readonly Setting[] = [
   { key: 'natsUrl', flag: 'nats-url', env: 'NATS_URL', def: undefined, kind: 'string' },
@@ -49,6 +53,7 @@ export const SETTINGS: readonly Setting[] = [
   { key: 'policyQuota', flag: 'policy-quota', env: 'NETFOLD_POLICY_QUOTA', def: '150', kind: 'int', min: 1, max: 1_000_000 },
   { key: 'maxPoliciesPerRequest', flag: 'max-policies-per-request', env: 'NETFOLD_MAX_POLICIES_PER_REQUEST', def: '1000', kind: 'int', min: 1, max: 100_000 },
   { key: 'tokenSecret', flag: 'token-secret', env: 'NETFOLD_TOKEN_SECRET', def: undefined, kind: 'string' },
+  { key: 'tokenMaxTtl', flag: 'token-max-ttl', env: 'NETFOLD_TOKEN_MAX_TTL', def: '7d', kind: 'duration', min: 60, max: 365 * 86400 },
   { key: 'logLevel', flag: 'log-level', env: 'NETFOLD_LOG_LEVEL', def: 'info', kind: 'string' },
   { key: 'plannerId', flag: 'planner-id', env: 'NETFOLD_PLANNER_ID', def: 'planner', kind: 'string' },
   { key: 'domain', flag: 'domain', env: 'NETFOLD_DOMAIN', def: 'apps.internal', kind: 'string' },
@@ -84,6 +89,17 @@ export function loadConfig(flags: Record<string, string | boolean | undefined> =
         throw new ConfigError(`--${s.flag} / ${s.env} must be an integer between ${s.min} and ${s.max}, got "${text}"`);
       }
       out[s.key] = n;
+    } else if (s.kind === 'duration') {
+      let n: number;
+      try {
+        n = parseDuration(text);
+      } catch {
+        throw new ConfigError(`--${s.flag} / ${s.env} must be a duration (e.g. 90s, 15m, 24h, 7d), got "${text}"`);
+      }
+      if (n < (s.min ?? 0) || n > (s.max ?? Infinity)) {
+        throw new ConfigError(`--${s.flag} / ${s.env} must be between ${s.min} s and ${s.max} s, got "${text}"`);
+      }
+      out[s.key] = n;
     } else {
       out[s.key] = text;
     }
@@ -108,14 +124,30 @@ export function loadConfig(flags: Record<string, string | boolean | undefined> =
   return config;
 }
 
-/** The token secret: configured, or generated once and kept in the data dir (mode 0600). */
+/**
+ * The token secret: configured, or generated once and kept in the data dir (mode 0600; an existing file readable by
+ * others is made 0600 when we may). Refused (ConfigError `weak-token-secret`) when shorter than 32 bytes.
+ */
 export function resolveTokenSecret(config: Pick<Config, 'tokenSecret' | 'dataDir'>, create: boolean): string {
-  if (config.tokenSecret) return config.tokenSecret;
+  if (config.tokenSecret) {
+    checkTokenSecret(config.tokenSecret);
+    return config.tokenSecret;
+  }
   const file = join(config.dataDir, 'token-secret');
-  if (existsSync(file)) return readFileSync(file, 'utf8').trim();
+  if (existsSync(file)) {
+    if (isExposed(file)) {
+      try {
+        chmodSync(file, PRIVATE_MODE);
+      } catch {
+        // not ours to change (another user's data dir): reading it is still allowed
+      }
+    }
+    const secret = readFileSync(file, 'utf8').trim();
+    checkTokenSecret(secret);
+    return secret;
+  }
   if (!create) throw new ConfigError(`no token secret: set NETFOLD_TOKEN_SECRET or run "netfold up" once to create ${file}`);
-  mkdirSync(config.dataDir, { recursive: true });
   const secret = randomBytes(32).toString('hex');
-  writeFileSync(file, secret + '\n', { mode: 0o600 });
+  writePrivateFile(file, secret + '\n');
   return secret;
 }

@@ -5,7 +5,7 @@ import { newId } from '../../runtime/ids.ts';
 import type { Logger } from '../../runtime/logger.ts';
 import { NetfoldError, UnauthenticatedError, ValidationError } from '../../runtime/errors.ts';
 import { toServiceError } from '../../runtime/retry.ts';
-import { type Principal, verifyToken } from '../../runtime/tokens.ts';
+import { DEFAULT_TOKEN_MAX_TTL_SECONDS, type Principal, verifyToken } from '../../runtime/tokens.ts';
 import { parseIdList } from '../../events/commands.ts';
 import type { PolicyApi } from './policy-api.ts';
 import { accessOf } from './policy-api.ts';
@@ -17,6 +17,8 @@ export type HttpOptions = {
   /** Answers "is revision N enforced on every cell?", waiting up to `waitMs` for it to become so. */
   enforcement: (revision: number, waitMs: number) => Promise<Enforcement>;
   tokenSecret: string;
+  /** The longest token lifetime (exp − iat) accepted, in seconds. */
+  tokenMaxTtlSeconds?: number;
   log: Logger;
   bodyLimitBytes: number;
   metrics: Registry;
@@ -58,7 +60,7 @@ export function buildHttpGateway(opts: HttpOptions): FastifyInstance {
     if (!header) throw new UnauthenticatedError('missing Authorization header (Bearer token)');
     const m = /^Bearer\s+(\S+)$/i.exec(header);
     if (!m) throw new UnauthenticatedError('Authorization header must be "Bearer <token>"');
-    req.principal = await verifyToken(opts.tokenSecret, m[1]!);
+    req.principal = await verifyToken(opts.tokenSecret, m[1]!, { maxTtlSeconds: opts.tokenMaxTtlSeconds ?? DEFAULT_TOKEN_MAX_TTL_SECONDS });
   };
   const principal = (req: FastifyRequest): Principal => req.principal!;
   const metaOf = (req: FastifyRequest) => {

@@ -10,6 +10,7 @@ import { PolicyApi } from './policy-api.ts';
 import { Writer } from './writer.ts';
 import { waitEnforced } from '../../runtime/enforcement.ts';
 import { Registry } from '../../runtime/metrics.ts';
+import { checkTokenSecret } from '../../runtime/tokens.ts';
 
 export type PolicyWriterConfig = {
   httpHost: string;
@@ -18,6 +19,8 @@ export type PolicyWriterConfig = {
   policyQuota: number;
   maxPoliciesPerRequest: number;
   tokenSecret: string;
+  /** Seconds; default 7 days (`--token-max-ttl`). */
+  tokenMaxTtl?: number;
 };
 
 export type PolicyWriter = {
@@ -36,6 +39,7 @@ export async function startPolicyWriter(deps: {
   newId?: () => string;
   metrics?: Registry;
 }): Promise<PolicyWriter> {
+  checkTokenSecret(deps.config.tokenSecret);
   const metrics = deps.metrics ?? new Registry();
   const log = deps.log.child({ service: 'policy-writer' });
   const eventLog = new EventLog(deps.bus);
@@ -56,6 +60,7 @@ export async function startPolicyWriter(deps: {
     tokenSecret: deps.config.tokenSecret,
     log,
     bodyLimitBytes: deps.config.httpBodyLimit,
+    tokenMaxTtlSeconds: deps.config.tokenMaxTtl,
     metrics,
   });
   const address = await http.listen({ host: deps.config.httpHost, port: deps.config.httpPort });
