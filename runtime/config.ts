@@ -16,6 +16,10 @@ export type Config = {
   httpHost: string;
   httpPort: number;
   httpBodyLimit: number;
+  /** Milliseconds a client has to send a whole request (headers and body); 408 and close after. */
+  httpRequestTimeoutMs: number;
+  /** Milliseconds an idle keep-alive connection is kept open. */
+  httpKeepAliveTimeoutMs: number;
   policyQuota: number;
   maxPoliciesPerRequest: number;
   tokenSecret: string | undefined;
@@ -50,6 +54,8 @@ export const SETTINGS: readonly Setting[] = [
   { key: 'httpHost', flag: 'http-host', env: 'NETFOLD_HTTP_HOST', def: '127.0.0.1', kind: 'string' },
   { key: 'httpPort', flag: 'http-port', env: 'NETFOLD_HTTP_PORT', def: '4002', kind: 'int', min: 0, max: 65535 },
   { key: 'httpBodyLimit', flag: 'http-body-limit', env: 'NETFOLD_HTTP_BODY_LIMIT', def: '1048576', kind: 'int', min: 1024, max: 64 * 1024 * 1024 },
+  { key: 'httpRequestTimeoutMs', flag: 'http-request-timeout-ms', env: 'NETFOLD_HTTP_REQUEST_TIMEOUT_MS', def: '10000', kind: 'int', min: 100, max: 600_000 },
+  { key: 'httpKeepAliveTimeoutMs', flag: 'http-keep-alive-timeout-ms', env: 'NETFOLD_HTTP_KEEP_ALIVE_TIMEOUT_MS', def: '5000', kind: 'int', min: 100, max: 600_000 },
   { key: 'policyQuota', flag: 'policy-quota', env: 'NETFOLD_POLICY_QUOTA', def: '150', kind: 'int', min: 1, max: 1_000_000 },
   { key: 'maxPoliciesPerRequest', flag: 'max-policies-per-request', env: 'NETFOLD_MAX_POLICIES_PER_REQUEST', def: '1000', kind: 'int', min: 1, max: 100_000 },
   { key: 'tokenSecret', flag: 'token-secret', env: 'NETFOLD_TOKEN_SECRET', def: undefined, kind: 'string' },

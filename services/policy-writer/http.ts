@@ -21,8 +21,21 @@ export type HttpOptions = {
   tokenMaxTtlSeconds?: number;
   log: Logger;
   bodyLimitBytes: number;
+  /** A client must send its whole request (headers and body) within this; it then gets 408 and is closed. */
+  requestTimeoutMs?: number;
+  /** An idle keep-alive connection is closed after this. */
+  keepAliveTimeoutMs?: number;
   metrics: Registry;
 };
+
+/** Defaults of the gateway's limits (the configuration table has the same). */
+export const defaultHttpLimits = { requestTimeoutMs: 10_000, keepAliveTimeoutMs: 5_000 } as const;
+
+/**
+ * Node checks request and header deadlines on a timer (30 s by default, whatever the timeouts): check often enough
+ * for the configured timeout to be the one that holds, at most every second.
+ */
+export const connectionsCheckingIntervalOf = (requestTimeoutMs: number) => Math.max(25, Math.min(1000, Math.floor(requestTimeoutMs / 4)));
 
 const BASE = '/networking/v1/external';
 
@@ -34,7 +47,17 @@ declare module 'fastify' {
 
 export function buildHttpGateway(opts: HttpOptions): FastifyInstance {
   const log = opts.log.child({ component: 'http' });
-  const app = Fastify({ logger: false, bodyLimit: opts.bodyLimitBytes, genReqId: () => newId() });
+  const requestTimeout = opts.requestTimeoutMs ?? defaultHttpLimits.requestTimeoutMs;
+  const app = Fastify({
+    logger: false,
+    bodyLimit: opts.bodyLimitBytes,
+    genReqId: () => newId(),
+    // Slow clients (slowloris, a body trickled byte by byte) hold a socket at most this long: headers and body must
+    // both arrive within requestTimeout. No socket inactivity timeout: GET …/enforcement may wait up to 60 s.
+    requestTimeout,
+    keepAliveTimeout: opts.keepAliveTimeoutMs ?? defaultHttpLimits.keepAliveTimeoutMs,
+    http: { headersTimeout: requestTimeout, connectionsCheckingInterval: connectionsCheckingIntervalOf(requestTimeout) },
+  });
   app.removeContentTypeParser('text/plain'); // the API speaks JSON only
 
   app.setErrorHandler((err, req, reply) => {

@@ -21,6 +21,10 @@ export type PolicyWriterConfig = {
   tokenSecret: string;
   /** Seconds; default 7 days (`--token-max-ttl`). */
   tokenMaxTtl?: number;
+  /** Default 10 s (`--http-request-timeout-ms`). */
+  httpRequestTimeoutMs?: number;
+  /** Default 5 s (`--http-keep-alive-timeout-ms`). */
+  httpKeepAliveTimeoutMs?: number;
 };
 
 export type PolicyWriter = {
@@ -61,6 +65,8 @@ export async function startPolicyWriter(deps: {
     log,
     bodyLimitBytes: deps.config.httpBodyLimit,
     tokenMaxTtlSeconds: deps.config.tokenMaxTtl,
+    requestTimeoutMs: deps.config.httpRequestTimeoutMs,
+    keepAliveTimeoutMs: deps.config.httpKeepAliveTimeoutMs,
     metrics,
   });
   const address = await http.listen({ host: deps.config.httpHost, port: deps.config.httpPort });
