@@ -38,6 +38,12 @@ export type Config = {
   dnsHost: string;
   dnsPort: number;
   dnsTtl: number;
+  /** Most A records in one DNS answer (a random selection of the instances). */
+  dnsMaxAnswers: number;
+  /** UDP responses per second per source address (0: no limit), with a burst, and 1 in `slip` over-limit queries answered truncated. */
+  dnsRateLimit: number;
+  dnsRateLimitBurst: number;
+  dnsRateLimitSlip: number;
   discoveryHttpPort: number;
   discoveryExpiryMs: number;
   simulateCells: number;
@@ -73,6 +79,10 @@ export const SETTINGS: readonly Setting[] = [
   { key: 'dnsHost', flag: 'dns-host', env: 'NETFOLD_DNS_HOST', def: '127.0.0.1', kind: 'string' },
   { key: 'dnsPort', flag: 'dns-port', env: 'NETFOLD_DNS_PORT', def: '8053', kind: 'int', min: 0, max: 65535 },
   { key: 'dnsTtl', flag: 'dns-ttl', env: 'NETFOLD_DNS_TTL', def: '0', kind: 'int', min: 0, max: 86_400 },
+  { key: 'dnsMaxAnswers', flag: 'dns-max-answers', env: 'NETFOLD_DNS_MAX_ANSWERS', def: '32', kind: 'int', min: 1, max: 1000 },
+  { key: 'dnsRateLimit', flag: 'dns-rate-limit', env: 'NETFOLD_DNS_RATE_LIMIT', def: '100', kind: 'int', min: 0, max: 1_000_000 },
+  { key: 'dnsRateLimitBurst', flag: 'dns-rate-limit-burst', env: 'NETFOLD_DNS_RATE_LIMIT_BURST', def: '100', kind: 'int', min: 1, max: 1_000_000 },
+  { key: 'dnsRateLimitSlip', flag: 'dns-rate-limit-slip', env: 'NETFOLD_DNS_RATE_LIMIT_SLIP', def: '2', kind: 'int', min: 0, max: 10 },
   { key: 'discoveryHttpPort', flag: 'discovery-http-port', env: 'NETFOLD_DISCOVERY_HTTP_PORT', def: '8054', kind: 'int', min: 0, max: 65535 },
   { key: 'discoveryExpiryMs', flag: 'discovery-expiry-ms', env: 'NETFOLD_DISCOVERY_EXPIRY_MS', def: '180000', kind: 'int', min: 100, max: 86_400_000 },
   { key: 'simulateCells', flag: 'simulate-cells', env: 'NETFOLD_SIMULATE_CELLS', def: '3', kind: 'int', min: 0, max: 1000 },
