@@ -85,6 +85,10 @@ t.test('HTTP timeouts: unfinished headers, a trickled body, an idle keep-alive c
   await serverCloses(t, idle, 'an idle keep-alive connection is closed');
   t.match(idle.received(), /^HTTP\/1\.1 200/, 'after its answer');
 
-  // A well-behaved request still works.
+  // A well-behaved request still works, and one whose answer takes longer than the request timeout (the long poll
+  // of …/enforcement, here 1 s against 300 ms) is not cut: the timeout bounds receiving the request only.
   t.equal((await gw.http('GET', P)).status, 200);
+  const longPoll = await gw.http('GET', '/networking/v1/external/enforcement?revision=1000000&wait_ms=1000');
+  t.equal(longPoll.status, 200, 'a slow answer is still delivered');
+  t.equal(longPoll.body.enforced, false);
 });
