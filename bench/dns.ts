@@ -44,7 +44,8 @@ await ensureTopology(bus.jsm, defaultTopologyOptions, log);
     await kv.put(`cell-${c}`, JSON.stringify({ cellId: `cell-${c}`, at: new Date().toISOString(), names }));
   }
   const dnsPort = await freePort();
-  const child = await startChild('services/discovery/main.ts', { NATS_URL: server.url, NETFOLD_DNS_PORT: String(dnsPort), NETFOLD_DISCOVERY_HTTP_PORT: '0', NETFOLD_LOG_LEVEL: 'info' }, 'discovery-started');
+  // NETFOLD_DNS_RATE_LIMIT=0: every query comes from one source address, which the per-source limit would hold to 100/s.
+  const child = await startChild('services/discovery/main.ts', { NATS_URL: server.url, NETFOLD_DNS_PORT: String(dnsPort), NETFOLD_DISCOVERY_HTTP_PORT: '0', NETFOLD_LOG_LEVEL: 'info', NETFOLD_DNS_RATE_LIMIT: '0' }, 'discovery-started');
   progress(`${QUERIES} queries over UDP, ${WINDOW} in flight`);
   const sock = createSocket('udp4');
   await new Promise<void>((r) => sock.bind(0, '127.0.0.1', () => r()));
@@ -87,7 +88,7 @@ await ensureTopology(bus.jsm, defaultTopologyOptions, log);
   const writer = await startPolicyWriter({ bus, log, config: { httpHost: '127.0.0.1', httpPort: 0, httpBodyLimit: 1 << 20, policyQuota: 150, maxPoliciesPerRequest: 1000, tokenSecret: 'x'.repeat(32), overlayCidr: '10.255.0.0/16' } });
   const planner = await startPlanner({ bus, log, config: defaultPlannerConfig });
   const agent = await startCellAgent({ bus, log, config: { ...defaultCellAgentConfig, cellId: 'cell-1' }, dataplane: new MemoryDataplane('10.255.0.0/16') });
-  const discovery = await startDiscovery({ bus, log, config: { ...defaultDiscoveryConfig, dnsPort: 0, httpPort: 0 } });
+  const discovery = await startDiscovery({ bus, log, config: { ...defaultDiscoveryConfig, dnsPort: 0, httpPort: 0, rateLimit: 0 } }); // one source, polling
   const request = async (subject: string, body: unknown) => {
     const r = (await bus.nc.request(subject, JSON.stringify(body), { timeout: 10_000 })).json<{ ok: boolean; error?: string }>();
     if (!r.ok) throw new Error(r.error);

@@ -150,7 +150,7 @@ async function runOnce(pollMs: number): Promise<ScaleRun> {
     for (let p = 0; p < sizes.PLANNERS; p++) {
       children.push({ name: `planner-${p}`, child: await startChild('services/topology-planner/main.ts', { ...baseEnv, NETFOLD_PLANNER_ID: `planner-${p}`, NETFOLD_METRICS_PORT: '0' }, 'planner-started') });
     }
-    children.push({ name: 'discovery', child: await startChild('services/discovery/main.ts', { ...baseEnv, NETFOLD_DNS_PORT: String(dnsPort), NETFOLD_DISCOVERY_HTTP_PORT: '0' }, 'discovery-started') });
+    children.push({ name: 'discovery', child: await startChild('services/discovery/main.ts', { ...baseEnv, NETFOLD_DNS_PORT: String(dnsPort), NETFOLD_DISCOVERY_HTTP_PORT: '0', NETFOLD_DNS_RATE_LIMIT: '0' /* the load's queries come from one address */ }, 'discovery-started') });
     const per = Math.ceil(sizes.CELLS / sizes.AGENT_PROCS);
     const agentStarts: Promise<void>[] = [];
     for (let a = 0; a < sizes.AGENT_PROCS; a++) {

@@ -182,7 +182,17 @@ async function main(argv: string[]): Promise<void> {
       const scopes = need(flags, 'scope').split(',');
       for (const s of scopes) if (!(SCOPES as readonly string[]).includes(s)) throw new UsageError(`unknown scope "${s}" (use ${SCOPES.join(', ')})`);
       const spaces = typeof flags.space === 'string' ? flags.space.split(',').filter(Boolean) : [];
-      const ttl = parseDuration(typeof flags.ttl === 'string' ? flags.ttl : '24h');
+      const ttlText = typeof flags.ttl === 'string' ? flags.ttl : '24h';
+      let ttl: number;
+      try {
+        ttl = parseDuration(ttlText);
+      } catch (err) {
+        throw new UsageError((err as Error).message);
+      }
+      if (ttl <= 0) throw new UsageError(`--ttl must be longer than 0 s, got "${ttlText}"`);
+      if (ttl > config.tokenMaxTtl) {
+        throw new NetfoldError(`--ttl ${ttlText} (${ttl} s) is longer than the gateway accepts (--token-max-ttl / NETFOLD_TOKEN_MAX_TTL: ${config.tokenMaxTtl} s)`, 'ttl-too-long', 400, false);
+      }
       const token = await mintToken(resolveTokenSecret(config, false), { user: need(flags, 'user'), scopes, spaces }, ttl);
       return out.print(token, { token });
     }

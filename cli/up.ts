@@ -1,7 +1,6 @@
 // `netfold up`: the all-in-one. Runs an embedded nats-server in the data dir (unless --nats-url points at an
 // existing server or cluster), sets up the streams, starts the services built so far, and stops them cleanly on
 // SIGINT/SIGTERM. Services so far: policy-writer (gateway + intake), topology-planner and discovery.
-import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { type Config, resolveTokenSecret } from '../runtime/config.ts';
 import { createRootLogger } from '../runtime/logger.ts';
@@ -20,9 +19,12 @@ import { ConfigError } from '../runtime/errors.ts';
 import { newId } from '../runtime/ids.ts';
 import { nthSubnet } from '../projections/ipv4.ts';
 import type { Writer } from '../services/policy-writer/writer.ts';
+import { writePrivateFile } from '../runtime/private-file.ts';
 
 export async function up(config: Config): Promise<void> {
   const log = createRootLogger({ level: config.logLevel, name: 'netfold' });
+  // Before anything starts: a weak configured secret is refused (weak-token-secret) with nothing left running.
+  const tokenSecret = resolveTokenSecret(config, true);
   let embedded: NatsServerProcess | undefined;
   if (!config.natsUrl) {
     embedded = await startNatsServer({ storeDir: join(config.dataDir, 'jetstream'), port: config.natsPort });
@@ -31,7 +33,6 @@ export async function up(config: Config): Promise<void> {
   const natsUrl = config.natsUrl ?? embedded!.url;
   const bus = await connectBus({ servers: natsUrl.split(','), name: 'netfold-up', log });
   await ensureTopology(bus.jsm, { ...defaultTopologyOptions, replicas: config.replicas }, log);
-  const tokenSecret = resolveTokenSecret(config, true);
   const metrics = new Registry(); // one registry for every service in this process, served at the gateway's /metrics
   const writer = await startPolicyWriter({ bus, log, config: { ...config, tokenSecret }, metrics });
   const planner = await startPlanner({ bus, log, metrics, config: plannerConfigOf(config) });
@@ -52,8 +53,9 @@ export async function up(config: Config): Promise<void> {
     );
   }
   const adminTokenFile = join(config.dataDir, 'admin.token');
-  const adminToken = await mintToken(tokenSecret, { user: 'admin', scopes: ['network.admin'], spaces: [] }, 30 * 86400);
-  writeFileSync(adminTokenFile, adminToken + '\n', { mode: 0o600 });
+  // Re-minted at every start, living as long as the gateway allows (--token-max-ttl); always mode 0600.
+  const adminToken = await mintToken(tokenSecret, { user: 'admin', scopes: ['network.admin'], spaces: [] }, config.tokenMaxTtl);
+  writePrivateFile(adminTokenFile, adminToken + '\n');
 
   process.stderr.write(
     [
@@ -65,7 +67,7 @@ export async function up(config: Config): Promise<void> {
       `  DNS:           ${config.dnsHost}:${discovery.dnsPort} (udp+tcp), zone ${config.domain}; lookup ${discovery.httpUrl}/v1/registration/<name>`,
       `  cells:         ${config.simulateCells} simulated (sim-cell-1..${config.simulateCells}, memory dataplane; --simulate-cells N)`,
       `  metrics:       ${writer.url}/metrics (Prometheus text, every service of this process)`,
-      `  admin token:   ${adminTokenFile}`,
+      `  admin token:   ${adminTokenFile} (valid ${config.tokenMaxTtl} s; re-minted at every start)`,
       '',
       `  try: curl -H "Authorization: Bearer $(cat ${adminTokenFile})" ${writer.url}/networking/v1/external/policies`,
       '  tour: npx netfold demo      stop with Ctrl-C',

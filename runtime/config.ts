@@ -1,9 +1,11 @@
 // Configuration: every setting has a flag, an environment variable and a default. Flags win over the
 // environment. The README's configuration table lists the same settings.
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { ConfigError } from './errors.ts';
+import { PRIVATE_MODE, isExposed, writePrivateFile } from './private-file.ts';
+import { checkTokenSecret, parseDuration } from './tokens.ts';
 
 export type Config = {
   /** Existing NATS server(s); when unset, `netfold up` runs an embedded one. */
@@ -14,9 +16,15 @@ export type Config = {
   httpHost: string;
   httpPort: number;
   httpBodyLimit: number;
+  /** Milliseconds a client has to send a whole request (headers and body); 408 and close after. */
+  httpRequestTimeoutMs: number;
+  /** Milliseconds an idle keep-alive connection is kept open. */
+  httpKeepAliveTimeoutMs: number;
   policyQuota: number;
   maxPoliciesPerRequest: number;
   tokenSecret: string | undefined;
+  /** Seconds: the longest lifetime (exp − iat) of a bearer token, checked by the gateway and `token mint`. */
+  tokenMaxTtl: number;
   logLevel: string;
   plannerId: string;
   domain: string;
@@ -32,13 +40,19 @@ export type Config = {
   dnsHost: string;
   dnsPort: number;
   dnsTtl: number;
+  /** Most A records in one DNS answer (a random selection of the instances). */
+  dnsMaxAnswers: number;
+  /** UDP responses per second per source address (0: no limit), with a burst, and 1 in `slip` over-limit queries answered truncated. */
+  dnsRateLimit: number;
+  dnsRateLimitBurst: number;
+  dnsRateLimitSlip: number;
   discoveryHttpPort: number;
   discoveryExpiryMs: number;
   simulateCells: number;
   metricsPort: number | undefined;
 };
 
-type Setting = { key: keyof Config; flag: string; env: string; def: string | undefined; kind: 'string' | 'int'; min?: number; max?: number };
+type Setting = { key: keyof Config; flag: string; env: string; def: string | undefined; kind: 'string' | 'int' | 'duration'; min?: number; max?: number };
 
 export const SETTINGS: readonly Setting[] = [
   { key: 'natsUrl', flag: 'nats-url', env: 'NATS_URL', def: undefined, kind: 'string' },
@@ -48,9 +62,12 @@ export const SETTINGS: readonly Setting[] = [
   { key: 'httpHost', flag: 'http-host', env: 'NETFOLD_HTTP_HOST', def: '127.0.0.1', kind: 'string' },
   { key: 'httpPort', flag: 'http-port', env: 'NETFOLD_HTTP_PORT', def: '4002', kind: 'int', min: 0, max: 65535 },
   { key: 'httpBodyLimit', flag: 'http-body-limit', env: 'NETFOLD_HTTP_BODY_LIMIT', def: '1048576', kind: 'int', min: 1024, max: 64 * 1024 * 1024 },
+  { key: 'httpRequestTimeoutMs', flag: 'http-request-timeout-ms', env: 'NETFOLD_HTTP_REQUEST_TIMEOUT_MS', def: '10000', kind: 'int', min: 100, max: 600_000 },
+  { key: 'httpKeepAliveTimeoutMs', flag: 'http-keep-alive-timeout-ms', env: 'NETFOLD_HTTP_KEEP_ALIVE_TIMEOUT_MS', def: '5000', kind: 'int', min: 100, max: 600_000 },
   { key: 'policyQuota', flag: 'policy-quota', env: 'NETFOLD_POLICY_QUOTA', def: '150', kind: 'int', min: 1, max: 1_000_000 },
   { key: 'maxPoliciesPerRequest', flag: 'max-policies-per-request', env: 'NETFOLD_MAX_POLICIES_PER_REQUEST', def: '1000', kind: 'int', min: 1, max: 100_000 },
   { key: 'tokenSecret', flag: 'token-secret', env: 'NETFOLD_TOKEN_SECRET', def: undefined, kind: 'string' },
+  { key: 'tokenMaxTtl', flag: 'token-max-ttl', env: 'NETFOLD_TOKEN_MAX_TTL', def: '7d', kind: 'duration', min: 60, max: 365 * 86400 },
   { key: 'logLevel', flag: 'log-level', env: 'NETFOLD_LOG_LEVEL', def: 'info', kind: 'string' },
   { key: 'plannerId', flag: 'planner-id', env: 'NETFOLD_PLANNER_ID', def: 'planner', kind: 'string' },
   { key: 'domain', flag: 'domain', env: 'NETFOLD_DOMAIN', def: 'apps.internal', kind: 'string' },
@@ -65,6 +82,10 @@ export const SETTINGS: readonly Setting[] = [
   { key: 'dnsHost', flag: 'dns-host', env: 'NETFOLD_DNS_HOST', def: '127.0.0.1', kind: 'string' },
   { key: 'dnsPort', flag: 'dns-port', env: 'NETFOLD_DNS_PORT', def: '8053', kind: 'int', min: 0, max: 65535 },
   { key: 'dnsTtl', flag: 'dns-ttl', env: 'NETFOLD_DNS_TTL', def: '0', kind: 'int', min: 0, max: 86_400 },
+  { key: 'dnsMaxAnswers', flag: 'dns-max-answers', env: 'NETFOLD_DNS_MAX_ANSWERS', def: '32', kind: 'int', min: 1, max: 1000 },
+  { key: 'dnsRateLimit', flag: 'dns-rate-limit', env: 'NETFOLD_DNS_RATE_LIMIT', def: '100', kind: 'int', min: 0, max: 1_000_000 },
+  { key: 'dnsRateLimitBurst', flag: 'dns-rate-limit-burst', env: 'NETFOLD_DNS_RATE_LIMIT_BURST', def: '100', kind: 'int', min: 1, max: 1_000_000 },
+  { key: 'dnsRateLimitSlip', flag: 'dns-rate-limit-slip', env: 'NETFOLD_DNS_RATE_LIMIT_SLIP', def: '2', kind: 'int', min: 0, max: 10 },
   { key: 'discoveryHttpPort', flag: 'discovery-http-port', env: 'NETFOLD_DISCOVERY_HTTP_PORT', def: '8054', kind: 'int', min: 0, max: 65535 },
   { key: 'discoveryExpiryMs', flag: 'discovery-expiry-ms', env: 'NETFOLD_DISCOVERY_EXPIRY_MS', def: '180000', kind: 'int', min: 100, max: 86_400_000 },
   { key: 'simulateCells', flag: 'simulate-cells', env: 'NETFOLD_SIMULATE_CELLS', def: '3', kind: 'int', min: 0, max: 1000 },
@@ -85,6 +106,17 @@ export function loadConfig(flags: Record<string, string | boolean | undefined> =
       const n = Number(text);
       if (!Number.isInteger(n) || n < (s.min ?? -Infinity) || n > (s.max ?? Infinity)) {
         throw new ConfigError(`--${s.flag} / ${s.env} must be an integer between ${s.min} and ${s.max}, got "${text}"`);
+      }
+      out[s.key] = n;
+    } else if (s.kind === 'duration') {
+      let n: number;
+      try {
+        n = parseDuration(text);
+      } catch {
+        throw new ConfigError(`--${s.flag} / ${s.env} must be a duration (e.g. 90s, 15m, 24h, 7d), got "${text}"`);
+      }
+      if (n < (s.min ?? 0) || n > (s.max ?? Infinity)) {
+        throw new ConfigError(`--${s.flag} / ${s.env} must be between ${s.min} s and ${s.max} s, got "${text}"`);
       }
       out[s.key] = n;
     } else {
@@ -116,14 +148,30 @@ export function loadConfig(flags: Record<string, string | boolean | undefined> =
   return config;
 }
 
-/** The token secret: configured, or generated once and kept in the data dir (mode 0600). */
+/**
+ * The token secret: configured, or generated once and kept in the data dir (mode 0600; an existing file readable by
+ * others is made 0600 when we may). Refused (ConfigError `weak-token-secret`) when shorter than 32 bytes.
+ */
 export function resolveTokenSecret(config: Pick<Config, 'tokenSecret' | 'dataDir'>, create: boolean): string {
-  if (config.tokenSecret) return config.tokenSecret;
+  if (config.tokenSecret) {
+    checkTokenSecret(config.tokenSecret);
+    return config.tokenSecret;
+  }
   const file = join(config.dataDir, 'token-secret');
-  if (existsSync(file)) return readFileSync(file, 'utf8').trim();
+  if (existsSync(file)) {
+    if (isExposed(file)) {
+      try {
+        chmodSync(file, PRIVATE_MODE);
+      } catch {
+        // not ours to change (another user's data dir): reading it is still allowed
+      }
+    }
+    const secret = readFileSync(file, 'utf8').trim();
+    checkTokenSecret(secret);
+    return secret;
+  }
   if (!create) throw new ConfigError(`no token secret: set NETFOLD_TOKEN_SECRET or run "netfold up" once to create ${file}`);
-  mkdirSync(config.dataDir, { recursive: true });
   const secret = randomBytes(32).toString('hex');
-  writeFileSync(file, secret + '\n', { mode: 0o600 });
+  writePrivateFile(file, secret + '\n');
   return secret;
 }

@@ -72,8 +72,8 @@ export class UnavailableError extends NetfoldError {
 }
 
 export class ConfigError extends NetfoldError {
-  constructor(message: string) {
-    super(message, 'invalid-config', 500, false);
+  constructor(message: string, code = 'invalid-config') {
+    super(message, code, 500, false);
     this.name = 'ConfigError';
   }
 }

@@ -28,6 +28,17 @@ t.test('netfold CLI: token, app, container, policy', async (t) => {
   t.same(await verifyToken(TEST_SECRET, token), { user: 'dev', scopes: ['network.write'], spaces: ['s1'] });
   env.NETFOLD_TOKEN = token;
 
+  // Minting beyond what the gateway accepts, or with a weak secret, is refused with a clear error.
+  const tooLong = await netfold('token', 'mint', '--user', 'dev', '--scope', 'network.write', '--ttl', '8d', '--json');
+  t.equal(tooLong.code, 1);
+  t.match(JSON.parse(tooLong.stderr), { code: 'ttl-too-long', error: /--token-max-ttl/ });
+  const withinMax = await netfold('token', 'mint', '--user', 'dev', '--scope', 'network.write', '--ttl', '2h', '--token-max-ttl', '1h');
+  t.equal(withinMax.code, 1);
+  t.match(withinMax.stderr, /longer than the gateway accepts .* \(ttl-too-long\)/);
+  const weak = await run(process.execPath, ['bin/netfold.mjs', 'token', 'mint', '--user', 'dev', '--scope', 'network.write'], { env: { ...env, NETFOLD_TOKEN_SECRET: 'too-short' } }).catch((e: { code: number; stderr: string }) => e);
+  t.equal((weak as { code: number }).code, 1);
+  t.match((weak as { stderr: string }).stderr, /at least 32 bytes.*\(weak-token-secret\)/);
+
   const reg = await netfold('app', 'register', '--id', 'a1', '--name', 'web', '--space', 's1', '--org', 'o1', '--json');
   t.same(JSON.parse(reg.stdout), { ok: true, revision: 1, appended: 1 });
   t.match((await netfold('app', 'register', '--id', 'a2', '--name', 'api', '--space', 's1', '--org', 'o1')).stdout, /^ok: revision 2/);

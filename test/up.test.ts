@@ -2,7 +2,7 @@
 // clean shutdown on SIGTERM that also stops the embedded server.
 import t from 'tap';
 import { spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Resolver } from 'node:dns/promises';
@@ -10,6 +10,8 @@ import { Resolver } from 'node:dns/promises';
 t.test('netfold up: embedded NATS, gateway with admin token, clean stop', async (t) => {
   const dataDir = mkdtempSync(join(tmpdir(), 'netfold-up-'));
   t.teardown(() => rmSync(dataDir, { recursive: true, force: true }));
+  // An admin token left world-readable (by an older version, or a careless copy) is rewritten 0600.
+  writeFileSync(join(dataDir, 'admin.token'), 'stale\n', { mode: 0o644 });
   const child = spawn(process.execPath, ['bin/netfold.mjs', 'up', '--data-dir', dataDir, '--nats-port=-1', '--http-port', '0', '--dns-port', '0', '--discovery-http-port', '0', '--log-level', 'warn'], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, NATS_URL: '' },
@@ -31,6 +33,10 @@ t.test('netfold up: embedded NATS, gateway with admin token, clean stop', async 
   });
   t.match(banner, new RegExp(`admin token:\\s+${join(dataDir, 'admin.token')}`));
   const token = readFileSync(join(dataDir, 'admin.token'), 'utf8').trim();
+  t.equal(statSync(join(dataDir, 'admin.token')).mode & 0o777, 0o600, 'the admin token is mode 0600');
+  t.equal(statSync(join(dataDir, 'token-secret')).mode & 0o777, 0o600, 'the generated secret is mode 0600');
+  const claims = JSON.parse(Buffer.from(token.split('.')[1]!, 'base64url').toString());
+  t.equal(claims.exp - claims.iat, 7 * 86400, 'the admin token lives --token-max-ttl (7 d by default)');
   const auth = { authorization: `Bearer ${token}`, 'content-type': 'application/json' };
 
   const { connect } = await import('@nats-io/transport-node');
@@ -72,4 +78,22 @@ t.test('netfold up: embedded NATS, gateway with admin token, clean stop', async 
   t.equal(await exited, 0, 'exits cleanly on SIGTERM');
   const { connect: again } = await import('@nats-io/transport-node');
   await t.rejects(again({ servers: ready.nats, reconnect: false, timeout: 1000 }), 'the embedded nats-server is gone');
+});
+
+t.test('netfold up refuses a token secret shorter than 32 bytes before starting anything', async (t) => {
+  const dataDir = mkdtempSync(join(tmpdir(), 'netfold-up-'));
+  t.teardown(() => rmSync(dataDir, { recursive: true, force: true }));
+  const child = spawn(process.execPath, ['bin/netfold.mjs', 'up', '--data-dir', dataDir, '--nats-port=-1', '--http-port', '0', '--token-secret', 'short-secret'], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, NATS_URL: '' },
+  });
+  t.teardown(() => {
+    if (child.exitCode === null) child.kill('SIGKILL');
+  });
+  let stderr = '';
+  child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+  const code = await new Promise<number | null>((resolve) => child.once('exit', (c) => resolve(c)));
+  t.equal(code, 1, stderr);
+  t.match(stderr, /at least 32 bytes, got 12 \(weak-token-secret\)/);
+  t.notOk(stderr.includes('netfold is up'), 'nothing started');
 });

@@ -1,5 +1,6 @@
 // The discovery service: keeps the agents' records (a KV watch, not a poll), expires silent cells, and answers DNS
-// over UDP and TCP and an HTTP lookup for tools.
+// over UDP and TCP and an HTTP lookup for tools. UDP responses are rate-limited per source (rate-limit.ts); TCP,
+// where the source address is proven by the handshake, is not.
 import { createSocket, type Socket } from 'node:dgram';
 import { createServer, type Server } from 'node:net';
 import Fastify from 'fastify';
@@ -10,7 +11,8 @@ import type { Logger } from '../../runtime/logger.ts';
 import { withNatsRetry } from '../../runtime/retry.ts';
 import { DISCOVERY_BUCKET } from '../../runtime/subjects.ts';
 import { DiscoveryIndex, type ExpiryState } from './records.ts';
-import { answer } from './dns.ts';
+import { DEFAULT_MAX_ANSWERS, answer, truncated } from './dns.ts';
+import { ResponseRateLimiter, defaultRateLimit } from './rate-limit.ts';
 import { CONTENT_TYPE, Registry } from '../../runtime/metrics.ts';
 
 export type DiscoveryConfig = {
@@ -23,6 +25,14 @@ export type DiscoveryConfig = {
   /** A cell not heard of for this long has its records dropped (Cloud Foundry: 180 s). */
   expiryMs: number;
   replicas: number;
+  /** Most A records in one answer (a random selection). */
+  maxAnswers: number;
+  /** UDP responses per second per source address (0: unlimited), the burst, and 1 in `slip` over-limit answered TC. */
+  rateLimit: number;
+  rateLimitBurst: number;
+  rateLimitSlip: number;
+  /** Most source addresses the rate limiter tracks at once. */
+  rateLimitSources: number;
 };
 
 export const defaultDiscoveryConfig: DiscoveryConfig = {
@@ -34,14 +44,19 @@ export const defaultDiscoveryConfig: DiscoveryConfig = {
   httpPort: 8054,
   expiryMs: 180_000,
   replicas: 1,
+  maxAnswers: DEFAULT_MAX_ANSWERS,
+  rateLimit: defaultRateLimit.ratePerSecond,
+  rateLimitBurst: defaultRateLimit.burst,
+  rateLimitSlip: defaultRateLimit.slip,
+  rateLimitSources: defaultRateLimit.maxSources,
 };
 
 export type Discovery = {
   index: DiscoveryIndex;
   dnsPort: number;
   httpUrl: string;
-  /** Answers by response code, queries dropped as unreadable, records expired. */
-  stats: { answers: Record<string, number>; dropped: number; expired: number };
+  /** Answers by response code, queries dropped as unreadable, records expired, UDP responses rate-limited. */
+  stats: { answers: Record<string, number>; dropped: number; expired: number; rateLimited: { dropped: number; slipped: number } };
   /** Runs the expiry check now (it also runs periodically); returns the cells dropped. */
   expireNow(): string[];
   /** Whether NATS is connected and until when expiry is paused. */
@@ -51,7 +66,21 @@ export type Discovery = {
 
 /** The discovery settings of the shared configuration. */
 export function discoveryConfigOf(c: Config): DiscoveryConfig {
-  return { zone: c.domain, ttl: c.dnsTtl, dnsHost: c.dnsHost, dnsPort: c.dnsPort, httpHost: c.httpHost, httpPort: c.discoveryHttpPort, expiryMs: c.discoveryExpiryMs, replicas: c.replicas };
+  return {
+    zone: c.domain,
+    ttl: c.dnsTtl,
+    dnsHost: c.dnsHost,
+    dnsPort: c.dnsPort,
+    httpHost: c.httpHost,
+    httpPort: c.discoveryHttpPort,
+    expiryMs: c.discoveryExpiryMs,
+    replicas: c.replicas,
+    maxAnswers: c.dnsMaxAnswers,
+    rateLimit: c.dnsRateLimit,
+    rateLimitBurst: c.dnsRateLimitBurst,
+    rateLimitSlip: c.dnsRateLimitSlip,
+    rateLimitSources: defaultRateLimit.maxSources,
+  };
 }
 
 export async function startDiscovery(deps: { bus: Bus; log: Logger; config: DiscoveryConfig; now?: () => number; metrics?: Registry }): Promise<Discovery> {
@@ -59,7 +88,7 @@ export async function startDiscovery(deps: { bus: Bus; log: Logger; config: Disc
   const now = deps.now ?? (() => Date.now());
   const log = deps.log.child({ service: 'discovery' });
   const index = new DiscoveryIndex(cfg.expiryMs);
-  const stats = { answers: {} as Record<string, number>, dropped: 0, expired: 0 };
+  const stats = { answers: {} as Record<string, number>, dropped: 0, expired: 0, rateLimited: { dropped: 0, slipped: 0 } };
   const expiry: ExpiryState = { connected: true, pausedUntil: 0 };
 
   // ---- records: watch the bucket ----
@@ -108,10 +137,12 @@ export async function startDiscovery(deps: { bus: Bus; log: Logger; config: Disc
   const pruner = setInterval(expireNow, Math.max(50, Math.min(1000, Math.floor(cfg.expiryMs / 4))));
 
   const resolve = (fqdn: string) => index.lookup(fqdn);
-  const opts = { zone: cfg.zone, ttl: cfg.ttl, random: Math.random };
+  const opts = { zone: cfg.zone, ttl: cfg.ttl, random: Math.random, maxAnswers: cfg.maxAnswers };
+  const limiter = new ResponseRateLimiter({ ratePerSecond: cfg.rateLimit, burst: cfg.rateLimitBurst, slip: cfg.rateLimitSlip, maxSources: cfg.rateLimitSources, now });
   const metrics = deps.metrics ?? new Registry();
   const mQueries = metrics.counter('netfold_dns_queries_total', 'DNS queries answered, by transport and response code');
   const mDropped = metrics.counter('netfold_dns_dropped_total', 'DNS packets dropped as unreadable');
+  const mRateLimited = metrics.counter('netfold_dns_rate_limited_total', 'UDP responses held back by the per-source rate limit, by action (dropped, or slipped: answered truncated)');
   metrics.onCollect(() => metrics.gauge('netfold_discovery_cells', 'cells whose records are live').set({}, index.cells));
   const count = (rcode: string, transport: 'udp' | 'tcp' = 'udp') => {
     stats.answers[rcode] = (stats.answers[rcode] ?? 0) + 1;
@@ -127,8 +158,21 @@ export async function startDiscovery(deps: { bus: Bus; log: Logger; config: Disc
         mDropped.inc();
         return;
       }
-      count(r.rcode);
-      udp.send(r.bytes, rinfo.port, rinfo.address);
+      const verdict = limiter.check(rinfo.address);
+      if (verdict === 'answer') {
+        count(r.rcode);
+        udp.send(r.bytes, rinfo.port, rinfo.address);
+        return;
+      }
+      const tc = verdict === 'slip' ? truncated(msg) : null;
+      if (tc) {
+        stats.rateLimited.slipped += 1;
+        mRateLimited.inc({ action: 'slipped' });
+        udp.send(tc, rinfo.port, rinfo.address);
+      } else {
+        stats.rateLimited.dropped += 1;
+        mRateLimited.inc({ action: 'dropped' });
+      }
     } catch (err) {
       stats.dropped += 1;
       log.warn({ err }, 'dns-udp-failed');
@@ -201,7 +245,10 @@ export async function startDiscovery(deps: { bus: Bus; log: Logger; config: Disc
     return { name: fqdn, hosts };
   });
   const httpUrl = await http.listen({ host: cfg.httpHost, port: cfg.httpPort });
-  log.info({ dns: `${cfg.dnsHost}:${dnsPort}`, http: httpUrl, zone: cfg.zone, cells: index.cells }, 'discovery-started');
+  log.info(
+    { dns: `${cfg.dnsHost}:${dnsPort}`, http: httpUrl, zone: cfg.zone, cells: index.cells, maxAnswers: cfg.maxAnswers, rateLimit: cfg.rateLimit, rateLimitBurst: cfg.rateLimitBurst, rateLimitSlip: cfg.rateLimitSlip },
+    'discovery-started',
+  );
 
   return {
     index,

@@ -5,7 +5,7 @@ import { newId } from '../../runtime/ids.ts';
 import type { Logger } from '../../runtime/logger.ts';
 import { NetfoldError, UnauthenticatedError, ValidationError } from '../../runtime/errors.ts';
 import { toServiceError } from '../../runtime/retry.ts';
-import { type Principal, verifyToken } from '../../runtime/tokens.ts';
+import { DEFAULT_TOKEN_MAX_TTL_SECONDS, type Principal, verifyToken } from '../../runtime/tokens.ts';
 import { parseIdList } from '../../events/commands.ts';
 import type { PolicyApi } from './policy-api.ts';
 import { accessOf } from './policy-api.ts';
@@ -17,10 +17,25 @@ export type HttpOptions = {
   /** Answers "is revision N enforced on every cell?", waiting up to `waitMs` for it to become so. */
   enforcement: (revision: number, waitMs: number) => Promise<Enforcement>;
   tokenSecret: string;
+  /** The longest token lifetime (exp − iat) accepted, in seconds. */
+  tokenMaxTtlSeconds?: number;
   log: Logger;
   bodyLimitBytes: number;
+  /** A client must send its whole request (headers and body) within this; it then gets 408 and is closed. */
+  requestTimeoutMs?: number;
+  /** An idle keep-alive connection is closed after this. */
+  keepAliveTimeoutMs?: number;
   metrics: Registry;
 };
+
+/** Defaults of the gateway's limits (the configuration table has the same). */
+export const defaultHttpLimits = { requestTimeoutMs: 10_000, keepAliveTimeoutMs: 5_000 } as const;
+
+/**
+ * Node checks request and header deadlines on a timer (30 s by default, whatever the timeouts): check often enough
+ * for the configured timeout to be the one that holds, at most every second.
+ */
+export const connectionsCheckingIntervalOf = (requestTimeoutMs: number) => Math.max(25, Math.min(1000, Math.floor(requestTimeoutMs / 4)));
 
 const BASE = '/networking/v1/external';
 
@@ -32,7 +47,17 @@ declare module 'fastify' {
 
 export function buildHttpGateway(opts: HttpOptions): FastifyInstance {
   const log = opts.log.child({ component: 'http' });
-  const app = Fastify({ logger: false, bodyLimit: opts.bodyLimitBytes, genReqId: () => newId() });
+  const requestTimeout = opts.requestTimeoutMs ?? defaultHttpLimits.requestTimeoutMs;
+  const app = Fastify({
+    logger: false,
+    bodyLimit: opts.bodyLimitBytes,
+    genReqId: () => newId(),
+    // Slow clients (slowloris, a body trickled byte by byte) hold a socket at most this long: headers and body must
+    // both arrive within requestTimeout. No socket inactivity timeout: GET …/enforcement may wait up to 60 s.
+    requestTimeout,
+    keepAliveTimeout: opts.keepAliveTimeoutMs ?? defaultHttpLimits.keepAliveTimeoutMs,
+    http: { headersTimeout: requestTimeout, connectionsCheckingInterval: connectionsCheckingIntervalOf(requestTimeout) },
+  });
   app.removeContentTypeParser('text/plain'); // the API speaks JSON only
 
   app.setErrorHandler((err, req, reply) => {
@@ -58,7 +83,7 @@ export function buildHttpGateway(opts: HttpOptions): FastifyInstance {
     if (!header) throw new UnauthenticatedError('missing Authorization header (Bearer token)');
     const m = /^Bearer\s+(\S+)$/i.exec(header);
     if (!m) throw new UnauthenticatedError('Authorization header must be "Bearer <token>"');
-    req.principal = await verifyToken(opts.tokenSecret, m[1]!);
+    req.principal = await verifyToken(opts.tokenSecret, m[1]!, { maxTtlSeconds: opts.tokenMaxTtlSeconds ?? DEFAULT_TOKEN_MAX_TTL_SECONDS });
   };
   const principal = (req: FastifyRequest): Principal => req.principal!;
   const metaOf = (req: FastifyRequest) => {

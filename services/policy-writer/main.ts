@@ -4,6 +4,8 @@ import { runService } from '../../runtime/service-main.ts';
 import { resolveTokenSecret } from '../../runtime/config.ts';
 import { startPolicyWriter } from './service.ts';
 
-await runService('policy-writer', ({ config, log, bus, metrics }) =>
-  startPolicyWriter({ bus, log, metrics, config: { ...config, tokenSecret: resolveTokenSecret(config, false) } }),
+await runService(
+  'policy-writer',
+  ({ config, log, bus, metrics }) => startPolicyWriter({ bus, log, metrics, config: { ...config, tokenSecret: resolveTokenSecret(config, false) } }),
+  { validate: (config) => void resolveTokenSecret(config, false) }, // a missing or weak secret: refused before connecting
 );

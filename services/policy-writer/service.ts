@@ -10,6 +10,7 @@ import { PolicyApi } from './policy-api.ts';
 import { Writer } from './writer.ts';
 import { waitEnforced } from '../../runtime/enforcement.ts';
 import { Registry } from '../../runtime/metrics.ts';
+import { checkTokenSecret } from '../../runtime/tokens.ts';
 
 export type PolicyWriterConfig = {
   httpHost: string;
@@ -19,6 +20,12 @@ export type PolicyWriterConfig = {
   maxPoliciesPerRequest: number;
   tokenSecret: string;
   overlayCidr: string;
+  /** Seconds; default 7 days (`--token-max-ttl`). */
+  tokenMaxTtl?: number;
+  /** Default 10 s (`--http-request-timeout-ms`). */
+  httpRequestTimeoutMs?: number;
+  /** Default 5 s (`--http-keep-alive-timeout-ms`). */
+  httpKeepAliveTimeoutMs?: number;
 };
 
 export type PolicyWriter = {
@@ -37,6 +44,7 @@ export async function startPolicyWriter(deps: {
   newId?: () => string;
   metrics?: Registry;
 }): Promise<PolicyWriter> {
+  checkTokenSecret(deps.config.tokenSecret);
   const metrics = deps.metrics ?? new Registry();
   const log = deps.log.child({ service: 'policy-writer' });
   const eventLog = new EventLog(deps.bus);
@@ -58,6 +66,9 @@ export async function startPolicyWriter(deps: {
     tokenSecret: deps.config.tokenSecret,
     log,
     bodyLimitBytes: deps.config.httpBodyLimit,
+    tokenMaxTtlSeconds: deps.config.tokenMaxTtl,
+    requestTimeoutMs: deps.config.httpRequestTimeoutMs,
+    keepAliveTimeoutMs: deps.config.httpKeepAliveTimeoutMs,
     metrics,
   });
   const address = await http.listen({ host: deps.config.httpHost, port: deps.config.httpPort });

@@ -1,7 +1,7 @@
 // Starts a policy-writer against a test NATS fixture and offers small HTTP and intake clients.
 import type { Test } from 'tap';
 import { newId } from '../../runtime/ids.ts';
-import { startPolicyWriter, type PolicyWriter } from '../../services/policy-writer/service.ts';
+import { startPolicyWriter, type PolicyWriter, type PolicyWriterConfig } from '../../services/policy-writer/service.ts';
 import { mintToken, type Principal } from '../../runtime/tokens.ts';
 import type { Bus } from '../../runtime/nats.ts';
 import type { NatsFixture } from './nats.ts';
@@ -24,7 +24,7 @@ export type GatewayFixture = {
   stop(): Promise<void>;
 };
 
-export async function startGateway(t: Test, nats: NatsFixture, overrides: Partial<{ policyQuota: number; httpBodyLimit: number; maxPoliciesPerRequest: number }> = {}, metrics?: Registry): Promise<GatewayFixture> {
+export async function startGateway(t: Test, nats: NatsFixture, overrides: Partial<PolicyWriterConfig> = {}, metrics?: Registry): Promise<GatewayFixture> {
   const bus = await nats.connect('gateway');
   const writer = await startPolicyWriter({
     bus,
