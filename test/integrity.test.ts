@@ -182,6 +182,11 @@ t.test('through NATS: the outside tester\'s inputs are refused or harmless, and 
   await stack.agents['cell-2']!.waitApplied(add.body.revision);
   t.equal(stack.planes['cell-2']!.allows('10.255.1.2', '10.255.2.2', 'tcp', 8080), true, 'constructor -> toString is enforced like any policy');
   t.equal(typeof Object.keys, 'function');
+  // A dry run folds into a copy of the model: the copy keeps prototype-free records (toString has no policy yet).
+  const dryOk = await gw.http('POST', '/networking/v1/external/policies?dry_run=true', { body: { policies: [cfPolicy('toString', 'constructor', 'tcp', 7000)] } });
+  t.equal(dryOk.status, 200);
+  t.same(dryOk.body.cells, { 'cell-1': { added: ['10.255.2.2 -> 10.255.1.2 tcp/7000'], removed: [] } });
+  t.equal((Object.prototype.toString as unknown as Record<string, unknown>)['constructor|tcp|7000|7000'], undefined, 'nothing written onto a prototype');
   // The agent guards its registered range, not only the addresses it knows (CellRegistered reaches its rules).
   t.equal(stack.planes['cell-2']!.allows('10.255.1.2', '10.255.2.99', 'tcp', 8080), false, 'an unknown address in cell-2\'s range is denied');
   t.same(stack.agents['cell-2']!.feed.view.state.cell['cell-2'], { subnet: '10.255.2.0/24' });

@@ -5,6 +5,8 @@
 // but never while this service is disconnected from NATS, nor during one threshold after it reconnects, so a bus
 // outage does not empty DNS.
 
+import { dict } from '../../projections/dict.ts';
+
 export type CellRecord = { cellId: string; names: Record<string, string[]>; heardAt: number };
 
 export type ExpiryState = { connected: boolean; /** No expiry before this time (set to reconnect + threshold). */ pausedUntil: number };
@@ -25,7 +27,7 @@ export class DiscoveryIndex {
    */
   put(cellId: string, record: Record<string, string[]>, now: number): void {
     // what came off the bus: only lists of strings are names
-    const names: Record<string, string[]> = {};
+    const names = dict<string[]>(); // a name such as `__proto__` from the bus is an ordinary key
     for (const [name, ips] of Object.entries(record)) if (Array.isArray(ips) && ips.every((ip) => typeof ip === 'string')) names[name] = ips;
     const old = this.#cells.get(cellId);
     this.#cells.set(cellId, { cellId, names, heardAt: now });

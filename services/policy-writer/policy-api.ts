@@ -6,6 +6,7 @@ import { deriveCellState } from '../../projections/cell.ts';
 import { type Allow, expandRules } from '../../projections/flows.ts';
 import { type Model, type PolicyRecord, allPolicies, foldEventsInPlace } from '../../projections/model.ts';
 import { ForbiddenError, ValidationError } from '../../runtime/errors.ts';
+import { cloneDicts } from '../../projections/dict.ts';
 import { eventSubject } from '../../runtime/subjects.ts';
 import type { Principal } from '../../runtime/tokens.ts';
 import type { Access } from './decide.ts';
@@ -124,7 +125,7 @@ const flowText = (a: Allow) => `${a.src} -> ${a.dst} ${a.protocol}/${a.startPort
 
 /** What a change would do, computed on a copy of the model; nothing is appended. */
 export function dryRunOf(model: Model, events: DomainEvent[], meta: CommandMeta): DryRun {
-  const after = structuredClone(model);
+  const after = cloneDicts(model); // not structuredClone: it would give the id-keyed records a prototype again
   const recorded = events.map((e, i) => ({
     seq: model.seq + 1 + i,
     subject: 'dry-run',

@@ -19,6 +19,7 @@ import {
   splitEntryId,
 } from '../../projections/cell.ts';
 import { type Model, foldEventsInPlace, initialModel } from '../../projections/model.ts';
+import { dict } from '../../projections/dict.ts';
 
 /** `at` is the time of the event the delta reflects: agents measure propagation from it. */
 export type CellDelta = { kind: 'delta'; cellId: string; revision: number; prevRevision: number; ops: CellOp[]; hash: string; at: string };
@@ -82,7 +83,7 @@ export class PlannerCore {
 
   /** Owned cells and their current revision and hash. */
   cells(): Record<string, { revision: number; hash: string }> {
-    const out: Record<string, { revision: number; hash: string }> = {};
+    const out = dict<{ revision: number; hash: string }>();
     for (const [id, t] of [...this.#cells].sort(([a], [b]) => (a < b ? -1 : 1))) out[id] = { revision: t.revision, hash: t.hash };
     return out;
   }
@@ -169,7 +170,7 @@ export class PlannerCore {
 
   /** A checkpoint of everything needed, with the log, to resume exactly. */
   checkpoint(): PlannerCheckpoint {
-    const cells: PlannerCheckpoint['cells'] = {};
+    const cells: PlannerCheckpoint['cells'] = dict();
     for (const [id, t] of this.#cells) cells[id] = { revision: t.revision, sinceSnapshot: t.sinceSnapshot };
     return { v: 2, seq: this.model.seq, cells };
   }
