@@ -156,10 +156,16 @@ t.test('forwarded IPv6 into containers is denied by the loaded table', { skip },
     await ip6('-n', c.ns, 'route', 'add', 'default', 'via', `fd00:${n}::1`);
   }
   await net.serve('back', 8080);
-  t.equal(await net.probeAddr('front', 'fd00:2::2', 8080), 'open', 'IPv6 is forwarded without the table (the test can fail)');
+  // The first IPv6 attempts may time out while neighbour discovery settles (seen under load): a few tries.
+  const openWithin = async (tries = 5) => {
+    let last = '';
+    for (let i = 0; i < tries && last !== 'open'; i++) last = await net.probeAddr('front', 'fd00:2::2', 8080);
+    return last;
+  };
+  t.equal(await openWithin(), 'open', 'IPv6 is forwarded without the table (the test can fail)');
   const plane = new NftDataplane({ overlayCidr: '10.255.0.0/16', netns: cell });
   await plane.apply(expandRules(emptyCellState(), ['10.255.1.0/24']), { revision: 1, hash: '0'.repeat(32) });
   t.equal(await net.probeAddr('front', 'fd00:2::2', 8080), 'refused', 'with the table loaded, forwarded IPv6 is refused');
   await run('ip', ['netns', 'exec', cell, 'nft', 'delete', 'table', 'inet', 'netfold']);
-  t.equal(await net.probeAddr('front', 'fd00:2::2', 8080), 'open', 'and open again without it');
+  t.equal(await openWithin(), 'open', 'and open again without it');
 });

@@ -85,7 +85,7 @@ export class Writer {
     const { follower, eventLog } = this.#o;
     return this.#mutex.run(subject, async () => {
       await this.catchUpOn(related);
-      const attempts = this.#o.maxAttempts ?? 8;
+      const attempts = this.#o.maxAttempts ?? 16;
       for (let attempt = 1; attempt <= attempts; attempt++) {
         const model = follower.state;
         const decision = decide(model);
@@ -118,6 +118,9 @@ export class Writer {
           this.stats.conflicts += 1;
           this.#log.debug({ subject, attempt }, 'append-conflict');
           await follower.waitFor(await eventLog.lastSubjectSeq(subject));
+          // Every conflict means another writer made progress; after a few in a row, back off a random moment
+          // (up to 64 ms) so that writers hammering one aggregate take turns instead of colliding again.
+          if (attempt >= 3) await new Promise((r) => setTimeout(r, Math.random() * 2 ** Math.min(attempt + 1, 6)));
         }
       }
       throw new ConflictError(`${subject} kept changing; try again`, 'concurrency-conflict', true);
