@@ -244,7 +244,7 @@ async function main(argv: string[]): Promise<void> {
       return withBus(config, async (bus) => {
         const e = await waitEnforced(bus, revision, timeoutMs);
         const rows = [['CELL', 'PLANNED', 'REQUIRED', 'APPLIED', 'OK', 'LAST HEARD']].concat(
-          e.cells.map((c) => [c.cellId, String(c.planned), String(c.required), String(c.applied ?? '-'), c.ok ? 'yes' : c.silent ? 'silent' : 'no', c.lastHeard ?? 'never']),
+          e.cells.map((c) => [c.cellId, String(c.planned), String(c.required), String(c.applied ?? '-'), c.ok ? 'yes' : c.silent ? 'silent' : 'no', c.ok ? '-' : (c.lastHeard ?? 'never')]),
         );
         const behind = e.plannersBehind.length > 0 ? `\nplanners not yet at ${revision}: ${e.plannersBehind.join(', ')}` : '';
         const silentBehind = e.cells.filter((c) => c.silent && !c.ok).map((c) => c.cellId);

@@ -31,20 +31,13 @@ export async function lastPerSubject(bus: Bus, stream: string, filter: string, g
 
 /** The live entries of a KV bucket (deleted keys left out), as parsed JSON; empty when the bucket does not exist. */
 export async function kvLatest(bus: Bus, bucket: string, keyFilter = '>'): Promise<Map<string, unknown>> {
-  const out = new Map<string, unknown>();
-  for (const [key, e] of await kvEntries(bus, bucket, keyFilter)) out.set(key, e.value);
-  return out;
-}
-
-/** The same, with the time (ms, the server's clock) each entry was last written. */
-export async function kvEntries(bus: Bus, bucket: string, keyFilter = '>'): Promise<Map<string, { value: unknown; writtenAt: number }>> {
   const prefix = `$KV.${bucket}.`;
-  const out = new Map<string, { value: unknown; writtenAt: number }>();
+  const out = new Map<string, unknown>();
   for (const m of await lastPerSubject(bus, `KV_${bucket}`, `${prefix}${keyFilter}`)) {
     const op = m.headers?.get('KV-Operation');
     if (op === 'DEL' || op === 'PURGE') continue;
     try {
-      out.set(m.subject.slice(prefix.length), { value: m.json(), writtenAt: m.info.timestampNanos / 1e6 });
+      out.set(m.subject.slice(prefix.length), m.json());
     } catch {
       // not JSON: not one of ours
     }

@@ -7,7 +7,8 @@
 // `silentAfterMs` — dead, decommissioned without notice, or never served by any agent — is listed as silent and
 // does not hold the answer back, so one such cell cannot make every revision "not enforced" forever. A cell heard
 // recently is live, and a live cell that lags always holds the answer back.
-import { kvEntries, kvLatest, lastPerSubject } from './buckets.ts';
+import { JetStreamApiCodes, JetStreamApiError } from '@nats-io/jetstream';
+import { kvLatest, lastPerSubject } from './buckets.ts';
 import type { Bus } from './nats.ts';
 import { CELL_DELTAS_STREAM, CELL_SNAPSHOTS_STREAM, CELL_STATUS_BUCKET, DISCOVERY_BUCKET, PLANNER_MEMBERS_BUCKET, cellSubject } from './subjects.ts';
 
@@ -17,9 +18,9 @@ export type CellEnforcement = {
   required: number;
   applied: number | null;
   ok: boolean;
-  /** Its agent has not been heard for `silentAfterMs` (or ever): listed, but not waited for. */
+  /** Not ok, and its agent has not been heard for `silentAfterMs` (or ever): listed, but not waited for. */
   silent: boolean;
-  /** When its agent was last heard (ISO), null when never. */
+  /** For a cell that is not ok: when its agent was last heard (ISO), null when never. Null for ok cells. */
   lastHeard: string | null;
   error: string | null;
 };
@@ -41,12 +42,11 @@ export async function lastRevisionPerCell(bus: Bus, stream: string, filter: stri
 }
 
 export async function enforcementOf(bus: Bus, revision: number, opts: EnforcementOptions = {}): Promise<Enforcement> {
-  const [planners, statuses, deltas, snapshots, heard] = await Promise.all([
+  const [planners, statuses, deltas, snapshots] = await Promise.all([
     kvLatest(bus, PLANNER_MEMBERS_BUCKET),
     kvLatest(bus, CELL_STATUS_BUCKET),
     lastRevisionPerCell(bus, CELL_DELTAS_STREAM, cellSubject.allDeltas),
     lastRevisionPerCell(bus, CELL_SNAPSHOTS_STREAM, cellSubject.allSnapshots),
-    kvEntries(bus, DISCOVERY_BUCKET),
   ]);
   const now = (opts.now ?? Date.now)();
   const silentAfterMs = opts.silentAfterMs ?? DEFAULT_SILENT_AFTER_MS;
@@ -55,19 +55,29 @@ export async function enforcementOf(bus: Bus, revision: number, opts: Enforcemen
   const planned = new Map(deltas);
   for (const [cell, r] of snapshots) planned.set(cell, Math.max(r, planned.get(cell) ?? 0));
   for (const cell of statuses.keys()) if (!planned.has(cell)) planned.set(cell, 0);
-  const cells: CellEnforcement[] = [...planned.keys()].sort().map((cellId) => {
+  const ids = [...planned.keys()].sort();
+  // When each cell's agent was last heard: read per cell, only for the cells that have not applied what is
+  // required (only there does silence change the answer). One last-by-subject read each: a scan of the bucket can
+  // leave subjects out while agents write it, and a live cell left out would look silent.
+  const lagging = ids.filter((cellId) => {
+    const applied = (statuses.get(cellId) as { revision?: number } | undefined)?.revision;
+    return !(typeof applied === 'number' && applied >= Math.min(planned.get(cellId)!, revision));
+  });
+  const heard = new Map(await Promise.all(lagging.map(async (cellId) => [cellId, await lastHeard(bus, cellId)] as const)));
+  const cells: CellEnforcement[] = ids.map((cellId) => {
     const p = planned.get(cellId)!;
     const required = Math.min(p, revision);
     const status = statuses.get(cellId) as { revision?: number; error?: string | null } | undefined;
     const applied = typeof status?.revision === 'number' ? status.revision : null;
-    const heardAt = heard.get(cellId)?.writtenAt;
-    const silent = heardAt === undefined || now - heardAt > silentAfterMs;
+    const ok = applied !== null && applied >= required;
+    const heardAt = heard.get(cellId);
+    const silent = !ok && (heardAt === undefined || now - heardAt > silentAfterMs);
     return {
       cellId,
       planned: p,
       required,
       applied,
-      ok: applied !== null && applied >= required,
+      ok,
       silent,
       lastHeard: heardAt === undefined ? null : new Date(heardAt).toISOString(),
       error: status?.error ?? null,
@@ -75,6 +85,18 @@ export async function enforcementOf(bus: Bus, revision: number, opts: Enforcemen
   });
   const enforced = members.length > 0 && plannersBehind.length === 0 && cells.every((c) => c.ok || c.silent);
   return { revision, enforced, plannersBehind, silent: cells.filter((c) => c.silent).map((c) => c.cellId), cells };
+}
+
+/** When a cell's agent last put its discovery record (its heartbeat), on the server's clock; undefined if never. */
+async function lastHeard(bus: Bus, cellId: string): Promise<number | undefined> {
+  try {
+    const m = await bus.jsm.streams.getMessage(`KV_${DISCOVERY_BUCKET}`, { last_by_subj: `$KV.${DISCOVERY_BUCKET}.${cellId}` });
+    const op = m?.header?.get('KV-Operation');
+    return !m || op === 'DEL' || op === 'PURGE' ? undefined : m.time.getTime();
+  } catch (err) {
+    if (err instanceof JetStreamApiError && (err.code === JetStreamApiCodes.NoMessageFound || err.code === JetStreamApiCodes.StreamNotFound)) return undefined;
+    throw err;
+  }
 }
 
 /** Re-checks until revision N is enforced everywhere or the timeout passes; returns the last answer. */

@@ -12,7 +12,7 @@ import { ev, record } from './harness/events.ts';
 import { startNats } from './harness/nats.ts';
 import { startGateway, cfPolicy } from './harness/gateway.ts';
 import { startStack } from './harness/stack.ts';
-import { enforcementOf } from '../runtime/enforcement.ts';
+import { enforcementOf, waitEnforced } from '../runtime/enforcement.ts';
 import { EventLog } from '../runtime/event-log.ts';
 import { quarantined, replay } from '../cli/operators.ts';
 import { startDiscovery, defaultDiscoveryConfig } from '../services/discovery/service.ts';
@@ -219,7 +219,7 @@ t.test('through NATS: the outside tester\'s inputs are refused or harmless, and 
   const later = await gw.http('POST', '/networking/v1/external/policies', { body: { policies: [cfPolicy('web', 'toString', 'tcp', 9000)] } });
   await stack.planner.waitPublished(later.body.revision);
   await stack.agents['cell-2']!.waitApplied(later.body.revision);
-  const answer = await enforcementOf(gw.bus, later.body.revision);
+  const answer = await waitEnforced(gw.bus, later.body.revision, 10_000);
   t.equal(answer.enforced, true, `enforced on every live cell: ${JSON.stringify(answer)}`);
   t.same(answer.silent, ['cell9'], 'and says which cell is silent');
   // ... but a live cell that lags still holds the answer back (its agent was heard moments ago).
@@ -253,11 +253,24 @@ t.test('invalid entries in the log are skipped the same way by every fold and li
   // A message that is not an event of this build (written by something other than the writer).
   await gw.bus.js.publish('nf.evt.app.b', '{"type":"AppRegistered","v":1}');
   await gw.bus.js.publish('nf.evt.app.c', 'not json');
+  // The event that halted every follower for good before: AppRenamed of never-registered app `constructor`, as an
+  // older writer appended it (its decider took Object.prototype.constructor for the app).
+  const crafted = { id: '01JB0000000000000000000001', type: 'AppRenamed', v: 1, at: new Date().toISOString(), actor: 'platform:old', correlationId: 'c', data: { appId: 'constructor', name: 'x', previousName: 'Object' } };
+  await gw.bus.js.publish('nf.evt.app.constructor', JSON.stringify(crafted));
   const r = await gw.intake('registerApp', { appId: 'd', name: 'd', spaceId: 's', orgId: 'o' });
-  t.match(r, { ok: true, revision: 4 }, 'the writer kept folding past them');
+  t.match(r, { ok: true, revision: 5 }, 'the writer kept folding past them');
   const q = gw.writer.follower.state.quarantine;
   t.match(q, [{ seq: 2, subject: 'nf.evt.app.b', reason: 'invalid' }, { seq: 3, subject: 'nf.evt.app.c', reason: 'invalid', error: 'not JSON' }]);
   const listed = await quarantined(gw.bus);
   t.same(listed.entries, q, 'the operators\' fold skips and lists them exactly as the writer does');
-  t.equal(listed.revision, 4);
+  t.equal(listed.revision, 5);
+  const metrics = await (await fetch(`${gw.writer.url}/metrics`)).text();
+  t.match(metrics, /netfold_events_quarantined\{[^}]*reason="invalid"[^}]*\} 2/);
+  // A restart on this log comes up: a new writer and a planner fold all of it.
+  await gw.stop();
+  const again = await startGateway(t, nats);
+  t.equal(again.writer.follower.seq, 5);
+  t.same(again.writer.follower.state.quarantine, q);
+  const stack = await startStack(t, nats, []);
+  t.equal(stack.planner.core.seq, 5, 'the planner caught up past them');
 });

@@ -4,6 +4,7 @@ import type { Bus } from '../../runtime/nats.ts';
 import type { Logger } from '../../runtime/logger.ts';
 import { EventLog, LogFollower } from '../../runtime/event-log.ts';
 import { type Model, liveModelFold } from '../../projections/model.ts';
+import { quarantineGauge, quarantineReporter } from '../../runtime/quarantine-report.ts';
 import { buildHttpGateway } from './http.ts';
 import { Intake } from './intake.ts';
 import { PolicyApi } from './policy-api.ts';
@@ -77,7 +78,11 @@ export async function startPolicyWriter(deps: {
     metrics.gauge('netfold_writer_revision', 'event-log revision the writer has folded').set({}, follower.seq);
     metrics.gauge('netfold_writer_events_appended', 'events this writer appended since start').set({}, writer.stats.appended);
     metrics.gauge('netfold_writer_conflicts', 'appends retried after another writer moved the aggregate').set({}, writer.stats.conflicts);
+    quarantineGauge(metrics, 'policy-writer', follower.state);
   });
+  const reportQuarantine = quarantineReporter(log);
+  reportQuarantine(follower.state);
+  follower.onFold((state) => reportQuarantine(state));
   intake.start();
   log.info({ url: address, revision: follower.seq }, 'policy-writer-started');
   return {

@@ -15,6 +15,7 @@ import { Registry } from '../../runtime/metrics.ts';
 import { lastRevisionPerCell } from '../../runtime/enforcement.ts';
 import { CELL_DELTAS_STREAM, CELL_SNAPSHOTS_STREAM, PLANNER_CHECKPOINT_BUCKET, cellSubject } from '../../runtime/subjects.ts';
 import { type Model, foldEventsInPlace, initialModel, liveModelFold } from '../../projections/model.ts';
+import { quarantineGauge, quarantineReporter } from '../../runtime/quarantine-report.ts';
 import type { RecordedEvent } from '../../events/catalogue.ts';
 import { EMPTY_CELL_HASH, PlannerCore, type PlannerCheckpoint, type PlannerOutput } from './core.ts';
 import { emptyCellState } from '../../projections/cell.ts';
@@ -90,6 +91,7 @@ export async function startPlanner(deps: { bus: Bus; log: Logger; config: Planne
     metrics.gauge('netfold_planner_revision', 'event-log revision folded / published').set({ planner: cfg.plannerId, of: 'folded' }, core.seq);
     metrics.gauge('netfold_planner_revision', 'event-log revision folded / published').set({ planner: cfg.plannerId, of: 'published' }, publishedThrough.value);
     metrics.gauge('netfold_planner_cells_owned', 'cells this planner owns').set({ planner: cfg.plannerId }, Object.keys(core.cells()).length);
+    quarantineGauge(metrics, `planner-${cfg.plannerId}`, core.model);
   });
 
   // ---- the ordered output pipeline ----
@@ -187,10 +189,13 @@ export async function startPlanner(deps: { bus: Bus; log: Logger; config: Planne
     return [{ checkpoint: { seq: core.seq, json: JSON.stringify(core.checkpoint()) } }];
   };
   const checkpointTimer = setInterval(() => enqueue(checkpointIfDue()), cfg.checkpointIntervalMs);
+  const reportQuarantine = quarantineReporter(log);
+  reportQuarantine(core.model);
   const fold: Fold<PlannerCore> = {
     initial: () => core,
     apply(c, batch) {
       mFolded.inc({}, batch.length);
+      reportQuarantine(c.model);
       const items: QueueItem[] = c.ingest(batch).map((output) => ({ output }));
       items.push({ through: c.seq }, ...checkpointIfDue());
       enqueue(items);
