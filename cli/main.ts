@@ -350,7 +350,7 @@ async function main(argv: string[]): Promise<void> {
         const q = await quarantined(bus);
         const rows = [['REVISION', 'SUBJECT', 'REASON', 'TYPE', 'ERROR']].concat(q.entries.map((e) => [String(e.seq), e.subject, e.reason, e.type ?? '-', e.error]));
         out.print(`${table(rows)}
-${q.entries.length} quarantined of ${q.revision} log entries`, q);
+${q.invalid} invalid and ${q.foldFailed} failed to fold, of ${q.revision} log entries${q.invalid + q.foldFailed > q.entries.length ? ` (the first ${q.entries.length} listed)` : ''}`, q);
       });
     }
     default:

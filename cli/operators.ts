@@ -128,9 +128,9 @@ export async function modelAt(bus: Bus, point: Point | undefined, onProgress?: (
 }
 
 /** Every log entry the folds skipped (not a valid event, or a fold that failed), in log order. */
-export async function quarantined(bus: Bus): Promise<{ revision: number; entries: QuarantineEntry[] }> {
+export async function quarantined(bus: Bus): Promise<{ revision: number; invalid: number; foldFailed: number; entries: QuarantineEntry[] }> {
   const m = await modelAt(bus, undefined);
-  return { revision: m.seq, entries: m.quarantine };
+  return { revision: m.seq, ...m.quarantine };
 }
 
 export type StateView = {

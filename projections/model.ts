@@ -52,6 +52,9 @@ export type CellRecord = {
  */
 export type QuarantineEntry = { seq: number; subject: string; reason: 'invalid' | 'fold-failed'; error: string; eventId?: string; type?: string };
 
+/** The quarantine keeps the first 1,000 entries and counts the rest. */
+export const MAX_QUARANTINE_ENTRIES = 1000;
+
 /** Tags are 16-bit, as Cloud Foundry's default; 0 is never assigned. */
 export const MAX_TAG = 0xffff;
 
@@ -76,8 +79,11 @@ export type Model = {
   /** Index: destination app -> `${source}|${key}`. */
   policiesByDest: Dict<Dict<true>>;
   tags: { byApp: Dict<number>; next: number; free: number[] };
-  /** Log entries skipped, in log order (see QuarantineEntry). */
-  quarantine: QuarantineEntry[];
+  /**
+   * Log entries skipped (see QuarantineEntry): how many by reason, and the first MAX_QUARANTINE_ENTRIES of them in
+   * log order (bounded, so a log full of garbage cannot grow every model without limit).
+   */
+  quarantine: { invalid: number; foldFailed: number; entries: QuarantineEntry[] };
 };
 
 export function initialModel(): Model {
@@ -94,7 +100,7 @@ export function initialModel(): Model {
     policies: dict(),
     policiesByDest: dict(),
     tags: { byApp: dict(), next: 1, free: [] },
-    quarantine: [],
+    quarantine: { invalid: 0, foldFailed: 0, entries: [] },
   };
 }
 
@@ -125,7 +131,10 @@ function foldInto(draft: Draft<Model>, batch: readonly RecordedEvent[], step: Fo
     } catch (err) {
       // Never expected (every event that passes parseEvent folds); if it happens the event is skipped, recorded,
       // and the fold goes on: the same code makes the same (partial) change and the same entry in every fold.
-      draft.quarantine.push({ seq: rec.seq, subject: rec.subject, reason: 'fold-failed', error: errorText(err), eventId: rec.event.id, type: rec.event.type });
+      draft.quarantine.foldFailed += 1;
+      if (draft.quarantine.entries.length < MAX_QUARANTINE_ENTRIES) {
+        draft.quarantine.entries.push({ seq: rec.seq, subject: rec.subject, reason: 'fold-failed', error: errorText(err), eventId: rec.event.id, type: rec.event.type });
+      }
     }
     draft.seq = rec.seq;
     draft.subjectSeq[rec.subject] = rec.seq;
@@ -137,7 +146,8 @@ const errorText = (err: unknown) => (err instanceof Error ? `${err.name}: ${err.
 /** Moves a model past a log entry that holds no valid event, recording it in the quarantine. */
 export function skipEntry(m: Model, seq: number, subject: string, error: string): Model {
   if (seq <= m.seq) return m;
-  m.quarantine.push({ seq, subject, reason: 'invalid', error: error.slice(0, 300) });
+  m.quarantine.invalid += 1;
+  if (m.quarantine.entries.length < MAX_QUARANTINE_ENTRIES) m.quarantine.entries.push({ seq, subject, reason: 'invalid', error: error.slice(0, 300) });
   m.seq = seq;
   m.subjectSeq[subject] = seq;
   return m;

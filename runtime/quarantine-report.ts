@@ -8,8 +8,14 @@ import type { Registry } from './metrics.ts';
 export function quarantineReporter(log: Logger): (m: Model) => void {
   let reported = 0;
   return (m) => {
-    for (; reported < m.quarantine.length; reported++) {
-      const { seq, subject, reason, type, eventId, error } = m.quarantine[reported]!;
+    const entries = m.quarantine.entries;
+    const total = m.quarantine.invalid + m.quarantine.foldFailed;
+    if (total > entries.length && reported === entries.length) {
+      log.warn({ total, listed: entries.length }, 'event-quarantine-full'); // entries past the bound are only counted
+      reported += 1;
+    }
+    for (; reported < entries.length; reported++) {
+      const { seq, subject, reason, type, eventId, error } = entries[reported]!;
       const fields = { seq, subject, reason, type, eventId, error };
       if (reason === 'fold-failed') log.error(fields, 'event-quarantined');
       else log.warn(fields, 'event-quarantined');
@@ -18,6 +24,7 @@ export function quarantineReporter(log: Logger): (m: Model) => void {
 }
 
 export function quarantineGauge(metrics: Registry, service: string, m: Model): void {
-  metrics.gauge('netfold_events_quarantined', 'log entries the folds skipped (see netfold quarantine), by reason').set({ service, reason: 'fold-failed' }, m.quarantine.filter((q) => q.reason === 'fold-failed').length);
-  metrics.gauge('netfold_events_quarantined', 'log entries the folds skipped (see netfold quarantine), by reason').set({ service, reason: 'invalid' }, m.quarantine.filter((q) => q.reason === 'invalid').length);
+  const help = 'log entries the folds skipped (see netfold quarantine), by reason';
+  metrics.gauge('netfold_events_quarantined', help).set({ service, reason: 'fold-failed' }, m.quarantine.foldFailed);
+  metrics.gauge('netfold_events_quarantined', help).set({ service, reason: 'invalid' }, m.quarantine.invalid);
 }

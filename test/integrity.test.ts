@@ -5,7 +5,7 @@ import type { DomainEvent } from '../events/catalogue.ts';
 import { parseEvent } from '../events/catalogue.ts';
 import { canonicalJson, stateHash } from '../projections/canonical.ts';
 import { cellHashOf, deriveCellState } from '../projections/cell.ts';
-import { type FoldStep, type Model, foldEvents, foldEventsInPlace, initialModel } from '../projections/model.ts';
+import { type FoldStep, type Model, MAX_QUARANTINE_ENTRIES, foldEvents, foldEventsInPlace, initialModel, skipEntry } from '../projections/model.ts';
 import { expandRules } from '../projections/flows.ts';
 import { PlannerCore } from '../services/topology-planner/core.ts';
 import { ev, record } from './harness/events.ts';
@@ -98,7 +98,7 @@ t.test('prototype-name ids fold exactly like ordinary ids (model, every cell, th
     let b!: Model;
     t.doesNotThrow(() => (a = foldEvents(initialModel(), ordinary)));
     t.doesNotThrow(() => (b = foldEventsInPlace(initialModel(), proto)));
-    t.same(b.quarantine, [], 'nothing quarantined');
+    t.same(b.quarantine, { invalid: 0, foldFailed: 0, entries: [] }, 'nothing quarantined');
     t.equal(canonicalJson(b), canonicalJson(renamed(a, FROM, TO)), `seed ${seed}: the same model`);
     t.equal(({} as Record<string, unknown>).keys, undefined, 'Object.prototype is untouched');
     for (const [i, cell] of PROTO_IDS.slice(0, 2).entries()) {
@@ -117,7 +117,7 @@ t.test('prototype-name ids fold exactly like ordinary ids (model, every cell, th
 t.test('the findings, one by one, at the fold', async (t) => {
   // app rename of a never-registered app `constructor` threw inside the fold and stopped every follower.
   const m = foldEventsInPlace(initialModel(), record([ev.renamed('constructor', 'x', 'y'), ev.deleted('toString')]));
-  t.same(m.quarantine, []);
+  t.same(m.quarantine.entries, []);
   t.equal(m.apps.constructor, undefined);
   // A container `keys` of app `constructor` set Object.keys = true for the whole process.
   foldEventsInPlace(m, record([ev.registered('constructor', 'ctor'), ev.started('keys', 'constructor', 'cell-1', '10.255.1.5')], 3));
@@ -138,10 +138,18 @@ t.test('a fold that throws quarantines the event, identically in the pure and th
   const b = foldEventsInPlace(initialModel(), events.slice(0, 2), failing);
   foldEventsInPlace(b, events.slice(2), failing);
   t.ok(calls > 0);
-  t.match(a.quarantine, [{ seq: 3, reason: 'fold-failed', type: 'PoliciesCreated', error: 'Error: boom' }]);
+  t.match(a.quarantine, { foldFailed: 1, invalid: 0, entries: [{ seq: 3, reason: 'fold-failed', type: 'PoliciesCreated', error: 'Error: boom' }] });
   t.equal(stateHash(a), stateHash(b), 'replay in other batches quarantines the same way');
   t.equal(a.seq, 4, 'the fold went on past the failed event');
   t.ok(a.apps.c, 'and folded what came after');
+});
+
+t.test('the quarantine is bounded: entries past 1,000 are counted, not kept', async (t) => {
+  const m = initialModel();
+  for (let seq = 1; seq <= 1005; seq++) skipEntry(m, seq, 'nf.evt.app.x', 'not JSON');
+  t.equal(m.quarantine.invalid, 1005);
+  t.equal(m.quarantine.entries.length, MAX_QUARANTINE_ENTRIES);
+  t.equal(m.seq, 1005);
 });
 
 t.test('one IP, one holder; a decommissioned cell takes no containers (the fold settles writers racing)', async (t) => {
@@ -259,8 +267,9 @@ t.test('invalid entries in the log are skipped the same way by every fold and li
   await gw.bus.js.publish('nf.evt.app.constructor', JSON.stringify(crafted));
   const r = await gw.intake('registerApp', { appId: 'd', name: 'd', spaceId: 's', orgId: 'o' });
   t.match(r, { ok: true, revision: 5 }, 'the writer kept folding past them');
-  const q = gw.writer.follower.state.quarantine;
+  const q = gw.writer.follower.state.quarantine.entries;
   t.match(q, [{ seq: 2, subject: 'nf.evt.app.b', reason: 'invalid' }, { seq: 3, subject: 'nf.evt.app.c', reason: 'invalid', error: 'not JSON' }]);
+  t.equal(q.length, 2, 'the crafted event of an older writer folds as a no-op: not quarantined');
   const listed = await quarantined(gw.bus);
   t.same(listed.entries, q, 'the operators\' fold skips and lists them exactly as the writer does');
   t.equal(listed.revision, 5);
@@ -270,7 +279,7 @@ t.test('invalid entries in the log are skipped the same way by every fold and li
   await gw.stop();
   const again = await startGateway(t, nats);
   t.equal(again.writer.follower.seq, 5);
-  t.same(again.writer.follower.state.quarantine, q);
+  t.same(again.writer.follower.state.quarantine.entries, q);
   const stack = await startStack(t, nats, []);
   t.equal(stack.planner.core.seq, 5, 'the planner caught up past them');
 });
