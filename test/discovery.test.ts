@@ -3,7 +3,6 @@
 import t from 'tap';
 import { Resolver } from 'node:dns/promises';
 import { createSocket } from 'node:dgram';
-import { connect as tcpConnect } from 'node:net';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import * as dnsPacket from 'dns-packet';
@@ -13,6 +12,7 @@ import { startStack } from './harness/stack.ts';
 import { startDiscovery, defaultDiscoveryConfig } from '../services/discovery/service.ts';
 import { MAX_UDP } from '../services/discovery/dns.ts';
 import { DiscoveryIndex } from '../services/discovery/records.ts';
+import { tcpQuery } from './harness/dns.ts';
 
 const exec = promisify(execFile);
 
@@ -32,23 +32,6 @@ function udpQuery(port: number, packet: Buffer, timeoutMs = 1000): Promise<Buffe
   });
 }
 
-function tcpQuery(port: number, packet: Buffer): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    const sock = tcpConnect(port, '127.0.0.1');
-    const len = Buffer.alloc(2);
-    len.writeUInt16BE(packet.length);
-    sock.write(Buffer.concat([len, packet]));
-    let buf = Buffer.alloc(0);
-    sock.on('data', (d: Buffer) => {
-      buf = Buffer.concat([buf, d]);
-      if (buf.length >= 2 && buf.length >= 2 + buf.readUInt16BE(0)) {
-        sock.destroy();
-        resolve(buf.subarray(2, 2 + buf.readUInt16BE(0)));
-      }
-    });
-    sock.once('error', reject);
-  });
-}
 
 const query = (name: string, type: dnsPacket.RecordType = 'A', id = 42) => dnsPacket.encode({ id, type: 'query', flags: dnsPacket.RECURSION_DESIRED, questions: [{ type, name }] });
 

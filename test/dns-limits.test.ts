@@ -3,7 +3,6 @@
 // (two source addresses, 127.0.0.1 and 127.0.0.2) with its clock stopped, so the counts are exact.
 import t from 'tap';
 import { createSocket, type Socket } from 'node:dgram';
-import { connect as tcpConnect } from 'node:net';
 import * as dnsPacket from 'dns-packet';
 import { DEFAULT_MAX_ANSWERS, MAX_EDNS, MAX_UDP, answer, truncated } from '../services/discovery/dns.ts';
 import { ResponseRateLimiter } from '../services/discovery/rate-limit.ts';
@@ -12,6 +11,7 @@ import { startDiscovery, defaultDiscoveryConfig } from '../services/discovery/se
 import { Registry } from '../runtime/metrics.ts';
 import { Kvm } from '@nats-io/kv';
 import { DISCOVERY_BUCKET } from '../runtime/subjects.ts';
+import { tcpQuery } from './harness/dns.ts';
 
 const ZONE = 'apps.internal';
 const instancesOf = (n: number) => Array.from({ length: n }, (_, i) => ({ ip: `10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}` }));
@@ -166,21 +166,7 @@ t.test('discovery over UDP: 1,000 queries from one source in one instant; TCP an
 
   // TCP, where the handshake proves the source, is not rate-limited: the limited source still gets answers there.
   for (let i = 0; i < 5; i++) {
-    const a = await new Promise<Buffer>((resolve, reject) => {
-      const sock = tcpConnect(discovery.dnsPort, '127.0.0.1');
-      const len = Buffer.alloc(2);
-      len.writeUInt16BE(query.length);
-      sock.write(Buffer.concat([len, query]));
-      let buf = Buffer.alloc(0);
-      sock.on('data', (d: Buffer) => {
-        buf = Buffer.concat([buf, d]);
-        if (buf.length >= 2 && buf.length >= 2 + buf.readUInt16BE(0)) {
-          sock.destroy();
-          resolve(buf.subarray(2, 2 + buf.readUInt16BE(0)));
-        }
-      });
-      sock.once('error', reject);
-    });
+    const a = await tcpQuery(discovery.dnsPort, query);
     t.equal(dnsPacket.decode(a).answers!.length, DEFAULT_MAX_ANSWERS, `TCP query ${i + 1}: answered (32 of 200)`);
   }
   const text = metrics.render();

@@ -9,7 +9,7 @@ import { type FoldStep, type Model, MAX_QUARANTINE_ENTRIES, foldEvents, foldEven
 import { expandRules } from '../projections/flows.ts';
 import { PlannerCore } from '../services/topology-planner/core.ts';
 import { ev, record } from './harness/events.ts';
-import { startNats } from './harness/nats.ts';
+import { startNats, eventually } from './harness/nats.ts';
 import { startGateway, cfPolicy } from './harness/gateway.ts';
 import { startStack } from './harness/stack.ts';
 import { enforcementOf, waitEnforced } from '../runtime/enforcement.ts';
@@ -17,14 +17,6 @@ import { EventLog } from '../runtime/event-log.ts';
 import { quarantined, replay } from '../cli/operators.ts';
 import { startDiscovery, defaultDiscoveryConfig } from '../services/discovery/service.ts';
 
-/** Polls a condition until it holds (bounded): for state reached through several processes. */
-async function waitUntil(check: () => Promise<boolean>, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error('condition not reached in time');
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
 
 /** Ids that are properties of Object.prototype (or of Object) and still pass the id pattern. */
 const PROTO_IDS = ['constructor', 'hasOwnProperty', 'toString', 'valueOf', 'keys', 'isPrototypeOf', 'propertyIsEnumerable', 'toLocaleString', 'assign', 'create'];
@@ -200,7 +192,7 @@ t.test('through NATS: the outside tester\'s inputs are refused or harmless, and 
   t.same(stack.agents['cell-2']!.feed.view.state.cell['cell-2'], { subnet: '10.255.2.0/24' });
   // Discovery answers prototype names like any other; replay rebuilds the same cells.
   const lookup = async (name: string) => (await (await fetch(`${discovery.httpUrl}/v1/registration/${name}`)).json()) as { hosts: { ip_address: string }[] };
-  await waitUntil(async () => (await lookup('constructor.apps.internal')).hosts.length === 1 && (await lookup('keys.apps.internal')).hosts.length === 1);
+  await eventually(async () => ((await lookup('constructor.apps.internal')).hosts.length === 1 && (await lookup('keys.apps.internal')).hosts.length === 1) || undefined, 10_000, 'both names in discovery');
   t.same((await lookup('constructor.apps.internal')).hosts.map((h) => h.ip_address), ['10.255.1.2']);
   t.same((await lookup('keys.apps.internal')).hosts.map((h) => h.ip_address), ['10.255.2.2']);
   t.same((await lookup('tostring.apps.internal')).hosts ?? [], [], 'an app id is not a name');

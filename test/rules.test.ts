@@ -3,7 +3,7 @@
 import t from 'tap';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { type CellState, emptyCellState } from '../projections/cell.ts';
-import { type Allow, RuleExpander, expandRules, indexRules, normalizeAllows, renderNft, renderNftChanges, InvalidRuleError, commentOf, commentText, stampOf, parseCellSubnets, cellSubnetsOf, TABLE } from '../services/cell-agent/rules.ts';
+import { type Allow, RuleExpander, expandRules, indexRules, normalizeAllows, renderNft, renderNftChanges, InvalidRuleError, commentOf, commentText, stampOf, parseCellSubnets, cellSubnetsOf, TABLE, STAMP_KEEP } from '../services/cell-agent/rules.ts';
 import { MemoryDataplane, NftDataplane, RenderDataplane, run } from '../services/cell-agent/dataplane.ts';
 import { isRoot } from './harness/netns.ts';
 
@@ -116,8 +116,25 @@ t.test('incremental changes: element additions and deletions in one transaction'
     ].join('\n'),
   );
   const stamped = renderNftChanges(indexRules(before, STAMP), after, OVERLAY, { revision: 43, hash: 'f'.repeat(32) });
-  t.match(stamped.text, /delete element inet netfold applied \{ 0 \}\nadd element inet netfold applied \{ 0 comment "netfold revision=43 hash=f{32}" \}\n$/, 'the stamp moves in the same transaction');
+  t.match(stamped.text, /delete element inet netfold applied \{ 42 \}\nadd element inet netfold applied \{ 43 comment "netfold revision=43 hash=f{32}" \}\n$/, 'the stamp moves in the same transaction (old stamps go along with other deletions)');
   t.same(stamped.index.stamp, { revision: 43, hash: 'f'.repeat(32) });
+  t.same(stamped.index.stampKeys, [43]);
+  // Additions only: the new stamp is added, the old one stays (a deletion would cost the transaction ~13 ms) ...
+  let index = indexRules(before, STAMP);
+  let rules = before;
+  for (let k = 0; k < STAMP_KEEP - 1; k++) {
+    rules = { ...rules, allows: [...rules.allows, { src: `10.255.9.${k + 1}`, dst: '10.255.1.3', protocol: 'tcp', startPort: 7000, endPort: 7000, srcApp: 'app-x', dstApp: 'app-back', policy: 'tcp/7000' }] };
+    const c = renderNftChanges(index, rules, OVERLAY, { revision: 100 + k, hash: 'f'.repeat(32) });
+    t.notMatch(c.text, /delete/, `addition ${k}: nothing deleted`);
+    index = c.index;
+  }
+  t.equal(index.stampKeys.length, STAMP_KEEP);
+  t.same(stampOf(`set applied {\n elements = { 0x0000002a comment "netfold revision=42 hash=${'0'.repeat(32)}", 0x00000080 comment "netfold revision=128 hash=${'f'.repeat(32)}" }\n}`), { revision: 128, hash: 'f'.repeat(32) }, 'the highest stamp element is the stamp');
+  // ... until STAMP_KEEP have piled up: then they go in one deletion.
+  rules = { ...rules, allows: [...rules.allows, { src: '10.255.9.200', dst: '10.255.1.3', protocol: 'tcp', startPort: 7000, endPort: 7000, srcApp: 'app-x', dstApp: 'app-back', policy: 'tcp/7000' }] };
+  const swept = renderNftChanges(index, rules, OVERLAY, { revision: 500, hash: 'f'.repeat(32) });
+  t.match(swept.text, new RegExp(`delete element inet netfold applied \\{ ${index.stampKeys.join(', ')} \\}`));
+  t.same(swept.index.stampKeys, [500]);
   const unchanged = renderNftChanges(indexRules(before, STAMP), before, OVERLAY, { revision: 44, hash: 'e'.repeat(32) });
   t.equal(unchanged.text, null, 'no load when the rules are equal');
   t.same(unchanged.index.stamp, STAMP, 'and the index keeps the stamp that is loaded');
