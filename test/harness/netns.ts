@@ -7,6 +7,7 @@ import { randomBytes } from 'node:crypto';
 import { createInterface } from 'node:readline';
 import type { Test } from 'tap';
 import { run } from '../../services/cell-agent/dataplane.ts';
+import { dict } from '../../projections/dict.ts';
 
 /** `hostIf`: the container's veth end in its cell's namespace. */
 export type NetContainer = { ns: string; ip: string; cell: string; hostIf: string };
@@ -64,7 +65,7 @@ export async function buildNet(t: Test, cells: Record<string, number>, container
     await run('ip', ['netns', 'exec', ns, 'sysctl', '-q', '-w', 'net.netfilter.nf_conntrack_tcp_loose=0']).catch(() => undefined);
     void n;
   }
-  const out: Record<string, NetContainer> = {};
+  const out = dict<NetContainer>(); // keyed by container names
   let k = 0;
   for (const [name, [cell, addr]] of Object.entries(containers)) {
     const ns = `${prefix}-${name}`;

@@ -6,6 +6,7 @@ import type { Registry } from '../../runtime/metrics.ts';
 import { startPlanner, defaultPlannerConfig, type Planner } from '../../services/topology-planner/service.ts';
 import { startCellAgent, defaultCellAgentConfig, type CellAgent, type CellAgentConfig } from '../../services/cell-agent/agent.ts';
 import { MemoryDataplane } from '../../services/cell-agent/dataplane.ts';
+import { dict } from '../../projections/dict.ts';
 
 export type Stack = {
   planner: Planner;
@@ -26,8 +27,8 @@ export async function startStack(
   const planner = await startPlanner({ bus: await nats.connect('planner'), log: nats.log, config: { ...defaultPlannerConfig, heartbeatMs: 100 }, ...metrics });
   const stack: Stack = {
     planner,
-    agents: {},
-    planes: {},
+    agents: dict(), // keyed by cell ids: prototype-free, like every record keyed by an outside id
+    planes: dict(),
     async startAgent(cellId) {
       stack.planes[cellId] ??= new MemoryDataplane('10.255.0.0/16');
       const agent = await startCellAgent({
