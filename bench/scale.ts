@@ -29,7 +29,7 @@ import { CELL_STATUS_BUCKET, intakeSubject } from '../runtime/subjects.ts';
 import { mintToken } from '../runtime/tokens.ts';
 import { InboxRequester } from '../runtime/inbox-requester.ts';
 import { replay } from '../cli/operators.ts';
-import { enforcementOf } from '../runtime/enforcement.ts';
+import { enforcementOf } from '../services/topology-planner/enforcement.ts';
 import { cpuSeconds, envNumber, freePort, machine, percentile, pool, post, progress, rate, rawAppendRate, rssMiB, startChild, stopChild } from './lib.ts';
 
 const sizes = {

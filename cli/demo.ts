@@ -6,7 +6,7 @@ import { kvLatest } from '../runtime/buckets.ts';
 import { Resolver } from 'node:dns/promises';
 import type { Bus } from '../runtime/nats.ts';
 import { intakeSubject, CELL_STATUS_BUCKET } from '../runtime/subjects.ts';
-import { waitEnforced } from '../runtime/enforcement.ts';
+import { waitEnforced } from '../services/topology-planner/enforcement.ts';
 import { NetfoldError } from '../runtime/errors.ts';
 import { audit, explainAt, modelAt } from './operators.ts';
 

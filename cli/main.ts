@@ -18,7 +18,7 @@ import { DeliverPolicy } from '@nats-io/jetstream';
 import { EventLog } from '../runtime/event-log.ts';
 import { parseEvent } from '../events/catalogue.ts';
 import { type AuditEntry, type AuditFilter, audit, auditEntry, explainAt, matches, modelAt, parsePoint, quarantined, replay, stateView } from './operators.ts';
-import { waitEnforced } from '../runtime/enforcement.ts';
+import { waitEnforced } from '../services/topology-planner/enforcement.ts';
 import { CELL_STATUS_BUCKET } from '../runtime/subjects.ts';
 import type { CellStatus } from '../services/cell-agent/agent.ts';
 

@@ -7,8 +7,8 @@ import { type EventEnvelope, type RecordedEvent } from '../events/catalogue.ts';
 import { type Model, type QuarantineEntry, foldEventsInPlace, initialModel, allPolicies, skipEntry } from '../projections/model.ts';
 import { cellHashOf, deriveCellState, emptyCellState, type CellState } from '../projections/cell.ts';
 import { explain, type Explanation } from '../projections/explain.ts';
-import { CELL_DELTAS_STREAM, CELL_SNAPSHOTS_STREAM, CELL_STATUS_BUCKET, cellSubject } from '../runtime/subjects.ts';
-import { JetStreamApiCodes, JetStreamApiError } from '@nats-io/jetstream';
+import { CELL_STATUS_BUCKET } from '../runtime/subjects.ts';
+import { latestPlanned } from '../services/topology-planner/published.ts';
 
 /** The apps an event concerns (for filtering). */
 export function appsOf(e: EventEnvelope): string[] {
@@ -163,29 +163,11 @@ export async function explainAt(bus: Bus, m: Model, source: string, destination:
   const enforcement = await Promise.all(
     e.cells.map(async (cellId) => {
       const applied = status ? ((await status.get(cellId))?.json<{ revision?: number }>()?.revision ?? null) : null;
-      const planned = await lastPublished(bus, cellId);
+      const planned = await latestPlanned(bus, cellId);
       return { cellId, planned: planned?.revision ?? null, applied };
     }),
   );
   return { ...e, source, destination, port, protocol, revision: m.seq, enforcement };
-}
-
-async function lastOn(bus: Bus, stream: string, subject: string): Promise<{ revision: number; hash: string } | null> {
-  try {
-    const msg = await bus.jsm.direct.getMessage(stream, { last_by_subj: subject });
-    return msg ? msg.json<{ revision: number; hash: string }>() : null;
-  } catch (err) {
-    if (err instanceof JetStreamApiError && err.code === JetStreamApiCodes.NoMessageFound) return null;
-    throw err;
-  }
-}
-
-/** The planner's latest output for a cell (delta or snapshot, whichever is newer). */
-export async function lastPublished(bus: Bus, cellId: string): Promise<{ revision: number; hash: string } | null> {
-  const [d, s] = await Promise.all([lastOn(bus, CELL_DELTAS_STREAM, cellSubject.delta(cellId)), lastOn(bus, CELL_SNAPSHOTS_STREAM, cellSubject.snapshot(cellId))]);
-  if (!d) return s;
-  if (!s) return d;
-  return s.revision > d.revision ? s : d;
 }
 
 export type ReplayCell = { cellId: string; replayed: string; planned: string | null; applied: string | null; ok: boolean };
@@ -197,7 +179,7 @@ export type ReplayReport = { revision: number; cells: ReplayCell[]; ok: boolean 
  */
 export async function replay(bus: Bus, to: Point | undefined, domain: string, onProgress?: (folded: number, total: number) => void): Promise<ReplayReport> {
   const m = await modelAt(bus, to, onProgress);
-  const cells = Object.keys(m.containersByCell);
+  const cells = [...Object.keys(m.containersByCell), ...Object.keys(m.cells)];
   const statuses = to ? new Map<string, unknown>() : await kvLatest(bus, CELL_STATUS_BUCKET);
   const known = new Set([...cells, ...statuses.keys()]);
   const out: ReplayCell[] = [];
@@ -207,7 +189,7 @@ export async function replay(bus: Bus, to: Point | undefined, domain: string, on
       out.push({ cellId, replayed, planned: null, applied: null, ok: true });
       continue;
     }
-    const planned = (await lastPublished(bus, cellId))?.hash ?? null;
+    const planned = (await latestPlanned(bus, cellId))?.hash ?? null;
     const applied = (statuses.get(cellId) as { hash?: string } | undefined)?.hash ?? null;
     const empty = cellHashOf(emptyCellState());
     const ok = (planned ?? empty) === replayed && (applied === null || applied === replayed);

@@ -2,7 +2,7 @@
 // `constructor`, `__proto__` or `toString` is then an ordinary key — reading a missing one gives undefined, writing
 // one never touches a prototype. They stay plain JSON (hashable, snapshot-able, immer drafts them like `{}`).
 // Every record of the model and of a cell's state keyed by such ids is made here; JSON read back from the bus is
-// copied into them before it is used as state (runtime/cell-feed.ts), and a model is copied with `cloneDicts`
+// copied into them before it is used as state (parseCellSnapshot, parseDiscoveryRecord), and a model is copied with `cloneDicts`
 // (structuredClone would give every object Object.prototype back).
 
 /** A record keyed by outside ids. Always make one with `dict()` / `dictOf()`, never with `{}`. */

@@ -6,9 +6,7 @@
 //   nf.evt.container.<containerId> container lifecycle events           (stream NF_EVENTS)
 //   nf.evt.policy.<sourceAppId>   policy events of one source app      (stream NF_EVENTS)
 //   nf.cmd.<aggregate>.<verb>     platform intake, request/reply        (core NATS, queue group policy-writer)
-//   nf.cell.snap.<cellId>         a cell's latest full desired state    (stream NF_CELL_SNAPSHOTS, 1 per subject)
-//   nf.cell.delta.<cellId>        a cell's recent changes               (stream NF_CELL_DELTAS, last N per subject)
-//   nf.cell.state.<cellId>        a cell's current state, on request    (core NATS, answered by the owning planner)
+//   nf.cell.snap|delta|state.<cellId>  the cell stream: see projections/cell-stream.ts, which owns it
 
 export const EVENTS_STREAM = 'NF_EVENTS';
 export const EVENT_SUBJECTS = 'nf.evt.>';
@@ -34,18 +32,7 @@ export type IntakeSubject = (typeof intakeSubject)[keyof typeof intakeSubject];
 
 export const INTAKE_QUEUE = 'policy-writer';
 
-export const CELL_SNAPSHOTS_STREAM = 'NF_CELL_SNAPSHOTS';
-export const CELL_DELTAS_STREAM = 'NF_CELL_DELTAS';
-
-export const cellSubject = {
-  snapshot: (cellId: string) => `nf.cell.snap.${cellId}`,
-  delta: (cellId: string) => `nf.cell.delta.${cellId}`,
-  allSnapshots: 'nf.cell.snap.*',
-  allDeltas: 'nf.cell.delta.*',
-  /** Request/reply: the owning planner answers with the cell's current state (what a polling agent pulls). */
-  state: (cellId: string) => `nf.cell.state.${cellId}`,
-  allStates: 'nf.cell.state.*',
-} as const;
+// The cell stream's subjects (nf.cell.snap|delta|state.<cellId>) and streams are owned by projections/cell-stream.ts.
 
 /** Planner instances announce themselves here (KV bucket; entries expire when an instance stops heartbeating). */
 export const PLANNER_MEMBERS_BUCKET = 'netfold-planners';

@@ -1,7 +1,8 @@
 // JetStream topology as code: every stream netfold uses, created or updated idempotently at start-up.
 import { DiscardPolicy, RetentionPolicy, StorageType, type JetStreamManager, type StreamConfig } from '@nats-io/jetstream';
 import type { Logger } from './logger.ts';
-import { CELL_DELTAS_STREAM, CELL_SNAPSHOTS_STREAM, EVENTS_STREAM, EVENT_SUBJECTS, cellSubject } from './subjects.ts';
+import { EVENTS_STREAM, EVENT_SUBJECTS } from './subjects.ts';
+import { CELL_DELTAS_STREAM, CELL_SNAPSHOTS_STREAM, cellSubject } from '../projections/cell-stream.ts';
 import { withNatsRetry } from './retry.ts';
 
 export type TopologyOptions = {

@@ -7,7 +7,7 @@ import { buildNet, isRoot } from './harness/netns.ts';
 import { startPlanner, defaultPlannerConfig } from '../services/topology-planner/service.ts';
 import { startCellAgent, defaultCellAgentConfig, type CellAgent } from '../services/cell-agent/agent.ts';
 import { NftDataplane, run } from '../services/cell-agent/dataplane.ts';
-import { waitEnforced } from '../runtime/enforcement.ts';
+import { waitEnforced } from '../services/topology-planner/enforcement.ts';
 
 const P = '/networking/v1/external/policies';
 

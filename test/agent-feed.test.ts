@@ -5,8 +5,8 @@ import t from 'tap';
 import { startNats, eventually } from './harness/nats.ts';
 import { startGateway, cfPolicy } from './harness/gateway.ts';
 import { startStack } from './harness/stack.ts';
-import { cellSubject } from '../runtime/subjects.ts';
-import type { CellFeed } from '../runtime/cell-feed.ts';
+import { cellSubject } from '../projections/cell-stream.ts';
+import type { CellFeed } from '../services/cell-agent/feed.ts';
 
 const P = '/networking/v1/external/policies';
 

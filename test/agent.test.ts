@@ -8,9 +8,9 @@ const run = promisify(execFile);
 import { Kvm } from '@nats-io/kv';
 import { startNats, eventually } from './harness/nats.ts';
 import { startGateway, cfPolicy } from './harness/gateway.ts';
-import type { DiscoveryRecord } from '../services/cell-agent/agent.ts';
+import type { DiscoveryRecord } from '../projections/discovery-record.ts';
 import { startStack } from './harness/stack.ts';
-import { enforcementOf } from '../runtime/enforcement.ts';
+import { enforcementOf } from '../services/topology-planner/enforcement.ts';
 import { DISCOVERY_BUCKET, readySubject } from '../runtime/subjects.ts';
 
 const P = '/networking/v1/external/policies';

@@ -13,6 +13,7 @@ import { startDiscovery, defaultDiscoveryConfig } from '../services/discovery/se
 import { MAX_UDP } from '../services/discovery/dns.ts';
 import { DiscoveryIndex } from '../services/discovery/records.ts';
 import { tcpQuery } from './harness/dns.ts';
+import { parseDiscoveryRecord } from '../projections/discovery-record.ts';
 
 const exec = promisify(execFile);
 
@@ -198,6 +199,12 @@ t.test('discovery index: incremental puts, removes and expiry answer as a rebuil
     }
     for (const n of [...names, 'nope.apps.internal']) t.same(index.lookup(n), expected(n), `step ${step}: ${n}`);
   }
-  index.put('cell-x', { 'web.apps.internal': 'not-a-list' as unknown as string[], 'db.apps.internal': ['10.9.9.9'] }, now);
+  const parsed = parseDiscoveryRecord('{"cellId":"cell-x","names":{"web.apps.internal":"not-a-list","api.apps.internal":["nope"],"db.apps.internal":["10.9.9.9"],"__proto__":["10.6.6.6"]}}');
+  t.same(Object.keys(parsed!), ['db.apps.internal', '__proto__'], 'a "__proto__" name is an ordinary key');
+  t.same(parseDiscoveryRecord('not json'), null);
+  t.same(parseDiscoveryRecord('{"names":"x"}'), null);
+  index.put('cell-x', parsed!, now);
   t.same(index.lookup('db.apps.internal').filter((h) => h.cellId === 'cell-x'), [{ ip: '10.9.9.9', cellId: 'cell-x' }], 'a malformed entry is ignored, the rest kept');
+  t.same(index.lookup('web.apps.internal').filter((h) => h.cellId === 'cell-x'), []);
+  t.same(index.lookup('api.apps.internal').filter((h) => h.cellId === 'cell-x'), [], 'only IPv4 addresses are names\' values');
 });

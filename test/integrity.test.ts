@@ -12,7 +12,7 @@ import { ev, record } from './harness/events.ts';
 import { startNats, eventually } from './harness/nats.ts';
 import { startGateway, cfPolicy } from './harness/gateway.ts';
 import { startStack } from './harness/stack.ts';
-import { enforcementOf, waitEnforced } from '../runtime/enforcement.ts';
+import { enforcementOf, waitEnforced } from '../services/topology-planner/enforcement.ts';
 import { EventLog } from '../runtime/event-log.ts';
 import { quarantined, replay } from '../cli/operators.ts';
 import { startDiscovery, defaultDiscoveryConfig } from '../services/discovery/service.ts';

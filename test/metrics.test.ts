@@ -7,7 +7,7 @@ import { startGateway, cfPolicy } from './harness/gateway.ts';
 import { Registry } from '../runtime/metrics.ts';
 import { startStack } from './harness/stack.ts';
 import { startDiscovery, defaultDiscoveryConfig } from '../services/discovery/service.ts';
-import { waitEnforced } from '../runtime/enforcement.ts';
+import { waitEnforced } from '../services/topology-planner/enforcement.ts';
 
 type Sample = { name: string; labels: Record<string, string>; value: number };
 

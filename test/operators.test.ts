@@ -7,7 +7,7 @@ import { Kvm } from '@nats-io/kv';
 import { startNats } from './harness/nats.ts';
 import { startGateway, cfPolicy } from './harness/gateway.ts';
 import { startStack } from './harness/stack.ts';
-import { waitEnforced } from '../runtime/enforcement.ts';
+import { waitEnforced } from '../services/topology-planner/enforcement.ts';
 import { EventLog } from '../runtime/event-log.ts';
 import { CELL_STATUS_BUCKET } from '../runtime/subjects.ts';
 import { audit, explainAt, modelAt, replay, stateView } from '../cli/operators.ts';

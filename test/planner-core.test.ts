@@ -4,9 +4,10 @@
 // checkpoint must give exactly the outputs of an uninterrupted run; partitions must add up to the whole.
 import t, { type Test } from 'tap';
 import type { DomainEvent, RecordedEvent } from '../events/catalogue.ts';
-import { type CellState, applyCellOps, cellHashOf, deriveCellState, emptyCellState } from '../projections/cell.ts';
+import { cellHashOf, deriveCellState, emptyCellState } from '../projections/cell.ts';
+import { CellReplica, type PlannerOutput, outputMessage } from '../projections/cell-stream.ts';
 import { canonicalJson } from '../projections/canonical.ts';
-import { PlannerCore, type PlannerCheckpoint, type PlannerOutput } from '../services/topology-planner/core.ts';
+import { PlannerCore, type PlannerCheckpoint } from '../services/topology-planner/core.ts';
 import { ev, record } from './harness/events.ts';
 import { foldEventsInPlace, initialModel } from '../projections/model.ts';
 
@@ -61,21 +62,15 @@ function merge(streams: DomainEvent[][], seed: number | null): DomainEvent[] {
   }
 }
 
-type Reader = Record<string, { state: CellState; revision: number; hash: string }>;
+/** One replica per cell: the readers' own code (projections/cell-stream.ts). */
+type Reader = Map<string, CellReplica>;
 
-/** Applies outputs as an agent would; fails the test on a chain break or a hash mismatch. */
+/** Sends outputs over the wire format to the real replica, as an agent gets them; fails on a gap, mismatch or invalid message. */
 function applyOutputs(t: Test, reader: Reader, outputs: PlannerOutput[]): void {
   for (const o of outputs) {
-    const r = (reader[o.cellId] ??= { state: emptyCellState(), revision: 0, hash: cellHashOf(emptyCellState()) });
-    if (o.kind === 'snapshot') {
-      if (cellHashOf(o.state) !== o.hash) t.fail(`snapshot hash of ${o.cellId} at ${o.revision} is not the hash of its state`);
-      if (o.revision >= r.revision) reader[o.cellId] = { state: structuredClone(o.state), revision: o.revision, hash: o.hash };
-      continue;
-    }
-    if (o.prevRevision !== r.revision) t.fail(`gap on ${o.cellId}: at ${r.revision}, delta expects ${o.prevRevision}`);
-    r.hash = applyCellOps(r.state, r.hash, o.ops);
-    r.revision = o.revision;
-    if (r.hash !== o.hash) t.fail(`hash mismatch on ${o.cellId} at ${o.revision}`);
+    const r = reader.get(o.cellId) ?? reader.set(o.cellId, new CellReplica(o.cellId)).get(o.cellId)!;
+    const result = r.applyMessage(outputMessage(o).body, o.kind);
+    if (result !== 'applied' && !(result === 'stale' && o.kind === 'snapshot')) t.fail(`${o.kind} of ${o.cellId} at ${o.revision}: ${result} (held ${r.revision})`);
     if (cellHashOf(r.state) !== r.hash) t.fail(`incremental hash differs from the full hash on ${o.cellId} at ${o.revision}`);
   }
 }
@@ -103,10 +98,10 @@ t.test('in order, batch sizes, duplicates, interleavings: identical cell states'
   let reference: string | undefined;
   for (const v of variants) {
     const { core, outputs } = runCore(v.recs, v.batch);
-    const reader: Reader = {};
+    const reader: Reader = new Map();
     applyOutputs(t, reader, outputs);
     for (const cellId of cellsOf(core)) {
-      t.equal(canonicalJson(reader[cellId]?.state ?? emptyCellState()), canonicalJson(deriveCellState(core.model, cellId)), `${v.name}: reader equals derived state of ${cellId}`);
+      t.equal(canonicalJson(reader.get(cellId)?.state ?? emptyCellState()), canonicalJson(deriveCellState(core.model, cellId)), `${v.name}: reader equals derived state of ${cellId}`);
     }
     const states = statesOf(core);
     reference ??= states;
@@ -175,13 +170,13 @@ t.test('partitions add up to the whole, and a take-over starts with a snapshot',
   t.equal(byCell([...left, ...right]), byCell(whole));
 
   const core = new PlannerCore(opts((c) => c !== 'cell-1'));
-  const reader: Reader = {};
+  const reader: Reader = new Map();
   applyOutputs(t, reader, core.ingest(recs.slice(0, 20)));
   const taken = core.setOwnership(() => true);
   t.same(taken.map((o) => `${o.kind}:${o.cellId}`), ['snapshot:cell-1']);
   applyOutputs(t, reader, taken);
   applyOutputs(t, reader, core.ingest(recs.slice(20)));
-  t.equal(canonicalJson(reader['cell-1']!.state), canonicalJson(deriveCellState(core.model, 'cell-1')));
+  t.equal(canonicalJson(reader.get('cell-1')!.state), canonicalJson(deriveCellState(core.model, 'cell-1')));
   t.same(core.setOwnership(() => false), []);
   t.same(core.cells(), {}, 'given-up cells are forgotten');
 });

@@ -9,7 +9,7 @@
 import { Kvm } from '@nats-io/kv';
 import type { Bus } from '../../runtime/nats.ts';
 import type { Logger } from '../../runtime/logger.ts';
-import { CellFeed, PollingCellFeed, type DesiredStateFeed } from '../../runtime/cell-feed.ts';
+import { CellFeed, PollingCellFeed, type DesiredStateFeed } from './feed.ts';
 import { Progress } from '../../runtime/progress.ts';
 import { withNatsRetry } from '../../runtime/retry.ts';
 import { BucketWriter } from '../../runtime/buckets.ts';
@@ -17,6 +17,7 @@ import { CELL_STATUS_BUCKET, DISCOVERY_BUCKET, readySubject } from '../../runtim
 import { idOf } from '../../events/fields.ts';
 import type { Dataplane } from './dataplane.ts';
 import { type RuleSet, RuleExpander, cellSubnetsOf } from './rules.ts';
+import { discoveryRecordOf } from '../../projections/discovery-record.ts';
 import { Registry } from '../../runtime/metrics.ts';
 
 export type CellAgentConfig = {
@@ -51,7 +52,6 @@ export type CellStatus = {
   error: string | null;
 };
 
-export type DiscoveryRecord = { cellId: string; at: string; names: Record<string, string[]> };
 
 export type CellAgent = {
   feed: DesiredStateFeed;
@@ -107,12 +107,8 @@ export async function startCellAgent(deps: { bus: Bus; log: Logger; config: Cell
   let heldLogged = false;
   if (adopting) log.info({ tableRevision: adopting.stamp?.revision ?? null, tableHash: adopting.stamp?.hash ?? null }, 'table-found');
 
-  const discoveryRecord = (): DiscoveryRecord => ({
-    cellId: cfg.cellId,
-    at: new Date().toISOString(),
-    names: Object.fromEntries(Object.entries(feed.view.state.names).map(([name, ips]) => [name, Object.keys(ips).sort()])),
-  });
-  const publishDiscovery = () => buckets.discovery.put(cfg.cellId, JSON.stringify(discoveryRecord())).catch((err: unknown) => log.warn({ err }, 'discovery-put-failed'));
+  const publishDiscovery = () =>
+    buckets.discovery.put(cfg.cellId, JSON.stringify(discoveryRecordOf(cfg.cellId, new Date(), feed.view.state.names))).catch((err: unknown) => log.warn({ err }, 'discovery-put-failed'));
 
   async function applyLatest(): Promise<void> {
     while (dirty && !stopped) {

@@ -5,7 +5,7 @@
 // but never while this service is disconnected from NATS, nor during one threshold after it reconnects, so a bus
 // outage does not empty DNS.
 
-import { dict } from '../../projections/dict.ts';
+import type { Dict } from '../../projections/dict.ts';
 
 export type CellRecord = { cellId: string; names: Record<string, string[]>; heardAt: number };
 
@@ -25,10 +25,8 @@ export class DiscoveryIndex {
    * refreshes when it was heard of: with 1,000 cells that is 200 puts a second, and rebuilding the whole index for
    * each (as this did first) kept DNS answers hundreds of milliseconds behind.
    */
-  put(cellId: string, record: Record<string, string[]>, now: number): void {
-    // what came off the bus: only lists of strings are names
-    const names = dict<string[]>(); // a name such as `__proto__` from the bus is an ordinary key
-    for (const [name, ips] of Object.entries(record)) if (Array.isArray(ips) && ips.every((ip) => typeof ip === 'string')) names[name] = ips;
+  put(cellId: string, names: Dict<string[]>, now: number): void {
+    // `names` as parseDiscoveryRecord returns them: a dict of IPv4 lists
     const old = this.#cells.get(cellId);
     this.#cells.set(cellId, { cellId, names, heardAt: now });
     if (old && sameNames(old.names, names)) return;

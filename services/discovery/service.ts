@@ -10,6 +10,7 @@ import type { Config } from '../../runtime/config.ts';
 import type { Logger } from '../../runtime/logger.ts';
 import { withNatsRetry } from '../../runtime/retry.ts';
 import { DISCOVERY_BUCKET } from '../../runtime/subjects.ts';
+import { parseDiscoveryRecord } from '../../projections/discovery-record.ts';
 import { DiscoveryIndex, type ExpiryState } from './records.ts';
 import { DEFAULT_MAX_ANSWERS, answer, truncated } from './dns.ts';
 import { ResponseRateLimiter, defaultRateLimit } from './rate-limit.ts';
@@ -101,12 +102,9 @@ export async function startDiscovery(deps: { bus: Bus; log: Logger; config: Disc
   const watching = (async () => {
     for await (const e of watcher as AsyncIterable<KvWatchEntry>) {
       if (e.operation === 'PUT') {
-        try {
-          const r = e.json<{ names?: Record<string, string[]> }>();
-          index.put(e.key, r.names ?? {}, now());
-        } catch (err) {
-          log.warn({ err, cell: e.key }, 'discovery-record-invalid');
-        }
+        const names = parseDiscoveryRecord(e.value);
+        if (names) index.put(e.key, names, now());
+        else log.warn({ cell: e.key }, 'discovery-record-invalid');
       } else {
         index.remove(e.key);
       }

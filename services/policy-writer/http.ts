@@ -9,7 +9,7 @@ import { DEFAULT_TOKEN_MAX_TTL_SECONDS, type Principal, verifyToken } from '../.
 import { parseIdList } from '../../events/commands.ts';
 import type { PolicyApi } from './policy-api.ts';
 import { accessOf } from './policy-api.ts';
-import type { Enforcement } from '../../runtime/enforcement.ts';
+import type { Enforcement } from '../topology-planner/enforcement.ts';
 import { CONTENT_TYPE, type Registry } from '../../runtime/metrics.ts';
 
 export type HttpOptions = {

@@ -9,7 +9,7 @@ import { buildHttpGateway } from './http.ts';
 import { Intake } from './intake.ts';
 import { PolicyApi } from './policy-api.ts';
 import { Writer } from './writer.ts';
-import { waitEnforced } from '../../runtime/enforcement.ts';
+import { waitEnforced } from '../topology-planner/enforcement.ts';
 import { Registry } from '../../runtime/metrics.ts';
 import { checkTokenSecret } from '../../runtime/tokens.ts';
 

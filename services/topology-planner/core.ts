@@ -19,12 +19,9 @@ import {
   splitEntryId,
 } from '../../projections/cell.ts';
 import { type Model, foldEventsInPlace, initialModel } from '../../projections/model.ts';
+import { EMPTY_CELL_HASH, type PlannerOutput } from '../../projections/cell-stream.ts';
 import { dict } from '../../projections/dict.ts';
 
-/** `at` is the time of the event the delta reflects: agents measure propagation from it. */
-export type CellDelta = { kind: 'delta'; cellId: string; revision: number; prevRevision: number; ops: CellOp[]; hash: string; at: string };
-export type CellSnapshot = { kind: 'snapshot'; cellId: string; revision: number; hash: string; state: CellState };
-export type PlannerOutput = CellDelta | CellSnapshot;
 
 type CellTrack = { state: CellState; revision: number; hash: string; sinceSnapshot: number };
 
@@ -47,7 +44,6 @@ export type PlannerCoreOptions = {
   owns: (cellId: string) => boolean;
 };
 
-export const EMPTY_CELL_HASH = cellHashOf(emptyCellState());
 
 export class PlannerCore {
   readonly #opts: PlannerCoreOptions;
@@ -140,7 +136,7 @@ export class PlannerCore {
     return t;
   }
 
-  #snapshot(cellId: string, t: CellTrack): CellSnapshot {
+  #snapshot(cellId: string, t: CellTrack): PlannerOutput {
     // A shallow copy per section is enough: entries are replaced whole, never edited in place.
     const state = emptyCellState();
     for (const section of SECTIONS) Object.assign(state[section], t.state[section]);

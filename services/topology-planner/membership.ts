@@ -9,6 +9,25 @@ import { PLANNER_MEMBERS_BUCKET } from '../../runtime/subjects.ts';
 import { withNatsRetry } from '../../runtime/retry.ts';
 import { kvLatest } from '../../runtime/buckets.ts';
 
+/** The keys of the planners' bucket: `m.<id>` a live member (heartbeat), `p.<id>` how far it has published. */
+export const plannerKey = {
+  member: (id: string) => `m.${id}`,
+  progress: (id: string) => `p.${id}`,
+  allMembers: 'm.*',
+} as const;
+
+/** The live members (sorted) and each one's published-through revision, from the bucket's entries. */
+export function plannersOf(entries: ReadonlyMap<string, unknown>): { members: string[]; publishedThrough: (id: string) => number } {
+  const members = [...entries.keys()].filter((k) => k.startsWith('m.')).map((k) => k.slice(2)).sort();
+  return {
+    members,
+    publishedThrough: (id) => {
+      const p = entries.get(plannerKey.progress(id)) as { publishedThrough?: unknown } | undefined;
+      return typeof p?.publishedThrough === 'number' ? p.publishedThrough : 0;
+    },
+  };
+}
+
 /** The member that owns a cell: the highest hash of (member, cell). Stable: a change of members moves only the
  * cells of the member that came or went. */
 export function ownerOf(cellId: string, members: readonly string[]): string | undefined {
@@ -64,7 +83,7 @@ export class Membership {
     try {
       while (this.#sent < this.#latest) {
         const value = this.#latest;
-        await this.#kv.put(`p.${this.#o.id}`, JSON.stringify({ publishedThrough: value }));
+        await this.#kv.put(plannerKey.progress(this.#o.id), JSON.stringify({ publishedThrough: value }));
         this.#sent = value;
       }
     } catch (err) {
@@ -88,14 +107,14 @@ export class Membership {
 
   async #beat(): Promise<void> {
     const kv = this.#kv!;
-    await kv.put(`m.${this.#o.id}`, JSON.stringify({ at: Date.now() }));
+    await kv.put(plannerKey.member(this.#o.id), JSON.stringify({ at: Date.now() }));
     // The progress entry expires with the bucket's TTL like the member entry: an idle planner must keep saying how
     // far it has published, or after one TTL it would look behind (and nothing would ever be "enforced" again).
     if (this.#latest > 0) {
-      await kv.put(`p.${this.#o.id}`, JSON.stringify({ publishedThrough: this.#latest }));
+      await kv.put(plannerKey.progress(this.#o.id), JSON.stringify({ publishedThrough: this.#latest }));
       this.#sent = Math.max(this.#sent, this.#latest);
     }
-    const keys = [...(await kvLatest(this.#o.bus, PLANNER_MEMBERS_BUCKET, 'm.*')).keys()].map((k) => k.slice(2)).sort();
+    const keys = plannersOf(await kvLatest(this.#o.bus, PLANNER_MEMBERS_BUCKET, plannerKey.allMembers)).members;
     if (keys.join(',') !== this.#members.join(',')) {
       this.#members = keys;
       this.#log.info({ members: keys }, 'planner-members-changed');
@@ -105,6 +124,6 @@ export class Membership {
 
   async stop(): Promise<void> {
     if (this.#timer) clearInterval(this.#timer);
-    await this.#kv?.delete(`m.${this.#o.id}`).catch(() => undefined);
+    await this.#kv?.delete(plannerKey.member(this.#o.id)).catch(() => undefined);
   }
 }

@@ -12,12 +12,13 @@ import { StreamPublisher } from '../../runtime/stream-publisher.ts';
 import { withNatsRetry } from '../../runtime/retry.ts';
 import { Progress } from '../../runtime/progress.ts';
 import { Registry } from '../../runtime/metrics.ts';
-import { lastRevisionPerCell } from '../../runtime/enforcement.ts';
-import { CELL_DELTAS_STREAM, CELL_SNAPSHOTS_STREAM, PLANNER_CHECKPOINT_BUCKET, cellSubject } from '../../runtime/subjects.ts';
+import { PLANNER_CHECKPOINT_BUCKET } from '../../runtime/subjects.ts';
+import { CELL_DELTAS_STREAM, CELL_SNAPSHOTS_STREAM, EMPTY_CELL_HASH, type PlannerOutput, cellSubject, outputMessage } from '../../projections/cell-stream.ts';
+import { lastPublishedPerCell } from './published.ts';
 import { type Model, foldEventsInPlace, initialModel, liveModelFold } from '../../projections/model.ts';
 import { quarantineGauge, quarantineReporter } from '../../runtime/quarantine-report.ts';
 import type { RecordedEvent } from '../../events/catalogue.ts';
-import { EMPTY_CELL_HASH, PlannerCore, type PlannerCheckpoint, type PlannerOutput } from './core.ts';
+import { PlannerCore, type PlannerCheckpoint } from './core.ts';
 import { emptyCellState } from '../../projections/cell.ts';
 import { Membership } from './membership.ts';
 
@@ -78,8 +79,8 @@ export async function startPlanner(deps: { bus: Bus; log: Logger; config: Planne
   log.info({ seq: core.seq, cells: Object.keys(core.cells()).length, fromCheckpoint: !!checkpoint }, 'planner-restored');
 
   const published = {
-    delta: await lastRevisionPerCell(deps.bus, CELL_DELTAS_STREAM, cellSubject.allDeltas),
-    snapshot: await lastRevisionPerCell(deps.bus, CELL_SNAPSHOTS_STREAM, cellSubject.allSnapshots),
+    delta: await lastPublishedPerCell(deps.bus, 'delta'),
+    snapshot: await lastPublishedPerCell(deps.bus, 'snapshot'),
   };
   const deltas = new StreamPublisher(deps.bus.nc, CELL_DELTAS_STREAM);
   const snapshots = new StreamPublisher(deps.bus.nc, CELL_SNAPSHOTS_STREAM);
@@ -164,17 +165,11 @@ export async function startPlanner(deps: { bus: Bus; log: Logger; config: Planne
       stats.suppressed += 1;
       return;
     }
-    if (kind === 'delta') {
-      const { kind: _k, ...body } = o;
-      await deltas.publish(cellSubject.delta(o.cellId), JSON.stringify(body), { msgId: `d:${o.cellId}:${o.revision}` });
-      stats.deltas += 1;
-      mOutputs.inc({ kind: 'delta' });
-    } else {
-      const { kind: _k, ...body } = o;
-      await snapshots.publish(cellSubject.snapshot(o.cellId), JSON.stringify(body), { msgId: `s:${o.cellId}:${o.revision}` });
-      stats.snapshots += 1;
-      mOutputs.inc({ kind: 'snapshot' });
-    }
+    const { subject, msgId, body } = outputMessage(o);
+    await (kind === 'delta' ? deltas : snapshots).publish(subject, body, { msgId });
+    if (kind === 'delta') stats.deltas += 1;
+    else stats.snapshots += 1;
+    mOutputs.inc({ kind });
   }
 
   // ---- following the log ----
@@ -224,7 +219,7 @@ export async function startPlanner(deps: { bus: Bus; log: Logger; config: Planne
       const cellId = msg.subject.slice(cellSubject.state('').length);
       if (!membership.owns(cellId) || !msg.reply) return;
       const view = core.cellView(cellId) ?? { revision: 0, hash: EMPTY_CELL_HASH, state: emptyCellState() };
-      msg.respond(JSON.stringify({ cellId, ...view }));
+      msg.respond(outputMessage({ kind: 'snapshot', cellId, ...view }).body); // a snapshot body: agents parse it with parseCellSnapshot
     },
   });
   await follower.start();

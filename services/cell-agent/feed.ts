@@ -6,16 +6,13 @@
 // (`rejected`), remembered by stream sequence so a re-read skips it, and answered with a resync. A snapshot is
 // adopted only when its shape is valid and its state hashes to its hash.
 import { DeliverPolicy, JetStreamApiCodes, JetStreamApiError, type ConsumerMessages } from '@nats-io/jetstream';
-import { type CellOp, type CellState, SECTIONS, applyCellOps, cellHashOf, emptyCellState } from '../projections/cell.ts';
-import type { Registry } from './metrics.ts';
-import type { Bus } from './nats.ts';
-import type { Logger } from './logger.ts';
-import { CELL_DELTAS_STREAM, CELL_SNAPSHOTS_STREAM, cellSubject } from './subjects.ts';
-import { withNatsRetry } from './retry.ts';
-import { Progress } from './progress.ts';
-
-export type CellDeltaMessage = { cellId: string; revision: number; prevRevision: number; ops: CellOp[]; hash: string; at?: string };
-export type CellSnapshotMessage = { cellId: string; revision: number; hash: string; state: CellState };
+import type { CellState } from '../../projections/cell.ts';
+import { CELL_DELTAS_STREAM, CELL_SNAPSHOTS_STREAM, CellReplica, type CellSnapshot, cellSubject, parseCellDelta, parseCellSnapshot } from '../../projections/cell-stream.ts';
+import type { Registry } from '../../runtime/metrics.ts';
+import type { Bus } from '../../runtime/nats.ts';
+import type { Logger } from '../../runtime/logger.ts';
+import { withNatsRetry } from '../../runtime/retry.ts';
+import { Progress } from '../../runtime/progress.ts';
 
 /**
  * `state` is the feed's own, changed in place as deltas arrive: read it when told of a change, copy what must be
@@ -25,46 +22,10 @@ export type CellSnapshotMessage = { cellId: string; revision: number; hash: stri
  */
 export type CellView = { cellId: string; revision: number; hash: string; state: CellState; namesSeq: number; verified: boolean; eventAt?: string };
 
-const HASH = /^[0-9a-f]{32}$/;
-const isRevision = (n: unknown): n is number => typeof n === 'number' && Number.isSafeInteger(n) && n >= 0;
-const isRecord = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
-
-/** Parses a delta message: null when it is not JSON or not of the delta's shape (the ops' values are checked by the hash). */
-export function parseCellDelta(data: Uint8Array | string, cellId: string): CellDeltaMessage | null {
-  let d: unknown;
-  try {
-    d = JSON.parse(typeof data === 'string' ? data : new TextDecoder().decode(data));
-  } catch {
-    return null;
-  }
-  if (!isRecord(d) || d.cellId !== cellId || !isRevision(d.revision) || !isRevision(d.prevRevision) || d.revision <= d.prevRevision) return null;
-  if (typeof d.hash !== 'string' || !HASH.test(d.hash) || (d.at !== undefined && typeof d.at !== 'string')) return null;
-  if (!Array.isArray(d.ops) || !d.ops.every((o: unknown) => isRecord(o) && Array.isArray(o.path) && o.path.length === 2 && SECTIONS.includes(o.path[0]) && typeof o.path[1] === 'string')) return null;
-  return d as CellDeltaMessage;
-}
-
-/** Parses a snapshot message: null unless it is JSON of the snapshot's shape whose state hashes to its hash. */
-export function parseCellSnapshot(data: Uint8Array | string, cellId: string): CellSnapshotMessage | null {
-  let s: unknown;
-  try {
-    s = JSON.parse(typeof data === 'string' ? data : new TextDecoder().decode(data));
-  } catch {
-    return null;
-  }
-  if (!isRecord(s) || s.cellId !== cellId || !isRevision(s.revision) || typeof s.hash !== 'string' || !HASH.test(s.hash)) return null;
-  const state = s.state;
-  if (!isRecord(state) || !Object.keys(state).every((k) => (SECTIONS as readonly string[]).includes(k))) return null;
-  // Sections become dicts (outside ids such as `constructor` are then ordinary keys); a section an older planner
-  // did not write is empty. The hash decides whether the whole is what was planned.
-  const full = emptyCellState();
-  for (const section of SECTIONS) {
-    const entries = state[section];
-    if (entries === undefined) continue;
-    if (!isRecord(entries)) return null;
-    Object.assign(full[section], entries);
-  }
-  if (cellHashOf(full) !== s.hash) return null;
-  return { cellId, revision: s.revision, hash: s.hash, state: full };
+function viewOf(r: CellReplica): CellView {
+  const v: CellView = { cellId: r.cellId, revision: r.revision, hash: r.hash, state: r.state, namesSeq: r.namesSeq, verified: r.verified };
+  if (r.eventAt) v.eventAt = r.eventAt;
+  return v;
 }
 
 /** Where an agent gets its cell's desired state from: the planner's stream (CellFeed) or a poll (PollingCellFeed). */
@@ -80,9 +41,7 @@ export class CellFeed implements DesiredStateFeed {
   readonly #bus: Bus;
   readonly #cellId: string;
   readonly #log: Logger;
-  #state: CellState = emptyCellState();
-  #revision = 0;
-  #hash = cellHashOf(emptyCellState());
+  readonly #replica: CellReplica;
   #messages: ConsumerMessages | undefined;
   #loop: Promise<void> | undefined;
   #stopped = false;
@@ -96,12 +55,12 @@ export class CellFeed implements DesiredStateFeed {
   readonly #badDeltas = new Set<number>();
   /** The snapshot message last refused (by stream sequence): re-reading it is not logged or counted again. */
   #badSnapshot = -1;
-  #verified = false;
   readonly #mRejected: ((kind: 'delta' | 'snapshot') => void) | undefined;
 
   constructor(bus: Bus, cellId: string, log: Logger, metrics?: Registry) {
     this.#bus = bus;
     this.#cellId = cellId;
+    this.#replica = new CellReplica(cellId);
     this.#log = log.child({ component: 'cell-feed', cell: cellId });
     this.#progress = new Progress(this.view);
     if (metrics) {
@@ -116,13 +75,8 @@ export class CellFeed implements DesiredStateFeed {
     this.#log.warn({ seq, kind }, kind === 'delta' ? 'cell-feed-invalid-delta' : 'cell-feed-invalid-snapshot');
   }
 
-  #eventAt: string | undefined;
-  #namesSeq = 0;
-
   get view(): CellView {
-    const v: CellView = { cellId: this.#cellId, revision: this.#revision, hash: this.#hash, state: this.#state, namesSeq: this.#namesSeq, verified: this.#verified };
-    if (this.#eventAt) v.eventAt = this.#eventAt;
-    return v;
+    return viewOf(this.#replica);
   }
 
   onChange(listener: (view: CellView) => void): () => void {
@@ -138,7 +92,7 @@ export class CellFeed implements DesiredStateFeed {
   async #sync(): Promise<void> {
     await this.#messages?.close();
     const snap = await this.#readSnapshot();
-    if (snap && snap.revision >= this.#revision) this.#adopt(snap.state, snap.revision, snap.hash, undefined);
+    if (snap && this.#replica.applySnapshot(snap) === 'applied') this.#changed();
     const consumer = await withNatsRetry('cell delta consumer', () =>
       this.#bus.js.consumers.get(CELL_DELTAS_STREAM, { filter_subjects: cellSubject.delta(this.#cellId), deliver_policy: DeliverPolicy.All }),
     );
@@ -148,7 +102,7 @@ export class CellFeed implements DesiredStateFeed {
   }
 
   /** The cell's snapshot when there is a valid one; a bad one is refused (logged and counted once) and not adopted. */
-  async #readSnapshot(): Promise<CellSnapshotMessage | null> {
+  async #readSnapshot(): Promise<CellSnapshot | null> {
     return withNatsRetry('cell snapshot', async () => {
       try {
         const m = await this.#bus.jsm.direct.getMessage(CELL_SNAPSHOTS_STREAM, { last_by_subj: cellSubject.snapshot(this.#cellId) });
@@ -176,26 +130,19 @@ export class CellFeed implements DesiredStateFeed {
           this.#reject('delta', m.seq);
           return this.#resync();
         }
-        if (d.revision <= this.#revision) continue;
-        if (d.prevRevision !== this.#revision) {
-          this.#log.warn({ revision: this.#revision, expected: d.prevRevision }, 'cell-feed-gap');
-          return this.#resync();
+        const held = this.#replica.revision;
+        switch (this.#replica.applyDelta(d)) {
+          case 'applied':
+            this.#changed();
+            break;
+          case 'gap':
+            this.#log.warn({ revision: held, expected: d.prevRevision }, 'cell-feed-gap');
+            return this.#resync();
+          case 'mismatch': // undone by the replica: the state held is never one that was not planned
+            this.#log.warn({ revision: d.revision }, 'cell-feed-hash-mismatch');
+            return this.#resync();
+          default: // stale: a duplicate, or a planner re-publishing after a restart
         }
-        // In place, with an undo list: a delta costs the entries it changes, not the cell. A mismatching hash
-        // puts the old entries back before the resync, so the state held is never one that was not planned.
-        const undo = d.ops.map(({ path: [section, key] }) => [section, key, this.#state[section][key]] as const);
-        const hash = applyCellOps(this.#state, this.#hash, d.ops);
-        if (hash !== d.hash) {
-          for (const [section, key, old] of undo.reverse()) {
-            const entries = this.#state[section] as Record<string, unknown>;
-            if (old === undefined) delete entries[key];
-            else entries[key] = old;
-          }
-          this.#log.warn({ revision: d.revision }, 'cell-feed-hash-mismatch');
-          return this.#resync();
-        }
-        if (d.ops.some((o) => o.path[0] === 'names')) this.#namesSeq += 1;
-        this.#adopt(this.#state, d.revision, hash, d.at);
       }
     } catch (err) {
       // Anything else (the consumer failing, a bug): never end the feed while it is meant to run.
@@ -218,13 +165,7 @@ export class CellFeed implements DesiredStateFeed {
     }
   }
 
-  #adopt(state: CellState, revision: number, hash: string, eventAt: string | undefined): void {
-    if (state !== this.#state) this.#namesSeq += 1;
-    this.#verified = true;
-    this.#eventAt = eventAt;
-    this.#state = state;
-    this.#revision = revision;
-    this.#hash = hash;
+  #changed(): void {
     const view = this.view;
     for (const l of this.#listeners) l(view);
     this.#progress.advance(view);
@@ -254,7 +195,7 @@ export class PollingCellFeed implements DesiredStateFeed {
   readonly #log: Logger;
   readonly #intervalMs: number;
   readonly #phase: number;
-  #view: CellView;
+  readonly #replica: CellReplica;
   readonly #progress: Progress<CellView>;
   readonly #listeners = new Set<(view: CellView) => void>();
   #timer: NodeJS.Timeout | undefined;
@@ -267,13 +208,12 @@ export class PollingCellFeed implements DesiredStateFeed {
     this.#log = log.child({ component: 'cell-poll', cell: cellId });
     this.#intervalMs = intervalMs;
     this.#phase = Math.floor(random() * intervalMs);
-    const empty = emptyCellState();
-    this.#view = { cellId, revision: 0, hash: cellHashOf(empty), state: empty, namesSeq: 0, verified: false };
-    this.#progress = new Progress(this.#view);
+    this.#replica = new CellReplica(cellId);
+    this.#progress = new Progress(this.view);
   }
 
   get view(): CellView {
-    return this.#view;
+    return viewOf(this.#replica);
   }
 
   onChange(listener: (view: CellView) => void): () => void {
@@ -296,15 +236,15 @@ export class PollingCellFeed implements DesiredStateFeed {
   async #poll(): Promise<void> {
     try {
       const m = await this.#bus.nc.request(cellSubject.state(this.#cellId), '', { timeout: Math.min(this.#intervalMs, 5000) });
-      const answer = parseCellSnapshot(m.data, this.#cellId);
-      if (!answer) {
+      const result = this.#replica.applyMessage(m.data, 'snapshot');
+      if (result === 'invalid') {
         this.#log.warn({}, 'cell-poll-invalid-state');
         return;
       }
-      if (answer.revision < this.#view.revision || (answer.revision === this.#view.revision && this.#view.verified)) return;
-      this.#view = { cellId: this.#cellId, revision: answer.revision, hash: answer.hash, state: answer.state, namesSeq: this.#view.namesSeq + 1, verified: true };
-      for (const l of this.#listeners) l(this.#view);
-      this.#progress.advance(this.#view);
+      if (result !== 'applied') return;
+      const view = this.view;
+      for (const l of this.#listeners) l(view);
+      this.#progress.advance(view);
     } catch (err) {
       if (!this.#stopped) this.#log.debug({ err }, 'cell-poll-failed');
     }

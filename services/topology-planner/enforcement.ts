@@ -8,9 +8,11 @@
 // does not hold the answer back, so one such cell cannot make every revision "not enforced" forever. A cell heard
 // recently is live, and a live cell that lags always holds the answer back.
 import { JetStreamApiCodes, JetStreamApiError } from '@nats-io/jetstream';
-import { kvLatest, lastPerSubject } from './buckets.ts';
-import type { Bus } from './nats.ts';
-import { CELL_DELTAS_STREAM, CELL_SNAPSHOTS_STREAM, CELL_STATUS_BUCKET, DISCOVERY_BUCKET, PLANNER_MEMBERS_BUCKET, cellSubject } from './subjects.ts';
+import { kvLatest } from '../../runtime/buckets.ts';
+import type { Bus } from '../../runtime/nats.ts';
+import { CELL_STATUS_BUCKET, DISCOVERY_BUCKET, PLANNER_MEMBERS_BUCKET } from '../../runtime/subjects.ts';
+import { latestPlannedPerCell } from './published.ts';
+import { plannersOf } from './membership.ts';
 
 export type CellEnforcement = {
   cellId: string;
@@ -31,29 +33,12 @@ export const DEFAULT_SILENT_AFTER_MS = 15_000;
 
 export type EnforcementOptions = { silentAfterMs?: number; now?: () => number };
 
-/** The revision of the last message on every cell subject of a stream (bounded; see lastPerSubject). */
-export async function lastRevisionPerCell(bus: Bus, stream: string, filter: string): Promise<Map<string, number>> {
-  const out = new Map<string, number>();
-  for (const m of await lastPerSubject(bus, stream, filter)) {
-    const body = m.json<{ cellId: string; revision: number }>();
-    out.set(body.cellId, Math.max(out.get(body.cellId) ?? 0, body.revision));
-  }
-  return out;
-}
-
 export async function enforcementOf(bus: Bus, revision: number, opts: EnforcementOptions = {}): Promise<Enforcement> {
-  const [planners, statuses, deltas, snapshots] = await Promise.all([
-    kvLatest(bus, PLANNER_MEMBERS_BUCKET),
-    kvLatest(bus, CELL_STATUS_BUCKET),
-    lastRevisionPerCell(bus, CELL_DELTAS_STREAM, cellSubject.allDeltas),
-    lastRevisionPerCell(bus, CELL_SNAPSHOTS_STREAM, cellSubject.allSnapshots),
-  ]);
+  const [planners, statuses, planned] = await Promise.all([kvLatest(bus, PLANNER_MEMBERS_BUCKET), kvLatest(bus, CELL_STATUS_BUCKET), latestPlannedPerCell(bus)]);
   const now = (opts.now ?? Date.now)();
   const silentAfterMs = opts.silentAfterMs ?? DEFAULT_SILENT_AFTER_MS;
-  const members = [...planners.keys()].filter((k) => k.startsWith('m.')).map((k) => k.slice(2));
-  const plannersBehind = members.filter((id) => ((planners.get(`p.${id}`) as { publishedThrough?: number } | undefined)?.publishedThrough ?? 0) < revision);
-  const planned = new Map(deltas);
-  for (const [cell, r] of snapshots) planned.set(cell, Math.max(r, planned.get(cell) ?? 0));
+  const { members, publishedThrough } = plannersOf(planners);
+  const plannersBehind = members.filter((id) => publishedThrough(id) < revision);
   for (const cell of statuses.keys()) if (!planned.has(cell)) planned.set(cell, 0);
   const ids = [...planned.keys()].sort();
   // When each cell's agent was last heard: read per cell, only for the cells that have not applied what is

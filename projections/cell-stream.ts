@@ -1,0 +1,178 @@
+// The cell stream: the contract between the topology planner (writer) and every reader of a cell's desired state
+// (the cell agent's push and poll feeds, the enforcement answer, operators' tools, tests). One owner for all of it:
+// the wire types and their validators, the subjects and message ids, and a pure replica that applies snapshots and
+// deltas exactly as every reader must. Pure: no clock, no I/O.
+//
+//   nf.cell.snap.<cellId>    a cell's latest full desired state  { cellId, revision, hash, state }   msg id s:<cell>:<rev>
+//   nf.cell.delta.<cellId>   a cell's changes                    { cellId, revision, prevRevision, ops, hash, at }  d:<cell>:<rev>
+//   nf.cell.state.<cellId>   request/reply: the owning planner answers with a snapshot body (the polling baseline)
+//
+// `revision` is the event-log sequence the message reflects; a delta's `prevRevision` is the cell's revision
+// before it (a reader holding another one has a gap). `hash` is the cell's state hash after it (projections/cell.ts:
+// XOR of the entries' hashes), checked by every reader.
+import { type CellOp, type CellState, SECTIONS, applyCellOps, cellHashOf, emptyCellState } from './cell.ts';
+
+export const CELL_SNAPSHOTS_STREAM = 'NF_CELL_SNAPSHOTS';
+export const CELL_DELTAS_STREAM = 'NF_CELL_DELTAS';
+
+export const cellSubject = {
+  snapshot: (cellId: string) => `nf.cell.snap.${cellId}`,
+  delta: (cellId: string) => `nf.cell.delta.${cellId}`,
+  allSnapshots: 'nf.cell.snap.*',
+  allDeltas: 'nf.cell.delta.*',
+  /** Request/reply: the owning planner answers with the cell's current state (what a polling agent pulls). */
+  state: (cellId: string) => `nf.cell.state.${cellId}`,
+  allStates: 'nf.cell.state.*',
+} as const;
+
+/** Message ids (Nats-Msg-Id) of the planner's outputs: a re-sent output is stored once. */
+export const cellMessageId = {
+  delta: (cellId: string, revision: number) => `d:${cellId}:${revision}`,
+  snapshot: (cellId: string, revision: number) => `s:${cellId}:${revision}`,
+} as const;
+
+/** `at`: the time of the event the delta reflects (agents measure propagation from it). */
+export type CellDelta = { cellId: string; revision: number; prevRevision: number; ops: CellOp[]; hash: string; at?: string };
+export type CellSnapshot = { cellId: string; revision: number; hash: string; state: CellState };
+
+/** What the planner core produces: deltas and snapshots, tagged (the tag is not on the wire). */
+export type PlannerOutput = ({ kind: 'delta' } & CellDelta & { at: string }) | ({ kind: 'snapshot' } & CellSnapshot);
+
+/** The wire body of an output (its message, without the tag), with its subject and message id. */
+export function outputMessage(o: PlannerOutput): { subject: string; msgId: string; body: string } {
+  const { kind, ...body } = o;
+  return kind === 'delta'
+    ? { subject: cellSubject.delta(o.cellId), msgId: cellMessageId.delta(o.cellId, o.revision), body: JSON.stringify(body) }
+    : { subject: cellSubject.snapshot(o.cellId), msgId: cellMessageId.snapshot(o.cellId, o.revision), body: JSON.stringify(body) };
+}
+
+// ---- validators -------------------------------------------------------------------------------------------------
+
+const HASH = /^[0-9a-f]{32}$/;
+const isRevision = (n: unknown): n is number => typeof n === 'number' && Number.isSafeInteger(n) && n >= 0;
+const isRecord = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+
+function jsonOf(data: Uint8Array | string): unknown {
+  try {
+    return JSON.parse(typeof data === 'string' ? data : new TextDecoder().decode(data));
+  } catch {
+    return undefined;
+  }
+}
+
+/** A delta of cell `cellId`, or null when it is not JSON or not of the delta's shape (op values are checked by the hash). */
+export function parseCellDelta(data: Uint8Array | string, cellId: string): CellDelta | null {
+  const d = jsonOf(data);
+  if (!isRecord(d) || d.cellId !== cellId || !isRevision(d.revision) || !isRevision(d.prevRevision) || d.revision <= d.prevRevision) return null;
+  if (typeof d.hash !== 'string' || !HASH.test(d.hash) || (d.at !== undefined && typeof d.at !== 'string')) return null;
+  if (!Array.isArray(d.ops) || !d.ops.every((o: unknown) => isRecord(o) && Array.isArray(o.path) && o.path.length === 2 && SECTIONS.includes(o.path[0]) && typeof o.path[1] === 'string')) return null;
+  return d as CellDelta;
+}
+
+/**
+ * A snapshot of cell `cellId` (also the body of a `nf.cell.state` answer), or null unless it is JSON of the
+ * snapshot's shape whose state hashes to its hash. Sections are copied into dicts (an outside id such as
+ * `constructor` is then an ordinary key); a section an older planner did not write is empty.
+ */
+export function parseCellSnapshot(data: Uint8Array | string, cellId: string): CellSnapshot | null {
+  const s = jsonOf(data);
+  if (!isRecord(s) || s.cellId !== cellId || !isRevision(s.revision) || typeof s.hash !== 'string' || !HASH.test(s.hash)) return null;
+  const state = s.state;
+  if (!isRecord(state) || !Object.keys(state).every((k) => (SECTIONS as readonly string[]).includes(k))) return null;
+  const full = emptyCellState();
+  for (const section of SECTIONS) {
+    const entries = state[section];
+    if (entries === undefined) continue;
+    if (!isRecord(entries)) return null;
+    Object.assign(full[section], entries);
+  }
+  if (cellHashOf(full) !== s.hash) return null;
+  return { cellId, revision: s.revision, hash: s.hash, state: full };
+}
+
+/** The revision a message on a cell subject carries (a delta or a snapshot), or null when it has none. */
+export function revisionOf(data: Uint8Array | string): { cellId: string; revision: number; hash: string | null } | null {
+  const m = jsonOf(data);
+  if (!isRecord(m) || typeof m.cellId !== 'string' || !isRevision(m.revision)) return null;
+  return { cellId: m.cellId, revision: m.revision, hash: typeof m.hash === 'string' && HASH.test(m.hash) ? m.hash : null };
+}
+
+// ---- the replica ------------------------------------------------------------------------------------------------
+
+/**
+ * What applying a message did: `applied`; `stale` (at or below the revision held: duplicates and a planner
+ * re-publishing after a restart change nothing); `gap` (a delta that does not follow the revision held: re-read
+ * the snapshot); `mismatch` (the delta's result does not hash to its hash: undone, re-read the snapshot);
+ * `invalid` (not a message of this contract).
+ */
+export type ApplyResult = 'applied' | 'stale' | 'gap' | 'mismatch' | 'invalid';
+
+export const EMPTY_CELL_HASH = cellHashOf(emptyCellState());
+
+/**
+ * One cell's desired state as a reader holds it. Deltas are applied in place with an undo list (a delta costs the
+ * entries it changes, not the cell); a mismatching hash puts the old entries back, so the state held is always one
+ * the planner planned. `verified` becomes true with the first snapshot or delta adopted (the initial empty state is
+ * not a plan).
+ */
+export class CellReplica {
+  readonly cellId: string;
+  state: CellState = emptyCellState();
+  revision = 0;
+  hash = EMPTY_CELL_HASH;
+  verified = false;
+  /** Moves whenever the discovery names may have changed (a snapshot, or a delta touching `names`). */
+  namesSeq = 0;
+  /** Time of the event behind the last delta applied (undefined after a snapshot). */
+  eventAt: string | undefined;
+
+  constructor(cellId: string) {
+    this.cellId = cellId;
+  }
+
+  /** Adopts a snapshot (already validated) when it is at least as new as what is held. */
+  applySnapshot(snap: CellSnapshot): ApplyResult {
+    if (snap.cellId !== this.cellId) return 'invalid';
+    if (snap.revision < this.revision || (snap.revision === this.revision && this.verified && snap.hash === this.hash)) return 'stale';
+    this.state = snap.state;
+    this.revision = snap.revision;
+    this.hash = snap.hash;
+    this.verified = true;
+    this.eventAt = undefined;
+    this.namesSeq += 1;
+    return 'applied';
+  }
+
+  /** Applies a delta (already validated) in place. */
+  applyDelta(d: CellDelta): ApplyResult {
+    if (d.cellId !== this.cellId) return 'invalid';
+    if (d.revision <= this.revision) return 'stale';
+    if (d.prevRevision !== this.revision) return 'gap';
+    const undo = d.ops.map(({ path: [section, key] }) => [section, key, this.state[section][key]] as const);
+    const hash = applyCellOps(this.state, this.hash, d.ops);
+    if (hash !== d.hash) {
+      for (const [section, key, old] of undo.reverse()) {
+        const entries = this.state[section] as Record<string, unknown>;
+        if (old === undefined) delete entries[key];
+        else entries[key] = old;
+      }
+      return 'mismatch';
+    }
+    if (d.ops.some((o) => o.path[0] === 'names')) this.namesSeq += 1;
+    this.revision = d.revision;
+    this.hash = hash;
+    this.verified = true;
+    this.eventAt = d.at;
+    return 'applied';
+  }
+
+  /** Parses and applies a message from a cell subject: a delta, or with `snapshot` a snapshot. */
+  applyMessage(data: Uint8Array | string, kind: 'delta' | 'snapshot'): ApplyResult {
+    if (kind === 'snapshot') {
+      const snap = parseCellSnapshot(data, this.cellId);
+      return snap ? this.applySnapshot(snap) : 'invalid';
+    }
+    const d = parseCellDelta(data, this.cellId);
+    return d ? this.applyDelta(d) : 'invalid';
+  }
+}

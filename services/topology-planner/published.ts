@@ -1,0 +1,47 @@
+// What the planners have published for each cell, read back from the cell streams (projections/cell-stream.ts):
+// the one reader of "latest planned per cell", for the planner's own restart (not sending again what is there),
+// the enforcement answer and the operators' tools.
+import { JetStreamApiCodes, JetStreamApiError } from '@nats-io/jetstream';
+import { lastPerSubject } from '../../runtime/buckets.ts';
+import type { Bus } from '../../runtime/nats.ts';
+import { CELL_DELTAS_STREAM, CELL_SNAPSHOTS_STREAM, cellSubject, revisionOf } from '../../projections/cell-stream.ts';
+
+export type Published = { revision: number; hash: string | null };
+
+/** The revision of the last delta (or snapshot) of every cell (bounded; see lastPerSubject). */
+export async function lastPublishedPerCell(bus: Bus, kind: 'delta' | 'snapshot'): Promise<Map<string, number>> {
+  const [stream, filter] = kind === 'delta' ? [CELL_DELTAS_STREAM, cellSubject.allDeltas] : [CELL_SNAPSHOTS_STREAM, cellSubject.allSnapshots];
+  const out = new Map<string, number>();
+  for (const m of await lastPerSubject(bus, stream, filter)) {
+    const r = revisionOf(m.data);
+    if (r) out.set(r.cellId, Math.max(out.get(r.cellId) ?? 0, r.revision)); // a message not of the contract is no plan
+  }
+  return out;
+}
+
+/** Every cell's latest planned revision: its last delta or snapshot, whichever is newer. */
+export async function latestPlannedPerCell(bus: Bus): Promise<Map<string, number>> {
+  const [deltas, snapshots] = await Promise.all([lastPublishedPerCell(bus, 'delta'), lastPublishedPerCell(bus, 'snapshot')]);
+  const planned = new Map(deltas);
+  for (const [cell, r] of snapshots) planned.set(cell, Math.max(r, planned.get(cell) ?? 0));
+  return planned;
+}
+
+async function lastOn(bus: Bus, stream: string, subject: string): Promise<Published | null> {
+  try {
+    const msg = await bus.jsm.direct.getMessage(stream, { last_by_subj: subject });
+    const r = msg ? revisionOf(msg.data) : null;
+    return r ? { revision: r.revision, hash: r.hash } : null;
+  } catch (err) {
+    if (err instanceof JetStreamApiError && err.code === JetStreamApiCodes.NoMessageFound) return null;
+    throw err;
+  }
+}
+
+/** One cell's latest planned revision and hash (its last delta or snapshot, whichever is newer); null if none. */
+export async function latestPlanned(bus: Bus, cellId: string): Promise<Published | null> {
+  const [d, s] = await Promise.all([lastOn(bus, CELL_DELTAS_STREAM, cellSubject.delta(cellId)), lastOn(bus, CELL_SNAPSHOTS_STREAM, cellSubject.snapshot(cellId))]);
+  if (!d) return s;
+  if (!s) return d;
+  return s.revision > d.revision ? s : d;
+}
