@@ -7,10 +7,9 @@ import { type Allow, expandRules } from '../../projections/flows.ts';
 import { type Model, type PolicyRecord, allPolicies, foldEventsInPlace } from '../../projections/model.ts';
 import { ForbiddenError, ValidationError } from '../../runtime/errors.ts';
 import { cloneDicts } from '../../projections/dict.ts';
-import { eventSubject } from '../../runtime/subjects.ts';
 import type { Principal } from '../../runtime/tokens.ts';
 import type { Access } from './decide.ts';
-import { type CommandMeta, type Writer, rejectionError } from './writer.ts';
+import type { CommandMeta, Writer } from './writer.ts';
 
 export type CfPolicyJson = {
   source: { id: string };
@@ -52,10 +51,11 @@ export class PolicyApi {
   }
 
   /**
-   * Creates or deletes every policy of a request. The whole request is validated and authorized against the
-   * current model first (nothing is appended if any part is refused); then each source app's part is appended
-   * atomically, in source order. Both operations are idempotent, so a request that failed midway (e.g. NATS
-   * unavailable) can simply be sent again.
+   * Creates or deletes every policy of a request: parsed, grouped into one command per source app (in source
+   * order) and handed to the writer as one batch, which decides it whole — nothing is appended if any part is
+   * refused — and then appends each source app's part atomically, in order. Both operations are idempotent, so a
+   * request that failed midway (e.g. NATS unavailable) can simply be sent again. A dry run is the same decision,
+   * with nothing appended.
    */
   async change(kind: 'create' | 'delete', principal: Principal, body: unknown, meta: CommandMeta, dryRun = false): Promise<{ revision: number } | DryRun> {
     const access = accessOf(principal);
@@ -66,20 +66,8 @@ export class PolicyApi {
         ? { type: 'CreatePolicies', data: { sourceAppId, policies } }
         : { type: 'DeletePolicies', data: { sourceAppId, policies, reason: 'requested' } },
     );
-    const apps = new Set(parsed.value.flatMap((p) => [p.sourceAppId, p.rule.destAppId]));
-    await this.#writer.catchUpOn([...apps].map(eventSubject.app));
-    const decided: DomainEvent[] = [];
-    for (const cmd of commands) {
-      const d = this.#writer.decidePolicies(cmd, access);
-      if (!d.ok) throw rejectionError(d.rejection);
-      decided.push(...d.events);
-    }
-    if (dryRun) return dryRunOf(this.#writer.model, decided, meta);
-    let revision = 0;
-    for (const cmd of commands) {
-      const r = await this.#writer.policies(cmd, access, meta);
-      revision = Math.max(revision, r.revision);
-    }
+    if (dryRun) return this.#writer.previewPolicies(commands, access, (model, events) => dryRunOf(model, events, meta));
+    const { revision } = await this.#writer.policies(commands, access, meta);
     return { revision };
   }
 

@@ -1,11 +1,13 @@
 // The command side: load an aggregate's state from the in-memory model, decide, append with the aggregate's
 // expected last sequence, wait until the model has folded the result, retry a bounded number of times when
-// another writer got there first. One aggregate at a time per process; different aggregates run concurrently.
+// another writer got there first. One aggregate at a time per process; different aggregates run concurrently. A
+// batch of policy commands (one request over several source apps) is decided whole, once, then appended per
+// source app (`policies`).
 import type { Logger } from '../../runtime/logger.ts';
-import { type EventEnvelope, envelope } from '../../events/catalogue.ts';
+import { type DomainEvent, type EventEnvelope, envelope } from '../../events/catalogue.ts';
 import type { AppCommand, CellCommand, ContainerCommand, PolicyCommand } from '../../events/commands.ts';
 import { type Model, freeTagCount, liveApp, overlappingCells, startConflict } from '../../projections/model.ts';
-import { dictOf } from '../../projections/dict.ts';
+import { dict, dictOf } from '../../projections/dict.ts';
 import { KeyedMutex } from '../../runtime/keyed-mutex.ts';
 import type { EventLog, LogFollower } from '../../runtime/event-log.ts';
 import { WrongExpectedSequenceError } from '../../runtime/stream-publisher.ts';
@@ -49,12 +51,18 @@ export function rejectionError(r: Rejection): NetfoldError {
   }
 }
 
+/** A decision and where it was made: the aggregate's sequence its append expects, and the revision of a no-op. */
+type Decided = { subject: string; decision: Decision; expectedSubjectSeq: number; revision: number };
+
+/** A batch of policy commands, appended. `revision`: the highest of its commands' revisions. */
+export type PolicyBatchResult = { revision: number; results: CommandResult[] };
+
 export class Writer {
   readonly #o: WriterOptions;
   readonly #mutex = new KeyedMutex();
   readonly #log: Logger;
-  /** Counters for metrics and tests. */
-  readonly stats = { appended: 0, conflicts: 0 };
+  /** Counters for metrics and tests. `decisions`: decider runs (one per command, plus one per conflict retried). */
+  readonly stats = { appended: 0, conflicts: 0, decisions: 0 };
 
   constructor(opts: WriterOptions) {
     this.#o = opts;
@@ -82,49 +90,68 @@ export class Writer {
     meta: CommandMeta,
     took?: (m: Model) => Rejection | undefined,
   ): Promise<CommandResult> {
-    const { follower, eventLog } = this.#o;
     return this.#mutex.run(subject, async () => {
       await this.catchUpOn(related);
-      const attempts = this.#o.maxAttempts ?? 16;
-      for (let attempt = 1; attempt <= attempts; attempt++) {
-        const model = follower.state;
-        const decision = decide(model);
-        if (!decision.ok) throw rejectionError(decision.rejection);
-        if (decision.events.length === 0) {
-          const result: CommandResult = { revision: model.subjectSeq[subject] ?? model.seq, events: [] };
-          if (decision.note) result.note = decision.note;
-          return result;
-        }
-        let expected = model.subjectSeq[subject] ?? 0;
-        const appended: EventEnvelope[] = [];
-        try {
-          for (const e of decision.events) {
-            const env = envelope(e, { id: this.#o.newId(), at: this.#o.now().toISOString(), ...meta });
-            expected = await eventLog.append(subject, env, { expectedSubjectSeq: expected });
-            appended.push(env);
-            this.stats.appended += 1;
-          }
-          await follower.waitFor(expected);
-          const lost = took?.(follower.state);
-          if (lost) {
-            this.#log.warn({ subject, code: lost.code, revision: expected }, 'append-ignored-by-fold');
-            throw rejectionError(lost);
-          }
-          const result: CommandResult = { revision: expected, events: appended };
-          if (decision.note) result.note = decision.note;
-          return result;
-        } catch (err) {
-          if (!(err instanceof WrongExpectedSequenceError)) throw err;
-          this.stats.conflicts += 1;
-          this.#log.debug({ subject, attempt }, 'append-conflict');
-          await follower.waitFor(await eventLog.lastSubjectSeq(subject));
-          // Every conflict means another writer made progress; after a few in a row, back off a random moment
-          // (up to 64 ms) so that writers hammering one aggregate take turns instead of colliding again.
-          if (attempt >= 3) await new Promise((r) => setTimeout(r, Math.random() * 2 ** Math.min(attempt + 1, 6)));
-        }
-      }
-      throw new ConflictError(`${subject} kept changing; try again`, 'concurrency-conflict', true);
+      return this.#append(this.#decide(subject, decide), decide, meta, took);
     });
+  }
+
+  /** Decides once on the model as it is now, noting the aggregate's sequence the decision was made at. */
+  #decide(subject: string, decide: (m: Model) => Decision): Decided {
+    const model = this.#o.follower.state;
+    this.stats.decisions += 1;
+    // Read now: the live model is folded in place, so later reads could see events this decision never saw.
+    return { subject, decision: decide(model), expectedSubjectSeq: model.subjectSeq[subject] ?? 0, revision: model.subjectSeq[subject] ?? model.seq };
+  }
+
+  /**
+   * Appends a decision with the sequence it was made at. A wrong sequence (another writer moved the aggregate)
+   * waits for the model to fold the aggregate's latest event and decides again, up to `maxAttempts` decisions.
+   * The caller holds the aggregate's lock.
+   */
+  async #append(first: Decided, decide: (m: Model) => Decision, meta: CommandMeta, took?: (m: Model) => Rejection | undefined): Promise<CommandResult> {
+    const { follower, eventLog } = this.#o;
+    const { subject } = first;
+    const attempts = this.#o.maxAttempts ?? 16;
+    let decided = first;
+    for (let attempt = 1; attempt <= attempts; attempt++) {
+      if (attempt > 1) decided = this.#decide(subject, decide);
+      const { decision } = decided;
+      if (!decision.ok) throw rejectionError(decision.rejection);
+      if (decision.events.length === 0) {
+        const result: CommandResult = { revision: decided.revision, events: [] };
+        if (decision.note) result.note = decision.note;
+        return result;
+      }
+      let expected = decided.expectedSubjectSeq;
+      const appended: EventEnvelope[] = [];
+      try {
+        for (const e of decision.events) {
+          const env = envelope(e, { id: this.#o.newId(), at: this.#o.now().toISOString(), ...meta });
+          expected = await eventLog.append(subject, env, { expectedSubjectSeq: expected });
+          appended.push(env);
+          this.stats.appended += 1;
+        }
+        await follower.waitFor(expected);
+        const lost = took?.(follower.state);
+        if (lost) {
+          this.#log.warn({ subject, code: lost.code, revision: expected }, 'append-ignored-by-fold');
+          throw rejectionError(lost);
+        }
+        const result: CommandResult = { revision: expected, events: appended };
+        if (decision.note) result.note = decision.note;
+        return result;
+      } catch (err) {
+        if (!(err instanceof WrongExpectedSequenceError)) throw err;
+        this.stats.conflicts += 1;
+        this.#log.debug({ subject, attempt }, 'append-conflict');
+        await follower.waitFor(await eventLog.lastSubjectSeq(subject));
+        // Every conflict means another writer made progress; after a few in a row, back off a random moment
+        // (up to 64 ms) so that writers hammering one aggregate take turns instead of colliding again.
+        if (attempt >= 3) await new Promise((r) => setTimeout(r, Math.random() * 2 ** Math.min(attempt + 1, 6)));
+      }
+    }
+    throw new ConflictError(`${subject} kept changing; try again`, 'concurrency-conflict', true);
   }
 
   /** Makes sure the model has folded the latest event of each subject it has never seen. */
@@ -194,22 +221,87 @@ export class Writer {
     );
   }
 
-  /** Decides a policy command against the current model without appending (also used to pre-check a batch). */
-  decidePolicies(cmd: PolicyCommand, access: Access, m: Model = this.model): Decision {
+  /**
+   * Creates or deletes the policies of several source apps, at most one command per source app: the batch is
+   * decided whole before anything is appended (a refused command refuses the batch), then each command is
+   * appended in order, on its own aggregate subject.
+   *
+   * Each command is decided once. The model is caught up once on every app the batch names, and every command is
+   * decided against that one model, the tags that earlier creates of the batch will claim counted as taken. That
+   * decision is the whole-request check *and* what the first attempt appends, with the source app's sequence it
+   * was made at. The locks of every source app are held from the decision to the last append, so in this process
+   * nothing else writes them in between; only another process can, and then the append's expected sequence fails
+   * and that one command is decided again on the caught-up model (as `execute` does). That re-decision may refuse
+   * (e.g. `quota-exceeded` when the other writer used up the quota): the request then answers the refusal, with the
+   * commands before it appended and none after it. The pre-check this replaced had the same window (between its
+   * check and each command's own decision); no whole-request check can close it without a lock across processes.
+   * Creates and deletes are idempotent, so sending the request again (after such a refusal, or after NATS failed
+   * midway) completes it or refuses it before anything more is appended.
+   * Rules that read other aggregates (the apps exist, tags are free) are checked on the model and settled by the
+   * fold, as for a single command: a policy naming an app that another process deleted after the decision is
+   * appended and has no effect (the fold ignores it); tags taken concurrently by another process are handed out by
+   * the fold in log order. Both exactly as for a single command.
+   */
+  async policies(cmds: readonly PolicyCommand[], access: Access, meta: CommandMeta): Promise<PolicyBatchResult> {
+    return this.#decidePolicyBatch(cmds, access, async (decided) => {
+      const results: CommandResult[] = [];
+      for (const [i, first] of decided.entries()) {
+        const cmd = cmds[i]!;
+        results.push(await this.#append(first, (m) => this.#decidePolicies(cmd, access, m), meta));
+      }
+      return { revision: Math.max(0, ...results.map((r) => r.revision)), results };
+    });
+  }
+
+  /**
+   * Decides a batch exactly as `policies` does and appends nothing (the dry run). `preview` is called at once with
+   * the model the batch was decided on and the events it would append, before that model can move on.
+   */
+  async previewPolicies<T>(cmds: readonly PolicyCommand[], access: Access, preview: (m: Model, events: DomainEvent[]) => T): Promise<T> {
+    return this.#decidePolicyBatch(cmds, access, (decided, m) => preview(m, decided.flatMap((d) => (d.decision.ok ? d.decision.events : []))));
+  }
+
+  async #decidePolicyBatch<T>(cmds: readonly PolicyCommand[], access: Access, then: (decided: Decided[], m: Model) => Promise<T> | T): Promise<T> {
+    const subjects = cmds.map((c) => eventSubject.policy(c.data.sourceAppId));
+    if (new Set(subjects).size !== subjects.length) throw new Error('a policy batch holds at most one command per source app');
+    const related = new Set(cmds.flatMap((c) => [c.data.sourceAppId, ...c.data.policies.map((p) => p.destAppId)]).map(eventSubject.app));
+    return this.#mutex.runAll(subjects, async () => {
+      await this.catchUpOn([...related]);
+      const m = this.model;
+      const claimed = new Set<string>();
+      const decided: Decided[] = [];
+      for (const [i, cmd] of cmds.entries()) {
+        const d = this.#decide(subjects[i]!, (model) => this.#decidePolicies(cmd, access, model, claimed));
+        if (!d.decision.ok) throw rejectionError(d.decision.rejection);
+        for (const e of d.decision.events) {
+          if (e.type !== 'PoliciesCreated') continue;
+          for (const id of [e.data.sourceAppId, ...e.data.policies.map((p) => p.destAppId)]) if (m.tags.byApp[id] === undefined) claimed.add(id);
+        }
+        decided.push(d);
+      }
+      return then(decided, m);
+    });
+  }
+
+  /**
+   * One policy decision on a model. `claimed`: apps that earlier creates of the same batch will tag; they count as
+   * tagged and their tags as no longer free (a retry decides on the model with those creates folded, without it).
+   */
+  #decidePolicies(cmd: PolicyCommand, access: Access, m: Model, claimed: ReadonlySet<string> = new Set()): Decision {
     const ids = [cmd.data.sourceAppId, ...cmd.data.policies.map((p) => p.destAppId)];
+    const tagged = dict<number>();
+    for (const id of ids) {
+      const tag = m.tags.byApp[id] ?? (claimed.has(id) ? 0 : undefined); // 0: claimed by the batch, not yet assigned (never a real tag)
+      if (tag !== undefined) tagged[id] = tag;
+    }
     return decidePolicies(cmd, {
       access,
       apps: dictOf(ids.map((id) => [id, m.apps[id]] as const)),
       existing: m.policies[cmd.data.sourceAppId] ?? {},
       quota: this.#o.policyQuota,
-      tagged: m.tags.byApp,
-      freeTags: freeTagCount(m),
+      tagged,
+      freeTags: freeTagCount(m) - claimed.size,
     });
-  }
-
-  async policies(cmd: PolicyCommand, access: Access, meta: CommandMeta): Promise<CommandResult> {
-    const related = [cmd.data.sourceAppId, ...cmd.data.policies.map((p) => p.destAppId)].map(eventSubject.app);
-    return this.execute(eventSubject.policy(cmd.data.sourceAppId), [...new Set(related)], (m) => this.decidePolicies(cmd, access, m), meta);
   }
 
   /** Before an app is deleted, its policies (as source and as destination) are deleted as events of their own. */
@@ -225,10 +317,13 @@ export class Writer {
       if (rec) (bySource.get(src) ?? bySource.set(src, []).get(src)!).push(rec);
     }
     const system: Access = { admin: true, spaces: [] };
-    for (const [sourceAppId, rules] of [...bySource.entries()].sort(([a], [b]) => (a < b ? -1 : 1))) {
-      const policies = rules.map(({ destAppId, protocol, startPort, endPort }) => ({ destAppId, protocol, startPort, endPort }));
-      await this.policies({ type: 'DeletePolicies', data: { sourceAppId, policies, reason: 'app-deleted' } }, system, meta);
-    }
+    const cmds: PolicyCommand[] = [...bySource.entries()]
+      .sort(([a], [b]) => (a < b ? -1 : 1))
+      .map(([sourceAppId, rules]) => {
+        const policies = rules.map(({ destAppId, protocol, startPort, endPort }) => ({ destAppId, protocol, startPort, endPort }));
+        return { type: 'DeletePolicies', data: { sourceAppId, policies, reason: 'app-deleted' } };
+      });
+    await this.policies(cmds, system, meta);
   }
 }
 
