@@ -3,7 +3,7 @@
 import { kvLatest, openBucket } from '../runtime/buckets.ts';
 import type { Bus } from '../runtime/nats.ts';
 import { EventLog } from '../runtime/event-log.ts';
-import { type EventEnvelope, type RecordedEvent } from '../events/catalogue.ts';
+import type { EventEnvelope, Protocol, RecordedEvent } from '../events/catalogue.ts';
 import { type Model, type QuarantineEntry, foldEventsInPlace, initialModel, allPolicies, skipEntry } from '../projections/model.ts';
 import { cellHashOf, deriveCellState, emptyCellState, type CellState } from '../projections/cell.ts';
 import { explain, type Explanation } from '../projections/explain.ts';
@@ -157,7 +157,7 @@ export function stateView(m: Model, cellId?: string, domain?: string): StateView
 
 export type ExplainView = Explanation & { source: string; destination: string; port: number; protocol: string; revision: number; enforcement: { cellId: string; planned: number | null; applied: number | null }[] };
 
-export async function explainAt(bus: Bus, m: Model, source: string, destination: string, port: number, protocol: 'tcp' | 'udp'): Promise<ExplainView> {
+export async function explainAt(bus: Bus, m: Model, source: string, destination: string, port: number, protocol: Protocol): Promise<ExplainView> {
   const e = explain(m, source, destination, port, protocol);
   const status = await openBucket(bus, CELL_STATUS_BUCKET);
   const enforcement = await Promise.all(

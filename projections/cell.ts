@@ -12,15 +12,15 @@
 // hash is the XOR of the entries' hashes, so an update costs the size of the change, not the size of the cell.
 // `deriveCellState` derives a whole cell the same way; tests check the two agree.
 import { createHash } from 'node:crypto';
-import type { EventEnvelope } from '../events/catalogue.ts';
-import type { Model } from './model.ts';
+import type { EventEnvelope, Protocol } from '../events/catalogue.ts';
+import { type Model, parsePolicyRef, policiesInto } from './model.ts';
 import { canonicalJson } from './canonical.ts';
 import { type Dict, dict } from './dict.ts';
 
 export const DEFAULT_DOMAIN = 'apps.internal';
 
 export type LocalContainer = { appId: string; appName: string; instanceIndex: number; ip: string };
-export type IngressRule = { sourceAppId: string; protocol: 'tcp' | 'udp'; startPort: number; endPort: number };
+export type IngressRule = { sourceAppId: string; protocol: Protocol; startPort: number; endPort: number };
 
 export type CellState = {
   /** Running containers of live apps on this cell. */
@@ -64,10 +64,9 @@ const hostsApp = (m: Model, appId: string, cellId: string) => localContainersOf(
 /** Live sources allowed into a destination app, as ingress rules (empty when none). */
 function rulesInto(m: Model, destAppId: string): Dict<IngressRule> {
   const rules = dict<IngressRule>();
-  for (const ref of Object.keys(m.policiesByDest[destAppId] ?? {})) {
-    const sourceAppId = ref.slice(0, ref.indexOf('|'));
-    const p = m.policies[sourceAppId]?.[ref.slice(sourceAppId.length + 1)];
-    if (!p || !isLiveApp(m, sourceAppId)) continue;
+  for (const p of policiesInto(m, destAppId)) {
+    const sourceAppId = p.sourceAppId;
+    if (!isLiveApp(m, sourceAppId)) continue;
     rules[`${sourceAppId}|${p.protocol}|${p.startPort}|${p.endPort}`] = { sourceAppId, protocol: p.protocol, startPort: p.startPort, endPort: p.endPort };
   }
   return rules;
@@ -189,7 +188,7 @@ export function dirtyEntries(m: Model, e: EventEnvelope, domain: string = DEFAUL
     return cells;
   };
   const destinationsOf = (appId: string) => new Set(Object.values(m.policies[appId] ?? {}).map((p) => p.destAppId));
-  const sourcesInto = (appId: string) => new Set(Object.keys(m.policiesByDest[appId] ?? {}).map((ref) => ref.slice(0, ref.indexOf('|'))));
+  const sourcesInto = (appId: string) => new Set(Object.keys(m.policiesByDest[appId] ?? {}).map((ref) => parsePolicyRef(ref).sourceAppId));
   /** Everything on a cell that depends on an app's presence there: its containers, names, ingress and tags. */
   const markAppOnCell = (appId: string, cellId: string) => {
     const app = m.apps[appId];

@@ -1,4 +1,5 @@
 // Why can (or cannot) app A reach app B on a port? Pure: answered from a model.
+import type { Protocol } from '../events/catalogue.ts';
 import type { Model, PolicyRecord } from './model.ts';
 
 export type Explanation = {
@@ -12,7 +13,7 @@ export type Explanation = {
   cells: string[];
 };
 
-export function explain(m: Model, sourceAppId: string, destAppId: string, port: number, protocol: 'tcp' | 'udp'): Explanation {
+export function explain(m: Model, sourceAppId: string, destAppId: string, port: number, protocol: Protocol): Explanation {
   const src = m.apps[sourceAppId];
   const dst = m.apps[destAppId];
   const cells = [...new Set(Object.keys(m.containersByApp[destAppId] ?? {}).map((id) => m.containers[id]?.cellId).filter((c): c is string => !!c))].sort();

@@ -2,7 +2,10 @@
 // policy-writer's dry run (which shows what a change would add or remove).
 import type { CellState } from './cell.ts';
 
-export type Protocol = 'tcp' | 'udp';
+import type { Protocol } from '../events/catalogue.ts';
+import { cidrContains } from './ipv4.ts';
+
+export type { Protocol };
 /**
  * One allowed flow; `startPort === endPort` for a single port. `srcApp`/`dstApp`: the apps the addresses belong to;
  * `policy`: the ingress rule(s) it comes from as `protocol/ports` (`tcp/8000-8100+tcp/8050-8150` when overlapping
@@ -115,18 +118,9 @@ export function normalizeAllows(list: Allow[]): Allow[] {
  * (the nftables driver denies forwarded IPv6, netfold allows IPv4 flows only).
  */
 export function allows(rules: RuleSet, src: string, dst: string, protocol: Protocol, port: number, overlayCidr: string): boolean {
-  const guarded = rules.local.includes(dst) || rules.subnets.some((cidr) => inCidr(dst, cidr));
-  if (!guarded || !inCidr(src, overlayCidr)) return true;
+  const guarded = rules.local.includes(dst) || rules.subnets.some((cidr) => cidrContains(cidr, dst));
+  if (!guarded || !cidrContains(overlayCidr, src)) return true;
   return rules.allows.some((a) => a.src === src && a.dst === dst && a.protocol === protocol && port >= a.startPort && port <= a.endPort);
 }
 
-function ipToInt(ip: string): number {
-  return ip.split('.').reduce((n, o) => n * 256 + Number(o), 0);
-}
-
-export function inCidr(ip: string, cidr: string): boolean {
-  const [net, bits] = cidr.split('/');
-  const mask = Number(bits) === 0 ? 0 : 2 ** 32 - 2 ** (32 - Number(bits));
-  return (ipToInt(ip) & mask) >>> 0 === (ipToInt(net!) & mask) >>> 0;
-}
 

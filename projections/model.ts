@@ -196,8 +196,8 @@ function applyEvent(m: Draft<Model>, e: EventEnvelope, seq: number): void {
       // Policies of a deleted app go with it, even one created concurrently with the deletion.
       for (const key of Object.keys(m.policies[app.id] ?? {})) removePolicy(m, app.id, key);
       for (const ref of Object.keys(m.policiesByDest[app.id] ?? {})) {
-        const bar = ref.indexOf('|');
-        removePolicy(m, ref.slice(0, bar), ref.slice(bar + 1));
+        const { sourceAppId, key } = parsePolicyRef(ref);
+        removePolicy(m, sourceAppId, key);
       }
       releaseTag(m, app.id);
       return;
@@ -254,7 +254,7 @@ function applyEvent(m: Draft<Model>, e: EventEnvelope, seq: number): void {
         const bySource = (m.policies[src.id] ??= dict());
         if (bySource[key]) continue;
         bySource[key] = { ...rule, sourceAppId: src.id, createdAt: e.at, createdBy: e.actor, createdSeq: seq };
-        (m.policiesByDest[rule.destAppId] ??= dict())[`${src.id}|${key}`] = true;
+        (m.policiesByDest[rule.destAppId] ??= dict())[policyRef(src.id, key)] = true;
         claimTag(m, src.id);
         claimTag(m, rule.destAppId);
       }
@@ -271,13 +271,32 @@ function applyEvent(m: Draft<Model>, e: EventEnvelope, seq: number): void {
   }
 }
 
+/** An entry of `policiesByDest`: `<source app>|<policy key>` (app ids never hold a `|`). */
+export const policyRef = (sourceAppId: string, key: string): string => `${sourceAppId}|${key}`;
+
+export function parsePolicyRef(ref: string): { sourceAppId: string; key: string } {
+  const bar = ref.indexOf('|');
+  return { sourceAppId: ref.slice(0, bar), key: ref.slice(bar + 1) };
+}
+
+/** The policies into a destination app (from any source), as recorded. */
+export function policiesInto(m: Model, destAppId: string): PolicyRecord[] {
+  const out: PolicyRecord[] = [];
+  for (const ref of Object.keys(m.policiesByDest[destAppId] ?? {})) {
+    const { sourceAppId, key } = parsePolicyRef(ref);
+    const rec = m.policies[sourceAppId]?.[key];
+    if (rec) out.push(rec);
+  }
+  return out;
+}
+
 function removePolicy(m: Draft<Model>, sourceAppId: string, key: string): void {
   const bySource = m.policies[sourceAppId];
   const rec = bySource?.[key];
   if (!bySource || !rec) return;
   delete bySource[key];
   if (Object.keys(bySource).length === 0) delete m.policies[sourceAppId];
-  removeIndex(m.policiesByDest, rec.destAppId, `${sourceAppId}|${key}`);
+  removeIndex(m.policiesByDest, rec.destAppId, policyRef(sourceAppId, key));
 }
 
 function removeIndex(index: Dict<Dict<true>>, outer: string, inner: string): void {

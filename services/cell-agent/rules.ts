@@ -1,13 +1,10 @@
 // From a cell's desired state to the rules its dataplane enforces: a pure expansion and a deterministic nftables
 // rendering. Enforcement is at the destination, default deny for traffic from the overlay to local containers.
 
-export { type Allow, type Protocol, type RuleSet, RuleExpander, allows, expandRules, inCidr, normalizeAllows } from '../../projections/flows.ts';
+export { type Allow, type Protocol, type RuleSet, RuleExpander, allows, expandRules, normalizeAllows } from '../../projections/flows.ts';
 import type { Allow, Protocol, RuleSet } from '../../projections/flows.ts';
-import { inCidr } from '../../projections/flows.ts';
 import type { CellState } from '../../projections/cell.ts';
-
-const IPV4 = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
-const CIDR = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}\/([0-9]|[12][0-9]|3[0-2])$/;
+import { CIDR_PATTERN as CIDR, IPV4_PATTERN as IPV4, cidrWithin, isCanonicalCidr } from '../../projections/ipv4.ts';
 
 export class InvalidRuleError extends Error {
   constructor(message: string) {
@@ -23,17 +20,7 @@ export type AppliedStamp = { revision: number; hash: string };
 
 /** Is `cidr` a CIDR (host bits zero) inside the overlay? */
 export function isSubnetOf(cidr: string, overlayCidr: string): boolean {
-  if (!CIDR.test(cidr) || !CIDR.test(overlayCidr)) return false;
-  const [net, bits] = cidr.split('/') as [string, string];
-  const overlayBits = Number(overlayCidr.split('/')[1]);
-  return `${maskedOf(net, Number(bits))}/${bits}` === cidr && Number(bits) >= overlayBits && inCidr(net, overlayCidr);
-}
-
-function maskedOf(ip: string, bits: number): string {
-  const n = ip.split('.').reduce((x, o) => x * 256 + Number(o), 0);
-  const mask = bits === 0 ? 0 : 2 ** 32 - 2 ** (32 - bits);
-  const m = (n & mask) >>> 0;
-  return [m >>> 24, (m >>> 16) & 255, (m >>> 8) & 255, m & 255].join('.');
+  return CIDR.test(cidr) && CIDR.test(overlayCidr) && isCanonicalCidr(cidr) && cidrWithin(overlayCidr, cidr);
 }
 
 /** Parses a comma list of this cell's container CIDRs (`--cell-subnet`); each must lie inside the overlay. */

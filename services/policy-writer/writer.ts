@@ -6,7 +6,7 @@
 import type { Logger } from '../../runtime/logger.ts';
 import { type DomainEvent, type EventEnvelope, envelope } from '../../events/catalogue.ts';
 import type { AppCommand, CellCommand, ContainerCommand, PolicyCommand } from '../../events/commands.ts';
-import { type Model, freeTagCount, liveApp, overlappingCells, startConflict } from '../../projections/model.ts';
+import { type Model, freeTagCount, liveApp, overlappingCells, policiesInto, startConflict } from '../../projections/model.ts';
 import { dict, dictOf } from '../../projections/dict.ts';
 import { KeyedMutex } from '../../runtime/keyed-mutex.ts';
 import type { EventLog, LogFollower } from '../../runtime/event-log.ts';
@@ -311,11 +311,7 @@ export class Writer {
     if (!liveApp(m, appId)) return;
     const bySource = new Map<string, PolicyCommand['data']['policies']>();
     for (const p of Object.values(m.policies[appId] ?? {})) (bySource.get(appId) ?? bySource.set(appId, []).get(appId)!).push(p);
-    for (const ref of Object.keys(m.policiesByDest[appId] ?? {})) {
-      const src = ref.slice(0, ref.indexOf('|'));
-      const rec = m.policies[src]?.[ref.slice(src.length + 1)];
-      if (rec) (bySource.get(src) ?? bySource.set(src, []).get(src)!).push(rec);
-    }
+    for (const rec of policiesInto(m, appId)) (bySource.get(rec.sourceAppId) ?? bySource.set(rec.sourceAppId, []).get(rec.sourceAppId)!).push(rec);
     const system: Access = { admin: true, spaces: [] };
     const cmds: PolicyCommand[] = [...bySource.entries()]
       .sort(([a], [b]) => (a < b ? -1 : 1))
