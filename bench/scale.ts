@@ -24,6 +24,7 @@ import { StorageType } from '@nats-io/jetstream';
 import { startNatsServer } from '../runtime/nats-server.ts';
 import { connectBus, type Bus } from '../runtime/nats.ts';
 import { ensureTopology, defaultTopologyOptions } from '../runtime/topology.ts';
+import { kvLayout } from '../runtime/nats-adapter.ts';
 import { silentLogger } from '../runtime/logger.ts';
 import { CELL_STATUS_BUCKET, intakeSubject } from '../runtime/subjects.ts';
 import { mintToken } from '../runtime/tokens.ts';
@@ -118,7 +119,7 @@ async function runOnce(pollMs: number): Promise<ScaleRun> {
     /** Per cell, each status seen: [time, revision]; and the latest hash applied. */
     const statusLog = new Map<string, [number, number][]>();
     const appliedHash = new Map<string, string>();
-    const statusSub = bus.nc.subscribe(`$KV.${CELL_STATUS_BUCKET}.>`, {
+    const statusSub = bus.nc.subscribe(kvLayout.subject(CELL_STATUS_BUCKET, ">"), {
       callback: (_e, m) => {
         const s = m.json<{ cellId: string; revision: number; hash: string }>();
         let l = statusLog.get(s.cellId);

@@ -6,7 +6,7 @@ import { DeliverPolicy, type JsMsg } from '@nats-io/jetstream';
 import { Kvm, type KV } from '@nats-io/kv';
 import type { Bus } from './nats.ts';
 import { withNatsRetry } from './retry.ts';
-import { StreamPublisher } from './stream-publisher.ts';
+import { StreamPublisher, kvLayout } from './nats-adapter.ts';
 import type { NatsConnection } from './nats.ts';
 
 export async function lastPerSubject(bus: Bus, stream: string, filter: string, guardMs = 10_000): Promise<JsMsg[]> {
@@ -31,9 +31,9 @@ export async function lastPerSubject(bus: Bus, stream: string, filter: string, g
 
 /** The live entries of a KV bucket (deleted keys left out), as parsed JSON; empty when the bucket does not exist. */
 export async function kvLatest(bus: Bus, bucket: string, keyFilter = '>'): Promise<Map<string, unknown>> {
-  const prefix = `$KV.${bucket}.`;
+  const prefix = kvLayout.prefix(bucket);
   const out = new Map<string, unknown>();
-  for (const m of await lastPerSubject(bus, `KV_${bucket}`, `${prefix}${keyFilter}`)) {
+  for (const m of await lastPerSubject(bus, kvLayout.stream(bucket), kvLayout.subject(bucket, keyFilter))) {
     const op = m.headers?.get('KV-Operation');
     if (op === 'DEL' || op === 'PURGE') continue;
     try {
@@ -66,8 +66,8 @@ export class BucketWriter {
   readonly #prefix: string;
 
   constructor(nc: NatsConnection, bucket: string) {
-    this.#publisher = new StreamPublisher(nc, `KV_${bucket}`);
-    this.#prefix = `$KV.${bucket}.`;
+    this.#publisher = new StreamPublisher(nc, kvLayout.stream(bucket));
+    this.#prefix = kvLayout.prefix(bucket);
   }
 
   /** Resolves with the entry's revision once stored. */

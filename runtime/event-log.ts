@@ -1,7 +1,7 @@
 // The event log on JetStream: appending with per-subject optimistic concurrency, reading back in order, and
 // following it into a pure fold (the model every service keeps in memory).
-import { DeliverPolicy, JetStreamApiError, JetStreamApiCodes, type ConsumerMessages } from '@nats-io/jetstream';
-import { StreamPublisher, type PublishOptions } from './stream-publisher.ts';
+import { DeliverPolicy, type ConsumerMessages } from '@nats-io/jetstream';
+import { StreamPublisher, type PublishOptions, isNoMessageFound } from './nats-adapter.ts';
 import { type EventEnvelope, type RecordedEvent, parseEvent } from '../events/catalogue.ts';
 import type { Bus } from './nats.ts';
 import type { Logger } from './logger.ts';
@@ -50,7 +50,7 @@ export class EventLog {
         const m = await this.#bus.jsm.direct.getMessage(this.#stream, { last_by_subj: subject });
         return m ? m.seq : 0;
       } catch (err) {
-        if (err instanceof JetStreamApiError && err.code === JetStreamApiCodes.NoMessageFound) return 0;
+        if (isNoMessageFound(err)) return 0;
         throw err;
       }
     }, { deadlineMs: 15_000 });

@@ -1,20 +1,9 @@
 // Retrying NATS calls through the stalls of a cluster (a stream leader election takes 5-8 s; the client may report
 // it as a timeout, "no responders" or "jetstream not enabled").
-import { errors as coreErrors } from '@nats-io/nats-core';
-import { JetStreamApiError } from '@nats-io/jetstream';
-import { jserrors } from '@nats-io/jetstream/internal';
 import { type NetfoldError, UnavailableError, toNetfoldError } from './errors.ts';
+import { isTransientNatsError } from './nats-adapter.ts';
 
-export function isTransientNatsError(err: unknown): boolean {
-  if (err instanceof coreErrors.TimeoutError || err instanceof coreErrors.NoRespondersError) return true;
-  if (err instanceof coreErrors.RequestError) return true;
-  if (err instanceof jserrors.JetStreamNotEnabled) return true;
-  if (err instanceof JetStreamApiError) {
-    // 503 "JetStream system temporarily unavailable", 10008 cluster not available, 10074 no leader... (by status)
-    return err.status === 503;
-  }
-  return false;
-}
+export { isTransientNatsError };
 
 export type RetryOptions = { deadlineMs?: number; baseDelayMs?: number };
 

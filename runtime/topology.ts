@@ -4,6 +4,7 @@ import type { Logger } from './logger.ts';
 import { EVENTS_STREAM, EVENT_SUBJECTS } from './subjects.ts';
 import { CELL_DELTAS_STREAM, CELL_SNAPSHOTS_STREAM, cellSubject } from '../projections/cell-stream.ts';
 import { withNatsRetry } from './retry.ts';
+import { isStreamNotFound } from './nats-adapter.ts';
 
 export type TopologyOptions = {
   /** Stream replicas: 1 on the embedded server, 3 on a real cluster. */
@@ -81,6 +82,3 @@ export async function ensureTopology(jsm: JetStreamManager, opts: TopologyOption
   }
 }
 
-function isStreamNotFound(err: unknown): boolean {
-  return typeof err === 'object' && err !== null && (err as { code?: number }).code === 10059;
-}

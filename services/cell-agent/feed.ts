@@ -5,12 +5,13 @@
 // of the expected shape never ends the feed: it is logged (warn `cell-feed-invalid-delta`/`-snapshot`), counted
 // (`rejected`), remembered by stream sequence so a re-read skips it, and answered with a resync. A snapshot is
 // adopted only when its shape is valid and its state hashes to its hash.
-import { DeliverPolicy, JetStreamApiCodes, JetStreamApiError, type ConsumerMessages } from '@nats-io/jetstream';
+import { DeliverPolicy, type ConsumerMessages } from '@nats-io/jetstream';
 import type { CellState } from '../../projections/cell.ts';
 import { CELL_DELTAS_STREAM, CELL_SNAPSHOTS_STREAM, CellReplica, type CellSnapshot, cellSubject, parseCellDelta, parseCellSnapshot } from '../../projections/cell-stream.ts';
 import type { Registry } from '../../runtime/metrics.ts';
 import type { Bus } from '../../runtime/nats.ts';
 import type { Logger } from '../../runtime/logger.ts';
+import { isNoMessageFound } from '../../runtime/nats-adapter.ts';
 import { withNatsRetry } from '../../runtime/retry.ts';
 import { Progress } from '../../runtime/progress.ts';
 
@@ -114,7 +115,7 @@ export class CellFeed implements DesiredStateFeed {
         }
         return snap;
       } catch (err) {
-        if (err instanceof JetStreamApiError && err.code === JetStreamApiCodes.NoMessageFound) return null;
+        if (isNoMessageFound(err)) return null;
         throw err;
       }
     });

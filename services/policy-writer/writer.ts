@@ -10,7 +10,7 @@ import { type Model, freeTagCount, liveApp, overlappingCells, policiesInto, star
 import { dict, dictOf } from '../../projections/dict.ts';
 import { KeyedMutex } from '../../runtime/keyed-mutex.ts';
 import type { EventLog, LogFollower } from '../../runtime/event-log.ts';
-import { WrongExpectedSequenceError } from '../../runtime/stream-publisher.ts';
+import { WrongExpectedSequenceError } from '../../runtime/nats-adapter.ts';
 import { ConflictError, ForbiddenError, NetfoldError, NotFoundError, ValidationError } from '../../runtime/errors.ts';
 import { eventSubject } from '../../runtime/subjects.ts';
 import { type Access, type Decision, type Rejection, decideApp, decideCell, decideContainer, decidePolicies } from './decide.ts';

@@ -7,8 +7,8 @@
 // `silentAfterMs` — dead, decommissioned without notice, or never served by any agent — is listed as silent and
 // does not hold the answer back, so one such cell cannot make every revision "not enforced" forever. A cell heard
 // recently is live, and a live cell that lags always holds the answer back.
-import { JetStreamApiCodes, JetStreamApiError } from '@nats-io/jetstream';
 import { kvLatest } from '../../runtime/buckets.ts';
+import { isNoMessageFound, isStreamNotFound, kvLayout } from '../../runtime/nats-adapter.ts';
 import type { Bus } from '../../runtime/nats.ts';
 import { CELL_STATUS_BUCKET, DISCOVERY_BUCKET, PLANNER_MEMBERS_BUCKET } from '../../runtime/subjects.ts';
 import { latestPlannedPerCell } from './published.ts';
@@ -75,11 +75,11 @@ export async function enforcementOf(bus: Bus, revision: number, opts: Enforcemen
 /** When a cell's agent last put its discovery record (its heartbeat), on the server's clock; undefined if never. */
 async function lastHeard(bus: Bus, cellId: string): Promise<number | undefined> {
   try {
-    const m = await bus.jsm.streams.getMessage(`KV_${DISCOVERY_BUCKET}`, { last_by_subj: `$KV.${DISCOVERY_BUCKET}.${cellId}` });
+    const m = await bus.jsm.streams.getMessage(kvLayout.stream(DISCOVERY_BUCKET), { last_by_subj: kvLayout.subject(DISCOVERY_BUCKET, cellId) });
     const op = m?.header?.get('KV-Operation');
     return !m || op === 'DEL' || op === 'PURGE' ? undefined : m.time.getTime();
   } catch (err) {
-    if (err instanceof JetStreamApiError && (err.code === JetStreamApiCodes.NoMessageFound || err.code === JetStreamApiCodes.StreamNotFound)) return undefined;
+    if (isNoMessageFound(err) || isStreamNotFound(err)) return undefined;
     throw err;
   }
 }

@@ -1,8 +1,8 @@
 // What the planners have published for each cell, read back from the cell streams (projections/cell-stream.ts):
 // the one reader of "latest planned per cell", for the planner's own restart (not sending again what is there),
 // the enforcement answer and the operators' tools.
-import { JetStreamApiCodes, JetStreamApiError } from '@nats-io/jetstream';
 import { lastPerSubject } from '../../runtime/buckets.ts';
+import { isNoMessageFound } from '../../runtime/nats-adapter.ts';
 import type { Bus } from '../../runtime/nats.ts';
 import { CELL_DELTAS_STREAM, CELL_SNAPSHOTS_STREAM, cellSubject, revisionOf } from '../../projections/cell-stream.ts';
 
@@ -33,7 +33,7 @@ async function lastOn(bus: Bus, stream: string, subject: string): Promise<Publis
     const r = msg ? revisionOf(msg.data) : null;
     return r ? { revision: r.revision, hash: r.hash } : null;
   } catch (err) {
-    if (err instanceof JetStreamApiError && err.code === JetStreamApiCodes.NoMessageFound) return null;
+    if (isNoMessageFound(err)) return null;
     throw err;
   }
 }

@@ -8,7 +8,7 @@ import type { Bus } from '../../runtime/nats.ts';
 import type { Config } from '../../runtime/config.ts';
 import type { Logger } from '../../runtime/logger.ts';
 import { EventLog, LogFollower, type Fold } from '../../runtime/event-log.ts';
-import { StreamPublisher } from '../../runtime/stream-publisher.ts';
+import { StreamPublisher } from '../../runtime/nats-adapter.ts';
 import { withNatsRetry } from '../../runtime/retry.ts';
 import { Progress } from '../../runtime/progress.ts';
 import { Registry } from '../../runtime/metrics.ts';

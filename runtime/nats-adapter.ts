@@ -1,12 +1,51 @@
-// Publishing to a JetStream stream with an acknowledgement, through one shared inbox (InboxRequester): the event
-// log's appends and the planner's outputs. A publish that gets no answer (timeout, no responders during an
-// election) is sent again with the same Nats-Msg-Id, so the stream stores it at most once.
-import { headers } from '@nats-io/nats-core';
-import { JetStreamApiCodes } from '@nats-io/jetstream';
+// The NATS adapter: every place netfold goes below nats.js's public API, in one file, each with why.
+//   - StreamPublisher: appends as plain publishes on one shared inbox, parsing the PubAck JSON itself. Measured
+//     (docs/benchmarks.md, DESIGN-NOTES): ~110k appends/s this way against ~18-20k with js.publish, which builds
+//     error objects per request (11% of the writer's CPU). A publish with no answer (timeout, no responders during
+//     an election) is sent again with the same Nats-Msg-Id, so the stream stores it at most once.
+//   - The KV layout (`KV_<bucket>` stream, `$KV.<bucket>.<key>` subjects): KV puts as plain stream publishes
+//     (kv.put built error objects per call) and last-per-subject scans of a bucket (kv.keys() can hang while the
+//     bucket is written).
+//   - Error classification: JetStream API codes by name, and the client's "JetStream not enabled" error (what a
+//     leader election looks like to the client), which nats.js exports only from its internal module.
+import { errors as coreErrors, headers } from '@nats-io/nats-core';
+import { JetStreamApiCodes, JetStreamApiError } from '@nats-io/jetstream';
+import { jserrors } from '@nats-io/jetstream/internal';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { NetfoldError, UnavailableError } from './errors.ts';
 import { InboxRequester, RequestTimeout } from './inbox-requester.ts';
-import { isTransientNatsError } from './retry.ts';
+
+// ---- errors -----------------------------------------------------------------------------------------------------
+
+/** A stall of a cluster (a stream leader election takes 5-8 s): a timeout, no responders, "JetStream not enabled", 503. */
+export function isTransientNatsError(err: unknown): boolean {
+  if (err instanceof coreErrors.TimeoutError || err instanceof coreErrors.NoRespondersError) return true;
+  if (err instanceof coreErrors.RequestError) return true;
+  if (err instanceof jserrors.JetStreamNotEnabled) return true;
+  if (err instanceof JetStreamApiError) {
+    // 503 "JetStream system temporarily unavailable", 10008 cluster not available, 10074 no leader... (by status)
+    return err.status === 503;
+  }
+  return false;
+}
+
+const hasApiCode = (err: unknown, code: number) => err instanceof JetStreamApiError ? err.code === code : typeof err === 'object' && err !== null && (err as { code?: unknown }).code === code;
+
+/** JetStream API error 10059: the stream does not exist. */
+export const isStreamNotFound = (err: unknown): boolean => hasApiCode(err, JetStreamApiCodes.StreamNotFound);
+/** JetStream API error 10037: no message (e.g. a last-by-subject read of a subject never written). */
+export const isNoMessageFound = (err: unknown): boolean => hasApiCode(err, JetStreamApiCodes.NoMessageFound);
+
+// ---- the KV layout ----------------------------------------------------------------------------------------------
+
+/** The stream behind a KV bucket, and the subject of one of its keys (or a filter such as `>` or `m.*`). */
+export const kvLayout = {
+  stream: (bucket: string) => `KV_${bucket}`,
+  subject: (bucket: string, key: string) => `$KV.${bucket}.${key}`,
+  prefix: (bucket: string) => `$KV.${bucket}.`,
+} as const;
+
+// ---- appends ----------------------------------------------------------------------------------------------------
 
 /** The subject moved on since the state a decision was made on (JetStream API error 10071). */
 export class WrongExpectedSequenceError extends NetfoldError {
