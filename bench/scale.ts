@@ -29,6 +29,7 @@ import { CELL_STATUS_BUCKET, intakeSubject } from '../runtime/subjects.ts';
 import { mintToken } from '../runtime/tokens.ts';
 import { InboxRequester } from '../runtime/inbox-requester.ts';
 import { replay } from '../cli/operators.ts';
+import { DEFAULT_DOMAIN } from '../projections/cell.ts';
 import { enforcementOf } from '../runtime/enforcement.ts';
 import { cpuSeconds, envNumber, freePort, machine, percentile, pool, post, progress, rate, rawAppendRate, rssMiB, startChild, stopChild } from './lib.ts';
 
@@ -47,7 +48,7 @@ const sizes = {
   INTAKE_CONCURRENCY: envNumber('BENCH_CONCURRENCY', 256),
   CONVERGE_TIMEOUT_S: envNumber('BENCH_CONVERGE_TIMEOUT_S', 300),
 };
-const DOMAIN = 'apps.internal';
+const DOMAIN = DEFAULT_DOMAIN;
 const SECRET = 'bench-secret-bench-secret-bench-secret';
 
 /** A small deterministic generator (mulberry32), so every run places the same containers on the same cells. */
