@@ -16,7 +16,7 @@ import { eventSubject } from '../runtime/subjects.ts';
 import type { DomainEvent, RecordedEvent } from '../events/catalogue.ts';
 import { foldEventsInPlace, initialModel } from '../projections/model.ts';
 import { PlannerCore } from '../services/topology-planner/core.ts';
-import { deriveCellState } from '../projections/cell.ts';
+import { DEFAULT_DOMAIN, deriveCellState } from '../projections/cell.ts';
 import { replay } from '../cli/operators.ts';
 import { envNumber, machine, percentile, progress, publishAll, rawAppendRate, rssMiB, startChild, stopChild } from './lib.ts';
 
@@ -127,7 +127,7 @@ if (!process.env.BENCH_ONLY || process.env.BENCH_ONLY === 'replay') {
 
   progress('netfold replay (cli/operators.ts) over the same log');
   const tr = performance.now();
-  const report = await replay(s.bus, undefined, 'apps.internal');
+  const report = await replay(s.bus, undefined, DEFAULT_DOMAIN);
   const replayCliMs = performance.now() - tr;
   results['netfold replay of 1M: read, validate, fold, hash every cell (s)'] = Math.round(replayCliMs / 100) / 10;
   results['netfold replay of 1M (events/s)'] = Math.round((recs.length / replayCliMs) * 1000);
@@ -136,7 +136,7 @@ if (!process.env.BENCH_ONLY || process.env.BENCH_ONLY === 'replay') {
     await s.close();
   } else {
   progress('planner core over the same events (per-event cell outputs)');
-  const core = new PlannerCore({ domain: 'apps.internal', snapshotEvery: 64, owns: () => true });
+  const core = new PlannerCore({ domain: DEFAULT_DOMAIN, snapshotEvery: 64, owns: () => true });
   const t1 = performance.now();
   let outputs = 0;
   for (let i = 0; i < recs.length; i += 1000) outputs += core.ingest(recs.slice(i, i + 1000)).length;

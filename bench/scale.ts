@@ -31,6 +31,7 @@ import { mintToken } from '../runtime/tokens.ts';
 import { InboxRequester } from '../runtime/inbox-requester.ts';
 import { replay } from '../cli/operators.ts';
 import { enforcementOf } from '../services/topology-planner/enforcement.ts';
+import { DEFAULT_DOMAIN } from '../projections/cell.ts';
 import { cpuSeconds, envNumber, freePort, machine, percentile, pool, post, progress, rate, rawAppendRate, rssMiB, startChild, stopChild } from './lib.ts';
 
 const sizes = {
@@ -48,7 +49,7 @@ const sizes = {
   INTAKE_CONCURRENCY: envNumber('BENCH_CONCURRENCY', 256),
   CONVERGE_TIMEOUT_S: envNumber('BENCH_CONVERGE_TIMEOUT_S', 300),
 };
-const DOMAIN = 'apps.internal';
+const DOMAIN = DEFAULT_DOMAIN;
 const SECRET = 'bench-secret-bench-secret-bench-secret';
 
 /** A small deterministic generator (mulberry32), so every run places the same containers on the same cells. */

@@ -4,7 +4,7 @@ import { readFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { newId } from '../runtime/ids.ts';
-import { SETTINGS, loadConfig, resolveTokenSecret, type Config } from '../runtime/config.ts';
+import { SETTINGS, loadConfig, natsServersOf, resolveTokenSecret, type Config } from '../runtime/config.ts';
 import { NetfoldError, toNetfoldError } from '../runtime/errors.ts';
 import { silentLogger } from '../runtime/logger.ts';
 import { connectBus, type Bus } from '../runtime/nats.ts';
@@ -107,8 +107,7 @@ function intFlag(flags: Flags, name: string): number {
 
 /** Runs `work` with a NATS connection (NATS_URL, or the embedded server's port) and closes it after. */
 async function withBus<T>(config: Config, work: (bus: Bus) => Promise<T>): Promise<T> {
-  const servers = (config.natsUrl ?? `nats://127.0.0.1:${config.natsPort}`).split(',');
-  const bus = await connectBus({ servers, name: 'netfold-cli', log: silentLogger(), connectTimeoutMs: 5000 });
+  const bus = await connectBus({ servers: natsServersOf(config), name: 'netfold-cli', log: silentLogger(), connectTimeoutMs: 5000 });
   try {
     return await work(bus);
   } finally {

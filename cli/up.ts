@@ -1,73 +1,103 @@
 // `netfold up`: the all-in-one. Runs an embedded nats-server in the data dir (unless --nats-url points at an
 // existing server or cluster), sets up the streams, starts the services built so far, and stops them cleanly on
-// SIGINT/SIGTERM. Services so far: policy-writer (gateway + intake), topology-planner and discovery.
+// SIGINT/SIGTERM: policy-writer (gateway + intake), topology-planner, discovery and simulated cell agents. Each
+// service gets its settings from the same `…ConfigOf` mapping its standalone main.ts uses (`upPlan`).
 import { join } from 'node:path';
-import { type Config, resolveTokenSecret } from '../runtime/config.ts';
+import { type Config, natsServersOf, resolveTokenSecret } from '../runtime/config.ts';
 import { createRootLogger } from '../runtime/logger.ts';
 import { startNatsServer, type NatsServerProcess } from '../runtime/nats-server.ts';
 import { connectBus } from '../runtime/nats.ts';
 import { ensureTopology, defaultTopologyOptions } from '../runtime/topology.ts';
 import { stopOnSignals } from '../runtime/lifecycle.ts';
 import { mintToken } from '../runtime/tokens.ts';
-import { startPolicyWriter } from '../services/policy-writer/service.ts';
-import { startPlanner, plannerConfigOf } from '../services/topology-planner/service.ts';
-import { startDiscovery, discoveryConfigOf } from '../services/discovery/service.ts';
-import { startCellAgent, defaultCellAgentConfig, type CellAgent } from '../services/cell-agent/agent.ts';
-import { MemoryDataplane } from '../services/cell-agent/dataplane.ts';
+import { startPolicyWriter, policyWriterConfigOf, type PolicyWriterConfig } from '../services/policy-writer/service.ts';
+import { startPlanner, plannerConfigOf, type PlannerConfig } from '../services/topology-planner/service.ts';
+import { startDiscovery, discoveryConfigOf, type DiscoveryConfig } from '../services/discovery/service.ts';
+import { startCellAgent, type CellAgent, type CellAgentConfig } from '../services/cell-agent/agent.ts';
+import { cellAgentConfigOf, createDataplane, dataplaneConfigOf, type DataplaneConfig } from '../services/cell-agent/config.ts';
 import { Registry } from '../runtime/metrics.ts';
 import { ConfigError } from '../runtime/errors.ts';
 import { newId } from '../runtime/ids.ts';
 import { nthSubnet } from '../projections/ipv4.ts';
-import type { Writer } from '../services/policy-writer/writer.ts';
 import { writePrivateFile } from '../runtime/private-file.ts';
 
+/** What `netfold up` starts, with which settings: everything it reads of the configuration. */
+export type UpPlan = {
+  /** An existing server (`--nats-url`), or the embedded one to run. */
+  nats: { servers: string[] } | { embedded: { storeDir: string; port: number } };
+  /** Replicas of every stream. */
+  replicas: number;
+  logLevel: string;
+  writer: PolicyWriterConfig;
+  planner: PlannerConfig;
+  discovery: DiscoveryConfig;
+  /** Simulated cells: registered with their range, served by an agent with the memory dataplane. */
+  cells: { cellId: string; subnet: string; agent: CellAgentConfig; dataplane: DataplaneConfig }[];
+  adminToken: { file: string; ttlSeconds: number };
+};
+
+export function upPlan(config: Config, tokenSecret: string): UpPlan {
+  const cells: UpPlan['cells'] = [];
+  for (let i = 1; i <= config.simulateCells; i++) {
+    const cellId = `sim-cell-${i}`;
+    const subnet = simulatedCellSubnet(config.overlayCidr, i, config.simulateCells);
+    // A simulated cell is a standalone agent with --cell-id sim-cell-i --cell-subnet <its range> --dataplane memory.
+    const agentSettings: Config = { ...config, cellId, cellSubnet: subnet, dataplane: 'memory', netns: undefined };
+    cells.push({ cellId, subnet, agent: cellAgentConfigOf(agentSettings), dataplane: dataplaneConfigOf(agentSettings) });
+  }
+  return {
+    nats: config.natsUrl ? { servers: natsServersOf(config) } : { embedded: { storeDir: join(config.dataDir, 'jetstream'), port: config.natsPort } },
+    replicas: config.replicas,
+    logLevel: config.logLevel,
+    writer: policyWriterConfigOf(config, tokenSecret),
+    planner: plannerConfigOf(config),
+    discovery: discoveryConfigOf(config),
+    cells,
+    adminToken: { file: join(config.dataDir, 'admin.token'), ttlSeconds: config.tokenMaxTtl },
+  };
+}
+
 export async function up(config: Config): Promise<void> {
-  const log = createRootLogger({ level: config.logLevel, name: 'netfold' });
   // Before anything starts: a weak configured secret is refused (weak-token-secret) with nothing left running.
   const tokenSecret = resolveTokenSecret(config, true);
+  const plan = upPlan(config, tokenSecret);
+  const log = createRootLogger({ level: plan.logLevel, name: 'netfold' });
   let embedded: NatsServerProcess | undefined;
-  if (!config.natsUrl) {
-    embedded = await startNatsServer({ storeDir: join(config.dataDir, 'jetstream'), port: config.natsPort });
-    log.info({ url: embedded.url, storeDir: join(config.dataDir, 'jetstream') }, 'embedded-nats-started');
+  if ('embedded' in plan.nats) {
+    embedded = await startNatsServer(plan.nats.embedded);
+    log.info({ url: embedded.url, storeDir: plan.nats.embedded.storeDir }, 'embedded-nats-started');
   }
-  const natsUrl = config.natsUrl ?? embedded!.url;
-  const bus = await connectBus({ servers: natsUrl.split(','), name: 'netfold-up', log });
-  await ensureTopology(bus.jsm, { ...defaultTopologyOptions, replicas: config.replicas }, log);
+  const servers = 'servers' in plan.nats ? plan.nats.servers : [embedded!.url];
+  const bus = await connectBus({ servers, name: 'netfold-up', log });
+  await ensureTopology(bus.jsm, { ...defaultTopologyOptions, replicas: plan.replicas }, log);
   const metrics = new Registry(); // one registry for every service in this process, served at the gateway's /metrics
-  const writer = await startPolicyWriter({ bus, log, config: { ...config, tokenSecret }, metrics });
-  const planner = await startPlanner({ bus, log, metrics, config: plannerConfigOf(config) });
+  const writer = await startPolicyWriter({ bus, log, config: plan.writer, metrics });
+  const planner = await startPlanner({ bus, log, metrics, config: plan.planner });
 
-  const discovery = await startDiscovery({ bus, log, config: discoveryConfigOf(config), metrics });
+  const discovery = await startDiscovery({ bus, log, config: plan.discovery, metrics });
   // Simulated cells: agents with the in-memory dataplane (no root needed), so the whole story runs on one machine.
   const agents: CellAgent[] = [];
-  for (let i = 1; i <= config.simulateCells; i++) {
-    await registerSimulatedCell(writer.writer, config.overlayCidr, i, config.simulateCells);
-    agents.push(
-      await startCellAgent({
-        bus,
-        log,
-        config: { ...defaultCellAgentConfig, cellId: `sim-cell-${i}`, overlayCidr: config.overlayCidr, replicas: config.replicas },
-        dataplane: new MemoryDataplane(config.overlayCidr),
-        metrics,
-      }),
-    );
+  for (const cell of plan.cells) {
+    // Registering again is a no-op.
+    await writer.writer.cell({ type: 'RegisterCell', data: { cellId: cell.cellId, subnet: cell.subnet } }, { actor: 'system:netfold-up', correlationId: newId() });
+    agents.push(await startCellAgent({ bus, log, config: cell.agent, dataplane: createDataplane(cell.dataplane), metrics }));
   }
-  const adminTokenFile = join(config.dataDir, 'admin.token');
+  const adminTokenFile = plan.adminToken.file;
   // Re-minted at every start, living as long as the gateway allows (--token-max-ttl); always mode 0600.
-  const adminToken = await mintToken(tokenSecret, { user: 'admin', scopes: ['network.admin'], spaces: [] }, config.tokenMaxTtl);
+  const adminToken = await mintToken(tokenSecret, { user: 'admin', scopes: ['network.admin'], spaces: [] }, plan.adminToken.ttlSeconds);
   writePrivateFile(adminTokenFile, adminToken + '\n');
 
   process.stderr.write(
     [
       '',
       'netfold is up.',
-      `  NATS:          ${natsUrl}${embedded ? ' (embedded, data in ' + join(config.dataDir, 'jetstream') + ')' : ''}`,
+      `  NATS:          ${servers.join(',')}${embedded ? ' (embedded, data in ' + join(config.dataDir, 'jetstream') + ')' : ''}`,
       `  policy API:    ${writer.url}/networking/v1/external/policies`,
-      `  planner:       ${config.plannerId}, per-cell state on nf.cell.snap.<cell> / nf.cell.delta.<cell>`,
-      `  DNS:           ${config.dnsHost}:${discovery.dnsPort} (udp+tcp), zone ${config.domain}; lookup ${discovery.httpUrl}/v1/registration/<name>`,
-      `  cells:         ${config.simulateCells} simulated (sim-cell-1..${config.simulateCells}, memory dataplane; --simulate-cells N)`,
+      `  planner:       ${plan.planner.plannerId}, per-cell state on nf.cell.snap.<cell> / nf.cell.delta.<cell>`,
+      `  DNS:           ${plan.discovery.dnsHost}:${discovery.dnsPort} (udp+tcp), zone ${plan.discovery.zone}; lookup ${discovery.httpUrl}/v1/registration/<name>`,
+      `  cells:         ${plan.cells.length} simulated (sim-cell-1..${plan.cells.length}, memory dataplane; --simulate-cells N)`,
       `  metrics:       ${writer.url}/metrics (Prometheus text, every service of this process)`,
-      `  admin token:   ${adminTokenFile} (valid ${config.tokenMaxTtl} s; re-minted at every start)`,
+      `  admin token:   ${adminTokenFile} (valid ${plan.adminToken.ttlSeconds} s; re-minted at every start)`,
       '',
       `  try: curl -H "Authorization: Bearer $(cat ${adminTokenFile})" ${writer.url}/networking/v1/external/policies`,
       '  tour: npx netfold demo      stop with Ctrl-C',
@@ -87,12 +117,12 @@ export async function up(config: Config): Promise<void> {
 
 /**
  * Simulated cell `sim-cell-i` gets the i-th /24 of the overlay (sim-cell-1: 10.255.1.0/24 by default), smaller
- * ranges when more cells than /24s are asked for. Registering again is a no-op.
+ * ranges when more cells than /24s are asked for.
  */
-async function registerSimulatedCell(writer: Writer, overlayCidr: string, i: number, count: number): Promise<void> {
+function simulatedCellSubnet(overlayCidr: string, i: number, count: number): string {
   let bits = 24;
   while (bits < 30 && nthSubnet(overlayCidr, bits, count) === undefined) bits++;
   const subnet = nthSubnet(overlayCidr, bits, i);
   if (!subnet) throw new ConfigError(`--overlay-cidr ${overlayCidr} has no room for ${count} simulated cells`);
-  await writer.cell({ type: 'RegisterCell', data: { cellId: `sim-cell-${i}`, subnet } }, { actor: 'system:netfold-up', correlationId: newId() });
+  return subnet;
 }

@@ -1,11 +1,15 @@
 // Configuration: every setting has a flag, an environment variable and a default. Flags win over the
-// environment. The README's configuration table lists the same settings.
+// environment. The README's configuration table lists the same settings (test/config.test.ts checks it), and each
+// setting names who reads it: a service gets its settings from one function (`plannerConfigOf`,
+// `discoveryConfigOf`, `policyWriterConfigOf`, `cellAgentConfigOf` / `dataplaneConfigOf`) that both its standalone
+// main.ts and `netfold up` call, so a flag cannot reach one and not the other.
 import { randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { ConfigError } from './errors.ts';
 import { PRIVATE_MODE, isExposed, writePrivateFile } from './private-file.ts';
 import { checkTokenSecret, parseDuration } from './tokens.ts';
+import { DEFAULT_DOMAIN } from '../projections/cell.ts';
 
 export type Config = {
   /** Existing NATS server(s); when unset, `netfold up` runs an embedded one. */
@@ -52,44 +56,63 @@ export type Config = {
   metricsPort: number | undefined;
 };
 
-type Setting = { key: keyof Config; flag: string; env: string; def: string | undefined; kind: 'string' | 'int' | 'duration'; min?: number; max?: number };
+/**
+ * Who reads a setting. The four services get theirs through their `…ConfigOf(config)` mapping, the same in their
+ * standalone main.ts and in `netfold up`; `service-main`: the wiring every standalone main.ts shares
+ * (runtime/service-main.ts: NATS, streams, logger, metrics server); `up`: `netfold up` (cli/up.ts), itself or through
+ * a service it starts (`upPlan`); `cli`: the other commands (cli/main.ts).
+ */
+export const CONSUMERS = ['policy-writer', 'topology-planner', 'discovery', 'cell-agent', 'service-main', 'up', 'cli'] as const;
+export type Consumer = (typeof CONSUMERS)[number];
+
+export type Setting = {
+  key: keyof Config;
+  flag: string;
+  env: string;
+  def: string | undefined;
+  kind: 'string' | 'int' | 'duration';
+  min?: number;
+  max?: number;
+  /** Who reads it (test/config.test.ts checks that exactly these see a change of it). */
+  services: readonly Consumer[];
+};
 
 export const SETTINGS: readonly Setting[] = [
-  { key: 'natsUrl', flag: 'nats-url', env: 'NATS_URL', def: undefined, kind: 'string' },
-  { key: 'dataDir', flag: 'data-dir', env: 'NETFOLD_DATA_DIR', def: '.netfold', kind: 'string' },
-  { key: 'natsPort', flag: 'nats-port', env: 'NETFOLD_NATS_PORT', def: '4222', kind: 'int', min: -1, max: 65535 },
-  { key: 'replicas', flag: 'replicas', env: 'NETFOLD_REPLICAS', def: '1', kind: 'int', min: 1, max: 5 },
-  { key: 'httpHost', flag: 'http-host', env: 'NETFOLD_HTTP_HOST', def: '127.0.0.1', kind: 'string' },
-  { key: 'httpPort', flag: 'http-port', env: 'NETFOLD_HTTP_PORT', def: '4002', kind: 'int', min: 0, max: 65535 },
-  { key: 'httpBodyLimit', flag: 'http-body-limit', env: 'NETFOLD_HTTP_BODY_LIMIT', def: '1048576', kind: 'int', min: 1024, max: 64 * 1024 * 1024 },
-  { key: 'httpRequestTimeoutMs', flag: 'http-request-timeout-ms', env: 'NETFOLD_HTTP_REQUEST_TIMEOUT_MS', def: '10000', kind: 'int', min: 100, max: 600_000 },
-  { key: 'httpKeepAliveTimeoutMs', flag: 'http-keep-alive-timeout-ms', env: 'NETFOLD_HTTP_KEEP_ALIVE_TIMEOUT_MS', def: '5000', kind: 'int', min: 100, max: 600_000 },
-  { key: 'policyQuota', flag: 'policy-quota', env: 'NETFOLD_POLICY_QUOTA', def: '150', kind: 'int', min: 1, max: 1_000_000 },
-  { key: 'maxPoliciesPerRequest', flag: 'max-policies-per-request', env: 'NETFOLD_MAX_POLICIES_PER_REQUEST', def: '1000', kind: 'int', min: 1, max: 100_000 },
-  { key: 'tokenSecret', flag: 'token-secret', env: 'NETFOLD_TOKEN_SECRET', def: undefined, kind: 'string' },
-  { key: 'tokenMaxTtl', flag: 'token-max-ttl', env: 'NETFOLD_TOKEN_MAX_TTL', def: '7d', kind: 'duration', min: 60, max: 365 * 86400 },
-  { key: 'logLevel', flag: 'log-level', env: 'NETFOLD_LOG_LEVEL', def: 'info', kind: 'string' },
-  { key: 'plannerId', flag: 'planner-id', env: 'NETFOLD_PLANNER_ID', def: 'planner', kind: 'string' },
-  { key: 'domain', flag: 'domain', env: 'NETFOLD_DOMAIN', def: 'apps.internal', kind: 'string' },
-  { key: 'checkpointIntervalMs', flag: 'checkpoint-interval-ms', env: 'NETFOLD_CHECKPOINT_INTERVAL_MS', def: '5000', kind: 'int', min: 100, max: 3_600_000 },
-  { key: 'cellId', flag: 'cell-id', env: 'NETFOLD_CELL_ID', def: undefined, kind: 'string' },
-  { key: 'dataplane', flag: 'dataplane', env: 'NETFOLD_DATAPLANE', def: 'nftables', kind: 'string' },
-  { key: 'netns', flag: 'netns', env: 'NETFOLD_NETNS', def: undefined, kind: 'string' },
-  { key: 'overlayCidr', flag: 'overlay-cidr', env: 'NETFOLD_OVERLAY_CIDR', def: '10.255.0.0/16', kind: 'string' },
-  { key: 'cellSubnet', flag: 'cell-subnet', env: 'NETFOLD_CELL_SUBNET', def: undefined, kind: 'string' },
-  { key: 'driftIntervalMs', flag: 'drift-interval-ms', env: 'NETFOLD_DRIFT_INTERVAL_MS', def: '500', kind: 'int', min: 50, max: 3_600_000 },
-  { key: 'pollIntervalMs', flag: 'poll-interval-ms', env: 'NETFOLD_POLL_INTERVAL_MS', def: '0', kind: 'int', min: 0, max: 3_600_000 },
-  { key: 'dnsHost', flag: 'dns-host', env: 'NETFOLD_DNS_HOST', def: '127.0.0.1', kind: 'string' },
-  { key: 'dnsPort', flag: 'dns-port', env: 'NETFOLD_DNS_PORT', def: '8053', kind: 'int', min: 0, max: 65535 },
-  { key: 'dnsTtl', flag: 'dns-ttl', env: 'NETFOLD_DNS_TTL', def: '0', kind: 'int', min: 0, max: 86_400 },
-  { key: 'dnsMaxAnswers', flag: 'dns-max-answers', env: 'NETFOLD_DNS_MAX_ANSWERS', def: '32', kind: 'int', min: 1, max: 1000 },
-  { key: 'dnsRateLimit', flag: 'dns-rate-limit', env: 'NETFOLD_DNS_RATE_LIMIT', def: '100', kind: 'int', min: 0, max: 1_000_000 },
-  { key: 'dnsRateLimitBurst', flag: 'dns-rate-limit-burst', env: 'NETFOLD_DNS_RATE_LIMIT_BURST', def: '100', kind: 'int', min: 1, max: 1_000_000 },
-  { key: 'dnsRateLimitSlip', flag: 'dns-rate-limit-slip', env: 'NETFOLD_DNS_RATE_LIMIT_SLIP', def: '2', kind: 'int', min: 0, max: 10 },
-  { key: 'discoveryHttpPort', flag: 'discovery-http-port', env: 'NETFOLD_DISCOVERY_HTTP_PORT', def: '8054', kind: 'int', min: 0, max: 65535 },
-  { key: 'discoveryExpiryMs', flag: 'discovery-expiry-ms', env: 'NETFOLD_DISCOVERY_EXPIRY_MS', def: '180000', kind: 'int', min: 100, max: 86_400_000 },
-  { key: 'simulateCells', flag: 'simulate-cells', env: 'NETFOLD_SIMULATE_CELLS', def: '3', kind: 'int', min: 0, max: 1000 },
-  { key: 'metricsPort', flag: 'metrics-port', env: 'NETFOLD_METRICS_PORT', def: undefined, kind: 'int', min: 0, max: 65535 },
+  { key: 'natsUrl', flag: 'nats-url', env: 'NATS_URL', def: undefined, kind: 'string', services: ['service-main', 'up', 'cli'] },
+  { key: 'dataDir', flag: 'data-dir', env: 'NETFOLD_DATA_DIR', def: '.netfold', kind: 'string', services: ['policy-writer', 'up', 'cli'] },
+  { key: 'natsPort', flag: 'nats-port', env: 'NETFOLD_NATS_PORT', def: '4222', kind: 'int', min: -1, max: 65535, services: ['service-main', 'up', 'cli'] },
+  { key: 'replicas', flag: 'replicas', env: 'NETFOLD_REPLICAS', def: '1', kind: 'int', min: 1, max: 5, services: ['topology-planner', 'discovery', 'cell-agent', 'service-main', 'up'] },
+  { key: 'httpHost', flag: 'http-host', env: 'NETFOLD_HTTP_HOST', def: '127.0.0.1', kind: 'string', services: ['policy-writer', 'discovery', 'service-main', 'up', 'cli'] },
+  { key: 'httpPort', flag: 'http-port', env: 'NETFOLD_HTTP_PORT', def: '4002', kind: 'int', min: 0, max: 65535, services: ['policy-writer', 'up', 'cli'] },
+  { key: 'httpBodyLimit', flag: 'http-body-limit', env: 'NETFOLD_HTTP_BODY_LIMIT', def: '1048576', kind: 'int', min: 1024, max: 64 * 1024 * 1024, services: ['policy-writer', 'up'] },
+  { key: 'httpRequestTimeoutMs', flag: 'http-request-timeout-ms', env: 'NETFOLD_HTTP_REQUEST_TIMEOUT_MS', def: '10000', kind: 'int', min: 100, max: 600_000, services: ['policy-writer', 'up'] },
+  { key: 'httpKeepAliveTimeoutMs', flag: 'http-keep-alive-timeout-ms', env: 'NETFOLD_HTTP_KEEP_ALIVE_TIMEOUT_MS', def: '5000', kind: 'int', min: 100, max: 600_000, services: ['policy-writer', 'up'] },
+  { key: 'policyQuota', flag: 'policy-quota', env: 'NETFOLD_POLICY_QUOTA', def: '150', kind: 'int', min: 1, max: 1_000_000, services: ['policy-writer', 'up'] },
+  { key: 'maxPoliciesPerRequest', flag: 'max-policies-per-request', env: 'NETFOLD_MAX_POLICIES_PER_REQUEST', def: '1000', kind: 'int', min: 1, max: 100_000, services: ['policy-writer', 'up'] },
+  { key: 'tokenSecret', flag: 'token-secret', env: 'NETFOLD_TOKEN_SECRET', def: undefined, kind: 'string', services: ['policy-writer', 'up', 'cli'] },
+  { key: 'tokenMaxTtl', flag: 'token-max-ttl', env: 'NETFOLD_TOKEN_MAX_TTL', def: '7d', kind: 'duration', min: 60, max: 365 * 86400, services: ['policy-writer', 'up', 'cli'] },
+  { key: 'logLevel', flag: 'log-level', env: 'NETFOLD_LOG_LEVEL', def: 'info', kind: 'string', services: ['service-main', 'up'] },
+  { key: 'plannerId', flag: 'planner-id', env: 'NETFOLD_PLANNER_ID', def: 'planner', kind: 'string', services: ['topology-planner', 'up'] },
+  { key: 'domain', flag: 'domain', env: 'NETFOLD_DOMAIN', def: DEFAULT_DOMAIN, kind: 'string', services: ['topology-planner', 'discovery', 'up', 'cli'] },
+  { key: 'checkpointIntervalMs', flag: 'checkpoint-interval-ms', env: 'NETFOLD_CHECKPOINT_INTERVAL_MS', def: '5000', kind: 'int', min: 100, max: 3_600_000, services: ['topology-planner', 'up'] },
+  { key: 'cellId', flag: 'cell-id', env: 'NETFOLD_CELL_ID', def: undefined, kind: 'string', services: ['cell-agent'] },
+  { key: 'dataplane', flag: 'dataplane', env: 'NETFOLD_DATAPLANE', def: 'nftables', kind: 'string', services: ['cell-agent'] },
+  { key: 'netns', flag: 'netns', env: 'NETFOLD_NETNS', def: undefined, kind: 'string', services: ['cell-agent'] },
+  { key: 'overlayCidr', flag: 'overlay-cidr', env: 'NETFOLD_OVERLAY_CIDR', def: '10.255.0.0/16', kind: 'string', services: ['policy-writer', 'cell-agent', 'up'] },
+  { key: 'cellSubnet', flag: 'cell-subnet', env: 'NETFOLD_CELL_SUBNET', def: undefined, kind: 'string', services: ['cell-agent'] },
+  { key: 'driftIntervalMs', flag: 'drift-interval-ms', env: 'NETFOLD_DRIFT_INTERVAL_MS', def: '500', kind: 'int', min: 50, max: 3_600_000, services: ['cell-agent', 'up'] },
+  { key: 'pollIntervalMs', flag: 'poll-interval-ms', env: 'NETFOLD_POLL_INTERVAL_MS', def: '0', kind: 'int', min: 0, max: 3_600_000, services: ['cell-agent', 'up'] },
+  { key: 'dnsHost', flag: 'dns-host', env: 'NETFOLD_DNS_HOST', def: '127.0.0.1', kind: 'string', services: ['discovery', 'up'] },
+  { key: 'dnsPort', flag: 'dns-port', env: 'NETFOLD_DNS_PORT', def: '8053', kind: 'int', min: 0, max: 65535, services: ['discovery', 'up', 'cli'] },
+  { key: 'dnsTtl', flag: 'dns-ttl', env: 'NETFOLD_DNS_TTL', def: '0', kind: 'int', min: 0, max: 86_400, services: ['discovery', 'up'] },
+  { key: 'dnsMaxAnswers', flag: 'dns-max-answers', env: 'NETFOLD_DNS_MAX_ANSWERS', def: '32', kind: 'int', min: 1, max: 1000, services: ['discovery', 'up'] },
+  { key: 'dnsRateLimit', flag: 'dns-rate-limit', env: 'NETFOLD_DNS_RATE_LIMIT', def: '100', kind: 'int', min: 0, max: 1_000_000, services: ['discovery', 'up'] },
+  { key: 'dnsRateLimitBurst', flag: 'dns-rate-limit-burst', env: 'NETFOLD_DNS_RATE_LIMIT_BURST', def: '100', kind: 'int', min: 1, max: 1_000_000, services: ['discovery', 'up'] },
+  { key: 'dnsRateLimitSlip', flag: 'dns-rate-limit-slip', env: 'NETFOLD_DNS_RATE_LIMIT_SLIP', def: '2', kind: 'int', min: 0, max: 10, services: ['discovery', 'up'] },
+  { key: 'discoveryHttpPort', flag: 'discovery-http-port', env: 'NETFOLD_DISCOVERY_HTTP_PORT', def: '8054', kind: 'int', min: 0, max: 65535, services: ['discovery', 'up'] },
+  { key: 'discoveryExpiryMs', flag: 'discovery-expiry-ms', env: 'NETFOLD_DISCOVERY_EXPIRY_MS', def: '180000', kind: 'int', min: 100, max: 86_400_000, services: ['discovery', 'up'] },
+  { key: 'simulateCells', flag: 'simulate-cells', env: 'NETFOLD_SIMULATE_CELLS', def: '3', kind: 'int', min: 0, max: 1000, services: ['up'] },
+  { key: 'metricsPort', flag: 'metrics-port', env: 'NETFOLD_METRICS_PORT', def: undefined, kind: 'int', min: 0, max: 65535, services: ['service-main'] },
 ];
 
 /** Builds the config from parsed flags (by flag name) and the environment. */
@@ -146,6 +169,11 @@ export function loadConfig(flags: Record<string, string | boolean | undefined> =
   }
   config.dataDir = resolve(config.dataDir);
   return config;
+}
+
+/** The NATS servers to connect to: `--nats-url` (comma-separated), else the local server on `--nats-port`. */
+export function natsServersOf(config: Pick<Config, 'natsUrl' | 'natsPort'>): string[] {
+  return (config.natsUrl ?? `nats://127.0.0.1:${config.natsPort}`).split(',');
 }
 
 /**

@@ -1,10 +1,11 @@
 // What every standalone service's main.ts does, once: read flags and environment, build the root logger, connect
-// to NATS (NATS_URL, comma-separated servers), make sure the streams exist, start the service, serve its metrics
-// when it has no HTTP server of its own, and stop cleanly on SIGINT/SIGTERM (service, metrics, then NATS).
+// to NATS (NATS_URL, comma-separated servers; unset: the local server on --nats-port), make sure the streams exist,
+// start the service, serve its metrics when it has no HTTP server of its own, and stop cleanly on SIGINT/SIGTERM
+// (service, metrics, then NATS).
 // A configuration refused at start-up (ConfigError, e.g. weak-token-secret) is reported as one line with its code
 // on stderr, exit code 1, before anything connects.
 import { parseArgs } from 'node:util';
-import { SETTINGS, loadConfig, type Config } from './config.ts';
+import { SETTINGS, loadConfig, natsServersOf, type Config } from './config.ts';
 import { createRootLogger, type Logger } from './logger.ts';
 import { connectBus, type Bus } from './nats.ts';
 import { ensureTopology, defaultTopologyOptions } from './topology.ts';
@@ -13,6 +14,25 @@ import { Registry, serveMetrics } from './metrics.ts';
 import { ConfigError } from './errors.ts';
 
 export type ServiceContext = { config: Config; log: Logger; bus: Bus; metrics: Registry };
+
+/** The settings this shared wiring reads (the service's own come from its `…ConfigOf`). */
+export type ServiceWiring = {
+  servers: string[];
+  /** Replicas of the streams it makes sure exist. */
+  replicas: number;
+  logLevel: string;
+  /** Where its metrics are served; undefined for a service with an HTTP server of its own. */
+  metrics: { host: string; port: number } | undefined;
+};
+
+export function serviceWiringOf(c: Config, defaultMetricsPort: number | undefined): ServiceWiring {
+  return {
+    servers: natsServersOf(c),
+    replicas: c.replicas,
+    logLevel: c.logLevel,
+    metrics: defaultMetricsPort === undefined ? undefined : { host: c.httpHost, port: c.metricsPort ?? defaultMetricsPort },
+  };
+}
 
 export async function runService(
   name: string,
@@ -30,12 +50,13 @@ export async function runService(
     process.exitCode = 1;
     return;
   }
-  const log = createRootLogger({ level: config.logLevel, name });
-  const bus = await connectBus({ servers: (config.natsUrl ?? 'nats://127.0.0.1:4222').split(','), name: `netfold-${name}`, log });
-  await ensureTopology(bus.jsm, { ...defaultTopologyOptions, replicas: config.replicas }, log);
+  const wiring = serviceWiringOf(config, opts.metricsPort);
+  const log = createRootLogger({ level: wiring.logLevel, name });
+  const bus = await connectBus({ servers: wiring.servers, name: `netfold-${name}`, log });
+  await ensureTopology(bus.jsm, { ...defaultTopologyOptions, replicas: wiring.replicas }, log);
   const metrics = new Registry();
   const service = await start({ config, log, bus, metrics });
-  const served = opts.metricsPort === undefined ? undefined : await serveMetrics(metrics, config.httpHost, config.metricsPort ?? opts.metricsPort);
+  const served = wiring.metrics === undefined ? undefined : await serveMetrics(metrics, wiring.metrics.host, wiring.metrics.port);
   if (served) log.info({ url: served.url }, 'metrics-serving');
   stopOnSignals(log, async () => {
     await service.stop();

@@ -11,6 +11,7 @@ import type { Logger } from '../../runtime/logger.ts';
 import { withNatsRetry } from '../../runtime/retry.ts';
 import { DISCOVERY_BUCKET } from '../../runtime/subjects.ts';
 import { parseDiscoveryRecord } from '../../projections/discovery-record.ts';
+import { DEFAULT_DOMAIN } from '../../projections/cell.ts';
 import { DiscoveryIndex, type ExpiryState } from './records.ts';
 import { DEFAULT_MAX_ANSWERS, answer, truncated } from './dns.ts';
 import { ResponseRateLimiter, defaultRateLimit } from './rate-limit.ts';
@@ -37,7 +38,7 @@ export type DiscoveryConfig = {
 };
 
 export const defaultDiscoveryConfig: DiscoveryConfig = {
-  zone: 'apps.internal',
+  zone: DEFAULT_DOMAIN,
   ttl: 0,
   dnsHost: '127.0.0.1',
   dnsPort: 8053,

@@ -2,10 +2,10 @@
 // Its metrics are at the gateway's /metrics.
 import { runService } from '../../runtime/service-main.ts';
 import { resolveTokenSecret } from '../../runtime/config.ts';
-import { startPolicyWriter } from './service.ts';
+import { startPolicyWriter, policyWriterConfigOf } from './service.ts';
 
 await runService(
   'policy-writer',
-  ({ config, log, bus, metrics }) => startPolicyWriter({ bus, log, metrics, config: { ...config, tokenSecret: resolveTokenSecret(config, false) } }),
+  ({ config, log, bus, metrics }) => startPolicyWriter({ bus, log, metrics, config: policyWriterConfigOf(config, resolveTokenSecret(config, false)) }),
   { validate: (config) => void resolveTokenSecret(config, false) }, // a missing or weak secret: refused before connecting
 );

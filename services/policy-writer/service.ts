@@ -12,6 +12,7 @@ import { Writer } from './writer.ts';
 import { waitEnforced } from '../topology-planner/enforcement.ts';
 import { Registry } from '../../runtime/metrics.ts';
 import { checkTokenSecret } from '../../runtime/tokens.ts';
+import type { Config } from '../../runtime/config.ts';
 
 export type PolicyWriterConfig = {
   httpHost: string;
@@ -28,6 +29,22 @@ export type PolicyWriterConfig = {
   /** Default 5 s (`--http-keep-alive-timeout-ms`). */
   httpKeepAliveTimeoutMs?: number;
 };
+
+/** The policy-writer settings of the shared configuration, with the token secret as resolved (`resolveTokenSecret`). */
+export function policyWriterConfigOf(c: Config, tokenSecret: string): PolicyWriterConfig {
+  return {
+    httpHost: c.httpHost,
+    httpPort: c.httpPort,
+    httpBodyLimit: c.httpBodyLimit,
+    policyQuota: c.policyQuota,
+    maxPoliciesPerRequest: c.maxPoliciesPerRequest,
+    tokenSecret,
+    overlayCidr: c.overlayCidr,
+    tokenMaxTtl: c.tokenMaxTtl,
+    httpRequestTimeoutMs: c.httpRequestTimeoutMs,
+    httpKeepAliveTimeoutMs: c.httpKeepAliveTimeoutMs,
+  };
+}
 
 export type PolicyWriter = {
   /** Base URL of the HTTP gateway. */

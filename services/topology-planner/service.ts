@@ -19,7 +19,7 @@ import { type Model, foldEventsInPlace, initialModel, liveModelFold } from '../.
 import { quarantineGauge, quarantineReporter } from '../../runtime/quarantine-report.ts';
 import type { RecordedEvent } from '../../events/catalogue.ts';
 import { PlannerCore, type PlannerCheckpoint } from './core.ts';
-import { emptyCellState } from '../../projections/cell.ts';
+import { DEFAULT_DOMAIN, emptyCellState } from '../../projections/cell.ts';
 import { Membership } from './membership.ts';
 
 export type PlannerConfig = {
@@ -37,7 +37,7 @@ export type PlannerConfig = {
 
 export const defaultPlannerConfig: PlannerConfig = {
   plannerId: 'planner',
-  domain: 'apps.internal',
+  domain: DEFAULT_DOMAIN,
   snapshotEvery: 64,
   checkpointIntervalMs: 5000,
   heartbeatMs: 1000,
