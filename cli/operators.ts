@@ -2,9 +2,9 @@
 // returns data; the CLI prints it (human or --json).
 import { kvLatest, openBucket } from '../runtime/buckets.ts';
 import type { Bus } from '../runtime/nats.ts';
-import { EventLog } from '../runtime/event-log.ts';
+import { EventLog, foldLog } from '../runtime/event-log.ts';
 import type { EventEnvelope, Protocol, RecordedEvent } from '../events/catalogue.ts';
-import { type Model, type QuarantineEntry, foldEventsInPlace, initialModel, allPolicies, skipEntry } from '../projections/model.ts';
+import { type Model, type QuarantineEntry, initialModel, allPolicies, liveModelFold } from '../projections/model.ts';
 import { cellHashOf, deriveCellState, emptyCellState, type CellState } from '../projections/cell.ts';
 import { explain, type Explanation } from '../projections/explain.ts';
 import { CELL_STATUS_BUCKET } from '../runtime/subjects.ts';
@@ -100,31 +100,11 @@ export function parsePoint(text: string): Point {
 export async function modelAt(bus: Bus, point: Point | undefined, onProgress?: (folded: number, total: number) => void): Promise<Model> {
   const log = new EventLog(bus);
   const total = await log.lastSeq();
-  const model = initialModel();
-  let batch: RecordedEvent[] = [];
-  let folded = 0;
-  const to = point && 'revision' in point ? point.revision : undefined;
-  for await (const rec of log.read(1, undefined, to)) {
-    if (!('event' in rec)) {
-      // Folded exactly as the writer and planner fold it: the entry is skipped and recorded in the quarantine.
-      foldEventsInPlace(model, batch);
-      folded += batch.length;
-      batch = [];
-      skipEntry(model, rec.seq, rec.subject, rec.invalid);
-      continue;
-    }
-    if (point && 'time' in point && Date.parse(rec.event.at) > point.time) break;
-    batch.push(rec);
-    if (batch.length === 1000) {
-      foldEventsInPlace(model, batch);
-      folded += batch.length;
-      batch = [];
-      onProgress?.(folded, total);
-    }
-  }
-  foldEventsInPlace(model, batch);
-  onProgress?.(folded + batch.length, total);
-  return model;
+  const opts: Parameters<typeof foldLog<Model>>[3] = {};
+  if (point && 'revision' in point) opts.toSeq = point.revision;
+  if (point && 'time' in point) opts.stopBefore = (rec) => Date.parse(rec.event.at) > point.time;
+  if (onProgress) opts.onProgress = (folded) => onProgress(folded, total);
+  return foldLog(log, liveModelFold, initialModel(), opts);
 }
 
 /** Every log entry the folds skipped (not a valid event, or a fold that failed), in log order. */

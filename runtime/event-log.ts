@@ -99,6 +99,41 @@ function decode(seq: number, subject: string, data: Uint8Array, log?: Logger): R
   return { seq, subject, event: r.value };
 }
 
+/**
+ * Folds the log from its start up to `toSeq` (default: its end at the call) into `state`, fold only, in batches of
+ * 1,000 — the one way a process rebuilds a state from the log (the planner's restart, the operators' tools): an
+ * entry that holds no valid event goes through `fold.skip`, exactly as the live follower does. `stopBefore` ends the
+ * fold before a record (e.g. the first one after a point in time); `onProgress` sees the count folded.
+ */
+export async function foldLog<S>(
+  eventLog: EventLog,
+  fold: Pick<Fold<S>, 'apply' | 'skip'>,
+  state: S,
+  opts: { toSeq?: number; log?: Logger; stopBefore?: (rec: RecordedEvent) => boolean; onProgress?: (folded: number) => void } = {},
+): Promise<S> {
+  let batch: RecordedEvent[] = [];
+  let folded = 0;
+  const flush = () => {
+    if (batch.length === 0) return;
+    state = fold.apply(state, batch);
+    folded += batch.length;
+    batch = [];
+    opts.onProgress?.(folded);
+  };
+  for await (const r of eventLog.read(1, opts.log, opts.toSeq)) {
+    if (!('event' in r)) {
+      flush();
+      state = fold.skip(state, r.seq, r.subject, r.invalid);
+      continue;
+    }
+    if (opts.stopBefore?.(r)) break;
+    batch.push(r);
+    if (batch.length >= 1000) flush();
+  }
+  flush();
+  return state;
+}
+
 export type Fold<S> = {
   /** Makes the state to start from. */
   initial: () => S;

@@ -1,0 +1,123 @@
+// The planner's ordered output pipeline: outputs (deltas, snapshots), "published through" marks and checkpoints go
+// into one queue in log order; outputs are published with up to `window` in flight; a mark advances
+// `publishedThrough` once every output queued before it is acknowledged (marks never block publishing: waiting at
+// each cost a round trip per batch); a checkpoint is written only once everything before it is acknowledged. When
+// the queue is long, `drained()` tells the log follower to stop reading until it is half empty (backpressure).
+// No NATS here: `publish` and `writeCheckpoint` are given, so the ordering rules are tested without a server.
+import type { PlannerOutput } from '../../projections/cell-stream.ts';
+import type { Logger } from '../../runtime/logger.ts';
+import { Progress } from '../../runtime/progress.ts';
+
+export type PumpItem = { output: PlannerOutput } | { checkpoint: { seq: number; json: string } } | { through: number };
+
+export type OutputPumpOptions = {
+  /** Publishes one output; resolves once it is acknowledged. A rejection is logged, never ends the pump. */
+  publish: (o: PlannerOutput) => Promise<void>;
+  /** Stores a checkpoint; resolves once it is stored. */
+  writeCheckpoint: (seq: number, json: string) => Promise<void>;
+  /** Most outputs awaiting acknowledgement at once. */
+  window: number;
+  /** The revision published through at start (the checkpoint's). */
+  from: number;
+  /** Called whenever `publishedThrough` moves (the planner announces it to readers of its progress). */
+  onPublishedThrough?: (seq: number) => void;
+  log: Logger;
+  /** Queue length at which the follower is held back. */
+  highWater?: number;
+};
+
+export class OutputPump {
+  readonly #o: OutputPumpOptions;
+  readonly #queue: PumpItem[] = [];
+  readonly #highWater: number;
+  /** Highest event-log sequence whose outputs are all acknowledged. */
+  readonly publishedThrough: Progress<number>;
+  readonly stats = { checkpoints: 0, failed: 0 };
+  #wake: (() => void) | undefined;
+  #drainedWaiter: (() => void) | undefined;
+  #stopping = false;
+  readonly #done: Promise<void>;
+
+  constructor(opts: OutputPumpOptions) {
+    this.#o = opts;
+    this.#highWater = opts.highWater ?? 20_000;
+    this.publishedThrough = new Progress(opts.from);
+    this.#done = this.#run();
+  }
+
+  get queued(): number {
+    return this.#queue.length;
+  }
+
+  enqueue(items: readonly PumpItem[]): void {
+    if (items.length === 0) return;
+    this.#queue.push(...items);
+    this.#wake?.();
+  }
+
+  /** Undefined while the queue is short; otherwise resolves once it has drained to half the high-water mark. */
+  drained(): Promise<void> | undefined {
+    return this.#queue.length < this.#highWater ? undefined : new Promise<void>((resolve) => (this.#drainedWaiter = resolve));
+  }
+
+  async #run(): Promise<void> {
+    const inFlight = new Set<Promise<void>>();
+    let marks: Promise<void> = Promise.resolve();
+    const settleAll = async () => {
+      while (inFlight.size > 0) await Promise.race(inFlight);
+      await marks;
+    };
+    for (;;) {
+      const item = this.#queue.shift();
+      if (this.#drainedWaiter && this.#queue.length < this.#highWater / 2) {
+        this.#drainedWaiter();
+        this.#drainedWaiter = undefined;
+      }
+      if (!item) {
+        if (this.#stopping) break;
+        await new Promise<void>((r) => (this.#wake = r));
+        this.#wake = undefined;
+        continue;
+      }
+      if ('output' in item) {
+        const p = this.#o.publish(item.output).catch((err: unknown) => {
+          this.stats.failed += 1;
+          this.#o.log.error({ err, cell: item.output.cellId }, 'planner-publish-failed');
+        });
+        const tracked = p.finally(() => inFlight.delete(tracked));
+        inFlight.add(tracked);
+        if (inFlight.size >= this.#o.window) await Promise.race(inFlight);
+      } else if ('through' in item) {
+        // The chain keeps the marks in order: each waits for the outputs in flight when it was reached.
+        const covering = [...inFlight];
+        const through = item.through;
+        marks = marks
+          .then(() => Promise.all(covering))
+          .then(() => {
+            this.publishedThrough.advance(Math.max(this.publishedThrough.value, through));
+            this.#o.onPublishedThrough?.(this.publishedThrough.value);
+          });
+      } else {
+        await settleAll();
+        const { seq, json } = item.checkpoint;
+        await this.#o
+          .writeCheckpoint(seq, json)
+          .then(() => {
+            this.stats.checkpoints += 1;
+            this.#o.log.debug({ seq }, 'planner-checkpoint-written');
+          })
+          .catch((err: unknown) => this.#o.log.error({ err }, 'planner-checkpoint-failed'));
+      }
+    }
+    await settleAll();
+  }
+
+  /** Publishes what is queued, then ends; waiters on `publishedThrough` are released. */
+  async stop(): Promise<void> {
+    this.#stopping = true;
+    this.#wake?.();
+    await this.#done;
+    this.#drainedWaiter?.();
+    this.publishedThrough.cancelAll('planner stopped');
+  }
+}

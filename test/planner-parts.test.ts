@@ -1,0 +1,120 @@
+// The planner's parts that need no NATS: the output pump's ordering rules and the checkpoint rule.
+import t from 'tap';
+import type { PlannerOutput } from '../projections/cell-stream.ts';
+import { EMPTY_CELL_HASH } from '../projections/cell-stream.ts';
+import { OutputPump } from '../services/topology-planner/output-pump.ts';
+import { Checkpointer } from '../services/topology-planner/checkpointer.ts';
+import { silentLogger } from '../runtime/logger.ts';
+
+const delta = (cellId: string, revision: number): PlannerOutput => ({ kind: 'delta', cellId, revision, prevRevision: revision - 1, ops: [], hash: EMPTY_CELL_HASH, at: new Date(0).toISOString() });
+
+/** Lets every settled promise run its continuations (no timer involved). */
+const settle = async () => {
+  for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r));
+};
+
+/** A publish whose acknowledgements the test gives, one output at a time. */
+function controlledPublish() {
+  const pending = new Map<string, { resolve: () => void; reject: (e: Error) => void }>();
+  const started: string[] = [];
+  return {
+    started,
+    publish: (o: PlannerOutput) =>
+      new Promise<void>((resolve, reject) => {
+        const id = `${o.cellId}@${o.revision}`;
+        started.push(id);
+        pending.set(id, { resolve, reject });
+      }),
+    ack: (id: string) => pending.get(id)!.resolve(),
+    fail: (id: string) => pending.get(id)!.reject(new Error('refused')),
+  };
+}
+
+t.test('a mark advances only once every output queued before it is acknowledged, in order', async (t) => {
+  const p = controlledPublish();
+  const seen: number[] = [];
+  const pump = new OutputPump({ publish: p.publish, writeCheckpoint: async () => undefined, window: 8, from: 4, onPublishedThrough: (s) => seen.push(s), log: silentLogger() });
+  pump.enqueue([{ output: delta('a', 5) }, { output: delta('b', 5) }, { through: 5 }, { output: delta('a', 6) }, { through: 6 }]);
+  await settle();
+  t.same(p.started, ['a@5', 'b@5', 'a@6'], 'marks never hold publishing back');
+  p.ack('b@5');
+  p.ack('a@6');
+  await settle();
+  t.equal(pump.publishedThrough.value, 4, 'a@5 is not acknowledged: nothing is published through 5, nor 6');
+  p.ack('a@5');
+  await pump.publishedThrough.until((v) => v >= 6, 1000, 'through 6');
+  t.same(seen, [5, 6], 'each mark in order, announced');
+  await pump.stop();
+});
+
+t.test('at most `window` outputs in flight; a failed publish is logged and does not stop the pump', async (t) => {
+  const p = controlledPublish();
+  const pump = new OutputPump({ publish: p.publish, writeCheckpoint: async () => undefined, window: 2, from: 0, log: silentLogger() });
+  pump.enqueue([1, 2, 3, 4].map((r) => ({ output: delta('c', r) })).concat([{ through: 4 } as never]));
+  await settle();
+  t.same(p.started, ['c@1', 'c@2'], 'two in flight');
+  p.fail('c@1');
+  await settle();
+  t.same(p.started, ['c@1', 'c@2', 'c@3'], 'one settled, one more started');
+  t.equal(pump.stats.failed, 1);
+  for (const id of ['c@2', 'c@3']) p.ack(id);
+  await settle();
+  p.ack('c@4');
+  await pump.publishedThrough.until((v) => v >= 4, 1000, 'through 4');
+  await pump.stop();
+});
+
+t.test('a checkpoint is written only after every output before it is acknowledged', async (t) => {
+  const p = controlledPublish();
+  const written: number[] = [];
+  const pump = new OutputPump({ publish: p.publish, writeCheckpoint: async (seq) => void written.push(seq), window: 8, from: 0, log: silentLogger() });
+  pump.enqueue([{ output: delta('a', 1) }, { through: 1 }, { checkpoint: { seq: 1, json: '{}' } }, { output: delta('a', 2) }]);
+  await settle();
+  t.same(written, [], 'a@1 is not acknowledged yet');
+  t.same(p.started, ['a@1'], 'and nothing after the checkpoint starts before it is written');
+  p.ack('a@1');
+  await settle();
+  t.same(written, [1]);
+  t.same(p.started, ['a@1', 'a@2']);
+  p.ack('a@2');
+  await pump.stop();
+  t.equal(pump.stats.checkpoints, 1);
+});
+
+t.test('backpressure: drained() holds the follower back while the queue is long', async (t) => {
+  const p = controlledPublish();
+  const pump = new OutputPump({ publish: p.publish, writeCheckpoint: async () => undefined, window: 1, from: 0, log: silentLogger(), highWater: 10 });
+  t.equal(pump.drained(), undefined, 'an empty queue holds nothing back');
+  pump.enqueue(Array.from({ length: 20 }, (_, i) => ({ output: delta('d', i + 1) })));
+  await settle();
+  const wait = pump.drained();
+  t.ok(wait, 'a long queue holds the follower back');
+  let released = false;
+  void wait!.then(() => (released = true));
+  for (let r = 1; r <= 8; r++) {
+    p.ack(`d@${r}`);
+    await settle();
+  }
+  t.equal(released, false, `still ${pump.queued} queued: not below half the high-water mark`);
+  for (let r = 9; r <= 20; r++) {
+    p.ack(`d@${r}`);
+    await settle();
+  }
+  t.equal(released, true, 'released once the queue is below half');
+  await pump.stop();
+});
+
+t.test('a checkpoint is due when something new was folded and the interval passed (or forced)', async (t) => {
+  let now = 1000;
+  const core = { seq: 10, checkpoint: () => ({ v: 2 as const, seq: core.seq, cells: {} }) };
+  const c = new Checkpointer(core, 5000, () => now);
+  t.same(c.due(), [], 'nothing new folded');
+  core.seq = 12;
+  t.same(c.due(), [], 'within the interval');
+  now += 5000;
+  t.same(c.due(), [{ checkpoint: { seq: 12, json: JSON.stringify({ v: 2, seq: 12, cells: {} }) } }]);
+  t.same(c.due(), [], 'just written');
+  core.seq = 13;
+  t.same(c.due(true), [{ checkpoint: { seq: 13, json: JSON.stringify({ v: 2, seq: 13, cells: {} }) } }], 'forced at stop');
+  t.same(c.due(true), [], 'forced, but nothing new');
+});
