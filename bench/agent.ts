@@ -31,11 +31,24 @@ function ruleSet(n: number): RuleSet {
     const protocol = i % 10 === 9 ? 'udp' : 'tcp';
     const endPort = i % 100 === 0 ? port + 10 : port;
     // commented like the agent's elements: source app, destination app, policy
-    allows.push({ src: ip(300 + (i % 50000)), dst: ip(1 + (i % 100)), protocol, startPort: port, endPort, srcApp: `app-${i % 500}`, dstApp: `app-d${i % 100}`, policy: `${protocol}/${port === endPort ? port : `${port}-${endPort}`}` });
+    allows.push({
+      src: ip(300 + (i % 50000)),
+      dst: ip(1 + (i % 100)),
+      protocol,
+      startPort: port,
+      endPort,
+      srcApp: `app-${i % 500}`,
+      dstApp: `app-d${i % 100}`,
+      policy: `${protocol}/${port === endPort ? port : `${port}-${endPort}`}`,
+    });
   }
   return { local: Array.from({ length: 100 }, (_, i) => ip(1 + i)), subnets: ['10.255.0.0/16'], allows: normalizeAllows(allows) };
 }
-const median = (xs: number[]) => percentile([...xs].sort((a, b) => a - b), 50);
+const median = (xs: number[]) =>
+  percentile(
+    [...xs].sort((a, b) => a - b),
+    50,
+  );
 const time = async (fn: () => Promise<unknown>) => {
   const t0 = performance.now();
   await fn();
@@ -65,12 +78,19 @@ try {
     const inc: number[] = [];
     let current = rules;
     for (let k = 0; k < INCREMENTAL; k++) {
-      const next: RuleSet = { ...current, allows: [...current.allows, { src: ip(60000 + k), dst: ip(1), protocol: 'tcp', startPort: 8080, endPort: 8080, srcApp: 'app-new', dstApp: 'app-d1', policy: 'tcp/8080' }] };
+      const next: RuleSet = {
+        ...current,
+        allows: [
+          ...current.allows,
+          { src: ip(60000 + k), dst: ip(1), protocol: 'tcp', startPort: 8080, endPort: 8080, srcApp: 'app-new', dstApp: 'app-d1', policy: 'tcp/8080' },
+        ],
+      };
       inc.push(await time(() => plane.apply(next, { revision: k + 2, hash: 'ab'.repeat(16) })));
       current = next;
       await plane.drifted();
     }
-    results[`${n} tuples: incremental change of one tuple, p50 / max (ms)`] = `${Math.round(median(inc) * 10) / 10} / ${Math.round(Math.max(...inc) * 10) / 10}`;
+    results[`${n} tuples: incremental change of one tuple, p50 / max (ms)`] =
+      `${Math.round(median(inc) * 10) / 10} / ${Math.round(Math.max(...inc) * 10) / 10}`;
   }
 
   progress('memory driver');

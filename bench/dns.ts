@@ -45,11 +45,17 @@ await ensureTopology(bus.jsm, defaultTopologyOptions, log);
   }
   const dnsPort = await freePort();
   // NETFOLD_DNS_RATE_LIMIT=0: every query comes from one source address, which the per-source limit would hold to 100/s.
-  const child = await startChild('services/discovery/main.ts', { NATS_URL: server.url, NETFOLD_DNS_PORT: String(dnsPort), NETFOLD_DISCOVERY_HTTP_PORT: '0', NETFOLD_LOG_LEVEL: 'info', NETFOLD_DNS_RATE_LIMIT: '0' }, 'discovery-started');
+  const child = await startChild(
+    'services/discovery/main.ts',
+    { NATS_URL: server.url, NETFOLD_DNS_PORT: String(dnsPort), NETFOLD_DISCOVERY_HTTP_PORT: '0', NETFOLD_LOG_LEVEL: 'info', NETFOLD_DNS_RATE_LIMIT: '0' },
+    'discovery-started',
+  );
   progress(`${QUERIES} queries over UDP, ${WINDOW} in flight`);
   const sock = createSocket('udp4');
   await new Promise<void>((r) => sock.bind(0, '127.0.0.1', () => r()));
-  const packets = Array.from({ length: 1000 }, (_, i) => dnsPacket.encode({ id: i, type: 'query', questions: [{ type: 'A', name: `app${(i * 7919) % 50000}.apps.internal` }] }));
+  const packets = Array.from({ length: 1000 }, (_, i) =>
+    dnsPacket.encode({ id: i, type: 'query', questions: [{ type: 'A', name: `app${(i * 7919) % 50000}.apps.internal` }] }),
+  );
   sock.setRecvBufferSize(8 << 20);
   let received = 0;
   let answersOk = 0;
@@ -85,7 +91,19 @@ await ensureTopology(bus.jsm, defaultTopologyOptions, log);
 // ---- 2. container start -> name resolves ----
 {
   progress(`${SAMPLES} container starts, each resolved as soon as possible`);
-  const writer = await startPolicyWriter({ bus, log, config: { httpHost: '127.0.0.1', httpPort: 0, httpBodyLimit: 1 << 20, policyQuota: 150, maxPoliciesPerRequest: 1000, tokenSecret: 'x'.repeat(32), overlayCidr: '10.255.0.0/16' } });
+  const writer = await startPolicyWriter({
+    bus,
+    log,
+    config: {
+      httpHost: '127.0.0.1',
+      httpPort: 0,
+      httpBodyLimit: 1 << 20,
+      policyQuota: 150,
+      maxPoliciesPerRequest: 1000,
+      tokenSecret: 'x'.repeat(32),
+      overlayCidr: '10.255.0.0/16',
+    },
+  });
   const planner = await startPlanner({ bus, log, config: defaultPlannerConfig });
   const agent = await startCellAgent({ bus, log, config: { ...defaultCellAgentConfig, cellId: 'cell-1' }, dataplane: new MemoryDataplane('10.255.0.0/16') });
   const discovery = await startDiscovery({ bus, log, config: { ...defaultDiscoveryConfig, dnsPort: 0, httpPort: 0, rateLimit: 0 } }); // one source, polling

@@ -17,16 +17,29 @@ const ip = (j: number) => `10.${(j >> 16) & 255}.${(j >> 8) & 255}.${j & 255}`;
 const at = new Date(0).toISOString();
 const recs: RecordedEvent[] = [];
 const push = (subject: string, event: Record<string, unknown>) =>
-  recs.push({ seq: recs.length + 1, subject, event: { id: '01JB0000000000000000000000', v: 1, at, actor: 'platform:bench', correlationId: 'c', ...event } as RecordedEvent['event'] });
+  recs.push({
+    seq: recs.length + 1,
+    subject,
+    event: { id: '01JB0000000000000000000000', v: 1, at, actor: 'platform:bench', correlationId: 'c', ...event } as RecordedEvent['event'],
+  });
 for (let a = 0; a < APPS; a++) push(`nf.evt.app.app-${a}`, { type: 'AppRegistered', data: { appId: `app-${a}`, name: `a${a}`, spaceId: 's', orgId: 'o' } });
 for (let p = 0; p < POLICIES; p++) {
-  push(`nf.evt.policy.app-${p % APPS}`, { type: 'PoliciesCreated', data: { sourceAppId: `app-${p % APPS}`, policies: [{ destAppId: `app-${(p * 7 + 1) % APPS}`, protocol: 'tcp', startPort: 8080, endPort: 8080 }] } });
+  push(`nf.evt.policy.app-${p % APPS}`, {
+    type: 'PoliciesCreated',
+    data: { sourceAppId: `app-${p % APPS}`, policies: [{ destAppId: `app-${(p * 7 + 1) % APPS}`, protocol: 'tcp', startPort: 8080, endPort: 8080 }] },
+  });
 }
 const start = (j: number, app: number, cell: number) =>
-  push(`nf.evt.container.c-${j}`, { type: 'ContainerStarted', data: { containerId: `c-${j}`, appId: `app-${app}`, instanceIndex: Math.floor(j / APPS), cellId: `cell-${cell}`, ip: ip(j) } });
+  push(`nf.evt.container.c-${j}`, {
+    type: 'ContainerStarted',
+    data: { containerId: `c-${j}`, appId: `app-${app}`, instanceIndex: Math.floor(j / APPS), cellId: `cell-${cell}`, ip: ip(j) },
+  });
 for (let j = 0; j < CONTAINERS; j++) start(j, j % APPS, j % CELLS);
 for (let k = 0, fresh = CONTAINERS; recs.length < EVENTS; k++, fresh++) {
-  push(`nf.evt.container.c-${k}`, { type: 'ContainerStopped', data: { containerId: `c-${k}`, appId: `app-${k % APPS}`, cellId: `cell-${k % CELLS}`, wasRunning: true } });
+  push(`nf.evt.container.c-${k}`, {
+    type: 'ContainerStopped',
+    data: { containerId: `c-${k}`, appId: `app-${k % APPS}`, cellId: `cell-${k % CELLS}`, wasRunning: true },
+  });
   start(fresh, k % APPS, k % CELLS);
 }
 

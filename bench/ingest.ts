@@ -35,7 +35,15 @@ const results: Record<string, number | string> = {};
 progress('raw JetStream append');
 // 1. Raw limit: plain publishes to a stream subject with a reply inbox, 1024 in flight, counting PubAcks.
 await bus.jsm.streams.add({ name: 'BENCH_RAW', subjects: ['bench.raw.>'], storage: StorageType.File, duplicate_window: 120e9 });
-const payload = JSON.stringify({ id: '01JB0000000000000000000000', type: 'ContainerStarted', v: 1, at: new Date().toISOString(), actor: 'platform:bench', correlationId: 'x'.repeat(26), data: { containerId: 'c-000000', appId: 'app-000', instanceIndex: 0, cellId: 'cell-000', ip: '10.255.0.1' } });
+const payload = JSON.stringify({
+  id: '01JB0000000000000000000000',
+  type: 'ContainerStarted',
+  v: 1,
+  at: new Date().toISOString(),
+  actor: 'platform:bench',
+  correlationId: 'x'.repeat(26),
+  data: { containerId: 'c-000000', appId: 'app-000', instanceIndex: 0, cellId: 'cell-000', ip: '10.255.0.1' },
+});
 results['raw JetStream append (msgs/s)'] = await rawAppendRate(bus.nc, 'bench.raw', payload, RAW, 1024);
 progress('js.publish');
 // js.publish for reference, 256 in flight.
@@ -50,7 +58,11 @@ progress('js.publish');
 // 2. The real path: a policy-writer process (HTTP gateway + intake), driven from this process.
 const secret = 'bench-secret-bench-secret-bench-secret';
 const httpPort = await freePort();
-const child = await startChild('services/policy-writer/main.ts', { NATS_URL: server.url, NETFOLD_TOKEN_SECRET: secret, NETFOLD_HTTP_PORT: String(httpPort), NETFOLD_LOG_LEVEL: 'info', NETFOLD_OVERLAY_CIDR: '10.0.0.0/8' }, 'policy-writer-started');
+const child = await startChild(
+  'services/policy-writer/main.ts',
+  { NATS_URL: server.url, NETFOLD_TOKEN_SECRET: secret, NETFOLD_HTTP_PORT: String(httpPort), NETFOLD_LOG_LEVEL: 'info', NETFOLD_OVERLAY_CIDR: '10.0.0.0/8' },
+  'policy-writer-started',
+);
 const gateway = `http://127.0.0.1:${httpPort}/networking/v1/external/policies`;
 const agent = new Agent({ keepAlive: true, maxSockets: HTTP_CONC });
 const admin = await mintToken(secret, { user: 'bench', scopes: ['network.admin'], spaces: [] }, 3600);
@@ -79,27 +91,45 @@ const measure = async (name: string, count: number, concurrency: number, task: (
   const cores = (seconds: number) => Math.round((seconds / (ms / 1000)) * 100) / 100;
   const self = process.cpuUsage(self0);
   results[name] = rate(count, ms);
-  results[`${name} — CPU cores: writer / nats-server / load generator`] = `${cores(cpuSeconds(child.pid!) - cpu0)} / ${cores(cpuSeconds(server.pid) - server0)} / ${cores((self.user + self.system) / 1e6)}`;
+  results[`${name} — CPU cores: writer / nats-server / load generator`] =
+    `${cores(cpuSeconds(child.pid!) - cpu0)} / ${cores(cpuSeconds(server.pid) - server0)} / ${cores((self.user + self.system) / 1e6)}`;
 };
 
 // 1,000 cells, cell k with the container range 10.<k / 256>.<k % 256>.0/24 of the overlay 10.0.0.0/8 (not measured).
 await pool(1000, INTAKE_CONC, (k) => request(intakeSubject.registerCell, { cellId: `cell-${k}`, subnet: `10.${k >> 8}.${k & 255}.0/24` }));
-await measure('app registrations (cmds/s)', APPS, INTAKE_CONC, (i) => request(intakeSubject.registerApp, { appId: `app-${i}`, name: `app-${i}`, spaceId: 's1', orgId: 'o1' }));
+await measure('app registrations (cmds/s)', APPS, INTAKE_CONC, (i) =>
+  request(intakeSubject.registerApp, { appId: `app-${i}`, name: `app-${i}`, spaceId: 's1', orgId: 'o1' }),
+);
 await measure('container starts via intake (events/s)', CONTAINERS, INTAKE_CONC, (i) =>
-  request(intakeSubject.startContainer, { containerId: `c-${i}`, appId: `app-${i % APPS}`, cellId: `cell-${i % 1000}`, instanceIndex: Math.floor(i / APPS), ip: ipOnCell(i) }),
+  request(intakeSubject.startContainer, {
+    containerId: `c-${i}`,
+    appId: `app-${i % APPS}`,
+    cellId: `cell-${i % 1000}`,
+    instanceIndex: Math.floor(i / APPS),
+    ip: ipOnCell(i),
+  }),
 );
 await measure('container stops via intake (events/s)', CONTAINERS, INTAKE_CONC, (i) => request(intakeSubject.stopContainer, { containerId: `c-${i}` }));
 await measure('policy creates via HTTP, 1 per request (policies/s)', POLICIES, HTTP_CONC, async (i) => {
   const src = i % APPS;
   const dst = (src + 1 + Math.floor(i / APPS)) % APPS;
-  const body = { policies: [{ source: { id: `app-${src}` }, destination: { id: `app-${dst}`, protocol: 'tcp', ports: { start: 1000 + Math.floor(i / (APPS * APPS)), end: 1000 + Math.floor(i / (APPS * APPS)) } } }] };
+  const body = {
+    policies: [
+      {
+        source: { id: `app-${src}` },
+        destination: { id: `app-${dst}`, protocol: 'tcp', ports: { start: 1000 + Math.floor(i / (APPS * APPS)), end: 1000 + Math.floor(i / (APPS * APPS)) } },
+      },
+    ],
+  };
   const res = await post(agent, gateway, admin, JSON.stringify(body));
   if (res.status !== 200) throw new Error(`HTTP ${res.status}: ${res.body}`);
 });
 const events = (await bus.jsm.streams.info('NF_EVENTS')).state.messages;
 
 const raw = results['raw JetStream append (msgs/s)'] as number;
-const lines = Object.entries(results).map(([k, v]) => `| ${k} | ${v} |${typeof v === 'number' && !k.startsWith('raw') ? ` ${Math.round((v / raw) * 1000) / 10}% of raw |` : ' |'}`);
+const lines = Object.entries(results).map(
+  ([k, v]) => `| ${k} | ${v} |${typeof v === 'number' && !k.startsWith('raw') ? ` ${Math.round((v / raw) * 1000) / 10}% of raw |` : ' |'}`,
+);
 console.log(JSON.stringify({ machine: machine(), sizes: { RAW, APPS, CONTAINERS, POLICIES, INTAKE_CONC, HTTP_CONC }, eventsInLog: events, results }, null, 2));
 console.log(['', '| measurement | figure | vs raw |', '|---|---|---|', ...lines].join('\n'));
 agent.destroy();
@@ -107,5 +137,3 @@ await stopChild(child);
 await bus.close();
 await server.stop();
 rmSync(dir, { recursive: true, force: true });
-
-

@@ -40,16 +40,43 @@ function history(total: number, apps: number, policies: number, containers: numb
     if (i < apps) return { type: 'AppRegistered', v: 1, data: { appId: `app-${i}`, name: `a${i}`, spaceId: 's', orgId: 'o' } };
     if (i < base) {
       const k = i - apps;
-      return { type: 'PoliciesCreated', v: 1, data: { sourceAppId: `app-${k % apps}`, policies: [{ destAppId: `app-${(k * 7 + 1) % apps}`, protocol: 'tcp', startPort: 1000 + Math.floor(k / apps), endPort: 1000 + Math.floor(k / apps) }] } };
+      return {
+        type: 'PoliciesCreated',
+        v: 1,
+        data: {
+          sourceAppId: `app-${k % apps}`,
+          policies: [{ destAppId: `app-${(k * 7 + 1) % apps}`, protocol: 'tcp', startPort: 1000 + Math.floor(k / apps), endPort: 1000 + Math.floor(k / apps) }],
+        },
+      };
     }
     const j = i - base;
-    if (j < containers) return { type: 'ContainerStarted', v: 1, data: { containerId: `c-${j}`, appId: `app-${j % apps}`, instanceIndex: Math.floor(j / apps), cellId: `cell-${j % cells}`, ip: ip(j) } };
+    if (j < containers)
+      return {
+        type: 'ContainerStarted',
+        v: 1,
+        data: { containerId: `c-${j}`, appId: `app-${j % apps}`, instanceIndex: Math.floor(j / apps), cellId: `cell-${j % cells}`, ip: ip(j) },
+      };
     // churn: stop the oldest running container, start a new one of the same app on the same cell
     const k = j - containers;
     const victim = Math.floor(k / 2);
-    if (k % 2 === 0) return { type: 'ContainerStopped', v: 1, data: { containerId: `c-${victim}`, appId: `app-${victim % apps}`, cellId: `cell-${victim % cells}`, wasRunning: true } };
+    if (k % 2 === 0)
+      return {
+        type: 'ContainerStopped',
+        v: 1,
+        data: { containerId: `c-${victim}`, appId: `app-${victim % apps}`, cellId: `cell-${victim % cells}`, wasRunning: true },
+      };
     const fresh = containers + victim;
-    return { type: 'ContainerStarted', v: 1, data: { containerId: `c-${fresh}`, appId: `app-${victim % apps}`, instanceIndex: Math.floor(fresh / apps), cellId: `cell-${victim % cells}`, ip: ip(fresh) } };
+    return {
+      type: 'ContainerStarted',
+      v: 1,
+      data: {
+        containerId: `c-${fresh}`,
+        appId: `app-${victim % apps}`,
+        instanceIndex: Math.floor(fresh / apps),
+        cellId: `cell-${victim % cells}`,
+        ip: ip(fresh),
+      },
+    };
   };
   void total;
 }
@@ -135,16 +162,16 @@ if (!process.env.BENCH_ONLY || process.env.BENCH_ONLY === 'replay') {
   if (process.env.BENCH_SKIP_CORE) {
     await s.close();
   } else {
-  progress('planner core over the same events (per-event cell outputs)');
-  const core = new PlannerCore({ domain: DEFAULT_DOMAIN, snapshotEvery: 64, owns: () => true });
-  const t1 = performance.now();
-  let outputs = 0;
-  for (let i = 0; i < recs.length; i += 1000) outputs += core.ingest(recs.slice(i, i + 1000)).length;
-  const coreMs = performance.now() - t1;
-  results['planner core: fold + per-cell deltas (events/s)'] = Math.round((recs.length / coreMs) * 1000);
-  results['planner core: 1M with per-event outputs, replay included (s)'] = Math.round((replayMs + coreMs) / 100) / 10;
-  results['planner core: outputs produced'] = outputs;
-  await s.close();
+    progress('planner core over the same events (per-event cell outputs)');
+    const core = new PlannerCore({ domain: DEFAULT_DOMAIN, snapshotEvery: 64, owns: () => true });
+    const t1 = performance.now();
+    let outputs = 0;
+    for (let i = 0; i < recs.length; i += 1000) outputs += core.ingest(recs.slice(i, i + 1000)).length;
+    const coreMs = performance.now() - t1;
+    results['planner core: fold + per-cell deltas (events/s)'] = Math.round((recs.length / coreMs) * 1000);
+    results['planner core: 1M with per-event outputs, replay included (s)'] = Math.round((replayMs + coreMs) / 100) / 10;
+    results['planner core: outputs produced'] = outputs;
+    await s.close();
   }
 }
 
@@ -155,7 +182,11 @@ if (!process.env.BENCH_ONLY || process.env.BENCH_ONLY === 'latency') {
   progress(`loading ${base} events (${APPS} apps, ${POLICIES} policies, ${CONTAINERS} containers on ${CELLS} cells)`);
   await load(s.bus, base, history(base, APPS, POLICIES, CONTAINERS, CELLS));
   const tStart = performance.now();
-  const child = await startChild('services/topology-planner/main.ts', { NATS_URL: s.url, NETFOLD_LOG_LEVEL: 'info', NETFOLD_METRICS_PORT: '0' }, 'planner-started');
+  const child = await startChild(
+    'services/topology-planner/main.ts',
+    { NATS_URL: s.url, NETFOLD_LOG_LEVEL: 'info', NETFOLD_METRICS_PORT: '0' },
+    'planner-started',
+  );
   // 'planner-started' means folded; wait until its outputs are all published too (the delta stream stops growing).
   let last = -1;
   for (;;) {
@@ -181,13 +212,20 @@ if (!process.env.BENCH_ONLY || process.env.BENCH_ONLY === 'latency') {
     const e = make(base + i);
     const expectedSubjectSeq = await log.lastSubjectSeq(subjectOf(e));
     const t = performance.now();
-    const seq = await log.append(subjectOf(e), { id: newId(), at: new Date().toISOString(), actor: 'platform:bench', correlationId: 'bench', ...e }, { expectedSubjectSeq });
+    const seq = await log.append(
+      subjectOf(e),
+      { id: newId(), at: new Date().toISOString(), actor: 'platform:bench', correlationId: 'bench', ...e },
+      { expectedSubjectSeq },
+    );
     sent.push({ seq, t });
     await new Promise((r) => setTimeout(r, 2));
   }
   const deadline = Date.now() + 30_000;
   while (sent.some((x) => !seen.has(x.seq)) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-  const lat = sent.filter((x) => seen.has(x.seq)).map((x) => seen.get(x.seq)! - x.t).sort((a, b) => a - b);
+  const lat = sent
+    .filter((x) => seen.has(x.seq))
+    .map((x) => seen.get(x.seq)! - x.t)
+    .sort((a, b) => a - b);
   results['append -> delta published: samples'] = `${lat.length} of ${SAMPLES}`;
   results['append -> delta published: p50 (ms)'] = Math.round(percentile(lat, 50) * 10) / 10;
   results['append -> delta published: p99 (ms)'] = Math.round(percentile(lat, 99) * 10) / 10;
@@ -205,7 +243,11 @@ if (!process.env.BENCH_ONLY || process.env.BENCH_ONLY === 'memory') {
   progress(`loading ${base} events for the memory run (${MEM_CONTAINERS} containers)`);
   await load(s.bus, base, history(base, APPS, POLICIES, MEM_CONTAINERS, CELLS));
   const t0 = performance.now();
-  const child = await startChild('services/topology-planner/main.ts', { NATS_URL: s.url, NETFOLD_LOG_LEVEL: 'info', NETFOLD_METRICS_PORT: '0' }, 'planner-started');
+  const child = await startChild(
+    'services/topology-planner/main.ts',
+    { NATS_URL: s.url, NETFOLD_LOG_LEVEL: 'info', NETFOLD_METRICS_PORT: '0' },
+    'planner-started',
+  );
   results[`planner start-up over ${base} events, folded (s)`] = Math.round((performance.now() - t0) / 100) / 10;
   results[`planner RSS at ${MEM_CONTAINERS} containers (MiB)`] = rssMiB(child.pid!);
   await stopChild(child);

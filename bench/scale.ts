@@ -98,7 +98,15 @@ async function runOnce(pollMs: number): Promise<ScaleRun> {
     // ---- raw limit, same server, before anything else runs ----
     progress(`[${mode}] raw JetStream append`);
     await bus.jsm.streams.add({ name: 'BENCH_RAW', subjects: ['bench.raw.>'], storage: StorageType.File });
-    const payload = JSON.stringify({ id: '01JB0000000000000000000000', type: 'ContainerStarted', v: 1, at: new Date().toISOString(), actor: 'platform:bench', correlationId: 'x'.repeat(26), data: { containerId: 'c-000000', appId: 'app-0000', instanceIndex: 0, cellId: 'cell-000', ip: '10.0.1.0' } });
+    const payload = JSON.stringify({
+      id: '01JB0000000000000000000000',
+      type: 'ContainerStarted',
+      v: 1,
+      at: new Date().toISOString(),
+      actor: 'platform:bench',
+      correlationId: 'x'.repeat(26),
+      data: { containerId: 'c-000000', appId: 'app-0000', instanceIndex: 0, cellId: 'cell-000', ip: '10.0.1.0' },
+    });
     const raw = await rawAppendRate(bus.nc, 'bench.raw', payload, sizes.RAW_MSGS, 1024);
     results['raw JetStream append (msgs/s)'] = raw;
     await bus.jsm.streams.delete('BENCH_RAW');
@@ -120,7 +128,7 @@ async function runOnce(pollMs: number): Promise<ScaleRun> {
     /** Per cell, each status seen: [time, revision]; and the latest hash applied. */
     const statusLog = new Map<string, [number, number][]>();
     const appliedHash = new Map<string, string>();
-    const statusSub = bus.nc.subscribe(kvLayout.subject(CELL_STATUS_BUCKET, ">"), {
+    const statusSub = bus.nc.subscribe(kvLayout.subject(CELL_STATUS_BUCKET, '>'), {
       callback: (_e, m) => {
         const s = m.json<{ cellId: string; revision: number; hash: string }>();
         let l = statusLog.get(s.cellId);
@@ -148,11 +156,37 @@ async function runOnce(pollMs: number): Promise<ScaleRun> {
     const httpPort = await freePort();
     const dnsPort = await freePort();
     const baseEnv = { NATS_URL: server.url, NETFOLD_LOG_LEVEL: 'info', NETFOLD_DOMAIN: DOMAIN, NETFOLD_OVERLAY_CIDR: OVERLAY };
-    children.push({ name: 'policy-writer', child: await startChild('services/policy-writer/main.ts', { ...baseEnv, NETFOLD_TOKEN_SECRET: SECRET, NETFOLD_HTTP_PORT: String(httpPort) }, 'policy-writer-started') });
+    children.push({
+      name: 'policy-writer',
+      child: await startChild(
+        'services/policy-writer/main.ts',
+        { ...baseEnv, NETFOLD_TOKEN_SECRET: SECRET, NETFOLD_HTTP_PORT: String(httpPort) },
+        'policy-writer-started',
+      ),
+    });
     for (let p = 0; p < sizes.PLANNERS; p++) {
-      children.push({ name: `planner-${p}`, child: await startChild('services/topology-planner/main.ts', { ...baseEnv, NETFOLD_PLANNER_ID: `planner-${p}`, NETFOLD_METRICS_PORT: '0' }, 'planner-started') });
+      children.push({
+        name: `planner-${p}`,
+        child: await startChild(
+          'services/topology-planner/main.ts',
+          { ...baseEnv, NETFOLD_PLANNER_ID: `planner-${p}`, NETFOLD_METRICS_PORT: '0' },
+          'planner-started',
+        ),
+      });
     }
-    children.push({ name: 'discovery', child: await startChild('services/discovery/main.ts', { ...baseEnv, NETFOLD_DNS_PORT: String(dnsPort), NETFOLD_DISCOVERY_HTTP_PORT: '0', NETFOLD_DNS_RATE_LIMIT: '0' /* the load's queries come from one address */ }, 'discovery-started') });
+    children.push({
+      name: 'discovery',
+      child: await startChild(
+        'services/discovery/main.ts',
+        {
+          ...baseEnv,
+          NETFOLD_DNS_PORT: String(dnsPort),
+          NETFOLD_DISCOVERY_HTTP_PORT: '0',
+          NETFOLD_DNS_RATE_LIMIT: '0' /* the load's queries come from one address */,
+        },
+        'discovery-started',
+      ),
+    });
     const per = Math.ceil(sizes.CELLS / sizes.AGENT_PROCS);
     const agentStarts: Promise<void>[] = [];
     for (let a = 0; a < sizes.AGENT_PROCS; a++) {
@@ -160,7 +194,11 @@ async function runOnce(pollMs: number): Promise<ScaleRun> {
       const to = Math.min(sizes.CELLS, from + per);
       if (from >= to) continue;
       agentStarts.push(
-        startChild('bench/scale-agents.ts', { ...baseEnv, NETFOLD_LOG_LEVEL: 'warn', BENCH_CELL_FROM: String(from), BENCH_CELL_TO: String(to), BENCH_POLL_MS: String(pollMs) }, 'agents-started').then((child) => {
+        startChild(
+          'bench/scale-agents.ts',
+          { ...baseEnv, NETFOLD_LOG_LEVEL: 'warn', BENCH_CELL_FROM: String(from), BENCH_CELL_TO: String(to), BENCH_POLL_MS: String(pollMs) },
+          'agents-started',
+        ).then((child) => {
           children.push({ name: `agents-${a}`, child });
         }),
       );
@@ -185,7 +223,10 @@ async function runOnce(pollMs: number): Promise<ScaleRun> {
       if (res.status !== 200) throw new Error(`POST ${path}: HTTP ${res.status} ${res.body}`);
       return (JSON.parse(res.body) as { revision: number }).revision;
     };
-    const cfPolicy = (src: string, dst: string, port: number) => ({ source: { id: src }, destination: { id: dst, protocol: 'tcp', ports: { start: port, end: port } } });
+    const cfPolicy = (src: string, dst: string, port: number) => ({
+      source: { id: src },
+      destination: { id: dst, protocol: 'tcp', ports: { start: port, end: port } },
+    });
 
     // ---- load, through the real gateway and intake, with everything running ----
     const rnd = seeded(7);
@@ -228,7 +269,11 @@ async function runOnce(pollMs: number): Promise<ScaleRun> {
     const ingest = rate(sizes.CONTAINERS, ms);
     results['ingest: container starts via intake, everything running (cmds/s)'] = ingest;
     results['ingest vs raw append (%)'] = round((ingest / raw) * 100);
-    results['ingest: CPU cores during the container load'] = coresOf(components, cpuLoad0, (performance.now() - tLoad) / 1000, ['nats-server', 'policy-writer', ...components.map((c) => c.name).filter((n) => n.startsWith('planner-'))]);
+    results['ingest: CPU cores during the container load'] = coresOf(components, cpuLoad0, (performance.now() - tLoad) / 1000, [
+      'nats-server',
+      'policy-writer',
+      ...components.map((c) => c.name).filter((n) => n.startsWith('planner-')),
+    ]);
     progress(`[${mode}] waiting for every cell to converge after the load`);
     const tConv = performance.now();
     const conv = await waitConverged(bus, plannedHash, appliedHash, sizes.CONVERGE_TIMEOUT_S * 1000);
@@ -271,7 +316,13 @@ async function runOnce(pollMs: number): Promise<ScaleRun> {
         const id = dnsId++ & 0xffff;
         dnsPending.set(id, { sample, query: dnsPacket.encode({ id, type: 'query', questions: [{ type: 'A', name: `${index}.a${fresh.app}.${DOMAIN}` }] }) });
       }
-      sample.revision = await intake(intakeSubject.startContainer, { containerId: fresh.id, appId: `app-${fresh.app}`, cellId: fresh.cellId, instanceIndex: index, ip: fresh.ip });
+      sample.revision = await intake(intakeSubject.startContainer, {
+        containerId: fresh.id,
+        appId: `app-${fresh.app}`,
+        cellId: fresh.cellId,
+        instanceIndex: index,
+        ip: fresh.ip,
+      });
       sample.acked = performance.now();
       running.push(fresh);
     };
@@ -353,7 +404,10 @@ async function runOnce(pollMs: number): Promise<ScaleRun> {
       const of = samples.filter((s) => s.kind === kind);
       const measured = of.map((s) => ({ s, r: toAll(s) })).filter((x) => x.r.cells > 0);
       const done = measured.filter((x) => x.r.all !== undefined);
-      const label = kind === 'container-start' ? 'container start → every affected cell applied (own cell and peers)' : `${kind.replace('-', ' ')} → every affected cell applied`;
+      const label =
+        kind === 'container-start'
+          ? 'container start → every affected cell applied (own cell and peers)'
+          : `${kind.replace('-', ' ')} → every affected cell applied`;
       results[`${label} (ms)`] = { ...summary(done.map((x) => x.r.all!)), unconverged: measured.length - done.length };
       results[`${kind}: affected cells per change (mean)`] = round(measured.reduce((n, x) => n + x.r.cells, 0) / Math.max(1, measured.length));
       results[`${kind}: command acknowledged (ms)`] = summary(of.filter((s) => s.acked).map((s) => s.acked! - s.t0));
@@ -366,7 +420,14 @@ async function runOnce(pollMs: number): Promise<ScaleRun> {
     progress(`[${mode}] replay check`);
     const report = await replay(bus, undefined, DOMAIN);
     const withoutStatus = report.cells.filter((c) => c.applied === null).map((c) => c.cellId);
-    const check = { cells: final.cells, converged: final.converged, enforced: final.enforced, replayOk: report.ok, differing: report.cells.filter((c) => !c.ok).map((c) => c.cellId), withoutStatus };
+    const check = {
+      cells: final.cells,
+      converged: final.converged,
+      enforced: final.enforced,
+      replayOk: report.ok,
+      differing: report.cells.filter((c) => !c.ok).map((c) => c.cellId),
+      withoutStatus,
+    };
     deltaSub.unsubscribe();
     statusSub.unsubscribe();
     return { mode, results, check };
@@ -387,7 +448,12 @@ async function runOnce(pollMs: number): Promise<ScaleRun> {
  * published through it, every cell applied its latest planned revision). Gives up at the timeout, or when nothing
  * has moved for a minute.
  */
-async function waitConverged(bus: Bus, planned: Map<string, string>, applied: Map<string, string>, timeoutMs: number): Promise<{ cells: number; converged: number; enforced: boolean; hashesAfterS?: number }> {
+async function waitConverged(
+  bus: Bus,
+  planned: Map<string, string>,
+  applied: Map<string, string>,
+  timeoutMs: number,
+): Promise<{ cells: number; converged: number; enforced: boolean; hashesAfterS?: number }> {
   const t0 = performance.now();
   const revision = (await bus.jsm.streams.info('NF_EVENTS')).state.last_seq;
   const count = () => {
@@ -413,12 +479,18 @@ async function waitConverged(bus: Bus, planned: Map<string, string>, applied: Ma
     await new Promise((r) => setTimeout(r, n === planned.size ? 200 : 10));
   }
   const e = await enforcementOf(bus, revision);
-  if (!e.enforced) progress(`not enforced at ${revision}: planners behind ${JSON.stringify(e.plannersBehind)}, cells ${JSON.stringify(e.cells.filter((c) => !c.ok).slice(0, 5))}`);
+  if (!e.enforced)
+    progress(
+      `not enforced at ${revision}: planners behind ${JSON.stringify(e.plannersBehind)}, cells ${JSON.stringify(e.cells.filter((c) => !c.ok).slice(0, 5))}`,
+    );
   return { cells: planned.size, converged: count(), enforced: e.enforced };
 }
 
 function cpuOf(components: Component[]): Map<string, number> {
-  return new Map([...components.map((c) => [c.name, cpuSeconds(c.pid)] as const), ['bench driver', process.cpuUsage().user / 1e6 + process.cpuUsage().system / 1e6]]);
+  return new Map([
+    ...components.map((c) => [c.name, cpuSeconds(c.pid)] as const),
+    ['bench driver', process.cpuUsage().user / 1e6 + process.cpuUsage().system / 1e6],
+  ]);
 }
 
 function coresOf(components: Component[], before: Map<string, number>, seconds: number, only?: string[]): Record<string, number> {
@@ -427,8 +499,6 @@ function coresOf(components: Component[], before: Map<string, number>, seconds: 
   for (const [name, t] of after) if (!only || only.includes(name)) out[name] = round((t - before.get(name)!) / seconds, 2);
   return out;
 }
-
-
 
 // Interrupted (Ctrl-C, a test's timeout): take every process this run started down with it.
 const live = new Set<number>();
@@ -452,9 +522,21 @@ if (process.env.BENCH_BASELINE === '1' && pollMs === 0) runs.push(await runOnce(
 const doc = { machine: machine(), sizes, runs };
 console.log(JSON.stringify(doc, null, 2));
 if (process.env.BENCH_FORMAT !== 'json') {
-  const cell = (v: unknown) => (typeof v === 'object' && v !== null ? Object.entries(v).map(([k, x]) => `${k} ${x}`).join(', ') : String(v));
+  const cell = (v: unknown) =>
+    typeof v === 'object' && v !== null
+      ? Object.entries(v)
+          .map(([k, x]) => `${k} ${x}`)
+          .join(', ')
+      : String(v);
   const keys = [...new Set(runs.flatMap((r) => Object.keys(r.results)))];
-  console.log(['', `| measurement | ${runs.map((r) => r.mode).join(' | ')} |`, `|---|${runs.map(() => '---|').join('')}`, ...keys.map((k) => `| ${k} | ${runs.map((r) => cell(r.results[k])).join(' | ')} |`)].join('\n'));
+  console.log(
+    [
+      '',
+      `| measurement | ${runs.map((r) => r.mode).join(' | ')} |`,
+      `|---|${runs.map(() => '---|').join('')}`,
+      ...keys.map((k) => `| ${k} | ${runs.map((r) => cell(r.results[k])).join(' | ')} |`),
+    ].join('\n'),
+  );
 }
 const failed = runs.filter((r) => !r.check.enforced || r.check.converged !== r.check.cells || !r.check.replayOk || r.check.withoutStatus.length > 0);
 if (failed.length > 0) {

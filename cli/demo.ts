@@ -15,13 +15,19 @@ export type DemoOptions = { bus: Bus; api: string; token: string; dnsPort: numbe
 export async function demo(o: DemoOptions): Promise<void> {
   const { bus, say } = o;
   const intake = async (subject: string, body: object) => {
-    const r = (await bus.nc.request(subject, JSON.stringify({ ...body, actor: 'demo' }), { timeout: 10_000 })).json<{ ok: boolean; revision?: number; error?: string; code?: string }>();
+    const r = (await bus.nc.request(subject, JSON.stringify({ ...body, actor: 'demo' }), { timeout: 10_000 })).json<{
+      ok: boolean;
+      revision?: number;
+      error?: string;
+      code?: string;
+    }>();
     if (!r.ok) throw new NetfoldError(r.error ?? 'refused', r.code ?? 'refused', 400, false);
     return r.revision!;
   };
   const model = await modelAt(bus, undefined);
   const cells = [...(await kvLatest(bus, CELL_STATUS_BUCKET)).keys()].filter((c) => model.cells[c]?.status === 'active').sort();
-  if (cells.length < 2) throw new NetfoldError('the demo needs at least two cells: run "npm start" (3 simulated cells by default) first', 'no-cells', 400, false);
+  if (cells.length < 2)
+    throw new NetfoldError('the demo needs at least two cells: run "npm start" (3 simulated cells by default) first', 'no-cells', 400, false);
   say(`1. cells reporting: ${cells.join(', ')}`);
 
   say('2. the platform registers two apps and starts their containers');
@@ -45,7 +51,9 @@ export async function demo(o: DemoOptions): Promise<void> {
   const res = await fetch(`${o.api}/networking/v1/external/policies`, {
     method: 'POST',
     headers: { authorization: `Bearer ${o.token}`, 'content-type': 'application/json' },
-    body: JSON.stringify({ policies: [{ source: { id: 'demo-frontend' }, destination: { id: 'demo-backend', protocol: 'tcp', ports: { start: 8080, end: 8080 } } }] }),
+    body: JSON.stringify({
+      policies: [{ source: { id: 'demo-frontend' }, destination: { id: 'demo-backend', protocol: 'tcp', ports: { start: 8080, end: 8080 } } }],
+    }),
   });
   const body = (await res.json()) as { revision?: number; error?: string };
   if (!res.ok) throw new NetfoldError(body.error ?? `HTTP ${res.status}`, 'policy-refused', res.status, false);

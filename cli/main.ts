@@ -134,7 +134,7 @@ function tokenFor(config: Config, flags: Flags): string {
 }
 
 async function api(config: Config, flags: Flags, method: string, path: string, body?: unknown): Promise<any> {
-  const base = typeof flags.api === 'string' ? flags.api : process.env.NETFOLD_API_URL ?? `http://${config.httpHost}:${config.httpPort}`;
+  const base = typeof flags.api === 'string' ? flags.api : (process.env.NETFOLD_API_URL ?? `http://${config.httpHost}:${config.httpPort}`);
   const res = await fetch(`${base}/networking/v1/external${path}`, {
     method,
     headers: { authorization: `Bearer ${tokenFor(config, flags)}`, ...(body ? { 'content-type': 'application/json' } : {}) },
@@ -190,7 +190,12 @@ async function main(argv: string[]): Promise<void> {
       }
       if (ttl <= 0) throw new UsageError(`--ttl must be longer than 0 s, got "${ttlText}"`);
       if (ttl > config.tokenMaxTtl) {
-        throw new NetfoldError(`--ttl ${ttlText} (${ttl} s) is longer than the gateway accepts (--token-max-ttl / NETFOLD_TOKEN_MAX_TTL: ${config.tokenMaxTtl} s)`, 'ttl-too-long', 400, false);
+        throw new NetfoldError(
+          `--ttl ${ttlText} (${ttl} s) is longer than the gateway accepts (--token-max-ttl / NETFOLD_TOKEN_MAX_TTL: ${config.tokenMaxTtl} s)`,
+          'ttl-too-long',
+          400,
+          false,
+        );
       }
       const token = await mintToken(resolveTokenSecret(config, false), { user: need(flags, 'user'), scopes, spaces }, ttl);
       return out.print(token, { token });
@@ -200,7 +205,12 @@ async function main(argv: string[]): Promise<void> {
     case 'cell decommission':
       return intake(config, flags, out, intakeSubject.decommissionCell, { cellId: need(flags, 'id') });
     case 'app register':
-      return intake(config, flags, out, intakeSubject.registerApp, { appId: need(flags, 'id'), name: need(flags, 'name'), spaceId: need(flags, 'space'), orgId: need(flags, 'org') });
+      return intake(config, flags, out, intakeSubject.registerApp, {
+        appId: need(flags, 'id'),
+        name: need(flags, 'name'),
+        spaceId: need(flags, 'space'),
+        orgId: need(flags, 'org'),
+      });
     case 'app rename':
       return intake(config, flags, out, intakeSubject.renameApp, { appId: need(flags, 'id'), name: need(flags, 'name') });
     case 'app delete':
@@ -233,7 +243,12 @@ async function main(argv: string[]): Promise<void> {
       if (typeof flags.dest === 'string') q.set('dest_id', flags.dest);
       const r = await api(config, flags, 'GET', `/policies${q.size ? '?' + q.toString() : ''}`);
       const rows = [['SOURCE', 'DESTINATION', 'PROTOCOL', 'PORTS']].concat(
-        r.policies.map((p: any) => [p.source.id, p.destination.id, p.destination.protocol, p.destination.ports.start === p.destination.ports.end ? `${p.destination.ports.start}` : `${p.destination.ports.start}-${p.destination.ports.end}`]),
+        r.policies.map((p: any) => [
+          p.source.id,
+          p.destination.id,
+          p.destination.protocol,
+          p.destination.ports.start === p.destination.ports.end ? `${p.destination.ports.start}` : `${p.destination.ports.start}-${p.destination.ports.end}`,
+        ]),
       );
       return out.print(`${table(rows)}\n${r.total_policies} policies (revision ${r.revision})`, r);
     }
@@ -243,12 +258,22 @@ async function main(argv: string[]): Promise<void> {
       return withBus(config, async (bus) => {
         const e = await waitEnforced(bus, revision, timeoutMs);
         const rows = [['CELL', 'PLANNED', 'REQUIRED', 'APPLIED', 'OK', 'LAST HEARD']].concat(
-          e.cells.map((c) => [c.cellId, String(c.planned), String(c.required), String(c.applied ?? '-'), c.ok ? 'yes' : c.silent ? 'silent' : 'no', c.ok ? '-' : (c.lastHeard ?? 'never')]),
+          e.cells.map((c) => [
+            c.cellId,
+            String(c.planned),
+            String(c.required),
+            String(c.applied ?? '-'),
+            c.ok ? 'yes' : c.silent ? 'silent' : 'no',
+            c.ok ? '-' : (c.lastHeard ?? 'never'),
+          ]),
         );
         const behind = e.plannersBehind.length > 0 ? `\nplanners not yet at ${revision}: ${e.plannersBehind.join(', ')}` : '';
         const silentBehind = e.cells.filter((c) => c.silent && !c.ok).map((c) => c.cellId);
         const silent = silentBehind.length > 0 ? `\nsilent cells not counted (no agent heard for 15 s): ${silentBehind.join(', ')}` : '';
-        out.print(`${table(rows)}${behind}${silent}\nrevision ${revision}: ${e.enforced ? 'enforced on every cell' : 'NOT enforced everywhere (timed out)'}`, e);
+        out.print(
+          `${table(rows)}${behind}${silent}\nrevision ${revision}: ${e.enforced ? 'enforced on every cell' : 'NOT enforced everywhere (timed out)'}`,
+          e,
+        );
         if (!e.enforced) process.exitCode = 1;
       });
     }
@@ -290,7 +315,16 @@ async function main(argv: string[]): Promise<void> {
           `containers (${view.containers.length}):`,
           table(view.containers.map((c) => [`  ${c.id}`, c.appId ?? '-', c.cellId ?? '-', c.ip ?? '-', c.status])),
           `policies (${view.policies.length}):`,
-          table(view.policies.map((p) => [`  ${p.sourceAppId}`, '->', p.destAppId, `${p.protocol}/${p.startPort === p.endPort ? p.startPort : `${p.startPort}-${p.endPort}`}`, `by ${p.createdBy}`, p.createdAt])),
+          table(
+            view.policies.map((p) => [
+              `  ${p.sourceAppId}`,
+              '->',
+              p.destAppId,
+              `${p.protocol}/${p.startPort === p.endPort ? p.startPort : `${p.startPort}-${p.endPort}`}`,
+              `by ${p.createdBy}`,
+              p.createdAt,
+            ]),
+          ),
           ...(view.cell ? [`cell ${view.cell.cellId} (hash ${view.cell.hash}):`, JSON.stringify(view.cell.state, null, 2)] : []),
         ].join('\n');
         out.print(human, view);
@@ -305,9 +339,17 @@ async function main(argv: string[]): Promise<void> {
         const e = await explainAt(bus, await modelAt(bus, undefined), source, destination, Number(port), protocol);
         const human = [
           `${source} -> ${destination} ${protocol}/${port}: ${e.allowed ? 'ALLOWED' : 'DENIED'} (${e.reason}) at revision ${e.revision}`,
-          ...e.policies.map((p) => `  by policy ${p.sourceAppId} -> ${p.destAppId} ${p.protocol}/${p.startPort}-${p.endPort}, created ${p.createdAt} by ${p.createdBy} (revision ${p.createdSeq})`),
+          ...e.policies.map(
+            (p) =>
+              `  by policy ${p.sourceAppId} -> ${p.destAppId} ${p.protocol}/${p.startPort}-${p.endPort}, ` +
+                `created ${p.createdAt} by ${p.createdBy} (revision ${p.createdSeq})`,
+          ),
           ...e.nearMisses.map((p) => `  not covered by ${p.protocol}/${p.startPort}-${p.endPort} (created ${p.createdAt} by ${p.createdBy})`),
-          ...e.enforcement.map((c) => `  cell ${c.cellId}: planned revision ${c.planned ?? '-'}, applied ${c.applied ?? '-'}${c.planned !== null && c.applied !== null && c.applied >= c.planned ? ' (in force)' : ''}`),
+          ...e.enforcement.map(
+            (c) =>
+              `  cell ${c.cellId}: planned revision ${c.planned ?? '-'}, applied ${c.applied ?? '-'}` +
+                (c.planned !== null && c.applied !== null && c.applied >= c.planned ? ' (in force)' : ''),
+          ),
         ].join('\n');
         out.print(human, e);
       });
@@ -325,21 +367,41 @@ async function main(argv: string[]): Promise<void> {
           : undefined;
         const report = await replay(bus, typeof flags.to === 'string' ? parsePoint(flags.to) : undefined, config.domain, progress);
         if (tty) process.stderr.write('\n');
-        const rows = [['CELL', 'REPLAYED', 'PLANNED', 'APPLIED', 'OK']].concat(report.cells.map((c) => [c.cellId, c.replayed.slice(0, 12), c.planned?.slice(0, 12) ?? '-', c.applied?.slice(0, 12) ?? '-', c.ok ? 'yes' : 'DIFFERS']));
+        const rows = [['CELL', 'REPLAYED', 'PLANNED', 'APPLIED', 'OK']].concat(
+          report.cells.map((c) => [
+            c.cellId,
+            c.replayed.slice(0, 12),
+            c.planned?.slice(0, 12) ?? '-',
+            c.applied?.slice(0, 12) ?? '-',
+            c.ok ? 'yes' : 'DIFFERS',
+          ]),
+        );
         out.print(`${table(rows)}\nrevision ${report.revision}: ${report.ok ? 'every cell matches' : 'differences found'}`, report);
         if (!report.ok) process.exitCode = 1;
       });
     }
     case 'demo': {
-      const base = typeof flags.api === 'string' ? flags.api : process.env.NETFOLD_API_URL ?? `http://${config.httpHost}:${config.httpPort}`;
-      return withBus(config, (bus) => demo({ bus, api: base, token: tokenFor(config, flags), dnsPort: config.dnsPort, say: (l) => process.stdout.write(l + '\n') }));
+      const base = typeof flags.api === 'string' ? flags.api : (process.env.NETFOLD_API_URL ?? `http://${config.httpHost}:${config.httpPort}`);
+      return withBus(config, (bus) =>
+        demo({ bus, api: base, token: tokenFor(config, flags), dnsPort: config.dnsPort, say: (l) => process.stdout.write(l + '\n') }),
+      );
     }
     case 'cells': {
       return withBus(config, async (bus) => {
         const statuses = [...(await kvLatest(bus, CELL_STATUS_BUCKET)).values()] as CellStatus[];
         statuses.sort((a, b) => (a.cellId < b.cellId ? -1 : 1));
         const rows = [['CELL', 'DATAPLANE', 'REVISION', 'LOCAL', 'ALLOWS', 'APPLY MS', 'REPAIRS', 'APPLIED AT', 'ERROR']].concat(
-          statuses.map((s) => [s.cellId, s.dataplane, String(s.revision), String(s.rules.local), String(s.rules.allows), String(s.applyMs), String(s.driftRepairs), s.appliedAt, s.error ?? '']),
+          statuses.map((s) => [
+            s.cellId,
+            s.dataplane,
+            String(s.revision),
+            String(s.rules.local),
+            String(s.rules.allows),
+            String(s.applyMs),
+            String(s.driftRepairs),
+            s.appliedAt,
+            s.error ?? '',
+          ]),
         );
         out.print(`${table(rows)}\n${statuses.length} cells`, statuses);
       });
@@ -347,9 +409,15 @@ async function main(argv: string[]): Promise<void> {
     case 'quarantine': {
       return withBus(config, async (bus) => {
         const q = await quarantined(bus);
-        const rows = [['REVISION', 'SUBJECT', 'REASON', 'TYPE', 'ERROR']].concat(q.entries.map((e) => [String(e.seq), e.subject, e.reason, e.type ?? '-', e.error]));
-        out.print(`${table(rows)}
-${q.invalid} invalid and ${q.foldFailed} failed to fold, of ${q.revision} log entries${q.invalid + q.foldFailed > q.entries.length ? ` (the first ${q.entries.length} listed)` : ''}`, q);
+        const rows = [['REVISION', 'SUBJECT', 'REASON', 'TYPE', 'ERROR']].concat(
+          q.entries.map((e) => [String(e.seq), e.subject, e.reason, e.type ?? '-', e.error]),
+        );
+        out.print(
+          `${table(rows)}
+${q.invalid} invalid and ${q.foldFailed} failed to fold, of ${q.revision} log entries` +
+            (q.invalid + q.foldFailed > q.entries.length ? ` (the first ${q.entries.length} listed)` : ''),
+          q,
+        );
       });
     }
     default:
@@ -362,7 +430,7 @@ try {
 } catch (err) {
   const e = err instanceof TypeError && (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS') ? new UsageError(err.message) : toNetfoldError(err);
   const json = process.argv.includes('--json');
-  const detail = e.code === "internal" && e.cause instanceof Error ? `: ${e.cause.message}` : "";
-  process.stderr.write(json ? JSON.stringify(e.toBody()) + "\n" : `netfold: ${e.message}${detail} (${e.code})\n`);
+  const detail = e.code === 'internal' && e.cause instanceof Error ? `: ${e.cause.message}` : '';
+  process.stderr.write(json ? JSON.stringify(e.toBody()) + '\n' : `netfold: ${e.message}${detail} (${e.code})\n`);
   process.exitCode = e.code === 'usage' ? 2 : 1;
 }

@@ -11,7 +11,7 @@ import { CELL_STATUS_BUCKET } from '../runtime/subjects.ts';
 import { latestPlanned } from '../services/topology-planner/published.ts';
 
 /** The apps an event concerns (for filtering). */
-export function appsOf(e: EventEnvelope): string[] {
+function appsOf(e: EventEnvelope): string[] {
   switch (e.type) {
     case 'CellRegistered':
     case 'CellDecommissioned':
@@ -31,7 +31,7 @@ export function appsOf(e: EventEnvelope): string[] {
 }
 
 /** One line of what an event did. */
-export function effectOf(e: EventEnvelope): string {
+function effectOf(e: EventEnvelope): string {
   const d = e.data as Record<string, unknown>;
   switch (e.type) {
     case 'CellRegistered':
@@ -51,7 +51,8 @@ export function effectOf(e: EventEnvelope): string {
     case 'PoliciesCreated':
     case 'PoliciesDeleted': {
       const verb = e.type === 'PoliciesCreated' ? 'allowed' : `revoked${e.data.reason === 'app-deleted' ? ' (app deleted)' : ''}`;
-      return `${verb}: ${e.data.policies.map((p) => `${e.data.sourceAppId} -> ${p.destAppId} ${p.protocol}/${p.startPort === p.endPort ? p.startPort : `${p.startPort}-${p.endPort}`}`).join(', ')}`;
+      const ports = (p: { startPort: number; endPort: number }) => (p.startPort === p.endPort ? `${p.startPort}` : `${p.startPort}-${p.endPort}`);
+      return `${verb}: ${e.data.policies.map((p) => `${e.data.sourceAppId} -> ${p.destAppId} ${p.protocol}/${ports(p)}`).join(', ')}`;
     }
   }
   return JSON.stringify(d);
@@ -124,8 +125,12 @@ export type StateView = {
 export function stateView(m: Model, cellId?: string, domain?: string): StateView {
   const view: StateView = {
     revision: m.seq,
-    apps: Object.values(m.apps).map((a) => ({ id: a.id, name: a.name, spaceId: a.spaceId, deleted: a.deleted })).sort((a, b) => (a.id < b.id ? -1 : 1)),
-    containers: Object.values(m.containers).map((c) => ({ id: c.id, appId: c.appId, cellId: c.cellId, ip: c.ip, status: c.status })).sort((a, b) => (a.id < b.id ? -1 : 1)),
+    apps: Object.values(m.apps)
+      .map((a) => ({ id: a.id, name: a.name, spaceId: a.spaceId, deleted: a.deleted }))
+      .sort((a, b) => (a.id < b.id ? -1 : 1)),
+    containers: Object.values(m.containers)
+      .map((c) => ({ id: c.id, appId: c.appId, cellId: c.cellId, ip: c.ip, status: c.status }))
+      .sort((a, b) => (a.id < b.id ? -1 : 1)),
     policies: allPolicies(m),
   };
   if (cellId) {
@@ -135,7 +140,14 @@ export function stateView(m: Model, cellId?: string, domain?: string): StateView
   return view;
 }
 
-export type ExplainView = Explanation & { source: string; destination: string; port: number; protocol: string; revision: number; enforcement: { cellId: string; planned: number | null; applied: number | null }[] };
+export type ExplainView = Explanation & {
+  source: string;
+  destination: string;
+  port: number;
+  protocol: string;
+  revision: number;
+  enforcement: { cellId: string; planned: number | null; applied: number | null }[];
+};
 
 export async function explainAt(bus: Bus, m: Model, source: string, destination: string, port: number, protocol: Protocol): Promise<ExplainView> {
   const e = explain(m, source, destination, port, protocol);

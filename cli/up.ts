@@ -79,7 +79,10 @@ export async function up(config: Config): Promise<void> {
   const agents: CellAgent[] = [];
   for (const cell of plan.cells) {
     // Registering again is a no-op.
-    await writer.writer.cell({ type: 'RegisterCell', data: { cellId: cell.cellId, subnet: cell.subnet } }, { actor: 'system:netfold-up', correlationId: newId() });
+    await writer.writer.cell(
+      { type: 'RegisterCell', data: { cellId: cell.cellId, subnet: cell.subnet } },
+      { actor: 'system:netfold-up', correlationId: newId() },
+    );
     agents.push(await startCellAgent({ bus, log, config: cell.agent, dataplane: createDataplane(cell.dataplane), metrics }));
   }
   const adminTokenFile = plan.adminToken.file;
@@ -94,7 +97,8 @@ export async function up(config: Config): Promise<void> {
       `  NATS:          ${servers.join(',')}${embedded ? ' (embedded, data in ' + join(config.dataDir, 'jetstream') + ')' : ''}`,
       `  policy API:    ${writer.url}/networking/v1/external/policies`,
       `  planner:       ${plan.planner.plannerId}, per-cell state on nf.cell.snap.<cell> / nf.cell.delta.<cell>`,
-      `  DNS:           ${plan.discovery.dnsHost}:${discovery.dnsPort} (udp+tcp), zone ${plan.discovery.zone}; lookup ${discovery.httpUrl}/v1/registration/<name>`,
+      `  DNS:           ${plan.discovery.dnsHost}:${discovery.dnsPort} (udp+tcp), zone ${plan.discovery.zone}; ` +
+        `lookup ${discovery.httpUrl}/v1/registration/<name>`,
       `  cells:         ${plan.cells.length} simulated (sim-cell-1..${plan.cells.length}, memory dataplane; --simulate-cells N)`,
       `  metrics:       ${writer.url}/metrics (Prometheus text, every service of this process)`,
       `  admin token:   ${adminTokenFile} (valid ${plan.adminToken.ttlSeconds} s; re-minted at every start)`,

@@ -26,7 +26,7 @@ export type Protocol = (typeof PROTOCOLS)[number];
 /** One allowed flow from a source app: destination app, protocol and an inclusive port range. */
 export type PolicyRule = { destAppId: string; protocol: Protocol; startPort: number; endPort: number };
 
-export const POLICY_DELETE_REASONS = ['requested', 'app-deleted'] as const;
+const POLICY_DELETE_REASONS = ['requested', 'app-deleted'] as const;
 export type PolicyDeleteReason = (typeof POLICY_DELETE_REASONS)[number];
 
 export type AppRegistered = { type: 'AppRegistered'; v: 1; data: { appId: string; name: string; spaceId: string; orgId: string } };
@@ -68,7 +68,7 @@ export type DomainEvent =
 
 export type EventType = DomainEvent['type'];
 
-export const EVENT_TYPES: readonly EventType[] = [
+const EVENT_TYPES: readonly EventType[] = [
   'CellRegistered',
   'CellDecommissioned',
   'AppRegistered',
@@ -100,7 +100,7 @@ export type RecordedEvent = { seq: number; subject: string; event: EventEnvelope
 
 const ENVELOPE_KEYS = ['id', 'type', 'v', 'at', 'actor', 'correlationId', 'causationId', 'data'] as const;
 
-export function policyRuleOf(v: unknown, path: string, issues: Issues): PolicyRule {
+function policyRuleOf(v: unknown, path: string, issues: Issues): PolicyRule {
   const o = objectOf(v, path, issues, ['destAppId', 'protocol', 'startPort', 'endPort']);
   const rule: PolicyRule = {
     destAppId: idOf(o.destAppId, join(path, 'destAppId'), issues),
@@ -156,7 +156,7 @@ const dataReaders: { [T in EventType]: (d: Record<string, unknown>, p: string, i
 };
 
 /** The current version of each type. */
-export const CURRENT_VERSION: { [T in EventType]: number } = {
+const CURRENT_VERSION: { [T in EventType]: number } = {
   CellRegistered: 1,
   CellDecommissioned: 1,
   AppRegistered: 1,

@@ -56,7 +56,7 @@ function metaOf(o: Record<string, unknown>, issues: Issues): RequestMeta {
 
 type IntakeParser = (o: Record<string, unknown>, issues: Issues) => IntakeCommand;
 
-export const intakeParsers: Record<IntakeCommand['type'], { keys: readonly string[]; parse: IntakeParser }> = {
+const intakeParsers: Record<IntakeCommand['type'], { keys: readonly string[]; parse: IntakeParser }> = {
   RegisterCell: {
     keys: ['cellId', 'subnet'],
     parse: (o, i) => ({ type: 'RegisterCell', data: { cellId: idOf(o.cellId, 'cellId', i), subnet: cidrOf(o.subnet, 'subnet', i) } }),

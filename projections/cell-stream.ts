@@ -26,7 +26,7 @@ export const cellSubject = {
 } as const;
 
 /** Message ids (Nats-Msg-Id) of the planner's outputs: a re-sent output is stored once. */
-export const cellMessageId = {
+const cellMessageId = {
   delta: (cellId: string, revision: number) => `d:${cellId}:${revision}`,
   snapshot: (cellId: string, revision: number) => `s:${cellId}:${revision}`,
 } as const;
@@ -65,7 +65,11 @@ export function parseCellDelta(data: Uint8Array | string, cellId: string): CellD
   const d = jsonOf(data);
   if (!isRecord(d) || d.cellId !== cellId || !isRevision(d.revision) || !isRevision(d.prevRevision) || d.revision <= d.prevRevision) return null;
   if (typeof d.hash !== 'string' || !HASH.test(d.hash) || (d.at !== undefined && typeof d.at !== 'string')) return null;
-  if (!Array.isArray(d.ops) || !d.ops.every((o: unknown) => isRecord(o) && Array.isArray(o.path) && o.path.length === 2 && SECTIONS.includes(o.path[0]) && typeof o.path[1] === 'string')) return null;
+  if (
+    !Array.isArray(d.ops) ||
+    !d.ops.every((o: unknown) => isRecord(o) && Array.isArray(o.path) && o.path.length === 2 && SECTIONS.includes(o.path[0]) && typeof o.path[1] === 'string')
+  )
+    return null;
   return d as CellDelta;
 }
 

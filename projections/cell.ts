@@ -167,7 +167,7 @@ export function deriveCellState(m: Model, cellId: string, domain: string = DEFAU
 /** Entries an event can change, per cell, as `section \u0000 key`; judged on one model (ask before and after). */
 export type DirtyEntries = Map<string, Set<string>>;
 
-export const entryId = (section: Section, key: string) => `${section}\u0000${key}`;
+const entryId = (section: Section, key: string) => `${section}\u0000${key}`;
 export const splitEntryId = (id: string): [Section, string] => {
   const at = id.indexOf('\u0000');
   return [id.slice(0, at) as Section, id.slice(at + 1)];
@@ -272,11 +272,11 @@ export function dirtyEntries(m: Model, e: EventEnvelope, domain: string = DEFAUL
 export type CellOp = { path: [Section, string]; value?: unknown };
 
 /** The hash of one entry, as a 128-bit number. */
-export function entryHash(section: Section, key: string, value: unknown): bigint {
+function entryHash(section: Section, key: string, value: unknown): bigint {
   return BigInt('0x' + createHash('sha256').update(canonicalJson([section, key, value])).digest('hex').slice(0, 32));
 }
 
-export const hashHex = (h: bigint) => h.toString(16).padStart(32, '0');
+const hashHex = (h: bigint) => h.toString(16).padStart(32, '0');
 
 /** The hash of a whole state: XOR of its entries' hashes (order-free, so it can be kept up to date per entry). */
 export function cellHashOf(state: CellState): string {

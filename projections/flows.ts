@@ -25,7 +25,19 @@ export type RuleSet = {
 };
 
 const cmpAllow = (a: Allow, b: Allow) =>
-  a.dst < b.dst ? -1 : a.dst > b.dst ? 1 : a.src < b.src ? -1 : a.src > b.src ? 1 : a.protocol < b.protocol ? -1 : a.protocol > b.protocol ? 1 : a.startPort - b.startPort || a.endPort - b.endPort;
+  a.dst < b.dst
+    ? -1
+    : a.dst > b.dst
+      ? 1
+      : a.src < b.src
+        ? -1
+        : a.src > b.src
+          ? 1
+          : a.protocol < b.protocol
+            ? -1
+            : a.protocol > b.protocol
+              ? 1
+              : a.startPort - b.startPort || a.endPort - b.endPort;
 
 /** Expands a cell's state into allowed flows, sorted and without duplicates. */
 export function expandRules(state: CellState, subnets: readonly string[] = []): RuleSet {
@@ -64,7 +76,16 @@ export class RuleExpander {
         const allows: Allow[] = [];
         for (const rule of rules) {
           for (const src of Object.keys(state.sources[rule.sourceAppId] ?? {})) {
-            allows.push({ src, dst: c.ip, protocol: rule.protocol, startPort: rule.startPort, endPort: rule.endPort, srcApp: rule.sourceAppId, dstApp: c.appId, policy: portsOf(rule.protocol, rule.startPort, rule.endPort) });
+            allows.push({
+              src,
+              dst: c.ip,
+              protocol: rule.protocol,
+              startPort: rule.startPort,
+              endPort: rule.endPort,
+              srcApp: rule.sourceAppId,
+              dstApp: c.appId,
+              policy: portsOf(rule.protocol, rule.startPort, rule.endPort),
+            });
           }
         }
         flows = { container: c, ingress, sources, allows: normalizeAllows(allows) };
@@ -102,11 +123,28 @@ export function normalizeAllows(list: Allow[]): Allow[] {
   for (const a of sorted) {
     const prev = out[out.length - 1];
     const ranged = a.startPort !== a.endPort;
-    if (prev && ranged && prev.startPort !== prev.endPort && prev.src === a.src && prev.dst === a.dst && prev.protocol === a.protocol && a.startPort <= prev.endPort) {
+    if (
+      prev &&
+      ranged &&
+      prev.startPort !== prev.endPort &&
+      prev.src === a.src &&
+      prev.dst === a.dst &&
+      prev.protocol === a.protocol &&
+      a.startPort <= prev.endPort
+    ) {
       out[out.length - 1] = { ...prev, endPort: Math.max(prev.endPort, a.endPort), policy: joinPolicies(prev.policy, a.policy) };
       continue;
     }
-    if (prev && !ranged && prev.src === a.src && prev.dst === a.dst && prev.protocol === a.protocol && prev.startPort === a.startPort && prev.endPort === a.endPort) continue;
+    if (
+      prev &&
+      !ranged &&
+      prev.src === a.src &&
+      prev.dst === a.dst &&
+      prev.protocol === a.protocol &&
+      prev.startPort === a.startPort &&
+      prev.endPort === a.endPort
+    )
+      continue;
     out.push(a);
   }
   return out;
@@ -122,5 +160,3 @@ export function allows(rules: RuleSet, src: string, dst: string, protocol: Proto
   if (!guarded || !cidrContains(overlayCidr, src)) return true;
   return rules.allows.some((a) => a.src === src && a.dst === dst && a.protocol === protocol && port >= a.startPort && port <= a.endPort);
 }
-
-

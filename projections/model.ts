@@ -133,7 +133,14 @@ function foldInto(draft: Draft<Model>, batch: readonly RecordedEvent[], step: Fo
       // and the fold goes on: the same code makes the same (partial) change and the same entry in every fold.
       draft.quarantine.foldFailed += 1;
       if (draft.quarantine.entries.length < MAX_QUARANTINE_ENTRIES) {
-        draft.quarantine.entries.push({ seq: rec.seq, subject: rec.subject, reason: 'fold-failed', error: errorText(err), eventId: rec.event.id, type: rec.event.type });
+        draft.quarantine.entries.push({
+          seq: rec.seq,
+          subject: rec.subject,
+          reason: 'fold-failed',
+          error: errorText(err),
+          eventId: rec.event.id,
+          type: rec.event.type,
+        });
       }
     }
     draft.seq = rec.seq;
@@ -154,7 +161,10 @@ export function skipEntry(m: Model, seq: number, subject: string, error: string)
 }
 
 /** Why the model would ignore a container start (the decider refuses the same; the fold settles races). */
-export function startConflict(m: Model, d: { containerId: string; cellId: string; ip: string }): 'ip-in-use' | 'cell-decommissioned' | 'ip-outside-cell' | undefined {
+export function startConflict(
+  m: Model,
+  d: { containerId: string; cellId: string; ip: string },
+): 'ip-in-use' | 'cell-decommissioned' | 'ip-outside-cell' | undefined {
   const holder = m.containersByIp[d.ip];
   if (holder !== undefined && holder !== d.containerId) return 'ip-in-use';
   const cell = m.cells[d.cellId];
@@ -175,7 +185,15 @@ function applyEvent(m: Draft<Model>, e: EventEnvelope, seq: number): void {
   switch (e.type) {
     case 'AppRegistered': {
       if (m.apps[e.data.appId]) return; // ids are never reused; a repeat changes nothing
-      m.apps[e.data.appId] = { id: e.data.appId, name: e.data.name, spaceId: e.data.spaceId, orgId: e.data.orgId, deleted: false, registeredAt: e.at, deletedAt: null };
+      m.apps[e.data.appId] = {
+        id: e.data.appId,
+        name: e.data.name,
+        spaceId: e.data.spaceId,
+        orgId: e.data.orgId,
+        deleted: false,
+        registeredAt: e.at,
+        deletedAt: null,
+      };
       claimName(m, e.data.name, e.data.appId);
       return;
     }
@@ -207,7 +225,16 @@ function applyEvent(m: Draft<Model>, e: EventEnvelope, seq: number): void {
       const d = e.data;
       // Two writers may race past the decider's checks; the log order settles it: the later start is ignored.
       if (startConflict(m as Model, d)) return;
-      m.containers[d.containerId] = { id: d.containerId, appId: d.appId, cellId: d.cellId, instanceIndex: d.instanceIndex, ip: d.ip, status: 'running', startedAt: e.at, stoppedAt: null };
+      m.containers[d.containerId] = {
+        id: d.containerId,
+        appId: d.appId,
+        cellId: d.cellId,
+        instanceIndex: d.instanceIndex,
+        ip: d.ip,
+        status: 'running',
+        startedAt: e.at,
+        stoppedAt: null,
+      };
       (m.containersByApp[d.appId] ??= dict())[d.containerId] = true;
       (m.containersByCell[d.cellId] ??= dict())[d.containerId] = true;
       m.containersByIp[d.ip] = d.containerId;
@@ -216,7 +243,16 @@ function applyEvent(m: Draft<Model>, e: EventEnvelope, seq: number): void {
     case 'ContainerStopped': {
       const c = m.containers[e.data.containerId];
       if (!c) {
-        m.containers[e.data.containerId] = { id: e.data.containerId, appId: e.data.appId, cellId: e.data.cellId, instanceIndex: null, ip: null, status: 'stopped', startedAt: null, stoppedAt: e.at };
+        m.containers[e.data.containerId] = {
+          id: e.data.containerId,
+          appId: e.data.appId,
+          cellId: e.data.cellId,
+          instanceIndex: null,
+          ip: null,
+          status: 'stopped',
+          startedAt: null,
+          stoppedAt: e.at,
+        };
         return;
       }
       if (c.status === 'stopped') return;
@@ -272,7 +308,7 @@ function applyEvent(m: Draft<Model>, e: EventEnvelope, seq: number): void {
 }
 
 /** An entry of `policiesByDest`: `<source app>|<policy key>` (app ids never hold a `|`). */
-export const policyRef = (sourceAppId: string, key: string): string => `${sourceAppId}|${key}`;
+const policyRef = (sourceAppId: string, key: string): string => `${sourceAppId}|${key}`;
 
 export function parsePolicyRef(ref: string): { sourceAppId: string; key: string } {
   const bar = ref.indexOf('|');
@@ -355,7 +391,7 @@ export function allPolicies(m: Model): PolicyRecord[] {
     .sort(comparePolicies);
 }
 
-export function comparePolicies(a: PolicyRecord, b: PolicyRecord): number {
+function comparePolicies(a: PolicyRecord, b: PolicyRecord): number {
   return (
     cmp(a.sourceAppId, b.sourceAppId) || cmp(a.destAppId, b.destAppId) || cmp(a.protocol, b.protocol) || a.startPort - b.startPort || a.endPort - b.endPort
   );

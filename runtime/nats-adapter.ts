@@ -29,7 +29,8 @@ export function isTransientNatsError(err: unknown): boolean {
   return false;
 }
 
-const hasApiCode = (err: unknown, code: number) => err instanceof JetStreamApiError ? err.code === code : typeof err === 'object' && err !== null && (err as { code?: unknown }).code === code;
+const hasApiCode = (err: unknown, code: number) =>
+  err instanceof JetStreamApiError ? err.code === code : typeof err === 'object' && err !== null && (err as { code?: unknown }).code === code;
 
 /** JetStream API error 10059: the stream does not exist. */
 export const isStreamNotFound = (err: unknown): boolean => hasApiCode(err, JetStreamApiCodes.StreamNotFound);
@@ -56,7 +57,7 @@ export class WrongExpectedSequenceError extends NetfoldError {
 }
 
 /** The server refused a publish (a JetStream API error other than a wrong expected sequence). */
-export class PublishRejectedError extends NetfoldError {
+class PublishRejectedError extends NetfoldError {
   readonly apiCode: number;
   constructor(apiCode: number, description: string) {
     super(`the stream refused the message: ${description} (${apiCode})`, 'publish-rejected', 500, false);

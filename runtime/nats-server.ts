@@ -27,7 +27,7 @@ export type NatsServerProcess = {
   output(): string;
 };
 
-export class NatsServerStartError extends NetfoldError {
+class NatsServerStartError extends NetfoldError {
   constructor(message: string, cause?: unknown) {
     super(message, 'nats-server-start-failed', 500, false, cause);
     this.name = 'NatsServerStartError';

@@ -14,7 +14,7 @@ const AUDIENCE = 'netfold-policy';
 const keyOf = (secret: string) => new TextEncoder().encode(secret);
 
 /** HS256 wants a key at least as long as its output: 32 bytes. A shorter secret is refused at start-up. */
-export const MIN_SECRET_BYTES = 32;
+const MIN_SECRET_BYTES = 32;
 /** How far in the future a token's `iat` may be (the minting machine's clock may run ahead of ours). */
 export const CLOCK_SKEW_SECONDS = 60;
 /** The default of `--token-max-ttl`: the longest lifetime (exp − iat) a token may have. */
@@ -24,7 +24,10 @@ export const DEFAULT_TOKEN_MAX_TTL_SECONDS = 7 * 86400;
 export function checkTokenSecret(secret: string): void {
   const bytes = Buffer.byteLength(secret, 'utf8');
   if (bytes < MIN_SECRET_BYTES) {
-    throw new ConfigError(`the token secret (--token-secret / NETFOLD_TOKEN_SECRET) must be at least ${MIN_SECRET_BYTES} bytes, got ${bytes}`, 'weak-token-secret');
+    throw new ConfigError(
+      `the token secret (--token-secret / NETFOLD_TOKEN_SECRET) must be at least ${MIN_SECRET_BYTES} bytes, got ${bytes}`,
+      'weak-token-secret',
+    );
   }
 }
 
@@ -59,7 +62,8 @@ export async function verifyToken(secret: string, token: string, opts: VerifyOpt
     if (typeof payload.exp !== 'number') throw new UnauthenticatedError('token has no expiry (exp claim); mint one with a --ttl');
     if (typeof payload.iat !== 'number') throw new UnauthenticatedError('token has no issue time (iat claim)');
     const nowSeconds = Math.floor(now.getTime() / 1000);
-    if (payload.iat > nowSeconds + CLOCK_SKEW_SECONDS) throw new UnauthenticatedError(`token is issued in the future (iat more than ${CLOCK_SKEW_SECONDS} s ahead)`);
+    if (payload.iat > nowSeconds + CLOCK_SKEW_SECONDS)
+      throw new UnauthenticatedError(`token is issued in the future (iat more than ${CLOCK_SKEW_SECONDS} s ahead)`);
     if (payload.exp - payload.iat > maxTtl) throw new UnauthenticatedError(`token lifetime (exp - iat) exceeds the maximum of ${maxTtl} s (--token-max-ttl)`);
     const scopes = typeof payload.scope === 'string' ? payload.scope.split(' ') : Array.isArray(payload.scope) ? payload.scope : [];
     const spaces = Array.isArray(payload.spaces) ? payload.spaces : [];

@@ -20,7 +20,7 @@ export const defaultTopologyOptions: TopologyOptions = { replicas: 1, duplicateW
 const ms = (n: number) => n * 1_000_000;
 
 /** The event log: the only source of truth. Nothing is ever deleted from it. */
-export function eventStreamConfig(opts: TopologyOptions): Partial<StreamConfig> & { name: string } {
+function eventStreamConfig(opts: TopologyOptions): Partial<StreamConfig> & { name: string } {
   return {
     name: EVENTS_STREAM,
     subjects: [EVENT_SUBJECTS],
@@ -54,10 +54,10 @@ function cellStreamConfig(name: string, subject: string, perSubject: number, opt
 }
 
 /** Each cell's latest full desired state: one message per cell subject. */
-export const cellSnapshotStreamConfig = (opts: TopologyOptions) => cellStreamConfig(CELL_SNAPSHOTS_STREAM, cellSubject.allSnapshots, 1, opts);
+const cellSnapshotStreamConfig = (opts: TopologyOptions) => cellStreamConfig(CELL_SNAPSHOTS_STREAM, cellSubject.allSnapshots, 1, opts);
 
 /** Each cell's recent deltas, the last `deltasPerCell` per cell subject. */
-export const cellDeltaStreamConfig = (opts: TopologyOptions) => cellStreamConfig(CELL_DELTAS_STREAM, cellSubject.allDeltas, opts.deltasPerCell, opts);
+const cellDeltaStreamConfig = (opts: TopologyOptions) => cellStreamConfig(CELL_DELTAS_STREAM, cellSubject.allDeltas, opts.deltasPerCell, opts);
 
 export async function ensureTopology(jsm: JetStreamManager, opts: TopologyOptions, log: Logger): Promise<void> {
   for (const config of [eventStreamConfig(opts), cellSnapshotStreamConfig(opts), cellDeltaStreamConfig(opts)]) {

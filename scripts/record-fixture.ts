@@ -19,7 +19,19 @@ const log = silentLogger();
 const bus = await connectBus({ servers: server.url, name: 'fixture', log });
 await ensureTopology(bus.jsm, defaultTopologyOptions, log);
 const secret = 'fixture-secret-fixture-secret-fixture';
-const writer = await startPolicyWriter({ bus, log, config: { httpHost: '127.0.0.1', httpPort: 0, httpBodyLimit: 1 << 20, policyQuota: 150, maxPoliciesPerRequest: 1000, tokenSecret: secret, overlayCidr: '10.255.0.0/16' } });
+const writer = await startPolicyWriter({
+  bus,
+  log,
+  config: {
+    httpHost: '127.0.0.1',
+    httpPort: 0,
+    httpBodyLimit: 1 << 20,
+    policyQuota: 150,
+    maxPoliciesPerRequest: 1000,
+    tokenSecret: secret,
+    overlayCidr: '10.255.0.0/16',
+  },
+});
 const admin = await mintToken(secret, { user: 'alice', scopes: ['network.admin'], spaces: [] }, 600);
 const dev = await mintToken(secret, { user: 'bob', scopes: ['network.write'], spaces: ['space-1'] }, 600);
 
@@ -29,12 +41,21 @@ const intake = async (subject: string, body: object) => {
 };
 const policies = async (token: string, path: string, list: [string, string, 'tcp' | 'udp', number, number][]) => {
   const body = { policies: list.map(([s, d, protocol, start, end]) => ({ source: { id: s }, destination: { id: d, protocol, ports: { start, end } } })) };
-  const res = await fetch(`${writer.url}/networking/v1/external/policies${path}`, { method: 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, body: JSON.stringify(body) });
+  const res = await fetch(`${writer.url}/networking/v1/external/policies${path}`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+    body: JSON.stringify(body),
+  });
   if (res.status !== 200) throw new Error(`${path}: ${res.status} ${await res.text()}`);
 };
 
 for (const n of [1, 2, 3]) await intake(intakeSubject.registerCell, { cellId: `cell-${n}`, subnet: `10.255.${n}.0/24` });
-for (const [appId, name, space] of [['app-web', 'web', 'space-1'], ['app-api', 'api', 'space-1'], ['app-db', 'db', 'space-2'], ['app-cache', 'cache', 'space-2']]) {
+for (const [appId, name, space] of [
+  ['app-web', 'web', 'space-1'],
+  ['app-api', 'api', 'space-1'],
+  ['app-db', 'db', 'space-2'],
+  ['app-cache', 'cache', 'space-2'],
+]) {
   await intake(intakeSubject.registerApp, { appId, name, spaceId: space, orgId: 'org-1' });
 }
 await intake(intakeSubject.startContainer, { containerId: 'web-0', appId: 'app-web', cellId: 'cell-1', instanceIndex: 0, ip: '10.255.1.2' });
@@ -43,7 +64,11 @@ await intake(intakeSubject.startContainer, { containerId: 'api-0', appId: 'app-a
 await intake(intakeSubject.startContainer, { containerId: 'db-0', appId: 'app-db', cellId: 'cell-3', instanceIndex: 0, ip: '10.255.3.2' });
 await intake(intakeSubject.stopContainer, { containerId: 'cache-9' });
 await policies(dev, '', [['app-web', 'app-api', 'tcp', 8080, 8080]]);
-await policies(admin, '', [['app-api', 'app-db', 'tcp', 5432, 5432], ['app-api', 'app-cache', 'tcp', 6379, 6380], ['app-web', 'app-db', 'udp', 53, 53]]);
+await policies(admin, '', [
+  ['app-api', 'app-db', 'tcp', 5432, 5432],
+  ['app-api', 'app-cache', 'tcp', 6379, 6380],
+  ['app-web', 'app-db', 'udp', 53, 53],
+]);
 await intake(intakeSubject.renameApp, { appId: 'app-api', name: 'backend' });
 await intake(intakeSubject.startContainer, { containerId: 'cache-0', appId: 'app-cache', cellId: 'cell-3', instanceIndex: 0, ip: '10.255.3.3' });
 await policies(admin, '/delete', [['app-web', 'app-db', 'udp', 53, 53]]);

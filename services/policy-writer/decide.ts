@@ -31,9 +31,12 @@ export function decideCell(cmd: CellCommand, s: CellDecisionState): Decision {
     case 'RegisterCell': {
       const d = cmd.data;
       if (cell?.status === 'active') {
-        return cell.subnet === d.subnet ? accept([], 'already-registered') : reject(409, 'cell-conflict', `cell ${d.cellId} is registered with container range ${cell.subnet}`);
+        return cell.subnet === d.subnet
+          ? accept([], 'already-registered')
+          : reject(409, 'cell-conflict', `cell ${d.cellId} is registered with container range ${cell.subnet}`);
       }
-      if (!cidrWithin(s.overlayCidr, d.subnet)) return reject(400, 'subnet-outside-overlay', `container range ${d.subnet} is not inside the overlay ${s.overlayCidr}`);
+      if (!cidrWithin(s.overlayCidr, d.subnet))
+        return reject(400, 'subnet-outside-overlay', `container range ${d.subnet} is not inside the overlay ${s.overlayCidr}`);
       if (s.overlapping.length > 0) return reject(409, 'subnet-overlap', `container range ${d.subnet} overlaps cell ${s.overlapping[0]}`);
       return accept([{ type: 'CellRegistered', v: 1, data: { ...d } }]);
     }
@@ -119,7 +122,8 @@ export function decideContainer(cmd: ContainerCommand, s: ContainerDecisionState
       if (!s.cell) return reject(404, 'cell-not-found', `cell ${d.cellId} is not registered`);
       if (s.cell.status === 'decommissioned') return reject(409, 'cell-decommissioned', `cell ${d.cellId} was decommissioned`);
       if (!cidrContains(s.overlayCidr, d.ip)) return reject(400, 'ip-outside-overlay', `IP ${d.ip} is not inside the overlay ${s.overlayCidr}`);
-      if (!cidrContains(s.cell.subnet, d.ip)) return reject(400, 'ip-outside-cell', `IP ${d.ip} is not inside cell ${d.cellId}'s container range ${s.cell.subnet}`);
+      if (!cidrContains(s.cell.subnet, d.ip))
+        return reject(400, 'ip-outside-cell', `IP ${d.ip} is not inside cell ${d.cellId}'s container range ${s.cell.subnet}`);
       if (isNetworkOrBroadcast(s.cell.subnet, d.ip)) return reject(400, 'ip-reserved', `IP ${d.ip} is the network or broadcast address of ${s.cell.subnet}`);
       if (s.ipHolder !== undefined && s.ipHolder !== d.containerId) {
         return reject(409, 'ip-in-use', `IP ${d.ip} is held by running container ${s.ipHolder}: stop it first`);
@@ -160,10 +164,10 @@ export type PolicyDecisionState = {
   freeTags: number;
 };
 
-export const NOT_ACCESSIBLE = 'one or more applications cannot be found or accessed';
+const NOT_ACCESSIBLE = 'one or more applications cannot be found or accessed';
 
 /** Checks that the caller may name every app of a policy command. Both ends must be accessible. */
-export function checkAccess(access: Access, appIds: readonly string[], apps: Dict<AppState | undefined>, mustExist: boolean): Rejection | undefined {
+function checkAccess(access: Access, appIds: readonly string[], apps: Dict<AppState | undefined>, mustExist: boolean): Rejection | undefined {
   if (access.admin && !mustExist) return undefined;
   for (const id of appIds) {
     const app = apps[id];

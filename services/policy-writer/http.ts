@@ -29,13 +29,13 @@ export type HttpOptions = {
 };
 
 /** Defaults of the gateway's limits (the configuration table has the same). */
-export const defaultHttpLimits = { requestTimeoutMs: 10_000, keepAliveTimeoutMs: 5_000 } as const;
+const defaultHttpLimits = { requestTimeoutMs: 10_000, keepAliveTimeoutMs: 5_000 } as const;
 
 /**
  * Node checks request and header deadlines on a timer (30 s by default, whatever the timeouts): check often enough
  * for the configured timeout to be the one that holds, at most every second.
  */
-export const connectionsCheckingIntervalOf = (requestTimeoutMs: number) => Math.max(25, Math.min(1000, Math.floor(requestTimeoutMs / 4)));
+const connectionsCheckingIntervalOf = (requestTimeoutMs: number) => Math.max(25, Math.min(1000, Math.floor(requestTimeoutMs / 4)));
 
 const BASE = '/networking/v1/external';
 

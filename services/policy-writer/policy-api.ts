@@ -24,7 +24,7 @@ export function accessOf(p: Principal): Access {
   throw new ForbiddenError('token lacks the network.admin or network.write scope', 'missing-scope');
 }
 
-export function toCfJson(p: PolicyRecord): CfPolicyJson {
+function toCfJson(p: PolicyRecord): CfPolicyJson {
   return {
     source: { id: p.sourceAppId },
     destination: { id: p.destAppId, protocol: p.protocol, ports: { start: p.startPort, end: p.endPort } },
@@ -79,7 +79,9 @@ export class PolicyApi {
       (!filter.ids || filter.ids.includes(p.sourceAppId) || filter.ids.includes(p.destAppId)) &&
       (!filter.sourceIds || filter.sourceIds.includes(p.sourceAppId)) &&
       (!filter.destIds || filter.destIds.includes(p.destAppId));
-    const policies = allPolicies(m).filter((p) => visible(p) && match(p)).map(toCfJson);
+    const policies = allPolicies(m)
+      .filter((p) => visible(p) && match(p))
+      .map(toCfJson);
     return { total_policies: policies.length, policies, revision: m.seq };
   }
 
@@ -112,7 +114,7 @@ export type DryRun = {
 const flowText = (a: Allow) => `${a.src} -> ${a.dst} ${a.protocol}/${a.startPort === a.endPort ? a.startPort : `${a.startPort}-${a.endPort}`}`;
 
 /** What a change would do, computed on a copy of the model; nothing is appended. */
-export function dryRunOf(model: Model, events: DomainEvent[], meta: CommandMeta): DryRun {
+function dryRunOf(model: Model, events: DomainEvent[], meta: CommandMeta): DryRun {
   const after = cloneDicts(model); // not structuredClone: it would give the id-keyed records a prototype again
   const recorded = events.map((e, i) => ({
     seq: model.seq + 1 + i,
@@ -122,7 +124,8 @@ export function dryRunOf(model: Model, events: DomainEvent[], meta: CommandMeta)
   foldEventsInPlace(after, recorded);
   const dests = new Set(events.flatMap((e) => ('policies' in e.data ? e.data.policies.map((p) => p.destAppId) : [])));
   const cellIds = new Set<string>();
-  for (const m of [model, after]) for (const d of dests) for (const id of Object.keys(m.containersByApp[d] ?? {})) if (m.containers[id]?.cellId) cellIds.add(m.containers[id]!.cellId!);
+  for (const m of [model, after])
+    for (const d of dests) for (const id of Object.keys(m.containersByApp[d] ?? {})) if (m.containers[id]?.cellId) cellIds.add(m.containers[id]!.cellId!);
   const cells: DryRun['cells'] = {};
   for (const cellId of [...cellIds].sort()) {
     const before = new Set(expandRules(deriveCellState(model, cellId)).allows.map(flowText));

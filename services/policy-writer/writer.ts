@@ -38,7 +38,7 @@ export type WriterOptions = {
   overlayCidr: string;
 };
 
-export function rejectionError(r: Rejection): NetfoldError {
+function rejectionError(r: Rejection): NetfoldError {
   switch (r.status) {
     case 400:
       return new ValidationError([{ path: '', message: r.message }], r.code);
@@ -195,10 +195,16 @@ export class Writer {
   async app(cmd: AppCommand, meta: CommandMeta): Promise<CommandResult> {
     const appId = cmd.data.appId;
     if (cmd.type === 'DeleteApp') await this.#deletePoliciesOfApp(appId, meta);
-    return this.execute(eventSubject.app(appId), [], (m) => decideApp(cmd, {
-      app: m.apps[appId],
-      nameOwner: 'name' in cmd.data ? m.appIdByName[cmd.data.name.toLowerCase()] : undefined,
-    }), meta);
+    return this.execute(
+      eventSubject.app(appId),
+      [],
+      (m) =>
+        decideApp(cmd, {
+          app: m.apps[appId],
+          nameOwner: 'name' in cmd.data ? m.appIdByName[cmd.data.name.toLowerCase()] : undefined,
+        }),
+      meta,
+    );
   }
 
   async container(cmd: ContainerCommand, meta: CommandMeta): Promise<CommandResult> {
@@ -258,7 +264,12 @@ export class Writer {
    * the model the batch was decided on and the events it would append, before that model can move on.
    */
   async previewPolicies<T>(cmds: readonly PolicyCommand[], access: Access, preview: (m: Model, events: DomainEvent[]) => T): Promise<T> {
-    return this.#decidePolicyBatch(cmds, access, (decided, m) => preview(m, decided.flatMap((d) => (d.decision.ok ? d.decision.events : []))));
+    return this.#decidePolicyBatch(cmds, access, (decided, m) =>
+      preview(
+        m,
+        decided.flatMap((d) => (d.decision.ok ? d.decision.events : [])),
+      ),
+    );
   }
 
   async #decidePolicyBatch<T>(cmds: readonly PolicyCommand[], access: Access, then: (decided: Decided[], m: Model) => Promise<T> | T): Promise<T> {
@@ -330,5 +341,9 @@ function startTook(m: Model, d: { containerId: string; appId: string; cellId: st
   if (c && c.ip === null) return undefined; // a stop arrived first: the start is ignored, as a repeat would be
   if (c) return { status: 409, code: 'container-conflict', message: `container ${d.containerId} was started concurrently with other details` };
   const why = startConflict(m, d) ?? 'ip-in-use';
-  return { status: why === 'ip-in-use' || why === 'cell-decommissioned' ? 409 : 400, code: why, message: `container ${d.containerId} was not started: ${why} (settled by a concurrent change)` };
+  return {
+    status: why === 'ip-in-use' || why === 'cell-decommissioned' ? 409 : 400,
+    code: why,
+    message: `container ${d.containerId} was not started: ${why} (settled by a concurrent change)`,
+  };
 }

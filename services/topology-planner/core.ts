@@ -2,7 +2,8 @@
 // event's effect into per-cell outputs: a delta (operations, stamped with the event's sequence and the cell's
 // previous revision, plus the hash of the resulting state) and, every `snapshotEvery` deltas or when a cell is
 // taken over, a full snapshot. Per event it re-derives only the entries the event can change (dirtyEntries),
-// judged on the model before and after folding it, so its cost follows the size of the change. Deterministic: the same events and ownership give the same outputs, byte for byte,
+// judged on the model before and after folding it, so its cost follows the size of the change. Deterministic: the
+// same events and ownership give the same outputs, byte for byte,
 // whatever the batch sizes, which is what makes a restart from a checkpoint exact.
 import type { RecordedEvent } from '../../events/catalogue.ts';
 import {
@@ -21,7 +22,6 @@ import {
 import { type Model, foldEventsInPlace, initialModel } from '../../projections/model.ts';
 import { EMPTY_CELL_HASH, type PlannerOutput } from '../../projections/cell-stream.ts';
 import { dict } from '../../projections/dict.ts';
-
 
 type CellTrack = { state: CellState; revision: number; hash: string; sinceSnapshot: number };
 
@@ -43,7 +43,6 @@ export type PlannerCoreOptions = {
   snapshotEvery: number;
   owns: (cellId: string) => boolean;
 };
-
 
 export class PlannerCore {
   readonly #opts: PlannerCoreOptions;

@@ -29,12 +29,16 @@ export type CellEnforcement = {
 export type Enforcement = { revision: number; enforced: boolean; plannersBehind: string[]; silent: string[]; cells: CellEnforcement[] };
 
 /** Three missed heartbeats of the default 5 s. */
-export const DEFAULT_SILENT_AFTER_MS = 15_000;
+const DEFAULT_SILENT_AFTER_MS = 15_000;
 
 export type EnforcementOptions = { silentAfterMs?: number; now?: () => number };
 
 export async function enforcementOf(bus: Bus, revision: number, opts: EnforcementOptions = {}): Promise<Enforcement> {
-  const [planners, statuses, planned] = await Promise.all([kvLatest(bus, PLANNER_MEMBERS_BUCKET), kvLatest(bus, CELL_STATUS_BUCKET), latestPlannedPerCell(bus)]);
+  const [planners, statuses, planned] = await Promise.all([
+    kvLatest(bus, PLANNER_MEMBERS_BUCKET),
+    kvLatest(bus, CELL_STATUS_BUCKET),
+    latestPlannedPerCell(bus),
+  ]);
   const now = (opts.now ?? Date.now)();
   const silentAfterMs = opts.silentAfterMs ?? DEFAULT_SILENT_AFTER_MS;
   const { members, publishedThrough } = plannersOf(planners);

@@ -2,4 +2,6 @@
 import { runService } from '../../runtime/service-main.ts';
 import { startPlanner, plannerConfigOf } from './service.ts';
 
-await runService('topology-planner', ({ config, log, bus, metrics }) => startPlanner({ bus, log, metrics, config: plannerConfigOf(config) }), { metricsPort: 9470 });
+await runService('topology-planner', ({ config, log, bus, metrics }) => startPlanner({ bus, log, metrics, config: plannerConfigOf(config) }), {
+  metricsPort: 9470,
+});

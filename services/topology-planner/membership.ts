@@ -10,7 +10,7 @@ import { withNatsRetry } from '../../runtime/retry.ts';
 import { kvLatest } from '../../runtime/buckets.ts';
 
 /** The keys of the planners' bucket: `m.<id>` a live member (heartbeat), `p.<id>` how far it has published. */
-export const plannerKey = {
+const plannerKey = {
   member: (id: string) => `m.${id}`,
   progress: (id: string) => `p.${id}`,
   allMembers: 'm.*',
@@ -30,7 +30,7 @@ export function plannersOf(entries: ReadonlyMap<string, unknown>): { members: st
 
 /** The member that owns a cell: the highest hash of (member, cell). Stable: a change of members moves only the
  * cells of the member that came or went. */
-export function ownerOf(cellId: string, members: readonly string[]): string | undefined {
+function ownerOf(cellId: string, members: readonly string[]): string | undefined {
   let best: string | undefined;
   let bestScore = '';
   for (const m of members) {

@@ -40,7 +40,10 @@ async function lastOn(bus: Bus, stream: string, subject: string): Promise<Publis
 
 /** One cell's latest planned revision and hash (its last delta or snapshot, whichever is newer); null if none. */
 export async function latestPlanned(bus: Bus, cellId: string): Promise<Published | null> {
-  const [d, s] = await Promise.all([lastOn(bus, CELL_DELTAS_STREAM, cellSubject.delta(cellId)), lastOn(bus, CELL_SNAPSHOTS_STREAM, cellSubject.snapshot(cellId))]);
+  const [d, s] = await Promise.all([
+    lastOn(bus, CELL_DELTAS_STREAM, cellSubject.delta(cellId)),
+    lastOn(bus, CELL_SNAPSHOTS_STREAM, cellSubject.snapshot(cellId)),
+  ]);
   if (!d) return s;
   if (!s) return d;
   return s.revision > d.revision ? s : d;

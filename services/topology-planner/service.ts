@@ -95,7 +95,9 @@ export async function startPlanner(deps: { bus: Bus; log: Logger; config: Planne
   publisher.countInto(metrics.counter('netfold_planner_outputs_total', 'per-cell outputs published, by kind'));
   metrics.onCollect(() => {
     metrics.gauge('netfold_planner_revision', 'event-log revision folded / published').set({ planner: cfg.plannerId, of: 'folded' }, core.seq);
-    metrics.gauge('netfold_planner_revision', 'event-log revision folded / published').set({ planner: cfg.plannerId, of: 'published' }, pump.publishedThrough.value);
+    metrics
+      .gauge('netfold_planner_revision', 'event-log revision folded / published')
+      .set({ planner: cfg.plannerId, of: 'published' }, pump.publishedThrough.value);
     metrics.gauge('netfold_planner_cells_owned', 'cells this planner owns').set({ planner: cfg.plannerId }, Object.keys(core.cells()).length);
     quarantineGauge(metrics, `planner-${cfg.plannerId}`, core.model);
   });
@@ -179,7 +181,10 @@ class OutputPublisher {
 
   static async start(bus: Bus): Promise<OutputPublisher> {
     const published = { delta: await lastPublishedPerCell(bus, 'delta'), snapshot: await lastPublishedPerCell(bus, 'snapshot') };
-    return new OutputPublisher({ delta: new StreamPublisher(bus.nc, CELL_DELTAS_STREAM), snapshot: new StreamPublisher(bus.nc, CELL_SNAPSHOTS_STREAM) }, published);
+    return new OutputPublisher(
+      { delta: new StreamPublisher(bus.nc, CELL_DELTAS_STREAM), snapshot: new StreamPublisher(bus.nc, CELL_SNAPSHOTS_STREAM) },
+      published,
+    );
   }
 
   countInto(counter: { inc(labels: { kind: string }): void }): void {
