@@ -26,7 +26,7 @@ const HELP = `netfold — event-sourced container networking control plane
 
 usage: netfold <command> [flags]
 
-  up                                  run NATS (embedded unless --nats-url), the gateway and intake
+  up                                  the all-in-one: NATS (embedded unless --nats-url), gateway and intake, planner, discovery, simulated cells
   token mint --user U --scope S[,S] [--space ID,..] [--ttl 24h]
                                       mint a bearer token (scopes: ${SCOPES.join(', ')})
   cell register --id ID --subnet CIDR register a cell and its container range (inside the overlay)

@@ -1,6 +1,6 @@
 // The NATS adapter: every place netfold goes below nats.js's public API, in one file, each with why.
 //   - StreamPublisher: appends as plain publishes on one shared inbox, parsing the PubAck JSON itself. Measured
-//     (docs/benchmarks.md, DESIGN-NOTES): ~110k appends/s this way against ~18-20k with js.publish, which builds
+//     (docs/benchmarks.md, bench:ingest): ~110k appends/s this way against ~18-20k with js.publish, which builds
 //     error objects per request (11% of the writer's CPU). A publish with no answer (timeout, no responders during
 //     an election) is sent again with the same Nats-Msg-Id, so the stream stores it at most once.
 //   - The KV layout (`KV_<bucket>` stream, `$KV.<bucket>.<key>` subjects): KV puts as plain stream publishes

@@ -1,4 +1,4 @@
-// Sequence tests of the planner core (STYLE §12): the same scenario folded in order, in different batch sizes,
+// Sequence tests of the planner core: the same scenario folded in order, in different batch sizes,
 // with every event duplicated, and with independent aggregates interleaved differently must give byte-identical
 // cell states; a reader that applies the outputs must end equal to the derived states; a restart from a
 // checkpoint must give exactly the outputs of an uninterrupted run; partitions must add up to the whole.
