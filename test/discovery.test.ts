@@ -192,7 +192,7 @@ t.test('discovery index: incremental puts, removes and expiry answer as a rebuil
       index.remove(cellId);
       records.delete(cellId);
     } else {
-      const dropped = index.expire(now, { connected: true, pausedUntil: 0 });
+      const dropped = index.expire(now);
       const stale = [...records.entries()].filter(([, r]) => now - r.at > 1000).map(([c]) => c).sort();
       t.same(dropped, stale, `step ${step}: expired cells`);
       for (const c of stale) records.delete(c);

@@ -1,15 +1,13 @@
 // The discovery index: cells' records (names -> IPs) with the local time each was last heard of, and which of them
-// are live. Pure: the caller passes the clock and the connection state, so expiry is easy to test.
+// are live. Pure: the caller passes the clock, so expiry is easy to test.
 //
-// Expiry (as Cloud Foundry's service discovery): a cell not heard of for `thresholdMs` has its records dropped —
-// but never while this service is disconnected from NATS, nor during one threshold after it reconnects, so a bus
-// outage does not empty DNS.
+// Expiry (as Cloud Foundry's service discovery): a cell not heard of for `thresholdMs` has its records dropped.
+// Whether cells may expire at all (not while disconnected from NATS, nor during one threshold after reconnecting)
+// is the expiry policy's to say (expiry.ts), not the index's.
 
 import type { Dict } from '../../projections/dict.ts';
 
 export type CellRecord = { cellId: string; names: Record<string, string[]>; heardAt: number };
-
-export type ExpiryState = { connected: boolean; /** No expiry before this time (set to reconnect + threshold). */ pausedUntil: number };
 
 export class DiscoveryIndex {
   readonly #cells = new Map<string, CellRecord>();
@@ -56,9 +54,8 @@ export class DiscoveryIndex {
     }
   }
 
-  /** Drops cells not heard of for the threshold, unless expiry is paused; returns the cells dropped. */
-  expire(now: number, state: ExpiryState): string[] {
-    if (!state.connected || now < state.pausedUntil) return [];
+  /** Drops cells not heard of for the threshold; returns the cells dropped. */
+  expire(now: number): string[] {
     const dropped: string[] = [];
     for (const [cellId, r] of this.#cells) if (now - r.heardAt > this.thresholdMs) dropped.push(cellId);
     for (const cellId of dropped) this.remove(cellId);
