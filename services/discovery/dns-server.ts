@@ -56,7 +56,10 @@ export async function startDnsServer(opts: DnsServerOptions): Promise<DnsServer>
   const limiter = new ResponseRateLimiter(opts.rateLimit);
   const mQueries = opts.metrics.counter('netfold_dns_queries_total', 'DNS queries answered, by transport and response code');
   const mDropped = opts.metrics.counter('netfold_dns_dropped_total', 'DNS packets dropped as unreadable');
-  const mRateLimited = opts.metrics.counter('netfold_dns_rate_limited_total', 'UDP responses held back by the per-source rate limit, by action (dropped, or slipped: answered truncated)');
+  const mRateLimited = opts.metrics.counter(
+    'netfold_dns_rate_limited_total',
+    'UDP responses held back by the per-source rate limit, by action (dropped, or slipped: answered truncated)',
+  );
   const count = (rcode: string, transport: 'udp' | 'tcp') => {
     stats.answers[rcode] = (stats.answers[rcode] ?? 0) + 1;
     mQueries.inc({ transport, rcode });

@@ -50,7 +50,13 @@ function hinfo(name: string, ttl: number): dnsPacket.Answer {
   return { type: 'HINFO', name, ttl, data: { cpu: 'RFC8482', os: '' } } as dnsPacket.Answer;
 }
 
-function reply(id: number, rcode: Rcode, q: dnsPacket.Question[] | undefined, rd: boolean, parts: { answers?: dnsPacket.Answer[]; authorities?: dnsPacket.Answer[] } = {}): dnsPacket.Packet {
+function reply(
+  id: number,
+  rcode: Rcode,
+  q: dnsPacket.Question[] | undefined,
+  rd: boolean,
+  parts: { answers?: dnsPacket.Answer[]; authorities?: dnsPacket.Answer[] } = {},
+): dnsPacket.Packet {
   return {
     id,
     type: 'response',
@@ -77,7 +83,7 @@ export function answer(query: Buffer, resolve: Resolve, opts: DnsOptions, transp
   }
   const rd = ((packet.flags ?? 0) & dnsPacket.RECURSION_DESIRED) !== 0;
   const questions = packet.questions ?? [];
-  const opcode = ((query[2]! >> 3) & 0x0f);
+  const opcode = (query[2]! >> 3) & 0x0f;
   if (opcode !== 0) return encode(reply(id, 'NOTIMP', questions, rd), transport, MAX_UDP);
   if (questions.length !== 1) return encode(reply(id, 'FORMERR', questions, rd), transport, MAX_UDP);
   const opt = (packet.additionals ?? []).find((a) => a.type === 'OPT') as { udpPayloadSize?: number } | undefined;

@@ -56,7 +56,13 @@ export type Expiry = {
 export const expiryCheckIntervalOf = (thresholdMs: number) => Math.max(50, Math.min(1000, Math.floor(thresholdMs / 4)));
 
 /** Expires the index's silent cells periodically and on demand, paused as the policy says. */
-export function startExpiry(opts: { index: DiscoveryIndex; thresholdMs: number; statuses: AsyncIterable<ConnectionStatus>; now: () => number; log: Logger }): Expiry {
+export function startExpiry(opts: {
+  index: DiscoveryIndex;
+  thresholdMs: number;
+  statuses: AsyncIterable<ConnectionStatus>;
+  now: () => number;
+  log: Logger;
+}): Expiry {
   const { index, now, log } = opts;
   const policy = new ExpiryPolicy(opts.thresholdMs);
   let expired = 0;

@@ -106,7 +106,16 @@ export async function startDiscovery(deps: { bus: Bus; log: Logger; config: Disc
   metrics.onCollect(() => metrics.gauge('netfold_discovery_cells', 'cells whose records are live').set({}, index.cells));
   const http = await startHttpLookup({ index, zone: cfg.zone, metrics, host: cfg.httpHost, port: cfg.httpPort });
   log.info(
-    { dns: `${cfg.dnsHost}:${dns.port}`, http: http.url, zone: cfg.zone, cells: index.cells, maxAnswers: cfg.maxAnswers, rateLimit: cfg.rateLimit, rateLimitBurst: cfg.rateLimitBurst, rateLimitSlip: cfg.rateLimitSlip },
+    {
+      dns: `${cfg.dnsHost}:${dns.port}`,
+      http: http.url,
+      zone: cfg.zone,
+      cells: index.cells,
+      maxAnswers: cfg.maxAnswers,
+      rateLimit: cfg.rateLimit,
+      rateLimitBurst: cfg.rateLimitBurst,
+      rateLimitSlip: cfg.rateLimitSlip,
+    },
     'discovery-started',
   );
 
