@@ -307,6 +307,7 @@ t.test('ready gate: answers once the container is enforced, or refuses the reque
   t.same(await ask('{ nope'), { ready: false, code: 'invalid-json', error: 'request body is not valid JSON' });
   t.match(await ask({ containerId: 'a.b' }), { ready: false, code: 'invalid-input', error: /^containerId: / });
   t.match(await ask({}), { ready: false, code: 'invalid-input' });
+  for (const body of ['null', '42', '"api-0"']) t.match(await ask(body), { ready: false, code: 'invalid-input' }, `${body}: refused, not thrown`);
   t.same(await ask({ containerId: 'api-0', timeoutMs: 10 }), { ready: false, code: 'timeout', error: `container api-0 is not enforced on ${CELL} yet` });
   const pending = ask({ containerId: 'api-0' });
   enforced.advance({ revision: 3, containers: new Set(['other-0']) });

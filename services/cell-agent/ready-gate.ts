@@ -18,12 +18,14 @@ export const MAX_READY_TIMEOUT_MS = 60_000;
 
 /** A request body read: the request, or the reply refusing it. */
 export function parseReadyRequest(data: Uint8Array | string): { ok: true; request: ReadyRequest } | { ok: false; reply: ReadyReply } {
-  let body: { containerId?: unknown; timeoutMs?: unknown } = {};
+  let parsed: unknown;
   try {
-    body = JSON.parse(typeof data === 'string' ? data : new TextDecoder().decode(data)) as typeof body;
+    parsed = JSON.parse(typeof data === 'string' ? data : new TextDecoder().decode(data));
   } catch {
     return { ok: false, reply: { ready: false, code: 'invalid-json', error: 'request body is not valid JSON' } };
   }
+  // JSON that is not an object (`null`, a number) has no fields: refused below as invalid input.
+  const body: { containerId?: unknown; timeoutMs?: unknown } = typeof parsed === 'object' && parsed !== null ? parsed : {};
   const issues: { path: string; message: string }[] = [];
   const containerId = idOf(body.containerId, 'containerId', issues);
   const timeoutMs = typeof body.timeoutMs === 'number' && body.timeoutMs >= 0 && body.timeoutMs <= MAX_READY_TIMEOUT_MS ? body.timeoutMs : DEFAULT_READY_TIMEOUT_MS;
