@@ -1,0 +1,83 @@
+// The status reporter: the cell's status record (KV `netfold-cell-status`, key = cell) — what the agent has
+// applied, how long it took, its drift repairs and its last error — rebuilt after every pass of the converger and
+// after every repair, and put as a plain publish through a BucketWriter. The record is built by pure functions;
+// the reporter only remembers the last one and puts it.
+import type { Logger } from '../../runtime/logger.ts';
+import type { Dataplane } from './dataplane.ts';
+import type { ConvergePass, Repairs } from './converger.ts';
+
+export type CellStatus = {
+  cellId: string;
+  dataplane: Dataplane['kind'];
+  /** Revision and hash of the desired state now enforced. */
+  revision: number;
+  hash: string;
+  appliedAt: string;
+  applyMs: number;
+  rules: { local: number; allows: number };
+  driftRepairs: number;
+  /** The last repair: when, and what was found (`table-missing`, `table-changed`, …). */
+  lastRepair: { at: string; drift: string } | null;
+  error: string | null;
+};
+
+/** The status after a pass: what it applied, or (when its load failed) the revision and hash still enforced. */
+export function statusAfterPass(prev: CellStatus | undefined, pass: ConvergePass, ids: { cellId: string; dataplane: Dataplane['kind'] }): CellStatus {
+  const { error, view, rules } = pass;
+  return {
+    cellId: ids.cellId,
+    dataplane: ids.dataplane,
+    revision: error ? (prev?.revision ?? 0) : view.revision,
+    hash: error ? (prev?.hash ?? '') : view.hash,
+    appliedAt: pass.at,
+    applyMs: pass.applyMs,
+    rules: { local: rules.local.length, allows: rules.allows.length },
+    driftRepairs: pass.repairs.count,
+    lastRepair: pass.repairs.last,
+    error,
+  };
+}
+
+/** The status after a repair; nothing before the first pass (there is no record to correct yet). */
+export function statusAfterRepair(prev: CellStatus | undefined, repairs: Repairs): CellStatus | undefined {
+  return prev ? { ...prev, driftRepairs: repairs.count, lastRepair: repairs.last } : undefined;
+}
+
+/** Where the record goes: a `BucketWriter` on the status bucket. */
+export type StatusWriter = { put(key: string, value: string): Promise<unknown> };
+
+export class StatusReporter {
+  readonly #cellId: string;
+  readonly #dataplane: Dataplane['kind'];
+  readonly #writer: StatusWriter;
+  readonly #log: Logger;
+  #status: CellStatus | undefined;
+
+  constructor(opts: { cellId: string; dataplane: Dataplane['kind']; writer: StatusWriter; log: Logger }) {
+    this.#cellId = opts.cellId;
+    this.#dataplane = opts.dataplane;
+    this.#writer = opts.writer;
+    this.#log = opts.log.child({ component: 'status-reporter' });
+  }
+
+  /** The last status built (undefined before the first pass). */
+  get status(): CellStatus | undefined {
+    return this.#status;
+  }
+
+  /** After every pass of the converger, failed or not; a put that fails is logged, never thrown. */
+  async passed(pass: ConvergePass): Promise<void> {
+    this.#status = statusAfterPass(this.#status, pass, { cellId: this.#cellId, dataplane: this.#dataplane });
+    await this.#put(this.#status);
+  }
+
+  /** After a drift repair (the rules are back). */
+  async repaired(repairs: Repairs): Promise<void> {
+    this.#status = statusAfterRepair(this.#status, repairs);
+    if (this.#status) await this.#put(this.#status);
+  }
+
+  #put(status: CellStatus): Promise<unknown> {
+    return this.#writer.put(this.#cellId, JSON.stringify(status)).catch((err: unknown) => this.#log.warn({ err }, 'status-put-failed'));
+  }
+}
