@@ -41,7 +41,14 @@ export type CellAgentConfig = {
   subnets: string[];
 };
 
-export const defaultCellAgentConfig: Omit<CellAgentConfig, 'cellId'> = { overlayCidr: '10.255.0.0/16', driftIntervalMs: 500, heartbeatMs: 5000, replicas: 1, pollIntervalMs: 0, subnets: [] };
+export const defaultCellAgentConfig: Omit<CellAgentConfig, 'cellId'> = {
+  overlayCidr: '10.255.0.0/16',
+  driftIntervalMs: 500,
+  heartbeatMs: 5000,
+  replicas: 1,
+  pollIntervalMs: 0,
+  subnets: [],
+};
 
 export type CellAgent = {
   feed: DesiredStateFeed;
@@ -54,7 +61,7 @@ export type CellAgent = {
 };
 
 /** Makes sure the status and discovery buckets exist (agents then write to them with BucketWriter). */
-export async function createBuckets(bus: Bus, replicas: number): Promise<void> {
+async function createBuckets(bus: Bus, replicas: number): Promise<void> {
   const kvm = new Kvm(bus.js);
   await withNatsRetry('cell status bucket', () => kvm.create(CELL_STATUS_BUCKET, { history: 1, replicas }));
   await withNatsRetry('discovery bucket', () => kvm.create(DISCOVERY_BUCKET, { history: 1, replicas }));
@@ -65,7 +72,8 @@ export async function startCellAgent(deps: { bus: Bus; log: Logger; config: Cell
   const log = deps.log.child({ service: 'cell-agent', cell: cfg.cellId });
   await createBuckets(deps.bus, cfg.replicas);
   const metrics = deps.metrics ?? new Registry();
-  const feed: DesiredStateFeed = cfg.pollIntervalMs > 0 ? new PollingCellFeed(deps.bus, cfg.cellId, log, cfg.pollIntervalMs) : new CellFeed(deps.bus, cfg.cellId, log, metrics);
+  const feed: DesiredStateFeed =
+    cfg.pollIntervalMs > 0 ? new PollingCellFeed(deps.bus, cfg.cellId, log, cfg.pollIntervalMs) : new CellFeed(deps.bus, cfg.cellId, log, metrics);
   const reporter = new StatusReporter({ cellId: cfg.cellId, dataplane: dataplane.kind, writer: new BucketWriter(deps.bus.nc, CELL_STATUS_BUCKET), log });
   const discovery = new DiscoveryPublisher({
     cellId: cfg.cellId,
@@ -99,7 +107,8 @@ export async function startCellAgent(deps: { bus: Bus; log: Logger; config: Cell
   return {
     feed,
     status: (): CellStatus | undefined => reporter.status,
-    waitApplied: (revision, timeoutMs = 10_000) => converger.enforced.until((a) => a.revision >= revision, timeoutMs, `cell ${cfg.cellId} applied revision ${revision}`),
+    waitApplied: (revision, timeoutMs = 10_000) =>
+      converger.enforced.until((a) => a.revision >= revision, timeoutMs, `cell ${cfg.cellId} applied revision ${revision}`),
     checkDrift: () => converger.checkDrift(),
     async stop() {
       const converged = converger.stop(); // no pass starts from here on

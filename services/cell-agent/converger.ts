@@ -172,7 +172,14 @@ export class Converger {
       }
     }
     this.#failed = error !== null;
-    const pass: ConvergePass = { view, rules, error, at: new Date().toISOString(), applyMs: Math.round((performance.now() - t0) * 10) / 10, repairs: this.#repairs };
+    const pass: ConvergePass = {
+      view,
+      rules,
+      error,
+      at: new Date().toISOString(),
+      applyMs: Math.round((performance.now() - t0) * 10) / 10,
+      repairs: this.#repairs,
+    };
     this.#m.rules.set({ ...this.#cell, kind: 'local' }, rules.local.length);
     this.#m.rules.set({ ...this.#cell, kind: 'allows' }, rules.allows.length);
     await this.#o.passed?.(pass);

@@ -19,7 +19,7 @@ export interface Dataplane {
   readonly lastDrift?: string;
 }
 
-export class DataplaneError extends NetfoldError {
+class DataplaneError extends NetfoldError {
   constructor(message: string, cause?: unknown) {
     super(message, 'dataplane-failed', 500, true, cause);
     this.name = 'DataplaneError';

@@ -7,7 +7,15 @@
 // adopted only when its shape is valid and its state hashes to its hash.
 import { DeliverPolicy, type ConsumerMessages } from '@nats-io/jetstream';
 import type { CellState } from '../../projections/cell.ts';
-import { CELL_DELTAS_STREAM, CELL_SNAPSHOTS_STREAM, CellReplica, type CellSnapshot, cellSubject, parseCellDelta, parseCellSnapshot } from '../../projections/cell-stream.ts';
+import {
+  CELL_DELTAS_STREAM,
+  CELL_SNAPSHOTS_STREAM,
+  CellReplica,
+  type CellSnapshot,
+  cellSubject,
+  parseCellDelta,
+  parseCellSnapshot,
+} from '../../projections/cell-stream.ts';
 import type { Registry } from '../../runtime/metrics.ts';
 import type { Bus } from '../../runtime/nats.ts';
 import type { Logger } from '../../runtime/logger.ts';
@@ -65,7 +73,10 @@ export class CellFeed implements DesiredStateFeed {
     this.#log = log.child({ component: 'cell-feed', cell: cellId });
     this.#progress = new Progress(this.view);
     if (metrics) {
-      const c = metrics.counter('netfold_cell_feed_rejected_total', 'cell snapshot or delta messages refused (not JSON, malformed, hash mismatch), each answered with a resync');
+      const c = metrics.counter(
+        'netfold_cell_feed_rejected_total',
+        'cell snapshot or delta messages refused (not JSON, malformed, hash mismatch), each answered with a resync',
+      );
       this.#mRejected = (kind) => c.inc({ cell: cellId, kind });
     }
   }

@@ -10,6 +10,7 @@ import { cellAgentConfigOf, createDataplane, dataplaneConfigOf } from './config.
 
 await runService(
   'cell-agent',
-  ({ config, log, bus, metrics }) => startCellAgent({ bus, log, metrics, config: cellAgentConfigOf(config), dataplane: createDataplane(dataplaneConfigOf(config)) }),
+  ({ config, log, bus, metrics }) =>
+    startCellAgent({ bus, log, metrics, config: cellAgentConfigOf(config), dataplane: createDataplane(dataplaneConfigOf(config)) }),
   { metricsPort: 9471 },
 );

@@ -10,11 +10,10 @@ import type { Enforced, EnforcedProgress } from './converger.ts';
 
 export type ReadyRequest = { containerId: string; timeoutMs: number };
 export type ReadyReply =
-  | { ready: true; cellId: string; revision: number }
-  | { ready: false; code: 'invalid-json' | 'invalid-input' | 'timeout'; error: string };
+  { ready: true; cellId: string; revision: number } | { ready: false; code: 'invalid-json' | 'invalid-input' | 'timeout'; error: string };
 
-export const DEFAULT_READY_TIMEOUT_MS = 10_000;
-export const MAX_READY_TIMEOUT_MS = 60_000;
+const DEFAULT_READY_TIMEOUT_MS = 10_000;
+const MAX_READY_TIMEOUT_MS = 60_000;
 
 /** A request body read: the request, or the reply refusing it. */
 export function parseReadyRequest(data: Uint8Array | string): { ok: true; request: ReadyRequest } | { ok: false; reply: ReadyReply } {
@@ -28,7 +27,8 @@ export function parseReadyRequest(data: Uint8Array | string): { ok: true; reques
   const body: { containerId?: unknown; timeoutMs?: unknown } = typeof parsed === 'object' && parsed !== null ? parsed : {};
   const issues: { path: string; message: string }[] = [];
   const containerId = idOf(body.containerId, 'containerId', issues);
-  const timeoutMs = typeof body.timeoutMs === 'number' && body.timeoutMs >= 0 && body.timeoutMs <= MAX_READY_TIMEOUT_MS ? body.timeoutMs : DEFAULT_READY_TIMEOUT_MS;
+  const timeoutMs =
+    typeof body.timeoutMs === 'number' && body.timeoutMs >= 0 && body.timeoutMs <= MAX_READY_TIMEOUT_MS ? body.timeoutMs : DEFAULT_READY_TIMEOUT_MS;
   if (issues.length > 0) return { ok: false, reply: { ready: false, code: 'invalid-input', error: issues.map((i) => `${i.path}: ${i.message}`).join('; ') } };
   return { ok: true, request: { containerId, timeoutMs } };
 }

@@ -19,7 +19,7 @@ export const TABLE = 'netfold';
 export type AppliedStamp = { revision: number; hash: string };
 
 /** Is `cidr` a CIDR (host bits zero) inside the overlay? */
-export function isSubnetOf(cidr: string, overlayCidr: string): boolean {
+function isSubnetOf(cidr: string, overlayCidr: string): boolean {
   return CIDR.test(cidr) && CIDR.test(overlayCidr) && isCanonicalCidr(cidr) && cidrWithin(overlayCidr, cidr);
 }
 
@@ -27,7 +27,9 @@ export function isSubnetOf(cidr: string, overlayCidr: string): boolean {
 export function parseCellSubnets(text: string | undefined, overlayCidr: string): string[] {
   if (text === undefined || text.trim() === '') return [];
   const out = text.split(',').map((c) => c.trim());
-  for (const c of out) if (!isSubnetOf(c, overlayCidr)) throw new InvalidRuleError(`cell subnet ${JSON.stringify(c)} is not a CIDR (host bits zero) inside the overlay ${overlayCidr}`);
+  for (const c of out)
+    if (!isSubnetOf(c, overlayCidr))
+      throw new InvalidRuleError(`cell subnet ${JSON.stringify(c)} is not a CIDR (host bits zero) inside the overlay ${overlayCidr}`);
   return [...new Set(out)].sort();
 }
 
@@ -41,7 +43,7 @@ export function cellSubnetsOf(state: CellState, cellId: string, configured: read
 }
 
 /** Validates every address (each distinct one once), subnet and port range; nft would resolve a bad address as a name. */
-export function validateRules(rules: RuleSet, overlayCidr: string): void {
+function validateRules(rules: RuleSet, overlayCidr: string): void {
   if (!CIDR.test(overlayCidr)) throw new InvalidRuleError(`invalid overlay CIDR ${overlayCidr}`);
   const seen = new Set<string>();
   const address = (ip: string, what: string) => {
@@ -50,7 +52,8 @@ export function validateRules(rules: RuleSet, overlayCidr: string): void {
     seen.add(ip);
   };
   for (const ip of rules.local) address(ip, 'local');
-  for (const c of rules.subnets) if (!isSubnetOf(c, overlayCidr)) throw new InvalidRuleError(`invalid cell subnet ${JSON.stringify(c)} (a CIDR inside ${overlayCidr})`);
+  for (const c of rules.subnets)
+    if (!isSubnetOf(c, overlayCidr)) throw new InvalidRuleError(`invalid cell subnet ${JSON.stringify(c)} (a CIDR inside ${overlayCidr})`);
   for (const a of rules.allows) {
     address(a.src, 'source');
     address(a.dst, 'destination');
@@ -61,7 +64,7 @@ export function validateRules(rules: RuleSet, overlayCidr: string): void {
 }
 
 /** nft refuses comments over 128 bytes; ours stay well below, in a character set that needs no quoting. */
-export const COMMENT_MAX = 120;
+const COMMENT_MAX = 120;
 
 /**
  * A safe nft comment: only letters, digits and ` _.:/>+,=-` (anything else becomes `_`: no quote or backslash can
@@ -82,7 +85,7 @@ export const commentOf = (a: Allow): string => commentText(`${a.srcApp}->${a.dst
  * added element 5.5 ms, with one deleted 18–20 ms) — and old ones go in a transaction that deletes anyway, or once
  * STAMP_KEEP have piled up.
  */
-export const stampComment = (s: AppliedStamp): string => commentText(`netfold revision=${s.revision} hash=${s.hash}`);
+const stampComment = (s: AppliedStamp): string => commentText(`netfold revision=${s.revision} hash=${s.hash}`);
 const STAMP_SET = /set applied \{[^}]*\}/;
 const STAMP = /comment "netfold revision=(\d+) hash=([0-9a-f]+)"/g;
 /** Stamp elements kept before a transaction deletes the old ones even without other deletions. */
@@ -127,8 +130,13 @@ export function renderNft(rules: RuleSet, overlayCidr: string, stamp?: AppliedSt
     }
     (ranges.get(k) ?? ranges.set(k, []).get(k)!).push(a);
   }
-  const set = (name: string, type: string, elements: string[], interval: boolean) =>
-    [`  set ${name} {`, `    type ${type}`, ...(interval ? ['    flags interval'] : []), ...(elements.length > 0 ? [`    elements = { ${elements.join(', ')} }`] : []), '  }'];
+  const set = (name: string, type: string, elements: string[], interval: boolean) => [
+    `  set ${name} {`,
+    `    type ${type}`,
+    ...(interval ? ['    flags interval'] : []),
+    ...(elements.length > 0 ? [`    elements = { ${elements.join(', ')} }`] : []),
+    '  }',
+  ];
   const of = (p: Protocol, ranged: boolean) => rules.allows.filter((a) => a.protocol === p && (a.startPort !== a.endPort) === ranged).map(elementWithComment);
   const tuple = 'ipv4_addr . ipv4_addr . inet_service';
   return [
