@@ -13,7 +13,8 @@ import { connectBus } from '../runtime/nats.ts';
 import { ensureTopology, defaultTopologyOptions } from '../runtime/topology.ts';
 import { silentLogger } from '../runtime/logger.ts';
 import { DISCOVERY_BUCKET, intakeSubject } from '../runtime/subjects.ts';
-import { startPolicyWriter } from '../services/policy-writer/service.ts';
+import { policyWriterConfigOf, startPolicyWriter } from '../services/policy-writer/service.ts';
+import { loadConfig } from '../runtime/config.ts';
 import { startPlanner, defaultPlannerConfig } from '../services/topology-planner/service.ts';
 import { startCellAgent, defaultCellAgentConfig } from '../services/cell-agent/agent.ts';
 import { MemoryDataplane } from '../services/cell-agent/dataplane.ts';
@@ -94,15 +95,7 @@ await ensureTopology(bus.jsm, defaultTopologyOptions, log);
   const writer = await startPolicyWriter({
     bus,
     log,
-    config: {
-      httpHost: '127.0.0.1',
-      httpPort: 0,
-      httpBodyLimit: 1 << 20,
-      policyQuota: 150,
-      maxPoliciesPerRequest: 1000,
-      tokenSecret: 'x'.repeat(32),
-      overlayCidr: '10.255.0.0/16',
-    },
+    config: policyWriterConfigOf(loadConfig({ 'http-port': '0' }, {}), 'x'.repeat(32)), // the defaults, any free port
   });
   const planner = await startPlanner({ bus, log, config: defaultPlannerConfig });
   const agent = await startCellAgent({ bus, log, config: { ...defaultCellAgentConfig, cellId: 'cell-1' }, dataplane: new MemoryDataplane('10.255.0.0/16') });

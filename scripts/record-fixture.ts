@@ -11,7 +11,8 @@ import { silentLogger } from '../runtime/logger.ts';
 import { intakeSubject } from '../runtime/subjects.ts';
 import { EventLog } from '../runtime/event-log.ts';
 import { mintToken } from '../runtime/tokens.ts';
-import { startPolicyWriter } from '../services/policy-writer/service.ts';
+import { policyWriterConfigOf, startPolicyWriter } from '../services/policy-writer/service.ts';
+import { loadConfig } from '../runtime/config.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'netfold-fixture-'));
 const server = await startNatsServer({ storeDir: dir });
@@ -22,15 +23,7 @@ const secret = 'fixture-secret-fixture-secret-fixture';
 const writer = await startPolicyWriter({
   bus,
   log,
-  config: {
-    httpHost: '127.0.0.1',
-    httpPort: 0,
-    httpBodyLimit: 1 << 20,
-    policyQuota: 150,
-    maxPoliciesPerRequest: 1000,
-    tokenSecret: secret,
-    overlayCidr: '10.255.0.0/16',
-  },
+  config: policyWriterConfigOf(loadConfig({ 'http-port': '0' }, {}), secret), // the defaults, any free port
 });
 const admin = await mintToken(secret, { user: 'alice', scopes: ['network.admin'], spaces: [] }, 600);
 const dev = await mintToken(secret, { user: 'bob', scopes: ['network.write'], spaces: ['space-1'] }, 600);
