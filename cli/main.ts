@@ -390,7 +390,7 @@ async function main(argv: string[]): Promise<void> {
       return withBus(config, async (bus) => {
         const statuses = [...(await kvLatest(bus, CELL_STATUS_BUCKET)).values()] as CellStatus[];
         statuses.sort((a, b) => (a.cellId < b.cellId ? -1 : 1));
-        const rows = [['CELL', 'DATAPLANE', 'REVISION', 'LOCAL', 'ALLOWS', 'APPLY MS', 'REPAIRS', 'APPLIED AT', 'ERROR']].concat(
+        const rows = [['CELL', 'DATAPLANE', 'REVISION', 'LOCAL', 'ALLOWS', 'APPLY MS', 'REPAIRS', 'REFUSED', 'APPLIED AT', 'ERROR']].concat(
           statuses.map((s) => [
             s.cellId,
             s.dataplane,
@@ -399,6 +399,7 @@ async function main(argv: string[]): Promise<void> {
             String(s.rules.allows),
             String(s.applyMs),
             String(s.driftRepairs),
+            s.refusals?.count ? `${s.refusals.count} (last ${s.refusals.last?.kind} ${s.refusals.last?.reason} at ${s.refusals.last?.at})` : '0',
             s.appliedAt,
             s.error ?? '',
           ]),

@@ -7,6 +7,8 @@ import { startGateway, cfPolicy } from './harness/gateway.ts';
 import { startStack } from './harness/stack.ts';
 import { cellSubject } from '../projections/cell-stream.ts';
 import type { CellFeed } from '../services/cell-agent/feed.ts';
+import { kvLayout } from '../runtime/nats-adapter.ts';
+import { CELL_STATUS_BUCKET } from '../runtime/subjects.ts';
 
 const P = '/networking/v1/external/policies';
 
@@ -45,4 +47,12 @@ t.test('garbage on the delta subject and a forged snapshot: the agent keeps foll
   t.equal(plane.allows('10.255.2.66', '10.255.1.2', 'tcp', 22), false, 'nothing of the forged snapshot was adopted');
   t.equal(feed.view.revision, next.body.revision, 'the feed holds the planned revision, not the forged one');
   t.ok(feed.rejected >= 3, 'every bad message was counted');
+  // ... and the agent says so in its status record (what `netfold cells` shows), not only in its log.
+  const record = await eventually(async () => {
+    const m = await gw.bus.jsm.streams.getMessage(kvLayout.stream(CELL_STATUS_BUCKET), { last_by_subj: kvLayout.subject(CELL_STATUS_BUCKET, 'cell-1') });
+    const r = m?.json<{ refusals?: { count: number; last: { kind: string } | null } }>();
+    return r && r.refusals && r.refusals.count >= 3 ? r : undefined;
+  }, 10_000, 'the refusals in the status record');
+  t.ok(record.refusals!.count >= 3, `the status record counts the refusals: ${JSON.stringify(record.refusals)}`);
+  t.match(record.refusals!.last, { kind: /delta|snapshot/ });
 });

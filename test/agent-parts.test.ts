@@ -248,7 +248,7 @@ t.test('status: built from a pass; a failed load keeps the revision still enforc
   const rules = { local: ['10.255.1.3', '10.255.1.4'], subnets: [], allows: [] };
   const ids = { cellId: CELL, dataplane: 'memory' as const };
   const ok = statusAfterPass(undefined, { view, rules, error: null, at: '2024-01-01T00:00:00.000Z', applyMs: 1.5, repairs: { count: 0, last: null } }, ids);
-  t.same(ok, { cellId: CELL, dataplane: 'memory', revision: 7, hash: view.hash, appliedAt: '2024-01-01T00:00:00.000Z', applyMs: 1.5, rules: { local: 2, allows: 0 }, driftRepairs: 0, lastRepair: null, error: null });
+  t.same(ok, { cellId: CELL, dataplane: 'memory', revision: 7, hash: view.hash, appliedAt: '2024-01-01T00:00:00.000Z', applyMs: 1.5, rules: { local: 2, allows: 0 }, driftRepairs: 0, lastRepair: null, error: null, refusals: { count: 0, last: null } });
   const failed = statusAfterPass(ok, { view: { ...view, revision: 8, hash: 'h8' }, rules, error: 'boom', at: 'later', applyMs: 2, repairs: { count: 0, last: null } }, ids);
   t.match(failed, { revision: 7, hash: view.hash, error: 'boom', appliedAt: 'later' });
   t.match(statusAfterPass(undefined, { view, rules, error: 'boom', at: 'x', applyMs: 0, repairs: { count: 0, last: null } }, ids), { revision: 0, hash: '' }, 'nothing applied yet');

@@ -99,6 +99,7 @@ export async function startCellAgent(deps: { bus: Bus; log: Logger; config: Cell
   const ready = new ReadyGate(deps.bus.nc, cfg.cellId, converger.enforced);
 
   feed.onChange(converger.schedule);
+  feed.onRefused((refusals) => void reporter.refused(refusals));
   await feed.start();
   await converger.start();
   discovery.start();

@@ -37,13 +37,39 @@ function viewOf(r: CellReplica): CellView {
   return v;
 }
 
+/**
+ * Input the feed refused: a message that is not of the contract, a snapshot whose state does not hash to its hash,
+ * a delta whose result does not (forged or corrupted input — never an ordinary gap). The agent reports them in its
+ * status, so a cell that is being fed something it must refuse does not look healthy.
+ */
+export type Refusals = { count: number; last: { at: string; kind: 'delta' | 'snapshot' | 'state'; reason: 'invalid' | 'hash-mismatch' } | null };
+
 /** Where an agent gets its cell's desired state from: the planner's stream (CellFeed) or a poll (PollingCellFeed). */
 export interface DesiredStateFeed {
   readonly view: CellView;
+  readonly refusals: Refusals;
   onChange(listener: (view: CellView) => void): () => void;
+  /** Called after each refusal. */
+  onRefused(listener: (refusals: Refusals) => void): () => void;
   start(): Promise<void>;
   waitUntil(check: (v: CellView) => boolean, timeoutMs?: number, what?: string): Promise<void>;
   stop(): Promise<void>;
+}
+
+/** Counts refusals and tells listeners. */
+class RefusalLog {
+  value: Refusals = { count: 0, last: null };
+  readonly #listeners = new Set<(r: Refusals) => void>();
+
+  add(kind: NonNullable<Refusals['last']>['kind'], reason: NonNullable<Refusals['last']>['reason']): void {
+    this.value = { count: this.value.count + 1, last: { at: new Date().toISOString(), kind, reason } };
+    for (const l of this.#listeners) l(this.value);
+  }
+
+  listen(listener: (r: Refusals) => void): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
 }
 
 export class CellFeed implements DesiredStateFeed {
@@ -60,6 +86,7 @@ export class CellFeed implements DesiredStateFeed {
   resyncs = 0;
   /** Messages refused: not JSON, not of the expected shape, or (snapshots) a state that does not hash to its hash. */
   rejected = 0;
+  readonly #refusals = new RefusalLog();
   /** Stream sequences of delta messages refused for their shape: they never change, so a re-read skips them. */
   readonly #badDeltas = new Set<number>();
   /** The snapshot message last refused (by stream sequence): re-reading it is not logged or counted again. */
@@ -85,6 +112,15 @@ export class CellFeed implements DesiredStateFeed {
     this.rejected += 1;
     this.#mRejected?.(kind);
     this.#log.warn({ seq, kind }, kind === 'delta' ? 'cell-feed-invalid-delta' : 'cell-feed-invalid-snapshot');
+    this.#refusals.add(kind, 'invalid');
+  }
+
+  get refusals(): Refusals {
+    return this.#refusals.value;
+  }
+
+  onRefused(listener: (refusals: Refusals) => void): () => void {
+    return this.#refusals.listen(listener);
   }
 
   get view(): CellView {
@@ -152,6 +188,7 @@ export class CellFeed implements DesiredStateFeed {
             return this.#resync();
           case 'mismatch': // undone by the replica: the state held is never one that was not planned
             this.#log.warn({ revision: d.revision }, 'cell-feed-hash-mismatch');
+            this.#refusals.add('delta', 'hash-mismatch');
             return this.#resync();
           default: // stale: a duplicate, or a planner re-publishing after a restart
         }
@@ -210,6 +247,7 @@ export class PollingCellFeed implements DesiredStateFeed {
   readonly #replica: CellReplica;
   readonly #progress: Progress<CellView>;
   readonly #listeners = new Set<(view: CellView) => void>();
+  readonly #refusals = new RefusalLog();
   #timer: NodeJS.Timeout | undefined;
   #polling: Promise<void> | undefined;
   #stopped = false;
@@ -226,6 +264,14 @@ export class PollingCellFeed implements DesiredStateFeed {
 
   get view(): CellView {
     return viewOf(this.#replica);
+  }
+
+  get refusals(): Refusals {
+    return this.#refusals.value;
+  }
+
+  onRefused(listener: (refusals: Refusals) => void): () => void {
+    return this.#refusals.listen(listener);
   }
 
   onChange(listener: (view: CellView) => void): () => void {
@@ -251,6 +297,7 @@ export class PollingCellFeed implements DesiredStateFeed {
       const result = this.#replica.applyMessage(m.data, 'snapshot');
       if (result === 'invalid') {
         this.#log.warn({}, 'cell-poll-invalid-state');
+        this.#refusals.add('state', 'invalid');
         return;
       }
       if (result !== 'applied') return;

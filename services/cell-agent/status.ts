@@ -5,6 +5,7 @@
 import type { Logger } from '../../runtime/logger.ts';
 import type { Dataplane } from './dataplane.ts';
 import type { ConvergePass, Repairs } from './converger.ts';
+import type { Refusals } from './feed.ts';
 
 export type CellStatus = {
   cellId: string;
@@ -19,10 +20,17 @@ export type CellStatus = {
   /** The last repair: when, and what was found (`table-missing`, `table-changed`, …). */
   lastRepair: { at: string; drift: string } | null;
   error: string | null;
+  /** Input the feed refused (forged or corrupted snapshots and deltas): how many, and the last one. */
+  refusals: Refusals;
 };
 
 /** The status after a pass: what it applied, or (when its load failed) the revision and hash still enforced. */
-export function statusAfterPass(prev: CellStatus | undefined, pass: ConvergePass, ids: { cellId: string; dataplane: Dataplane['kind'] }): CellStatus {
+export function statusAfterPass(
+  prev: CellStatus | undefined,
+  pass: ConvergePass,
+  ids: { cellId: string; dataplane: Dataplane['kind'] },
+  refusals: Refusals = prev?.refusals ?? { count: 0, last: null },
+): CellStatus {
   const { error, view, rules } = pass;
   return {
     cellId: ids.cellId,
@@ -35,6 +43,7 @@ export function statusAfterPass(prev: CellStatus | undefined, pass: ConvergePass
     driftRepairs: pass.repairs.count,
     lastRepair: pass.repairs.last,
     error,
+    refusals,
   };
 }
 
@@ -52,6 +61,7 @@ export class StatusReporter {
   readonly #writer: StatusWriter;
   readonly #log: Logger;
   #status: CellStatus | undefined;
+  #refusals: Refusals = { count: 0, last: null };
 
   constructor(opts: { cellId: string; dataplane: Dataplane['kind']; writer: StatusWriter; log: Logger }) {
     this.#cellId = opts.cellId;
@@ -67,7 +77,15 @@ export class StatusReporter {
 
   /** After every pass of the converger, failed or not; a put that fails is logged, never thrown. */
   async passed(pass: ConvergePass): Promise<void> {
-    this.#status = statusAfterPass(this.#status, pass, { cellId: this.#cellId, dataplane: this.#dataplane });
+    this.#status = statusAfterPass(this.#status, pass, { cellId: this.#cellId, dataplane: this.#dataplane }, this.#refusals);
+    await this.#put(this.#status);
+  }
+
+  /** After the feed refused input: the record says so at once (no pass follows a refusal that changed nothing). */
+  async refused(refusals: Refusals): Promise<void> {
+    this.#refusals = refusals;
+    if (!this.#status) return;
+    this.#status = { ...this.#status, refusals };
     await this.#put(this.#status);
   }
 
