@@ -12,7 +12,7 @@ import { startNatsServer } from '../runtime/nats-server.ts';
 import { connectBus } from '../runtime/nats.ts';
 import { ensureTopology, defaultTopologyOptions } from '../runtime/topology.ts';
 import { silentLogger } from '../runtime/logger.ts';
-import { DISCOVERY_BUCKET, intakeSubject } from '../runtime/subjects.ts';
+import { DISCOVERY_BUCKET, intakeCommand, intakeSubject } from '../runtime/subjects.ts';
 import { policyWriterConfigOf, startPolicyWriter } from '../services/policy-writer/service.ts';
 import { loadConfig } from '../runtime/config.ts';
 import { startPlanner, defaultPlannerConfig } from '../services/topology-planner/service.ts';
@@ -104,8 +104,8 @@ await ensureTopology(bus.jsm, defaultTopologyOptions, log);
     const r = (await bus.nc.request(subject, JSON.stringify(body), { timeout: 10_000 })).json<{ ok: boolean; error?: string }>();
     if (!r.ok) throw new Error(r.error);
   };
-  await request(intakeSubject.registerCell, { cellId: 'cell-1', subnet: '10.255.0.0/16' });
-  await request(intakeSubject.registerApp, { appId: 'svc', name: 'svc', spaceId: 's', orgId: 'o' });
+  await request(intakeSubject('bench', intakeCommand.registerCell), { cellId: 'cell-1', subnet: '10.255.0.0/16' });
+  await request(intakeSubject('bench', intakeCommand.registerApp), { appId: 'svc', name: 'svc', spaceId: 's', orgId: 'o' });
   const sock = createSocket('udp4');
   await new Promise<void>((r) => sock.bind(0, '127.0.0.1', () => r()));
   const lat: number[] = [];
@@ -113,7 +113,7 @@ await ensureTopology(bus.jsm, defaultTopologyOptions, log);
     const ip = `10.255.${1 + (i >> 7)}.${1 + (i & 127)}`;
     const q = dnsPacket.encode({ id: i, type: 'query', questions: [{ type: 'A', name: `${i}.svc.apps.internal` }] });
     const t0 = performance.now();
-    await request(intakeSubject.startContainer, { containerId: `c${i}`, appId: 'svc', cellId: 'cell-1', instanceIndex: i, ip });
+    await request(intakeSubject('bench', intakeCommand.startContainer), { containerId: `c${i}`, appId: 'svc', cellId: 'cell-1', instanceIndex: i, ip });
     for (;;) {
       const answer = await new Promise<Buffer | null>((resolve) => {
         const timer = setTimeout(() => resolve(null), 100);

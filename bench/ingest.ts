@@ -13,7 +13,7 @@ import { startNatsServer } from '../runtime/nats-server.ts';
 import { connectBus } from '../runtime/nats.ts';
 import { ensureTopology, defaultTopologyOptions } from '../runtime/topology.ts';
 import { silentLogger } from '../runtime/logger.ts';
-import { intakeSubject } from '../runtime/subjects.ts';
+import { intakeCommand, intakeSubject } from '../runtime/subjects.ts';
 import { mintToken } from '../runtime/tokens.ts';
 import { InboxRequester } from '../runtime/inbox-requester.ts';
 import { cpuSeconds, envNumber, freePort, machine, pool, post, progress, rate, rawAppendRate, startChild, stopChild } from './lib.ts';
@@ -96,12 +96,12 @@ const measure = async (name: string, count: number, concurrency: number, task: (
 };
 
 // 1,000 cells, cell k with the container range 10.<k / 256>.<k % 256>.0/24 of the overlay 10.0.0.0/8 (not measured).
-await pool(1000, INTAKE_CONC, (k) => request(intakeSubject.registerCell, { cellId: `cell-${k}`, subnet: `10.${k >> 8}.${k & 255}.0/24` }));
+await pool(1000, INTAKE_CONC, (k) => request(intakeSubject('bench', intakeCommand.registerCell), { cellId: `cell-${k}`, subnet: `10.${k >> 8}.${k & 255}.0/24` }));
 await measure('app registrations (cmds/s)', APPS, INTAKE_CONC, (i) =>
-  request(intakeSubject.registerApp, { appId: `app-${i}`, name: `app-${i}`, spaceId: 's1', orgId: 'o1' }),
+  request(intakeSubject('bench', intakeCommand.registerApp), { appId: `app-${i}`, name: `app-${i}`, spaceId: 's1', orgId: 'o1' }),
 );
 await measure('container starts via intake (events/s)', CONTAINERS, INTAKE_CONC, (i) =>
-  request(intakeSubject.startContainer, {
+  request(intakeSubject('bench', intakeCommand.startContainer), {
     containerId: `c-${i}`,
     appId: `app-${i % APPS}`,
     cellId: `cell-${i % 1000}`,
@@ -109,7 +109,7 @@ await measure('container starts via intake (events/s)', CONTAINERS, INTAKE_CONC,
     ip: ipOnCell(i),
   }),
 );
-await measure('container stops via intake (events/s)', CONTAINERS, INTAKE_CONC, (i) => request(intakeSubject.stopContainer, { containerId: `c-${i}` }));
+await measure('container stops via intake (events/s)', CONTAINERS, INTAKE_CONC, (i) => request(intakeSubject('bench', intakeCommand.stopContainer), { containerId: `c-${i}` }));
 await measure('policy creates via HTTP, 1 per request (policies/s)', POLICIES, HTTP_CONC, async (i) => {
   const src = i % APPS;
   const dst = (src + 1 + Math.floor(i / APPS)) % APPS;

@@ -26,7 +26,7 @@ import { connectBus, type Bus } from '../runtime/nats.ts';
 import { ensureTopology, defaultTopologyOptions } from '../runtime/topology.ts';
 import { kvLayout } from '../runtime/nats-adapter.ts';
 import { silentLogger } from '../runtime/logger.ts';
-import { CELL_STATUS_BUCKET, intakeSubject } from '../runtime/subjects.ts';
+import { CELL_STATUS_BUCKET, intakeCommand, intakeSubject } from '../runtime/subjects.ts';
 import { mintToken } from '../runtime/tokens.ts';
 import { InboxRequester } from '../runtime/inbox-requester.ts';
 import { replay } from '../cli/operators.ts';
@@ -239,7 +239,7 @@ async function runOnce(pollMs: number): Promise<ScaleRun> {
       return { cellId: `cell-${k}`, ip: `10.${(k >> 8) & 255}.${k & 255}.${host}` };
     };
     await pool(sizes.CELLS, sizes.INTAKE_CONCURRENCY, async (k) => {
-      await intake(intakeSubject.registerCell, { cellId: `cell-${k}`, subnet: subnetOf(k) });
+      await intake(intakeSubject('bench', intakeCommand.registerCell), { cellId: `cell-${k}`, subnet: subnetOf(k) });
     });
     const instances = new Array<number>(sizes.APPS).fill(0);
     const running: { id: string; app: number; cellId: string }[] = [];
@@ -247,7 +247,7 @@ async function runOnce(pollMs: number): Promise<ScaleRun> {
     const cpuLoad0 = cpuOf(components);
     const tLoad = performance.now();
     let ms = await pool(sizes.APPS, sizes.INTAKE_CONCURRENCY, async (i) => {
-      await intake(intakeSubject.registerApp, { appId: `app-${i}`, name: `a${i}`, spaceId: 's1', orgId: 'o1' });
+      await intake(intakeSubject('bench', intakeCommand.registerApp), { appId: `app-${i}`, name: `a${i}`, spaceId: 's1', orgId: 'o1' });
     });
     results['ingest: app registrations via intake (cmds/s)'] = rate(sizes.APPS, ms);
     const BATCH = 100;
@@ -263,7 +263,7 @@ async function runOnce(pollMs: number): Promise<ScaleRun> {
     ms = await pool(sizes.CONTAINERS, sizes.INTAKE_CONCURRENCY, async (j) => {
       const c = starts[j]!;
       const index = instances[c.app]!++;
-      await intake(intakeSubject.startContainer, { containerId: c.id, appId: `app-${c.app}`, cellId: c.cellId, instanceIndex: index, ip: c.ip });
+      await intake(intakeSubject('bench', intakeCommand.startContainer), { containerId: c.id, appId: `app-${c.app}`, cellId: c.cellId, instanceIndex: index, ip: c.ip });
       running.push(c);
     });
     const ingest = rate(sizes.CONTAINERS, ms);
@@ -306,7 +306,7 @@ async function runOnce(pollMs: number): Promise<ScaleRun> {
     }, 2);
     const restart = async () => {
       const victim = running.splice(Math.floor(rnd() * running.length), 1)[0]!;
-      await intake(intakeSubject.stopContainer, { containerId: victim.id });
+      await intake(intakeSubject('bench', intakeCommand.stopContainer), { containerId: victim.id });
       const j = nextContainer++;
       const fresh = { id: `c-${j}`, app: victim.app, ...place() };
       const index = instances[fresh.app]!++;
@@ -316,7 +316,7 @@ async function runOnce(pollMs: number): Promise<ScaleRun> {
         const id = dnsId++ & 0xffff;
         dnsPending.set(id, { sample, query: dnsPacket.encode({ id, type: 'query', questions: [{ type: 'A', name: `${index}.a${fresh.app}.${DOMAIN}` }] }) });
       }
-      sample.revision = await intake(intakeSubject.startContainer, {
+      sample.revision = await intake(intakeSubject('bench', intakeCommand.startContainer), {
         containerId: fresh.id,
         appId: `app-${fresh.app}`,
         cellId: fresh.cellId,

@@ -5,7 +5,7 @@ import { cidrRange, intToIp } from '../projections/ipv4.ts';
 import { kvLatest } from '../runtime/buckets.ts';
 import { Resolver } from 'node:dns/promises';
 import type { Bus } from '../runtime/nats.ts';
-import { intakeSubject, CELL_STATUS_BUCKET } from '../runtime/subjects.ts';
+import { intakeCommand, intakeSubject, CELL_STATUS_BUCKET } from '../runtime/subjects.ts';
 import { waitEnforced } from '../services/topology-planner/enforcement.ts';
 import { NetfoldError } from '../runtime/errors.ts';
 import { audit, explainAt, modelAt } from './operators.ts';
@@ -15,7 +15,7 @@ export type DemoOptions = { bus: Bus; api: string; token: string; dnsPort: numbe
 export async function demo(o: DemoOptions): Promise<void> {
   const { bus, say } = o;
   const intake = async (subject: string, body: object) => {
-    const r = (await bus.nc.request(subject, JSON.stringify({ ...body, actor: 'demo' }), { timeout: 10_000 })).json<{
+    const r = (await bus.nc.request(subject, JSON.stringify(body), { timeout: 10_000 })).json<{
       ok: boolean;
       revision?: number;
       error?: string;
@@ -31,8 +31,8 @@ export async function demo(o: DemoOptions): Promise<void> {
   say(`1. cells reporting: ${cells.join(', ')}`);
 
   say('2. the platform registers two apps and starts their containers');
-  await intake(intakeSubject.registerApp, { appId: 'demo-frontend', name: 'frontend', spaceId: 'demo-space', orgId: 'demo-org' });
-  await intake(intakeSubject.registerApp, { appId: 'demo-backend', name: 'backend', spaceId: 'demo-space', orgId: 'demo-org' });
+  await intake(intakeSubject('demo', intakeCommand.registerApp), { appId: 'demo-frontend', name: 'frontend', spaceId: 'demo-space', orgId: 'demo-org' });
+  await intake(intakeSubject('demo', intakeCommand.registerApp), { appId: 'demo-backend', name: 'backend', spaceId: 'demo-space', orgId: 'demo-org' });
   const starts: [string, string, number][] = [
     ['demo-frontend-0', 'demo-frontend', 0],
     ['demo-backend-0', 'demo-backend', 0],
@@ -43,7 +43,7 @@ export async function demo(o: DemoOptions): Promise<void> {
     // An address in the cell's registered container range (the writer refuses any other).
     const range = cidrRange(model.cells[cellId]!.subnet);
     const ip = intToIp(range.first + Math.min(10 + i, range.size - 2));
-    await intake(intakeSubject.startContainer, { containerId, appId, instanceIndex: index, cellId, ip });
+    await intake(intakeSubject('demo', intakeCommand.startContainer), { containerId, appId, instanceIndex: index, cellId, ip });
     say(`   ${containerId} on ${cellId} at ${ip}`);
   }
 

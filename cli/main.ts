@@ -8,7 +8,7 @@ import { SETTINGS, loadConfig, natsServersOf, resolveTokenSecret, type Config } 
 import { NetfoldError, toNetfoldError } from '../runtime/errors.ts';
 import { silentLogger } from '../runtime/logger.ts';
 import { connectBus, type Bus } from '../runtime/nats.ts';
-import { intakeSubject } from '../runtime/subjects.ts';
+import { type IntakeCommandName, intakeCommand, intakeSubject } from '../runtime/subjects.ts';
 import { mintToken, parseDuration, SCOPES } from '../runtime/tokens.ts';
 import type { IntakeReply } from '../services/policy-writer/intake.ts';
 import { type Out, UsageError, output, table } from './output.ts';
@@ -115,10 +115,11 @@ async function withBus<T>(config: Config, work: (bus: Bus) => Promise<T>): Promi
   }
 }
 
-async function intake(config: Config, flags: Flags, out: Out, subject: string, body: Record<string, unknown>): Promise<void> {
+/** Sends an intake command as the platform component `cli` (the caller token of the subject: the actor recorded). */
+async function intake(config: Config, flags: Flags, out: Out, command: IntakeCommandName, body: Record<string, unknown>): Promise<void> {
   await withBus(config, async (bus) => {
     const requestId = typeof flags['request-id'] === 'string' ? flags['request-id'] : newId();
-    const msg = await bus.nc.request(subject, JSON.stringify({ ...body, requestId, actor: 'cli' }), { timeout: 30_000 });
+    const msg = await bus.nc.request(intakeSubject('cli', command), JSON.stringify({ ...body, requestId }), { timeout: 30_000 });
     const reply = msg.json<IntakeReply>();
     if (!reply.ok) throw new NetfoldError(reply.error, reply.code, 400, reply.retryable);
     out.print(`ok: revision ${reply.revision}${reply.note ? ` (${reply.note}${reply.appended === 0 ? ', nothing appended' : ''})` : ''}`, reply);
@@ -201,22 +202,22 @@ async function main(argv: string[]): Promise<void> {
       return out.print(token, { token });
     }
     case 'cell register':
-      return intake(config, flags, out, intakeSubject.registerCell, { cellId: need(flags, 'id'), subnet: need(flags, 'subnet') });
+      return intake(config, flags, out, intakeCommand.registerCell, { cellId: need(flags, 'id'), subnet: need(flags, 'subnet') });
     case 'cell decommission':
-      return intake(config, flags, out, intakeSubject.decommissionCell, { cellId: need(flags, 'id') });
+      return intake(config, flags, out, intakeCommand.decommissionCell, { cellId: need(flags, 'id') });
     case 'app register':
-      return intake(config, flags, out, intakeSubject.registerApp, {
+      return intake(config, flags, out, intakeCommand.registerApp, {
         appId: need(flags, 'id'),
         name: need(flags, 'name'),
         spaceId: need(flags, 'space'),
         orgId: need(flags, 'org'),
       });
     case 'app rename':
-      return intake(config, flags, out, intakeSubject.renameApp, { appId: need(flags, 'id'), name: need(flags, 'name') });
+      return intake(config, flags, out, intakeCommand.renameApp, { appId: need(flags, 'id'), name: need(flags, 'name') });
     case 'app delete':
-      return intake(config, flags, out, intakeSubject.deleteApp, { appId: need(flags, 'id') });
+      return intake(config, flags, out, intakeCommand.deleteApp, { appId: need(flags, 'id') });
     case 'container start':
-      return intake(config, flags, out, intakeSubject.startContainer, {
+      return intake(config, flags, out, intakeCommand.startContainer, {
         containerId: need(flags, 'id'),
         appId: need(flags, 'app'),
         cellId: need(flags, 'cell'),
@@ -224,7 +225,7 @@ async function main(argv: string[]): Promise<void> {
         ip: need(flags, 'ip'),
       });
     case 'container stop':
-      return intake(config, flags, out, intakeSubject.stopContainer, { containerId: need(flags, 'id') });
+      return intake(config, flags, out, intakeCommand.stopContainer, { containerId: need(flags, 'id') });
     case 'policy add':
     case 'policy remove': {
       const path = key === 'policy add' ? '/policies' : '/policies/delete';

@@ -40,17 +40,18 @@ export type ContainerCommand = StartContainer | StopContainer;
 export type PolicyCommand = CreatePolicies | DeletePolicies;
 export type IntakeCommand = CellCommand | AppCommand | ContainerCommand;
 
-/** Metadata every intake request may carry: a request id (retries reuse it) and the calling component. */
-export type RequestMeta = { requestId?: string; actor?: string };
+/**
+ * Metadata every intake request may carry: a request id (retries reuse it). Who is asking is not a field: it is the
+ * caller token of the request's subject (see runtime/subjects.ts), which authorization binds to the connection.
+ */
+export type RequestMeta = { requestId?: string };
 
-const META_KEYS = ['requestId', 'actor'] as const;
+const META_KEYS = ['requestId'] as const;
 
 function metaOf(o: Record<string, unknown>, issues: Issues): RequestMeta {
   const meta: RequestMeta = {};
   const requestId = optional(o.requestId, 'requestId', issues, (v, p, i) => stringOf(v, p, i, { max: 128 }));
-  const actor = optional(o.actor, 'actor', issues, idOf);
   if (requestId !== undefined) meta.requestId = requestId;
-  if (actor !== undefined) meta.actor = actor;
   return meta;
 }
 

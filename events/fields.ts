@@ -9,7 +9,7 @@ export type Issues = Issue[];
 
 export type Result<T> = { ok: true; value: T } | { ok: false; issues: Issue[] };
 
-const ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$/;
+export const ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$/;
 /** A DNS label (RFC 1123): the app's discovery name is `<name>.<domain>`. */
 const APP_NAME_PATTERN = /^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$/;
 const ULID_PATTERN = /^[0-9A-HJKMNP-TV-Z]{26}$/;

@@ -5,7 +5,7 @@
 //   nf.evt.app.<appId>            app lifecycle events                 (stream NF_EVENTS)
 //   nf.evt.container.<containerId> container lifecycle events           (stream NF_EVENTS)
 //   nf.evt.policy.<sourceAppId>   policy events of one source app      (stream NF_EVENTS)
-//   nf.cmd.<aggregate>.<verb>     platform intake, request/reply        (core NATS, queue group policy-writer)
+//   nf.cmd.<caller>.<aggregate>.<verb>  platform intake, request/reply  (core NATS, queue group policy-writer)
 //   nf.cell.snap|delta|state.<cellId>  the cell stream: see projections/cell-stream.ts, which owns it
 
 export const EVENTS_STREAM = 'NF_EVENTS';
@@ -18,17 +18,37 @@ export const eventSubject = {
   policy: (sourceAppId: string) => `nf.evt.policy.${sourceAppId}`,
 } as const;
 
-export const intakeSubject = {
-  registerCell: 'nf.cmd.cell.register',
-  decommissionCell: 'nf.cmd.cell.decommission',
-  registerApp: 'nf.cmd.app.register',
-  renameApp: 'nf.cmd.app.rename',
-  deleteApp: 'nf.cmd.app.delete',
-  startContainer: 'nf.cmd.container.start',
-  stopContainer: 'nf.cmd.container.stop',
+/**
+ * Platform intake: request/reply on `nf.cmd.<caller>.<aggregate>.<verb>`. The caller token names the platform
+ * component sending the command; the writer records it as the event's actor (`platform:<caller>`) — never a field of
+ * the body. With authorization on, a component's NATS user may publish only under its own caller token, so the
+ * actor is the connection's identity.
+ */
+export const intakeCommand = {
+  registerCell: 'cell.register',
+  decommissionCell: 'cell.decommission',
+  registerApp: 'app.register',
+  renameApp: 'app.rename',
+  deleteApp: 'app.delete',
+  startContainer: 'container.start',
+  stopContainer: 'container.stop',
 } as const;
 
-export type IntakeSubject = (typeof intakeSubject)[keyof typeof intakeSubject];
+export type IntakeCommandName = (typeof intakeCommand)[keyof typeof intakeCommand];
+
+/** The subject a caller sends a command to (the caller is a validated id: no '.', '*' or '>'). */
+export const intakeSubject = (caller: string, command: IntakeCommandName): string => `nf.cmd.${caller}.${command}`;
+
+/** What the writer subscribes to: every caller's commands. */
+export const INTAKE_SUBJECTS = 'nf.cmd.*.*.*';
+
+/** The caller and command of an intake subject; undefined for anything else. */
+export function parseIntakeSubject(subject: string): { caller: string; command: IntakeCommandName } | undefined {
+  const parts = subject.split('.');
+  if (parts.length !== 5 || parts[0] !== 'nf' || parts[1] !== 'cmd') return undefined;
+  const command = `${parts[3]}.${parts[4]}`;
+  return (Object.values(intakeCommand) as string[]).includes(command) ? { caller: parts[2]!, command: command as IntakeCommandName } : undefined;
+}
 
 export const INTAKE_QUEUE = 'policy-writer';
 

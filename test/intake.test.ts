@@ -1,7 +1,7 @@
 // Platform intake over NATS request/reply against a real nats-server.
 import t, { type Test } from 'tap';
 import { EventLog } from '../runtime/event-log.ts';
-import { intakeSubject } from '../runtime/subjects.ts';
+import { intakeCommand, intakeSubject } from '../runtime/subjects.ts';
 import { startNats } from './harness/nats.ts';
 import { startGateway, cfPolicy } from './harness/gateway.ts';
 
@@ -19,7 +19,7 @@ async function eventsFrom(log: EventLog, from: number) {
 
 t.test('app lifecycle: register, rename, delete, with revisions', async (t) => {
   const { gw, log } = await setup(t);
-  const reg = await gw.intake('registerApp', { appId: 'a1', name: 'web', spaceId: 's1', orgId: 'o1', requestId: 'r-1', actor: 'cc' });
+  const reg = await gw.intake('registerApp', { appId: 'a1', name: 'web', spaceId: 's1', orgId: 'o1', requestId: 'r-1' }, 'cc');
   t.same(reg, { ok: true, revision: 1, appended: 1 });
   const ren = await gw.intake('renameApp', { appId: 'a1', name: 'site' });
   t.same(ren, { ok: true, revision: 2, appended: 1 });
@@ -39,7 +39,7 @@ t.test('invalid input gets an error reply and appends nothing', async (t) => {
   const { gw, log } = await setup(t);
   await gw.intake('registerApp', { appId: 'a1', name: 'web', spaceId: 's1', orgId: 'o1' });
   const before = await log.lastSeq();
-  const raw = await gw.bus.nc.request(intakeSubject.startContainer, '{not json', { timeout: 5000 });
+  const raw = await gw.bus.nc.request(intakeSubject('test', intakeCommand.startContainer), '{not json', { timeout: 5000 });
   t.match(raw.json(), { ok: false, code: 'invalid-json' });
   const bad = await gw.intake('startContainer', { containerId: 'c1', appId: 'a1', cellId: 'cell-1', instanceIndex: 0, ip: '10.0.0.300' });
   t.match(bad, { ok: false, code: 'invalid-input', issues: [{ path: 'ip' }] });
@@ -47,6 +47,18 @@ t.test('invalid input gets an error reply and appends nothing', async (t) => {
   t.match(await gw.intake('startContainer', { containerId: 'c1', appId: 'nope', cellId: 'cell-1', instanceIndex: 0, ip: '10.0.0.3' }), { ok: false, code: 'app-not-found' });
   t.match(await gw.intake('registerApp', { appId: 'a2', name: 'WEB', spaceId: 's1', orgId: 'o1' }), { ok: false, code: 'app-name-taken' });
   t.match(await gw.intake('renameApp', { appId: 'ghost', name: 'x' }), { ok: false, code: 'app-not-found' });
+  // Who is asking is the subject's caller token (bound to the connection's user when authorization is on), never a
+  // field of the body: a body naming an actor is refused.
+  t.match(await gw.intake('registerApp', { appId: 'a9', name: 'x9', spaceId: 's', orgId: 'o', actor: 'admin' }), {
+    ok: false,
+    code: 'invalid-input',
+    issues: [{ path: 'actor', message: 'is not a known field' }],
+  });
+  for (const subject of ['nf.cmd.test.app.explode', 'nf.cmd.-x.app.register', 'nf.cmd.test.app']) {
+    const r = await gw.bus.nc.request(subject, JSON.stringify({ appId: 'a9', name: 'x9', spaceId: 's', orgId: 'o' }), { timeout: 5000 }).catch((e: Error) => e);
+    if (subject.split('.').length === 5) t.match((r as { json(): unknown }).json(), { ok: false, code: 'unknown-command' }, `${subject}: refused`);
+    else t.ok(r instanceof Error, `${subject}: nobody answers`);
+  }
   t.equal(await log.lastSeq(), before, 'nothing was appended');
 });
 

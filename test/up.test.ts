@@ -6,6 +6,7 @@ import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Resolver } from 'node:dns/promises';
+import { intakeCommand, intakeSubject } from '../runtime/subjects.ts';
 
 t.test('netfold up: embedded NATS, gateway with admin token, clean stop', async (t) => {
   const dataDir = mkdtempSync(join(tmpdir(), 'netfold-up-'));
@@ -42,7 +43,7 @@ t.test('netfold up: embedded NATS, gateway with admin token, clean stop', async 
   const { connect } = await import('@nats-io/transport-node');
   const nc = await connect({ servers: ready.nats });
   for (const appId of ['a', 'b']) {
-    const r = await nc.request('nf.cmd.app.register', JSON.stringify({ appId, name: appId, spaceId: 's', orgId: 'o' }), { timeout: 5000 });
+    const r = await nc.request(intakeSubject('test', intakeCommand.registerApp), JSON.stringify({ appId, name: appId, spaceId: 's', orgId: 'o' }), { timeout: 5000 });
     t.match(r.json(), { ok: true });
   }
   await nc.close();

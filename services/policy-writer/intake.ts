@@ -1,6 +1,8 @@
-// Platform intake over NATS request/reply: app and container lifecycle. A reply is sent only after the event is
-// acknowledged by the log (or the command was found to be a repeat); invalid input gets an error reply and
-// appends nothing. Replies: `{ ok: true, revision, appended, note? }` or `{ ok: false, code, error, retryable }`.
+// Platform intake over NATS request/reply (`nf.cmd.<caller>.<aggregate>.<verb>`): cells, app and container
+// lifecycle. The caller token of the subject is the actor recorded (`platform:<caller>`); with authorization on, a
+// component may only publish under its own token. A reply is sent only after the event is acknowledged by the log
+// (or the command was found to be a repeat); invalid input gets an error reply and appends nothing. Replies:
+// `{ ok: true, revision, appended, note? }` or `{ ok: false, code, error, retryable }`.
 import type { Msg, Subscription } from '@nats-io/nats-core';
 import { newId } from '../../runtime/ids.ts';
 import type { IntakeCommand } from '../../events/commands.ts';
@@ -9,7 +11,8 @@ import type { Logger } from '../../runtime/logger.ts';
 import type { NatsConnection } from '../../runtime/nats.ts';
 import { ValidationError } from '../../runtime/errors.ts';
 import { toServiceError } from '../../runtime/retry.ts';
-import { INTAKE_QUEUE, type IntakeSubject, intakeSubject } from '../../runtime/subjects.ts';
+import { INTAKE_QUEUE, INTAKE_SUBJECTS, type IntakeCommandName, intakeCommand, parseIntakeSubject } from '../../runtime/subjects.ts';
+import { ID_PATTERN } from '../../events/fields.ts';
 import type { CommandMeta, CommandResult, Writer } from './writer.ts';
 import type { Counter, Registry } from '../../runtime/metrics.ts';
 
@@ -17,14 +20,14 @@ export type IntakeReply =
   | { ok: true; revision: number; appended: number; note?: string }
   | { ok: false; code: string; error: string; retryable: boolean; issues?: { path: string; message: string }[] };
 
-const commandOfSubject: Record<IntakeSubject, IntakeCommand['type']> = {
-  [intakeSubject.registerCell]: 'RegisterCell',
-  [intakeSubject.decommissionCell]: 'DecommissionCell',
-  [intakeSubject.registerApp]: 'RegisterApp',
-  [intakeSubject.renameApp]: 'RenameApp',
-  [intakeSubject.deleteApp]: 'DeleteApp',
-  [intakeSubject.startContainer]: 'StartContainer',
-  [intakeSubject.stopContainer]: 'StopContainer',
+const commandOf: Record<IntakeCommandName, IntakeCommand['type']> = {
+  [intakeCommand.registerCell]: 'RegisterCell',
+  [intakeCommand.decommissionCell]: 'DecommissionCell',
+  [intakeCommand.registerApp]: 'RegisterApp',
+  [intakeCommand.renameApp]: 'RenameApp',
+  [intakeCommand.deleteApp]: 'DeleteApp',
+  [intakeCommand.startContainer]: 'StartContainer',
+  [intakeCommand.stopContainer]: 'StopContainer',
 };
 
 export class Intake {
@@ -44,33 +47,35 @@ export class Intake {
   }
 
   start(): void {
-    for (const subject of Object.keys(commandOfSubject) as IntakeSubject[]) {
-      const sub = this.#nc.subscribe(subject, {
-        queue: INTAKE_QUEUE,
-        callback: (err, msg) => {
-          if (err) {
-            this.#log.error({ err, subject }, 'intake-subscription-failed');
-            return;
-          }
-          const p = this.#handle(subject, msg).finally(() => this.#inFlight.delete(p));
-          this.#inFlight.add(p);
-        },
-      });
-      this.#subs.push(sub);
-    }
+    const sub = this.#nc.subscribe(INTAKE_SUBJECTS, {
+      queue: INTAKE_QUEUE,
+      callback: (err, msg) => {
+        if (err) {
+          this.#log.error({ err }, 'intake-subscription-failed');
+          return;
+        }
+        const p = this.#handle(msg).finally(() => this.#inFlight.delete(p));
+        this.#inFlight.add(p);
+      },
+    });
+    this.#subs.push(sub);
   }
 
-  async #handle(subject: IntakeSubject, msg: Msg): Promise<void> {
-    const reply = await this.#decide(subject, msg);
-    this.#requests.inc({ command: commandOfSubject[subject], code: reply.ok ? 'ok' : reply.code });
+  async #handle(msg: Msg): Promise<void> {
+    const target = parseIntakeSubject(msg.subject);
+    const reply: IntakeReply =
+      target && ID_PATTERN.test(target.caller)
+        ? await this.#decide(commandOf[target.command], target.caller, msg)
+        : { ok: false, code: 'unknown-command', error: 'not an intake subject (nf.cmd.<caller>.<aggregate>.<verb>)', retryable: false };
+    this.#requests.inc({ command: target ? commandOf[target.command] : 'unknown', code: reply.ok ? 'ok' : reply.code });
     if (!msg.reply) {
-      this.#log.warn({ subject, ok: reply.ok }, 'intake-request-without-reply-subject');
+      this.#log.warn({ command: target?.command, ok: reply.ok }, 'intake-request-without-reply-subject');
       return;
     }
     msg.respond(JSON.stringify(reply));
   }
 
-  async #decide(subject: IntakeSubject, msg: Msg): Promise<IntakeReply> {
+  async #decide(type: IntakeCommand['type'], caller: string, msg: Msg): Promise<IntakeReply> {
     try {
       let raw: unknown;
       try {
@@ -78,17 +83,17 @@ export class Intake {
       } catch {
         return { ok: false, code: 'invalid-json', error: 'request body is not valid JSON', retryable: false };
       }
-      const parsed = parseIntakeCommand(commandOfSubject[subject], raw);
+      const parsed = parseIntakeCommand(type, raw);
       if (!parsed.ok) throw new ValidationError(parsed.issues);
       const { command, meta } = parsed.value;
-      const cmdMeta = { actor: `platform:${meta.actor ?? 'unknown'}`, correlationId: meta.requestId ?? newId() };
+      const cmdMeta = { actor: `platform:${caller}`, correlationId: meta.requestId ?? newId() };
       const result: CommandResult = await this.#execute(command, cmdMeta);
       const ok: IntakeReply = { ok: true, revision: result.revision, appended: result.events.length };
       if (result.note) ok.note = result.note;
       return ok;
     } catch (err) {
       const e = toServiceError(err);
-      if (e.status >= 500) this.#log.error({ err, subject }, 'intake-command-failed');
+      if (e.status >= 500) this.#log.error({ err, command: type }, 'intake-command-failed');
       const body: IntakeReply = { ok: false, code: e.code, error: e.message, retryable: e.retryable };
       if (e instanceof ValidationError) body.issues = e.issues;
       return body;

@@ -6,7 +6,7 @@ import { mintToken, type Principal } from '../../runtime/tokens.ts';
 import type { Bus } from '../../runtime/nats.ts';
 import type { NatsFixture } from './nats.ts';
 import type { IntakeReply } from '../../services/policy-writer/intake.ts';
-import { intakeSubject } from '../../runtime/subjects.ts';
+import { intakeCommand, intakeSubject } from '../../runtime/subjects.ts';
 import type { Registry } from '../../runtime/metrics.ts';
 import { subnetOfCell } from './events.ts';
 
@@ -18,7 +18,8 @@ export type GatewayFixture = {
   http(method: string, path: string, opts?: { token?: string | null; body?: unknown; rawBody?: string; headers?: Record<string, string> }): Promise<{ status: number; body: any }>;
   token(p: Partial<Principal> & { scopes: string[] }): Promise<string>;
   admin: string;
-  intake(subject: keyof typeof intakeSubject, body: unknown): Promise<IntakeReply>;
+  /** An intake command sent as platform component `caller` (the actor the events record: `platform:<caller>`). */
+  intake(command: keyof typeof intakeCommand, body: unknown, caller?: string): Promise<IntakeReply>;
   /** Registers cells through intake: `cell-N` ids get 10.255.N.0/24; others are given as [id, subnet]. Throws on a refusal. */
   registerCells(...cells: (string | [string, string])[]): Promise<number>;
   stop(): Promise<void>;
@@ -59,15 +60,15 @@ export async function startGateway(t: Test, nats: NatsFixture, overrides: Partia
       const text = await res.text();
       return { status: res.status, body: text ? JSON.parse(text) : undefined };
     },
-    async intake(subject, body) {
-      const msg = await bus.nc.request(intakeSubject[subject], JSON.stringify(body), { timeout: 10_000 });
+    async intake(command, body, caller = 'test') {
+      const msg = await bus.nc.request(intakeSubject(caller, intakeCommand[command]), JSON.stringify(body), { timeout: 10_000 });
       return msg.json<IntakeReply>();
     },
     async registerCells(...cells) {
       let revision = 0;
       for (const c of cells) {
         const [cellId, subnet] = typeof c === 'string' ? [c, subnetOfCell(c)] : c;
-        const msg = await bus.nc.request(intakeSubject.registerCell, JSON.stringify({ cellId, subnet, actor: 'harness' }), { timeout: 10_000 });
+        const msg = await bus.nc.request(intakeSubject('harness', intakeCommand.registerCell), JSON.stringify({ cellId, subnet }), { timeout: 10_000 });
         const r = msg.json<IntakeReply>();
         if (!r.ok) throw new Error(`registering ${cellId} ${subnet}: ${r.code} ${r.error}`);
         revision = Math.max(revision, r.revision);
