@@ -28,6 +28,9 @@ export const intakeSubject = {
   stopContainer: 'nf.cmd.container.stop',
 } as const;
 
+/** Every intake subject: what a platform component may request and only the policy-writer may serve. */
+export const INTAKE_SUBJECTS = 'nf.cmd.>';
+
 export type IntakeSubject = (typeof intakeSubject)[keyof typeof intakeSubject];
 
 export const INTAKE_QUEUE = 'policy-writer';
