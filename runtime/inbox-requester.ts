@@ -16,13 +16,14 @@ type Pending = { resolve: (m: Msg) => void; reject: (e: Error) => void; timer: N
 
 export class InboxRequester {
   readonly #nc: NatsConnection;
-  readonly #prefix = createInbox();
+  readonly #prefix: string;
   readonly #pending = new Map<string, Pending>();
   #sub: Subscription | undefined;
   #next = 0;
 
   constructor(nc: NatsConnection) {
     this.#nc = nc;
+    this.#prefix = createInbox(inboxPrefixOf(nc));
   }
 
   get inFlight(): number {
@@ -56,4 +57,12 @@ export class InboxRequester {
       }
     });
   }
+}
+
+/**
+ * The connection's inbox prefix (`_INBOX` unless set): a user on a secured server may subscribe only under its own
+ * (runtime/authz.ts). nats.js keeps it in the connection's options, which its public type does not show.
+ */
+function inboxPrefixOf(nc: NatsConnection): string | undefined {
+  return (nc as unknown as { options?: { inboxPrefix?: string } }).options?.inboxPrefix;
 }

@@ -17,8 +17,17 @@ import { InboxRequester, RequestTimeout } from './inbox-requester.ts';
 
 // ---- errors -----------------------------------------------------------------------------------------------------
 
+/**
+ * The server refused a publish or subscription for the user's permissions (runtime/authz.ts). nats.js v3 rejects a
+ * request whose subject was refused with a RequestError caused by it: that is no stall, and retrying cannot help.
+ */
+export function isPermissionViolation(err: unknown): boolean {
+  return err instanceof coreErrors.PermissionViolationError || (err instanceof Error && err.cause instanceof coreErrors.PermissionViolationError);
+}
+
 /** A stall of a cluster (a stream leader election takes 5-8 s): a timeout, no responders, "JetStream not enabled", 503. */
 export function isTransientNatsError(err: unknown): boolean {
+  if (isPermissionViolation(err)) return false;
   if (err instanceof coreErrors.TimeoutError || err instanceof coreErrors.NoRespondersError) return true;
   if (err instanceof coreErrors.RequestError) return true;
   if (err instanceof jserrors.JetStreamNotEnabled) return true;
@@ -44,6 +53,12 @@ export const kvLayout = {
   stream: (bucket: string) => `KV_${bucket}`,
   subject: (bucket: string, key: string) => `$KV.${bucket}.${key}`,
   prefix: (bucket: string) => `$KV.${bucket}.`,
+} as const;
+
+/** The stream behind an object store (@nats-io/obj): chunks under `$O.<bucket>.C.<nuid>`, metadata under `.M.`. */
+export const objLayout = {
+  stream: (bucket: string) => `OBJ_${bucket}`,
+  subjects: (bucket: string) => `$O.${bucket}.>`,
 } as const;
 
 // ---- appends ----------------------------------------------------------------------------------------------------

@@ -12,6 +12,11 @@ export type NatsServerOptions = {
   binary?: string;
   /** Extra command-line arguments, e.g. cluster settings. */
   args?: string[];
+  /**
+   * A config file (`-c`), e.g. one holding runtime/authz.ts's `authorization` block: a secured server. Omitted (the
+   * default): no config file, and any client may connect without credentials.
+   */
+  configFile?: string;
   readyTimeoutMs?: number;
 };
 
@@ -40,7 +45,8 @@ const READY = /Server is ready/;
 export async function startNatsServer(opts: NatsServerOptions): Promise<NatsServerProcess> {
   mkdirSync(opts.storeDir, { recursive: true });
   const host = opts.host ?? '127.0.0.1';
-  const args = ['-js', '-sd', opts.storeDir, '-a', host, '-p', String(opts.port ?? -1), ...(opts.args ?? [])];
+  const config = opts.configFile === undefined ? [] : ['-c', opts.configFile];
+  const args = [...config, '-js', '-sd', opts.storeDir, '-a', host, '-p', String(opts.port ?? -1), ...(opts.args ?? [])];
   let child: ChildProcess;
   try {
     child = spawn(opts.binary ?? 'nats-server', args, { stdio: ['ignore', 'pipe', 'pipe'] });

@@ -1,6 +1,6 @@
 // One way to connect to NATS for every service: reconnects for ever, logs connection state changes.
 import { connect } from '@nats-io/transport-node';
-import type { NatsConnection } from '@nats-io/nats-core';
+import { nkeyAuthenticator, type NatsConnection } from '@nats-io/nats-core';
 import { jetstream, jetstreamManager, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream';
 import type { Logger } from './logger.ts';
 import { UnavailableError } from './errors.ts';
@@ -22,6 +22,8 @@ export type ConnectOptions = {
   connectTimeoutMs?: number;
   /** Timeout of JetStream API calls and publishes (ms). */
   apiTimeoutMs?: number;
+  /** On a secured server: the nkey seed to sign in with and the inbox prefix the user may subscribe to (runtime/authz.ts). */
+  credential?: { seed: string; inboxPrefix: string };
 };
 
 export async function connectBus(opts: ConnectOptions): Promise<Bus> {
@@ -37,6 +39,10 @@ export async function connectBus(opts: ConnectOptions): Promise<Bus> {
         maxReconnectAttempts: -1,
         reconnectTimeWait: 250,
         pingInterval: 10_000,
+        ...(opts.credential && {
+          authenticator: nkeyAuthenticator(new TextEncoder().encode(opts.credential.seed)),
+          inboxPrefix: opts.credential.inboxPrefix,
+        }),
       });
     } catch (err) {
       lastErr = err;

@@ -39,6 +39,9 @@ export type IntakeCommandName = (typeof intakeCommand)[keyof typeof intakeComman
 /** The subject a caller sends a command to (the caller is a validated id: no '.', '*' or '>'). */
 export const intakeSubject = (caller: string, command: IntakeCommandName): string => `nf.cmd.${caller}.${command}`;
 
+/** Every command of one caller: what a platform component's NATS user may publish. */
+export const intakeSubjectsOf = (caller: string): string => `nf.cmd.${caller}.>`;
+
 /** What the writer subscribes to: every caller's commands. */
 export const INTAKE_SUBJECTS = 'nf.cmd.*.*.*';
 

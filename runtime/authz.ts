@@ -1,0 +1,188 @@
+// Trust on the bus: each role's NATS permissions, generated from the subject scheme (runtime/subjects.ts, the cell
+// stream in projections/cell-stream.ts, the KV and object-store layouts in runtime/nats-adapter.ts), nkey
+// credentials per principal, and the server's `authorization { users: [...] }` block. Nothing here talks to NATS.
+//
+// Each principal subscribes only under its own inbox prefix (`_INBOX_<name>`, set as the connection's inboxPrefix):
+// with `_INBOX.>` an agent could read the replies to every other agent's snapshot reads and consumer deliveries.
+// Replies to requests a principal serves (intake, ready gate, cell state) go out through `allow_responses`.
+import { nkeys } from '@nats-io/nats-core';
+import { CELL_STATUS_BUCKET, DISCOVERY_BUCKET, EVENTS_STREAM, EVENT_SUBJECTS, INTAKE_QUEUE, PLANNER_CHECKPOINT_BUCKET } from './subjects.ts';
+import { INTAKE_SUBJECTS, PLANNER_MEMBERS_BUCKET, intakeSubjectsOf, readySubject } from './subjects.ts';
+import { CELL_DELTAS_STREAM, CELL_SNAPSHOTS_STREAM, cellSubject } from '../projections/cell-stream.ts';
+import { kvLayout, objLayout } from './nats-adapter.ts';
+import { ConfigError } from './errors.ts';
+
+export const ROLES = ['writer', 'planner', 'agent', 'platform', 'discovery', 'operator', 'admin'] as const;
+export type Role = (typeof ROLES)[number];
+
+/**
+ * Who connects: a role; for an agent the one cell it serves; for a platform component its caller id (the token of
+ * `nf.cmd.<caller>.…` it may send intake commands under: the actor its events record).
+ */
+export type Principal = { role: Exclude<Role, 'agent' | 'platform'> } | { role: 'agent'; cellId: string } | { role: 'platform'; id: string };
+
+/** A user's permissions in nats-server's syntax (a queue subscription is allowed as `"<subject> <queue>"`). */
+export type NatsPermissions = { publish: { allow: string[] }; subscribe: { allow: string[] }; allow_responses?: boolean };
+
+export type Credential = {
+  principal: Principal;
+  /** `writer`, `agent_<cell>`, …: names the principal in logs and in its inbox prefix. */
+  name: string;
+  /** The nkey's public key (`U…`): what the server's config holds. */
+  publicKey: string;
+  /** The nkey seed (`SU…`): the secret the client signs the server's nonce with. */
+  seed: string;
+  /** The connection's inbox prefix: the only subjects, besides what it serves, it may subscribe to. */
+  inboxPrefix: string;
+  permissions: NatsPermissions;
+};
+
+const ID = /^[A-Za-z0-9_-]+$/;
+
+export const principalName = (p: Principal): string => (p.role === 'agent' ? `agent_${p.cellId}` : p.role === 'platform' ? `platform_${p.id}` : p.role);
+
+// ---- the JetStream API, as far as each role uses it -------------------------------------------------------------
+
+const API = '$JS.API';
+
+/** Everything a reader of a whole stream needs: info, ordered consumers (any filter), direct and stream gets. */
+function readStream(stream: string): string[] {
+  return [
+    `${API}.STREAM.INFO.${stream}`,
+    `${API}.CONSUMER.CREATE.${stream}.>`, // `<name>` or `<name>.<filter>` (nats.js v3 puts the filter in the subject)
+    `${API}.CONSUMER.MSG.NEXT.${stream}.*`,
+    `${API}.CONSUMER.INFO.${stream}.*`,
+    `${API}.CONSUMER.DELETE.${stream}.*`,
+    `${API}.DIRECT.GET.${stream}`,
+    `${API}.DIRECT.GET.${stream}.>`,
+    `${API}.STREAM.MSG.GET.${stream}`,
+    `$JS.FC.${stream}.>`, // flow control of push consumers (KV watch, object-store reads)
+  ];
+}
+
+/** One subject of a stream only: ordered consumers filtered on it, and last-by-subject direct gets of it. */
+function readSubject(stream: string, subject: string): string[] {
+  return [
+    `${API}.STREAM.INFO.${stream}`,
+    `${API}.CONSUMER.CREATE.${stream}.*.${subject}`,
+    `${API}.CONSUMER.MSG.NEXT.${stream}.*`,
+    `${API}.CONSUMER.INFO.${stream}.*`,
+    `${API}.CONSUMER.DELETE.${stream}.*`,
+    `${API}.DIRECT.GET.${stream}.${subject}`,
+  ];
+}
+
+const kv = (bucket: string) => kvLayout.stream(bucket);
+const kvKey = (bucket: string, key: string) => kvLayout.subject(bucket, key);
+
+/** Publish and subscribe lists of one role, before the inbox and `$JS.API.INFO` every role but platform gets. */
+function grantsOf(p: Principal): { pub: string[]; sub: string[]; responds: boolean; jetstream: boolean } {
+  switch (p.role) {
+    case 'writer':
+      return {
+        pub: [
+          EVENT_SUBJECTS,
+          ...readStream(EVENTS_STREAM),
+          // the enforcement answer: planned revisions, planners' progress, cells' statuses and heartbeats
+          ...[CELL_SNAPSHOTS_STREAM, CELL_DELTAS_STREAM].flatMap(readStream),
+          ...[PLANNER_MEMBERS_BUCKET, CELL_STATUS_BUCKET, DISCOVERY_BUCKET].map(kv).flatMap(readStream),
+        ],
+        sub: [`${INTAKE_SUBJECTS} ${INTAKE_QUEUE}`],
+        responds: true,
+        jetstream: true,
+      };
+    case 'planner':
+      return {
+        pub: [
+          cellSubject.allSnapshots,
+          cellSubject.allDeltas,
+          ...[EVENTS_STREAM, CELL_SNAPSHOTS_STREAM, CELL_DELTAS_STREAM, kv(PLANNER_MEMBERS_BUCKET)].flatMap(readStream),
+          kvKey(PLANNER_MEMBERS_BUCKET, '>'),
+          // the checkpoint store; a put purges the object's old chunks (a purge filtered by subject)
+          ...readStream(objLayout.stream(PLANNER_CHECKPOINT_BUCKET)),
+          objLayout.subjects(PLANNER_CHECKPOINT_BUCKET),
+          `${API}.STREAM.PURGE.${objLayout.stream(PLANNER_CHECKPOINT_BUCKET)}`,
+        ],
+        sub: [cellSubject.allStates],
+        responds: true,
+        jetstream: true,
+      };
+    case 'agent': {
+      const cell = p.cellId;
+      return {
+        pub: [
+          ...readSubject(CELL_DELTAS_STREAM, cellSubject.delta(cell)),
+          ...readSubject(CELL_SNAPSHOTS_STREAM, cellSubject.snapshot(cell)),
+          `${API}.STREAM.INFO.${kv(CELL_STATUS_BUCKET)}`,
+          `${API}.STREAM.INFO.${kv(DISCOVERY_BUCKET)}`,
+          kvKey(CELL_STATUS_BUCKET, cell),
+          kvKey(DISCOVERY_BUCKET, cell),
+          cellSubject.state(cell),
+        ],
+        sub: [readySubject(cell)],
+        responds: true,
+        jetstream: true,
+      };
+    }
+    case 'platform':
+      // intake under its own caller token only (so its events record it as their actor), and the ready gate of any
+      // cell ("is the policy for container C in place there?")
+      return { pub: [intakeSubjectsOf(p.id), readySubject('*')], sub: [], responds: false, jetstream: false };
+    case 'discovery':
+      return { pub: readStream(kv(DISCOVERY_BUCKET)), sub: [], responds: false, jetstream: true };
+    case 'operator':
+      return {
+        pub: [EVENTS_STREAM, CELL_SNAPSHOTS_STREAM, CELL_DELTAS_STREAM, kv(CELL_STATUS_BUCKET), kv(PLANNER_MEMBERS_BUCKET)].flatMap(readStream),
+        sub: [],
+        responds: false,
+        jetstream: true,
+      };
+    case 'admin':
+      return { pub: ['>'], sub: ['>'], responds: false, jetstream: true };
+    default:
+      return p satisfies never;
+  }
+}
+
+/** The permissions of a principal; its inbox prefix is `_INBOX_<name>`. */
+export function permissionsOf(p: Principal): NatsPermissions {
+  if (p.role === 'agent' && !ID.test(p.cellId)) throw new ConfigError(`cell id ${JSON.stringify(p.cellId)} is not [A-Za-z0-9_-]`, 'invalid-cell-id');
+  if (p.role === 'platform' && !ID.test(p.id)) throw new ConfigError(`platform id ${JSON.stringify(p.id)} is not [A-Za-z0-9_-]`, 'invalid-platform-id');
+  const g = grantsOf(p);
+  const pub = [...(g.jetstream && p.role !== 'admin' ? [`${API}.INFO`] : []), ...g.pub];
+  const sub = p.role === 'admin' ? g.sub : [`${inboxPrefixOf(p)}.>`, ...g.sub];
+  const perms: NatsPermissions = { publish: { allow: [...new Set(pub)] }, subscribe: { allow: sub } };
+  if (g.responds) perms.allow_responses = true;
+  return perms;
+}
+
+const inboxPrefixOf = (p: Principal) => `_INBOX_${principalName(p)}`;
+
+/** A new nkey user for each principal (names must be unique: one credential per agent cell). */
+export function createCredentials(principals: readonly Principal[]): Credential[] {
+  const names = principals.map(principalName);
+  const dup = names.find((n, i) => names.indexOf(n) !== i);
+  if (dup) throw new ConfigError(`principal ${dup} is listed twice`, 'duplicate-principal');
+  return principals.map((principal) => {
+    const permissions = permissionsOf(principal);
+    const kp = nkeys.createUser();
+    return {
+      principal,
+      name: principalName(principal),
+      publicKey: kp.getPublicKey(),
+      seed: new TextDecoder().decode(kp.getSeed()),
+      inboxPrefix: principal.role === 'admin' ? '_INBOX' : inboxPrefixOf(principal),
+      permissions,
+    };
+  });
+}
+
+/**
+ * The server's `authorization` block (nats-server config; JSON is valid config syntax, and quoted strings keep
+ * their `$`). Users in the global account: with no `accounts` block, nats-server 2.9 enables JetStream for it.
+ * No `no_auth_user`: a connection without a known nkey is refused.
+ */
+export function authorizationBlock(creds: readonly Credential[]): string {
+  const users = creds.map((c) => ({ nkey: c.publicKey, permissions: c.permissions }));
+  return `authorization ${JSON.stringify({ users }, null, 2)}\n`;
+}
