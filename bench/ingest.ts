@@ -96,7 +96,9 @@ const measure = async (name: string, count: number, concurrency: number, task: (
 };
 
 // 1,000 cells, cell k with the container range 10.<k / 256>.<k % 256>.0/24 of the overlay 10.0.0.0/8 (not measured).
-await pool(1000, INTAKE_CONC, (k) => request(intakeSubject('bench', intakeCommand.registerCell), { cellId: `cell-${k}`, subnet: `10.${k >> 8}.${k & 255}.0/24` }));
+await pool(1000, INTAKE_CONC, (k) =>
+  request(intakeSubject('bench', intakeCommand.registerCell), { cellId: `cell-${k}`, subnet: `10.${k >> 8}.${k & 255}.0/24` }),
+);
 await measure('app registrations (cmds/s)', APPS, INTAKE_CONC, (i) =>
   request(intakeSubject('bench', intakeCommand.registerApp), { appId: `app-${i}`, name: `app-${i}`, spaceId: 's1', orgId: 'o1' }),
 );
@@ -109,7 +111,9 @@ await measure('container starts via intake (events/s)', CONTAINERS, INTAKE_CONC,
     ip: ipOnCell(i),
   }),
 );
-await measure('container stops via intake (events/s)', CONTAINERS, INTAKE_CONC, (i) => request(intakeSubject('bench', intakeCommand.stopContainer), { containerId: `c-${i}` }));
+await measure('container stops via intake (events/s)', CONTAINERS, INTAKE_CONC, (i) =>
+  request(intakeSubject('bench', intakeCommand.stopContainer), { containerId: `c-${i}` }),
+);
 await measure('policy creates via HTTP, 1 per request (policies/s)', POLICIES, HTTP_CONC, async (i) => {
   const src = i % APPS;
   const dst = (src + 1 + Math.floor(i / APPS)) % APPS;

@@ -263,7 +263,13 @@ async function runOnce(pollMs: number): Promise<ScaleRun> {
     ms = await pool(sizes.CONTAINERS, sizes.INTAKE_CONCURRENCY, async (j) => {
       const c = starts[j]!;
       const index = instances[c.app]!++;
-      await intake(intakeSubject('bench', intakeCommand.startContainer), { containerId: c.id, appId: `app-${c.app}`, cellId: c.cellId, instanceIndex: index, ip: c.ip });
+      await intake(intakeSubject('bench', intakeCommand.startContainer), {
+        containerId: c.id,
+        appId: `app-${c.app}`,
+        cellId: c.cellId,
+        instanceIndex: index,
+        ip: c.ip,
+      });
       running.push(c);
     });
     const ingest = rate(sizes.CONTAINERS, ms);

@@ -51,10 +51,34 @@ for (const [appId, name, space] of [
 ]) {
   await intake(intakeSubject('cloud-controller', intakeCommand.registerApp), { appId, name, spaceId: space, orgId: 'org-1' });
 }
-await intake(intakeSubject('cloud-controller', intakeCommand.startContainer), { containerId: 'web-0', appId: 'app-web', cellId: 'cell-1', instanceIndex: 0, ip: '10.255.1.2' });
-await intake(intakeSubject('cloud-controller', intakeCommand.startContainer), { containerId: 'web-1', appId: 'app-web', cellId: 'cell-2', instanceIndex: 1, ip: '10.255.2.2' });
-await intake(intakeSubject('cloud-controller', intakeCommand.startContainer), { containerId: 'api-0', appId: 'app-api', cellId: 'cell-2', instanceIndex: 0, ip: '10.255.2.3' });
-await intake(intakeSubject('cloud-controller', intakeCommand.startContainer), { containerId: 'db-0', appId: 'app-db', cellId: 'cell-3', instanceIndex: 0, ip: '10.255.3.2' });
+await intake(intakeSubject('cloud-controller', intakeCommand.startContainer), {
+  containerId: 'web-0',
+  appId: 'app-web',
+  cellId: 'cell-1',
+  instanceIndex: 0,
+  ip: '10.255.1.2',
+});
+await intake(intakeSubject('cloud-controller', intakeCommand.startContainer), {
+  containerId: 'web-1',
+  appId: 'app-web',
+  cellId: 'cell-2',
+  instanceIndex: 1,
+  ip: '10.255.2.2',
+});
+await intake(intakeSubject('cloud-controller', intakeCommand.startContainer), {
+  containerId: 'api-0',
+  appId: 'app-api',
+  cellId: 'cell-2',
+  instanceIndex: 0,
+  ip: '10.255.2.3',
+});
+await intake(intakeSubject('cloud-controller', intakeCommand.startContainer), {
+  containerId: 'db-0',
+  appId: 'app-db',
+  cellId: 'cell-3',
+  instanceIndex: 0,
+  ip: '10.255.3.2',
+});
 await intake(intakeSubject('cloud-controller', intakeCommand.stopContainer), { containerId: 'cache-9' });
 await policies(dev, '', [['app-web', 'app-api', 'tcp', 8080, 8080]]);
 await policies(admin, '', [
@@ -63,11 +87,23 @@ await policies(admin, '', [
   ['app-web', 'app-db', 'udp', 53, 53],
 ]);
 await intake(intakeSubject('cloud-controller', intakeCommand.renameApp), { appId: 'app-api', name: 'backend' });
-await intake(intakeSubject('cloud-controller', intakeCommand.startContainer), { containerId: 'cache-0', appId: 'app-cache', cellId: 'cell-3', instanceIndex: 0, ip: '10.255.3.3' });
+await intake(intakeSubject('cloud-controller', intakeCommand.startContainer), {
+  containerId: 'cache-0',
+  appId: 'app-cache',
+  cellId: 'cell-3',
+  instanceIndex: 0,
+  ip: '10.255.3.3',
+});
 await policies(admin, '/delete', [['app-web', 'app-db', 'udp', 53, 53]]);
 await intake(intakeSubject('cloud-controller', intakeCommand.stopContainer), { containerId: 'web-1' });
 await intake(intakeSubject('cloud-controller', intakeCommand.deleteApp), { appId: 'app-cache' });
-await intake(intakeSubject('cloud-controller', intakeCommand.startContainer), { containerId: 'api-1', appId: 'app-api', cellId: 'cell-1', instanceIndex: 1, ip: '10.255.1.3' });
+await intake(intakeSubject('cloud-controller', intakeCommand.startContainer), {
+  containerId: 'api-1',
+  appId: 'app-api',
+  cellId: 'cell-1',
+  instanceIndex: 1,
+  ip: '10.255.1.3',
+});
 
 for await (const rec of new EventLog(bus).read(1)) process.stdout.write(JSON.stringify(rec) + '\n');
 await writer.stop();
