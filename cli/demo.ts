@@ -10,12 +10,13 @@ import { waitEnforced } from '../services/topology-planner/enforcement.ts';
 import { NetfoldError } from '../runtime/errors.ts';
 import { audit, explainAt, modelAt } from './operators.ts';
 
-export type DemoOptions = { bus: Bus; api: string; token: string; dnsPort: number; say: (line: string) => void };
+/** `bus` reads (the operator's role on a secured server); `platform` sends the platform's intake commands (`demo`). */
+export type DemoOptions = { bus: Bus; platform: Bus; api: string; token: string; dnsPort: number; say: (line: string) => void };
 
 export async function demo(o: DemoOptions): Promise<void> {
   const { bus, say } = o;
   const intake = async (subject: string, body: object) => {
-    const r = (await bus.nc.request(subject, JSON.stringify(body), { timeout: 10_000 })).json<{
+    const r = (await o.platform.nc.request(subject, JSON.stringify(body), { timeout: 10_000 })).json<{
       ok: boolean;
       revision?: number;
       error?: string;

@@ -4,15 +4,16 @@ import { readFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { newId } from '../runtime/ids.ts';
-import { SETTINGS, loadConfig, natsServersOf, resolveTokenSecret, type Config } from '../runtime/config.ts';
+import { SETTINGS, loadConfig, natsClientOf, natsServersOf, resolveTokenSecret, type Config } from '../runtime/config.ts';
 import { NetfoldError, toNetfoldError } from '../runtime/errors.ts';
 import { silentLogger } from '../runtime/logger.ts';
-import { connectBus, type Bus } from '../runtime/nats.ts';
+import { clientAuthOf, connectBus, type Bus } from '../runtime/nats.ts';
+import { credentialFileOf, principalName, readCredentialFile, type CredentialFile, type Principal } from '../runtime/authz.ts';
 import { type IntakeCommandName, intakeCommand, intakeSubject } from '../runtime/subjects.ts';
 import { mintToken, parseDuration, SCOPES } from '../runtime/tokens.ts';
 import type { IntakeReply } from '../services/policy-writer/intake.ts';
 import { type Out, UsageError, output, table } from './output.ts';
-import { up } from './up.ts';
+import { natsCredentialsDir, up } from './up.ts';
 import { demo } from './demo.ts';
 import { DeliverPolicy } from '@nats-io/jetstream';
 import { EventLog } from '../runtime/event-log.ts';
@@ -105,9 +106,27 @@ function intFlag(flags: Flags, name: string): number {
   return n;
 }
 
-/** Runs `work` with a NATS connection (NATS_URL, or the embedded server's port) and closes it after. */
-async function withBus<T>(config: Config, work: (bus: Bus) => Promise<T>): Promise<T> {
-  const bus = await connectBus({ servers: natsServersOf(config), name: 'netfold-cli', log: silentLogger(), connectTimeoutMs: 5000 });
+/** Read-only commands sign in as the operator; intake as the platform component `cli`; the demo's intake as `demo`. */
+const OPERATOR: Principal = { role: 'operator' };
+const CLI_PLATFORM: Principal = { role: 'platform', id: 'cli' };
+
+/**
+ * The credential to sign in with: `--nats-creds` when given, else the principal's file that `netfold up` generated
+ * in the data dir (for its embedded server), else none.
+ */
+function credentialFor(config: Config, as: Principal): CredentialFile | undefined {
+  if (config.natsCreds !== undefined) return readCredentialFile(config.natsCreds);
+  const file = credentialFileOf(natsCredentialsDir(config.dataDir), principalName(as));
+  return existsSync(file) ? readCredentialFile(file) : undefined;
+}
+
+/** Runs `work` with a NATS connection (NATS_URL, or the embedded server's port) signed in as `as`, and closes it after. */
+async function withBus<T>(config: Config, as: Principal, work: (bus: Bus) => Promise<T>): Promise<T> {
+  const credential = credentialFor(config, as);
+  const { tls } = clientAuthOf({ ...natsClientOf(config), credsFile: undefined });
+  const name = `netfold-cli${credential ? `-${credential.name}` : ''}`;
+  const auth = { ...(credential && { credential }), ...(tls && { tls }) };
+  const bus = await connectBus({ servers: natsServersOf(config), name, log: silentLogger(), connectTimeoutMs: 5000, ...auth });
   try {
     return await work(bus);
   } finally {
@@ -115,11 +134,15 @@ async function withBus<T>(config: Config, work: (bus: Bus) => Promise<T>): Promi
   }
 }
 
+/** The caller token intake goes under: a platform credential's own id (`platform_<id>`), else `cli`. */
+const callerOf = (credential: CredentialFile | undefined) => (credential?.name.startsWith('platform_') ? credential.name.slice('platform_'.length) : 'cli');
+
 /** Sends an intake command as the platform component `cli` (the caller token of the subject: the actor recorded). */
 async function intake(config: Config, flags: Flags, out: Out, command: IntakeCommandName, body: Record<string, unknown>): Promise<void> {
-  await withBus(config, async (bus) => {
+  const caller = callerOf(credentialFor(config, CLI_PLATFORM));
+  await withBus(config, CLI_PLATFORM, async (bus) => {
     const requestId = typeof flags['request-id'] === 'string' ? flags['request-id'] : newId();
-    const msg = await bus.nc.request(intakeSubject('cli', command), JSON.stringify({ ...body, requestId }), { timeout: 30_000 });
+    const msg = await bus.nc.request(intakeSubject(caller, command), JSON.stringify({ ...body, requestId }), { timeout: 30_000 });
     const reply = msg.json<IntakeReply>();
     if (!reply.ok) throw new NetfoldError(reply.error, reply.code, 400, reply.retryable);
     out.print(`ok: revision ${reply.revision}${reply.note ? ` (${reply.note}${reply.appended === 0 ? ', nothing appended' : ''})` : ''}`, reply);
@@ -256,7 +279,7 @@ async function main(argv: string[]): Promise<void> {
     case 'wait': {
       const revision = intFlag(flags, 'revision');
       const timeoutMs = parseDuration(typeof flags.timeout === 'string' ? flags.timeout : '30s') * 1000;
-      return withBus(config, async (bus) => {
+      return withBus(config, OPERATOR, async (bus) => {
         const e = await waitEnforced(bus, revision, timeoutMs);
         const rows = [['CELL', 'PLANNED', 'REQUIRED', 'APPLIED', 'OK', 'LAST HEARD']].concat(
           e.cells.map((c) => [
@@ -286,7 +309,7 @@ async function main(argv: string[]): Promise<void> {
       if (typeof flags.since === 'string') f.since = timeFlag(flags.since, 'since');
       if (typeof flags.until === 'string') f.until = timeFlag(flags.until, 'until');
       const line = (a: AuditEntry) => (out.json ? JSON.stringify(a) : `${a.at}  #${a.revision}  ${a.actor}  ${a.type}  ${a.effect}`);
-      return withBus(config, async (bus) => {
+      return withBus(config, OPERATOR, async (bus) => {
         const entries = await audit(bus, f);
         for (const a of entries) process.stdout.write(line(a) + '\n');
         if (!flags.follow) return;
@@ -306,7 +329,7 @@ async function main(argv: string[]): Promise<void> {
       });
     }
     case 'state': {
-      return withBus(config, async (bus) => {
+      return withBus(config, OPERATOR, async (bus) => {
         const m = await modelAt(bus, typeof flags.at === 'string' ? parsePoint(flags.at) : undefined);
         const view = stateView(m, typeof flags.cell === 'string' ? flags.cell : undefined, config.domain);
         const human = [
@@ -336,7 +359,7 @@ async function main(argv: string[]): Promise<void> {
       const [source, destination] = [positionals[1], positionals[2]];
       if (!source || !destination || !port || !/^\d+$/.test(port)) throw new UsageError('usage: netfold explain SOURCE-APP DEST-APP PORT [--protocol tcp|udp]');
       const protocol = flags.protocol === 'udp' ? 'udp' : 'tcp';
-      return withBus(config, async (bus) => {
+      return withBus(config, OPERATOR, async (bus) => {
         const e = await explainAt(bus, await modelAt(bus, undefined), source, destination, Number(port), protocol);
         const human = [
           `${source} -> ${destination} ${protocol}/${port}: ${e.allowed ? 'ALLOWED' : 'DENIED'} (${e.reason}) at revision ${e.revision}`,
@@ -356,7 +379,7 @@ async function main(argv: string[]): Promise<void> {
       });
     }
     case 'replay': {
-      return withBus(config, async (bus) => {
+      return withBus(config, OPERATOR, async (bus) => {
         const tty = process.stderr.isTTY && !out.json;
         const t0 = Date.now();
         const progress = tty
@@ -383,12 +406,15 @@ async function main(argv: string[]): Promise<void> {
     }
     case 'demo': {
       const base = typeof flags.api === 'string' ? flags.api : (process.env.NETFOLD_API_URL ?? `http://${config.httpHost}:${config.httpPort}`);
-      return withBus(config, (bus) =>
-        demo({ bus, api: base, token: tokenFor(config, flags), dnsPort: config.dnsPort, say: (l) => process.stdout.write(l + '\n') }),
+      const say = (l: string) => process.stdout.write(l + '\n');
+      return withBus(config, OPERATOR, (bus) =>
+        withBus(config, { role: 'platform', id: 'demo' }, (platform) =>
+          demo({ bus, platform, api: base, token: tokenFor(config, flags), dnsPort: config.dnsPort, say }),
+        ),
       );
     }
     case 'cells': {
-      return withBus(config, async (bus) => {
+      return withBus(config, OPERATOR, async (bus) => {
         const statuses = [...(await kvLatest(bus, CELL_STATUS_BUCKET)).values()] as CellStatus[];
         statuses.sort((a, b) => (a.cellId < b.cellId ? -1 : 1));
         const rows = [['CELL', 'DATAPLANE', 'REVISION', 'LOCAL', 'ALLOWS', 'APPLY MS', 'REPAIRS', 'REFUSED', 'APPLIED AT', 'ERROR']].concat(
@@ -409,7 +435,7 @@ async function main(argv: string[]): Promise<void> {
       });
     }
     case 'quarantine': {
-      return withBus(config, async (bus) => {
+      return withBus(config, OPERATOR, async (bus) => {
         const q = await quarantined(bus);
         const rows = [['REVISION', 'SUBJECT', 'REASON', 'TYPE', 'ERROR']].concat(
           q.entries.map((e) => [String(e.seq), e.subject, e.reason, e.type ?? '-', e.error]),

@@ -2,12 +2,17 @@
 // existing server or cluster), sets up the streams, starts the services built so far, and stops them cleanly on
 // SIGINT/SIGTERM: policy-writer (gateway + intake), topology-planner, discovery and simulated cell agents. Each
 // service gets its settings from the same `…ConfigOf` mapping its standalone main.ts uses (`upPlan`).
+// The embedded server is secured: one nkey credential per principal is generated once into <data-dir>/nats/ (0600
+// files; the CLI signs in with them), the server's authorization block is written beside them, no anonymous
+// connection is accepted, the admin sets up the streams and buckets, and each service connects with its own role.
+// Against an existing server (--nats-url) every service shares one connection, signed in with --nats-creds if given.
+import { readFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { type Config, natsServersOf, resolveTokenSecret } from '../runtime/config.ts';
+import { type Config, type NatsClientSettings, natsClientOf, natsServersOf, resolveTokenSecret } from '../runtime/config.ts';
 import { createRootLogger } from '../runtime/logger.ts';
 import { startNatsServer, type NatsServerProcess } from '../runtime/nats-server.ts';
-import { connectBus } from '../runtime/nats.ts';
-import { ensureTopology, defaultTopologyOptions } from '../runtime/topology.ts';
+import { clientAuthOf, connectBus, type Bus } from '../runtime/nats.ts';
+import { ensureBuckets, ensureTopology, defaultTopologyOptions } from '../runtime/topology.ts';
 import { stopOnSignals } from '../runtime/lifecycle.ts';
 import { mintToken } from '../runtime/tokens.ts';
 import { startPolicyWriter, policyWriterConfigOf, type PolicyWriterConfig } from '../services/policy-writer/service.ts';
@@ -20,11 +25,15 @@ import { ConfigError } from '../runtime/errors.ts';
 import { newId } from '../runtime/ids.ts';
 import { nthSubnet } from '../projections/ipv4.ts';
 import { writePrivateFile } from '../runtime/private-file.ts';
+import { authorizationBlock, ensureCredentialFiles, principalName, type Credential, type Principal } from '../runtime/authz.ts';
+import type { Logger } from '../runtime/logger.ts';
 
 /** What `netfold up` starts, with which settings: everything it reads of the configuration. */
 export type UpPlan = {
-  /** An existing server (`--nats-url`), or the embedded one to run. */
-  nats: { servers: string[] } | { embedded: { storeDir: string; port: number } };
+  /** An existing server (`--nats-url`), or the embedded one to run, secured with the credentials kept in `credentialsDir`. */
+  nats: { servers: string[] } | { embedded: { storeDir: string; port: number }; credentialsDir: string };
+  /** How to sign in to an existing server (`--nats-creds`, `--nats-tls-*`); the embedded one uses its own credentials. */
+  client: NatsClientSettings;
   /** Replicas of every stream. */
   replicas: number;
   logLevel: string;
@@ -46,7 +55,10 @@ export function upPlan(config: Config, tokenSecret: string): UpPlan {
     cells.push({ cellId, subnet, agent: cellAgentConfigOf(agentSettings), dataplane: dataplaneConfigOf(agentSettings) });
   }
   return {
-    nats: config.natsUrl ? { servers: natsServersOf(config) } : { embedded: { storeDir: join(config.dataDir, 'jetstream'), port: config.natsPort } },
+    nats: config.natsUrl
+      ? { servers: natsServersOf(config) }
+      : { embedded: { storeDir: join(config.dataDir, 'jetstream'), port: config.natsPort }, credentialsDir: natsCredentialsDir(config.dataDir) },
+    client: natsClientOf(config),
     replicas: config.replicas,
     logLevel: config.logLevel,
     writer: policyWriterConfigOf(config, tokenSecret),
@@ -63,18 +75,34 @@ export async function up(config: Config): Promise<void> {
   const plan = upPlan(config, tokenSecret);
   const log = createRootLogger({ level: plan.logLevel, name: 'netfold' });
   let embedded: NatsServerProcess | undefined;
+  let busOf: (p: Principal) => Promise<Bus>;
+  const buses: Bus[] = [];
   if ('embedded' in plan.nats) {
-    embedded = await startNatsServer(plan.nats.embedded);
+    const credentials = secureEmbeddedServer(plan.nats.credentialsDir, upPrincipals(plan), log);
+    embedded = await startNatsServer({ ...plan.nats.embedded, configFile: serverConfigOf(plan.nats.credentialsDir) });
     log.info({ url: embedded.url, storeDir: plan.nats.embedded.storeDir }, 'embedded-nats-started');
+    const servers = [embedded.url];
+    busOf = async (p) => {
+      const credential = credentials.get(principalName(p))!;
+      const bus = await connectBus({ servers, name: `netfold-up-${credential.name}`, log, credential });
+      buses.push(bus);
+      return bus;
+    };
+    if (plan.client.credsFile !== undefined) log.warn({ credsFile: plan.client.credsFile }, 'nats-creds-ignored-for-embedded-server');
+  } else {
+    const shared = await connectBus({ servers: plan.nats.servers, name: 'netfold-up', log, ...clientAuthOf(plan.client) });
+    buses.push(shared);
+    busOf = async () => shared;
   }
   const servers = 'servers' in plan.nats ? plan.nats.servers : [embedded!.url];
-  const bus = await connectBus({ servers, name: 'netfold-up', log });
-  await ensureTopology(bus.jsm, { ...defaultTopologyOptions, replicas: plan.replicas }, log);
+  const admin = await busOf({ role: 'admin' });
+  await ensureTopology(admin.jsm, { ...defaultTopologyOptions, replicas: plan.replicas }, log);
+  if (embedded) await ensureBuckets(admin.js, { replicas: plan.replicas, plannerMemberTtlMs: plan.planner.memberTtlMs });
   const metrics = new Registry(); // one registry for every service in this process, served at the gateway's /metrics
-  const writer = await startPolicyWriter({ bus, log, config: plan.writer, metrics });
-  const planner = await startPlanner({ bus, log, metrics, config: plan.planner });
+  const writer = await startPolicyWriter({ bus: await busOf({ role: 'writer' }), log, config: plan.writer, metrics });
+  const planner = await startPlanner({ bus: await busOf({ role: 'planner' }), log, metrics, config: plan.planner });
 
-  const discovery = await startDiscovery({ bus, log, config: plan.discovery, metrics });
+  const discovery = await startDiscovery({ bus: await busOf({ role: 'discovery' }), log, config: plan.discovery, metrics });
   // Simulated cells: agents with the in-memory dataplane (no root needed), so the whole story runs on one machine.
   const agents: CellAgent[] = [];
   for (const cell of plan.cells) {
@@ -83,6 +111,7 @@ export async function up(config: Config): Promise<void> {
       { type: 'RegisterCell', data: { cellId: cell.cellId, subnet: cell.subnet } },
       { actor: 'system:netfold-up', correlationId: newId() },
     );
+    const bus = await busOf({ role: 'agent', cellId: cell.cellId });
     agents.push(await startCellAgent({ bus, log, config: cell.agent, dataplane: createDataplane(cell.dataplane), metrics }));
   }
   const adminTokenFile = plan.adminToken.file;
@@ -95,6 +124,7 @@ export async function up(config: Config): Promise<void> {
       '',
       'netfold is up.',
       `  NATS:          ${servers.join(',')}${embedded ? ' (embedded, data in ' + join(config.dataDir, 'jetstream') + ')' : ''}`,
+      ...('credentialsDir' in plan.nats ? [`  NATS users:    ${plan.nats.credentialsDir} (a credential per role, 0600; anonymous connections refused)`] : []),
       `  policy API:    ${writer.url}/networking/v1/external/policies`,
       `  planner:       ${plan.planner.plannerId}, per-cell state on nf.cell.snap.<cell> / nf.cell.delta.<cell>`,
       `  DNS:           ${plan.discovery.dnsHost}:${discovery.dnsPort} (udp+tcp), zone ${plan.discovery.zone}; ` +
@@ -114,9 +144,40 @@ export async function up(config: Config): Promise<void> {
     for (const a of agents) await a.stop();
     await discovery.stop();
     await planner.stop();
-    await bus.close();
+    for (const bus of buses.reverse()) await bus.close();
     await embedded?.stop();
   });
+}
+
+/** Where `netfold up` keeps the embedded server's credentials and config (the CLI looks there too). */
+export const natsCredentialsDir = (dataDir: string): string => join(dataDir, 'nats');
+const serverConfigOf = (credentialsDir: string) => join(credentialsDir, 'server.conf');
+
+/** Who signs in to the embedded server: the admin, each service's role, the operator and platform users of the CLI. */
+function upPrincipals(plan: UpPlan): Principal[] {
+  return [
+    { role: 'admin' },
+    { role: 'writer' },
+    { role: 'planner' },
+    { role: 'discovery' },
+    { role: 'operator' },
+    { role: 'platform', id: 'cli' },
+    { role: 'platform', id: 'demo' },
+    ...plan.cells.map((c): Principal => ({ role: 'agent', cellId: c.cellId })),
+  ];
+}
+
+/** The credentials (kept, or generated for new principals) and the server's config, rewritten when it changes. */
+function secureEmbeddedServer(dir: string, principals: Principal[], log: Logger): Map<string, Credential> {
+  const { credentials, created } = ensureCredentialFiles(dir, principals);
+  if (created.length > 0) log.info({ dir, created }, 'nats-credentials-created');
+  const file = serverConfigOf(dir);
+  const conf = authorizationBlock(credentials);
+  if (!existsSync(file) || readFileSync(file, 'utf8') !== conf) {
+    writePrivateFile(file, conf);
+    log.info({ file, users: credentials.length }, 'nats-server-config-written');
+  }
+  return new Map(credentials.map((c) => [c.name, c]));
 }
 
 /**

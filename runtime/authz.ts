@@ -1,6 +1,7 @@
 // Trust on the bus: each role's NATS permissions, generated from the subject scheme (runtime/subjects.ts, the cell
 // stream in projections/cell-stream.ts, the KV and object-store layouts in runtime/nats-adapter.ts), nkey
-// credentials per principal, and the server's `authorization { users: [...] }` block. Nothing here talks to NATS.
+// credentials per principal, the credential files processes sign in with (`{ name, seed, inboxPrefix }`, mode 0600),
+// and the server's `authorization { users: [...] }` block. Nothing here talks to NATS.
 //
 // Each principal subscribes only under its own inbox prefix (`_INBOX_<name>`, set as the connection's inboxPrefix):
 // with `_INBOX.>` an agent could read the replies to every other agent's snapshot reads and consumer deliveries.
@@ -11,6 +12,9 @@ import { INTAKE_SUBJECTS, PLANNER_MEMBERS_BUCKET, intakeSubjectsOf, readySubject
 import { CELL_DELTAS_STREAM, CELL_SNAPSHOTS_STREAM, cellSubject } from '../projections/cell-stream.ts';
 import { kvLayout, objLayout } from './nats-adapter.ts';
 import { ConfigError } from './errors.ts';
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { writePrivateFile } from './private-file.ts';
 
 export const ROLES = ['writer', 'planner', 'agent', 'platform', 'discovery', 'operator', 'admin'] as const;
 export type Role = (typeof ROLES)[number];
@@ -158,23 +162,77 @@ export function permissionsOf(p: Principal): NatsPermissions {
 
 const inboxPrefixOf = (p: Principal) => `_INBOX_${principalName(p)}`;
 
-/** A new nkey user for each principal (names must be unique: one credential per agent cell). */
-export function createCredentials(principals: readonly Principal[]): Credential[] {
+/** The credential of a principal signing in with the nkey `seed` (`SU…`). */
+function credentialOf(principal: Principal, seed: string): Credential {
+  const permissions = permissionsOf(principal);
+  let publicKey: string;
+  try {
+    publicKey = nkeys.fromSeed(new TextEncoder().encode(seed)).getPublicKey();
+  } catch {
+    throw new ConfigError(`the nkey seed of ${principalName(principal)} is not a user seed`, 'invalid-credential');
+  }
+  if (!publicKey.startsWith('U')) throw new ConfigError(`the nkey seed of ${principalName(principal)} is not a user seed`, 'invalid-credential');
+  const inboxPrefix = principal.role === 'admin' ? '_INBOX' : inboxPrefixOf(principal);
+  return { principal, name: principalName(principal), publicKey, seed, inboxPrefix, permissions };
+}
+
+function checkUnique(principals: readonly Principal[]): void {
   const names = principals.map(principalName);
   const dup = names.find((n, i) => names.indexOf(n) !== i);
   if (dup) throw new ConfigError(`principal ${dup} is listed twice`, 'duplicate-principal');
-  return principals.map((principal) => {
-    const permissions = permissionsOf(principal);
-    const kp = nkeys.createUser();
-    return {
-      principal,
-      name: principalName(principal),
-      publicKey: kp.getPublicKey(),
-      seed: new TextDecoder().decode(kp.getSeed()),
-      inboxPrefix: principal.role === 'admin' ? '_INBOX' : inboxPrefixOf(principal),
-      permissions,
-    };
+}
+
+/** A new nkey user for each principal (names must be unique: one credential per agent cell). */
+export function createCredentials(principals: readonly Principal[]): Credential[] {
+  checkUnique(principals);
+  return principals.map((principal) => credentialOf(principal, new TextDecoder().decode(nkeys.createUser().getSeed())));
+}
+
+// ---- credential files -------------------------------------------------------------------------------------------
+
+/** What a process needs to sign in (`--nats-creds` / NATS_CREDS): a JSON file, mode 0600. */
+export type CredentialFile = { name: string; seed: string; inboxPrefix: string };
+
+/** The file of a principal in a credentials directory (`netfold up`: `<data-dir>/nats/`). */
+export const credentialFileOf = (dir: string, name: string): string => join(dir, `${name}.creds.json`);
+
+/** Reads a credential file; ConfigError `invalid-credential-file` when it is missing or not one. */
+export function readCredentialFile(file: string): CredentialFile {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(readFileSync(file, 'utf8'));
+  } catch (err) {
+    const why = (err as { code?: string }).code === 'ENOENT' ? 'does not exist' : 'is not JSON';
+    throw new ConfigError(`NATS credential file ${file} ${why}`, 'invalid-credential-file');
+  }
+  const c = parsed as Partial<CredentialFile> | null;
+  if (!c || typeof c.name !== 'string' || typeof c.seed !== 'string' || !c.seed.startsWith('SU') || typeof c.inboxPrefix !== 'string' || !c.inboxPrefix) {
+    throw new ConfigError(`NATS credential file ${file} is not { name, seed, inboxPrefix } with a user seed`, 'invalid-credential-file');
+  }
+  return { name: c.name, seed: c.seed, inboxPrefix: c.inboxPrefix };
+}
+
+function writeCredentialFile(file: string, c: Credential): void {
+  const content: CredentialFile = { name: c.name, seed: c.seed, inboxPrefix: c.inboxPrefix };
+  writePrivateFile(file, JSON.stringify(content, null, 2) + '\n');
+}
+
+/**
+ * The credentials of `principals` kept in `dir`, one 0600 file each: existing files are read (their seeds kept), the
+ * missing ones generated and written. `created` names the new ones.
+ */
+export function ensureCredentialFiles(dir: string, principals: readonly Principal[]): { credentials: Credential[]; created: string[] } {
+  checkUnique(principals);
+  const created: string[] = [];
+  const credentials = principals.map((principal) => {
+    const file = credentialFileOf(dir, principalName(principal));
+    if (existsSync(file)) return credentialOf(principal, readCredentialFile(file).seed);
+    const [fresh] = createCredentials([principal]);
+    writeCredentialFile(file, fresh!);
+    created.push(fresh!.name);
+    return fresh!;
   });
+  return { credentials, created };
 }
 
 /**

@@ -16,6 +16,12 @@ export type Config = {
   natsUrl: string | undefined;
   dataDir: string;
   natsPort: number;
+  /** This process's NATS credential file (`{ name, seed, inboxPrefix }`, runtime/authz.ts); unset: no credential. */
+  natsCreds: string | undefined;
+  /** TLS to NATS: the CA to trust, and this process's client certificate and key (paths). */
+  natsTlsCa: string | undefined;
+  natsTlsCert: string | undefined;
+  natsTlsKey: string | undefined;
   replicas: number;
   httpHost: string;
   httpPort: number;
@@ -81,6 +87,10 @@ export const SETTINGS: readonly Setting[] = [
   { key: 'natsUrl', flag: 'nats-url', env: 'NATS_URL', def: undefined, kind: 'string', services: ['service-main', 'up', 'cli'] },
   { key: 'dataDir', flag: 'data-dir', env: 'NETFOLD_DATA_DIR', def: '.netfold', kind: 'string', services: ['policy-writer', 'up', 'cli'] },
   { key: 'natsPort', flag: 'nats-port', env: 'NETFOLD_NATS_PORT', def: '4222', kind: 'int', min: -1, max: 65535, services: ['service-main', 'up', 'cli'] },
+  { key: 'natsCreds', flag: 'nats-creds', env: 'NATS_CREDS', def: undefined, kind: 'string', services: ['service-main', 'up', 'cli'] },
+  { key: 'natsTlsCa', flag: 'nats-tls-ca', env: 'NETFOLD_NATS_TLS_CA', def: undefined, kind: 'string', services: ['service-main', 'up', 'cli'] },
+  { key: 'natsTlsCert', flag: 'nats-tls-cert', env: 'NETFOLD_NATS_TLS_CERT', def: undefined, kind: 'string', services: ['service-main', 'up', 'cli'] },
+  { key: 'natsTlsKey', flag: 'nats-tls-key', env: 'NETFOLD_NATS_TLS_KEY', def: undefined, kind: 'string', services: ['service-main', 'up', 'cli'] },
   {
     key: 'replicas',
     flag: 'replicas',
@@ -315,6 +325,23 @@ export function loadConfig(flags: Record<string, string | boolean | undefined> =
 /** The NATS servers to connect to: `--nats-url` (comma-separated), else the local server on `--nats-port`. */
 export function natsServersOf(config: Pick<Config, 'natsUrl' | 'natsPort'>): string[] {
   return (config.natsUrl ?? `nats://127.0.0.1:${config.natsPort}`).split(',');
+}
+
+/** How this process signs in to NATS and encrypts the connection: what `--nats-creds` and `--nats-tls-*` say. */
+export type NatsClientSettings = {
+  /** The credential file (runtime/authz.ts `readCredentialFile`); undefined: connect without one. */
+  credsFile: string | undefined;
+  /** nats.js's `tls` option; undefined when no `--nats-tls-*` is set. */
+  tls: { caFile?: string; certFile?: string; keyFile?: string } | undefined;
+};
+
+export function natsClientOf(config: Pick<Config, 'natsCreds' | 'natsTlsCa' | 'natsTlsCert' | 'natsTlsKey'>): NatsClientSettings {
+  const tls = {
+    ...(config.natsTlsCa !== undefined && { caFile: config.natsTlsCa }),
+    ...(config.natsTlsCert !== undefined && { certFile: config.natsTlsCert }),
+    ...(config.natsTlsKey !== undefined && { keyFile: config.natsTlsKey }),
+  };
+  return { credsFile: config.natsCreds, tls: Object.keys(tls).length > 0 ? tls : undefined };
 }
 
 /**

@@ -1,9 +1,11 @@
 // One way to connect to NATS for every service: reconnects for ever, logs connection state changes.
 import { connect } from '@nats-io/transport-node';
-import { nkeyAuthenticator, type NatsConnection } from '@nats-io/nats-core';
+import { errors as natsErrors, nkeyAuthenticator, type NatsConnection } from '@nats-io/nats-core';
 import { jetstream, jetstreamManager, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream';
 import type { Logger } from './logger.ts';
-import { UnavailableError } from './errors.ts';
+import { NetfoldError, UnavailableError } from './errors.ts';
+import type { NatsClientSettings } from './config.ts';
+import { readCredentialFile } from './authz.ts';
 
 export type { NatsConnection } from '@nats-io/nats-core';
 
@@ -24,7 +26,17 @@ export type ConnectOptions = {
   apiTimeoutMs?: number;
   /** On a secured server: the nkey seed to sign in with and the inbox prefix the user may subscribe to (runtime/authz.ts). */
   credential?: { seed: string; inboxPrefix: string };
+  /** TLS to the server (nats.js's `tls`: CA, client certificate and key files). */
+  tls?: { caFile?: string; certFile?: string; keyFile?: string };
 };
+
+/** What `--nats-creds` and `--nats-tls-*` add to the connect options: the credential file read, the TLS files. */
+export function clientAuthOf(settings: NatsClientSettings): Pick<ConnectOptions, 'credential' | 'tls'> {
+  return {
+    ...(settings.credsFile !== undefined && { credential: readCredentialFile(settings.credsFile) }),
+    ...(settings.tls && { tls: settings.tls }),
+  };
+}
 
 export async function connectBus(opts: ConnectOptions): Promise<Bus> {
   const log = opts.log.child({ component: 'nats' });
@@ -43,9 +55,14 @@ export async function connectBus(opts: ConnectOptions): Promise<Bus> {
           authenticator: nkeyAuthenticator(new TextEncoder().encode(opts.credential.seed)),
           inboxPrefix: opts.credential.inboxPrefix,
         }),
+        ...(opts.tls && { tls: opts.tls }),
       });
     } catch (err) {
       lastErr = err;
+      // refused credentials (or none where the server requires some) stay refused: no point trying for the deadline
+      if (err instanceof natsErrors.AuthorizationError) {
+        throw new NetfoldError(`NATS at ${String(opts.servers)} refused the connection's credentials`, 'nats-unauthorized', 401, false, err);
+      }
       await new Promise((r) => setTimeout(r, 200));
     }
   }

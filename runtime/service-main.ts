@@ -1,13 +1,14 @@
 // What every standalone service's main.ts does, once: read flags and environment, build the root logger, connect
-// to NATS (NATS_URL, comma-separated servers; unset: the local server on --nats-port), make sure the streams exist,
-// start the service, serve its metrics when it has no HTTP server of its own, and stop cleanly on SIGINT/SIGTERM
-// (service, metrics, then NATS).
+// to NATS (NATS_URL, comma-separated servers; unset: the local server on --nats-port; signed in with
+// --nats-creds and over TLS with --nats-tls-* when set), make sure the streams exist (create them as an admin,
+// check them as any other role: `topology-missing` when they do not), start the service, serve its metrics when
+// it has no HTTP server of its own, and stop cleanly on SIGINT/SIGTERM (service, metrics, then NATS).
 // A configuration refused at start-up (ConfigError, e.g. weak-token-secret) is reported as one line with its code
-// on stderr, exit code 1, before anything connects.
+// on stderr, exit code 1, before anything connects (a missing stream the user may not create: the same, after).
 import { parseArgs } from 'node:util';
-import { SETTINGS, loadConfig, natsServersOf, type Config } from './config.ts';
+import { SETTINGS, loadConfig, natsClientOf, natsServersOf, type Config, type NatsClientSettings } from './config.ts';
 import { createRootLogger, type Logger } from './logger.ts';
-import { connectBus, type Bus } from './nats.ts';
+import { clientAuthOf, connectBus, type Bus } from './nats.ts';
 import { ensureTopology, defaultTopologyOptions } from './topology.ts';
 import { stopOnSignals } from './lifecycle.ts';
 import { Registry, serveMetrics } from './metrics.ts';
@@ -18,6 +19,8 @@ export type ServiceContext = { config: Config; log: Logger; bus: Bus; metrics: R
 /** The settings this shared wiring reads (the service's own come from its `…ConfigOf`). */
 export type ServiceWiring = {
   servers: string[];
+  /** The credential file and TLS files this process connects with. */
+  client: NatsClientSettings;
   /** Replicas of the streams it makes sure exist. */
   replicas: number;
   logLevel: string;
@@ -28,6 +31,7 @@ export type ServiceWiring = {
 export function serviceWiringOf(c: Config, defaultMetricsPort: number | undefined): ServiceWiring {
   return {
     servers: natsServersOf(c),
+    client: natsClientOf(c),
     replicas: c.replicas,
     logLevel: c.logLevel,
     metrics: defaultMetricsPort === undefined ? undefined : { host: c.httpHost, port: c.metricsPort ?? defaultMetricsPort },
@@ -41,21 +45,33 @@ export async function runService(
 ): Promise<void> {
   const { values } = parseArgs({ options: Object.fromEntries(SETTINGS.map((s) => [s.flag, { type: 'string' as const }])) });
   let config: Config;
+  let wiring: ServiceWiring;
+  let auth: ReturnType<typeof clientAuthOf>;
   try {
     config = loadConfig(values);
     opts.validate?.(config);
+    wiring = serviceWiringOf(config, opts.metricsPort);
+    auth = clientAuthOf(wiring.client);
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;
     process.stderr.write(`netfold-${name}: ${err.message} (${err.code})\n`);
     process.exitCode = 1;
     return;
   }
-  const wiring = serviceWiringOf(config, opts.metricsPort);
   const log = createRootLogger({ level: wiring.logLevel, name });
-  const bus = await connectBus({ servers: wiring.servers, name: `netfold-${name}`, log });
-  await ensureTopology(bus.jsm, { ...defaultTopologyOptions, replicas: wiring.replicas }, log);
+  const bus = await connectBus({ servers: wiring.servers, name: `netfold-${name}`, log, ...auth });
   const metrics = new Registry();
-  const service = await start({ config, log, bus, metrics });
+  let service: { stop(): Promise<void> };
+  try {
+    await ensureTopology(bus.jsm, { ...defaultTopologyOptions, replicas: wiring.replicas }, log);
+    service = await start({ config, log, bus, metrics });
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    process.stderr.write(`netfold-${name}: ${err.message} (${err.code})\n`);
+    process.exitCode = 1;
+    await bus.close();
+    return;
+  }
   const served = wiring.metrics === undefined ? undefined : await serveMetrics(metrics, wiring.metrics.host, wiring.metrics.port);
   if (served) log.info({ url: served.url }, 'metrics-serving');
   stopOnSignals(log, async () => {

@@ -1,12 +1,15 @@
-// `netfold up` as a user runs it: embedded nats-server, the gateway usable with the admin token it writes, and a
-// clean shutdown on SIGTERM that also stops the embedded server.
+// `netfold up` as a user runs it: embedded nats-server secured with a credential per role (anonymous connections
+// refused), the gateway usable with the admin token it writes, the demo signed in with the generated credentials,
+// and a clean shutdown on SIGTERM that also stops the embedded server.
 import t from 'tap';
 import { spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Resolver } from 'node:dns/promises';
 import { intakeCommand, intakeSubject } from '../runtime/subjects.ts';
+import { readCredentialFile } from '../runtime/authz.ts';
+import { nkeyAuthenticator } from '@nats-io/nats-core';
 
 t.test('netfold up: embedded NATS, gateway with admin token, clean stop', async (t) => {
   const dataDir = mkdtempSync(join(tmpdir(), 'netfold-up-'));
@@ -41,9 +44,17 @@ t.test('netfold up: embedded NATS, gateway with admin token, clean stop', async 
   const auth = { authorization: `Bearer ${token}`, 'content-type': 'application/json' };
 
   const { connect } = await import('@nats-io/transport-node');
-  const nc = await connect({ servers: ready.nats });
+  await t.rejects(connect({ servers: ready.nats, reconnect: false, timeout: 2000 }), /Authorization/i, 'an anonymous connection is refused');
+  const natsDir = join(dataDir, 'nats');
+  const files = readdirSync(natsDir).sort();
+  const principals = ['admin', 'agent_sim-cell-1', 'agent_sim-cell-2', 'agent_sim-cell-3', 'discovery', 'operator', 'planner'];
+  const expected = [...principals, 'platform_cli', 'platform_demo', 'writer'].map((n) => `${n}.creds.json`).concat('server.conf').sort();
+  t.same(files, expected, 'a credential per principal, and the server config');
+  for (const f of files) t.equal(statSync(join(natsDir, f)).mode & 0o777, 0o600, `${f} is mode 0600`);
+  const cli = readCredentialFile(join(natsDir, 'platform_cli.creds.json'));
+  const nc = await connect({ servers: ready.nats, authenticator: nkeyAuthenticator(new TextEncoder().encode(cli.seed)), inboxPrefix: cli.inboxPrefix });
   for (const appId of ['a', 'b']) {
-    const r = await nc.request(intakeSubject('test', intakeCommand.registerApp), JSON.stringify({ appId, name: appId, spaceId: 's', orgId: 'o' }), { timeout: 5000 });
+    const r = await nc.request(intakeSubject('cli', intakeCommand.registerApp), JSON.stringify({ appId, name: appId, spaceId: 's', orgId: 'o' }), { timeout: 5000 });
     t.match(r.json(), { ok: true });
   }
   await nc.close();

@@ -14,7 +14,7 @@ import { Kvm } from '@nats-io/kv';
 import type { Bus } from '../../runtime/nats.ts';
 import type { Logger } from '../../runtime/logger.ts';
 import { CellFeed, PollingCellFeed, type DesiredStateFeed } from './feed.ts';
-import { withNatsRetry } from '../../runtime/retry.ts';
+import { bucketOptions, createOrOpenBucket } from '../../runtime/topology.ts';
 import { BucketWriter } from '../../runtime/buckets.ts';
 import { CELL_STATUS_BUCKET, DISCOVERY_BUCKET } from '../../runtime/subjects.ts';
 import type { Dataplane } from './dataplane.ts';
@@ -63,8 +63,8 @@ export type CellAgent = {
 /** Makes sure the status and discovery buckets exist (agents then write to them with BucketWriter). */
 async function createBuckets(bus: Bus, replicas: number): Promise<void> {
   const kvm = new Kvm(bus.js);
-  await withNatsRetry('cell status bucket', () => kvm.create(CELL_STATUS_BUCKET, { history: 1, replicas }));
-  await withNatsRetry('discovery bucket', () => kvm.create(DISCOVERY_BUCKET, { history: 1, replicas }));
+  await createOrOpenBucket(CELL_STATUS_BUCKET, () => kvm.create(CELL_STATUS_BUCKET, bucketOptions.cellStatus(replicas)));
+  await createOrOpenBucket(DISCOVERY_BUCKET, () => kvm.create(DISCOVERY_BUCKET, bucketOptions.discovery(replicas)));
 }
 
 export async function startCellAgent(deps: { bus: Bus; log: Logger; config: CellAgentConfig; dataplane: Dataplane; metrics?: Registry }): Promise<CellAgent> {

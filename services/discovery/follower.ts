@@ -4,7 +4,7 @@
 import { Kvm, type KvWatchEntry } from '@nats-io/kv';
 import type { Bus } from '../../runtime/nats.ts';
 import type { Logger } from '../../runtime/logger.ts';
-import { withNatsRetry } from '../../runtime/retry.ts';
+import { bucketOptions, createOrOpenBucket } from '../../runtime/topology.ts';
 import { DISCOVERY_BUCKET } from '../../runtime/subjects.ts';
 import { parseDiscoveryRecord } from '../../projections/discovery-record.ts';
 import type { DiscoveryIndex } from './records.ts';
@@ -29,7 +29,7 @@ export type RecordsFollower = { stop(): Promise<void> };
 /** Creates the bucket if needed, watches it into the index and resolves once its initial contents are in. */
 export async function followRecords(opts: { bus: Bus; index: DiscoveryIndex; replicas: number; now: () => number; log: Logger }): Promise<RecordsFollower> {
   const { index, now, log } = opts;
-  const kv = await withNatsRetry('discovery bucket', () => new Kvm(opts.bus.js).create(DISCOVERY_BUCKET, { history: 1, replicas: opts.replicas }));
+  const kv = await createOrOpenBucket(DISCOVERY_BUCKET, () => new Kvm(opts.bus.js).create(DISCOVERY_BUCKET, bucketOptions.discovery(opts.replicas)));
   const watcher = await kv.watch();
   const initial = (await kv.status()).values;
   let caughtUp: () => void = () => undefined;

@@ -4,6 +4,7 @@
 import { Objm, type ObjectStore } from '@nats-io/obj';
 import type { Bus } from '../../runtime/nats.ts';
 import { withNatsRetry } from '../../runtime/retry.ts';
+import { bucketOptions, createOrOpenBucket } from '../../runtime/topology.ts';
 import { PLANNER_CHECKPOINT_BUCKET } from '../../runtime/subjects.ts';
 import type { PlannerCheckpoint, PlannerCore } from './core.ts';
 import type { PumpItem } from './output-pump.ts';
@@ -40,7 +41,9 @@ export class CheckpointStore {
   ) {}
 
   static async open(bus: Bus, plannerId: string, replicas: number): Promise<CheckpointStore> {
-    const objects = await withNatsRetry('planner checkpoint bucket', () => new Objm(bus.js).create(PLANNER_CHECKPOINT_BUCKET, { replicas }));
+    const objects = await createOrOpenBucket(PLANNER_CHECKPOINT_BUCKET, () =>
+      new Objm(bus.js).create(PLANNER_CHECKPOINT_BUCKET, bucketOptions.plannerCheckpoint(replicas)),
+    );
     return new CheckpointStore(objects, `planner-${plannerId}`);
   }
 

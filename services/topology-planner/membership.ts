@@ -6,7 +6,7 @@ import { Kvm, type KV } from '@nats-io/kv';
 import type { Bus } from '../../runtime/nats.ts';
 import type { Logger } from '../../runtime/logger.ts';
 import { PLANNER_MEMBERS_BUCKET } from '../../runtime/subjects.ts';
-import { withNatsRetry } from '../../runtime/retry.ts';
+import { bucketOptions, createOrOpenBucket } from '../../runtime/topology.ts';
 import { kvLatest } from '../../runtime/buckets.ts';
 
 /** The keys of the planners' bucket: `m.<id>` a live member (heartbeat), `p.<id>` how far it has published. */
@@ -98,9 +98,8 @@ export class Membership {
   }
 
   async start(): Promise<void> {
-    this.#kv = await withNatsRetry('planner members bucket', () =>
-      new Kvm(this.#o.bus.js).create(PLANNER_MEMBERS_BUCKET, { history: 1, ttl: this.#o.ttlMs, replicas: this.#o.replicas }),
-    );
+    const options = bucketOptions.plannerMembers(this.#o.replicas, this.#o.ttlMs);
+    this.#kv = await createOrOpenBucket(PLANNER_MEMBERS_BUCKET, () => new Kvm(this.#o.bus.js).create(PLANNER_MEMBERS_BUCKET, options));
     await this.#beat();
     this.#timer = setInterval(() => void this.#beat().catch((err: unknown) => this.#log.warn({ err }, 'planner-heartbeat-failed')), this.#o.heartbeatMs);
   }
