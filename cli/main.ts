@@ -8,7 +8,15 @@ import { SETTINGS, loadConfig, natsClientOf, natsServersOf, resolveTokenSecret, 
 import { NetfoldError, toNetfoldError } from '../runtime/errors.ts';
 import { silentLogger } from '../runtime/logger.ts';
 import { clientAuthOf, connectBus, type Bus } from '../runtime/nats.ts';
-import { credentialFileOf, principalName, readCredentialFile, type CredentialFile, type Principal } from '../runtime/authz.ts';
+import {
+  authorizationBlock,
+  credentialFileOf,
+  ensureCredentialFiles,
+  principalName,
+  readCredentialFile,
+  type CredentialFile,
+  type Principal,
+} from '../runtime/authz.ts';
 import { type IntakeCommandName, intakeCommand, intakeSubject } from '../runtime/subjects.ts';
 import { mintToken, parseDuration, SCOPES } from '../runtime/tokens.ts';
 import type { IntakeReply } from '../services/policy-writer/intake.ts';
@@ -51,6 +59,10 @@ usage: netfold <command> [flags]
   demo                                a scripted tour against a running "npm start"
   cells                               each cell's agent status: applied revision, rules, drift repairs, errors
   quarantine                          log entries the folds skipped (invalid, or a fold that failed), with why
+  creds --cells A,B [--platform ID,..] [--dir DIR]
+                                      one NATS credential file per role, cell agent and platform component in DIR
+                                      (default <data-dir>/nats; existing ones kept) and the nats-server authorization
+                                      block for them on stdout, to paste into a cluster's config
 
 common flags: --json (machine-readable output), --nats-url URL, --api URL (policy API, default
 http://127.0.0.1:<http-port>), --token TOKEN (default: NETFOLD_TOKEN, then <data-dir>/admin.token),
@@ -59,6 +71,9 @@ http://127.0.0.1:<http-port>), --token TOKEN (default: NETFOLD_TOKEN, then <data
 const CLI_FLAGS = {
   json: { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
+  cells: { type: 'string' },
+  platform: { type: 'string' },
+  dir: { type: 'string' },
   api: { type: 'string' },
   token: { type: 'string' },
   'request-id': { type: 'string' },
@@ -196,7 +211,7 @@ async function main(argv: string[]): Promise<void> {
     return;
   }
   const config = loadConfig(flags);
-  const single = ['up', 'wait', 'cells', 'audit', 'state', 'explain', 'replay', 'demo', 'quarantine'];
+  const single = ['up', 'wait', 'cells', 'audit', 'state', 'explain', 'replay', 'demo', 'quarantine', 'creds'];
   const key = verb && !single.includes(group) ? `${group} ${verb}` : group;
   switch (key) {
     case 'up':
@@ -366,13 +381,13 @@ async function main(argv: string[]): Promise<void> {
           ...e.policies.map(
             (p) =>
               `  by policy ${p.sourceAppId} -> ${p.destAppId} ${p.protocol}/${p.startPort}-${p.endPort}, ` +
-                `created ${p.createdAt} by ${p.createdBy} (revision ${p.createdSeq})`,
+              `created ${p.createdAt} by ${p.createdBy} (revision ${p.createdSeq})`,
           ),
           ...e.nearMisses.map((p) => `  not covered by ${p.protocol}/${p.startPort}-${p.endPort} (created ${p.createdAt} by ${p.createdBy})`),
           ...e.enforcement.map(
             (c) =>
               `  cell ${c.cellId}: planned revision ${c.planned ?? '-'}, applied ${c.applied ?? '-'}` +
-                (c.planned !== null && c.applied !== null && c.applied >= c.planned ? ' (in force)' : ''),
+              (c.planned !== null && c.applied !== null && c.applied >= c.planned ? ' (in force)' : ''),
           ),
         ].join('\n');
         out.print(human, e);
@@ -433,6 +448,26 @@ async function main(argv: string[]): Promise<void> {
         );
         out.print(`${table(rows)}\n${statuses.length} cells`, statuses);
       });
+    }
+    case 'creds': {
+      const list = (v: string | boolean | undefined) =>
+        typeof v === 'string'
+          ? v
+              .split(',')
+              .map((x) => x.trim())
+              .filter(Boolean)
+          : [];
+      const dir = typeof flags.dir === 'string' ? flags.dir : join(config.dataDir, 'nats');
+      const principals: Principal[] = [
+        ...(['admin', 'writer', 'planner', 'discovery', 'operator'] as const).map((role) => ({ role })),
+        ...(list(flags.platform).length > 0 ? list(flags.platform) : ['cli']).map((id) => ({ role: 'platform' as const, id })),
+        ...list(flags.cells).map((cellId) => ({ role: 'agent' as const, cellId })),
+      ];
+      const { credentials, created } = ensureCredentialFiles(dir, principals);
+      const block = authorizationBlock(credentials);
+      if (!out.json)
+        process.stderr.write(`${credentials.length} credentials in ${dir} (${created.length} new${created.length ? `: ${created.join(', ')}` : ''})\n`);
+      return out.print(block.trimEnd(), { dir, created, users: credentials.map((c) => ({ name: c.name, publicKey: c.publicKey })), authorization: block });
     }
     case 'quarantine': {
       return withBus(config, OPERATOR, async (bus) => {

@@ -14,6 +14,8 @@ import { silentLogger } from '../runtime/logger.ts';
 import { followRecords } from '../services/discovery/follower.ts';
 import { DiscoveryIndex } from '../services/discovery/records.ts';
 import { writePrivateFile } from '../runtime/private-file.ts';
+import { execFile } from 'node:child_process';
+import { startNatsServer } from '../runtime/nats-server.ts';
 
 t.test('credential files: one 0600 file per principal, kept across calls, missing ones created', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'netfold-creds-'));
@@ -66,4 +68,46 @@ t.test('a role that may not manage streams checks them: topology-missing until t
   writePrivateFile(noSeed, readFileSync(join(dir, 'writer.creds.json'), 'utf8').replace(/"seed":"[^"]*"/, '"seed":"nope"'));
   t.throws(() => clientAuthOf({ credsFile: noSeed, tls: undefined }), { code: 'invalid-credential-file' });
   await t.rejects(connectBus({ servers: nats.server.url, name: 'anonymous', log, connectTimeoutMs: 3000 }), { code: 'nats-unauthorized' });
+});
+
+t.test('netfold creds: files for a cluster and the authorization block to paste into its config', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'netfold-creds-cli-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const out = await new Promise<{ code: number; stdout: string; stderr: string }>((resolve) =>
+    execFile(process.execPath, ['bin/netfold.mjs', 'creds', '--cells', 'c1,c2', '--platform', 'cc', '--dir', dir, '--json'], (err, stdout, stderr) =>
+      resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr }),
+    ),
+  );
+  t.equal(out.code, 0, out.stderr);
+  const r = JSON.parse(out.stdout) as { created: string[]; users: { name: string; publicKey: string }[]; authorization: string };
+  t.same(r.created.sort(), ['admin', 'agent_c1', 'agent_c2', 'discovery', 'operator', 'planner', 'platform_cc', 'writer']);
+  for (const name of r.created) t.equal(statSync(credentialFileOf(dir, name)).mode & 0o777, 0o600, `${name}: 0600`);
+  // The block is a working server config: agent_c1 signs in with its file, an anonymous client does not.
+  const storeDir = mkdtempSync(join(tmpdir(), 'netfold-creds-js-'));
+  const configFile = join(dir, 'server.conf');
+  writePrivateFile(configFile, r.authorization);
+  const server = await startNatsServer({ storeDir, configFile });
+  t.teardown(async () => {
+    await server.stop();
+    rmSync(storeDir, { recursive: true, force: true });
+  });
+  const agent = await connectBus({
+    servers: server.url,
+    name: 'agent',
+    log: silentLogger(),
+    credential: readCredentialFile(credentialFileOf(dir, 'agent_c1')),
+  });
+  t.ok(agent.nc.getServer(), 'agent_c1 signs in with its file');
+  await agent.close();
+  await t.rejects(connectBus({ servers: server.url, name: 'anonymous', log: silentLogger(), connectTimeoutMs: 2000 }), 'an anonymous client is refused');
+  const again = JSON.parse(
+    await new Promise<string>((resolve) =>
+      execFile(process.execPath, ['bin/netfold.mjs', 'creds', '--cells', 'c1,c2', '--platform', 'cc', '--dir', dir, '--json'], (_e, stdout) => resolve(stdout)),
+    ),
+  ) as { created: string[]; users: { publicKey: string }[] };
+  t.same(again.created, [], 'a second run keeps every credential');
+  t.same(
+    again.users.map((u) => u.publicKey),
+    r.users.map((u) => u.publicKey),
+  );
 });
