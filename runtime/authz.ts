@@ -3,9 +3,13 @@
 // credentials per principal, the credential files processes sign in with (`{ name, seed, inboxPrefix }`, mode 0600),
 // and the server's `authorization { users: [...] }` block. Nothing here talks to NATS.
 //
-// Each principal subscribes only under its own inbox prefix (`_INBOX_<name>`, set as the connection's inboxPrefix):
-// with `_INBOX.>` an agent could read the replies to every other agent's snapshot reads and consumer deliveries.
-// Replies to requests a principal serves (intake, ready gate, cell state) go out through `allow_responses`.
+// Each principal subscribes only under its own inbox prefix (`_INBOX.<role>[.<id>]`, set as the connection's
+// inboxPrefix): with `_INBOX.>` an agent could read the replies to every other agent's snapshot reads and consumer
+// deliveries. A principal that serves requests may publish replies only into its requesters' inboxes: the writer
+// into platforms' (intake), the planner into agents' (cell state), an agent into platforms' (ready gate), each also
+// into the admin's. Not `allow_responses`: nats-server 2.9 then records the reply subject of every message delivered
+// to the user — the `$JS.ACK` subjects of its consumers' deliveries included, never answered — and past 4,096 scans
+// the whole record on every delivery: with it the writer's intake fell to 0.05-0.18x (docs/benchmarks.md).
 import { nkeys } from '@nats-io/nats-core';
 import { CELL_STATUS_BUCKET, DISCOVERY_BUCKET, EVENTS_STREAM, EVENT_SUBJECTS, INTAKE_QUEUE, PLANNER_CHECKPOINT_BUCKET } from './subjects.ts';
 import { INTAKE_SUBJECTS, PLANNER_MEMBERS_BUCKET, intakeSubjectsOf, readySubject } from './subjects.ts';
@@ -26,7 +30,7 @@ export type Role = (typeof ROLES)[number];
 export type Principal = { role: Exclude<Role, 'agent' | 'platform'> } | { role: 'agent'; cellId: string } | { role: 'platform'; id: string };
 
 /** A user's permissions in nats-server's syntax (a queue subscription is allowed as `"<subject> <queue>"`). */
-export type NatsPermissions = { publish: { allow: string[] }; subscribe: { allow: string[] }; allow_responses?: boolean };
+export type NatsPermissions = { publish: { allow: string[] }; subscribe: { allow: string[] } };
 
 export type Credential = {
   principal: Principal;
@@ -80,7 +84,7 @@ const kv = (bucket: string) => kvLayout.stream(bucket);
 const kvKey = (bucket: string, key: string) => kvLayout.subject(bucket, key);
 
 /** Publish and subscribe lists of one role, before the inbox and `$JS.API.INFO` every role but platform gets. */
-function grantsOf(p: Principal): { pub: string[]; sub: string[]; responds: boolean; jetstream: boolean } {
+function grantsOf(p: Principal): { pub: string[]; sub: string[]; repliesTo: Role[]; jetstream: boolean } {
   switch (p.role) {
     case 'writer':
       return {
@@ -92,7 +96,7 @@ function grantsOf(p: Principal): { pub: string[]; sub: string[]; responds: boole
           ...[PLANNER_MEMBERS_BUCKET, CELL_STATUS_BUCKET, DISCOVERY_BUCKET].map(kv).flatMap(readStream),
         ],
         sub: [`${INTAKE_SUBJECTS} ${INTAKE_QUEUE}`],
-        responds: true,
+        repliesTo: ['platform'],
         jetstream: true,
       };
     case 'planner':
@@ -108,7 +112,7 @@ function grantsOf(p: Principal): { pub: string[]; sub: string[]; responds: boole
           `${API}.STREAM.PURGE.${objLayout.stream(PLANNER_CHECKPOINT_BUCKET)}`,
         ],
         sub: [cellSubject.allStates],
-        responds: true,
+        repliesTo: ['agent'],
         jetstream: true,
       };
     case 'agent': {
@@ -124,43 +128,45 @@ function grantsOf(p: Principal): { pub: string[]; sub: string[]; responds: boole
           cellSubject.state(cell),
         ],
         sub: [readySubject(cell)],
-        responds: true,
+        repliesTo: ['platform'],
         jetstream: true,
       };
     }
     case 'platform':
       // intake under its own caller token only (so its events record it as their actor), and the ready gate of any
       // cell ("is the policy for container C in place there?")
-      return { pub: [intakeSubjectsOf(p.id), readySubject('*')], sub: [], responds: false, jetstream: false };
+      return { pub: [intakeSubjectsOf(p.id), readySubject('*')], sub: [], repliesTo: [], jetstream: false };
     case 'discovery':
-      return { pub: readStream(kv(DISCOVERY_BUCKET)), sub: [], responds: false, jetstream: true };
+      return { pub: readStream(kv(DISCOVERY_BUCKET)), sub: [], repliesTo: [], jetstream: true };
     case 'operator':
       return {
         pub: [EVENTS_STREAM, CELL_SNAPSHOTS_STREAM, CELL_DELTAS_STREAM, kv(CELL_STATUS_BUCKET), kv(PLANNER_MEMBERS_BUCKET)].flatMap(readStream),
         sub: [],
-        responds: false,
+        repliesTo: [],
         jetstream: true,
       };
     case 'admin':
-      return { pub: ['>'], sub: ['>'], responds: false, jetstream: true };
+      return { pub: ['>'], sub: ['>'], repliesTo: [], jetstream: true };
     default:
       return p satisfies never;
   }
 }
 
-/** The permissions of a principal; its inbox prefix is `_INBOX_<name>`. */
+/** The permissions of a principal; its inbox prefix is `inboxPrefixOf(p)`. */
 export function permissionsOf(p: Principal): NatsPermissions {
   if (p.role === 'agent' && !ID.test(p.cellId)) throw new ConfigError(`cell id ${JSON.stringify(p.cellId)} is not [A-Za-z0-9_-]`, 'invalid-cell-id');
   if (p.role === 'platform' && !ID.test(p.id)) throw new ConfigError(`platform id ${JSON.stringify(p.id)} is not [A-Za-z0-9_-]`, 'invalid-platform-id');
   const g = grantsOf(p);
-  const pub = [...(g.jetstream && p.role !== 'admin' ? [`${API}.INFO`] : []), ...g.pub];
+  const replies = g.repliesTo.length > 0 ? [...g.repliesTo.map((role) => `${INBOXES}.${role}.>`), `${INBOXES}.admin.>`] : [];
+  const pub = [...(g.jetstream && p.role !== 'admin' ? [`${API}.INFO`] : []), ...g.pub, ...replies];
   const sub = p.role === 'admin' ? g.sub : [`${inboxPrefixOf(p)}.>`, ...g.sub];
-  const perms: NatsPermissions = { publish: { allow: [...new Set(pub)] }, subscribe: { allow: sub } };
-  if (g.responds) perms.allow_responses = true;
-  return perms;
+  return { publish: { allow: [...new Set(pub)] }, subscribe: { allow: sub } };
 }
 
-const inboxPrefixOf = (p: Principal) => `_INBOX_${principalName(p)}`;
+const INBOXES = '_INBOX';
+
+/** `_INBOX.agent.<cell>`, `_INBOX.platform.<id>`, `_INBOX.<role>` for the others (admin included). */
+const inboxPrefixOf = (p: Principal) => (p.role === 'agent' ? `${INBOXES}.agent.${p.cellId}` : p.role === 'platform' ? `${INBOXES}.platform.${p.id}` : `${INBOXES}.${p.role}`);
 
 /** The credential of a principal signing in with the nkey `seed` (`SU…`). */
 function credentialOf(principal: Principal, seed: string): Credential {
@@ -172,8 +178,7 @@ function credentialOf(principal: Principal, seed: string): Credential {
     throw new ConfigError(`the nkey seed of ${principalName(principal)} is not a user seed`, 'invalid-credential');
   }
   if (!publicKey.startsWith('U')) throw new ConfigError(`the nkey seed of ${principalName(principal)} is not a user seed`, 'invalid-credential');
-  const inboxPrefix = principal.role === 'admin' ? '_INBOX' : inboxPrefixOf(principal);
-  return { principal, name: principalName(principal), publicKey, seed, inboxPrefix, permissions };
+  return { principal, name: principalName(principal), publicKey, seed, inboxPrefix: inboxPrefixOf(principal), permissions };
 }
 
 function checkUnique(principals: readonly Principal[]): void {
@@ -226,7 +231,12 @@ export function ensureCredentialFiles(dir: string, principals: readonly Principa
   const created: string[] = [];
   const credentials = principals.map((principal) => {
     const file = credentialFileOf(dir, principalName(principal));
-    if (existsSync(file)) return credentialOf(principal, readCredentialFile(file).seed);
+    if (existsSync(file)) {
+      const stored = readCredentialFile(file);
+      const cred = credentialOf(principal, stored.seed);
+      if (stored.inboxPrefix !== cred.inboxPrefix) writeCredentialFile(file, cred); // same key, the current inbox scheme
+      return cred;
+    }
     const [fresh] = createCredentials([principal]);
     writeCredentialFile(file, fresh!);
     created.push(fresh!.name);

@@ -89,6 +89,12 @@ async function subscribeOnce(nc: NatsConnection, subject: string, queue?: string
   }
 }
 
+/** A plain publish; a refused one is reported by the server as a permissions violation before the flush returns. */
+async function publishOnce(nc: NatsConnection, subject: string): Promise<void> {
+  nc.publish(subject, 'x');
+  await nc.flush();
+}
+
 /** A JetStream publish answered with a PubAck (a refused subject rejects the request at once). */
 async function publishToStream(nc: NatsConnection, subject: string, body: string, hdrs?: ReturnType<typeof headers>): Promise<void> {
   const reply = await nc.request(subject, body, { timeout: 5000, ...(hdrs && { headers: hdrs }) });
@@ -162,6 +168,9 @@ const ACTIONS: { action: string; allowed: Column[]; run: (bus: Bus) => Promise<u
   { action: 'request nf.cell.state.cell-1', allowed: ['agent_cell-1', 'admin'], run: (b) => b.nc.request(cellSubject.state('cell-1'), '', { timeout: 5000 }) },
   { action: 'request nf.ready.cell-1 (ready gate)', allowed: ['platform_cc', 'admin'], run: (b) => b.nc.request(readySubject('cell-1'), '{}', { timeout: 5000 }) },
   { action: "subscribe _INBOX.> (others' replies)", allowed: ['admin'], run: (b) => subscribeOnce(b.nc, '_INBOX.>') },
+  // Replies go only into the inboxes of those a role answers (no allow_responses: see runtime/authz.ts).
+  { action: "publish into an agent's inbox (a reply to its cell-state request)", allowed: ['planner', 'admin'], run: (b) => publishOnce(b.nc, '_INBOX.agent.cell-1.x') },
+  { action: "publish into a platform's inbox (a reply to its request)", allowed: ['writer', 'agent_cell-1', 'admin'], run: (b) => publishOnce(b.nc, '_INBOX.platform.cc.x') },
   { action: 'create a stream', allowed: ['admin'], run: (b) => b.jsm.streams.add({ name: `X_${Math.random().toString(36).slice(2)}`, subjects: [`x.${Date.now()}`] }) },
   { action: 'purge the checkpoint store (old chunks)', allowed: ['planner', 'admin'], run: (b) => jsApi(b.nc, `$JS.API.STREAM.PURGE.${OBJ_STREAM}`, { filter: '$O.none.C.x' }) },
 ];
@@ -324,7 +333,7 @@ t.test('permissions are generated per role and per cell', async (t) => {
   const a = permissionsOf({ role: 'agent', cellId: 'cell-9' });
   t.ok(a.publish.allow.includes(`$JS.API.CONSUMER.CREATE.${CELL_DELTAS_STREAM}.*.${cellSubject.delta('cell-9')}`));
   t.notOk(a.publish.allow.some((s) => s.includes('cell-1')), 'nothing of another cell');
-  t.same(a.subscribe.allow, ['_INBOX_agent_cell-9.>', readySubject('cell-9')]);
+  t.same(a.subscribe.allow, ['_INBOX.agent.cell-9.>', readySubject('cell-9')]);
   t.notOk(permissionsOf({ role: 'platform', id: 'cc' }).publish.allow.some((s) => s.startsWith('$JS.')), 'platform: nothing under $JS');
   t.ok(permissionsOf({ role: 'platform', id: 'cc' }).publish.allow.includes('nf.cmd.cc.>'), 'platform: intake under its own caller token only');
   t.throws(() => permissionsOf({ role: 'platform', id: 'a.>' }), { code: 'invalid-platform-id' });

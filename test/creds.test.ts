@@ -24,7 +24,7 @@ t.test('credential files: one 0600 file per principal, kept across calls, missin
   t.same(first.created, ['admin', 'writer']);
   const file = credentialFileOf(dir, 'writer');
   t.equal(statSync(file).mode & 0o777, 0o600);
-  t.same(readCredentialFile(file), { name: 'writer', seed: first.credentials[1]!.seed, inboxPrefix: '_INBOX_writer' });
+  t.same(readCredentialFile(file), { name: 'writer', seed: first.credentials[1]!.seed, inboxPrefix: '_INBOX.writer' });
   const second = ensureCredentialFiles(dir, [{ role: 'admin' }, { role: 'writer' }, { role: 'agent', cellId: 'c1' }]);
   t.same(second.created, ['agent_c1'], 'only the new principal is generated');
   t.equal(second.credentials[1]!.publicKey, first.credentials[1]!.publicKey, 'an existing principal keeps its key');
