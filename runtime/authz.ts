@@ -166,7 +166,8 @@ export function permissionsOf(p: Principal): NatsPermissions {
 const INBOXES = '_INBOX';
 
 /** `_INBOX.agent.<cell>`, `_INBOX.platform.<id>`, `_INBOX.<role>` for the others (admin included). */
-const inboxPrefixOf = (p: Principal) => (p.role === 'agent' ? `${INBOXES}.agent.${p.cellId}` : p.role === 'platform' ? `${INBOXES}.platform.${p.id}` : `${INBOXES}.${p.role}`);
+const inboxPrefixOf = (p: Principal) =>
+  p.role === 'agent' ? `${INBOXES}.agent.${p.cellId}` : p.role === 'platform' ? `${INBOXES}.platform.${p.id}` : `${INBOXES}.${p.role}`;
 
 /** The credential of a principal signing in with the nkey `seed` (`SU…`). */
 function credentialOf(principal: Principal, seed: string): Credential {
