@@ -24,7 +24,7 @@ t.test('real nftables enforcement between namespaces', { skip: isRoot() ? false 
   const nats = await startNats(t);
   const gw = await startGateway(t, nats);
   await gw.registerCells(['cell-A', '10.255.1.0/24'], ['cell-B', '10.255.2.0/24']);
-  const planner = await startPlanner({ bus: await nats.connect('planner'), log: nats.log, config: { ...defaultPlannerConfig, heartbeatMs: 100 } });
+  const planner = await startPlanner({ bus: await nats.connectAs('planner'), log: nats.log, config: { ...defaultPlannerConfig, heartbeatMs: 100 } });
   t.teardown(() => planner.stop());
   const agents: Record<string, CellAgent> = {};
   const planes: NftDataplane[] = [];
@@ -32,7 +32,7 @@ t.test('real nftables enforcement between namespaces', { skip: isRoot() ? false 
     const dataplane = new NftDataplane({ overlayCidr: '10.255.0.0/16', netns: net.cellNs(cell) });
     planes.push(dataplane);
     const agent = await startCellAgent({
-      bus: await nats.connect(`agent-${cell}`),
+      bus: await nats.connectAs(`agent_cell-${cell}`),
       log: nats.log,
       config: { ...defaultCellAgentConfig, cellId: `cell-${cell}`, driftIntervalMs: 200 },
       dataplane,

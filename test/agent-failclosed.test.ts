@@ -61,7 +61,7 @@ t.test('an agent kill -9 and restart never opens a denied pair', { skip }, async
   const nats = await startNats(t);
   const gw = await startGateway(t, nats);
   await gw.registerCells(['cell-A', '10.255.1.0/24']);
-  const planner = await startPlanner({ bus: await nats.connect('planner'), log: nats.log, config: { ...defaultPlannerConfig, heartbeatMs: 100 } });
+  const planner = await startPlanner({ bus: await nats.connectAs('planner'), log: nats.log, config: { ...defaultPlannerConfig, heartbeatMs: 100 } });
   t.teardown(() => planner.stop());
   const env = {
     ...process.env,
@@ -120,10 +120,10 @@ t.test('an address in the cell subnet that the control plane does not know (or n
   const nats = await startNats(t);
   const gw = await startGateway(t, nats);
   await gw.registerCells(['cell-A', '10.255.1.0/24'], ['cell-B', '10.255.2.0/24']);
-  const planner = await startPlanner({ bus: await nats.connect('planner'), log: nats.log, config: { ...defaultPlannerConfig, heartbeatMs: 100 } });
+  const planner = await startPlanner({ bus: await nats.connectAs('planner'), log: nats.log, config: { ...defaultPlannerConfig, heartbeatMs: 100 } });
   t.teardown(() => planner.stop());
   const agent = await startCellAgent({
-    bus: await nats.connect('agent-B'),
+    bus: await nats.connectAs('agent_cell-B'),
     log: nats.log,
     config: { ...defaultCellAgentConfig, cellId: 'cell-B', driftIntervalMs: 200 }, // its range comes from CellRegistered
     dataplane: new NftDataplane({ overlayCidr: '10.255.0.0/16', netns: net.cellNs('B') }),

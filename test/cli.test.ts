@@ -11,6 +11,8 @@ const run = promisify(execFile);
 t.test('netfold CLI: token, app, container, policy', async (t) => {
   const nats = await startNats(t);
   const gw = await startGateway(t, nats);
+  // the CLI signs in as `netfold up`'s files in the data dir say: intake as platform `cli`, reads as the operator
+  for (const name of ['platform_cli', 'operator']) await nats.credsFile(name);
   const env: NodeJS.ProcessEnv = { ...process.env, NATS_URL: nats.server.url, NETFOLD_TOKEN_SECRET: TEST_SECRET, NETFOLD_API_URL: gw.writer.url, NETFOLD_DATA_DIR: nats.storeDir };
   const netfold = async (...args: string[]) => {
     try {

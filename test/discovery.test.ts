@@ -42,7 +42,7 @@ t.test('discovery: names follow containers; DNS semantics; expiry; outage; fuzz'
   await gw.registerCells('cell-1', 'cell-2');
   const stack = await startStack(t, nats, ['cell-1', 'cell-2'], { agent: { heartbeatMs: 100 } });
   let clock = Date.now();
-  const discovery = await startDiscovery({ bus: await nats.connect('discovery'), log: nats.log, config: { ...defaultDiscoveryConfig, dnsPort: 0, httpPort: 0, expiryMs: 1000, rateLimit: 0 }, now: () => clock });
+  const discovery = await startDiscovery({ bus: await nats.connectAs('discovery'), log: nats.log, config: { ...defaultDiscoveryConfig, dnsPort: 0, httpPort: 0, expiryMs: 1000, rateLimit: 0 }, now: () => clock });
   // rateLimit 0: every query here comes from 127.0.0.1 with a stopped clock (the fuzz sends 3,000); the per-source
   // limit has its own test (dns-limits.test.ts).
   t.teardown(() => discovery.stop());

@@ -127,7 +127,7 @@ t.test('discovery over UDP: 1,000 queries from one source in one instant; TCP an
   await kv.put('cell-1', JSON.stringify({ cellId: 'cell-1', names }));
   const clock = 5_000_000; // stopped: no token comes back during the test
   const metrics = new Registry();
-  const discovery = await startDiscovery({ bus, log: nats.log, config: { ...defaultDiscoveryConfig, dnsPort: 0, httpPort: 0 }, now: () => clock, metrics });
+  const discovery = await startDiscovery({ bus: await nats.connectAs('discovery'), log: nats.log, config: { ...defaultDiscoveryConfig, dnsPort: 0, httpPort: 0 }, now: () => clock, metrics });
   t.teardown(() => discovery.stop());
   await eventually(() => (discovery.index.lookup('web.apps.internal').length === 200 ? true : undefined), 10_000, 'records indexed');
 

@@ -172,7 +172,7 @@ t.test('through NATS: the outside tester\'s inputs are refused or harmless, and 
   t.match(await gw.intake('startContainer', { containerId: 'c1', appId: 'hasOwnProperty', cellId: 'cell-1', instanceIndex: 0, ip: '10.255.1.2' }), { ok: false, code: 'app-not-found' });
   const dry = await gw.http('POST', '/networking/v1/external/policies?dry_run=true', { body: { policies: [cfPolicy('toString', 'valueOf')] } });
   t.equal(dry.status, 403, 'a dry run naming unknown apps toString/valueOf is refused like any unknown app');
-  const discovery = await startDiscovery({ bus: await nats.connect('discovery'), log: nats.log, config: { ...defaultDiscoveryConfig, dnsPort: 0, httpPort: 0 } });
+  const discovery = await startDiscovery({ bus: await nats.connectAs('discovery'), log: nats.log, config: { ...defaultDiscoveryConfig, dnsPort: 0, httpPort: 0 } });
   t.teardown(() => discovery.stop());
   for (const [appId, name] of [['constructor', 'constructor'], ['toString', 'keys']]) t.match(await gw.intake('registerApp', { appId, name, spaceId: 's', orgId: 'o' }), { ok: true });
   t.match(await gw.intake('startContainer', { containerId: 'keys', appId: 'constructor', cellId: 'cell-1', instanceIndex: 0, ip: '10.255.1.2' }), { ok: true, appended: 1 });

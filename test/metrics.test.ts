@@ -50,7 +50,7 @@ t.test('metrics parse and move', async (t) => {
   const stack = await startStack(t, nats, ['cell-1'], { metrics, agent: { driftIntervalMs: 100 } });
   const plane = stack.planes['cell-1']!;
   const agent = stack.agents['cell-1']!;
-  const discovery = await startDiscovery({ bus: await nats.connect('dns'), log: nats.log, config: { ...defaultDiscoveryConfig, dnsPort: 0, httpPort: 0 }, metrics });
+  const discovery = await startDiscovery({ bus: await nats.connectAs('discovery'), log: nats.log, config: { ...defaultDiscoveryConfig, dnsPort: 0, httpPort: 0 }, metrics });
   t.teardown(() => discovery.stop());
 
   const scrape = async () => {

@@ -20,7 +20,7 @@ t.test('audit, state, explain, dry run, replay', async (t) => {
   const gw = await startGateway(t, nats);
   await gw.registerCells('cell-1', 'cell-2');
   const stack = await startStack(t, nats, ['cell-1', 'cell-2']);
-  const bus = gw.bus;
+  const bus = await nats.connectAs('operator'); // the operators' tools sign in as the operator
   for (const app of ['web', 'api', 'db']) await gw.intake('registerApp', { appId: app, name: app, spaceId: 's', orgId: 'o' }, 'cc');
   await gw.intake('startContainer', { containerId: 'web-0', appId: 'web', cellId: 'cell-1', instanceIndex: 0, ip: '10.255.1.2' });
   await gw.intake('startContainer', { containerId: 'api-0', appId: 'api', cellId: 'cell-2', instanceIndex: 0, ip: '10.255.2.2' });
@@ -82,7 +82,7 @@ t.test('audit, state, explain, dry run, replay', async (t) => {
   const past = await replay(bus, { revision: del.body.revision - 1 }, 'apps.internal');
   t.not(past.cells.find((c) => c.cellId === 'cell-2')!.replayed, report.cells.find((c) => c.cellId === 'cell-2')!.replayed, 'replay to an earlier revision differs');
   for (const cell of ['cell-1', 'cell-2']) await stack.stopAgent(cell);
-  const status = await new Kvm(bus.js).open(CELL_STATUS_BUCKET);
+  const status = await new Kvm(gw.bus.js).open(CELL_STATUS_BUCKET); // tampering: the admin's bus (an attacker who may)
   const s2 = (await status.get('cell-2'))!.json<Record<string, unknown>>();
   await status.put('cell-2', JSON.stringify({ ...s2, hash: 'f'.repeat(32) }));
   const tampered = await replay(bus, undefined, 'apps.internal');
@@ -90,7 +90,7 @@ t.test('audit, state, explain, dry run, replay', async (t) => {
   t.match(tampered.cells.find((c) => c.cellId === 'cell-2'), { ok: false, applied: 'f'.repeat(32) });
 
   // the CLI prints it and exits non-zero on a difference
-  const env = { ...process.env, NATS_URL: nats.server.url };
+  const env = { ...process.env, NATS_URL: nats.server.url, NATS_CREDS: await nats.credsFile('operator') };
   const cli = (...args: string[]) => run(process.execPath, ['bin/netfold.mjs', ...args], { env, timeout: 60_000 }).then((r) => ({ ...r, code: 0 }), (e: { code: number; stdout: string; stderr: string }) => e);
   const r = await cli('replay');
   t.equal(r.code, 1);

@@ -78,10 +78,10 @@ function inProcessPlanner(t: Test, bus: Bus, nats: NatsFixture, id = 'planner', 
 }
 
 t.test('readers follow one planner to the derived state', async (t) => {
-  const nats = await startNats(t);
+  const nats = await startNats(t, { plannerMemberTtlMs: 1000 }); // the in-process planners' member TTL
   const gw = await startGateway(t, nats);
   const bus = await nats.connect('readers');
-  const planner = await inProcessPlanner(t, await nats.connect('planner'), nats);
+  const planner = await inProcessPlanner(t, await nats.connectAs('planner'), nats);
   const feeds = await feedsFor(t, bus, nats);
   await workload(gw, 0, 24);
   await feedsConverge(t, bus, feeds, 'live');
@@ -98,7 +98,7 @@ t.test('readers follow one planner to the derived state', async (t) => {
 });
 
 t.test('a planner killed with SIGKILL and restarted: same deltas as an uninterrupted run', async (t) => {
-  const nats = await startNats(t);
+  const nats = await startNats(t, { plannerMemberTtlMs: 1000 }); // the in-process planners' member TTL
   const gw = await startGateway(t, nats);
   const bus = await nats.connect('readers');
   const feeds = await feedsFor(t, bus, nats);
@@ -148,12 +148,12 @@ t.test('a planner killed with SIGKILL and restarted: same deltas as an uninterru
 });
 
 t.test('re-partitioning: planners join and leave; every cell keeps exactly one owner', async (t) => {
-  const nats = await startNats(t);
+  const nats = await startNats(t, { plannerMemberTtlMs: 1000 }); // the in-process planners' member TTL
   const gw = await startGateway(t, nats);
   const bus = await nats.connect('readers');
   const feeds = await feedsFor(t, bus, nats);
-  const p1 = await inProcessPlanner(t, await nats.connect('p1'), nats, 'p1');
-  const p2 = await inProcessPlanner(t, await nats.connect('p2'), nats, 'p2');
+  const p1 = await inProcessPlanner(t, await nats.connectAs('planner'), nats, 'p1');
+  const p2 = await inProcessPlanner(t, await nats.connectAs('planner'), nats, 'p2');
   const live = [p1, p2];
   const partitioned = async (what: string) => {
     const ids = live.map((p) => p.membership.members.join(','));
@@ -167,7 +167,7 @@ t.test('re-partitioning: planners join and leave; every cell keeps exactly one o
   await feedsConverge(t, bus, feeds, 'two planners');
   await partitioned('two planners');
 
-  const p3 = await inProcessPlanner(t, await nats.connect('p3'), nats, 'p3');
+  const p3 = await inProcessPlanner(t, await nats.connectAs('planner'), nats, 'p3');
   live.push(p3);
   await eventually(() => (live.every((p) => p.membership.members.length === 3) ? true : undefined), 10_000, 'three members');
   await workload(gw, 12, 20);
@@ -183,10 +183,10 @@ t.test('re-partitioning: planners join and leave; every cell keeps exactly one o
 });
 
 t.test('a reader refuses a delta whose hash does not match and one that skips a revision, keeps the planned state, recovers', async (t) => {
-  const nats = await startNats(t);
+  const nats = await startNats(t, { plannerMemberTtlMs: 1000 }); // the in-process planners' member TTL
   const gw = await startGateway(t, nats);
   const bus = await nats.connect('readers');
-  await inProcessPlanner(t, await nats.connect('planner'), nats);
+  await inProcessPlanner(t, await nats.connectAs('planner'), nats);
   const feeds = await feedsFor(t, bus, nats);
   await workload(gw, 0, 12);
   await feedsConverge(t, bus, feeds, 'before');
@@ -214,10 +214,10 @@ t.test('a reader refuses a delta whose hash does not match and one that skips a 
 });
 
 t.test('an idle planner keeps announcing how far it has published, past the members TTL', async (t) => {
-  const nats = await startNats(t);
+  const nats = await startNats(t, { plannerMemberTtlMs: 1000 }); // the in-process planners' member TTL
   const gw = await startGateway(t, nats);
   const bus = await nats.connect('readers');
-  const planner = await inProcessPlanner(t, await nats.connect('planner'), nats); // heartbeat 100 ms, TTL 1 s
+  const planner = await inProcessPlanner(t, await nats.connectAs('planner'), nats); // heartbeat 100 ms, TTL 1 s
   await workload(gw, 0, 6);
   const last = await new EventLog(bus).lastSeq();
   await planner.waitPublished(last);

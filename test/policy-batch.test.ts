@@ -99,7 +99,8 @@ t.test('only a conflict decides again: two processes racing on the same source a
 t.test('tags: the parts of a batch count the tags the parts before them will claim', async (t) => {
   // A model with three tags left, as if 65 532 apps held one: a1->a2 and b1->b2 each fit alone, not together.
   const nats = await startNats(t);
-  const bus = await nats.connect('writer');
+  await nats.connect('topology'); // the admin creates the streams
+  const bus = await nats.connectAs('writer');
   const start: Model = initialModel();
   start.tags.next = MAX_TAG - 2;
   const follower = new LogFollower<Model>(bus, liveModelFold, nats.log, { initialState: start });

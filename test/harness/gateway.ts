@@ -26,9 +26,17 @@ export type GatewayFixture = {
 };
 
 export async function startGateway(t: Test, nats: NatsFixture, overrides: Partial<PolicyWriterConfig> = {}, metrics?: Registry): Promise<GatewayFixture> {
+  // the test's own connection (reads, and forged or garbage messages as an attacker who may publish there): the admin,
+  // who also creates the topology and buckets first; the writer runs as writer, intake is sent as platform components
   const bus = await nats.connect('gateway');
+  const platforms = new Map<string, Promise<Bus>>();
+  const platform = (caller: string) => {
+    let p = platforms.get(caller);
+    if (!p) platforms.set(caller, (p = nats.connectAs(`platform_${caller}`)));
+    return p;
+  };
   const writer = await startPolicyWriter({
-    bus,
+    bus: await nats.connectAs('writer'),
     log: nats.log,
     config: { httpHost: '127.0.0.1', httpPort: 0, httpBodyLimit: 1024 * 1024, policyQuota: 150, maxPoliciesPerRequest: 1000, tokenSecret: TEST_SECRET, overlayCidr: '10.255.0.0/16', ...overrides },
     ...(metrics ? { metrics } : {}),
@@ -61,14 +69,14 @@ export async function startGateway(t: Test, nats: NatsFixture, overrides: Partia
       return { status: res.status, body: text ? JSON.parse(text) : undefined };
     },
     async intake(command, body, caller = 'test') {
-      const msg = await bus.nc.request(intakeSubject(caller, intakeCommand[command]), JSON.stringify(body), { timeout: 10_000 });
+      const msg = await (await platform(caller)).nc.request(intakeSubject(caller, intakeCommand[command]), JSON.stringify(body), { timeout: 10_000 });
       return msg.json<IntakeReply>();
     },
     async registerCells(...cells) {
       let revision = 0;
       for (const c of cells) {
         const [cellId, subnet] = typeof c === 'string' ? [c, subnetOfCell(c)] : c;
-        const msg = await bus.nc.request(intakeSubject('harness', intakeCommand.registerCell), JSON.stringify({ cellId, subnet }), { timeout: 10_000 });
+        const msg = await (await platform('harness')).nc.request(intakeSubject('harness', intakeCommand.registerCell), JSON.stringify({ cellId, subnet }), { timeout: 10_000 });
         const r = msg.json<IntakeReply>();
         if (!r.ok) throw new Error(`registering ${cellId} ${subnet}: ${r.code} ${r.error}`);
         revision = Math.max(revision, r.revision);

@@ -1,5 +1,6 @@
 // The rest of the system around a gateway, for tests: a planner and cell agents on the memory dataplane, each on
-// its own connection, torn down at the end (agents first).
+// its own connection signed in with its own role (planner, `agent_<cell>`), torn down at the end (agents first). The
+// buckets they use are the admin's to create: a gateway (or `nats.connect()`) first.
 import type { Test } from 'tap';
 import type { NatsFixture } from './nats.ts';
 import type { Registry } from '../../runtime/metrics.ts';
@@ -24,7 +25,8 @@ export async function startStack(
   opts: { metrics?: Registry; agent?: Partial<CellAgentConfig> } = {},
 ): Promise<Stack> {
   const metrics = opts.metrics ? { metrics: opts.metrics } : {};
-  const planner = await startPlanner({ bus: await nats.connect('planner'), log: nats.log, config: { ...defaultPlannerConfig, heartbeatMs: 100 }, ...metrics });
+  await nats.connect('stack-topology'); // the admin: topology and buckets in place before the services start
+  const planner = await startPlanner({ bus: await nats.connectAs('planner'), log: nats.log, config: { ...defaultPlannerConfig, heartbeatMs: 100 }, ...metrics });
   const stack: Stack = {
     planner,
     agents: dict(), // keyed by cell ids: prototype-free, like every record keyed by an outside id
@@ -32,7 +34,7 @@ export async function startStack(
     async startAgent(cellId) {
       stack.planes[cellId] ??= new MemoryDataplane('10.255.0.0/16');
       const agent = await startCellAgent({
-        bus: await nats.connect(`agent-${cellId}`),
+        bus: await nats.connectAs(`agent_${cellId}`),
         log: nats.log,
         config: { ...defaultCellAgentConfig, cellId, ...opts.agent },
         dataplane: stack.planes[cellId]!,
