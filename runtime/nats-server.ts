@@ -17,6 +17,12 @@ export type NatsServerOptions = {
    * default): no config file, and any client may connect without credentials.
    */
   configFile?: string;
+  /**
+   * The config file enables JetStream with this run's store dir itself (`jetstream { store_dir: … }`), so no `-js -sd`
+   * flags: a server whose config is reloaded (SIGHUP) keeps JetStream only if its file says so, and nats-server
+   * refuses the flag and the file both naming a store dir.
+   */
+  jetstreamInConfig?: boolean;
   readyTimeoutMs?: number;
 };
 
@@ -46,7 +52,8 @@ export async function startNatsServer(opts: NatsServerOptions): Promise<NatsServ
   mkdirSync(opts.storeDir, { recursive: true });
   const host = opts.host ?? '127.0.0.1';
   const config = opts.configFile === undefined ? [] : ['-c', opts.configFile];
-  const args = [...config, '-js', '-sd', opts.storeDir, '-a', host, '-p', String(opts.port ?? -1), ...(opts.args ?? [])];
+  const jetstream = opts.jetstreamInConfig ? [] : ['-js', '-sd', opts.storeDir];
+  const args = [...config, ...jetstream, '-a', host, '-p', String(opts.port ?? -1), ...(opts.args ?? [])];
   let child: ChildProcess;
   try {
     child = spawn(opts.binary ?? 'nats-server', args, { stdio: ['ignore', 'pipe', 'pipe'] });

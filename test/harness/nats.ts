@@ -69,9 +69,11 @@ export async function startNats(
   const creds = secured ? createCredentials(wanted) : [];
   const credentials = new Map(creds.map((c) => [c.name, c]));
   const configFile = secured ? join(storeDir, 'nats-server.conf') : undefined;
-  const writeConfig = () => configFile && writePrivateFile(configFile, authorizationBlock([...credentials.values()]));
+  // JetStream in the file too: reloading a config without it (the `-js` flag alone) shuts JetStream down
+  const jetstream = `jetstream { store_dir: ${JSON.stringify(storeDir)} }\n`;
+  const writeConfig = () => configFile && writePrivateFile(configFile, jetstream + authorizationBlock([...credentials.values()]));
   writeConfig();
-  const serverOpts = { storeDir, ...(configFile && { configFile }) };
+  const serverOpts = { storeDir, ...(configFile && { configFile, jetstreamInConfig: true }) };
   // NETFOLD_TEST_LOG=debug shows the services' logs while debugging a test.
   const log = process.env.NETFOLD_TEST_LOG ? createRootLogger({ level: process.env.NETFOLD_TEST_LOG }) : silentLogger();
   let server = await startNatsServer(serverOpts);
