@@ -66,6 +66,7 @@ t.test('an agent kill -9 and restart never opens a denied pair', { skip }, async
   const env = {
     ...process.env,
     NATS_URL: nats.server.url,
+    NATS_CREDS: await nats.credsFile('agent_cell-A'),
     NETFOLD_CELL_ID: 'cell-A',
     NETFOLD_NETNS: net.cellNs('A'),
     NETFOLD_CELL_SUBNET: '10.255.1.0/24',

@@ -71,7 +71,7 @@ t.test('agents with the memory dataplane', async (t) => {
   t.match(agents['cell-2']!.status()?.lastRepair, { drift: 'rules-flushed' });
 
   // The CLI: `netfold wait` and `netfold cells`, as a user runs them.
-  const env = { ...process.env, NATS_URL: nats.server.url };
+  const env = { ...process.env, NATS_URL: nats.server.url, NATS_CREDS: await nats.credsFile('operator') }; // `netfold wait`: the operator
   const cli = (...args: string[]) => run(process.execPath, ['bin/netfold.mjs', ...args], { env, timeout: 60_000 }).catch((e: { code: number; stdout: string }) => ({ stdout: e.stdout, code: e.code }));
   const latest = await gw.http('POST', P, { body: { policies: [cfPolicy('web', 'api', 'tcp', 9001)] } });
   const waited = await cli('wait', '--revision', String(latest.body.revision), '--timeout', '10s', '--json');

@@ -98,11 +98,11 @@ t.test('readers follow one planner to the derived state', async (t) => {
 });
 
 t.test('a planner killed with SIGKILL and restarted: same deltas as an uninterrupted run', async (t) => {
-  const nats = await startNats(t, { plannerMemberTtlMs: 1000 }); // the in-process planners' member TTL
+  const nats = await startNats(t); // the planner process's default member TTL (heartbeat 1 s, TTL 5 s)
   const gw = await startGateway(t, nats);
   const bus = await nats.connect('readers');
   const feeds = await feedsFor(t, bus, nats);
-  const env = { ...process.env, NATS_URL: nats.server.url, NETFOLD_LOG_LEVEL: 'warn', NETFOLD_CHECKPOINT_INTERVAL_MS: '100', NETFOLD_METRICS_PORT: '0' };
+  const env = { ...process.env, NATS_URL: nats.server.url, NATS_CREDS: await nats.credsFile('planner'), NETFOLD_LOG_LEVEL: 'warn', NETFOLD_CHECKPOINT_INTERVAL_MS: '100', NETFOLD_METRICS_PORT: '0' };
   const spawnPlanner = () => {
     const child = spawn(process.execPath, ['--import', 'tsx', 'services/topology-planner/main.ts'], { env, stdio: 'ignore' });
     t.teardown(() => {
