@@ -12,15 +12,20 @@ import type { NatsConnection } from './nats.ts';
 export async function lastPerSubject(bus: Bus, stream: string, filter: string, guardMs = 10_000): Promise<JsMsg[]> {
   const info = await withNatsRetry(`stream info ${stream}`, () => bus.jsm.streams.info(stream)).catch(() => null);
   if (!info || info.state.messages === 0) return [];
-  const last = info.state.last_seq;
   const consumer = await bus.js.consumers.get(stream, { filter_subjects: filter, deliver_policy: DeliverPolicy.LastPerSubject });
   const messages = await consumer.consume();
   const guard = setTimeout(() => void messages.close(), guardMs);
   const out: JsMsg[] = [];
+  // The stream's last sequence as of after the consumer exists (its first message has come): every message of its
+  // starting set is at or below it. Taken before, a subject rewritten in between is in the set above it, and
+  // stopping at the old last message would leave it out (a planner's member entry, rewritten every heartbeat).
+  let last: number | undefined;
   try {
     for await (const m of messages) {
       out.push(m);
-      if (m.info.pending === 0 || m.seq >= last) break;
+      if (m.info.pending === 0) break;
+      last ??= (await withNatsRetry(`stream info ${stream}`, () => bus.jsm.streams.info(stream))).state.last_seq;
+      if (m.seq >= last) break;
     }
   } finally {
     clearTimeout(guard);
