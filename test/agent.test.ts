@@ -25,14 +25,15 @@ t.test('agents with the memory dataplane', async (t) => {
   await gw.intake('startContainer', { containerId: 'web-0', appId: 'web', cellId: 'cell-1', instanceIndex: 0, ip: '10.255.1.2' });
   await gw.intake('startContainer', { containerId: 'api-0', appId: 'api', cellId: 'cell-2', instanceIndex: 0, ip: '10.255.2.2' });
 
-  // The ready gate answers as soon as the container is enforced on its cell.
-  const readyReply = gw.bus.nc.request(readySubject('cell-2'), JSON.stringify({ containerId: 'api-1', timeoutMs: 10_000 }), { timeout: 15_000 });
+  // The ready gate answers as soon as the container is enforced on its cell; a platform component asks it.
+  const platform = await nats.connectAs('platform_test');
+  const readyReply = platform.nc.request(readySubject('cell-2'), JSON.stringify({ containerId: 'api-1', timeoutMs: 10_000 }), { timeout: 15_000 });
   const started = await gw.intake('startContainer', { containerId: 'api-1', appId: 'api', cellId: 'cell-2', instanceIndex: 1, ip: '10.255.2.3' });
   t.match((await readyReply).json(), { ready: true, cellId: 'cell-2' });
   t.ok(started.ok && (await readyReply).json<{ revision: number }>().revision >= started.revision, 'ready once the start is applied');
-  const notThere = await gw.bus.nc.request(readySubject('cell-2'), JSON.stringify({ containerId: 'nope', timeoutMs: 200 }), { timeout: 5000 });
+  const notThere = await platform.nc.request(readySubject('cell-2'), JSON.stringify({ containerId: 'nope', timeoutMs: 200 }), { timeout: 5000 });
   t.match(notThere.json(), { ready: false, code: 'timeout' });
-  const bad = await gw.bus.nc.request(readySubject('cell-2'), JSON.stringify({ containerId: 'a.b' }), { timeout: 5000 });
+  const bad = await platform.nc.request(readySubject('cell-2'), JSON.stringify({ containerId: 'a.b' }), { timeout: 5000 });
   t.match(bad.json(), { ready: false, code: 'invalid-input' });
 
   // A policy: enforced everywhere, as the HTTP endpoint and the agents' status say.

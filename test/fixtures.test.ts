@@ -58,9 +58,11 @@ t.test('events-v1.jsonl replayed from a real stream gives the same per-cell hash
   const { startNats } = await import('./harness/nats.ts');
   const { replay } = await import('../cli/operators.ts');
   const nats = await startNats(t);
-  const bus = await nats.connect('fixture');
+  await nats.connect('fixture'); // the admin creates the streams
+  const writer = await nats.connectAs('writer'); // the event log's one appender
+  const bus = await nats.connectAs('operator'); // replay is an operator's tool
   for (const rec of load('events-v1.jsonl')) {
-    const ack = await bus.js.publish(rec.subject, JSON.stringify(rec.event), { msgID: rec.event.id });
+    const ack = await writer.js.publish(rec.subject, JSON.stringify(rec.event), { msgID: rec.event.id });
     t.equal(ack.seq, rec.seq, `stored at its recorded revision ${rec.seq}`);
   }
   const report = await replay(bus, undefined, 'apps.internal');
