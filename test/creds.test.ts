@@ -6,7 +6,7 @@ import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startNats } from './harness/nats.ts';
-import { credentialFileOf, ensureCredentialFiles, readCredentialFile, type Principal } from '../runtime/authz.ts';
+import { authorizationBlock, credentialFileOf, ensureCredentialFiles, readCredentialFile, type Principal } from '../runtime/authz.ts';
 import { clientAuthOf, connectBus } from '../runtime/nats.ts';
 import { natsClientOf } from '../runtime/config.ts';
 import { defaultTopologyOptions, ensureBuckets, ensureTopology } from '../runtime/topology.ts';
@@ -14,7 +14,7 @@ import { silentLogger } from '../runtime/logger.ts';
 import { followRecords } from '../services/discovery/follower.ts';
 import { DiscoveryIndex } from '../services/discovery/records.ts';
 import { writePrivateFile } from '../runtime/private-file.ts';
-import { execFile } from 'node:child_process';
+import { execFile, spawnSync } from 'node:child_process';
 import { startNatsServer } from '../runtime/nats-server.ts';
 
 t.test('credential files: one 0600 file per principal, kept across calls, missing ones created', async (t) => {
@@ -111,3 +111,67 @@ t.test('netfold creds: files for a cluster and the authorization block to paste 
     r.users.map((u) => u.publicKey),
   );
 });
+
+const hasOpenssl = spawnSync('openssl', ['version']).status === 0;
+
+t.test(
+  'TLS: a process connects with --nats-tls-ca (and its credential) to a server that requires TLS',
+  { skip: hasOpenssl ? false : 'needs openssl to make a test CA and certificate' },
+  async (t) => {
+    const dir = mkdtempSync(join(tmpdir(), 'netfold-tls-'));
+    t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+    const ssl = (...args: string[]) =>
+      new Promise<void>((resolve, reject) => execFile('openssl', args, { cwd: dir }, (err, _o, stderr) => (err ? reject(new Error(stderr)) : resolve())));
+    await ssl('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'ca.key', '-out', 'ca.pem', '-days', '1', '-subj', '/CN=netfold-test-ca');
+    await ssl('req', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'server.key', '-out', 'server.csr', '-subj', '/CN=127.0.0.1');
+    writePrivateFile(join(dir, 'ext.cnf'), 'subjectAltName=IP:127.0.0.1,DNS:localhost\n'); // nats.js names 127.0.0.1 localhost
+    await ssl(
+      'x509',
+      '-req',
+      '-in',
+      'server.csr',
+      '-CA',
+      'ca.pem',
+      '-CAkey',
+      'ca.key',
+      '-CAcreateserial',
+      '-out',
+      'server.pem',
+      '-days',
+      '1',
+      '-extfile',
+      'ext.cnf',
+    );
+    const { credentials } = ensureCredentialFiles(join(dir, 'nats'), [{ role: 'operator' }]);
+    const configFile = join(dir, 'server.conf');
+    writePrivateFile(
+      configFile,
+      `${authorizationBlock(credentials)}tls {\n  cert_file: "${join(dir, 'server.pem')}"\n  key_file: "${join(dir, 'server.key')}"\n}\n`,
+    );
+    const storeDir = mkdtempSync(join(tmpdir(), 'netfold-tls-js-'));
+    const server = await startNatsServer({ storeDir, configFile });
+    t.teardown(async () => {
+      await server.stop();
+      rmSync(storeDir, { recursive: true, force: true });
+    });
+    const settings = natsClientOf({
+      natsCreds: credentialFileOf(join(dir, 'nats'), 'operator'),
+      natsTlsCa: join(dir, 'ca.pem'),
+      natsTlsCert: undefined,
+      natsTlsKey: undefined,
+    });
+    const bus = await connectBus({ servers: server.url, name: 'tls', log: silentLogger(), ...clientAuthOf(settings) });
+    t.ok(bus.nc.getServer(), 'signed in over TLS with the test CA');
+    await bus.close();
+    const withoutCa = natsClientOf({
+      natsCreds: credentialFileOf(join(dir, 'nats'), 'operator'),
+      natsTlsCa: undefined,
+      natsTlsCert: undefined,
+      natsTlsKey: undefined,
+    });
+    await t.rejects(
+      connectBus({ servers: server.url, name: 'no-ca', log: silentLogger(), connectTimeoutMs: 2000, ...clientAuthOf(withoutCa) }),
+      'without the CA the server is not trusted',
+    );
+  },
+);
