@@ -20,7 +20,7 @@ import { mintToken } from '../runtime/tokens.ts';
 import { InboxRequester } from '../runtime/inbox-requester.ts';
 import { authorizationBlock, credentialFileOf, ensureCredentialFiles, type Credential } from '../runtime/authz.ts';
 import { writePrivateFile } from '../runtime/private-file.ts';
-import { cpuSeconds, envNumber, freePort, machine, pool, post, progress, rate, rawAppendRate, startChild, stopChild } from './lib.ts';
+import { sampleEventPayload, cpuSeconds, envNumber, freePort, machine, pool, post, progress, rate, rawAppendRate, startChild, stopChild } from './lib.ts';
 
 const RAW = envNumber('BENCH_RAW_MSGS', 100_000);
 const APPS = envNumber('BENCH_APPS', 2000);
@@ -51,15 +51,7 @@ async function run(auth: boolean): Promise<{ results: Results; events: number }>
   progress(`auth ${auth ? 'on' : 'off'}: raw JetStream append`);
   // 1. Raw limit: plain publishes to a stream subject with a reply inbox, 1024 in flight, counting PubAcks.
   await bus.jsm.streams.add({ name: 'BENCH_RAW', subjects: ['bench.raw.>'], storage: StorageType.File, duplicate_window: 120e9 });
-  const payload = JSON.stringify({
-    id: '01JB0000000000000000000000',
-    type: 'ContainerStarted',
-    v: 1,
-    at: new Date().toISOString(),
-    actor: 'platform:bench',
-    correlationId: 'x'.repeat(26),
-    data: { containerId: 'c-000000', appId: 'app-000', instanceIndex: 0, cellId: 'cell-000', ip: '10.255.0.1' },
-  });
+  const payload = sampleEventPayload();
   results['raw JetStream append (msgs/s)'] = await rawAppendRate(bus.nc, 'bench.raw', payload, RAW, 1024);
   progress('js.publish');
   // js.publish for reference, 256 in flight.

@@ -167,3 +167,16 @@ export function freePort(): Promise<number> {
     });
   });
 }
+
+/** A ~300-byte event as the writer appends it: what the raw-append limit of a bench run is measured with. */
+export function sampleEventPayload(): string {
+  return JSON.stringify({
+    id: '01JB0000000000000000000000',
+    type: 'ContainerStarted',
+    v: 1,
+    at: new Date().toISOString(),
+    actor: 'platform:bench',
+    correlationId: 'x'.repeat(26),
+    data: { containerId: 'c-000000', appId: 'app-0000', instanceIndex: 0, cellId: 'cell-000', ip: '10.255.0.1' },
+  });
+}

@@ -32,7 +32,22 @@ import { InboxRequester } from '../runtime/inbox-requester.ts';
 import { replay } from '../cli/operators.ts';
 import { enforcementOf } from '../services/topology-planner/enforcement.ts';
 import { DEFAULT_DOMAIN } from '../projections/cell.ts';
-import { cpuSeconds, envNumber, freePort, machine, percentile, pool, post, progress, rate, rawAppendRate, rssMiB, startChild, stopChild } from './lib.ts';
+import {
+  sampleEventPayload,
+  cpuSeconds,
+  envNumber,
+  freePort,
+  machine,
+  percentile,
+  pool,
+  post,
+  progress,
+  rate,
+  rawAppendRate,
+  rssMiB,
+  startChild,
+  stopChild,
+} from './lib.ts';
 
 const sizes = {
   CELLS: envNumber('BENCH_CELLS', 1000),
@@ -98,15 +113,7 @@ async function runOnce(pollMs: number): Promise<ScaleRun> {
     // ---- raw limit, same server, before anything else runs ----
     progress(`[${mode}] raw JetStream append`);
     await bus.jsm.streams.add({ name: 'BENCH_RAW', subjects: ['bench.raw.>'], storage: StorageType.File });
-    const payload = JSON.stringify({
-      id: '01JB0000000000000000000000',
-      type: 'ContainerStarted',
-      v: 1,
-      at: new Date().toISOString(),
-      actor: 'platform:bench',
-      correlationId: 'x'.repeat(26),
-      data: { containerId: 'c-000000', appId: 'app-0000', instanceIndex: 0, cellId: 'cell-000', ip: '10.0.1.0' },
-    });
+    const payload = sampleEventPayload();
     const raw = await rawAppendRate(bus.nc, 'bench.raw', payload, sizes.RAW_MSGS, 1024);
     results['raw JetStream append (msgs/s)'] = raw;
     await bus.jsm.streams.delete('BENCH_RAW');
