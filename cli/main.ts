@@ -23,7 +23,7 @@ import type { IntakeReply } from '../services/policy-writer/intake.ts';
 import { type Out, UsageError, output, table } from './output.ts';
 import { natsCredentialsDir, up } from './up.ts';
 import { demo } from './demo.ts';
-import { DeliverPolicy } from '@nats-io/jetstream';
+import { StreamTail, FAST_TAIL } from '../runtime/stream-tail.ts';
 import { EventLog } from '../runtime/event-log.ts';
 import { parseEvent } from '../events/catalogue.ts';
 import { type AuditEntry, type AuditFilter, audit, auditEntry, explainAt, matches, modelAt, parsePoint, quarantined, replay, stateView } from './operators.ts';
@@ -331,11 +331,10 @@ async function main(argv: string[]): Promise<void> {
         const from = (entries.at(-1)?.revision ?? 0) + 1;
         const log = new EventLog(bus);
         const start = Math.max(from, (await log.lastSeq()) + 1);
-        const consumer = await bus.js.consumers.get(log.stream, { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: start });
-        const messages = await consumer.consume();
-        process.once('SIGINT', () => void messages.close());
-        process.once('SIGTERM', () => void messages.close());
-        for await (const m of messages) {
+        const tail = new StreamTail(bus, { stream: log.stream, start: { seq: start }, reader: 'audit-follow', log: silentLogger(), ...FAST_TAIL });
+        process.once('SIGINT', () => void tail.stop());
+        process.once('SIGTERM', () => void tail.stop());
+        for await (const m of tail) {
           const parsed = parseEvent(m.json());
           if (!parsed.ok) continue;
           const rec = { seq: m.seq, subject: m.subject, event: parsed.value };

@@ -113,6 +113,9 @@ export type ApplyResult = 'applied' | 'stale' | 'gap' | 'mismatch' | 'invalid';
 
 export const EMPTY_CELL_HASH = cellHashOf(emptyCellState());
 
+/** Most deltas a replica keeps waiting for the one they follow (CellReplica.offerDelta). */
+const MAX_AHEAD = 1024;
+
 /**
  * One cell's desired state as a reader holds it. Deltas are applied in place with an undo list (a delta costs the
  * entries it changes, not the cell); a mismatching hash puts the old entries back, so the state held is always one
@@ -129,9 +132,43 @@ export class CellReplica {
   namesSeq = 0;
   /** Time of the event behind the last delta applied (undefined after a snapshot). */
   eventAt: string | undefined;
+  /** Deltas that came before the one they follow (stored out of order), by the revision they follow; bounded. */
+  readonly #ahead = new Map<number, CellDelta>();
 
   constructor(cellId: string) {
     this.cellId = cellId;
+  }
+
+  /** How many deltas are kept waiting for the one they follow. */
+  get waiting(): number {
+    return this.#ahead.size;
+  }
+
+  /**
+   * Applies a delta, or keeps it (`held`) when it follows a revision newer than the one held: a delta stored before
+   * the one it follows (a publish retried across a stream leader change) is applied as soon as that one arrives, with
+   * no re-read. Every delta applied applies the kept ones that follow it; a kept one that does not hash to its hash
+   * makes the result `mismatch` (it is dropped, the state stays the last one planned).
+   */
+  offerDelta(d: CellDelta): ApplyResult | 'held' {
+    const r = this.applyDelta(d);
+    if (r === 'gap' && d.prevRevision > this.revision) {
+      if (this.#ahead.size >= MAX_AHEAD) return 'gap';
+      this.#ahead.set(d.prevRevision, d);
+      return 'held';
+    }
+    if (r !== 'applied') return r;
+    return this.#applyAhead();
+  }
+
+  #applyAhead(): 'applied' | 'mismatch' {
+    let result: 'applied' | 'mismatch' = 'applied';
+    for (let next = this.#ahead.get(this.revision); next; next = this.#ahead.get(this.revision)) {
+      this.#ahead.delete(next.prevRevision);
+      if (this.applyDelta(next) === 'mismatch') result = 'mismatch';
+    }
+    for (const [prev, d] of this.#ahead) if (d.revision <= this.revision || prev < this.revision) this.#ahead.delete(prev);
+    return result;
   }
 
   /** Adopts a snapshot (already validated) when it is at least as new as what is held. */
@@ -144,6 +181,7 @@ export class CellReplica {
     this.verified = true;
     this.eventAt = undefined;
     this.namesSeq += 1;
+    this.#applyAhead();
     return 'applied';
   }
 

@@ -1,6 +1,6 @@
 // The event log on JetStream: appending with per-subject optimistic concurrency, reading back in order, and
 // following it into a pure fold (the model every service keeps in memory).
-import { DeliverPolicy, type ConsumerMessages } from '@nats-io/jetstream';
+import { DeliverPolicy } from '@nats-io/jetstream';
 import { StreamPublisher, type PublishOptions, isNoMessageFound } from './nats-adapter.ts';
 import { type EventEnvelope, type RecordedEvent, parseEvent } from '../events/catalogue.ts';
 import type { Bus } from './nats.ts';
@@ -8,6 +8,8 @@ import type { Logger } from './logger.ts';
 import { EVENTS_STREAM } from './subjects.ts';
 import { withNatsRetry } from './retry.ts';
 import { Progress } from './progress.ts';
+import { StreamTail, FAST_TAIL } from './stream-tail.ts';
+import type { Registry } from './metrics.ts';
 
 export type AppendOptions = {
   /** The sequence of the last event on this subject that the decision saw (0: none). */
@@ -156,14 +158,16 @@ export class LogFollower<S> {
   readonly #log: Logger;
   readonly #stream: string;
   #state: S;
-  #messages: ConsumerMessages | undefined;
+  readonly #metrics: Registry | undefined;
+  #tail: StreamTail | undefined;
   readonly #progress = new Progress(0);
   #loop: Promise<void> | undefined;
   #stopped = false;
   readonly #listeners = new Set<(state: S, batch: readonly RecordedEvent[]) => void>();
 
-  constructor(bus: Bus, fold: Fold<S>, log: Logger, opts: { stream?: string; initialState?: S } = {}) {
+  constructor(bus: Bus, fold: Fold<S>, log: Logger, opts: { stream?: string; initialState?: S; metrics?: Registry } = {}) {
     this.#bus = bus;
+    this.#metrics = opts.metrics;
     this.#fold = fold;
     this.#log = log.child({ component: 'log-follower' });
     this.#stream = opts.stream ?? EVENTS_STREAM;
@@ -188,17 +192,21 @@ export class LogFollower<S> {
   async start(): Promise<void> {
     const info = await this.#bus.jsm.streams.info(this.#stream);
     const target = info.state.last_seq;
-    const consumer = await this.#bus.js.consumers.get(this.#stream, {
-      deliver_policy: DeliverPolicy.StartSequence,
-      opt_start_seq: this.seq + 1,
+    this.#tail = new StreamTail(this.#bus, {
+      stream: this.#stream,
+      start: { seq: this.seq + 1 },
+      reader: 'log-follower',
+      log: this.#log,
+      ...(this.#metrics && { metrics: this.#metrics }),
+      maxMessages: 2048,
+      ...FAST_TAIL,
     });
-    this.#messages = await consumer.consume({ max_messages: 2048 });
-    this.#loop = this.#run(this.#messages);
+    this.#loop = this.#run(this.#tail);
     await this.waitFor(target, 600_000);
     this.#log.info({ seq: this.seq }, 'log-follower-caught-up');
   }
 
-  async #run(messages: ConsumerMessages): Promise<void> {
+  async #run(messages: StreamTail): Promise<void> {
     // A batch is what has arrived by the time the event loop turns (or 1000 events): messages delivered together
     // are folded together, and one arriving alone is folded at once. (Waiting for the consumer to report nothing
     // pending held events back for seconds while the log was being written steadily.)
@@ -260,7 +268,7 @@ export class LogFollower<S> {
   async stop(): Promise<void> {
     this.#stopped = true;
     this.#progress.cancelAll('log follower stopped');
-    await this.#messages?.close();
+    await this.#tail?.stop();
     await this.#loop;
   }
 }

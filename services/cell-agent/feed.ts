@@ -5,12 +5,12 @@
 // of the expected shape never ends the feed: it is logged (warn `cell-feed-invalid-delta`/`-snapshot`), counted
 // (`rejected`), remembered by stream sequence so a re-read skips it, and answered with a resync. A snapshot is
 // adopted only when its shape is valid and its state hashes to its hash.
-import { DeliverPolicy, type ConsumerMessages } from '@nats-io/jetstream';
 import type { CellState } from '../../projections/cell.ts';
 import {
   CELL_DELTAS_STREAM,
   CELL_SNAPSHOTS_STREAM,
   CellReplica,
+  type CellDelta,
   type CellSnapshot,
   cellSubject,
   parseCellDelta,
@@ -22,6 +22,7 @@ import type { Logger } from '../../runtime/logger.ts';
 import { isNoMessageFound } from '../../runtime/nats-adapter.ts';
 import { withNatsRetry } from '../../runtime/retry.ts';
 import { Progress } from '../../runtime/progress.ts';
+import { StreamTail, AGENT_TAIL } from '../../runtime/stream-tail.ts';
 
 /**
  * `state` is the feed's own, changed in place as deltas arrive: read it when told of a change, copy what must be
@@ -76,8 +77,9 @@ export class CellFeed implements DesiredStateFeed {
   readonly #bus: Bus;
   readonly #cellId: string;
   readonly #log: Logger;
+  readonly #metrics: Registry | undefined;
   readonly #replica: CellReplica;
-  #messages: ConsumerMessages | undefined;
+  #tail: StreamTail | undefined;
   #loop: Promise<void> | undefined;
   #stopped = false;
   readonly #progress: Progress<CellView>;
@@ -92,12 +94,16 @@ export class CellFeed implements DesiredStateFeed {
   /** The snapshot message last refused (by stream sequence): re-reading it is not logged or counted again. */
   #badSnapshot = -1;
   readonly #mRejected: ((kind: 'delta' | 'snapshot') => void) | undefined;
+  #gapTimer: NodeJS.Timeout | undefined;
+  /** Why the current read ends early (a resync is due). */
+  #resyncReason: string | undefined;
 
   constructor(bus: Bus, cellId: string, log: Logger, metrics?: Registry) {
     this.#bus = bus;
     this.#cellId = cellId;
     this.#replica = new CellReplica(cellId);
     this.#log = log.child({ component: 'cell-feed', cell: cellId });
+    this.#metrics = metrics;
     this.#progress = new Progress(this.view);
     if (metrics) {
       const c = metrics.counter(
@@ -132,21 +138,42 @@ export class CellFeed implements DesiredStateFeed {
     return () => this.#listeners.delete(listener);
   }
 
+  /** Adopts the snapshot, then follows the deltas in the background. */
   async start(): Promise<void> {
-    await this.#sync();
+    await this.#adoptSnapshot();
+    this.#loop = this.#run();
   }
 
-  /** Reads the snapshot (if newer than what is held) and follows the retained deltas from the start. */
-  async #sync(): Promise<void> {
-    await this.#messages?.close();
+  /**
+   * Reads the retained deltas and then follows new ones, until a read must start over (a gap that does not close, a
+   * hash mismatch, a bad message); then re-reads the snapshot and does it again, with a backoff, while it runs.
+   */
+  async #run(): Promise<void> {
+    let failures = 0;
+    while (!this.#stopped) {
+      try {
+        await this.#followDeltas();
+        failures = 0;
+      } catch (err) {
+        if (this.#stopped) return;
+        failures += 1;
+        this.#log.error({ err }, 'cell-feed-failed');
+      }
+      if (this.#stopped) return;
+      this.resyncs += 1;
+      await new Promise((r) => setTimeout(r, Math.min(50 * (failures + 1) * Math.min(this.resyncs, 20), 1000)));
+      if (this.#stopped) return;
+      try {
+        await this.#adoptSnapshot();
+      } catch (err) {
+        this.#log.error({ err }, 'cell-feed-resync-failed');
+      }
+    }
+  }
+
+  async #adoptSnapshot(): Promise<void> {
     const snap = await this.#readSnapshot();
     if (snap && this.#replica.applySnapshot(snap) === 'applied') this.#changed();
-    const consumer = await withNatsRetry('cell delta consumer', () =>
-      this.#bus.js.consumers.get(CELL_DELTAS_STREAM, { filter_subjects: cellSubject.delta(this.#cellId), deliver_policy: DeliverPolicy.All }),
-    );
-    const messages = await consumer.consume({ max_messages: 256 });
-    this.#messages = messages;
-    this.#loop = this.#follow(messages);
   }
 
   /** The cell's snapshot when there is a valid one; a bad one is refused (logged and counted once) and not adopted. */
@@ -168,50 +195,100 @@ export class CellFeed implements DesiredStateFeed {
     });
   }
 
-  async #follow(messages: ConsumerMessages): Promise<void> {
+  /** The stream sequence of the cell's newest delta (0: none). */
+  async #lastDeltaSeq(): Promise<number> {
+    return withNatsRetry('cell last delta', async () => {
+      try {
+        const m = await this.#bus.jsm.direct.getMessage(CELL_DELTAS_STREAM, { last_by_subj: cellSubject.delta(this.#cellId) });
+        return m?.seq ?? 0;
+      } catch (err) {
+        if (isNoMessageFound(err)) return 0;
+        throw err;
+      }
+    });
+  }
+
+  /**
+   * Reads every retained delta of the cell (up to the newest one at the call) and applies them in revision order,
+   * whatever order they were stored in, then applies new ones as they come. Returns when a re-read is due.
+   */
+  async #followDeltas(): Promise<void> {
+    const until = await this.#lastDeltaSeq();
+    const tail = new StreamTail(this.#bus, {
+      stream: CELL_DELTAS_STREAM,
+      filter: cellSubject.delta(this.#cellId),
+      start: { seq: 1 },
+      reader: 'cell-feed',
+      log: this.#log,
+      ...(this.#metrics && { metrics: this.#metrics }),
+      maxMessages: 256,
+      ...AGENT_TAIL,
+    });
+    this.#tail = tail;
+    this.#resyncReason = undefined;
+    if (this.#stopped) return;
+    let retained: CellDelta[] | undefined = until > 0 ? [] : undefined;
     try {
-      for await (const m of messages) {
-        if (this.#badDeltas.has(m.seq)) continue; // refused before (a re-read after a resync)
-        const d = parseCellDelta(m.data, this.#cellId);
-        if (!d) {
+      for await (const m of tail) {
+        const refusedBefore = this.#badDeltas.has(m.seq); // a re-read after a resync: not logged or counted again
+        const d = refusedBefore ? null : parseCellDelta(m.data, this.#cellId);
+        if (!d && !refusedBefore) {
           this.#badDeltas.add(m.seq);
           this.#reject('delta', m.seq);
-          return this.#resync();
+          this.#resyncReason ??= 'invalid-delta'; // it may have been a delta of the chain: read the snapshot again
         }
-        const held = this.#replica.revision;
-        switch (this.#replica.applyDelta(d)) {
-          case 'applied':
-            this.#changed();
-            break;
-          case 'gap':
-            this.#log.warn({ revision: held, expected: d.prevRevision }, 'cell-feed-gap');
-            return this.#resync();
-          case 'mismatch': // undone by the replica: the state held is never one that was not planned
-            this.#log.warn({ revision: d.revision }, 'cell-feed-hash-mismatch');
-            this.#refusals.add('delta', 'hash-mismatch');
-            return this.#resync();
-          default: // stale: a duplicate, or a planner re-publishing after a restart
+        if (d && retained) retained.push(d);
+        else if (d) this.#offer(d);
+        // (the newest delta at the start, or nothing pending: the one at `until` may have been deleted since)
+        if (retained && (m.seq >= until || m.info.pending === 0)) {
+          for (const r of retained.sort((a, b) => a.revision - b.revision)) this.#offer(r);
+          retained = undefined;
         }
+        if (this.#resyncReason !== undefined) break;
       }
-    } catch (err) {
-      // Anything else (the consumer failing, a bug): never end the feed while it is meant to run.
-      if (this.#stopped) return;
-      this.#log.error({ err }, 'cell-feed-failed');
-      return this.#resync();
+    } finally {
+      clearTimeout(this.#gapTimer);
+      this.#gapTimer = undefined;
+      await tail.stop();
+      if (this.#tail === tail) this.#tail = undefined;
+    }
+    if (this.#resyncReason !== undefined) this.#log.warn({ reason: this.#resyncReason, revision: this.#replica.revision }, 'cell-feed-resync');
+  }
+
+  /** Applies one delta; marks the read for a resync when it must start over. */
+  #offer(d: CellDelta): void {
+    const held = this.#replica.revision;
+    switch (this.#replica.offerDelta(d)) {
+      case 'applied':
+        this.#changed();
+        break;
+      case 'held': // a later delta came first: applied as soon as the one it follows arrives, else re-read
+        this.#watchGap(held);
+        break;
+      case 'gap':
+        this.#log.warn({ revision: held, expected: d.prevRevision }, 'cell-feed-gap');
+        this.#resyncReason ??= 'gap';
+        break;
+      case 'mismatch': // undone by the replica: the state held is never one that was not planned
+        if (this.#replica.revision !== held) this.#changed();
+        this.#log.warn({ revision: d.revision }, 'cell-feed-hash-mismatch');
+        this.#refusals.add('delta', 'hash-mismatch');
+        this.#resyncReason ??= 'hash-mismatch';
+        break;
+      default: // stale: a duplicate, or a planner re-publishing after a restart
     }
   }
 
-  async #resync(): Promise<void> {
-    if (this.#stopped) return;
-    this.resyncs += 1;
-    await new Promise((r) => setTimeout(r, Math.min(50 * this.resyncs, 1000)));
-    if (this.#stopped) return;
-    try {
-      await this.#sync();
-    } catch (err) {
-      this.#log.error({ err }, 'cell-feed-resync-failed');
-      return this.#resync(); // backed off above; the feed never gives up while it runs
-    }
+  /** A delta waits for an earlier one: if the chain is still broken after a short grace, read everything again. */
+  #watchGap(held: number): void {
+    if (this.#gapTimer) return;
+    this.#gapTimer = setTimeout(() => {
+      this.#gapTimer = undefined;
+      if (this.#replica.waiting === 0 || this.#stopped) return;
+      this.#log.warn({ revision: this.#replica.revision, heldAt: held, waiting: this.#replica.waiting }, 'cell-feed-gap');
+      this.#resyncReason ??= 'gap';
+      void this.#tail?.stop();
+    }, GAP_GRACE_MS);
   }
 
   #changed(): void {
@@ -227,11 +304,15 @@ export class CellFeed implements DesiredStateFeed {
 
   async stop(): Promise<void> {
     this.#stopped = true;
+    clearTimeout(this.#gapTimer);
     this.#progress.cancelAll('cell feed stopped');
-    await this.#messages?.close();
+    await this.#tail?.stop();
     await this.#loop;
   }
 }
+
+/** How long a delta that came before the one it follows may wait for it before the feed reads everything again. */
+const GAP_GRACE_MS = 500;
 
 /**
  * The Cloud Foundry model, kept as a baseline for benchmarks: every `intervalMs` (first one at a random phase, so

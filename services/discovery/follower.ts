@@ -1,7 +1,10 @@
-// The records follower: a watch on the discovery bucket (not a poll) kept in the index. A put is parsed by the
+// The records follower: the discovery bucket followed (not polled) into the index. A put is parsed by the
 // record's owner (projections/discovery-record.ts); a delete or purge removes the cell. `followRecords` resolves once
 // the bucket's contents at start are in the index, so the service never answers from an empty index it has not read.
 import { Kvm, type KvWatchEntry } from '@nats-io/kv';
+import type { Registry } from '../../runtime/metrics.ts';
+import { StreamTail, FAST_TAIL } from '../../runtime/stream-tail.ts';
+import { kvLayout } from '../../runtime/nats-adapter.ts';
 import type { Bus } from '../../runtime/nats.ts';
 import type { Logger } from '../../runtime/logger.ts';
 import { bucketOptions, createOrOpenBucket } from '../../runtime/topology.ts';
@@ -26,26 +29,48 @@ export function applyRecordEntry(index: DiscoveryIndex, e: RecordEntry, now: num
 
 export type RecordsFollower = { stop(): Promise<void> };
 
-/** Creates the bucket if needed, watches it into the index and resolves once its initial contents are in. */
-export async function followRecords(opts: { bus: Bus; index: DiscoveryIndex; replicas: number; now: () => number; log: Logger }): Promise<RecordsFollower> {
+/**
+ * Creates the bucket if needed, follows it into the index (the last entry of every key, then every change, through a
+ * StreamTail: a lost node does not stall it) and resolves once its initial contents are in.
+ */
+export async function followRecords(opts: {
+  bus: Bus;
+  index: DiscoveryIndex;
+  replicas: number;
+  now: () => number;
+  log: Logger;
+  metrics?: Registry;
+}): Promise<RecordsFollower> {
   const { index, now, log } = opts;
   const kv = await createOrOpenBucket(DISCOVERY_BUCKET, () => new Kvm(opts.bus.js).create(DISCOVERY_BUCKET, bucketOptions.discovery(opts.replicas)));
-  const watcher = await kv.watch();
   const initial = (await kv.status()).values;
+  const prefix = kvLayout.prefix(DISCOVERY_BUCKET);
+  const tail = new StreamTail(opts.bus, {
+    stream: kvLayout.stream(DISCOVERY_BUCKET),
+    filter: kvLayout.subject(DISCOVERY_BUCKET, '>'),
+    start: 'last-per-subject',
+    reader: 'discovery-records',
+    log,
+    ...(opts.metrics && { metrics: opts.metrics }),
+    ...FAST_TAIL,
+  });
   let caughtUp: () => void = () => undefined;
   const ready = new Promise<void>((resolve) => (caughtUp = resolve));
   if (initial === 0) caughtUp();
-  const watching = (async () => {
-    for await (const e of watcher as AsyncIterable<KvWatchEntry>) {
-      if (applyRecordEntry(index, e, now()) === 'invalid') log.warn({ cell: e.key }, 'discovery-record-invalid');
-      if (e.delta === 0 || e.isUpdate) caughtUp(); // the initial contents are in
+  const following = (async () => {
+    for await (const m of tail) {
+      const key = m.subject.slice(prefix.length);
+      const op = m.headers?.get('KV-Operation');
+      const entry: RecordEntry = { key, operation: op === 'DEL' || op === 'PURGE' ? op : 'PUT', value: m.data };
+      if (applyRecordEntry(index, entry, now()) === 'invalid') log.warn({ cell: key }, 'discovery-record-invalid');
+      if (m.info.pending === 0) caughtUp(); // the initial contents are in
     }
   })().catch((err: unknown) => log.error({ err }, 'discovery-watch-failed'));
   await ready;
   return {
     async stop() {
-      watcher.stop();
-      await watching;
+      await tail.stop();
+      await following;
     },
   };
 }

@@ -92,7 +92,7 @@ export async function startDiscovery(deps: { bus: Bus; log: Logger; config: Disc
   const metrics = deps.metrics ?? new Registry();
   const index = new DiscoveryIndex(cfg.expiryMs);
 
-  const records = await followRecords({ bus: deps.bus, index, replicas: cfg.replicas, now, log: log.child({ component: 'records' }) });
+  const records = await followRecords({ bus: deps.bus, index, replicas: cfg.replicas, now, log: log.child({ component: 'records' }), metrics });
   const expiry = startExpiry({ index, thresholdMs: cfg.expiryMs, statuses: deps.bus.nc.status(), now, log: log.child({ component: 'expiry' }) });
   const dns = await startDnsServer({
     host: cfg.dnsHost,

@@ -66,7 +66,7 @@ export async function startPolicyWriter(deps: {
   const metrics = deps.metrics ?? new Registry();
   const log = deps.log.child({ service: 'policy-writer' });
   const eventLog = new EventLog(deps.bus);
-  const follower = new LogFollower<Model>(deps.bus, liveModelFold, log);
+  const follower = new LogFollower<Model>(deps.bus, liveModelFold, log, { metrics });
   await follower.start();
   const writer = new Writer({
     log,

@@ -122,7 +122,7 @@ export async function startPlanner(deps: { bus: Bus; log: Logger; config: Planne
     seqOf: (c) => c.seq,
     drained: () => pump.drained(),
   };
-  const follower = new LogFollower<PlannerCore>(deps.bus, fold, log, { initialState: core });
+  const follower = new LogFollower<PlannerCore>(deps.bus, fold, log, { initialState: core, metrics });
 
   const reconcileOwnership = () => {
     const taken = core.setOwnership(membership.owns);

@@ -1,0 +1,212 @@
+// A long-lived, in-order reader of a stream (or of one subject of it) that does not stall: every reader that follows
+// a stream for the life of its process (the writer's and the planner's log followers, a cell agent's delta feed,
+// the discovery records follower) reads through one of these.
+//
+// On a cluster a reader's consumer lives on one node. When that node dies, nats.js's ordered consumer notices only
+// after two missed heartbeats, and with its defaults (30 s pulls, 15 s heartbeats) it was seen idle for 35–90 s
+// before delivering again. So a tail (1) pulls with short, chosen timings, and (2) runs a watchdog: while its reader
+// waits for a message, it asks the server every `checkMs` for the newest sequence the reader should see (the
+// stream's last sequence, or the last message of its one subject); when that is past the last one delivered and
+// nothing arrived for `stallMs`, it drops the consumer and creates a new one from the next sequence. A consumer that
+// ends or fails is recreated the same way, with a backoff. Recovery is logged (`stream-tail-recovered`, with the
+// reason) and counted (`netfold_stream_tail_recoveries_total{reader,reason}`). Messages at or below the last one
+// delivered are never delivered again, so recreation is invisible to the reader.
+import { DeliverPolicy, type ConsumerMessages, type JsMsg, type OrderedConsumerOptions } from '@nats-io/jetstream';
+import type { Bus } from './nats.ts';
+import type { Logger } from './logger.ts';
+import type { Registry } from './metrics.ts';
+import { isNoMessageFound } from './nats-adapter.ts';
+
+export type StreamTailOptions = {
+  stream: string;
+  /** One subject, or a wildcard covering the whole stream (the watchdog then compares with the stream's end). */
+  filter?: string;
+  /** Where the first consumer starts: a stream sequence, or the last message of every subject (a KV watch). */
+  start: { seq: number } | 'last-per-subject';
+  /** Names the reader in logs and metrics. */
+  reader: string;
+  log: Logger;
+  metrics?: Registry;
+  /** Messages asked for per pull. */
+  maxMessages?: number;
+  /** How long one pull waits on the server (ms; nats.js's minimum is 1,000). */
+  expiresMs?: number;
+  /** Server heartbeat period while a pull waits (ms); two missed make nats.js re-check its consumer. */
+  idleHeartbeatMs?: number;
+  /** How long the reader may wait without a message while the server holds a newer one (ms). */
+  stallMs?: number;
+  /** How often the watchdog looks (ms). */
+  checkMs?: number;
+};
+
+export type TailRecoveryReason = 'stalled' | 'ended' | 'failed';
+
+/** The timings of a reader that must notice a lost node within a couple of seconds. */
+export const FAST_TAIL = { expiresMs: 5_000, idleHeartbeatMs: 1_000, stallMs: 1_500, checkMs: 500 } as const;
+/** Cell agents: a thousand of them on one host, so fewer heartbeats and probes; still well under 5 s. */
+export const AGENT_TAIL = { expiresMs: 10_000, idleHeartbeatMs: 2_500, stallMs: 2_000, checkMs: 1_000 } as const;
+
+export class StreamTail implements AsyncIterable<JsMsg> {
+  readonly #bus: Bus;
+  readonly #o: StreamTailOptions;
+  readonly #log: Logger;
+  readonly #recoveries: ((reason: TailRecoveryReason) => void) | undefined;
+  #messages: ConsumerMessages | undefined;
+  #last = 0;
+  #started = false;
+  #stopped = false;
+  /** When the reader last asked for a message and got none yet (undefined: it is busy with one). */
+  #waitingSince: number | undefined;
+  #lastDeliveryAt = Date.now();
+  #closing: TailRecoveryReason | undefined;
+  #watchdog: NodeJS.Timeout | undefined;
+  #probing = false;
+  /** Recreations since the last message delivered: the watchdog backs off while they do not help. */
+  #fruitless = 0;
+  #nextCheckAt = 0;
+  /** Times the consumer was recreated. */
+  recoveries = 0;
+
+  constructor(bus: Bus, opts: StreamTailOptions) {
+    this.#bus = bus;
+    this.#o = opts;
+    this.#log = opts.log.child({ component: 'stream-tail', reader: opts.reader, stream: opts.stream });
+    if (opts.start !== 'last-per-subject') this.#last = opts.start.seq - 1;
+    if (opts.metrics) {
+      const c = opts.metrics.counter('netfold_stream_tail_recoveries_total', 'stream readers whose consumer was recreated (stalled, ended or failed)');
+      this.#recoveries = (reason) => c.inc({ reader: opts.reader, reason });
+    }
+  }
+
+  /** The stream sequence of the last message delivered (start − 1 before any). */
+  get lastSeq(): number {
+    return this.#last;
+  }
+
+  async *[Symbol.asyncIterator](): AsyncGenerator<JsMsg> {
+    this.#watchdog ??= setInterval(() => void this.#check(), this.#o.checkMs ?? FAST_TAIL.checkMs);
+    this.#watchdog.unref();
+    let failures = 0;
+    try {
+      while (!this.#stopped) {
+        let messages: ConsumerMessages;
+        try {
+          messages = await this.#open();
+        } catch (err) {
+          if (this.#stopped) return;
+          failures += 1;
+          this.#log.warn({ err, failures }, 'stream-tail-open-failed');
+          await delay(Math.min(100 * 2 ** Math.min(failures, 5), 2_000));
+          continue;
+        }
+        failures = 0;
+        let reason: TailRecoveryReason = 'ended';
+        try {
+          this.#waitingSince = Date.now();
+          for await (const m of messages) {
+            if (m.seq <= this.#last) continue; // already delivered before a recreation
+            this.#last = m.seq;
+            this.#lastDeliveryAt = Date.now();
+            this.#fruitless = 0;
+            this.#waitingSince = undefined;
+            yield m;
+            this.#waitingSince = Date.now();
+          }
+        } catch (err) {
+          if (this.#stopped) return;
+          reason = 'failed';
+          this.#log.warn({ err }, 'stream-tail-consumer-failed');
+        } finally {
+          this.#waitingSince = undefined;
+          if (this.#messages === messages) this.#messages = undefined;
+        }
+        if (this.#stopped) return;
+        this.#recovered(this.#closing ?? reason);
+        this.#closing = undefined;
+      }
+    } finally {
+      clearInterval(this.#watchdog);
+      this.#watchdog = undefined;
+      await this.#messages?.close();
+    }
+  }
+
+  async #open(): Promise<ConsumerMessages> {
+    const opts: Partial<OrderedConsumerOptions> = this.#o.filter === undefined ? {} : { filter_subjects: this.#o.filter };
+    if (!this.#started && this.#o.start === 'last-per-subject') opts.deliver_policy = DeliverPolicy.LastPerSubject;
+    else {
+      opts.deliver_policy = DeliverPolicy.StartSequence;
+      opts.opt_start_seq = this.#last + 1;
+    }
+    const consumer = await this.#bus.js.consumers.get(this.#o.stream, opts);
+    const messages = await consumer.consume({
+      max_messages: this.#o.maxMessages ?? 1024,
+      expires: this.#o.expiresMs ?? FAST_TAIL.expiresMs,
+      idle_heartbeat: this.#o.idleHeartbeatMs ?? FAST_TAIL.idleHeartbeatMs,
+    });
+    this.#started = true;
+    if (this.#stopped) {
+      await messages.close();
+      throw new Error('stopped');
+    }
+    this.#messages = messages;
+    return messages;
+  }
+
+  #recovered(reason: TailRecoveryReason): void {
+    this.recoveries += 1;
+    this.#recoveries?.(reason);
+    this.#log.warn({ reason, lastSeq: this.#last, idleMs: Date.now() - this.#lastDeliveryAt }, 'stream-tail-recovered');
+  }
+
+  /** The watchdog: recreates the consumer when the reader waits while the server holds something newer. */
+  async #check(): Promise<void> {
+    const since = this.#waitingSince;
+    const now = Date.now();
+    if (this.#probing || this.#stopped || since === undefined || !this.#messages || now < this.#nextCheckAt) return;
+    if (now - Math.max(since, this.#lastDeliveryAt) < (this.#o.stallMs ?? FAST_TAIL.stallMs)) return;
+    this.#probing = true;
+    try {
+      const newest = await this.#newestSeq();
+      if (newest === undefined || newest <= this.#last || this.#waitingSince === undefined) return;
+      this.#fruitless += 1;
+      // A recreation that delivered nothing (e.g. a wildcard filter narrower than the stream): back off up to 30 s.
+      this.#nextCheckAt = Date.now() + Math.min(2 ** this.#fruitless * 250, 30_000);
+      this.#closing = 'stalled';
+      const messages = this.#messages;
+      this.#messages = undefined;
+      await messages?.close();
+    } catch {
+      // the server cannot say right now (an election, the node gone): look again next time
+    } finally {
+      this.#probing = false;
+    }
+  }
+
+  /** The newest sequence this reader should see, or undefined when the server cannot say. */
+  async #newestSeq(): Promise<number | undefined> {
+    const f = this.#o.filter;
+    if (f !== undefined && !f.includes('*') && !f.includes('>')) {
+      try {
+        const m = await this.#bus.jsm.direct.getMessage(this.#o.stream, { last_by_subj: f });
+        return m?.seq ?? 0;
+      } catch (err) {
+        if (isNoMessageFound(err)) return 0;
+        throw err;
+      }
+    }
+    return (await this.#bus.jsm.streams.info(this.#o.stream)).state.last_seq;
+  }
+
+  /** Ends the iteration (the reader's loop sees the end) and stops the watchdog. */
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    clearInterval(this.#watchdog);
+    this.#watchdog = undefined;
+    const messages = this.#messages;
+    this.#messages = undefined;
+    await messages?.close();
+  }
+}
+
+const delay = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms).unref());

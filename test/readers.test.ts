@@ -1,0 +1,190 @@
+// Readers that do not stall and do not wedge (issue 14): the StreamTail under a lost consumer and a server killed
+// and restarted, and a cell's deltas stored out of order (a publish retried across a leader change) applied in
+// revision order by the replica and by the feed — with no later write to rescue it.
+import t from 'tap';
+import type { JsMsg } from '@nats-io/jetstream';
+import { startNats, eventually } from './harness/nats.ts';
+import { ev, record } from './harness/events.ts';
+import { CELL_DELTAS_STREAM, CellReplica, type CellDelta, type PlannerOutput, outputMessage, parseCellDelta } from '../projections/cell-stream.ts';
+import { canonicalJson } from '../projections/canonical.ts';
+import { PlannerCore } from '../services/topology-planner/core.ts';
+import { CellFeed } from '../services/cell-agent/feed.ts';
+import { StreamTail } from '../runtime/stream-tail.ts';
+import { Registry } from '../runtime/metrics.ts';
+import type { Bus } from '../runtime/nats.ts';
+import { silentLogger } from '../runtime/logger.ts';
+
+/** A real chain of one cell's deltas, from the planner's own core: 12 containers started, then 4 stopped. */
+function chain(): { deltas: Extract<PlannerOutput, { kind: 'delta' }>[]; final: { revision: number; hash: string; state: string } } {
+  const core = new PlannerCore({ domain: 'apps.internal', snapshotEvery: 100_000, owns: () => true });
+  const events = [ev.registered('app-a', 'a', 's1')];
+  for (let i = 0; i < 12; i++) events.push(ev.started(`c-${i}`, 'app-a', 'cell-x', `10.255.1.${i + 2}`, i));
+  for (let i = 0; i < 4; i++) events.push(ev.stopped(`c-${i}`, 'app-a', 'cell-x'));
+  const outputs = core.ingest(record(events));
+  const deltas = outputs.filter((o): o is Extract<PlannerOutput, { kind: 'delta' }> => o.kind === 'delta' && o.cellId === 'cell-x');
+  const view = core.cellView('cell-x')!;
+  return { deltas, final: { revision: view.revision, hash: view.hash, state: canonicalJson(view.state) } };
+}
+
+const asDelta = (o: PlannerOutput): CellDelta => parseCellDelta(outputMessage(o).body, o.cellId)!;
+
+/** Swaps neighbours pairwise from `from` on: 1,2,3,4,5 → 1,3,2,5,4 (every later delta stored before its predecessor). */
+function scrambled<T>(xs: readonly T[], from = 1): T[] {
+  const out = [...xs];
+  for (let i = from; i + 1 < out.length; i += 2) [out[i], out[i + 1]] = [out[i + 1]!, out[i]!];
+  return out;
+}
+
+t.test('the replica applies deltas that come before the one they follow as soon as it arrives', async (t) => {
+  const { deltas, final } = chain();
+  t.ok(deltas.length >= 10, `a chain of ${deltas.length} deltas`);
+  const r = new CellReplica('cell-x');
+  const results = scrambled(deltas).map((d) => r.offerDelta(asDelta(d)));
+  t.ok(results.includes('held'), 'some deltas were held for their predecessor');
+  t.notOk(results.includes('gap'), 'none was refused as a gap');
+  t.equal(r.revision, final.revision, 'the last planned revision is reached');
+  t.equal(r.hash, final.hash);
+  t.equal(canonicalJson(r.state), final.state);
+  t.equal(r.waiting, 0, 'nothing is left waiting');
+
+  // Held deltas wait through a snapshot that lands before them, then apply on top of it.
+  const s = new CellReplica('cell-x');
+  const [first, second, ...rest] = deltas.map(asDelta);
+  for (const d of rest) t.equal(s.offerDelta(d), 'held');
+  t.equal(s.offerDelta(second!), 'held', 'the second follows the first, not yet held');
+  const snapAfterFirst = new CellReplica('cell-x');
+  snapAfterFirst.offerDelta(first!);
+  t.equal(s.applySnapshot({ cellId: 'cell-x', revision: snapAfterFirst.revision, hash: snapAfterFirst.hash, state: structuredClone(snapAfterFirst.state) }), 'applied');
+  t.equal(s.revision, final.revision, 'the snapshot released the whole held chain');
+  t.equal(s.hash, final.hash);
+
+  // A held delta whose result does not hash to its hash is dropped; the state stays the last one planned.
+  const m = new CellReplica('cell-x');
+  const forged = { ...asDelta(deltas[1]!), hash: '0'.repeat(64) };
+  t.equal(m.offerDelta(forged), 'held');
+  t.equal(m.offerDelta(asDelta(deltas[0]!)), 'mismatch', 'the held delta did not match');
+  t.equal(m.revision, deltas[0]!.revision, 'the state is the one before the forged delta');
+  t.equal(m.waiting, 0);
+
+  // A delta that follows a revision older than the one held can never apply: a gap (the feed re-reads).
+  const g = new CellReplica('cell-x');
+  for (const d of deltas.slice(0, 3)) g.offerDelta(asDelta(d));
+  t.equal(g.offerDelta({ ...asDelta(deltas[4]!), prevRevision: deltas[0]!.revision }), 'gap');
+});
+
+t.test('a cell whose deltas were stored out of order converges with no later write', async (t) => {
+  const nats = await startNats(t);
+  const bus = await nats.connect('deltas');
+  const { deltas, final } = chain();
+  const ordered = deltas.map((d) => outputMessage(d));
+  const publish = async (msgs: typeof ordered) => {
+    for (const m of msgs) await bus.js.publish(m.subject, m.body, { msgID: m.msgId });
+  };
+
+  // A feed that is already following when the scrambled deltas arrive (the live path)...
+  const live = new CellFeed(bus, 'cell-x', nats.log);
+  await live.start();
+  t.teardown(() => live.stop());
+  await publish(scrambled(ordered.slice(0, 8)));
+  // ... and one that starts after they are stored (the re-read path), while more come in scrambled.
+  const late = new CellFeed(bus, 'cell-x', nats.log);
+  await late.start();
+  t.teardown(() => late.stop());
+  await publish(scrambled(ordered.slice(8), 0));
+
+  for (const [name, feed] of [
+    ['live', live],
+    ['late', late],
+  ] as const) {
+    await feed.waitUntil((v) => v.revision === final.revision, 20_000, 'the last planned revision');
+    t.equal(feed.view.hash, final.hash, `${name}: the planned hash`);
+    t.equal(canonicalJson(feed.view.state), final.state, `${name}: the planned state`);
+    t.equal(feed.refusals.count, 0, `${name}: nothing refused`);
+  }
+  const stored = await storedRevisions(bus);
+  t.not(stored.join(','), [...stored].sort((a, b) => a - b).join(','), 'the stream really held them out of order');
+});
+
+async function storedRevisions(bus: Bus): Promise<number[]> {
+  const out: number[] = [];
+  const tail = new StreamTail(bus, { stream: CELL_DELTAS_STREAM, start: { seq: 1 }, reader: 'test', log: silentLogger() });
+  for await (const m of tail) {
+    out.push((m.json() as { revision: number }).revision);
+    if (m.info.pending === 0) break;
+  }
+  return out;
+}
+
+t.test('a tail delivers everything once, in order, across a lost consumer and a server killed and restarted', async (t) => {
+  const nats = await startNats(t);
+  const bus = await nats.connect('tail');
+  await bus.jsm.streams.add({ name: 'TAIL_TEST', subjects: ['tail.>'] });
+  const metrics = new Registry();
+  const tail = new StreamTail(bus, { stream: 'TAIL_TEST', filter: 'tail.x', start: { seq: 1 }, reader: 'test', log: nats.log, metrics });
+  const got: number[] = [];
+  const reading = (async () => {
+    for await (const m of tail as AsyncIterable<JsMsg>) got.push(Number(m.string()));
+  })();
+  t.teardown(async () => {
+    await tail.stop();
+    await reading;
+  });
+  let n = 0;
+  const write = async (count: number) => {
+    for (let i = 0; i < count; i++) {
+      n += 1;
+      await bus.js.publish(n % 3 === 0 ? 'tail.other' : 'tail.x', String(n));
+    }
+  };
+  const expected = () => Array.from({ length: n }, (_, i) => i + 1).filter((v) => v % 3 !== 0);
+  const caughtUp = (what: string) => eventually(() => (got.length >= expected().length ? true : undefined), 30_000, what);
+
+  await write(30);
+  await caughtUp('the first messages');
+
+  // 1. The consumer disappears from the server while the reader waits.
+  for await (const c of await bus.jsm.consumers.list('TAIL_TEST')) await bus.jsm.consumers.delete('TAIL_TEST', c.name);
+  await write(30);
+  await caughtUp('the messages after the consumer was deleted');
+
+  // 2. The server dies and comes back (the stream is on disk; the consumer is gone).
+  await nats.server.kill();
+  await nats.restart();
+  await eventually(async () => (await bus.jsm.streams.info('TAIL_TEST').then(() => true).catch(() => undefined)), 30_000, 'the stream back');
+  await write(30);
+  await caughtUp('the messages after the restart');
+
+  t.same(got, expected(), 'every message of the subject, once, in order');
+  t.equal(tail.lastSeq, n - (n % 3 === 0 ? 1 : 0), 'the last sequence delivered is the last of the subject');
+  const counted = metrics
+    .render()
+    .split('\n')
+    .filter((l) => l.startsWith('netfold_stream_tail_recoveries_total{'))
+    .reduce((sum, l) => sum + Number(l.split(' ').pop()), 0);
+  t.equal(counted, tail.recoveries, `each recovery is counted (${tail.recoveries})`);
+});
+
+t.test('the watchdog recreates a consumer that went silent long before nats.js would notice', async (t) => {
+  const nats = await startNats(t);
+  const bus = await nats.connect('watchdog');
+  await bus.jsm.streams.add({ name: 'TAIL_SLOW', subjects: ['slow.>'] });
+  // Pulls of a minute with heartbeats every 30 s: left to itself, nats.js would see the loss after two missed beats.
+  const tail = new StreamTail(bus, { stream: 'TAIL_SLOW', start: { seq: 1 }, reader: 'test', log: nats.log, expiresMs: 60_000, idleHeartbeatMs: 30_000 });
+  const got: string[] = [];
+  const reading = (async () => {
+    for await (const m of tail) got.push(m.string());
+  })();
+  t.teardown(async () => {
+    await tail.stop();
+    await reading;
+  });
+  await bus.js.publish('slow.a', 'one');
+  await eventually(() => (got.length === 1 ? true : undefined), 10_000, 'the first message');
+  for await (const c of await bus.jsm.consumers.list('TAIL_SLOW')) await bus.jsm.consumers.delete('TAIL_SLOW', c.name);
+  await bus.js.publish('slow.a', 'two');
+  await bus.js.publish('slow.b', 'three');
+  // Well before two missed heartbeats (60 s): only the watchdog can have brought these.
+  await eventually(() => (got.length === 3 ? true : undefined), 20_000, 'the messages after the consumer vanished');
+  t.same(got, ['one', 'two', 'three'], 'in order, once');
+  t.ok(tail.recoveries >= 1, `the watchdog recreated the consumer (${tail.recoveries})`);
+});
