@@ -103,15 +103,18 @@ export class StreamPublisher {
     this.#timeoutMs = opts.ackTimeoutMs ?? 5000;
   }
 
-  /** Publishes and returns the stream sequence (the original one when the msg id was a duplicate). */
-  async publish(subject: string, payload: string, opts: PublishOptions): Promise<{ seq: number; duplicate: boolean }> {
+  /**
+   * Publishes and returns the stream sequence (the original one when the msg id was a duplicate) and how many times
+   * it was sent (more than once: the first went unanswered, so it may be stored after messages published later).
+   */
+  async publish(subject: string, payload: string, opts: PublishOptions): Promise<{ seq: number; duplicate: boolean; attempts: number }> {
     const hdrs = headers();
     if (opts.msgId !== undefined) hdrs.set('Nats-Msg-Id', opts.msgId);
     hdrs.set('Nats-Expected-Stream', this.#stream);
     if (opts.expectedSubjectSeq !== undefined) hdrs.set('Nats-Expected-Last-Subject-Sequence', String(opts.expectedSubjectSeq));
     const deadline = Date.now() + (opts.deadlineMs ?? 20_000);
     let delay = 50;
-    for (;;) {
+    for (let attempts = 1; ; attempts++) {
       let transient: unknown;
       try {
         const msg = await this.#requests.request(subject, payload, { headers: hdrs, timeoutMs: this.#timeoutMs });
@@ -127,7 +130,7 @@ export class StreamPublisher {
             if (ack.error.code === 503) transient = new Error(ack.error.description ?? 'unavailable');
             else throw new PublishRejectedError(code, ack.error.description ?? 'unknown error');
           } else if (typeof ack.seq === 'number' && ack.stream === this.#stream) {
-            return { seq: ack.seq, duplicate: ack.duplicate === true };
+            return { seq: ack.seq, duplicate: ack.duplicate === true, attempts };
           } else {
             throw new PublishRejectedError(0, `unexpected acknowledgement ${JSON.stringify(ack).slice(0, 200)}`);
           }

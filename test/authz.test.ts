@@ -251,7 +251,7 @@ t.test('roles on a secured nats-server', async (t) => {
         await publishers[o.kind].publish(subject, body, { msgId });
       }
     }
-    const membership = new Membership({ bus: planner, id: 'p1', log: nats.log, heartbeatMs: 60_000, ttlMs: 30_000, replicas: 1 });
+    const membership = new Membership({ bus: planner, id: 'p1', log: nats.log, heartbeatMs: 60_000, ttlMs: 30_000, deadMs: 30_000, replicas: 1 });
     await membership.start();
     membership.reportProgress(revision);
     t.same(membership.members, ['p1'], 'the planner announces itself in the planners bucket');

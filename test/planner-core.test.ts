@@ -8,6 +8,7 @@ import { cellHashOf, deriveCellState, emptyCellState } from '../projections/cell
 import { CellReplica, type PlannerOutput, outputMessage } from '../projections/cell-stream.ts';
 import { canonicalJson } from '../projections/canonical.ts';
 import { PlannerCore, type PlannerCheckpoint } from '../services/topology-planner/core.ts';
+import { HeartbeatWatch } from '../services/topology-planner/membership.ts';
 import { ev, record } from './harness/events.ts';
 import { foldEventsInPlace, initialModel } from '../projections/model.ts';
 
@@ -179,4 +180,18 @@ t.test('partitions add up to the whole, and a take-over starts with a snapshot',
   t.equal(canonicalJson(reader.get('cell-1')!.state), canonicalJson(deriveCellState(core.model, 'cell-1')));
   t.same(core.setOwnership(() => false), []);
   t.same(core.cells(), {}, 'given-up cells are forgotten');
+});
+
+t.test('a planner whose heartbeat stopped is dropped after deadMs, but not while the bus itself stalls', async (t) => {
+  const watch = new HeartbeatWatch('p1', 1000);
+  const entries = (beats: Record<string, number>) => new Map(Object.entries(beats).map(([id, at]) => [`m.${id}`, { at }]));
+  t.same(watch.live(entries({ p1: 1, p2: 1, p3: 1 }), 0, 0), ['p1', 'p2', 'p3'], 'every member seen for the first time is live');
+  t.same(watch.live(entries({ p1: 2, p2: 2, p3: 1 }), 600, 0), ['p1', 'p2', 'p3'], 'p3 silent for 600 ms: still live');
+  t.same(watch.live(entries({ p1: 3, p2: 3, p3: 1 }), 1100, 0), ['p1', 'p2'], 'p3 silent for 1,100 ms: dead');
+  t.same(watch.live(entries({ p1: 4, p2: 4, p3: 2 }), 1200, 0), ['p1', 'p2', 'p3'], 'p3 beats again: live again');
+  // An election: nobody's heartbeat is stored for 5 s, our own included; afterwards p2 and p3 are not dead at once.
+  t.same(watch.live(entries({ p1: 5, p2: 4, p3: 2 }), 6200, 6100), ['p1', 'p2', 'p3'], 'silent only while the bus stalled: live');
+  t.same(watch.live(entries({ p1: 6, p2: 5, p3: 2 }), 7200, 6100), ['p1', 'p2'], 'p3 still silent 1,100 ms after the bus came back: dead');
+  t.same(watch.live(entries({ p1: 7, p2: 5 }), 7300, 6100), ['p1', 'p2'], 'an entry gone (expired or deleted) is not a member');
+  t.same(watch.live(entries({ p1: 8, p2: 5, p3: 9 }), 7400, 6100), ['p1', 'p2', 'p3'], 'a member that comes back is live at once');
 });

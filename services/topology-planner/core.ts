@@ -93,6 +93,12 @@ export class PlannerCore {
     return t && { revision: t.revision, hash: t.hash, state: t.state };
   }
 
+  /** A snapshot of an owned cell at its current revision (undefined for a cell not owned here). */
+  snapshotOf(cellId: string): PlannerOutput | undefined {
+    const t = this.#cells.get(cellId);
+    return t && this.#snapshot(cellId, t);
+  }
+
   /** Folds events in order; returns the outputs for owned cells, in order. */
   ingest(batch: readonly RecordedEvent[]): PlannerOutput[] {
     const out: PlannerOutput[] = [];

@@ -1,6 +1,7 @@
 // Planner instances share the cells by rendezvous hashing over the live members. Members announce themselves in a
-// KV bucket (`m.<id>`; their progress under `p.<id>`) whose entries expire (the bucket's TTL) unless refreshed; nats-server 2.9 does not notify watchers of
-// expiry, so the member list is re-read every heartbeat. A clean stop deletes its own entry at once.
+// KV bucket (`m.<id>`; their progress under `p.<id>`) with a heartbeat; the member list is re-read every heartbeat
+// and a member whose heartbeat stopped is dropped after `deadMs` (HeartbeatWatch), well before its entry expires
+// with the bucket's TTL. A clean stop deletes its own entry at once.
 import { createHash } from 'node:crypto';
 import { Kvm, type KV } from '@nats-io/kv';
 import type { Bus } from '../../runtime/nats.ts';
@@ -43,7 +44,41 @@ function ownerOf(cellId: string, members: readonly string[]): string | undefined
   return best;
 }
 
-export type MembershipOptions = { bus: Bus; id: string; log: Logger; heartbeatMs: number; ttlMs: number; replicas: number };
+/**
+ * Which members are alive, told by their heartbeats changing rather than by their entries expiring (the bucket's TTL
+ * only clears entries away): a member whose entry has not changed for `deadMs` while this member's own heartbeats
+ * were being stored the whole time is dead. Only local clocks are compared (no skew between hosts), and while the
+ * bus itself stalls (a JetStream election: nobody's heartbeat is stored) nobody is declared dead, so an election
+ * does not make every planner take every cell.
+ */
+export class HeartbeatWatch {
+  readonly #self: string;
+  readonly #deadMs: number;
+  readonly #seen = new Map<string, { beat: string; changedAt: number }>();
+
+  constructor(self: string, deadMs: number) {
+    this.#self = self;
+    this.#deadMs = deadMs;
+  }
+
+  /** The live members (sorted) among the bucket's entries seen at `now`; `healthySince`: own heartbeats stored since. */
+  live(entries: ReadonlyMap<string, unknown>, now: number, healthySince: number): string[] {
+    const present = plannersOf(entries).members;
+    for (const id of [...this.#seen.keys()]) if (!present.includes(id)) this.#seen.delete(id);
+    return present.filter((id) => {
+      if (id === this.#self) return true;
+      const beat = JSON.stringify(entries.get(plannerKey.member(id)) ?? null);
+      const seen = this.#seen.get(id);
+      if (!seen || seen.beat !== beat) {
+        this.#seen.set(id, { beat, changedAt: now });
+        return true;
+      }
+      return now - Math.max(seen.changedAt, healthySince) < this.#deadMs;
+    });
+  }
+}
+
+export type MembershipOptions = { bus: Bus; id: string; log: Logger; heartbeatMs: number; ttlMs: number; deadMs: number; replicas: number };
 
 export class Membership {
   readonly #o: MembershipOptions;
@@ -52,10 +87,15 @@ export class Membership {
   #members: string[] = [];
   #timer: NodeJS.Timeout | undefined;
   #listeners = new Set<(members: string[]) => void>();
+  readonly #watch: HeartbeatWatch;
+  /** Since when this member's heartbeats have been stored without a failure (undefined: the last one failed). */
+  #healthySince: number | undefined;
+  #beating = false;
 
   constructor(opts: MembershipOptions) {
     this.#o = opts;
     this.#log = opts.log.child({ component: 'membership' });
+    this.#watch = new HeartbeatWatch(opts.id, opts.deadMs);
   }
 
   get members(): readonly string[] {
@@ -101,19 +141,32 @@ export class Membership {
     const options = bucketOptions.plannerMembers(this.#o.replicas, this.#o.ttlMs);
     this.#kv = await createOrOpenBucket(PLANNER_MEMBERS_BUCKET, () => new Kvm(this.#o.bus.js).create(PLANNER_MEMBERS_BUCKET, options));
     await this.#beat();
-    this.#timer = setInterval(() => void this.#beat().catch((err: unknown) => this.#log.warn({ err }, 'planner-heartbeat-failed')), this.#o.heartbeatMs);
+    this.#timer = setInterval(() => {
+      if (this.#beating) return; // a beat still waiting on the bus (an election): do not pile more up
+      this.#beating = true;
+      this.#beat()
+        .catch((err: unknown) => this.#log.warn({ err }, 'planner-heartbeat-failed'))
+        .finally(() => (this.#beating = false));
+    }, this.#o.heartbeatMs);
   }
 
   async #beat(): Promise<void> {
     const kv = this.#kv!;
-    await kv.put(plannerKey.member(this.#o.id), JSON.stringify({ at: Date.now() }));
+    try {
+      await kv.put(plannerKey.member(this.#o.id), JSON.stringify({ at: Date.now() }));
+    } catch (err) {
+      this.#healthySince = undefined;
+      throw err;
+    }
+    this.#healthySince ??= Date.now();
     // The progress entry expires with the bucket's TTL like the member entry: an idle planner must keep saying how
     // far it has published, or after one TTL it would look behind (and nothing would ever be "enforced" again).
     if (this.#latest > 0) {
       await kv.put(plannerKey.progress(this.#o.id), JSON.stringify({ publishedThrough: this.#latest }));
       this.#sent = Math.max(this.#sent, this.#latest);
     }
-    const keys = plannersOf(await kvLatest(this.#o.bus, PLANNER_MEMBERS_BUCKET, plannerKey.allMembers)).members;
+    const entries = await kvLatest(this.#o.bus, PLANNER_MEMBERS_BUCKET, plannerKey.allMembers);
+    const keys = this.#watch.live(entries, Date.now(), this.#healthySince);
     if (keys.join(',') !== this.#members.join(',')) {
       this.#members = keys;
       this.#log.info({ members: keys }, 'planner-members-changed');

@@ -9,6 +9,7 @@ import type { Config } from '../../runtime/config.ts';
 import type { Logger } from '../../runtime/logger.ts';
 import { EventLog, LogFollower, foldLog, type Fold } from '../../runtime/event-log.ts';
 import { StreamPublisher } from '../../runtime/nats-adapter.ts';
+import { UnavailableError } from '../../runtime/errors.ts';
 import { Registry } from '../../runtime/metrics.ts';
 import { quarantineGauge, quarantineReporter } from '../../runtime/quarantine-report.ts';
 import { CELL_DELTAS_STREAM, CELL_SNAPSHOTS_STREAM, EMPTY_CELL_HASH, type PlannerOutput, cellSubject, outputMessage } from '../../projections/cell-stream.ts';
@@ -28,6 +29,8 @@ export type PlannerConfig = {
   checkpointIntervalMs: number;
   heartbeatMs: number;
   memberTtlMs: number;
+  /** A member whose heartbeat has not changed for this long (while this planner's own were stored) is dead. */
+  memberDeadMs: number;
   replicas: number;
   /** Most outputs awaiting acknowledgement at once. */
   publishWindow: number;
@@ -38,8 +41,9 @@ export const defaultPlannerConfig: PlannerConfig = {
   domain: DEFAULT_DOMAIN,
   snapshotEvery: 64,
   checkpointIntervalMs: 5000,
-  heartbeatMs: 1000,
+  heartbeatMs: 300,
   memberTtlMs: 5000,
+  memberDeadMs: 1200,
   replicas: 1,
   publishWindow: 512,
 };
@@ -70,7 +74,7 @@ export async function startPlanner(deps: { bus: Bus; log: Logger; config: Planne
   const log = deps.log.child({ service: 'topology-planner', planner: cfg.plannerId });
   const store = await CheckpointStore.open(deps.bus, cfg.plannerId, cfg.replicas);
   const checkpoint = await store.load();
-  const membership = new Membership({ bus: deps.bus, id: cfg.plannerId, log, heartbeatMs: cfg.heartbeatMs, ttlMs: cfg.memberTtlMs, replicas: cfg.replicas });
+  const membership = new Membership({ bus: deps.bus, id: cfg.plannerId, log, heartbeatMs: cfg.heartbeatMs, ttlMs: cfg.memberTtlMs, deadMs: cfg.memberDeadMs, replicas: cfg.replicas });
   await membership.start();
   const coreOptions = { domain: cfg.domain, snapshotEvery: cfg.snapshotEvery, owns: membership.owns };
   const core = checkpoint
@@ -78,9 +82,16 @@ export async function startPlanner(deps: { bus: Bus; log: Logger; config: Planne
     : new PlannerCore(coreOptions);
   log.info({ seq: core.seq, cells: Object.keys(core.cells()).length, fromCheckpoint: !!checkpoint }, 'planner-restored');
 
-  const publisher = await OutputPublisher.start(deps.bus);
+  const publisher = await OutputPublisher.start(deps.bus, log);
   const pump = new OutputPump({
-    publish: (o) => publisher.publish(o),
+    // A delta that had to be sent again may be stored after later ones (a stream leader change): a snapshot of the
+    // cell follows it, so its agent is whole again from the snapshot even if nothing else is ever written there.
+    publish: async (o) => {
+      if ((await publisher.publish(o)) === 'resent' && o.kind === 'delta') {
+        const snap = core.snapshotOf(o.cellId);
+        if (snap) pump.enqueue([{ output: snap }]);
+      }
+    },
     writeCheckpoint: (_seq, json) => store.write(json),
     window: cfg.publishWindow,
     from: core.seq,
@@ -159,6 +170,7 @@ export async function startPlanner(deps: { bus: Bus; log: Logger; config: Planne
       stateResponder.unsubscribe();
       await follower.stop();
       await membership.stop();
+      publisher.close();
       pump.enqueue(checkpointer.due(true));
       await pump.stop();
       log.info({ seq: core.seq }, 'planner-stopped');
@@ -177,13 +189,15 @@ class OutputPublisher {
   private constructor(
     private readonly publishers: Record<PlannerOutput['kind'], StreamPublisher>,
     private readonly published: Record<PlannerOutput['kind'], Map<string, number>>,
+    private readonly log: Logger,
   ) {}
 
-  static async start(bus: Bus): Promise<OutputPublisher> {
+  static async start(bus: Bus, log: Logger): Promise<OutputPublisher> {
     const published = { delta: await lastPublishedPerCell(bus, 'delta'), snapshot: await lastPublishedPerCell(bus, 'snapshot') };
     return new OutputPublisher(
       { delta: new StreamPublisher(bus.nc, CELL_DELTAS_STREAM), snapshot: new StreamPublisher(bus.nc, CELL_SNAPSHOTS_STREAM) },
       published,
+      log,
     );
   }
 
@@ -191,17 +205,41 @@ class OutputPublisher {
     this.#counter = counter;
   }
 
-  async publish(o: PlannerOutput): Promise<void> {
+  /**
+   * Publishes one output with its msg id, sending it again for as long as the stream is unavailable (an output is
+   * never dropped while the planner runs: a dropped delta would leave its cell behind until the next snapshot).
+   * `resent`: it went out more than once, so it may be stored after outputs published later.
+   */
+  async publish(o: PlannerOutput): Promise<'sent' | 'resent' | 'suppressed'> {
     const already = this.published[o.kind].get(o.cellId) ?? 0;
     if (o.revision < already || (o.revision === already && o.kind === 'delta')) {
       this.stats.suppressed += 1;
-      return;
+      return 'suppressed';
     }
     const { subject, msgId, body } = outputMessage(o);
-    await this.publishers[o.kind].publish(subject, body, { msgId });
+    let resent = false;
+    for (;;) {
+      try {
+        const { attempts } = await this.publishers[o.kind].publish(subject, body, { msgId });
+        resent ||= attempts > 1;
+        break;
+      } catch (err) {
+        if (!(err instanceof UnavailableError) || this.#closed) throw err;
+        resent = true;
+        this.log.warn({ err, cell: o.cellId, kind: o.kind, revision: o.revision }, 'planner-publish-retrying');
+      }
+    }
     if (o.kind === 'delta') this.stats.deltas += 1;
     else this.stats.snapshots += 1;
     this.#counter?.inc({ kind: o.kind });
+    return resent ? 'resent' : 'sent';
+  }
+
+  #closed = false;
+
+  /** Outputs that cannot be published from now on fail instead of being sent again (the planner is stopping). */
+  close(): void {
+    this.#closed = true;
   }
 }
 
