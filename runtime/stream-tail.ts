@@ -127,7 +127,7 @@ export class StreamTail implements AsyncIterable<JsMsg> {
     } finally {
       clearInterval(this.#watchdog);
       this.#watchdog = undefined;
-      await this.#messages?.close();
+      if (this.#messages) await closeQuietly(this.#messages);
     }
   }
 
@@ -146,7 +146,7 @@ export class StreamTail implements AsyncIterable<JsMsg> {
     });
     this.#started = true;
     if (this.#stopped) {
-      await messages.close();
+      await closeQuietly(messages);
       throw new Error('stopped');
     }
     this.#messages = messages;
@@ -175,7 +175,7 @@ export class StreamTail implements AsyncIterable<JsMsg> {
       this.#closing = 'stalled';
       const messages = this.#messages;
       this.#messages = undefined;
-      await messages?.close();
+      if (messages) await closeQuietly(messages);
     } catch {
       // the server cannot say right now (an election, the node gone): look again next time
     } finally {
@@ -205,8 +205,20 @@ export class StreamTail implements AsyncIterable<JsMsg> {
     this.#watchdog = undefined;
     const messages = this.#messages;
     this.#messages = undefined;
-    await messages?.close();
+    if (messages) await closeQuietly(messages);
   }
+}
+
+/**
+ * Closes a consumer's messages without waiting more than a moment: nats.js's close() of an ordered consumer whose
+ * consume() has only just begun was seen never to resolve.
+ */
+async function closeQuietly(messages: ConsumerMessages): Promise<void> {
+  const closing = messages.close().then(
+    () => undefined,
+    () => undefined,
+  );
+  await Promise.race([closing, delay(1_000)]);
 }
 
 const delay = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms).unref());

@@ -74,7 +74,15 @@ export async function startPlanner(deps: { bus: Bus; log: Logger; config: Planne
   const log = deps.log.child({ service: 'topology-planner', planner: cfg.plannerId });
   const store = await CheckpointStore.open(deps.bus, cfg.plannerId, cfg.replicas);
   const checkpoint = await store.load();
-  const membership = new Membership({ bus: deps.bus, id: cfg.plannerId, log, heartbeatMs: cfg.heartbeatMs, ttlMs: cfg.memberTtlMs, deadMs: cfg.memberDeadMs, replicas: cfg.replicas });
+  const membership = new Membership({
+    bus: deps.bus,
+    id: cfg.plannerId,
+    log,
+    heartbeatMs: cfg.heartbeatMs,
+    ttlMs: cfg.memberTtlMs,
+    deadMs: cfg.memberDeadMs,
+    replicas: cfg.replicas,
+  });
   await membership.start();
   const coreOptions = { domain: cfg.domain, snapshotEvery: cfg.snapshotEvery, owns: membership.owns };
   const core = checkpoint
