@@ -8,7 +8,7 @@ import { CELL_DELTAS_STREAM, CELL_SNAPSHOTS_STREAM, cellSubject, revisionOf } fr
 
 export type Published = { revision: number; hash: string | null };
 
-/** The revision of the last delta (or snapshot) of every cell (bounded; see lastPerSubject). */
+/** The revision of the last delta (or snapshot) of every cell: complete, or an error (see lastPerSubject). */
 export async function lastPublishedPerCell(bus: Bus, kind: 'delta' | 'snapshot'): Promise<Map<string, number>> {
   const [stream, filter] = kind === 'delta' ? [CELL_DELTAS_STREAM, cellSubject.allDeltas] : [CELL_SNAPSHOTS_STREAM, cellSubject.allSnapshots];
   const out = new Map<string, number>();
