@@ -119,6 +119,7 @@ export class StreamTail implements AsyncIterable<JsMsg> {
         } finally {
           this.#waitingSince = undefined;
           if (this.#messages === messages) this.#messages = undefined;
+          await closeQuietly(messages); // also when the reader left the loop (a break): the consumer must not go on pulling
         }
         if (this.#stopped) return;
         this.#recovered(this.#closing ?? reason);
@@ -127,7 +128,6 @@ export class StreamTail implements AsyncIterable<JsMsg> {
     } finally {
       clearInterval(this.#watchdog);
       this.#watchdog = undefined;
-      if (this.#messages) await closeQuietly(this.#messages);
     }
   }
 
