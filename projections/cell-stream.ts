@@ -185,11 +185,16 @@ export class CellReplica {
     return 'applied';
   }
 
-  /** Applies a delta (already validated) in place. */
+  /**
+   * Applies a delta (already validated) in place. A delta that follows an older revision than the one held but leads
+   * past it (two planners' chains for one cell: a take-over snapshot, then the old owner's next delta) is tried: the
+   * state held is a planned one, so if the delta's operations turn it into a state with the delta's hash, that is
+   * the planned state at the delta's revision; if not, it is undone and reported as a `gap`, not a mismatch.
+   */
   applyDelta(d: CellDelta): ApplyResult {
     if (d.cellId !== this.cellId) return 'invalid';
     if (d.revision <= this.revision) return 'stale';
-    if (d.prevRevision !== this.revision) return 'gap';
+    if (d.prevRevision > this.revision || (d.prevRevision < this.revision && !this.verified)) return 'gap';
     const undo = d.ops.map(({ path: [section, key] }) => [section, key, this.state[section][key]] as const);
     const hash = applyCellOps(this.state, this.hash, d.ops);
     if (hash !== d.hash) {
@@ -198,7 +203,7 @@ export class CellReplica {
         if (old === undefined) delete entries[key];
         else entries[key] = old;
       }
-      return 'mismatch';
+      return d.prevRevision === this.revision ? 'mismatch' : 'gap';
     }
     if (d.ops.some((o) => o.path[0] === 'names')) this.namesSeq += 1;
     this.revision = d.revision;

@@ -28,6 +28,13 @@ function chain(): { deltas: Extract<PlannerOutput, { kind: 'delta' }>[]; final: 
 
 const asDelta = (o: PlannerOutput): CellDelta => parseCellDelta(outputMessage(o).body, o.cellId)!;
 
+/** The state a replica holds after a chain of deltas, applied in order. */
+function chainState(deltas: readonly PlannerOutput[]) {
+  const r = new CellReplica('cell-x');
+  for (const d of deltas) r.offerDelta(asDelta(d));
+  return r.state;
+}
+
 /** Swaps neighbours pairwise from `from` on: 1,2,3,4,5 → 1,3,2,5,4 (every later delta stored before its predecessor). */
 function scrambled<T>(xs: readonly T[], from = 1): T[] {
   const out = [...xs];
@@ -66,7 +73,18 @@ t.test('the replica applies deltas that come before the one they follow as soon 
   t.equal(m.revision, deltas[0]!.revision, 'the state is the one before the forged delta');
   t.equal(m.waiting, 0);
 
-  // A delta that follows a revision older than the one held can never apply: a gap (the feed re-reads).
+  // Two planners' chains for one cell (a take-over, then the old owner's next delta, coalesced over a batch): a delta
+  // that follows an older revision but leads past the one held applies when it yields its hash from the state held.
+  const [d2, d3] = deltas.slice(4, 6).map(asDelta);
+  const two = new CellReplica('cell-x');
+  for (const d of deltas.slice(0, 5)) two.offerDelta(asDelta(d));
+  t.equal(two.revision, d2!.revision, "held: the new owner's state");
+  const oldOwners = { ...d3!, prevRevision: d2!.prevRevision, ops: [...d2!.ops, ...d3!.ops] };
+  t.equal(two.offerDelta(oldOwners), 'applied', "the old owner's delta over the same events applies");
+  t.equal(two.hash, d3!.hash);
+  t.equal(canonicalJson(two.state), canonicalJson(chainState(deltas.slice(0, 6))), 'the planned state at its revision');
+
+  // A delta that follows a revision older than the one held and does not yield its hash: a gap (the feed re-reads).
   const g = new CellReplica('cell-x');
   for (const d of deltas.slice(0, 3)) g.offerDelta(asDelta(d));
   t.equal(g.offerDelta({ ...asDelta(deltas[4]!), prevRevision: deltas[0]!.revision }), 'gap');
