@@ -203,7 +203,8 @@ export class CellReplica {
         if (old === undefined) delete entries[key];
         else entries[key] = old;
       }
-      return d.prevRevision === this.revision ? 'mismatch' : 'gap';
+      // (no operations: a planner's link to its take-over snapshot, which cannot change a state: never a forgery)
+      return d.prevRevision === this.revision && d.ops.length > 0 ? 'mismatch' : 'gap';
     }
     if (d.ops.some((o) => o.path[0] === 'names')) this.namesSeq += 1;
     this.revision = d.revision;

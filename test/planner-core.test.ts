@@ -174,12 +174,41 @@ t.test('partitions add up to the whole, and a take-over starts with a snapshot',
   const reader: Reader = new Map();
   applyOutputs(t, reader, core.ingest(recs.slice(0, 20)));
   const taken = core.setOwnership(() => true);
-  t.same(taken.map((o) => `${o.kind}:${o.cellId}`), ['snapshot:cell-1']);
-  applyOutputs(t, reader, taken);
+  t.same(taken.map((o) => `${o.kind}:${o.cellId}`), ['snapshot:cell-1', 'delta:cell-1'], 'a snapshot, and a link to it');
+  applyOutputs(t, reader, taken.slice(0, 1));
+  // An agent that followed the old owner's deltas up to the same events moves onto the new chain by the link alone.
+  const oldOwner = new CellReplica('cell-1');
+  for (const o of runCore(recs.slice(0, 20), 5).outputs) if (o.cellId === 'cell-1') oldOwner.applyMessage(outputMessage(o).body, o.kind);
+  const link = taken[1]!;
+  t.ok(link.kind === 'delta' && link.ops.length === 0 && link.prevRevision === 0 && link.revision === taken[0]!.revision);
+  const linked = oldOwner.applyMessage(outputMessage(link).body, 'delta'); // stale when its last delta was at the same event
+  t.ok(linked === 'applied' || linked === 'stale', `the link applies over the old owner's state (${linked})`);
+  t.same([oldOwner.revision, oldOwner.hash], [link.revision, link.hash], 'the agent is on the new chain');
+  const behind = new CellReplica('cell-1');
+  for (const o of runCore(recs.slice(0, 10), 5).outputs) if (o.cellId === 'cell-1') behind.applyMessage(outputMessage(o).body, o.kind);
+  t.equal(behind.applyMessage(outputMessage(link).body, 'delta'), behind.hash === link.hash ? 'applied' : 'gap', 'an agent behind finds a gap');
   applyOutputs(t, reader, core.ingest(recs.slice(20)));
   t.equal(canonicalJson(reader.get('cell-1')!.state), canonicalJson(deriveCellState(core.model, 'cell-1')));
   t.same(core.setOwnership(() => false), []);
   t.same(core.cells(), {}, 'given-up cells are forgotten');
+});
+
+t.test("a take-over's link delta moves an agent on the old owner's chain to the new one", async (t) => {
+  const { prefix, streams } = scenario();
+  const recs = record([...prefix, ...merge(streams, 3)]);
+  const lastChange = (k: number) => Math.max(0, ...runCore(recs.slice(0, k), 5).outputs.filter((o) => o.cellId === 'cell-1').map((o) => o.revision));
+  // a point where cell-1's last change lies before the take-over: the link's revision is past the old owner's
+  const k = [...Array(recs.length).keys()].find((n) => n >= 15 && lastChange(n) > 0 && lastChange(n) < recs[n - 1]!.seq);
+  if (k === undefined) return t.fail('the scenario has no such point');
+  const oldOwner = new CellReplica('cell-1');
+  for (const o of runCore(recs.slice(0, k), 5).outputs) if (o.cellId === 'cell-1') oldOwner.applyMessage(outputMessage(o).body, o.kind);
+  const core = new PlannerCore(opts((c) => c !== 'cell-1'));
+  core.ingest(recs.slice(0, k));
+  const [snapshot, link] = core.setOwnership(() => true);
+  t.ok(link && link.kind === 'delta' && link.revision > oldOwner.revision);
+  t.equal(oldOwner.applyMessage(outputMessage(link!).body, 'delta'), 'applied', 'applied over the old state, no snapshot read');
+  t.same([oldOwner.revision, oldOwner.hash], [snapshot!.revision, snapshot!.hash]);
+  t.equal(canonicalJson(oldOwner.state), canonicalJson(deriveCellState(core.model, 'cell-1')));
 });
 
 t.test('a planner whose heartbeat stopped is dropped after deadMs, but not while the bus itself stalls', async (t) => {

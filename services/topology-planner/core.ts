@@ -51,6 +51,8 @@ export class PlannerCore {
   readonly #cells = new Map<string, CellTrack>();
   /** Every cell any event has named, owned or not. */
   readonly #known = new Set<string>();
+  /** The time of the last event folded by `ingest` (a take-over's link delta carries it). */
+  #lastAt = new Date(0).toISOString();
 
   /**
    * A fresh core, or one resumed from a checkpoint with `model` = the log folded up to the checkpoint's sequence
@@ -105,6 +107,7 @@ export class PlannerCore {
     const domain = this.#opts.domain;
     for (const rec of batch) {
       if (rec.seq <= this.model.seq) continue;
+      this.#lastAt = rec.event.at;
       const dirty = dirtyEntries(this.model, rec.event, domain);
       foldEventsInPlace(this.model, [rec]);
       dirtyEntries(this.model, rec.event, domain, dirty);
@@ -150,7 +153,8 @@ export class PlannerCore {
 
   /**
    * Changes which cells this instance owns. A cell taken over gets a snapshot at the current sequence (its state
-   * is derived from the model, which every instance folds whole); a cell given up is forgotten.
+   * is derived from the model, which every instance folds whole) and a delta linking any chain to it; a cell given
+   * up is forgotten.
    */
   setOwnership(owns: (cellId: string) => boolean): PlannerOutput[] {
     this.#owns = owns;
@@ -162,6 +166,10 @@ export class PlannerCore {
         const t: CellTrack = { state, revision: this.model.seq, hash: cellHashOf(state), sinceSnapshot: 0 };
         this.#cells.set(cellId, t);
         out.push(this.#snapshot(cellId, t));
+        // Agents follow deltas, not snapshots: a delta with no operations, from revision 0 to the snapshot's, moves an
+        // agent holding the old owner's last state (the same state, when the old owner was up to date) to this
+        // chain; one whose state differs finds a gap and reads the snapshot.
+        if (t.revision > 0) out.push({ kind: 'delta', cellId, revision: t.revision, prevRevision: 0, ops: [], hash: t.hash, at: this.#lastAt });
       } else if (!owns(cellId) && had) {
         this.#cells.delete(cellId);
       }
