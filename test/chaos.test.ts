@@ -144,9 +144,8 @@ t.test("(b) the node holding the writer's log consumer is killed -9 and restarte
   });
 });
 
-// On the code before the fixes the take-over does not converge when nothing changes on the cell after it: the
-// planner taking a cell over publishes only its snapshot, and an agent following its deltas never reads it — the
-// cell stays at the killed planner's last delta until the cell's next delta (a gap, then a re-read).
+// Before the fixes the take-over did not converge when nothing changed on the cell after it: the planner taking a
+// cell over published only its snapshot, which an agent following its deltas never read. Now a link delta follows.
 t.test('(d) a planner is killed -9: the other planner takes its cells over', async (t) => {
   await underFault(
     t,
@@ -154,13 +153,12 @@ t.test('(d) a planner is killed -9: the other planner takes its cells over', asy
       await system.planners.get('p1')!.kill();
       return 'killed planner p1 (not restarted in this phase)';
     },
-    "issue 14: a planner's take-over publishes only a snapshot, which an agent following its deltas does not read until the cell's next delta",
   );
 });
 
 t.test('(d) the killed planner comes back', async (t) => {
-  // Back before the load, and the load only once the other planner has seen it: the cells it takes back then get
-  // deltas after its snapshot (what the take-over above lacks), so this phase checks the return, not that defect.
+  // Back before the load, and the load only once the other planner has seen it: the cells it takes back start from
+  // its snapshot and the link delta after it.
   await system.planners.get('p1')!.kill(); // already, unless the phase above was left out (--grep)
   const back = Date.now();
   await system.startPlanner('p1');
@@ -179,11 +177,10 @@ t.test('(d) a cell agent is killed -9 and restarted', async (t) => {
   });
 });
 
-// Last: on the code before the reader fixes this one does not converge, and its wedged cells would fail the faults
-// after it. A planner's deltas re-sent after the leader loss are stored after later ones; the agent's feed then finds
-// a gap on every re-read of the retained deltas (`cell-feed-gap`, again and again), and the last delta on the
-// cell's subject is no longer the planner's latest (the planned hash read back is an old one). Only later writes
-// (a new snapshot) or a planner taking the cell over end it.
+// Last: before the reader fixes this one did not converge, and its wedged cells failed the faults after it. A
+// planner's deltas re-sent after the leader loss were stored after later ones; the agent's feed found a gap on every
+// re-read of the retained deltas. Now the feed applies retained deltas in revision order and holds early ones, and
+// the planner follows a re-sent delta with a snapshot.
 t.test('(c) the node leading the cell-deltas stream is killed -9 and restarted', async (t) => {
   await underFault(
     t,
@@ -194,6 +191,5 @@ t.test('(c) the node leading the cell-deltas stream is killed -9 and restarted',
       await killNode(victim);
       return `killed ${victim} (leader of ${CELL_DELTAS_STREAM}; ${EVENTS_STREAM} led by ${eventsLeader}, writer's consumer on ${consumerAt})`;
     },
-    'issue 14: deltas stored out of order after the cell-deltas leader loss wedge the cell feed (cell-feed-gap, re-read after re-read) until a new snapshot',
   );
 });
