@@ -38,7 +38,7 @@ const settings = {
   RATE: envNumber('BENCH_RATE', 200),
   DOWN_S: envNumber('BENCH_DOWN_S', 10),
   WARMUP_S: envNumber('BENCH_WARMUP_S', 10),
-  /** After the return, the load goes on at least this long, and until every cell has re-converged (or MAX_WAIT_S). */
+  /** Once the node or process is up again, the load goes on at least this long, and until every cell has re-converged (or MAX_WAIT_S). */
   TAIL_S: envNumber('BENCH_TAIL_S', 5),
   MAX_WAIT_S: envNumber('BENCH_MAX_WAIT_S', 180),
   MAX_IN_FLIGHT: envNumber('BENCH_MAX_IN_FLIGHT', 512),
@@ -118,6 +118,8 @@ type Run = {
   failureSamples: Record<string, string>;
   /** Warnings and errors the services logged from the kill on, by process and message. */
   warnings: Record<string, number>;
+  /** The wait for the end state: which readers were behind until when (ms), full checks made and abandoned. */
+  end: { lastBehindMs: Record<string, number>; fullChecks: { made: number; stalled: number }; error?: string };
   check: { lost: number; duplicated: number; converged: boolean };
 };
 
@@ -175,6 +177,7 @@ async function runFault(fault: Fault): Promise<Run> {
     if (victim) await cluster.restart(victim);
     else if (fault === 'planner') await system.startPlanner('p1');
     else await system.startAgent('cell-1');
+    const tUp = Date.now();
     progress(`[${fault}] back; waiting until revision ${revision} is enforced on every cell`);
 
     // ---- re-convergence: the revision at the return enforced everywhere; when each reader got there ----
@@ -196,7 +199,7 @@ async function runFault(fault: Fault): Promise<Run> {
         }
       }
       const flowing = now - lastAck() < 1000;
-      if ((reconverged !== null && flowing && now - tReturn >= settings.TAIL_S * 1000) || now - tReturn > settings.MAX_WAIT_S * 1000) break;
+      if ((reconverged !== null && flowing && now - tUp >= settings.TAIL_S * 1000) || now - tReturn > settings.MAX_WAIT_S * 1000) break;
       await new Promise((r) => setTimeout(r, 250));
     }
     stopLoad = true;
@@ -240,6 +243,7 @@ async function runFault(fault: Fault): Promise<Run> {
       failures,
       failureSamples: load.failureSamples,
       warnings: warningsSince(system.history, tKill),
+      end: { lastBehindMs: final.lastBehindMs, fullChecks: final.fullChecks, ...(final.error && { error: final.error }) },
       check: { lost: logged.lost.length, duplicated: logged.duplicated.length, converged },
     };
   } finally {

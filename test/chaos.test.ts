@@ -23,8 +23,7 @@ t.setTimeout(20 * 60_000);
 
 /** How long a killed node or process stays down: the fault itself, not a wait for progress. */
 const DOWN_MS = 5000;
-// Generous: on the code before the fixes readers stalled up to ~90 s after a fault, and the checks' own (replay's,
-// the enforcement answer's) stall too (a stalled check is made again after 30 s).
+// Generous: on the code before the fixes, readers stalled for up to ~90 s after a fault.
 const CONVERGE_MS = 180_000;
 /** Where a known defect keeps a phase from converging, waiting longer does not help. */
 const TODO_CONVERGE_MS = 120_000;

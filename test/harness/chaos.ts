@@ -563,12 +563,13 @@ const FULL_CHECK_MS = 30_000;
 /**
  * Waits until `convergenceOf` holds; resolves with the time it took and the last full look (ok false at the
  * timeout). Looks cheaply (`progressOf`) every second and makes the full check only when the cheap look says
- * converged, at most every 5 s. The full check's readers (ordered consumers, as the operators' tools use) can stall
- * after a fault like the services' (issue 14): one that has not answered within FULL_CHECK_MS is left behind and a
- * new one made.
+ * converged, at most every 5 s. The full check reads with ordered consumers, like the services' readers: one that
+ * has not answered within FULL_CHECK_MS is left behind and a new one made, so a stalled check cannot hold the wait
+ * past its timeout.
  */
 export async function waitConverged(bus: Bus, plannerIds: Iterable<string>, cells: readonly string[], timeoutMs: number): Promise<Converged> {
   const t0 = Date.now();
+  const planners = [...plannerIds]; // once: an iterator (a Map's keys) would be empty on the second look
   let last: Convergence | undefined;
   let error: string | undefined;
   let fullAt = 0;
@@ -592,7 +593,7 @@ export async function waitConverged(bus: Bus, plannerIds: Iterable<string>, cell
   for (;;) {
     try {
       const revision = (await bus.jsm.streams.info(EVENTS_STREAM)).state.last_seq;
-      const p = await progressOf(bus, [...plannerIds], cells, revision);
+      const p = await progressOf(bus, planners, cells, revision);
       for (const r of p.behind) lastBehindMs[r] = Date.now() - t0;
       error = undefined;
       if (p.converged && Date.now() - fullAt >= 5000) {
