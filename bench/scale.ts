@@ -12,6 +12,10 @@
 // Then it waits until every cell's applied hash equals the planner's and checks that with a fresh replay.
 // BENCH_POLL_MS > 0 runs the same workload with agents pulling their whole state on that period (the Cloud Foundry
 // model) instead of following their stream; BENCH_BASELINE=1 runs both, one after the other, on fresh servers.
+// BENCH_AUTH: off (default), on: the server requires nkey users (runtime/authz.ts) and every process signs in as its
+// own role — writer, planner(s), discovery, each cell agent as `agent_<cell>` on its own connection (1,000 cells:
+// 1,000 users), intake load as platform `bench`, this driver (topology, buckets, raw appends, observers, replay) as
+// admin; both: off then on, each on a fresh server (with BENCH_BASELINE=1, stream and poll in each), side by side.
 // Stdout: one JSON document (BENCH_FORMAT=json) or JSON then a markdown table.
 import { createSocket } from 'node:dgram';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -21,9 +25,9 @@ import { Agent } from 'node:http';
 import type { ChildProcess } from 'node:child_process';
 import * as dnsPacket from 'dns-packet';
 import { StorageType } from '@nats-io/jetstream';
-import { startNatsServer } from '../runtime/nats-server.ts';
 import { connectBus, type Bus } from '../runtime/nats.ts';
-import { ensureTopology, defaultTopologyOptions } from '../runtime/topology.ts';
+import { ensureTopology, ensureBuckets, defaultTopologyOptions } from '../runtime/topology.ts';
+import type { Principal } from '../runtime/authz.ts';
 import { kvLayout } from '../runtime/nats-adapter.ts';
 import { silentLogger } from '../runtime/logger.ts';
 import { CELL_STATUS_BUCKET, intakeCommand, intakeSubject } from '../runtime/subjects.ts';
@@ -31,8 +35,10 @@ import { mintToken } from '../runtime/tokens.ts';
 import { InboxRequester } from '../runtime/inbox-requester.ts';
 import { replay } from '../cli/operators.ts';
 import { enforcementOf } from '../services/topology-planner/enforcement.ts';
+import { defaultPlannerConfig } from '../services/topology-planner/service.ts';
 import { DEFAULT_DOMAIN } from '../projections/cell.ts';
 import {
+  authModes,
   sampleEventPayload,
   cpuSeconds,
   envNumber,
@@ -45,6 +51,7 @@ import {
   rate,
   rawAppendRate,
   rssMiB,
+  startBenchServer,
   startChild,
   stopChild,
 } from './lib.ts';
@@ -93,18 +100,33 @@ type Component = { name: string; pid: number };
 
 export type ScaleRun = {
   mode: string;
+  auth: boolean;
   results: Record<string, unknown>;
   check: { cells: number; converged: number; enforced: boolean; replayOk: boolean; differing: string[]; withoutStatus: string[] };
 };
 
-async function runOnce(pollMs: number): Promise<ScaleRun> {
-  const mode = pollMs > 0 ? `poll every ${pollMs} ms (Cloud Foundry model)` : 'stream (netfold)';
+/** With auth on: the principals of a run, each signing in with its own credential (one agent user per cell). */
+const principalsOf = (cells: number): Principal[] => [
+  { role: 'admin' },
+  { role: 'writer' },
+  { role: 'planner' },
+  { role: 'discovery' },
+  { role: 'platform', id: 'bench' },
+  ...Array.from({ length: cells }, (_, k) => ({ role: 'agent' as const, cellId: `cell-${k}` })),
+];
+
+async function runOnce(pollMs: number, auth: boolean): Promise<ScaleRun> {
+  const mode = `${pollMs > 0 ? `poll every ${pollMs} ms (Cloud Foundry model)` : 'stream (netfold)'}, auth ${auth ? 'on' : 'off'}`;
   const results: Record<string, unknown> = {};
   const dir = mkdtempSync(join(tmpdir(), 'netfold-bench-'));
-  const server = await startNatsServer({ storeDir: dir });
+  const { server, as, credsEnv } = await startBenchServer(dir, auth ? principalsOf(sizes.CELLS) : undefined);
   const log = silentLogger();
-  const bus = await connectBus({ servers: server.url, name: 'bench-scale', log });
+  const bus = await connectBus({ servers: server.url, name: 'bench-scale', log, ...as('admin') });
+  // intake load as a platform component (its caller token `bench` is the one in the subjects); the same bus when open
+  const platform = auth ? await connectBus({ servers: server.url, name: 'bench-platform', log, ...as('platform_bench') }) : bus;
   await ensureTopology(bus.jsm, defaultTopologyOptions, log);
+  // services may not create buckets on a secured server: the admin does first, as `netfold up` does
+  if (auth) await ensureBuckets(bus.js, { replicas: 1, plannerMemberTtlMs: defaultPlannerConfig.memberTtlMs });
   const children: { name: string; child: ChildProcess }[] = [];
   live.add(server.pid);
   const httpAgent = new Agent({ keepAlive: true, maxSockets: 32 });
@@ -167,7 +189,7 @@ async function runOnce(pollMs: number): Promise<ScaleRun> {
       name: 'policy-writer',
       child: await startChild(
         'services/policy-writer/main.ts',
-        { ...baseEnv, NETFOLD_TOKEN_SECRET: SECRET, NETFOLD_HTTP_PORT: String(httpPort) },
+        { ...baseEnv, ...credsEnv('writer'), NETFOLD_TOKEN_SECRET: SECRET, NETFOLD_HTTP_PORT: String(httpPort) },
         'policy-writer-started',
       ),
     });
@@ -176,7 +198,7 @@ async function runOnce(pollMs: number): Promise<ScaleRun> {
         name: `planner-${p}`,
         child: await startChild(
           'services/topology-planner/main.ts',
-          { ...baseEnv, NETFOLD_PLANNER_ID: `planner-${p}`, NETFOLD_METRICS_PORT: '0' },
+          { ...baseEnv, ...credsEnv('planner'), NETFOLD_PLANNER_ID: `planner-${p}`, NETFOLD_METRICS_PORT: '0' },
           'planner-started',
         ),
       });
@@ -187,6 +209,7 @@ async function runOnce(pollMs: number): Promise<ScaleRun> {
         'services/discovery/main.ts',
         {
           ...baseEnv,
+          ...credsEnv('discovery'),
           NETFOLD_DNS_PORT: String(dnsPort),
           NETFOLD_DISCOVERY_HTTP_PORT: '0',
           NETFOLD_DNS_RATE_LIMIT: '0' /* the load's queries come from one address */,
@@ -203,7 +226,14 @@ async function runOnce(pollMs: number): Promise<ScaleRun> {
       agentStarts.push(
         startChild(
           'bench/scale-agents.ts',
-          { ...baseEnv, NETFOLD_LOG_LEVEL: 'warn', BENCH_CELL_FROM: String(from), BENCH_CELL_TO: String(to), BENCH_POLL_MS: String(pollMs) },
+          {
+            ...baseEnv,
+            NETFOLD_LOG_LEVEL: 'warn',
+            BENCH_CELL_FROM: String(from),
+            BENCH_CELL_TO: String(to),
+            BENCH_POLL_MS: String(pollMs),
+            ...(auth && { BENCH_CREDS_DIR: dir }), // each agent signs in with its cell's file there
+          },
           'agents-started',
         ).then((child) => {
           children.push({ name: `agents-${a}`, child });
@@ -216,7 +246,7 @@ async function runOnce(pollMs: number): Promise<ScaleRun> {
     for (const c of children) live.add(c.child.pid!);
     const components: Component[] = [{ name: 'nats-server', pid: server.pid }, ...children.map((c) => ({ name: c.name, pid: c.child.pid! }))];
 
-    const requester = new InboxRequester(bus.nc);
+    const requester = new InboxRequester(platform.nc);
     const intake = async (subject: string, body: unknown): Promise<number> => {
       const m = await requester.request(subject, JSON.stringify(body), { timeoutMs: 60_000 });
       const r = m.json<{ ok: boolean; revision?: number; error?: string }>();
@@ -443,11 +473,12 @@ async function runOnce(pollMs: number): Promise<ScaleRun> {
     };
     deltaSub.unsubscribe();
     statusSub.unsubscribe();
-    return { mode, results, check };
+    return { mode, auth, results, check };
   } finally {
     dnsSock.close();
     httpAgent.destroy();
     for (const c of [...children].reverse()) await stopChild(c.child);
+    if (platform !== bus) await platform.close();
     await bus.close();
     await server.stop();
     live.clear();
@@ -530,8 +561,10 @@ for (const signal of ['SIGINT', 'SIGTERM'] as const) {
 
 const runs: ScaleRun[] = [];
 const pollMs = envNumber('BENCH_POLL_MS', 0);
-runs.push(await runOnce(pollMs));
-if (process.env.BENCH_BASELINE === '1' && pollMs === 0) runs.push(await runOnce(envNumber('BENCH_BASELINE_POLL_MS', 5000)));
+for (const auth of authModes()) {
+  runs.push(await runOnce(pollMs, auth));
+  if (process.env.BENCH_BASELINE === '1' && pollMs === 0) runs.push(await runOnce(envNumber('BENCH_BASELINE_POLL_MS', 5000), auth));
+}
 const doc = { machine: machine(), sizes, runs };
 console.log(JSON.stringify(doc, null, 2));
 if (process.env.BENCH_FORMAT !== 'json') {
