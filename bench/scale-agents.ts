@@ -26,23 +26,29 @@ const url = process.env.NATS_URL;
 if (!url) throw new Error('NATS_URL is required');
 const servers = url.split(',');
 
-const buses: Bus[] = [];
+const cellOf = (i: number) => `cell-${from + i}`;
 const shared = credsDir === undefined && conns > 0;
+const buses: Bus[] = [];
 if (shared) for (let i = 0; i < conns; i++) buses.push(await connectBus({ servers, name: `bench-agents-${from}-${i}`, log }));
-/** The connection of agent i: a shared one round robin, or its own (signed in as its cell's agent when secured). */
-const busOf = async (i: number, cellId: string): Promise<Bus> => {
-  if (shared) return buses[i % conns]!;
-  const credential = credsDir === undefined ? undefined : readCredentialFile(credentialFileOf(credsDir, principalName({ role: 'agent', cellId })));
-  const bus = await connectBus({ servers, name: `bench-agent-${cellId}`, log, ...(credential && { credential }) });
-  buses.push(bus);
-  return bus;
-};
+else {
+  // One per agent, all opened before any agent starts and 4 at a time: signing the server's nonce with an nkey takes
+  // ~15 ms of CPU in nats.js, and a client that has not answered within nats-server's authentication timeout (2 s) is
+  // cut off (`Authentication Timeout`, which connectBus takes for refused credentials). 32 at a time beside starting
+  // agents, on 2 busy cores, hit it.
+  const own = new Array<Bus>(to - from);
+  await pool(to - from, 4, async (i) => {
+    const cellId = cellOf(i);
+    const credential = credsDir === undefined ? undefined : readCredentialFile(credentialFileOf(credsDir, principalName({ role: 'agent', cellId })));
+    own[i] = await connectBus({ servers, name: `bench-agent-${cellId}`, log, ...(credential && { credential }) });
+  });
+  buses.push(...own);
+}
 const agents: CellAgent[] = [];
 await pool(to - from, 32, async (i) => {
-  const cellId = `cell-${from + i}`;
+  const cellId = cellOf(i);
   agents.push(
     await startCellAgent({
-      bus: await busOf(i, cellId),
+      bus: buses[shared ? i % conns : i]!,
       log,
       config: { ...defaultCellAgentConfig, cellId, overlayCidr, pollIntervalMs },
       dataplane: new MemoryDataplane(overlayCidr),

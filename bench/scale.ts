@@ -241,7 +241,9 @@ async function runOnce(pollMs: number, auth: boolean): Promise<ScaleRun> {
       );
     }
     const tAgents = performance.now();
-    await Promise.all(agentStarts);
+    // every start settled before a failure is thrown, so the finally below stops the agent hosts that did start
+    const failedStart = (await Promise.allSettled(agentStarts)).find((r) => r.status === 'rejected');
+    if (failedStart) throw failedStart.reason;
     results['agents started (s)'] = round((performance.now() - tAgents) / 1000);
     for (const c of children) live.add(c.child.pid!);
     const components: Component[] = [{ name: 'nats-server', pid: server.pid }, ...children.map((c) => ({ name: c.name, pid: c.child.pid! }))];
@@ -560,12 +562,22 @@ for (const signal of ['SIGINT', 'SIGTERM'] as const) {
 }
 
 const runs: ScaleRun[] = [];
+/** Runs that threw: reported with the others (a failed auth-on run does not lose the auth-off figures). */
+const errors: { pollMs: number; auth: boolean; error: string }[] = [];
+const attempt = async (pollMs: number, auth: boolean) => {
+  try {
+    runs.push(await runOnce(pollMs, auth));
+  } catch (err) {
+    progress(`run failed (poll ${pollMs} ms, auth ${auth ? 'on' : 'off'}): ${(err as Error).stack ?? String(err)}`);
+    errors.push({ pollMs, auth, error: (err as Error).message });
+  }
+};
 const pollMs = envNumber('BENCH_POLL_MS', 0);
 for (const auth of authModes()) {
-  runs.push(await runOnce(pollMs, auth));
-  if (process.env.BENCH_BASELINE === '1' && pollMs === 0) runs.push(await runOnce(envNumber('BENCH_BASELINE_POLL_MS', 5000), auth));
+  await attempt(pollMs, auth);
+  if (process.env.BENCH_BASELINE === '1' && pollMs === 0) await attempt(envNumber('BENCH_BASELINE_POLL_MS', 5000), auth);
 }
-const doc = { machine: machine(), sizes, runs };
+const doc = { machine: machine(), sizes, runs, ...(errors.length > 0 && { errors }) };
 console.log(JSON.stringify(doc, null, 2));
 if (process.env.BENCH_FORMAT !== 'json') {
   const cell = (v: unknown) =>
@@ -585,7 +597,5 @@ if (process.env.BENCH_FORMAT !== 'json') {
   );
 }
 const failed = runs.filter((r) => !r.check.enforced || r.check.converged !== r.check.cells || !r.check.replayOk || r.check.withoutStatus.length > 0);
-if (failed.length > 0) {
-  process.stderr.write(`bench: not converged: ${JSON.stringify(failed.map((r) => ({ mode: r.mode, ...r.check })))}\n`);
-  process.exitCode = 1;
-}
+if (failed.length > 0) process.stderr.write(`bench: not converged: ${JSON.stringify(failed.map((r) => ({ mode: r.mode, ...r.check })))}\n`);
+if (failed.length > 0 || errors.length > 0) process.exitCode = 1;
