@@ -19,7 +19,7 @@
 // Stdout: one JSON document (BENCH_FORMAT=json) or JSON then a markdown table.
 import { createSocket } from 'node:dgram';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Agent } from 'node:http';
 import type { ChildProcess } from 'node:child_process';
@@ -118,6 +118,8 @@ const principalsOf = (cells: number): Principal[] => [
 async function runOnce(pollMs: number, auth: boolean): Promise<ScaleRun> {
   const mode = `${pollMs > 0 ? `poll every ${pollMs} ms (Cloud Foundry model)` : 'stream (netfold)'}, auth ${auth ? 'on' : 'off'}`;
   const results: Record<string, unknown> = {};
+  // other work on the machine shows here (the load average counts runnable processes: 2 means both cores busy)
+  const load0 = loadavg()[0]!;
   const dir = mkdtempSync(join(tmpdir(), 'netfold-bench-'));
   const { server, as, credsEnv } = await startBenchServer(dir, auth ? principalsOf(sizes.CELLS) : undefined);
   const log = silentLogger();
@@ -322,7 +324,10 @@ async function runOnce(pollMs: number, auth: boolean): Promise<ScaleRun> {
     progress(`[${mode}] waiting for every cell to converge after the load`);
     const tConv = performance.now();
     const conv = await waitConverged(bus, plannedHash, appliedHash, sizes.CONVERGE_TIMEOUT_S * 1000);
-    results['load: converged after the last command (s)'] = `hashes ${conv.hashesAfterS}, enforced ${round((performance.now() - tConv) / 1000)}`;
+    const convS = round((performance.now() - tConv) / 1000);
+    results['load: converged after the last command (s)'] = conv.enforced
+      ? `hashes ${conv.hashesAfterS}, enforced ${convS}`
+      : `not converged, gave up at ${convS}`;
     results['load: cells converged'] = `${conv.converged} of ${conv.cells}${conv.enforced ? '' : ' (not enforced)'}`;
 
     // ---- steady churn ----
@@ -473,6 +478,7 @@ async function runOnce(pollMs: number, auth: boolean): Promise<ScaleRun> {
       differing: report.cells.filter((c) => !c.ok).map((c) => c.cellId),
       withoutStatus,
     };
+    results['machine load average (1 min): at start / at the end'] = `${round(load0, 2)} / ${round(loadavg()[0]!, 2)}`;
     deltaSub.unsubscribe();
     statusSub.unsubscribe();
     return { mode, auth, results, check };
