@@ -11,16 +11,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Agent } from 'node:http';
 import { StorageType } from '@nats-io/jetstream';
-import { startNatsServer } from '../runtime/nats-server.ts';
 import { connectBus } from '../runtime/nats.ts';
 import { ensureTopology, defaultTopologyOptions } from '../runtime/topology.ts';
 import { silentLogger } from '../runtime/logger.ts';
 import { intakeCommand, intakeSubject } from '../runtime/subjects.ts';
 import { mintToken } from '../runtime/tokens.ts';
 import { InboxRequester } from '../runtime/inbox-requester.ts';
-import { authorizationBlock, credentialFileOf, ensureCredentialFiles, type Credential } from '../runtime/authz.ts';
-import { writePrivateFile } from '../runtime/private-file.ts';
 import { sampleEventPayload, cpuSeconds, envNumber, freePort, machine, pool, post, progress, rate, rawAppendRate, startChild, stopChild } from './lib.ts';
+import { authModes, startBenchServer } from './lib.ts';
 
 const RAW = envNumber('BENCH_RAW_MSGS', 100_000);
 const APPS = envNumber('BENCH_APPS', 2000);
@@ -29,19 +27,14 @@ const POLICIES = envNumber('BENCH_POLICIES', 10_000);
 const INTAKE_CONC = envNumber('BENCH_CONCURRENCY', 256);
 const HTTP_CONC = envNumber('BENCH_HTTP_CONCURRENCY', 64);
 
-const MODE = process.env.BENCH_AUTH ?? 'off';
-if (!['off', 'on', 'both'].includes(MODE)) throw new Error(`BENCH_AUTH must be off, on or both, got ${MODE}`);
+const MODES = authModes();
 type Results = Record<string, number | string>;
 
 /** One whole measurement on a fresh server, with or without authorization. */
 async function run(auth: boolean): Promise<{ results: Results; events: number }> {
   const dir = mkdtempSync(join(tmpdir(), 'netfold-bench-'));
   // with auth: admin (topology, raw appends), writer (the child, NATS_CREDS), platform `bench` (intake); files in dir
-  const creds = auth ? ensureCredentialFiles(dir, [{ role: 'admin' }, { role: 'writer' }, { role: 'platform', id: 'bench' }]).credentials : [];
-  const as = (name: string): { credential?: Credential } => (auth ? { credential: creds.find((c) => c.name === name)! } : {});
-  const configFile = join(dir, 'nats-server.conf');
-  if (auth) writePrivateFile(configFile, authorizationBlock(creds));
-  const server = await startNatsServer({ storeDir: dir, ...(auth && { configFile }) });
+  const { server, as, credsEnv } = await startBenchServer(dir, auth ? [{ role: 'admin' }, { role: 'writer' }, { role: 'platform', id: 'bench' }] : undefined);
   const log = silentLogger();
   const bus = await connectBus({ servers: server.url, name: 'bench', log, ...as('admin') });
   const platform = auth ? await connectBus({ servers: server.url, name: 'bench-platform', log, ...as('platform_bench') }) : bus;
@@ -74,7 +67,7 @@ async function run(auth: boolean): Promise<{ results: Results; events: number }>
       NETFOLD_HTTP_PORT: String(httpPort),
       NETFOLD_LOG_LEVEL: 'info',
       NETFOLD_OVERLAY_CIDR: '10.0.0.0/8',
-      ...(auth && { NATS_CREDS: credentialFileOf(dir, 'writer') }),
+      ...credsEnv('writer'),
     },
     'policy-writer-started',
   );
@@ -159,7 +152,7 @@ const table = (results: Results) => {
   return ['| measurement | figure | vs raw |', '|---|---|---|', ...Object.entries(results).map(([k, v]) => `| ${k} | ${v} |${rel(k, v)}`)].join('\n');
 };
 const runs: { auth: boolean; results: Results; events: number }[] = [];
-for (const auth of MODE === 'both' ? [false, true] : [MODE === 'on']) runs.push({ auth, ...(await run(auth)) });
+for (const auth of MODES) runs.push({ auth, ...(await run(auth)) });
 const sizes = { RAW, APPS, CONTAINERS, POLICIES, INTAKE_CONC, HTTP_CONC };
 console.log(JSON.stringify({ machine: machine(), sizes, runs }, null, 2));
 for (const r of runs) console.log(`\nauth ${r.auth ? 'on' : 'off'}:\n${table(r.results)}`);

@@ -1,9 +1,14 @@
-// Shared pieces of the benchmarks: machine description, an embedded server, bounded-concurrency loops.
+// Shared pieces of the benchmarks: machine description, a fresh server per run (open or requiring nkey users),
+// bounded-concurrency loops.
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { cpus, totalmem } from 'node:os';
+import { join } from 'node:path';
 import { type Agent, request as httpRequest } from 'node:http';
 import { createServer } from 'node:net';
 import { createInbox, type NatsConnection } from '@nats-io/nats-core';
+import { startNatsServer, type NatsServerProcess } from '../runtime/nats-server.ts';
+import { authorizationBlock, credentialFileOf, ensureCredentialFiles, type Credential, type Principal } from '../runtime/authz.ts';
+import { writePrivateFile } from '../runtime/private-file.ts';
 
 /** A numeric benchmark size from the environment. */
 export const envNumber = (name: string, fallback: number): number => Number(process.env[name] ?? fallback);
@@ -179,4 +184,41 @@ export function sampleEventPayload(): string {
     correlationId: 'x'.repeat(26),
     data: { containerId: 'c-000000', appId: 'app-0000', instanceIndex: 0, cellId: 'cell-000', ip: '10.255.0.1' },
   });
+}
+
+/** BENCH_AUTH: `off` (default), `on`, or `both` (off, then on): for each run, whether its server requires nkey users. */
+export function authModes(): boolean[] {
+  const mode = process.env.BENCH_AUTH ?? 'off';
+  if (!['off', 'on', 'both'].includes(mode)) throw new Error(`BENCH_AUTH must be off, on or both, got ${mode}`);
+  return mode === 'both' ? [false, true] : [mode === 'on'];
+}
+
+export type BenchServer = {
+  server: NatsServerProcess;
+  /** connectBus's `credential` of a principal by name (`admin`, `platform_bench`, `agent_cell-3`); none when open. */
+  as(name: string): { credential?: Credential };
+  /** A child process's NATS_CREDS for a principal by name; none when open. */
+  credsEnv(name: string): { NATS_CREDS?: string };
+};
+
+/**
+ * A fresh nats-server for one run, its store in `dir`. With `principals` (auth on): a runtime/authz.ts nkey user for
+ * each, its credential file `<name>.creds.json` in `dir` (ensureCredentialFiles, as `netfold up` keeps them), and
+ * the server started with their authorization block, so a connection signed in as none of them is refused. Without:
+ * an open server, as before authorization existed.
+ */
+export async function startBenchServer(dir: string, principals?: readonly Principal[]): Promise<BenchServer> {
+  if (!principals) return { server: await startNatsServer({ storeDir: dir }), as: () => ({}), credsEnv: () => ({}) };
+  const creds = new Map(ensureCredentialFiles(dir, principals).credentials.map((c) => [c.name, c]));
+  const configFile = join(dir, 'nats-server.conf');
+  writePrivateFile(configFile, authorizationBlock([...creds.values()]));
+  const known = (name: string) => {
+    if (!creds.has(name)) throw new Error(`no principal ${name} on this bench server`);
+    return name;
+  };
+  return {
+    server: await startNatsServer({ storeDir: dir, configFile }),
+    as: (name) => ({ credential: creds.get(known(name))! }),
+    credsEnv: (name) => ({ NATS_CREDS: credentialFileOf(dir, known(name)) }),
+  };
 }

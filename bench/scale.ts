@@ -12,18 +12,22 @@
 // Then it waits until every cell's applied hash equals the planner's and checks that with a fresh replay.
 // BENCH_POLL_MS > 0 runs the same workload with agents pulling their whole state on that period (the Cloud Foundry
 // model) instead of following their stream; BENCH_BASELINE=1 runs both, one after the other, on fresh servers.
+// BENCH_AUTH: off (default), on: the server requires nkey users (runtime/authz.ts) and every process signs in as its
+// own role — writer, planner(s), discovery, each cell agent as `agent_<cell>` on its own connection (1,000 cells:
+// 1,000 users), intake load as platform `bench`, this driver (topology, buckets, raw appends, observers, replay) as
+// admin; both: off then on, each on a fresh server (with BENCH_BASELINE=1, stream and poll in each), side by side.
 // Stdout: one JSON document (BENCH_FORMAT=json) or JSON then a markdown table.
 import { createSocket } from 'node:dgram';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Agent } from 'node:http';
 import type { ChildProcess } from 'node:child_process';
 import * as dnsPacket from 'dns-packet';
 import { StorageType } from '@nats-io/jetstream';
-import { startNatsServer } from '../runtime/nats-server.ts';
 import { connectBus, type Bus } from '../runtime/nats.ts';
-import { ensureTopology, defaultTopologyOptions } from '../runtime/topology.ts';
+import { ensureTopology, ensureBuckets, defaultTopologyOptions } from '../runtime/topology.ts';
+import type { Principal } from '../runtime/authz.ts';
 import { kvLayout } from '../runtime/nats-adapter.ts';
 import { silentLogger } from '../runtime/logger.ts';
 import { CELL_STATUS_BUCKET, intakeCommand, intakeSubject } from '../runtime/subjects.ts';
@@ -31,8 +35,10 @@ import { mintToken } from '../runtime/tokens.ts';
 import { InboxRequester } from '../runtime/inbox-requester.ts';
 import { replay } from '../cli/operators.ts';
 import { enforcementOf } from '../services/topology-planner/enforcement.ts';
+import { defaultPlannerConfig } from '../services/topology-planner/service.ts';
 import { DEFAULT_DOMAIN } from '../projections/cell.ts';
 import {
+  authModes,
   sampleEventPayload,
   cpuSeconds,
   envNumber,
@@ -45,6 +51,7 @@ import {
   rate,
   rawAppendRate,
   rssMiB,
+  startBenchServer,
   startChild,
   stopChild,
 } from './lib.ts';
@@ -93,18 +100,35 @@ type Component = { name: string; pid: number };
 
 export type ScaleRun = {
   mode: string;
+  auth: boolean;
   results: Record<string, unknown>;
   check: { cells: number; converged: number; enforced: boolean; replayOk: boolean; differing: string[]; withoutStatus: string[] };
 };
 
-async function runOnce(pollMs: number): Promise<ScaleRun> {
-  const mode = pollMs > 0 ? `poll every ${pollMs} ms (Cloud Foundry model)` : 'stream (netfold)';
+/** With auth on: the principals of a run, each signing in with its own credential (one agent user per cell). */
+const principalsOf = (cells: number): Principal[] => [
+  { role: 'admin' },
+  { role: 'writer' },
+  { role: 'planner' },
+  { role: 'discovery' },
+  { role: 'platform', id: 'bench' },
+  ...Array.from({ length: cells }, (_, k) => ({ role: 'agent' as const, cellId: `cell-${k}` })),
+];
+
+async function runOnce(pollMs: number, auth: boolean): Promise<ScaleRun> {
+  const mode = `${pollMs > 0 ? `poll every ${pollMs} ms (Cloud Foundry model)` : 'stream (netfold)'}, auth ${auth ? 'on' : 'off'}`;
   const results: Record<string, unknown> = {};
+  // other work on the machine shows here (the load average counts runnable processes: 2 means both cores busy)
+  const load0 = loadavg()[0]!;
   const dir = mkdtempSync(join(tmpdir(), 'netfold-bench-'));
-  const server = await startNatsServer({ storeDir: dir });
+  const { server, as, credsEnv } = await startBenchServer(dir, auth ? principalsOf(sizes.CELLS) : undefined);
   const log = silentLogger();
-  const bus = await connectBus({ servers: server.url, name: 'bench-scale', log });
+  const bus = await connectBus({ servers: server.url, name: 'bench-scale', log, ...as('admin') });
+  // intake load as a platform component (its caller token `bench` is the one in the subjects); the same bus when open
+  const platform = auth ? await connectBus({ servers: server.url, name: 'bench-platform', log, ...as('platform_bench') }) : bus;
   await ensureTopology(bus.jsm, defaultTopologyOptions, log);
+  // services may not create buckets on a secured server: the admin does first, as `netfold up` does
+  if (auth) await ensureBuckets(bus.js, { replicas: 1, plannerMemberTtlMs: defaultPlannerConfig.memberTtlMs });
   const children: { name: string; child: ChildProcess }[] = [];
   live.add(server.pid);
   const httpAgent = new Agent({ keepAlive: true, maxSockets: 32 });
@@ -167,7 +191,7 @@ async function runOnce(pollMs: number): Promise<ScaleRun> {
       name: 'policy-writer',
       child: await startChild(
         'services/policy-writer/main.ts',
-        { ...baseEnv, NETFOLD_TOKEN_SECRET: SECRET, NETFOLD_HTTP_PORT: String(httpPort) },
+        { ...baseEnv, ...credsEnv('writer'), NETFOLD_TOKEN_SECRET: SECRET, NETFOLD_HTTP_PORT: String(httpPort) },
         'policy-writer-started',
       ),
     });
@@ -176,7 +200,7 @@ async function runOnce(pollMs: number): Promise<ScaleRun> {
         name: `planner-${p}`,
         child: await startChild(
           'services/topology-planner/main.ts',
-          { ...baseEnv, NETFOLD_PLANNER_ID: `planner-${p}`, NETFOLD_METRICS_PORT: '0' },
+          { ...baseEnv, ...credsEnv('planner'), NETFOLD_PLANNER_ID: `planner-${p}`, NETFOLD_METRICS_PORT: '0' },
           'planner-started',
         ),
       });
@@ -187,6 +211,7 @@ async function runOnce(pollMs: number): Promise<ScaleRun> {
         'services/discovery/main.ts',
         {
           ...baseEnv,
+          ...credsEnv('discovery'),
           NETFOLD_DNS_PORT: String(dnsPort),
           NETFOLD_DISCOVERY_HTTP_PORT: '0',
           NETFOLD_DNS_RATE_LIMIT: '0' /* the load's queries come from one address */,
@@ -203,7 +228,14 @@ async function runOnce(pollMs: number): Promise<ScaleRun> {
       agentStarts.push(
         startChild(
           'bench/scale-agents.ts',
-          { ...baseEnv, NETFOLD_LOG_LEVEL: 'warn', BENCH_CELL_FROM: String(from), BENCH_CELL_TO: String(to), BENCH_POLL_MS: String(pollMs) },
+          {
+            ...baseEnv,
+            NETFOLD_LOG_LEVEL: 'warn',
+            BENCH_CELL_FROM: String(from),
+            BENCH_CELL_TO: String(to),
+            BENCH_POLL_MS: String(pollMs),
+            ...(auth && { BENCH_CREDS_DIR: dir }), // each agent signs in with its cell's file there
+          },
           'agents-started',
         ).then((child) => {
           children.push({ name: `agents-${a}`, child });
@@ -211,12 +243,14 @@ async function runOnce(pollMs: number): Promise<ScaleRun> {
       );
     }
     const tAgents = performance.now();
-    await Promise.all(agentStarts);
+    // every start settled before a failure is thrown, so the finally below stops the agent hosts that did start
+    const failedStart = (await Promise.allSettled(agentStarts)).find((r) => r.status === 'rejected');
+    if (failedStart) throw failedStart.reason;
     results['agents started (s)'] = round((performance.now() - tAgents) / 1000);
     for (const c of children) live.add(c.child.pid!);
     const components: Component[] = [{ name: 'nats-server', pid: server.pid }, ...children.map((c) => ({ name: c.name, pid: c.child.pid! }))];
 
-    const requester = new InboxRequester(bus.nc);
+    const requester = new InboxRequester(platform.nc);
     const intake = async (subject: string, body: unknown): Promise<number> => {
       const m = await requester.request(subject, JSON.stringify(body), { timeoutMs: 60_000 });
       const r = m.json<{ ok: boolean; revision?: number; error?: string }>();
@@ -290,7 +324,10 @@ async function runOnce(pollMs: number): Promise<ScaleRun> {
     progress(`[${mode}] waiting for every cell to converge after the load`);
     const tConv = performance.now();
     const conv = await waitConverged(bus, plannedHash, appliedHash, sizes.CONVERGE_TIMEOUT_S * 1000);
-    results['load: converged after the last command (s)'] = `hashes ${conv.hashesAfterS}, enforced ${round((performance.now() - tConv) / 1000)}`;
+    const convS = round((performance.now() - tConv) / 1000);
+    results['load: converged after the last command (s)'] = conv.enforced
+      ? `hashes ${conv.hashesAfterS}, enforced ${convS}`
+      : `not converged, gave up at ${convS}`;
     results['load: cells converged'] = `${conv.converged} of ${conv.cells}${conv.enforced ? '' : ' (not enforced)'}`;
 
     // ---- steady churn ----
@@ -441,13 +478,15 @@ async function runOnce(pollMs: number): Promise<ScaleRun> {
       differing: report.cells.filter((c) => !c.ok).map((c) => c.cellId),
       withoutStatus,
     };
+    results['machine load average (1 min): at start / at the end'] = `${round(load0, 2)} / ${round(loadavg()[0]!, 2)}`;
     deltaSub.unsubscribe();
     statusSub.unsubscribe();
-    return { mode, results, check };
+    return { mode, auth, results, check };
   } finally {
     dnsSock.close();
     httpAgent.destroy();
     for (const c of [...children].reverse()) await stopChild(c.child);
+    if (platform !== bus) await platform.close();
     await bus.close();
     await server.stop();
     live.clear();
@@ -529,10 +568,22 @@ for (const signal of ['SIGINT', 'SIGTERM'] as const) {
 }
 
 const runs: ScaleRun[] = [];
+/** Runs that threw: reported with the others (a failed auth-on run does not lose the auth-off figures). */
+const errors: { pollMs: number; auth: boolean; error: string }[] = [];
+const attempt = async (pollMs: number, auth: boolean) => {
+  try {
+    runs.push(await runOnce(pollMs, auth));
+  } catch (err) {
+    progress(`run failed (poll ${pollMs} ms, auth ${auth ? 'on' : 'off'}): ${(err as Error).stack ?? String(err)}`);
+    errors.push({ pollMs, auth, error: (err as Error).message });
+  }
+};
 const pollMs = envNumber('BENCH_POLL_MS', 0);
-runs.push(await runOnce(pollMs));
-if (process.env.BENCH_BASELINE === '1' && pollMs === 0) runs.push(await runOnce(envNumber('BENCH_BASELINE_POLL_MS', 5000)));
-const doc = { machine: machine(), sizes, runs };
+for (const auth of authModes()) {
+  await attempt(pollMs, auth);
+  if (process.env.BENCH_BASELINE === '1' && pollMs === 0) await attempt(envNumber('BENCH_BASELINE_POLL_MS', 5000), auth);
+}
+const doc = { machine: machine(), sizes, runs, ...(errors.length > 0 && { errors }) };
 console.log(JSON.stringify(doc, null, 2));
 if (process.env.BENCH_FORMAT !== 'json') {
   const cell = (v: unknown) =>
@@ -552,7 +603,5 @@ if (process.env.BENCH_FORMAT !== 'json') {
   );
 }
 const failed = runs.filter((r) => !r.check.enforced || r.check.converged !== r.check.cells || !r.check.replayOk || r.check.withoutStatus.length > 0);
-if (failed.length > 0) {
-  process.stderr.write(`bench: not converged: ${JSON.stringify(failed.map((r) => ({ mode: r.mode, ...r.check })))}\n`);
-  process.exitCode = 1;
-}
+if (failed.length > 0) process.stderr.write(`bench: not converged: ${JSON.stringify(failed.map((r) => ({ mode: r.mode, ...r.check })))}\n`);
+if (failed.length > 0 || errors.length > 0) process.exitCode = 1;
