@@ -140,7 +140,10 @@ function grantsOf(p: Principal): { pub: string[]; sub: string[]; repliesTo: Role
       return { pub: readStream(kv(DISCOVERY_BUCKET)), sub: [], repliesTo: [], jetstream: true };
     case 'operator':
       return {
-        pub: [EVENTS_STREAM, CELL_SNAPSHOTS_STREAM, CELL_DELTAS_STREAM, kv(CELL_STATUS_BUCKET), kv(PLANNER_MEMBERS_BUCKET)].flatMap(readStream),
+        // (the discovery records: when each cell's agent was last heard, for the enforcement answer's silent cells)
+        pub: [EVENTS_STREAM, CELL_SNAPSHOTS_STREAM, CELL_DELTAS_STREAM, kv(CELL_STATUS_BUCKET), kv(PLANNER_MEMBERS_BUCKET), kv(DISCOVERY_BUCKET)].flatMap(
+          readStream,
+        ),
         sub: [],
         repliesTo: [],
         jetstream: true,

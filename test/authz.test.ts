@@ -159,7 +159,7 @@ const ACTIONS: { action: string; allowed: Column[]; run: (bus: Bus) => Promise<u
       return publishToStream(b.nc, kvLayout.subject(CELL_STATUS_BUCKET, 'cell-2'), '', h);
     },
   },
-  { action: 'read discovery records', allowed: ['writer', 'discovery', 'admin'], run: (b) => kvLatest(b, DISCOVERY_BUCKET) },
+  { action: 'read discovery records', allowed: ['writer', 'discovery', 'operator', 'admin'], run: (b) => kvLatest(b, DISCOVERY_BUCKET) },
   { action: 'read cell statuses', allowed: ['writer', 'operator', 'admin'], run: (b) => kvLatest(b, CELL_STATUS_BUCKET) },
   { action: 'read planner members', allowed: ['writer', 'planner', 'operator', 'admin'], run: (b) => kvLatest(b, PLANNER_MEMBERS_BUCKET) },
   { action: 'answer nf.ready.cell-1', allowed: ['agent_cell-1', 'admin'], run: (b) => subscribeOnce(b.nc, readySubject('cell-1')) },
