@@ -24,7 +24,17 @@
 // stored twice.
 import { headers, type Msg } from '@nats-io/nats-core';
 import { startCluster, type ClusterFixture } from '../test/harness/cluster.ts';
-import { ChaosLoad, checkLog, deltasOutOfOrder, progressOf, startChaosSystem, waitConverged, warningsSince, type ChaosSystem } from '../test/harness/chaos.ts';
+import {
+  ChaosLoad,
+  checkLog,
+  deltasOutOfOrder,
+  progressOf,
+  startChaosSystem,
+  waitConverged,
+  warningsSince,
+  type ChaosSystem,
+  type Convergence,
+} from '../test/harness/chaos.ts';
 import { connectBus } from '../runtime/nats.ts';
 import { silentLogger } from '../runtime/logger.ts';
 import { EVENTS_STREAM } from '../runtime/subjects.ts';
@@ -119,7 +129,13 @@ type Run = {
   /** Warnings and errors the services logged from the kill on, by process and message. */
   warnings: Record<string, number>;
   /** The wait for the end state: which readers were behind until when (ms), full checks made and abandoned. */
-  end: { lastBehindMs: Record<string, number>; fullChecks: { made: number; stalled: number }; error?: string };
+  end: {
+    lastBehindMs: Record<string, number>;
+    fullChecks: { made: number; stalled: number };
+    /** When not converged: each cell's hashes as replayed, planned and applied. */
+    cells?: Convergence['cells'];
+    error?: string;
+  };
   check: { lost: number; duplicated: number; converged: boolean };
 };
 
@@ -243,7 +259,12 @@ async function runFault(fault: Fault): Promise<Run> {
       failures,
       failureSamples: load.failureSamples,
       warnings: warningsSince(system.history, tKill),
-      end: { lastBehindMs: final.lastBehindMs, fullChecks: final.fullChecks, ...(final.error && { error: final.error }) },
+      end: {
+        lastBehindMs: final.lastBehindMs,
+        fullChecks: final.fullChecks,
+        ...(!converged && { cells: final.last?.cells }),
+        ...(final.error && { error: final.error }),
+      },
       check: { lost: logged.lost.length, duplicated: logged.duplicated.length, converged },
     };
   } finally {
