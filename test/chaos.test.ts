@@ -190,5 +190,11 @@ t.test('(c) the node leading the cell-deltas stream is killed -9 and restarted',
       await killNode(victim);
       return `killed ${victim} (leader of ${CELL_DELTAS_STREAM}; ${EVENTS_STREAM} led by ${eventsLeader}, writer's consumer on ${consumerAt})`;
     },
+    // Seen in 1 of 3 runs on main (2026-11-29): every command in the log once, the planners published through the
+    // log's end with no publish failure logged, yet two cells' agents re-read their deltas once a second for 180 s
+    // (`cell-feed-gap`), the newest stored delta of the cell older than the replayed state, ~30 deltas stored out of
+    // order: a delta of the chain is missing from the stream (lost across the leader change, or acknowledged as a
+    // duplicate of a message the new leader does not hold). Not yet explained.
+    'issue 14: after a cell-deltas leader loss a cell can stay on a broken chain (a delta missing from the stream)',
   );
 });
