@@ -13,6 +13,7 @@ import { PlannerCore, type PlannerCheckpoint } from '../services/topology-planne
 import { isAlreadyPlanned } from '../services/topology-planner/published.ts';
 import { HeartbeatWatch } from '../services/topology-planner/membership.ts';
 import { ev, record } from './harness/events.ts';
+import { chainProblems } from './harness/chains.ts';
 import { foldEventsInPlace, initialModel } from '../projections/model.ts';
 
 const opts = (owns: (c: string) => boolean = () => true) => ({ domain: 'apps.internal', snapshotEvery: 4, owns });
@@ -167,8 +168,7 @@ function applyOutputs(t: Test, reader: Reader, outputs: PlannerOutput[]): void {
   for (const o of outputs) {
     const r = reader.get(o.cellId) ?? reader.set(o.cellId, new CellReplica(o.cellId)).get(o.cellId)!;
     const result = r.applyMessage(outputMessage(o).body, o.kind);
-    if (result !== 'applied' && !(result === 'stale' && o.kind === 'snapshot'))
-      t.fail(`${o.kind} of ${o.cellId} at ${o.revision}: ${result} (held ${r.revision})`);
+    if (result !== 'applied' && !(result === 'stale' && o.kind === 'snapshot')) t.fail(`${o.kind} of ${o.cellId} at ${o.revision}: ${result} (held ${r.revision})`);
     if (cellHashOf(r.state) !== r.hash) t.fail(`incremental hash differs from the full hash on ${o.cellId} at ${o.revision}`);
   }
 }
@@ -182,6 +182,7 @@ function runCore(recs: RecordedEvent[], batchSize: number, owns?: (c: string) =>
 
 const cellsOf = (core: PlannerCore) => Object.keys(core.cells()).sort();
 const statesOf = (core: PlannerCore) => canonicalJson(Object.fromEntries(cellsOf(core).map((c) => [c, core.cellState(c)])));
+
 
 t.test('in order, batch sizes, duplicates, interleavings: identical cell states', async (t) => {
   const { prefix, streams } = scenario();
@@ -198,11 +199,7 @@ t.test('in order, batch sizes, duplicates, interleavings: identical cell states'
     const reader: Reader = new Map();
     applyOutputs(t, reader, outputs);
     for (const cellId of cellsOf(core)) {
-      t.equal(
-        canonicalJson(reader.get(cellId)?.state ?? emptyCellState()),
-        canonicalJson(deriveCellState(core.model, cellId)),
-        `${v.name}: reader equals derived state of ${cellId}`,
-      );
+      t.equal(canonicalJson(reader.get(cellId)?.state ?? emptyCellState()), canonicalJson(deriveCellState(core.model, cellId)), `${v.name}: reader equals derived state of ${cellId}`);
     }
     const states = statesOf(core);
     reference ??= states;
@@ -238,10 +235,7 @@ t.test('a change touches only the cells it affects; a no-op emits nothing', asyn
   const next = recs.length + 1;
   const out = core.ingest(record([ev.started('db-7', 'app-db', 'cell-9', '10.255.7.7', 7)], next));
   // db is a destination only (api -> db): its new container changes its own cell, nothing else.
-  t.same(
-    out.map((o) => o.cellId),
-    ['cell-9'],
-  );
+  t.same(out.map((o) => o.cellId), ['cell-9']);
   const out2 = core.ingest(record([ev.started('api-7', 'app-api', 'cell-9', '10.255.7.8', 7)], next + 1));
   // api is a source of api -> db: every cell hosting db (db-1 on cell-0, db-2 on cell-1, db-7 on cell-9) gets the new IP.
   t.same([...new Set(out2.map((o) => o.cellId))].sort(), ['cell-0', 'cell-1', 'cell-9']);
@@ -356,35 +350,11 @@ class Store {
   }
 }
 
-/**
- * Every cell's stored chain, checked as readers use it: (1) a reader that followed the deltas as they were stored,
- * from empty, crossing a stored snapshot where the chain continues from one, applies every delta; (2) a reader that
- * starts from the cell's last snapshot applies every delta after it; both end at `expected` (an uninterrupted run).
- */
+/** Every cell's stored chain, checked as readers use it (test/harness/chains.ts), against an uninterrupted run. */
 function checkChains(t: Test, store: Store, expected: Record<string, { hash: string }>, what: string): number {
   let problems = 0;
-  const fail = (m: string) => (problems++, t.fail(`${what}: ${m}`));
   for (const [cellId, { hash }] of Object.entries(expected)) {
-    const deltas = store.deltas.get(cellId) ?? [];
-    const snapshots = store.snapshots.get(cellId) ?? [];
-    const live = new CellReplica(cellId);
-    for (const d of deltas) {
-      let r = live.applyDelta(d);
-      const bridge = snapshots.find((s) => s.revision === d.prevRevision && s.revision > live.revision);
-      if (r === 'gap' && bridge) (live.applySnapshot(structuredClone(bridge)), (r = live.applyDelta(d)));
-      if (r !== 'applied') fail(`${cellId}: the delta ${d.prevRevision} -> ${d.revision} is ${r} for a reader at ${live.revision}`);
-    }
-    if (live.hash !== hash) fail(`${cellId}: a reader following the stored deltas ends at ${live.revision} ${live.hash}, not ${hash}`);
-    if (cellHashOf(live.state) !== live.hash) fail(`${cellId}: the followed state does not hash to its hash`);
-    const late = new CellReplica(cellId);
-    const snap = snapshots[snapshots.length - 1];
-    if (snap) late.applySnapshot(structuredClone(snap));
-    for (const d of [...deltas].sort((a, b) => a.revision - b.revision)) {
-      const r = late.applyDelta(d);
-      if (r !== 'applied' && !(r === 'stale' && d.revision <= (snap?.revision ?? 0)))
-        fail(`${cellId}: after the snapshot, ${d.prevRevision} -> ${d.revision} is ${r}`);
-    }
-    if (late.hash !== hash) fail(`${cellId}: a reader from the last snapshot ends at ${late.hash}, not ${hash}`);
+    for (const p of chainProblems(cellId, store.deltas.get(cellId) ?? [], store.snapshots.get(cellId) ?? [], hash)) problems += +!t.fail(`${what}: ${p}`);
   }
   return problems;
 }
@@ -445,17 +415,11 @@ t.test('partitions add up to the whole, and a take-over starts with a snapshot',
   const reader: Reader = new Map();
   applyOutputs(t, reader, core.ingest(recs.slice(0, 20)));
   const taken = core.setOwnership(() => true);
-  t.same(
-    taken.map((o) => `${o.kind}:${o.cellId}`),
-    ['snapshot:cell-1'],
-  );
+  t.same(taken.map((o) => `${o.kind}:${o.cellId}`), ['snapshot:cell-1']);
   applyOutputs(t, reader, taken);
   applyOutputs(t, reader, core.ingest(recs.slice(20)));
   t.equal(canonicalJson(reader.get('cell-1')!.state), canonicalJson(deriveCellState(core.model, 'cell-1')));
-  t.same(
-    core.setOwnership(() => false),
-    [],
-  );
+  t.same(core.setOwnership(() => false), []);
   t.same(core.cells(), {}, 'given-up cells are forgotten');
 });
 
