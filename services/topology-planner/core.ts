@@ -88,6 +88,7 @@ export class PlannerCore {
     }
     this.model = resume ? resume.model : initialModel();
     for (const c of Object.values(this.model.containers)) if (c.cellId) this.#known.add(c.cellId);
+    for (const cellId of Object.keys(this.model.cells)) this.#known.add(cellId); // a registered cell has state without containers
     for (const [cellId, t] of Object.entries(checkpoint?.cells ?? {})) {
       this.#known.add(cellId);
       const state = deriveCellState(this.model, cellId, opts.domain);
@@ -203,9 +204,18 @@ export class PlannerCore {
         groups.delete(cellId);
         this.#close(cellId, group, out);
       }
-      const track = this.#cells.get(cellId) ?? this.#track(cellId);
+      // A cell not tracked yet is derived whole: its state after event `revision` is the model's now.
+      const track = this.#cells.get(cellId) ?? this.#derived(cellId, 0);
       if (track.revision < revision) track.revision = revision;
     }
+  }
+
+  /** Starts tracking a cell at its state in the model now. */
+  #derived(cellId: string, revision: number): CellTrack {
+    const state = deriveCellState(this.model, cellId, this.#opts.domain);
+    const t: CellTrack = { state, revision, hash: cellHashOf(state), sinceSnapshot: 0 };
+    this.#cells.set(cellId, t);
+    return t;
   }
 
   #track(cellId: string): CellTrack {
@@ -232,10 +242,7 @@ export class PlannerCore {
     for (const cellId of [...this.#known].sort()) {
       const had = this.#cells.has(cellId);
       if (owns(cellId) && !had) {
-        const state = deriveCellState(this.model, cellId, this.#opts.domain);
-        const t: CellTrack = { state, revision: this.model.seq, hash: cellHashOf(state), sinceSnapshot: 0 };
-        this.#cells.set(cellId, t);
-        out.push(this.#snapshot(cellId, t));
+        out.push(this.#snapshot(cellId, this.#derived(cellId, this.model.seq)));
       } else if (!owns(cellId) && had) {
         this.#cells.delete(cellId);
       }

@@ -1,6 +1,6 @@
 // Checks one cell's stored outputs the way readers use them (projections/cell-stream.ts CellReplica): the chain of
-// deltas must be followable, as stored, from empty (crossing a stored snapshot where the chain continues from one)
-// and from the cell's last snapshot, and both readers must end at the expected hash.
+// deltas must be followable, as stored, from empty (crossing a stored snapshot where the chain continues from one:
+// a take-over) and from the cell's last snapshot, and both readers must end at the expected hash.
 import { cellHashOf } from '../../projections/cell.ts';
 import { CellReplica, type CellDelta, type CellSnapshot } from '../../projections/cell-stream.ts';
 
@@ -20,6 +20,10 @@ export function chainProblems(cellId: string, deltas: readonly CellDelta[], snap
     }
     if (r !== 'applied') problems.push(`${cellId}: the delta ${d.prevRevision} -> ${d.revision} is ${r} for a reader at ${live.revision}`);
   }
+  // A cell taken over after its last change has a snapshot and no delta after it: the reader re-reads it with its
+  // next delta (a take-over), so it counts here.
+  const newest = snapshots[snapshots.length - 1];
+  if (newest && newest.revision > live.revision) live.applySnapshot(structuredClone(newest));
   if (live.hash !== expectedHash) problems.push(`${cellId}: a reader following the stored deltas ends at ${live.revision} ${live.hash}, not ${expectedHash}`);
   if (cellHashOf(live.state) !== live.hash) problems.push(`${cellId}: the followed state does not hash to its hash`);
   // A reader that starts late: the last snapshot, then every delta in revision order (what CellFeed does).
