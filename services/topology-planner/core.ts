@@ -22,6 +22,8 @@ import type { RecordedEvent } from '../../events/catalogue.ts';
 import {
   type CellOp,
   type CellState,
+  type DeriveMemo,
+  type SharedEntryHashes,
   applyCellOps,
   cellHashOf,
   deriveCellState,
@@ -70,6 +72,8 @@ export class PlannerCore {
   readonly #cells = new Map<string, CellTrack>();
   /** Every cell any event has named, owned or not. */
   readonly #known = new Set<string>();
+  /** Hashes of the entry values the cells hold (shared with the outputs, never edited). */
+  readonly #hashes: SharedEntryHashes = new WeakMap();
   /** Stored heads above the start sequence, in log order: [revision, cell]; `#nextHead` is the first not reached. */
   readonly #heads: [number, string][];
   #nextHead = 0;
@@ -139,6 +143,7 @@ export class PlannerCore {
       const dirty = dirtyEntries(this.model, rec.event, domain);
       foldEventsInPlace(this.model, [rec]);
       dirtyEntries(this.model, rec.event, domain, dirty);
+      const memo: DeriveMemo = new Map();
       for (const [cellId, ids] of dirty) {
         this.#known.add(cellId);
         if (!this.#owns(cellId)) continue;
@@ -147,7 +152,7 @@ export class PlannerCore {
         const ops: CellOp[] = [];
         for (const id of ids) {
           const [section, key] = splitEntryId(id);
-          const next = deriveEntry(this.model, cellId, section, key, domain);
+          const next = deriveEntry(this.model, cellId, section, key, domain, memo);
           const current = (track.state[section] as Record<string, unknown>)[key];
           if (next === undefined ? current === undefined : current !== undefined && sameValue(current, next)) continue;
           if (!group) groups.set(cellId, (group = { prevRevision: track.revision, revision: 0, at: '', before: new Map() }));
@@ -155,7 +160,7 @@ export class PlannerCore {
           ops.push(next === undefined ? { path: [section, key] } : { path: [section, key], value: next });
         }
         if (ops.length === 0) continue;
-        track.hash = applyCellOps(track.state, track.hash, ops, true);
+        track.hash = applyCellOps(track.state, track.hash, ops, this.#hashes);
         group!.revision = rec.seq;
         group!.at = rec.event.at;
       }
