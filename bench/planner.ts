@@ -25,7 +25,7 @@ import { kvLatest } from '../runtime/buckets.ts';
 import { PLANNER_MEMBERS_BUCKET } from '../runtime/subjects.ts';
 import { plannersOf } from '../services/topology-planner/membership.ts';
 import { CELL_DELTAS_STREAM, CELL_SNAPSHOTS_STREAM } from '../projections/cell-stream.ts';
-import { envNumber, machine, percentile, progress, publishAll, rawAppendRate, rssMiB, startChild, stopChild } from './lib.ts';
+import { cpuSeconds, envNumber, machine, percentile, progress, publishAll, rawAppendRate, rssMiB, startChild, stopChild } from './lib.ts';
 
 const EVENTS = envNumber('BENCH_EVENTS', 1_000_000);
 const CELLS = envNumber('BENCH_CELLS', 1000);
@@ -318,6 +318,8 @@ if (!process.env.BENCH_ONLY || process.env.BENCH_ONLY === 'bulk') {
   );
   const total = CELLS + BULK_APPS + POLICIES + CONTAINERS;
   progress(`bulk: appending ${total} events (${CELLS} cells, ${BULK_APPS} apps, ${POLICIES} policies, ${CONTAINERS} containers), planner running`);
+  // CPU seconds of the planner and the server: on a shared machine steadier than the times.
+  const cpu0 = { planner: cpuSeconds(child.pid!), server: cpuSeconds(s.pid) };
   const t0 = performance.now();
   results[`bulk: append ${total} events (msgs/s)`] = await load(s.bus, total, bulkHistory(BULK_APPS, POLICIES, CONTAINERS, CELLS));
   const appendedMs = performance.now() - t0;
@@ -331,11 +333,14 @@ if (!process.env.BENCH_ONLY || process.env.BENCH_ONLY === 'bulk') {
     await new Promise((r) => setTimeout(r, 100));
   }
   const doneMs = performance.now() - t0;
+  const cpu = { planner: cpuSeconds(child.pid!) - cpu0.planner, server: cpuSeconds(s.pid) - cpu0.server };
   results['bulk: all appended (s)'] = Math.round(appendedMs / 100) / 10;
   results['bulk: first append -> planner published through the last event (s)'] =
     through >= last ? Math.round(doneMs / 100) / 10 : `not within ${BULK_TIMEOUT_S} s (through ${through} of ${last})`;
   results['bulk: cell deltas published'] = (await s.bus.jsm.streams.info(CELL_DELTAS_STREAM)).state.last_seq;
   results['bulk: cell snapshots published'] = (await s.bus.jsm.streams.info(CELL_SNAPSHOTS_STREAM)).state.last_seq;
+  results['bulk: planner CPU until then (s)'] = Math.round(cpu.planner * 10) / 10;
+  results['bulk: nats-server CPU until then (s)'] = Math.round(cpu.server * 10) / 10;
   results['bulk: planner RSS at the end (MiB)'] = rssMiB(child.pid!);
   await stopChild(child);
   await s.close();
