@@ -2,7 +2,8 @@
 // full planner with per-cell outputs), (2) time from an event's append to its cell delta being published, at
 // 1,000 cells / 50,000 containers / 10,000 policies, (3) planner memory at 250,000 containers, (4) a bulk load
 // appended while the planner runs (bench:scale's load as events: cells, BENCH_BULK_APPS apps, the policies, then
-// the containers on random cells): time until the planner has published through its last event, and its outputs.
+// the containers on random cells): time until the planner has published through its last event, its outputs and CPU,
+// and the core alone over the same events in process.
 // The raw append rate of the same server is measured in the same run. Sizes: BENCH_EVENTS, BENCH_CELLS,
 // BENCH_CONTAINERS, BENCH_POLICIES, BENCH_APPS, BENCH_SAMPLES, BENCH_MEM_CONTAINERS, BENCH_BULK_APPS,
 // BENCH_BULK_TIMEOUT_S; BENCH_ONLY=replay|latency|memory|bulk runs one part.
@@ -216,14 +217,14 @@ if (!process.env.BENCH_ONLY || process.env.BENCH_ONLY === 'replay') {
   if (process.env.BENCH_SKIP_CORE) {
     await s.close();
   } else {
-    progress('planner core over the same events (per-event cell outputs)');
+    progress('planner core over the same events, in batches of 1,000 (per-cell outputs per batch)');
     const core = new PlannerCore({ domain: DEFAULT_DOMAIN, snapshotEvery: 64, owns: () => true });
     const t1 = performance.now();
     let outputs = 0;
     for (let i = 0; i < recs.length; i += 1000) outputs += core.ingest(recs.slice(i, i + 1000)).length;
     const coreMs = performance.now() - t1;
     results['planner core: fold + per-cell deltas (events/s)'] = Math.round((recs.length / coreMs) * 1000);
-    results['planner core: 1M with per-event outputs, replay included (s)'] = Math.round((replayMs + coreMs) / 100) / 10;
+    results['planner core: 1M in batches of 1,000 with cell outputs, replay included (s)'] = Math.round((replayMs + coreMs) / 100) / 10;
     results['planner core: outputs produced'] = outputs;
     await s.close();
   }
@@ -344,6 +345,22 @@ if (!process.env.BENCH_ONLY || process.env.BENCH_ONLY === 'bulk') {
   results['bulk: planner RSS at the end (MiB)'] = rssMiB(child.pid!);
   await stopChild(child);
   await s.close();
+
+  // The core alone over the same events, in process and without NATS: what the fold and the outputs cost.
+  progress('bulk: the planner core alone over the same events, in batches of 1,000');
+  const make = bulkHistory(BULK_APPS, POLICIES, CONTAINERS, CELLS);
+  const at = new Date().toISOString();
+  const recs: RecordedEvent[] = [];
+  for (let i = 0; i < total; i++) {
+    const e = make(i);
+    recs.push({ seq: i + 1, subject: subjectOf(e), event: { id: newId(), at, actor: 'platform:bench', correlationId: 'bench', ...e } });
+  }
+  const core = new PlannerCore({ domain: DEFAULT_DOMAIN, snapshotEvery: 64, owns: () => true });
+  const tc = performance.now();
+  let outputs = 0;
+  for (let i = 0; i < recs.length; i += 1000) outputs += core.ingest(recs.slice(i, i + 1000)).length;
+  results['bulk: planner core alone, in process, batches of 1,000 (s)'] = Math.round((performance.now() - tc) / 100) / 10;
+  results['bulk: planner core alone: outputs'] = outputs;
 }
 
 console.log(JSON.stringify({ machine: machine(), sizes: { EVENTS, CELLS, CONTAINERS, POLICIES, APPS, SAMPLES, MEM_CONTAINERS, BULK_APPS }, results }, null, 2));
