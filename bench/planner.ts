@@ -357,9 +357,12 @@ if (!process.env.BENCH_ONLY || process.env.BENCH_ONLY === 'bulk') {
   }
   const core = new PlannerCore({ domain: DEFAULT_DOMAIN, snapshotEvery: 64, owns: () => true });
   const tc = performance.now();
+  const cpuCore = process.cpuUsage();
   let outputs = 0;
   for (let i = 0; i < recs.length; i += 1000) outputs += core.ingest(recs.slice(i, i + 1000)).length;
+  const { user, system } = process.cpuUsage(cpuCore);
   results['bulk: planner core alone, in process, batches of 1,000 (s)'] = Math.round((performance.now() - tc) / 100) / 10;
+  results['bulk: planner core alone: CPU (s)'] = Math.round((user + system) / 100_000) / 10;
   results['bulk: planner core alone: outputs'] = outputs;
 }
 
