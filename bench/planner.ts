@@ -1,8 +1,12 @@
 // npm run bench:planner — the topology planner: (1) fold rate replaying a 1,000,000-event log (model only, and the
 // full planner with per-cell outputs), (2) time from an event's append to its cell delta being published, at
-// 1,000 cells / 50,000 containers / 10,000 policies, (3) planner memory at 250,000 containers. The raw append rate
-// of the same server is measured in the same run. Sizes: BENCH_EVENTS, BENCH_CELLS, BENCH_CONTAINERS,
-// BENCH_POLICIES, BENCH_APPS, BENCH_SAMPLES, BENCH_MEM_CONTAINERS; BENCH_ONLY=replay|latency|memory runs one part.
+// 1,000 cells / 50,000 containers / 10,000 policies, (3) planner memory at 250,000 containers, (4) a bulk load
+// appended while the planner runs (bench:scale's load as events: cells, BENCH_BULK_APPS apps, the policies, then
+// the containers on random cells): time until the planner has published through its last event, its outputs and CPU,
+// and the core alone over the same events in process.
+// The raw append rate of the same server is measured in the same run. Sizes: BENCH_EVENTS, BENCH_CELLS,
+// BENCH_CONTAINERS, BENCH_POLICIES, BENCH_APPS, BENCH_SAMPLES, BENCH_MEM_CONTAINERS, BENCH_BULK_APPS,
+// BENCH_BULK_TIMEOUT_S; BENCH_ONLY=replay|latency|memory|bulk runs one part.
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -18,7 +22,11 @@ import { foldEventsInPlace, initialModel } from '../projections/model.ts';
 import { PlannerCore } from '../services/topology-planner/core.ts';
 import { DEFAULT_DOMAIN, deriveCellState } from '../projections/cell.ts';
 import { replay } from '../cli/operators.ts';
-import { envNumber, machine, percentile, progress, publishAll, rawAppendRate, rssMiB, startChild, stopChild } from './lib.ts';
+import { kvLatest } from '../runtime/buckets.ts';
+import { PLANNER_MEMBERS_BUCKET } from '../runtime/subjects.ts';
+import { plannersOf } from '../services/topology-planner/membership.ts';
+import { CELL_DELTAS_STREAM, CELL_SNAPSHOTS_STREAM } from '../projections/cell-stream.ts';
+import { cpuSeconds, envNumber, machine, percentile, progress, publishAll, rawAppendRate, rssMiB, startChild, stopChild } from './lib.ts';
 
 const EVENTS = envNumber('BENCH_EVENTS', 1_000_000);
 const CELLS = envNumber('BENCH_CELLS', 1000);
@@ -27,6 +35,8 @@ const POLICIES = envNumber('BENCH_POLICIES', 10_000);
 const APPS = envNumber('BENCH_APPS', 10_000);
 const SAMPLES = envNumber('BENCH_SAMPLES', 2000);
 const MEM_CONTAINERS = envNumber('BENCH_MEM_CONTAINERS', 250_000);
+const BULK_APPS = envNumber('BENCH_BULK_APPS', 5000);
+const BULK_TIMEOUT_S = envNumber('BENCH_BULK_TIMEOUT_S', 900);
 const results: Record<string, string | number> = {};
 // Planner processes run with the heap cap docs/operations.md recommends, unless BENCH_CHILD_NODE_ARGS says otherwise.
 process.env.BENCH_CHILD_NODE_ARGS ??= '--max-old-space-size=768';
@@ -81,7 +91,52 @@ function history(total: number, apps: number, policies: number, containers: numb
   void total;
 }
 
+/**
+ * The bulk load of `bench:scale` as events: cells registered, apps, policies (destinations as there), then containers
+ * each on a cell picked at random (seeded), so an app's instances are spread over several cells.
+ */
+function bulkHistory(apps: number, policies: number, containers: number, cells: number): (i: number) => DomainEvent {
+  let seed = 16;
+  const rnd = () => {
+    seed = (seed + 0x6d2b79f5) | 0;
+    let x = Math.imul(seed ^ (seed >>> 15), 1 | seed);
+    x = (x + Math.imul(x ^ (x >>> 7), 61 | x)) ^ x;
+    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
+  };
+  const nextHost = new Array<number>(cells).fill(2);
+  const instances = new Array<number>(apps).fill(0);
+  return (i) => {
+    if (i < cells) return { type: 'CellRegistered', v: 1, data: { cellId: `cell-${i}`, subnet: `10.${(i >> 8) & 255}.${i & 255}.0/24` } };
+    if (i < cells + apps) {
+      const a = i - cells;
+      return { type: 'AppRegistered', v: 1, data: { appId: `app-${a}`, name: `a${a}`, spaceId: 's', orgId: 'o' } };
+    }
+    if (i < cells + apps + policies) {
+      const k = i - cells - apps;
+      const destAppId = `app-${(k * 7 + 1 + Math.floor(k / apps)) % apps}`;
+      const port = 1000 + Math.floor(k / apps);
+      return {
+        type: 'PoliciesCreated',
+        v: 1,
+        data: { sourceAppId: `app-${k % apps}`, policies: [{ destAppId, protocol: 'tcp', startPort: port, endPort: port }] },
+      };
+    }
+    const j = i - cells - apps - policies;
+    const k = Math.floor(rnd() * cells);
+    const app = j % apps;
+    const data = {
+      containerId: `c-${j}`,
+      appId: `app-${app}`,
+      instanceIndex: instances[app]!++,
+      cellId: `cell-${k}`,
+      ip: `10.${(k >> 8) & 255}.${k & 255}.${nextHost[k]!++}`,
+    };
+    return { type: 'ContainerStarted', v: 1, data };
+  };
+}
+
 function subjectOf(e: DomainEvent): string {
+  if (e.type.startsWith('Cell')) return eventSubject.cell((e.data as { cellId: string }).cellId);
   if (e.type.startsWith('App')) return eventSubject.app((e.data as { appId: string }).appId);
   if (e.type.startsWith('Container')) return eventSubject.container((e.data as { containerId: string }).containerId);
   return eventSubject.policy((e.data as { sourceAppId: string }).sourceAppId);
@@ -162,14 +217,14 @@ if (!process.env.BENCH_ONLY || process.env.BENCH_ONLY === 'replay') {
   if (process.env.BENCH_SKIP_CORE) {
     await s.close();
   } else {
-    progress('planner core over the same events (per-event cell outputs)');
+    progress('planner core over the same events, in batches of 1,000 (per-cell outputs per batch)');
     const core = new PlannerCore({ domain: DEFAULT_DOMAIN, snapshotEvery: 64, owns: () => true });
     const t1 = performance.now();
     let outputs = 0;
     for (let i = 0; i < recs.length; i += 1000) outputs += core.ingest(recs.slice(i, i + 1000)).length;
     const coreMs = performance.now() - t1;
     results['planner core: fold + per-cell deltas (events/s)'] = Math.round((recs.length / coreMs) * 1000);
-    results['planner core: 1M with per-event outputs, replay included (s)'] = Math.round((replayMs + coreMs) / 100) / 10;
+    results['planner core: 1M in batches of 1,000 with cell outputs, replay included (s)'] = Math.round((replayMs + coreMs) / 100) / 10;
     results['planner core: outputs produced'] = outputs;
     await s.close();
   }
@@ -254,5 +309,62 @@ if (!process.env.BENCH_ONLY || process.env.BENCH_ONLY === 'memory') {
   await s.close();
 }
 
-console.log(JSON.stringify({ machine: machine(), sizes: { EVENTS, CELLS, CONTAINERS, POLICIES, APPS, SAMPLES, MEM_CONTAINERS }, results }, null, 2));
+// ---- 4. bulk load appended while the planner runs: until every cell's outputs are published ----
+if (!process.env.BENCH_ONLY || process.env.BENCH_ONLY === 'bulk') {
+  const s = await freshServer();
+  const child = await startChild(
+    'services/topology-planner/main.ts',
+    { NATS_URL: s.url, NETFOLD_LOG_LEVEL: 'info', NETFOLD_METRICS_PORT: '0' },
+    'planner-started',
+  );
+  const total = CELLS + BULK_APPS + POLICIES + CONTAINERS;
+  progress(`bulk: appending ${total} events (${CELLS} cells, ${BULK_APPS} apps, ${POLICIES} policies, ${CONTAINERS} containers), planner running`);
+  // CPU seconds of the planner and the server: on a shared machine steadier than the times.
+  const cpu0 = { planner: cpuSeconds(child.pid!), server: cpuSeconds(s.pid) };
+  const t0 = performance.now();
+  results[`bulk: append ${total} events (msgs/s)`] = await load(s.bus, total, bulkHistory(BULK_APPS, POLICIES, CONTAINERS, CELLS));
+  const appendedMs = performance.now() - t0;
+  const last = (await s.bus.jsm.streams.info('NF_EVENTS')).state.last_seq;
+  // The planner announces how far its outputs are all acknowledged (`p.<id>` in the members bucket, every heartbeat).
+  const deadline = Date.now() + BULK_TIMEOUT_S * 1000;
+  let through = 0;
+  while (Date.now() < deadline) {
+    through = plannersOf(await kvLatest(s.bus, PLANNER_MEMBERS_BUCKET)).publishedThrough('planner');
+    if (through >= last) break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  const doneMs = performance.now() - t0;
+  const cpu = { planner: cpuSeconds(child.pid!) - cpu0.planner, server: cpuSeconds(s.pid) - cpu0.server };
+  results['bulk: all appended (s)'] = Math.round(appendedMs / 100) / 10;
+  results['bulk: first append -> planner published through the last event (s)'] =
+    through >= last ? Math.round(doneMs / 100) / 10 : `not within ${BULK_TIMEOUT_S} s (through ${through} of ${last})`;
+  results['bulk: cell deltas published'] = (await s.bus.jsm.streams.info(CELL_DELTAS_STREAM)).state.last_seq;
+  results['bulk: cell snapshots published'] = (await s.bus.jsm.streams.info(CELL_SNAPSHOTS_STREAM)).state.last_seq;
+  results['bulk: planner CPU until then (s)'] = Math.round(cpu.planner * 10) / 10;
+  results['bulk: nats-server CPU until then (s)'] = Math.round(cpu.server * 10) / 10;
+  results['bulk: planner RSS at the end (MiB)'] = rssMiB(child.pid!);
+  await stopChild(child);
+  await s.close();
+
+  // The core alone over the same events, in process and without NATS: what the fold and the outputs cost.
+  progress('bulk: the planner core alone over the same events, in batches of 1,000');
+  const make = bulkHistory(BULK_APPS, POLICIES, CONTAINERS, CELLS);
+  const at = new Date().toISOString();
+  const recs: RecordedEvent[] = [];
+  for (let i = 0; i < total; i++) {
+    const e = make(i);
+    recs.push({ seq: i + 1, subject: subjectOf(e), event: { id: newId(), at, actor: 'platform:bench', correlationId: 'bench', ...e } });
+  }
+  const core = new PlannerCore({ domain: DEFAULT_DOMAIN, snapshotEvery: 64, owns: () => true });
+  const tc = performance.now();
+  const cpuCore = process.cpuUsage();
+  let outputs = 0;
+  for (let i = 0; i < recs.length; i += 1000) outputs += core.ingest(recs.slice(i, i + 1000)).length;
+  const { user, system } = process.cpuUsage(cpuCore);
+  results['bulk: planner core alone, in process, batches of 1,000 (s)'] = Math.round((performance.now() - tc) / 100) / 10;
+  results['bulk: planner core alone: CPU (s)'] = Math.round((user + system) / 100_000) / 10;
+  results['bulk: planner core alone: outputs'] = outputs;
+}
+
+console.log(JSON.stringify({ machine: machine(), sizes: { EVENTS, CELLS, CONTAINERS, POLICIES, APPS, SAMPLES, MEM_CONTAINERS, BULK_APPS }, results }, null, 2));
 console.log(['', '| measurement | figure |', '|---|---|', ...Object.entries(results).map(([k, v]) => `| ${k} | ${v} |`)].join('\n'));

@@ -84,8 +84,15 @@ function isSourceOn(m: Model, sourceAppId: string, cellId: string): boolean {
   return false;
 }
 
+/**
+ * What one model state gives whatever the cell (an app's IPs as a source), derived once for all the cells an event
+ * touches: they then share one object (entries are never edited), whose hash is computed once (SharedEntryHashes).
+ * Valid for one model state only.
+ */
+export type DeriveMemo = Map<string, Dict<true> | undefined>;
+
 /** One entry of a cell's desired state; undefined when the entry is absent. */
-export function deriveEntry(m: Model, cellId: string, section: Section, key: string, domain: string = DEFAULT_DOMAIN): unknown {
+export function deriveEntry(m: Model, cellId: string, section: Section, key: string, domain: string = DEFAULT_DOMAIN, memo?: DeriveMemo): unknown {
   switch (section) {
     case 'containers': {
       const c = m.containers[key];
@@ -114,12 +121,15 @@ export function deriveEntry(m: Model, cellId: string, section: Section, key: str
     }
     case 'sources': {
       if (!isSourceOn(m, key, cellId)) return undefined;
+      if (memo?.has(key)) return memo.get(key);
       const ips = dict<true>();
       for (const id of Object.keys(m.containersByApp[key] ?? {})) {
         const ip = m.containers[id]?.ip;
         if (ip) ips[ip] = true;
       }
-      return Object.keys(ips).length > 0 ? ips : undefined;
+      const value = Object.keys(ips).length > 0 ? ips : undefined;
+      memo?.set(key, value);
+      return value;
     }
     case 'cell': {
       const cell = m.cells[key];
@@ -273,7 +283,29 @@ export type CellOp = { path: [Section, string]; value?: unknown };
 
 /** The hash of one entry, as a 128-bit number. */
 function entryHash(section: Section, key: string, value: unknown): bigint {
-  return BigInt('0x' + createHash('sha256').update(canonicalJson([section, key, value])).digest('hex').slice(0, 32));
+  return BigInt(
+    '0x' +
+      createHash('sha256')
+        .update(canonicalJson([section, key, value]))
+        .digest('hex')
+        .slice(0, 32),
+  );
+}
+
+/**
+ * Entry hashes of values shared between a state and whatever else holds them (the planner's outputs), by value
+ * object: such a value is derived for one entry and never edited, so its hash is computed when it is set and found
+ * again when it is replaced (half the hashing of a change, which dominates the planner's cost per event).
+ */
+export type SharedEntryHashes = WeakMap<object, { section: Section; key: string; hash: bigint }>;
+
+function sharedEntryHash(hashes: SharedEntryHashes, section: Section, key: string, value: unknown): bigint {
+  if (typeof value !== 'object' || value === null) return entryHash(section, key, value);
+  const known = hashes.get(value);
+  if (known && known.section === section && known.key === key) return known.hash;
+  const hash = entryHash(section, key, value);
+  hashes.set(value, { section, key, hash });
+  return hash;
 }
 
 const hashHex = (h: bigint) => h.toString(16).padStart(32, '0');
@@ -289,18 +321,23 @@ export function cellHashOf(state: CellState): string {
 
 /**
  * Applies operations to a state in place and returns the new hash, updated entry by entry. Values are copied
- * unless `share` is set (the planner shares them: its entries are replaced whole, never edited).
+ * unless `shared` is given (the planner shares them: its entries are replaced whole, never edited); their hashes
+ * are then kept there.
  */
-export function applyCellOps(state: CellState, hash: string, ops: readonly CellOp[], share = false): string {
+export function applyCellOps(state: CellState, hash: string, ops: readonly CellOp[], shared?: SharedEntryHashes): string {
   let h = BigInt('0x' + hash);
-  for (const { path: [section, key], value } of ops) {
+  const hashOf = shared ? (section: Section, key: string, value: unknown) => sharedEntryHash(shared, section, key, value) : entryHash;
+  for (const {
+    path: [section, key],
+    value,
+  } of ops) {
     const entries = state[section] as Record<string, unknown>;
     const old = entries[key];
-    if (old !== undefined) h ^= entryHash(section, key, old);
+    if (old !== undefined) h ^= hashOf(section, key, old);
     if (value === undefined) delete entries[key];
     else {
-      entries[key] = share ? value : structuredClone(value);
-      h ^= entryHash(section, key, value);
+      entries[key] = shared ? value : structuredClone(value);
+      h ^= hashOf(section, key, value);
     }
   }
   return hashHex(h);

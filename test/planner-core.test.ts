@@ -1,15 +1,19 @@
 // Sequence tests of the planner core: the same scenario folded in order, in different batch sizes,
 // with every event duplicated, and with independent aggregates interleaved differently must give byte-identical
-// cell states; a reader that applies the outputs must end equal to the derived states; a restart from a
-// checkpoint must give exactly the outputs of an uninterrupted run; partitions must add up to the whole.
+// cell states; a reader that applies the outputs (one coalesced delta per cell per batch) must end equal to the
+// derived states, and every delta must carry the cell's state after the event it is stamped with; restarts from
+// checkpoints, with the outputs after them stored only in part, must leave every cell's stored chain unbroken and
+// ending at an uninterrupted run's state; partitions must add up to the whole.
 import t, { type Test } from 'tap';
 import type { DomainEvent, RecordedEvent } from '../events/catalogue.ts';
-import { cellHashOf, deriveCellState, emptyCellState } from '../projections/cell.ts';
-import { CellReplica, type PlannerOutput, outputMessage } from '../projections/cell-stream.ts';
+import { type CellOp, applyCellOps, cellHashOf, deriveCellState, emptyCellState } from '../projections/cell.ts';
+import { CellReplica, type CellDelta, type CellSnapshot, EMPTY_CELL_HASH, type PlannerOutput, outputMessage } from '../projections/cell-stream.ts';
 import { canonicalJson } from '../projections/canonical.ts';
 import { PlannerCore, type PlannerCheckpoint } from '../services/topology-planner/core.ts';
+import { isAlreadyPlanned } from '../services/topology-planner/published.ts';
 import { HeartbeatWatch } from '../services/topology-planner/membership.ts';
 import { ev, record } from './harness/events.ts';
+import { chainProblems } from './harness/chains.ts';
 import { foldEventsInPlace, initialModel } from '../projections/model.ts';
 
 const opts = (owns: (c: string) => boolean = () => true) => ({ domain: 'apps.internal', snapshotEvery: 4, owns });
@@ -61,6 +65,99 @@ function merge(streams: DomainEvent[][], seed: number | null): DomainEvent[] {
     const pick = open[Math.floor(rnd() * open.length)]!;
     out.push(streams[pick]![idx[pick]!++]!);
   }
+}
+
+/**
+ * A random but plausible history over a few apps and cells: apps registered, renamed and deleted, containers started
+ * and stopped, policies created and deleted (ports from a small set, so the same rule comes and goes), cells
+ * registered and decommissioned; a change is often undone by the very next event.
+ */
+function randomHistory(seed: number, length: number): DomainEvent[] {
+  const rnd = mulberry32(seed);
+  const pick = <T>(xs: readonly T[]): T | undefined => xs[Math.floor(rnd() * xs.length)];
+  const cells = ['cell-1', 'cell-2', 'cell-3', 'cell-4'];
+  const unregistered = ['app-a', 'app-b', 'app-c', 'app-d', 'app-e', 'app-f'];
+  const live = new Map<string, string>(); // app -> name
+  const running = new Map<string, { app: string; cell: string }>();
+  const instances = new Map<string, number>();
+  let nextContainer = 0;
+  let nextName = 0;
+  const out: DomainEvent[] = [];
+  const undo = (e: DomainEvent) => rnd() < 0.25 && out.push(e);
+  while (out.length < length) {
+    const r = rnd();
+    const app = pick([...live.keys()]);
+    if (r < 0.1 || !app) {
+      const fresh = unregistered.shift();
+      if (!fresh && !app) break; // every app deleted: the history ends here
+      if (!fresh) continue;
+      live.set(fresh, fresh.slice(4));
+      out.push(ev.registered(fresh, fresh.slice(4)));
+    } else if (r < 0.4) {
+      const cell = pick(cells)!;
+      const id = `c-${nextContainer}`;
+      const index = instances.get(app) ?? 0;
+      instances.set(app, index + 1);
+      out.push(ev.started(id, app, cell, `10.255.${cell.slice(5)}.${10 + nextContainer++}`, index));
+      running.set(id, { app, cell });
+      if (undo(ev.stopped(id, app, cell))) running.delete(id);
+    } else if (r < 0.58) {
+      const id = pick([...running.keys()]);
+      if (!id) continue;
+      const c = running.get(id)!;
+      running.delete(id);
+      out.push(ev.stopped(id, c.app, c.cell));
+    } else if (r < 0.75) {
+      const dest = pick([...live.keys()])!;
+      const port = pick([80, 443, 8080])!;
+      out.push(ev.created(app, dest, port));
+      undo(ev.removed(app, dest, port));
+    } else if (r < 0.85) {
+      out.push(ev.removed(app, pick([...live.keys()])!, pick([80, 443, 8080])!));
+    } else if (r < 0.9) {
+      const name = `n${nextName++}`;
+      out.push(ev.renamed(app, name, live.get(app)!));
+      live.set(app, name);
+    } else if (r < 0.93) {
+      for (const [id, c] of running) if (c.app === app) (running.delete(id), out.push(ev.stopped(id, c.app, c.cell)));
+      out.push(ev.deleted(app));
+      live.delete(app);
+    } else if (r < 0.97) {
+      const cell = pick(cells)!;
+      out.push(ev.cell(cell));
+    } else {
+      const cell = pick(cells)!;
+      out.push(ev.decommissioned(cell));
+      undo(ev.cell(cell));
+    }
+  }
+  return out.slice(0, length);
+}
+
+/** Batch sizes 1..max, at random. */
+function randomBatches(recs: readonly RecordedEvent[], seed: number, max: number): RecordedEvent[][] {
+  const rnd = mulberry32(seed);
+  const out: RecordedEvent[][] = [];
+  for (let i = 0; i < recs.length;) {
+    const n = 1 + Math.floor(rnd() * max);
+    out.push(recs.slice(i, i + n));
+    i += n;
+  }
+  return out;
+}
+
+/** Per cell, its hash after every event (one event per batch: the per-event reference). */
+function hashesPerEvent(recs: readonly RecordedEvent[]): Map<string, Map<number, string>> {
+  const core = new PlannerCore(opts());
+  const out = new Map<string, Map<number, string>>();
+  for (const rec of recs) {
+    core.ingest([rec]);
+    for (const [cellId, c] of Object.entries(core.cells())) {
+      const m = out.get(cellId) ?? out.set(cellId, new Map()).get(cellId)!;
+      m.set(rec.seq, c.hash);
+    }
+  }
+  return out;
 }
 
 /** One replica per cell: the readers' own code (projections/cell-stream.ts). */
@@ -146,19 +243,171 @@ t.test('a change touches only the cells it affects; a no-op emits nothing', asyn
   t.same(core.ingest(record([ev.created('app-web', 'app-new')], next + 3)), [], 'a policy to an app with no containers changes no cell');
 });
 
-t.test('restart from a checkpoint gives exactly the outputs of an uninterrupted run', async (t) => {
-  const { prefix, streams } = scenario();
-  const recs = record([...prefix, ...merge(streams, 7)]);
-  const whole = runCore(recs, 1).outputs;
-  for (const cut of [1, 9, 17, recs.length - 2]) {
-    const first = new PlannerCore(opts());
-    const before = first.ingest(recs.slice(0, cut));
-    const cp = JSON.parse(JSON.stringify(first.checkpoint())) as PlannerCheckpoint;
-    t.notOk('model' in cp, 'the checkpoint holds no model');
-    const resumed = new PlannerCore(opts(), { checkpoint: cp, model: foldEventsInPlace(structuredClone(initialModel()), recs.slice(0, cut)) });
-    const after = resumed.ingest(recs); // replays from the start: events at or below the checkpoint are skipped
-    t.equal(canonicalJson([...before, ...after]), canonicalJson(whole), `cut after ${cut} events`);
+t.test('a reader applies net operations: a delete of an entry it lacks, a set to the value it has, change nothing', async (t) => {
+  const state = emptyCellState();
+  const c = { appId: 'app-a', appName: 'a', instanceIndex: 0, ip: '10.255.1.2' };
+  let hash = applyCellOps(state, EMPTY_CELL_HASH, [{ path: ['containers', 'c-0'], value: c }]);
+  const held = hash;
+  const netOps: CellOp[] = [
+    { path: ['containers', 'c-9'] }, // never had it
+    { path: ['containers', 'c-0'], value: structuredClone(c) }, // the value it already has
+    { path: ['names', 'a.apps.internal'] },
+  ];
+  hash = applyCellOps(state, hash, netOps);
+  t.equal(hash, held, 'the hash is unchanged');
+  t.equal(cellHashOf(state), hash, 'and is the hash of the state');
+  t.same(state.containers, { 'c-0': c });
+});
+
+t.test('coalesced deltas, random histories and random batches: each is the state after its revision; readers end at the planner', async (t) => {
+  for (let seed = 1; seed <= 40; seed++) {
+    const recs = record(randomHistory(seed, 150));
+    const perEvent = hashesPerEvent(recs);
+    const max = [1, 4, 16, 64, 200][seed % 5]!;
+    const core = new PlannerCore(opts());
+    const reader: Reader = new Map();
+    let deltas = 0;
+    let failed = 0;
+    for (const batch of randomBatches(recs, seed * 7, max)) {
+      const outputs = core.ingest(batch);
+      const perCell = new Map<string, number>();
+      for (const o of outputs) {
+        if (o.kind !== 'delta') continue;
+        deltas++;
+        perCell.set(o.cellId, (perCell.get(o.cellId) ?? 0) + 1);
+        const last = batch[batch.length - 1]!.seq;
+        if (o.revision < batch[0]!.seq || o.revision > last) failed += +!t.fail(`seed ${seed}: ${o.cellId} at ${o.revision} outside its batch`);
+        if (perEvent.get(o.cellId)?.get(o.revision) !== o.hash)
+          failed += +!t.fail(`seed ${seed}: ${o.cellId} at ${o.revision}: not the state after that event`);
+        if (new Set(o.ops.map((op) => op.path.join('\u0000'))).size !== o.ops.length) failed += +!t.fail(`seed ${seed}: an entry twice in one delta`);
+        // Net: every operation changes what a reader at prevRevision holds.
+        const held = reader.get(o.cellId)?.state ?? emptyCellState();
+        for (const op of o.ops) {
+          const had = (held[op.path[0]] as Record<string, unknown>)[op.path[1]];
+          if (op.value === undefined ? had === undefined : canonicalJson(had ?? null) === canonicalJson(op.value))
+            failed += +!t.fail(`seed ${seed}: a no-op in ${o.revision}`);
+        }
+      }
+      if ([...perCell.values()].some((n) => n > 1)) failed += +!t.fail(`seed ${seed}: a cell got two deltas from one batch`);
+      applyOutputs(t, reader, outputs);
+    }
+    for (const [cellId, view] of Object.entries(core.cells())) {
+      const r = reader.get(cellId);
+      const state = core.cellState(cellId)!;
+      t.equal(r?.hash ?? EMPTY_CELL_HASH, view.hash, `seed ${seed}: ${cellId}: the reader's hash is the planner's`);
+      t.equal(canonicalJson(r?.state ?? emptyCellState()), canonicalJson(state), `seed ${seed}: ${cellId}: and its state`);
+      t.equal(cellHashOf(state), view.hash, `seed ${seed}: ${cellId}: cellHashOf(state) is the hash`);
+      t.equal(canonicalJson(state), canonicalJson(deriveCellState(core.model, cellId)), `seed ${seed}: ${cellId}: the derived state`);
+    }
+    t.equal(failed, 0, `seed ${seed}: ${deltas} deltas from ${recs.length} events in batches of up to ${max}`);
   }
+});
+
+t.test('a batch coalesces: one delta per cell, an entry changed and changed back is no operation, a net no-op is no delta', async (t) => {
+  const recs = record([
+    ev.cell('cell-1'),
+    ev.registered('app-a', 'a'),
+    ev.registered('app-b', 'b'),
+    ev.started('a-0', 'app-a', 'cell-1', '10.255.1.2', 0),
+    ev.started('b-0', 'app-b', 'cell-1', '10.255.1.3', 0),
+    ev.created('app-b', 'app-a', 80),
+    ev.removed('app-b', 'app-a', 80),
+    ev.started('a-1', 'app-a', 'cell-1', '10.255.1.4', 1),
+    ev.stopped('a-1', 'app-a', 'cell-1'),
+  ]);
+  const core = new PlannerCore(opts());
+  const first = core.ingest(recs.slice(0, 5));
+  t.same(
+    first.map((o) => [o.kind, o.revision]),
+    [['delta', 5]],
+    'five events, one delta',
+  );
+  t.equal(first[0]!.kind === 'delta' && first[0]!.at, recs[4]!.event.at, 'stamped with the time of the last event that changed the cell');
+  t.same(core.ingest(recs.slice(5)), [], 'a policy created and deleted, a container started and stopped: nothing');
+  t.equal(core.cells()['cell-1']!.revision, 5, 'the revision stays');
+  const later = core.ingest(record([ev.created('app-b', 'app-a', 80), ev.registered('app-c', 'c')], recs.length + 1));
+  t.match(later, [{ kind: 'delta', cellId: 'cell-1', revision: recs.length + 1, prevRevision: 5 }]);
+});
+
+/** What the cell streams hold, per cell, in the order stored; a publish is suppressed exactly as the service does. */
+class Store {
+  readonly deltas = new Map<string, CellDelta[]>();
+  readonly snapshots = new Map<string, CellSnapshot[]>();
+  /** Per cell the revision of its last stored delta or snapshot (latestPlannedPerCell). */
+  heads(): Map<string, number> {
+    const heads = new Map<string, number>();
+    for (const [cell, list] of [...this.deltas, ...this.snapshots]) heads.set(cell, Math.max(heads.get(cell) ?? 0, list[list.length - 1]!.revision));
+    return heads;
+  }
+  publish(outputs: readonly PlannerOutput[], heads: ReadonlyMap<string, number>): void {
+    for (const o of outputs) {
+      if (isAlreadyPlanned(o, heads.get(o.cellId))) continue;
+      const { kind: _kind, ...body } = o;
+      const into = o.kind === 'delta' ? this.deltas : this.snapshots;
+      const list = into.get(o.cellId) ?? into.set(o.cellId, []).get(o.cellId)!;
+      (list as unknown[]).push(JSON.parse(JSON.stringify(body)));
+    }
+  }
+}
+
+/** Every cell's stored chain, checked as readers use it (test/harness/chains.ts), against an uninterrupted run. */
+function checkChains(t: Test, store: Store, expected: Record<string, { hash: string }>, what: string): number {
+  let problems = 0;
+  for (const [cellId, { hash }] of Object.entries(expected)) {
+    for (const p of chainProblems(cellId, store.deltas.get(cellId) ?? [], store.snapshots.get(cellId) ?? [], hash)) problems += +!t.fail(`${what}: ${p}`);
+  }
+  return problems;
+}
+
+t.test('restarts from checkpoints with outputs lost after them, ownership changing: every stored chain unbroken, the states of an uninterrupted run', async (t) => {
+  const { prefix, streams } = scenario();
+  const histories = [record([...prefix, ...merge(streams, 7)]), ...[11, 12, 13, 14, 15, 16].map((seed) => record(randomHistory(seed, 160)))];
+  let restarts = 0;
+  for (const [h, recs] of histories.entries()) {
+    const whole = new PlannerCore(opts());
+    for (const b of randomBatches(recs, h, 50)) whole.ingest(b);
+    const expected = whole.cells();
+    for (let trial = 0; trial < 12; trial++) {
+      const rnd = mulberry32(1000 * h + trial);
+      const store = new Store();
+      let checkpoint: PlannerCheckpoint | undefined;
+      // Up to three runs killed at random, then one that reaches the end of the log.
+      for (let run = 0; ; run++) {
+        const last = run === 3 || rnd() < 0.25;
+        const heads = store.heads();
+        const model = foldEventsInPlace(structuredClone(initialModel()), recs.slice(0, checkpoint?.seq ?? 0));
+        // Runs before the last own a random part of the cells, which changes now and then between batches (members
+        // joining and leaving); the last one owns every cell, so every chain reaches the end of the log.
+        const owned = new Map<string, boolean>();
+        const owns = (c: string) => last || (owned.get(c) ?? owned.set(c, rnd() < 0.7).get(c)!);
+        const core = checkpoint
+          ? new PlannerCore(opts(owns), { checkpoint: JSON.parse(JSON.stringify(checkpoint)), model }, heads)
+          : new PlannerCore(opts(owns), undefined, heads);
+        const outputs: PlannerOutput[] = [...core.setOwnership(owns)]; // the service's reconcile at start
+        const checkpoints: { at: number; cp: PlannerCheckpoint }[] = [];
+        for (const b of randomBatches(recs.slice(core.seq), rnd() * 1e9, 1 + Math.floor(rnd() * 40))) {
+          if (!last && rnd() < 0.1) {
+            owned.clear();
+            outputs.push(...core.setOwnership(owns));
+          }
+          outputs.push(...core.ingest(b));
+          checkpoints.push({ at: outputs.length, cp: core.checkpoint() });
+        }
+        if (last) {
+          store.publish(outputs, heads);
+          break;
+        }
+        // Killed: a prefix of its outputs is stored, and any checkpoint written covers only stored outputs.
+        const kill = Math.floor(rnd() * (outputs.length + 1));
+        store.publish(outputs.slice(0, kill), heads);
+        const written = checkpoints.filter((c) => c.at <= kill);
+        if (written.length > 0 && rnd() < 0.85) checkpoint = written[Math.floor(rnd() * written.length)]!.cp;
+        restarts++;
+      }
+      t.equal(checkChains(t, store, expected, `history ${h}, trial ${trial}`), 0, `history ${h}, trial ${trial}: every chain unbroken`);
+    }
+  }
+  t.ok(restarts > 100, `${restarts} restarts`);
 });
 
 t.test('partitions add up to the whole, and a take-over starts with a snapshot', async (t) => {

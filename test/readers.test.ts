@@ -14,13 +14,13 @@ import { Registry } from '../runtime/metrics.ts';
 import type { Bus } from '../runtime/nats.ts';
 import { silentLogger } from '../runtime/logger.ts';
 
-/** A real chain of one cell's deltas, from the planner's own core: 12 containers started, then 4 stopped. */
+/** A real chain of one cell's deltas, from the planner's own core: 12 containers started, then 4 stopped, one batch each. */
 function chain(): { deltas: Extract<PlannerOutput, { kind: 'delta' }>[]; final: { revision: number; hash: string; state: string } } {
   const core = new PlannerCore({ domain: 'apps.internal', snapshotEvery: 100_000, owns: () => true });
   const events = [ev.registered('app-a', 'a', 's1')];
   for (let i = 0; i < 12; i++) events.push(ev.started(`c-${i}`, 'app-a', 'cell-x', `10.255.1.${i + 2}`, i));
   for (let i = 0; i < 4; i++) events.push(ev.stopped(`c-${i}`, 'app-a', 'cell-x'));
-  const outputs = core.ingest(record(events));
+  const outputs = record(events).flatMap((rec) => core.ingest([rec]));
   const deltas = outputs.filter((o): o is Extract<PlannerOutput, { kind: 'delta' }> => o.kind === 'delta' && o.cellId === 'cell-x');
   const view = core.cellView('cell-x')!;
   return { deltas, final: { revision: view.revision, hash: view.hash, state: canonicalJson(view.state) } };

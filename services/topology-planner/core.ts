@@ -1,14 +1,29 @@
 // The planner's pure core: folds events into the global model and, for the cells this instance owns, turns each
-// event's effect into per-cell outputs: a delta (operations, stamped with the event's sequence and the cell's
-// previous revision, plus the hash of the resulting state) and, every `snapshotEvery` deltas or when a cell is
-// taken over, a full snapshot. Per event it re-derives only the entries the event can change (dirtyEntries),
-// judged on the model before and after folding it, so its cost follows the size of the change. Deterministic: the
-// same events and ownership give the same outputs, byte for byte,
-// whatever the batch sizes, which is what makes a restart from a checkpoint exact.
+// batch's effect into per-cell outputs: one delta per changed cell per batch (the net operation per entry, stamped
+// with the last event of the batch that changed the cell and the cell's revision before the batch, plus the hash of
+// the resulting state) and, every `snapshotEvery` deltas or when a cell is taken over, a full snapshot. Per event it
+// re-derives only the entries the event can change (dirtyEntries), judged on the model before and after folding it,
+// so its cost follows the size of the change; each cell's state and hash are exact at every event boundary, and the
+// deltas of a batch are what the batch changed in net (an entry changed and changed back is no operation; a cell
+// with no net operation gets no delta and keeps its revision). The log follower's batches set the grouping: small
+// while the planner keeps up, up to 1,000 events when it falls behind, so it catches up in deltas per cell, not per
+// event.
+//
+// What holds whatever the batch sizes: the same final cell states and hashes, and every delta's state is the cell's
+// state after the event it is stamped with (a cell's state after event s is a pure function of the log). Byte-equal
+// outputs do not hold: a restart folds other batches than the run before it. So a restart continues the chains that
+// are stored instead of re-deriving them: it is given each cell's head — the revision of the last delta or snapshot
+// already stored for it — and right after event `head` the cell's current group closes there (it is at or below what
+// is stored: the publisher does not send it) and its revision becomes `head`, so its next delta has `prevRevision =
+// head`. That holds for a take-over snapshot stored at `model.seq` too, which need not be a change point of the cell:
+// after event s its state is that snapshot's. Heads at or below the checkpoint's sequence are ignored (what the
+// checkpoint covers was stored before it was written). So every stored chain stays unbroken across restarts.
 import type { RecordedEvent } from '../../events/catalogue.ts';
 import {
   type CellOp,
   type CellState,
+  type DeriveMemo,
+  type SharedEntryHashes,
   applyCellOps,
   cellHashOf,
   deriveCellState,
@@ -24,6 +39,12 @@ import { EMPTY_CELL_HASH, type PlannerOutput } from '../../projections/cell-stre
 import { dict } from '../../projections/dict.ts';
 
 type CellTrack = { state: CellState; revision: number; hash: string; sinceSnapshot: number };
+
+/**
+ * A cell's changes within the batch being folded, not emitted yet: its revision when the group began, the last
+ * event that changed it, and each touched entry's value when the group began (undefined: absent).
+ */
+type Group = { prevRevision: number; revision: number; at: string; before: Map<string, unknown> };
 
 /**
  * What a checkpoint holds: the sequence it covers and, per owned cell, its revision and its deltas since its last
@@ -53,12 +74,18 @@ export class PlannerCore {
   readonly #known = new Set<string>();
   /** The time of the last event folded by `ingest` (a take-over's link delta carries it). */
   #lastAt = new Date(0).toISOString();
+  /** Hashes of the entry values the cells hold (shared with the outputs, never edited). */
+  readonly #hashes: SharedEntryHashes = new WeakMap();
+  /** Stored heads above the start sequence, in log order: [revision, cell]; `#nextHead` is the first not reached. */
+  readonly #heads: [number, string][];
+  #nextHead = 0;
 
   /**
    * A fresh core, or one resumed from a checkpoint with `model` = the log folded up to the checkpoint's sequence
-   * (the core takes the model over; it must not be used elsewhere).
+   * (the core takes the model over; it must not be used elsewhere). `heads`: per cell, the revision of the last
+   * delta or snapshot the cell streams already hold (see the header); those at or below the start are ignored.
    */
-  constructor(opts: PlannerCoreOptions, resume?: { checkpoint: PlannerCheckpoint; model: Model }) {
+  constructor(opts: PlannerCoreOptions, resume?: { checkpoint: PlannerCheckpoint; model: Model }, heads: ReadonlyMap<string, number> = new Map()) {
     this.#opts = opts;
     this.#owns = opts.owns;
     const checkpoint = resume?.checkpoint;
@@ -67,11 +94,14 @@ export class PlannerCore {
     }
     this.model = resume ? resume.model : initialModel();
     for (const c of Object.values(this.model.containers)) if (c.cellId) this.#known.add(c.cellId);
+    for (const cellId of Object.keys(this.model.cells)) this.#known.add(cellId); // a registered cell has state without containers
     for (const [cellId, t] of Object.entries(checkpoint?.cells ?? {})) {
       this.#known.add(cellId);
       const state = deriveCellState(this.model, cellId, opts.domain);
       this.#cells.set(cellId, { state, revision: t.revision, hash: cellHashOf(state), sinceSnapshot: t.sinceSnapshot });
     }
+    this.#heads = [...heads].filter(([, revision]) => revision > this.model.seq).map(([cellId, revision]): [number, string] => [revision, cellId]);
+    this.#heads.sort(([a, ca], [b, cb]) => a - b || (ca < cb ? -1 : ca > cb ? 1 : 0));
   }
 
   get seq(): number {
@@ -101,41 +131,99 @@ export class PlannerCore {
     return t && this.#snapshot(cellId, t);
   }
 
-  /** Folds events in order; returns the outputs for owned cells, in order. */
+  /**
+   * Folds events in order; returns the outputs for owned cells: per cell at most one delta for the batch (and one
+   * more where a stored head closes a group inside it), in order per cell.
+   */
   ingest(batch: readonly RecordedEvent[]): PlannerOutput[] {
     const out: PlannerOutput[] = [];
+    const groups = new Map<string, Group>();
     const domain = this.#opts.domain;
+    this.#reachHeads(groups, out);
     for (const rec of batch) {
       if (rec.seq <= this.model.seq) continue;
       this.#lastAt = rec.event.at;
       const dirty = dirtyEntries(this.model, rec.event, domain);
       foldEventsInPlace(this.model, [rec]);
       dirtyEntries(this.model, rec.event, domain, dirty);
-      for (const cellId of [...dirty.keys()].sort()) {
+      const memo: DeriveMemo = new Map();
+      for (const [cellId, ids] of dirty) {
         this.#known.add(cellId);
         if (!this.#owns(cellId)) continue;
         const track = this.#cells.get(cellId) ?? this.#track(cellId);
+        let group = groups.get(cellId);
         const ops: CellOp[] = [];
-        for (const id of [...dirty.get(cellId)!].sort()) {
+        for (const id of ids) {
           const [section, key] = splitEntryId(id);
-          const next = deriveEntry(this.model, cellId, section, key, domain);
+          const next = deriveEntry(this.model, cellId, section, key, domain, memo);
           const current = (track.state[section] as Record<string, unknown>)[key];
           if (next === undefined ? current === undefined : current !== undefined && sameValue(current, next)) continue;
+          if (!group) groups.set(cellId, (group = { prevRevision: track.revision, revision: 0, at: '', before: new Map() }));
+          if (!group.before.has(id)) group.before.set(id, current);
           ops.push(next === undefined ? { path: [section, key] } : { path: [section, key], value: next });
         }
         if (ops.length === 0) continue;
-        const prevRevision = track.revision;
-        track.hash = applyCellOps(track.state, track.hash, ops, true);
-        track.revision = rec.seq;
-        track.sinceSnapshot += 1;
-        out.push({ kind: 'delta', cellId, revision: rec.seq, prevRevision, ops, hash: track.hash, at: rec.event.at });
-        if (track.sinceSnapshot >= this.#opts.snapshotEvery) {
-          out.push(this.#snapshot(cellId, track));
-          track.sinceSnapshot = 0;
-        }
+        track.hash = applyCellOps(track.state, track.hash, ops, this.#hashes);
+        group!.revision = rec.seq;
+        group!.at = rec.event.at;
       }
+      this.#reachHeads(groups, out);
     }
+    for (const cellId of [...groups.keys()].sort()) this.#close(cellId, groups.get(cellId)!, out);
     return out;
+  }
+
+  /**
+   * Emits a cell's group: a delta of the net operations (each touched entry's value now, or its deletion), unless
+   * every touched entry is back to its value when the group began; then nothing, and the revision stays.
+   */
+  #close(cellId: string, group: Group, out: PlannerOutput[]): void {
+    const track = this.#cells.get(cellId)!;
+    const ops: CellOp[] = [];
+    for (const id of [...group.before.keys()].sort()) {
+      const [section, key] = splitEntryId(id);
+      const was = group.before.get(id);
+      const now = (track.state[section] as Record<string, unknown>)[key];
+      if (now === undefined ? was === undefined : was !== undefined && sameValue(was, now)) continue;
+      ops.push(now === undefined ? { path: [section, key] } : { path: [section, key], value: now });
+    }
+    if (ops.length === 0) return;
+    track.revision = group.revision;
+    track.sinceSnapshot += 1;
+    out.push({ kind: 'delta', cellId, revision: group.revision, prevRevision: group.prevRevision, ops, hash: track.hash, at: group.at });
+    if (track.sinceSnapshot >= this.#opts.snapshotEvery) {
+      out.push(this.#snapshot(cellId, track));
+      track.sinceSnapshot = 0;
+    }
+  }
+
+  /**
+   * Every stored head the fold has reached (its revision at or below the model's sequence): an owned cell closes its
+   * group there and takes the head as its revision, so its next delta continues the stored chain. (Right after event
+   * s; or before the next event when the log entry at s was not an event and was skipped.)
+   */
+  #reachHeads(groups: Map<string, Group>, out: PlannerOutput[]): void {
+    for (; this.#nextHead < this.#heads.length && this.#heads[this.#nextHead]![0] <= this.model.seq; this.#nextHead++) {
+      const [revision, cellId] = this.#heads[this.#nextHead]!;
+      if (!this.#owns(cellId)) continue;
+      this.#known.add(cellId);
+      const group = groups.get(cellId);
+      if (group) {
+        groups.delete(cellId);
+        this.#close(cellId, group, out);
+      }
+      // A cell not tracked yet is derived whole: its state after event `revision` is the model's now.
+      const track = this.#cells.get(cellId) ?? this.#derived(cellId, 0);
+      if (track.revision < revision) track.revision = revision;
+    }
+  }
+
+  /** Starts tracking a cell at its state in the model now. */
+  #derived(cellId: string, revision: number): CellTrack {
+    const state = deriveCellState(this.model, cellId, this.#opts.domain);
+    const t: CellTrack = { state, revision, hash: cellHashOf(state), sinceSnapshot: 0 };
+    this.#cells.set(cellId, t);
+    return t;
   }
 
   #track(cellId: string): CellTrack {
@@ -159,12 +247,11 @@ export class PlannerCore {
   setOwnership(owns: (cellId: string) => boolean): PlannerOutput[] {
     this.#owns = owns;
     const out: PlannerOutput[] = [];
+    this.#reachHeads(new Map(), out); // between batches: no group is open, nothing is emitted
     for (const cellId of [...this.#known].sort()) {
       const had = this.#cells.has(cellId);
       if (owns(cellId) && !had) {
-        const state = deriveCellState(this.model, cellId, this.#opts.domain);
-        const t: CellTrack = { state, revision: this.model.seq, hash: cellHashOf(state), sinceSnapshot: 0 };
-        this.#cells.set(cellId, t);
+        const t = this.#derived(cellId, this.model.seq);
         out.push(this.#snapshot(cellId, t));
         // Agents follow deltas, not snapshots: a delta with no operations, from revision 0 to the snapshot's, moves an
         // agent holding the old owner's last state (the same state, when the old owner was up to date) to this

@@ -4,12 +4,12 @@
 import { lastPerSubject } from '../../runtime/buckets.ts';
 import { isNoMessageFound } from '../../runtime/nats-adapter.ts';
 import type { Bus } from '../../runtime/nats.ts';
-import { CELL_DELTAS_STREAM, CELL_SNAPSHOTS_STREAM, cellSubject, revisionOf } from '../../projections/cell-stream.ts';
+import { CELL_DELTAS_STREAM, CELL_SNAPSHOTS_STREAM, type PlannerOutput, cellSubject, revisionOf } from '../../projections/cell-stream.ts';
 
 export type Published = { revision: number; hash: string | null };
 
 /** The revision of the last delta (or snapshot) of every cell: complete, or an error (see lastPerSubject). */
-export async function lastPublishedPerCell(bus: Bus, kind: 'delta' | 'snapshot'): Promise<Map<string, number>> {
+async function lastPublishedPerCell(bus: Bus, kind: 'delta' | 'snapshot'): Promise<Map<string, number>> {
   const [stream, filter] = kind === 'delta' ? [CELL_DELTAS_STREAM, cellSubject.allDeltas] : [CELL_SNAPSHOTS_STREAM, cellSubject.allSnapshots];
   const out = new Map<string, number>();
   for (const m of await lastPerSubject(bus, stream, filter)) {
@@ -25,6 +25,18 @@ export async function latestPlannedPerCell(bus: Bus): Promise<Map<string, number
   const planned = new Map(deltas);
   for (const [cell, r] of snapshots) planned.set(cell, Math.max(r, planned.get(cell) ?? 0));
   return planned;
+}
+
+/**
+ * Is an output already covered by what its cell's streams hold (`head`: the cell's latest planned revision, its last
+ * delta or snapshot)? A delta at or below the head is: the stored chain reaches it (a restart re-derives deltas that
+ * may be grouped otherwise, and continues the chain from the head, services/topology-planner/core.ts). A snapshot
+ * below the head is too: its revision may not be on the stored chain, and a reader that took it could not follow
+ * the deltas after it. A snapshot at the head is the state the head stands for, and may be sent again.
+ */
+export function isAlreadyPlanned(o: Pick<PlannerOutput, 'kind' | 'revision'>, head: number | undefined): boolean {
+  if (head === undefined) return false;
+  return o.kind === 'delta' ? o.revision <= head : o.revision < head;
 }
 
 async function lastOn(bus: Bus, stream: string, subject: string): Promise<Published | null> {

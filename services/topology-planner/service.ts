@@ -1,8 +1,9 @@
 // The topology planner service: restores its checkpoint, follows the event log from there with an ordered
 // consumer, and publishes each owned cell's deltas and snapshots in order. Outputs go out with msg ids
-// (`d:<cell>:<revision>`, `s:<cell>:<revision>`), and after a restart anything at or below what a cell's
-// subjects already hold is not sent again, so a restart from any checkpoint leaves the same outputs as an
-// uninterrupted run. A checkpoint is written only once every output it covers is acknowledged.
+// (`d:<cell>:<revision>`, `s:<cell>:<revision>`). At start it reads what the cell streams hold (each cell's head:
+// its last delta or snapshot); the core continues every cell's chain from its head, and anything at or below a
+// head is not sent again, so a restart from any checkpoint leaves every cell's stored chain unbroken. A checkpoint
+// is written only once every output it covers is acknowledged.
 import type { Subscription } from '@nats-io/nats-core';
 import type { Bus } from '../../runtime/nats.ts';
 import type { Config } from '../../runtime/config.ts';
@@ -18,7 +19,7 @@ import { DEFAULT_DOMAIN, emptyCellState } from '../../projections/cell.ts';
 import { PlannerCore } from './core.ts';
 import { CheckpointStore, Checkpointer } from './checkpointer.ts';
 import { OutputPump, type PumpItem } from './output-pump.ts';
-import { lastPublishedPerCell } from './published.ts';
+import { isAlreadyPlanned, latestPlannedPerCell } from './published.ts';
 import { Membership } from './membership.ts';
 
 export type PlannerConfig = {
@@ -85,12 +86,15 @@ export async function startPlanner(deps: { bus: Bus; log: Logger; config: Planne
   });
   await membership.start();
   const coreOptions = { domain: cfg.domain, snapshotEvery: cfg.snapshotEvery, owns: membership.owns };
-  const core = checkpoint
-    ? new PlannerCore(coreOptions, { checkpoint, model: await foldLog(new EventLog(deps.bus), liveModelFold, initialModel(), { toSeq: checkpoint.seq, log }) })
-    : new PlannerCore(coreOptions);
-  log.info({ seq: core.seq, cells: Object.keys(core.cells()).length, fromCheckpoint: !!checkpoint }, 'planner-restored');
+  const resume = checkpoint
+    ? { checkpoint, model: await foldLog(new EventLog(deps.bus), liveModelFold, initialModel(), { toSeq: checkpoint.seq, log }) }
+    : undefined;
+  // Each cell's head in the cell streams, read after the fold (a previous owner of a cell has had the most time to stop).
+  const heads = await latestPlannedPerCell(deps.bus);
+  const core = new PlannerCore(coreOptions, resume, heads);
+  log.info({ seq: core.seq, cells: Object.keys(core.cells()).length, heads: heads.size, fromCheckpoint: !!checkpoint }, 'planner-restored');
 
-  const publisher = await OutputPublisher.start(deps.bus, log);
+  const publisher = new OutputPublisher(deps.bus, heads, log);
   const pump = new OutputPump({
     // A delta that had to be sent again may be stored after later ones (a stream leader change): a snapshot of the
     // cell follows it, so its agent is whole again from the snapshot even if nothing else is ever written there.
@@ -188,25 +192,19 @@ export async function startPlanner(deps: { bus: Bus; log: Logger; config: Planne
 
 /**
  * Publishes outputs to the cell streams with their message ids, and does not send again what a cell's subjects
- * already hold (read once at start: after a restart the planner re-derives outputs the streams may have).
+ * already hold (`heads`, read once at start: after a restart the planner re-derives outputs up to them).
  */
 class OutputPublisher {
   readonly stats = { deltas: 0, snapshots: 0, suppressed: 0 };
   #counter: { inc(labels: { kind: string }): void } | undefined;
+  readonly #publishers: Record<PlannerOutput['kind'], StreamPublisher>;
 
-  private constructor(
-    private readonly publishers: Record<PlannerOutput['kind'], StreamPublisher>,
-    private readonly published: Record<PlannerOutput['kind'], Map<string, number>>,
+  constructor(
+    bus: Bus,
+    private readonly heads: ReadonlyMap<string, number>,
     private readonly log: Logger,
-  ) {}
-
-  static async start(bus: Bus, log: Logger): Promise<OutputPublisher> {
-    const published = { delta: await lastPublishedPerCell(bus, 'delta'), snapshot: await lastPublishedPerCell(bus, 'snapshot') };
-    return new OutputPublisher(
-      { delta: new StreamPublisher(bus.nc, CELL_DELTAS_STREAM), snapshot: new StreamPublisher(bus.nc, CELL_SNAPSHOTS_STREAM) },
-      published,
-      log,
-    );
+  ) {
+    this.#publishers = { delta: new StreamPublisher(bus.nc, CELL_DELTAS_STREAM), snapshot: new StreamPublisher(bus.nc, CELL_SNAPSHOTS_STREAM) };
   }
 
   countInto(counter: { inc(labels: { kind: string }): void }): void {
@@ -219,8 +217,7 @@ class OutputPublisher {
    * `resent`: it went out more than once, so it may be stored after outputs published later.
    */
   async publish(o: PlannerOutput): Promise<'sent' | 'resent' | 'suppressed'> {
-    const already = this.published[o.kind].get(o.cellId) ?? 0;
-    if (o.revision < already || (o.revision === already && o.kind === 'delta')) {
+    if (isAlreadyPlanned(o, this.heads.get(o.cellId))) {
       this.stats.suppressed += 1;
       return 'suppressed';
     }
@@ -228,7 +225,7 @@ class OutputPublisher {
     let resent = false;
     for (;;) {
       try {
-        const { attempts } = await this.publishers[o.kind].publish(subject, body, { msgId });
+        const { attempts } = await this.#publishers[o.kind].publish(subject, body, { msgId });
         resent ||= attempts > 1;
         break;
       } catch (err) {
