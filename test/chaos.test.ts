@@ -33,13 +33,15 @@ const CONCURRENCY = 6;
 
 const log = process.env.NETFOLD_TEST_LOG ? createRootLogger({ level: process.env.NETFOLD_TEST_LOG }) : silentLogger();
 const cluster: ClusterFixture = await startCluster({ log });
-let sys: ChaosSystem | undefined;
+// a failed start throws from the top level, where tap's teardown may not run: take the cluster down first
+const system: ChaosSystem = await startChaosSystem(cluster).catch(async (err: unknown) => {
+  await cluster.stop();
+  throw err;
+});
 t.teardown(async () => {
-  await sys?.stop();
+  await system.stop();
   await cluster.stop();
 });
-sys = await startChaosSystem(cluster);
-const system = sys;
 const load = new ChaosLoad(system);
 const down = () => new Promise((r) => setTimeout(r, DOWN_MS));
 
