@@ -202,6 +202,7 @@ export class LogFollower<S> {
       ...FAST_TAIL,
     });
     this.#loop = this.#run(this.#tail);
+    await this.#tail.opened; // started means reading: its consumer exists (also when the log is empty)
     await this.waitFor(target, 600_000);
     this.#log.info({ seq: this.seq }, 'log-follower-caught-up');
   }

@@ -66,6 +66,9 @@ export class StreamTail implements AsyncIterable<JsMsg> {
   #nextCheckAt = 0;
   /** Times the consumer was recreated. */
   recoveries = 0;
+  #markOpened: () => void = () => undefined;
+  /** Resolves once the first consumer exists on the server (the reader has started iterating). */
+  readonly opened = new Promise<void>((resolve) => (this.#markOpened = resolve));
 
   constructor(bus: Bus, opts: StreamTailOptions) {
     this.#bus = bus;
@@ -145,6 +148,7 @@ export class StreamTail implements AsyncIterable<JsMsg> {
       idle_heartbeat: this.#o.idleHeartbeatMs ?? FAST_TAIL.idleHeartbeatMs,
     });
     this.#started = true;
+    this.#markOpened();
     if (this.#stopped) {
       await closeQuietly(messages);
       throw new Error('stopped');
