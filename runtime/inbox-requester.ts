@@ -12,7 +12,20 @@ export class RequestTimeout extends Error {
   }
 }
 
-type Pending = { resolve: (m: Msg) => void; reject: (e: Error) => void; timer: NodeJS.Timeout };
+/**
+ * The connection was lost and re-established while the request waited: its answer, if one was sent, went to the
+ * old connection. Waiting out the timeout would only add seconds to a node's failure; the caller may send it again
+ * at once (a RequestTimeout: the request may or may not have been acted on).
+ */
+export class RequestInterrupted extends RequestTimeout {
+  constructor(subject: string) {
+    super(subject, 0);
+    this.message = `the connection was re-established while waiting for an answer on ${subject}`;
+    this.name = 'RequestInterrupted';
+  }
+}
+
+type Pending = { subject: string; resolve: (m: Msg) => void; reject: (e: Error) => void; timer: NodeJS.Timeout };
 
 export class InboxRequester {
   readonly #nc: NatsConnection;
@@ -30,7 +43,20 @@ export class InboxRequester {
     return this.#pending.size;
   }
 
+  /** Every request waiting when the connection comes back is answered with RequestInterrupted. */
+  async #watchReconnects(): Promise<void> {
+    for await (const s of this.#nc.status()) {
+      if (s.type !== 'reconnect') continue;
+      for (const [token, p] of this.#pending) {
+        this.#pending.delete(token);
+        clearTimeout(p.timer);
+        p.reject(new RequestInterrupted(p.subject));
+      }
+    }
+  }
+
   request(subject: string, payload: string | Uint8Array, opts: { headers?: MsgHdrs; timeoutMs: number }): Promise<Msg> {
+    if (!this.#sub) void this.#watchReconnects();
     this.#sub ??= this.#nc.subscribe(`${this.#prefix}.*`, {
       callback: (_err, msg) => {
         const token = msg.subject.slice(this.#prefix.length + 1);
@@ -47,7 +73,7 @@ export class InboxRequester {
         this.#pending.delete(token);
         reject(new RequestTimeout(subject, opts.timeoutMs));
       }, opts.timeoutMs);
-      this.#pending.set(token, { resolve, reject, timer });
+      this.#pending.set(token, { subject, resolve, reject, timer });
       try {
         this.#nc.publish(subject, payload, opts.headers ? { reply: `${this.#prefix}.${token}`, headers: opts.headers } : { reply: `${this.#prefix}.${token}` });
       } catch (err) {

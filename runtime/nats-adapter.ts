@@ -100,7 +100,9 @@ export class StreamPublisher {
   constructor(nc: NatsConnection, stream: string, opts: { ackTimeoutMs?: number } = {}) {
     this.#stream = stream;
     this.#requests = new InboxRequester(nc);
-    this.#timeoutMs = opts.ackTimeoutMs ?? 5000;
+    // Short: a publish whose stream leader died is answered by nobody, and the re-send (same msg id, stored at most
+    // once) is what reaches the next leader; each second waited here is a second added to a node's failure.
+    this.#timeoutMs = opts.ackTimeoutMs ?? 2000;
   }
 
   /**

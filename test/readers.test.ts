@@ -5,7 +5,7 @@ import t from 'tap';
 import type { JsMsg } from '@nats-io/jetstream';
 import { startNats, eventually } from './harness/nats.ts';
 import { ev, record } from './harness/events.ts';
-import { CELL_DELTAS_STREAM, CellReplica, type CellDelta, type PlannerOutput, outputMessage, parseCellDelta } from '../projections/cell-stream.ts';
+import { CELL_DELTAS_STREAM, CellReplica, cellSubject, type CellDelta, type PlannerOutput, outputMessage, parseCellDelta } from '../projections/cell-stream.ts';
 import { canonicalJson } from '../projections/canonical.ts';
 import { PlannerCore } from '../services/topology-planner/core.ts';
 import { CellFeed } from '../services/cell-agent/feed.ts';
@@ -15,15 +15,23 @@ import type { Bus } from '../runtime/nats.ts';
 import { silentLogger } from '../runtime/logger.ts';
 
 /** A real chain of one cell's deltas, from the planner's own core: 12 containers started, then 4 stopped, one batch each. */
-function chain(): { deltas: Extract<PlannerOutput, { kind: 'delta' }>[]; final: { revision: number; hash: string; state: string } } {
-  const core = new PlannerCore({ domain: 'apps.internal', snapshotEvery: 100_000, owns: () => true });
-  const events = [ev.registered('app-a', 'a', 's1')];
-  for (let i = 0; i < 12; i++) events.push(ev.started(`c-${i}`, 'app-a', 'cell-x', `10.255.1.${i + 2}`, i));
-  for (let i = 0; i < 4; i++) events.push(ev.stopped(`c-${i}`, 'app-a', 'cell-x'));
-  const outputs = record(events).flatMap((rec) => core.ingest([rec]));
+function chain(core = chainCore()): { deltas: Extract<PlannerOutput, { kind: 'delta' }>[]; final: { revision: number; hash: string; state: string } } {
+  const outputs = record(chainEvents()).flatMap((rec) => core.ingest([rec]));
   const deltas = outputs.filter((o): o is Extract<PlannerOutput, { kind: 'delta' }> => o.kind === 'delta' && o.cellId === 'cell-x');
   const view = core.cellView('cell-x')!;
   return { deltas, final: { revision: view.revision, hash: view.hash, state: canonicalJson(view.state) } };
+}
+
+function chainEvents() {
+  const events = [ev.registered('app-a', 'a', 's1')];
+  for (let i = 0; i < 12; i++) events.push(ev.started(`c-${i}`, 'app-a', 'cell-x', `10.255.1.${i + 2}`, i));
+  for (let i = 0; i < 4; i++) events.push(ev.stopped(`c-${i}`, 'app-a', 'cell-x'));
+  return events;
+}
+
+/** The planner core chain() folds with (a test passes its own to go on from the chain's end). */
+function chainCore(): PlannerCore {
+  return new PlannerCore({ domain: 'apps.internal', snapshotEvery: 100_000, owns: () => true });
 }
 
 const asDelta = (o: PlannerOutput): CellDelta => parseCellDelta(outputMessage(o).body, o.cellId)!;
@@ -61,7 +69,10 @@ t.test('the replica applies deltas that come before the one they follow as soon 
   t.equal(s.offerDelta(second!), 'held', 'the second follows the first, not yet held');
   const snapAfterFirst = new CellReplica('cell-x');
   snapAfterFirst.offerDelta(first!);
-  t.equal(s.applySnapshot({ cellId: 'cell-x', revision: snapAfterFirst.revision, hash: snapAfterFirst.hash, state: structuredClone(snapAfterFirst.state) }), 'applied');
+  t.equal(
+    s.applySnapshot({ cellId: 'cell-x', revision: snapAfterFirst.revision, hash: snapAfterFirst.hash, state: structuredClone(snapAfterFirst.state) }),
+    'applied',
+  );
   t.equal(s.revision, final.revision, 'the snapshot released the whole held chain');
   t.equal(s.hash, final.hash);
 
@@ -123,6 +134,61 @@ t.test('a cell whose deltas were stored out of order converges with no later wri
   t.not(stored.join(','), [...stored].sort((a, b) => a - b).join(','), 'the stream really held them out of order');
 });
 
+t.test('a delta missing from the stream: the feed asks the owning planner for the state instead of waiting for ever', async (t) => {
+  const nats = await startNats(t);
+  const bus = await nats.connect('deltas');
+  const { deltas, final } = chain();
+  const missing = deltas[5]!;
+  for (const d of deltas.filter((d) => d !== missing)) {
+    const m = outputMessage(d);
+    await bus.js.publish(m.subject, m.body, { msgID: m.msgId });
+  }
+  // The owner answers as the planner does (services/topology-planner/service.ts serveCellState), with its state.
+  let asked = 0;
+  const owner = bus.nc.subscribe(cellSubject.state('cell-x'), {
+    callback: (_err, msg) => {
+      asked += 1;
+      msg.respond(outputMessage({ kind: 'snapshot', cellId: 'cell-x', revision: final.revision, hash: final.hash, state: JSON.parse(final.state) }).body);
+    },
+  });
+  t.teardown(() => owner.unsubscribe());
+  const feed = new CellFeed(bus, 'cell-x', nats.log);
+  await feed.start();
+  t.teardown(() => feed.stop());
+  await feed.waitUntil((v) => v.revision === final.revision, 20_000, 'the planned revision, past the hole');
+  t.equal(feed.view.hash, final.hash, 'the planned hash');
+  t.equal(canonicalJson(feed.view.state), final.state, 'the planned state');
+  t.ok(asked >= 1 && feed.stateRequests >= 1, `the owner was asked (${asked} times)`);
+  t.ok(feed.resyncs >= 2, 'only after the stored chain failed to bridge the hole twice');
+  t.equal(feed.refusals.count, 0, 'nothing refused');
+
+  // A later delta continues from the adopted state.
+  const core = chainCore();
+  chain(core);
+  const more = record([ev.stopped('c-4', 'app-a', 'cell-x')], chainEvents().length + 1).flatMap((rec) => core.ingest([rec]));
+  const next = more.find((o) => o.kind === 'delta' && o.cellId === 'cell-x')!;
+  const m = outputMessage(next);
+  await bus.js.publish(m.subject, m.body, { msgID: m.msgId });
+  await feed.waitUntil((v) => v.revision === next.revision, 20_000, 'the next delta');
+  t.equal(feed.view.hash, next.hash, 'the next delta applied on top of the adopted state');
+});
+
+t.test('no owner answers: the feed keeps the state it holds and keeps trying', async (t) => {
+  const nats = await startNats(t);
+  const bus = await nats.connect('deltas');
+  const { deltas } = chain();
+  for (const d of deltas.filter((_, i) => i !== 5)) {
+    const m = outputMessage(d);
+    await bus.js.publish(m.subject, m.body, { msgID: m.msgId });
+  }
+  const feed = new CellFeed(bus, 'cell-x', nats.log);
+  await feed.start();
+  t.teardown(() => feed.stop());
+  await eventually(() => (feed.stateRequests >= 2 ? true : undefined), 30_000, 'two unanswered state requests');
+  t.equal(feed.view.revision, deltas[4]!.revision, 'the state before the hole is held, nothing after it was applied');
+  t.equal(feed.refusals.count, 0, 'nothing refused');
+});
+
 async function storedRevisions(bus: Bus): Promise<number[]> {
   const out: number[] = [];
   const tail = new StreamTail(bus, { stream: CELL_DELTAS_STREAM, start: { seq: 1 }, reader: 'test', log: silentLogger() });
@@ -168,7 +234,15 @@ t.test('a tail delivers everything once, in order, across a lost consumer and a 
   // 2. The server dies and comes back (the stream is on disk; the consumer is gone).
   await nats.server.kill();
   await nats.restart();
-  await eventually(async () => (await bus.jsm.streams.info('TAIL_TEST').then(() => true).catch(() => undefined)), 30_000, 'the stream back');
+  await eventually(
+    async () =>
+      await bus.jsm.streams
+        .info('TAIL_TEST')
+        .then(() => true)
+        .catch(() => undefined),
+    30_000,
+    'the stream back',
+  );
   await write(30);
   await caughtUp('the messages after the restart');
 

@@ -3,6 +3,7 @@
 import t from 'tap';
 import { startNats } from './harness/nats.ts';
 import { startGateway, cfPolicy } from './harness/gateway.ts';
+import { InboxRequester, RequestInterrupted, RequestTimeout } from '../runtime/inbox-requester.ts';
 
 const P = '/networking/v1/external/policies';
 
@@ -23,7 +24,11 @@ t.test('a restarted gateway loses nothing', async (t) => {
   const second = await startGateway(t, nats);
   t.same((await second.http('GET', P)).body, before, 'the same policies at the same revision');
   t.same(second.writer.follower.state, modelBefore, 'the rebuilt model is identical');
-  t.match(await second.intake('startContainer', { containerId: 'ghost', appId: 'a', cellId: 'cell-1', instanceIndex: 1, ip: '10.255.1.3' }), { ok: true, appended: 0, note: 'already-stopped' });
+  t.match(await second.intake('startContainer', { containerId: 'ghost', appId: 'a', cellId: 'cell-1', instanceIndex: 1, ip: '10.255.1.3' }), {
+    ok: true,
+    appended: 0,
+    note: 'already-stopped',
+  });
 });
 
 t.test('a gateway rides out a nats-server kill -9 and restart', async (t) => {
@@ -40,4 +45,25 @@ t.test('a gateway rides out a nats-server kill -9 and restart', async (t) => {
   t.equal(r2.status, 200, JSON.stringify(r2.body));
   t.ok(r2.body.revision > r1.body.revision);
   t.same((await gw.http('GET', P)).body.policies, [cfPolicy('a', 'b'), cfPolicy('b', 'a')], 'the acknowledged policy survived');
+});
+
+t.test('a request waiting when the connection is re-established fails at once, not after its timeout', async (t) => {
+  const nats = await startNats(t, { open: true });
+  const bus = await nats.connect('requester');
+  const requests = new InboxRequester(bus.nc);
+  // A subscriber that never answers: the request waits (as an append whose leader died waits for its PubAck).
+  bus.nc.subscribe('silent.x', { callback: () => undefined });
+  await bus.nc.flush();
+  const waiting = requests.request('silent.x', 'hello', { timeoutMs: 10 * 60_000 });
+  const outcome = waiting.then(
+    () => 'answered',
+    (err: unknown) => err,
+  );
+  t.equal(requests.inFlight, 1, 'the request waits');
+  await nats.server.kill();
+  await nats.restart();
+  const err = await outcome;
+  t.type(err, RequestInterrupted, `interrupted by the reconnect: ${String(err)}`);
+  t.type(err, RequestTimeout, 'a kind of timeout: a caller that re-sends on timeouts re-sends it');
+  t.equal(requests.inFlight, 0, 'nothing left waiting');
 });

@@ -97,6 +97,10 @@ export class CellFeed implements DesiredStateFeed {
   #gapTimer: NodeJS.Timeout | undefined;
   /** Why the current read ends early (a resync is due). */
   #resyncReason: string | undefined;
+  /** Reads in a row that ended on a gap and applied no delta: the stored snapshot and deltas do not bridge it. */
+  #gapStreak = 0;
+  /** Times the owning planner's current state was asked for because the stored chain stayed broken. */
+  stateRequests = 0;
 
   constructor(bus: Bus, cellId: string, log: Logger, metrics?: Registry) {
     this.#bus = bus;
@@ -165,9 +169,39 @@ export class CellFeed implements DesiredStateFeed {
       if (this.#stopped) return;
       try {
         await this.#adoptSnapshot();
+        if (this.#gapStreak >= STATE_REQUEST_AFTER_GAPS) await this.#adoptOwnersState();
       } catch (err) {
         this.#log.error({ err }, 'cell-feed-resync-failed');
       }
+    }
+  }
+
+  /**
+   * The stored chain stays broken (a delta missing from the stream: a publish lost in a stream leader's failure, or
+   * retention that passed the last snapshot), so waiting for the planner's next snapshot could take for ever: ask the
+   * owning planner for the cell's current state, as a polling agent does (only planners may answer into an agent's
+   * inbox), and adopt it when it is newer. Deltas stored after it continue it (CellReplica checks their hash).
+   */
+  async #adoptOwnersState(): Promise<void> {
+    this.stateRequests += 1;
+    const held = this.#replica.revision;
+    let m;
+    try {
+      m = await this.#bus.nc.request(cellSubject.state(this.#cellId), '', { timeout: STATE_REQUEST_TIMEOUT_MS });
+    } catch (err) {
+      this.#log.warn({ err, revision: held }, 'cell-feed-state-unanswered'); // no owner now: the next read tries again
+      return;
+    }
+    const snap = parseCellSnapshot(m.data, this.#cellId);
+    if (!snap) {
+      this.#reject('snapshot', -1);
+      return;
+    }
+    const result = this.#replica.applySnapshot(snap);
+    this.#log.warn({ revision: held, owners: snap.revision, result }, 'cell-feed-state-requested');
+    if (result === 'applied') {
+      this.#gapStreak = 0;
+      this.#changed();
     }
   }
 
@@ -252,6 +286,7 @@ export class CellFeed implements DesiredStateFeed {
       await tail.stop();
       if (this.#tail === tail) this.#tail = undefined;
     }
+    this.#gapStreak = this.#resyncReason === 'gap' ? this.#gapStreak + 1 : 0;
     if (this.#resyncReason !== undefined) this.#log.warn({ reason: this.#resyncReason, revision: this.#replica.revision }, 'cell-feed-resync');
   }
 
@@ -260,6 +295,7 @@ export class CellFeed implements DesiredStateFeed {
     const held = this.#replica.revision;
     switch (this.#replica.offerDelta(d)) {
       case 'applied':
+        this.#gapStreak = 0;
         this.#changed();
         break;
       case 'held': // a later delta came first: applied as soon as the one it follows arrives, else re-read
@@ -313,6 +349,9 @@ export class CellFeed implements DesiredStateFeed {
 
 /** How long a delta that came before the one it follows may wait for it before the feed reads everything again. */
 const GAP_GRACE_MS = 500;
+/** Reads in a row ending on the same kind of gap after which the owning planner is asked for the cell's state. */
+const STATE_REQUEST_AFTER_GAPS = 2;
+const STATE_REQUEST_TIMEOUT_MS = 2000;
 
 /**
  * The Cloud Foundry model, kept as a baseline for benchmarks: every `intervalMs` (first one at a random phase, so

@@ -225,8 +225,10 @@ class OutputPublisher {
     let resent = false;
     for (;;) {
       try {
-        const { attempts } = await this.#publishers[o.kind].publish(subject, body, { msgId });
+        const { attempts, seq, duplicate } = await this.#publishers[o.kind].publish(subject, body, { msgId });
         resent ||= attempts > 1;
+        // where a re-sent output landed: stored after later ones, or found stored already (duplicate)
+        if (resent) this.log.warn({ cell: o.cellId, kind: o.kind, revision: o.revision, seq, duplicate, attempts }, 'planner-publish-resent');
         break;
       } catch (err) {
         if (!(err instanceof UnavailableError) || this.#closed) throw err;
