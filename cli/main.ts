@@ -307,10 +307,11 @@ async function main(argv: string[]): Promise<void> {
           ]),
         );
         const behind = e.plannersBehind.length > 0 ? `\nplanners not yet at ${revision}: ${e.plannersBehind.join(', ')}` : '';
+        const stopped = e.plannersStopped.length > 0 ? `\nplanners stopped, their cells taken over: ${e.plannersStopped.join(', ')}` : '';
         const silentBehind = e.cells.filter((c) => c.silent && !c.ok).map((c) => c.cellId);
         const silent = silentBehind.length > 0 ? `\nsilent cells not counted (no agent heard for 15 s): ${silentBehind.join(', ')}` : '';
         out.print(
-          `${table(rows)}${behind}${silent}\nrevision ${revision}: ${e.enforced ? 'enforced on every cell' : 'NOT enforced everywhere (timed out)'}`,
+          `${table(rows)}${behind}${stopped}${silent}\nrevision ${revision}: ${e.enforced ? 'enforced on every cell' : 'NOT enforced everywhere (timed out)'}`,
           e,
         );
         if (!e.enforced) process.exitCode = 1;

@@ -12,6 +12,7 @@ import { canonicalJson } from '../projections/canonical.ts';
 import { PlannerCore, type PlannerCheckpoint } from '../services/topology-planner/core.ts';
 import { isAlreadyPlanned } from '../services/topology-planner/published.ts';
 import { HeartbeatWatch } from '../services/topology-planner/membership.ts';
+import { plannerProgress } from '../services/topology-planner/enforcement.ts';
 import { ev, record } from './harness/events.ts';
 import { chainProblems } from './harness/chains.ts';
 import { foldEventsInPlace, initialModel } from '../projections/model.ts';
@@ -168,7 +169,8 @@ function applyOutputs(t: Test, reader: Reader, outputs: PlannerOutput[]): void {
   for (const o of outputs) {
     const r = reader.get(o.cellId) ?? reader.set(o.cellId, new CellReplica(o.cellId)).get(o.cellId)!;
     const result = r.applyMessage(outputMessage(o).body, o.kind);
-    if (result !== 'applied' && !(result === 'stale' && o.kind === 'snapshot')) t.fail(`${o.kind} of ${o.cellId} at ${o.revision}: ${result} (held ${r.revision})`);
+    if (result !== 'applied' && !(result === 'stale' && o.kind === 'snapshot'))
+      t.fail(`${o.kind} of ${o.cellId} at ${o.revision}: ${result} (held ${r.revision})`);
     if (cellHashOf(r.state) !== r.hash) t.fail(`incremental hash differs from the full hash on ${o.cellId} at ${o.revision}`);
   }
 }
@@ -182,7 +184,6 @@ function runCore(recs: RecordedEvent[], batchSize: number, owns?: (c: string) =>
 
 const cellsOf = (core: PlannerCore) => Object.keys(core.cells()).sort();
 const statesOf = (core: PlannerCore) => canonicalJson(Object.fromEntries(cellsOf(core).map((c) => [c, core.cellState(c)])));
-
 
 t.test('in order, batch sizes, duplicates, interleavings: identical cell states', async (t) => {
   const { prefix, streams } = scenario();
@@ -199,7 +200,11 @@ t.test('in order, batch sizes, duplicates, interleavings: identical cell states'
     const reader: Reader = new Map();
     applyOutputs(t, reader, outputs);
     for (const cellId of cellsOf(core)) {
-      t.equal(canonicalJson(reader.get(cellId)?.state ?? emptyCellState()), canonicalJson(deriveCellState(core.model, cellId)), `${v.name}: reader equals derived state of ${cellId}`);
+      t.equal(
+        canonicalJson(reader.get(cellId)?.state ?? emptyCellState()),
+        canonicalJson(deriveCellState(core.model, cellId)),
+        `${v.name}: reader equals derived state of ${cellId}`,
+      );
     }
     const states = statesOf(core);
     reference ??= states;
@@ -235,7 +240,10 @@ t.test('a change touches only the cells it affects; a no-op emits nothing', asyn
   const next = recs.length + 1;
   const out = core.ingest(record([ev.started('db-7', 'app-db', 'cell-9', '10.255.7.7', 7)], next));
   // db is a destination only (api -> db): its new container changes its own cell, nothing else.
-  t.same(out.map((o) => o.cellId), ['cell-9']);
+  t.same(
+    out.map((o) => o.cellId),
+    ['cell-9'],
+  );
   const out2 = core.ingest(record([ev.started('api-7', 'app-api', 'cell-9', '10.255.7.8', 7)], next + 1));
   // api is a source of api -> db: every cell hosting db (db-1 on cell-0, db-2 on cell-1, db-7 on cell-9) gets the new IP.
   t.same([...new Set(out2.map((o) => o.cellId))].sort(), ['cell-0', 'cell-1', 'cell-9']);
@@ -359,56 +367,59 @@ function checkChains(t: Test, store: Store, expected: Record<string, { hash: str
   return problems;
 }
 
-t.test('restarts from checkpoints with outputs lost after them, ownership changing: every stored chain unbroken, the states of an uninterrupted run', async (t) => {
-  const { prefix, streams } = scenario();
-  const histories = [record([...prefix, ...merge(streams, 7)]), ...[11, 12, 13, 14, 15, 16].map((seed) => record(randomHistory(seed, 160)))];
-  let restarts = 0;
-  for (const [h, recs] of histories.entries()) {
-    const whole = new PlannerCore(opts());
-    for (const b of randomBatches(recs, h, 50)) whole.ingest(b);
-    const expected = whole.cells();
-    for (let trial = 0; trial < 12; trial++) {
-      const rnd = mulberry32(1000 * h + trial);
-      const store = new Store();
-      let checkpoint: PlannerCheckpoint | undefined;
-      // Up to three runs killed at random, then one that reaches the end of the log.
-      for (let run = 0; ; run++) {
-        const last = run === 3 || rnd() < 0.25;
-        const heads = store.heads();
-        const model = foldEventsInPlace(structuredClone(initialModel()), recs.slice(0, checkpoint?.seq ?? 0));
-        // Runs before the last own a random part of the cells, which changes now and then between batches (members
-        // joining and leaving); the last one owns every cell, so every chain reaches the end of the log.
-        const owned = new Map<string, boolean>();
-        const owns = (c: string) => last || (owned.get(c) ?? owned.set(c, rnd() < 0.7).get(c)!);
-        const core = checkpoint
-          ? new PlannerCore(opts(owns), { checkpoint: JSON.parse(JSON.stringify(checkpoint)), model }, heads)
-          : new PlannerCore(opts(owns), undefined, heads);
-        const outputs: PlannerOutput[] = [...core.setOwnership(owns)]; // the service's reconcile at start
-        const checkpoints: { at: number; cp: PlannerCheckpoint }[] = [];
-        for (const b of randomBatches(recs.slice(core.seq), rnd() * 1e9, 1 + Math.floor(rnd() * 40))) {
-          if (!last && rnd() < 0.1) {
-            owned.clear();
-            outputs.push(...core.setOwnership(owns));
+t.test(
+  'restarts from checkpoints with outputs lost after them, ownership changing: every stored chain unbroken, the states of an uninterrupted run',
+  async (t) => {
+    const { prefix, streams } = scenario();
+    const histories = [record([...prefix, ...merge(streams, 7)]), ...[11, 12, 13, 14, 15, 16].map((seed) => record(randomHistory(seed, 160)))];
+    let restarts = 0;
+    for (const [h, recs] of histories.entries()) {
+      const whole = new PlannerCore(opts());
+      for (const b of randomBatches(recs, h, 50)) whole.ingest(b);
+      const expected = whole.cells();
+      for (let trial = 0; trial < 12; trial++) {
+        const rnd = mulberry32(1000 * h + trial);
+        const store = new Store();
+        let checkpoint: PlannerCheckpoint | undefined;
+        // Up to three runs killed at random, then one that reaches the end of the log.
+        for (let run = 0; ; run++) {
+          const last = run === 3 || rnd() < 0.25;
+          const heads = store.heads();
+          const model = foldEventsInPlace(structuredClone(initialModel()), recs.slice(0, checkpoint?.seq ?? 0));
+          // Runs before the last own a random part of the cells, which changes now and then between batches (members
+          // joining and leaving); the last one owns every cell, so every chain reaches the end of the log.
+          const owned = new Map<string, boolean>();
+          const owns = (c: string) => last || (owned.get(c) ?? owned.set(c, rnd() < 0.7).get(c)!);
+          const core = checkpoint
+            ? new PlannerCore(opts(owns), { checkpoint: JSON.parse(JSON.stringify(checkpoint)), model }, heads)
+            : new PlannerCore(opts(owns), undefined, heads);
+          const outputs: PlannerOutput[] = [...core.setOwnership(owns)]; // the service's reconcile at start
+          const checkpoints: { at: number; cp: PlannerCheckpoint }[] = [];
+          for (const b of randomBatches(recs.slice(core.seq), rnd() * 1e9, 1 + Math.floor(rnd() * 40))) {
+            if (!last && rnd() < 0.1) {
+              owned.clear();
+              outputs.push(...core.setOwnership(owns));
+            }
+            outputs.push(...core.ingest(b));
+            checkpoints.push({ at: outputs.length, cp: core.checkpoint() });
           }
-          outputs.push(...core.ingest(b));
-          checkpoints.push({ at: outputs.length, cp: core.checkpoint() });
+          if (last) {
+            store.publish(outputs, heads);
+            break;
+          }
+          // Killed: a prefix of its outputs is stored, and any checkpoint written covers only stored outputs.
+          const kill = Math.floor(rnd() * (outputs.length + 1));
+          store.publish(outputs.slice(0, kill), heads);
+          const written = checkpoints.filter((c) => c.at <= kill);
+          if (written.length > 0 && rnd() < 0.85) checkpoint = written[Math.floor(rnd() * written.length)]!.cp;
+          restarts++;
         }
-        if (last) {
-          store.publish(outputs, heads);
-          break;
-        }
-        // Killed: a prefix of its outputs is stored, and any checkpoint written covers only stored outputs.
-        const kill = Math.floor(rnd() * (outputs.length + 1));
-        store.publish(outputs.slice(0, kill), heads);
-        const written = checkpoints.filter((c) => c.at <= kill);
-        if (written.length > 0 && rnd() < 0.85) checkpoint = written[Math.floor(rnd() * written.length)]!.cp;
-        restarts++;
+        t.equal(checkChains(t, store, expected, `history ${h}, trial ${trial}`), 0, `history ${h}, trial ${trial}: every chain unbroken`);
       }
-      t.equal(checkChains(t, store, expected, `history ${h}, trial ${trial}`), 0, `history ${h}, trial ${trial}: every chain unbroken`);
     }
-  }
-  t.ok(restarts > 100, `${restarts} restarts`);
-});
+    t.ok(restarts > 100, `${restarts} restarts`);
+  },
+);
 
 t.test('partitions add up to the whole, and a take-over starts with a snapshot', async (t) => {
   const { prefix, streams } = scenario();
@@ -423,7 +434,11 @@ t.test('partitions add up to the whole, and a take-over starts with a snapshot',
   const reader: Reader = new Map();
   applyOutputs(t, reader, core.ingest(recs.slice(0, 20)));
   const taken = core.setOwnership(() => true);
-  t.same(taken.map((o) => `${o.kind}:${o.cellId}`), ['snapshot:cell-1', 'delta:cell-1'], 'a snapshot, and a link to it');
+  t.same(
+    taken.map((o) => `${o.kind}:${o.cellId}`),
+    ['snapshot:cell-1', 'delta:cell-1'],
+    'a snapshot, and a link to it',
+  );
   applyOutputs(t, reader, taken.slice(0, 1));
   // An agent that followed the old owner's deltas up to the same events moves onto the new chain by the link alone.
   const oldOwner = new CellReplica('cell-1');
@@ -438,14 +453,23 @@ t.test('partitions add up to the whole, and a take-over starts with a snapshot',
   t.equal(behind.applyMessage(outputMessage(link).body, 'delta'), behind.hash === link.hash ? 'applied' : 'gap', 'an agent behind finds a gap');
   applyOutputs(t, reader, core.ingest(recs.slice(20)));
   t.equal(canonicalJson(reader.get('cell-1')!.state), canonicalJson(deriveCellState(core.model, 'cell-1')));
-  t.same(core.setOwnership(() => false), []);
+  t.same(
+    core.setOwnership(() => false),
+    [],
+  );
   t.same(core.cells(), {}, 'given-up cells are forgotten');
 });
 
 t.test("a take-over's link delta moves an agent on the old owner's chain to the new one", async (t) => {
   const { prefix, streams } = scenario();
   const recs = record([...prefix, ...merge(streams, 3)]);
-  const lastChange = (k: number) => Math.max(0, ...runCore(recs.slice(0, k), 5).outputs.filter((o) => o.cellId === 'cell-1').map((o) => o.revision));
+  const lastChange = (k: number) =>
+    Math.max(
+      0,
+      ...runCore(recs.slice(0, k), 5)
+        .outputs.filter((o) => o.cellId === 'cell-1')
+        .map((o) => o.revision),
+    );
   // a point where cell-1's last change lies before the take-over: the link's revision is past the old owner's
   const k = [...Array(recs.length).keys()].find((n) => n >= 15 && lastChange(n) > 0 && lastChange(n) < recs[n - 1]!.seq);
   if (k === undefined) return t.fail('the scenario has no such point');
@@ -472,4 +496,52 @@ t.test('a planner whose heartbeat stopped is dropped after deadMs, but not while
   t.same(watch.live(entries({ p1: 6, p2: 5, p3: 2 }), 7200, 6100), ['p1', 'p2'], 'p3 still silent 1,100 ms after the bus came back: dead');
   t.same(watch.live(entries({ p1: 7, p2: 5 }), 7300, 6100), ['p1', 'p2'], 'an entry gone (expired or deleted) is not a member');
   t.same(watch.live(entries({ p1: 8, p2: 5, p3: 9 }), 7400, 6100), ['p1', 'p2', 'p3'], 'a member that comes back is live at once');
+});
+
+t.test('the enforcement answer stops waiting for a dead planner only once the live ones have taken its cells over', async (t) => {
+  type Entry = { value: unknown; time: number };
+  const entries = (planners: Record<string, { beat: number; through?: number; members?: string[] }>) => {
+    const m = new Map<string, Entry>();
+    for (const [id, p] of Object.entries(planners)) {
+      m.set(`m.${id}`, { value: { at: 0 }, time: p.beat });
+      if (p.through !== undefined) m.set(`p.${id}`, { value: { publishedThrough: p.through, ...(p.members && { members: p.members }) }, time: p.beat });
+    }
+    return m;
+  };
+  const both = ['p1', 'p2'];
+  t.same(
+    plannerProgress(entries({ p1: { beat: 10_000, through: 40, members: both }, p2: { beat: 10_100, through: 50, members: both } }), 50, 1200),
+    { members: both, plannersBehind: ['p1'], plannersStopped: [] },
+    'both beating: the one behind is waited for',
+  );
+  t.same(
+    plannerProgress(entries({ p1: { beat: 8_000, through: 40, members: both }, p2: { beat: 10_000, through: 50, members: both } }), 50, 1200),
+    { members: both, plannersBehind: ['p1'], plannersStopped: [] },
+    'p1 silent for 2 s, but p2 has not said it took its cells over: still waited for',
+  );
+  t.same(
+    plannerProgress(entries({ p1: { beat: 8_000, through: 40, members: both }, p2: { beat: 10_000, through: 50, members: ['p2'] } }), 50, 1200),
+    { members: both, plannersBehind: [], plannersStopped: ['p1'] },
+    'p2 published through 50 under members without p1: p1 is not waited for',
+  );
+  t.same(
+    plannerProgress(entries({ p1: { beat: 8_000, through: 40, members: both }, p2: { beat: 10_000, through: 45, members: ['p2'] } }), 50, 1200),
+    { members: both, plannersBehind: ['p2'], plannersStopped: ['p1'] },
+    'the live planner itself behind: waited for',
+  );
+  t.same(
+    plannerProgress(entries({ p1: { beat: 9_000, through: 40, members: both }, p2: { beat: 10_000, through: 50, members: ['p2'] } }), 50, 1200),
+    { members: both, plannersBehind: ['p1'], plannersStopped: [] },
+    'p1 silent for less than deadMs: live, waited for',
+  );
+  t.same(
+    plannerProgress(entries({ p1: { beat: 8_000, through: 40 }, p2: { beat: 10_000, through: 50 } }), 50, 1200),
+    { members: both, plannersBehind: ['p1'], plannersStopped: [] },
+    'a planner that does not say under which members it published covers nobody',
+  );
+  t.same(
+    plannerProgress(entries({ p1: { beat: 8_000, through: 40, members: ['p1'] } }), 50, 1200),
+    { members: ['p1'], plannersBehind: ['p1'], plannersStopped: [] },
+    'the only planner is never stopped (nobody beats newer)',
+  );
 });

@@ -257,6 +257,6 @@ t.test('an idle planner keeps announcing how far it has published, past the memb
     const e = await kv.get('p.planner');
     return e && e.revision >= first.revision + 20 ? e : undefined;
   }, 10_000, 'the progress entry re-put while idle');
-  t.same(later.json(), { publishedThrough: last });
+  t.same(later.json(), { publishedThrough: last, members: ['planner'] }, 'how far, and under which members');
   t.same((await enforcementOf(bus, last)).plannersBehind, [], 'the idle planner is not reported behind');
 });

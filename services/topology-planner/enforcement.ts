@@ -7,12 +7,12 @@
 // `silentAfterMs` — dead, decommissioned without notice, or never served by any agent — is listed as silent and
 // does not hold the answer back, so one such cell cannot make every revision "not enforced" forever. A cell heard
 // recently is live, and a live cell that lags always holds the answer back.
-import { kvLatest } from '../../runtime/buckets.ts';
+import { kvLatest, kvLatestEntries } from '../../runtime/buckets.ts';
 import { isNoMessageFound, isStreamNotFound, kvLayout } from '../../runtime/nats-adapter.ts';
 import type { Bus } from '../../runtime/nats.ts';
 import { CELL_STATUS_BUCKET, DISCOVERY_BUCKET, PLANNER_MEMBERS_BUCKET } from '../../runtime/subjects.ts';
 import { latestPlannedPerCell } from './published.ts';
-import { plannersOf } from './membership.ts';
+import { DEFAULT_MEMBER_DEAD_MS, plannersOf, stoppedMembers } from './membership.ts';
 
 export type CellEnforcement = {
   cellId: string;
@@ -26,23 +26,35 @@ export type CellEnforcement = {
   lastHeard: string | null;
   error: string | null;
 };
-export type Enforcement = { revision: number; enforced: boolean; plannersBehind: string[]; silent: string[]; cells: CellEnforcement[] };
+export type Enforcement = {
+  revision: number;
+  enforced: boolean;
+  plannersBehind: string[];
+  /** Dead planners (heartbeat stopped, entry not yet expired) whose cells the live ones have taken over: not waited for. */
+  plannersStopped: string[];
+  silent: string[];
+  cells: CellEnforcement[];
+};
 
 /** Three missed heartbeats of the default 5 s. */
 const DEFAULT_SILENT_AFTER_MS = 15_000;
 
-export type EnforcementOptions = { silentAfterMs?: number; now?: () => number };
+export type EnforcementOptions = {
+  silentAfterMs?: number;
+  now?: () => number;
+  /** A planner's heartbeat standing still this long while another's goes on: dead (the planners' `memberDeadMs`). */
+  memberDeadMs?: number;
+};
 
 export async function enforcementOf(bus: Bus, revision: number, opts: EnforcementOptions = {}): Promise<Enforcement> {
-  const [planners, statuses, planned] = await Promise.all([
-    kvLatest(bus, PLANNER_MEMBERS_BUCKET),
+  const [plannerEntries, statuses, planned] = await Promise.all([
+    kvLatestEntries(bus, PLANNER_MEMBERS_BUCKET),
     kvLatest(bus, CELL_STATUS_BUCKET),
     latestPlannedPerCell(bus),
   ]);
   const now = (opts.now ?? Date.now)();
   const silentAfterMs = opts.silentAfterMs ?? DEFAULT_SILENT_AFTER_MS;
-  const { members, publishedThrough } = plannersOf(planners);
-  const plannersBehind = members.filter((id) => publishedThrough(id) < revision);
+  const { members, plannersBehind, plannersStopped } = plannerProgress(plannerEntries, revision, opts.memberDeadMs);
   for (const cell of statuses.keys()) if (!planned.has(cell)) planned.set(cell, 0);
   const ids = [...planned.keys()].sort();
   // When each cell's agent was last heard: read per cell, only for the cells that have not applied what is
@@ -73,7 +85,7 @@ export async function enforcementOf(bus: Bus, revision: number, opts: Enforcemen
     };
   });
   const enforced = members.length > 0 && plannersBehind.length === 0 && cells.every((c) => c.ok || c.silent);
-  return { revision, enforced, plannersBehind, silent: cells.filter((c) => c.silent).map((c) => c.cellId), cells };
+  return { revision, enforced, plannersBehind, plannersStopped, silent: cells.filter((c) => c.silent).map((c) => c.cellId), cells };
 }
 
 /** When a cell's agent last put its discovery record (its heartbeat), on the server's clock; undefined if never. */
@@ -86,6 +98,25 @@ async function lastHeard(bus: Bus, cellId: string): Promise<number | undefined> 
     if (isNoMessageFound(err) || isStreamNotFound(err)) return undefined;
     throw err;
   }
+}
+
+/**
+ * The planners (the bucket's entries with their stored times, kvLatestEntries) against revision N: the members, those
+ * not yet published through N, and the dead ones not waited for — a planner whose heartbeat stopped while others went
+ * on (its entry not yet expired) once every live planner says it published under members without it: its cells
+ * were taken over, and their progress is what counts.
+ */
+export function plannerProgress(
+  entries: ReadonlyMap<string, { value: unknown; time: number }>,
+  revision: number,
+  memberDeadMs = DEFAULT_MEMBER_DEAD_MS,
+): { members: string[]; plannersBehind: string[]; plannersStopped: string[] } {
+  const { members, publishedThrough, covers } = plannersOf(new Map([...entries].map(([k, e]) => [k, e.value])));
+  const stopped = stoppedMembers(new Map(members.map((id) => [id, entries.get(`m.${id}`)!.time])), memberDeadMs);
+  const live = members.filter((id) => !stopped.includes(id));
+  const plannersStopped = stopped.filter((dead) => live.length > 0 && live.every((id) => covers(id)?.includes(dead) === false));
+  const plannersBehind = members.filter((id) => !plannersStopped.includes(id) && publishedThrough(id) < revision);
+  return { members, plannersBehind, plannersStopped };
 }
 
 /** Re-checks until revision N is enforced everywhere or the timeout passes; returns the last answer. */

@@ -17,16 +17,49 @@ const plannerKey = {
   allMembers: 'm.*',
 } as const;
 
-/** The live members (sorted) and each one's published-through revision, from the bucket's entries. */
-export function plannersOf(entries: ReadonlyMap<string, unknown>): { members: string[]; publishedThrough: (id: string) => number } {
-  const members = [...entries.keys()].filter((k) => k.startsWith('m.')).map((k) => k.slice(2)).sort();
+/**
+ * The live members (sorted), each one's published-through revision and the members under which it published
+ * (`covers`: null when it did not say), from the bucket's entries.
+ */
+export function plannersOf(entries: ReadonlyMap<string, unknown>): {
+  members: string[];
+  publishedThrough: (id: string) => number;
+  covers: (id: string) => readonly string[] | null;
+} {
+  const members = [...entries.keys()]
+    .filter((k) => k.startsWith('m.'))
+    .map((k) => k.slice(2))
+    .sort();
+  const progress = (id: string) => entries.get(plannerKey.progress(id)) as { publishedThrough?: unknown; members?: unknown } | undefined;
   return {
     members,
     publishedThrough: (id) => {
-      const p = entries.get(plannerKey.progress(id)) as { publishedThrough?: unknown } | undefined;
+      const p = progress(id);
       return typeof p?.publishedThrough === 'number' ? p.publishedThrough : 0;
     },
+    covers: (id) => {
+      const m = progress(id)?.members;
+      return Array.isArray(m) && m.every((x) => typeof x === 'string') ? (m as string[]) : null;
+    },
   };
+}
+
+/** How long a member's heartbeat may stand still while others beat before it counts as dead (the planner's default). */
+export const DEFAULT_MEMBER_DEAD_MS = 1200;
+
+/**
+ * The members whose heartbeat, as stored (`beats`: member → the stored time of its last `m.<id>` put, on the stream
+ * leader's clock), is more than `deadMs` older than the newest member's: they stopped while another kept beating.
+ * When every member stands still (an election: nothing is stored) none is. For readers that only look once (the
+ * enforcement answer, which also requires that the live members have taken such a member's cells over); a planner
+ * decides with HeartbeatWatch, on its own clock.
+ */
+export function stoppedMembers(beats: ReadonlyMap<string, number>, deadMs: number): string[] {
+  const newest = Math.max(...beats.values());
+  return [...beats]
+    .filter(([, at]) => newest - at > deadMs)
+    .map(([id]) => id)
+    .sort();
 }
 
 /** The member that owns a cell: the highest hash of (member, cell). Stable: a change of members moves only the
@@ -106,16 +139,28 @@ export class Membership {
 
   /**
    * Announces how far this planner's outputs are published (`p.<id>`): with it, "is revision N enforced?" can
-   * tell a cell untouched by N from a planner that has not got there yet. Throttled; fire and forget.
+   * tell a cell untouched by N from a planner that has not got there yet. `members`: the members under which
+   * everything owned is published (given when a mark after a change of members passes, the take-over outputs
+   * before it acknowledged): the enforcement answer stops waiting for a dead member once every live one's progress
+   * no longer lists it. Throttled; fire and forget.
    */
-  reportProgress(publishedThrough: number): void {
+  reportProgress(publishedThrough: number, members?: readonly string[]): void {
     if (publishedThrough > this.#latest) this.#latest = publishedThrough;
+    if (members && members.join(',') !== this.#covered.join(',')) {
+      this.#covered = [...members];
+      this.#sent = 0; // say so now, even if the revision did not move
+    }
     void this.#flushProgress();
   }
 
   #latest = 0;
   #sent = 0;
+  #covered: readonly string[] = [];
   #reporting = false;
+
+  #progressValue(): string {
+    return JSON.stringify({ publishedThrough: this.#latest, members: this.#covered });
+  }
 
   async #flushProgress(): Promise<void> {
     if (this.#reporting || !this.#kv) return;
@@ -123,7 +168,7 @@ export class Membership {
     try {
       while (this.#sent < this.#latest) {
         const value = this.#latest;
-        await this.#kv.put(plannerKey.progress(this.#o.id), JSON.stringify({ publishedThrough: value }));
+        await this.#kv.put(plannerKey.progress(this.#o.id), this.#progressValue());
         this.#sent = value;
       }
     } catch (err) {
@@ -162,7 +207,7 @@ export class Membership {
     // The progress entry expires with the bucket's TTL like the member entry: an idle planner must keep saying how
     // far it has published, or after one TTL it would look behind (and nothing would ever be "enforced" again).
     if (this.#latest > 0) {
-      await kv.put(plannerKey.progress(this.#o.id), JSON.stringify({ publishedThrough: this.#latest }));
+      await kv.put(plannerKey.progress(this.#o.id), this.#progressValue());
       this.#sent = Math.max(this.#sent, this.#latest);
     }
     const entries = await kvLatest(this.#o.bus, PLANNER_MEMBERS_BUCKET, plannerKey.allMembers);

@@ -8,7 +8,11 @@ import type { PlannerOutput } from '../../projections/cell-stream.ts';
 import type { Logger } from '../../runtime/logger.ts';
 import { Progress } from '../../runtime/progress.ts';
 
-export type PumpItem = { output: PlannerOutput } | { checkpoint: { seq: number; json: string } } | { through: number };
+/**
+ * `through` with `members`: the mark after a change of members (and the take-over outputs it caused); once it
+ * passes, everything the planner owns under those members is published through it.
+ */
+export type PumpItem = { output: PlannerOutput } | { checkpoint: { seq: number; json: string } } | { through: number; members?: readonly string[] };
 
 export type OutputPumpOptions = {
   /** Publishes one output; resolves once it is acknowledged. A rejection is logged, never ends the pump. */
@@ -19,8 +23,8 @@ export type OutputPumpOptions = {
   window: number;
   /** The revision published through at start (the checkpoint's). */
   from: number;
-  /** Called whenever `publishedThrough` moves (the planner announces it to readers of its progress). */
-  onPublishedThrough?: (seq: number) => void;
+  /** Called whenever a mark passes (the planner announces it to readers of its progress), with a member mark's members. */
+  onPublishedThrough?: (seq: number, members?: readonly string[]) => void;
   log: Logger;
   /** Queue length at which the follower is held back. */
   highWater?: number;
@@ -90,12 +94,12 @@ export class OutputPump {
       } else if ('through' in item) {
         // The chain keeps the marks in order: each waits for the outputs in flight when it was reached.
         const covering = [...inFlight];
-        const through = item.through;
+        const { through, members } = item;
         marks = marks
           .then(() => Promise.all(covering))
           .then(() => {
             this.publishedThrough.advance(Math.max(this.publishedThrough.value, through));
-            this.#o.onPublishedThrough?.(this.publishedThrough.value);
+            this.#o.onPublishedThrough?.(this.publishedThrough.value, members);
           });
       } else {
         await settleAll();

@@ -20,7 +20,7 @@ import { PlannerCore } from './core.ts';
 import { CheckpointStore, Checkpointer } from './checkpointer.ts';
 import { OutputPump, type PumpItem } from './output-pump.ts';
 import { isAlreadyPlanned, latestPlannedPerCell } from './published.ts';
-import { Membership } from './membership.ts';
+import { DEFAULT_MEMBER_DEAD_MS, Membership } from './membership.ts';
 
 export type PlannerConfig = {
   /** Stable instance id: names its checkpoint and its membership entry. */
@@ -44,7 +44,7 @@ export const defaultPlannerConfig: PlannerConfig = {
   checkpointIntervalMs: 5000,
   heartbeatMs: 300,
   memberTtlMs: 5000,
-  memberDeadMs: 1200,
+  memberDeadMs: DEFAULT_MEMBER_DEAD_MS,
   replicas: 1,
   publishWindow: 512,
 };
@@ -107,7 +107,7 @@ export async function startPlanner(deps: { bus: Bus; log: Logger; config: Planne
     writeCheckpoint: (_seq, json) => store.write(json),
     window: cfg.publishWindow,
     from: core.seq,
-    onPublishedThrough: (seq) => membership.reportProgress(seq),
+    onPublishedThrough: (seq, members) => membership.reportProgress(seq, members),
     log,
   });
   const checkpointer = new Checkpointer(core, cfg.checkpointIntervalMs);
@@ -150,7 +150,7 @@ export async function startPlanner(deps: { bus: Bus; log: Logger; config: Planne
   const reconcileOwnership = () => {
     const taken = core.setOwnership(membership.owns);
     if (taken.length > 0) log.info({ cells: taken.map((o) => o.cellId) }, 'planner-cells-taken-over');
-    pump.enqueue([...taken.map((output) => ({ output })), { through: core.seq }]);
+    pump.enqueue([...taken.map((output) => ({ output })), { through: core.seq, members: membership.members }]);
   };
   reconcileOwnership(); // the members may have changed since the checkpoint
   membership.onChange(reconcileOwnership);

@@ -19,7 +19,8 @@ import { CELL_STATUS_BUCKET, EVENTS_STREAM, PLANNER_MEMBERS_BUCKET, intakeComman
 import { isNoMessageFound, kvLayout } from '../../runtime/nats-adapter.ts';
 import { latestPlanned } from '../../services/topology-planner/published.ts';
 import type { IntakeReply } from '../../services/policy-writer/intake.ts';
-import { enforcementOf } from '../../services/topology-planner/enforcement.ts';
+import { enforcementOf, plannerProgress } from '../../services/topology-planner/enforcement.ts';
+import { kvLatestEntries } from '../../runtime/buckets.ts';
 import { replay } from '../../cli/operators.ts';
 import { DEFAULT_DOMAIN } from '../../projections/cell.ts';
 import { CELL_DELTAS_STREAM, EMPTY_CELL_HASH, cellSubject, revisionOf } from '../../projections/cell-stream.ts';
@@ -527,14 +528,12 @@ async function kvValue(bus: Bus, bucket: string, key: string): Promise<Record<st
  * few ephemeral ones, which linger on the servers for minutes: a look every 250 ms made hundreds).
  */
 export async function progressOf(bus: Bus, plannerIds: Iterable<string>, cells: readonly string[], revision: number): Promise<Progress> {
-  const behind: string[] = [];
-  let live = 0;
-  for (const id of plannerIds) {
-    if (!(await kvValue(bus, PLANNER_MEMBERS_BUCKET, `m.${id}`))) continue;
-    live++;
-    const through = (await kvValue(bus, PLANNER_MEMBERS_BUCKET, `p.${id}`))?.publishedThrough;
-    if (typeof through !== 'number' || through < revision) behind.push(`planner ${id}`);
-  }
+  // the enforcement answer's own rule for planners (a dead one is not waited for once its cells are taken over)
+  const planners = await kvLatestEntries(bus, PLANNER_MEMBERS_BUCKET);
+  const known = new Set(plannerIds);
+  const { members, plannersBehind } = plannerProgress(planners, revision);
+  const live = members.filter((id) => known.has(id)).length;
+  const behind = plannersBehind.filter((id) => known.has(id)).map((id) => `planner ${id}`);
   let sameHash = true;
   for (const cellId of cells) {
     const planned = await latestPlanned(bus, cellId);
