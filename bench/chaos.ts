@@ -13,6 +13,8 @@
 //   - election: JetStream's own recovery, from the kill until a raw publish to the stream the fault concerns is
 //     answered by its leader again (a probe connection on a surviving node, every 20 ms; each probe carries an
 //     expected last sequence that never matches, so the leader answers and nothing is stored);
+//   - take-over while down (planner fault): from the kill until a revision written just after it is enforced on
+//     every cell, the other planner having taken the dead one's cells over;
 //   - longest write gap: the longest time between two acknowledged commands of the load, from the kill on;
 //   - re-converged after return: from the restart until the log's revision at the restart is enforced on every
 //     cell by the enforcement answer's rule (every live planner published through it, every agent applied its cell's
@@ -108,11 +110,28 @@ async function electionProbe(cluster: ClusterFixture, via: string, stream: strin
   };
 }
 
+/**
+ * The planner fault: from the kill until a revision written after it (the log's end 200 ms after the kill) is
+ * enforced on every cell by the enforcement answer's rule — the other planner has taken the dead one's cells over
+ * and published through it (the dead one is not waited for once the live one says so). Null if not while down.
+ */
+async function takeOverTime(system: ChaosSystem, tKill: number, until: number): Promise<number | null> {
+  await new Promise((r) => setTimeout(r, 200));
+  const revision = (await system.bus.jsm.streams.info(EVENTS_STREAM)).state.last_seq;
+  while (Date.now() < until) {
+    const p = await progressOf(system.bus, system.planners.keys(), system.cells, revision).catch(() => undefined);
+    if (p?.enforced) return Date.now() - tKill;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return null;
+}
+
 type Run = {
   fault: Fault;
   what: string;
   results: {
     'election (s)': number | null;
+    'take-over while down (s)': number | null;
     'longest write gap (s)': number | null;
     're-converged after return (s)': number | null;
     'slowest reader after return': string;
@@ -186,7 +205,8 @@ async function runFault(fault: Fault): Promise<Run> {
     else if (fault === 'planner') await system.planners.get('p1')!.kill();
     else await system.agents.get('cell-1')!.kill();
     const election = probe ? probe.measure(tKill, settings.MAX_WAIT_S * 1000) : Promise.resolve(null);
-    await new Promise((r) => setTimeout(r, settings.DOWN_S * 1000));
+    const takeOver = fault === 'planner' ? await takeOverTime(system, tKill, tKill + settings.DOWN_S * 1000) : null;
+    await new Promise((r) => setTimeout(r, Math.max(0, tKill + settings.DOWN_S * 1000 - Date.now())));
     // the return: the moment the node or process is started again (a process's start-up counts in what follows)
     const revision = (await system.bus.jsm.streams.info(EVENTS_STREAM)).state.last_seq;
     const tReturn = Date.now();
@@ -246,6 +266,7 @@ async function runFault(fault: Fault): Promise<Run> {
       what,
       results: {
         'election (s)': seconds(await election),
+        'take-over while down (s)': seconds(takeOver),
         'longest write gap (s)': seconds(gap),
         're-converged after return (s)': seconds(reconverged),
         'slowest reader after return': slowest ? `${slowest[0]} (${seconds(slowest[1])} s)` : 'none behind',

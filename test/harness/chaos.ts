@@ -234,7 +234,18 @@ function seeded(seed: number): () => number {
   };
 }
 
-export type LoadOptions = { seed?: number; commandDeadlineMs?: number; runningPerCell?: number; policies?: number; requestTimeoutMs?: number };
+export type LoadOptions = {
+  seed?: number;
+  commandDeadlineMs?: number;
+  runningPerCell?: number;
+  policies?: number;
+  /**
+   * How long one attempt waits for its answer before the command is sent again (same request id, so stored once), as
+   * a platform's client would: a request routed to a node that just died is never answered, and waiting long for it
+   * only adds to the write gap. 3 s: above the writer's answer time under this load, below a JetStream election.
+   */
+  requestTimeoutMs?: number;
+};
 
 /**
  * Commands through the real intake paths, each retried with its request id until acknowledged (or the deadline).
@@ -260,7 +271,7 @@ export class ChaosLoad {
 
   constructor(sys: Pick<ChaosSystem, 'platform' | 'httpUrl' | 'token' | 'cells' | 'apps'>, opts: LoadOptions = {}) {
     this.#sys = sys;
-    this.#o = { seed: 7, commandDeadlineMs: 300_000, runningPerCell: 40, policies: 60, requestTimeoutMs: 15_000, ...opts };
+    this.#o = { seed: 7, commandDeadlineMs: 300_000, runningPerCell: 40, policies: 60, requestTimeoutMs: 3_000, ...opts };
     this.#rnd = seeded(this.#o.seed);
     sys.cells.forEach((cellId, k) => {
       this.#free.set(
