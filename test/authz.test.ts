@@ -253,7 +253,7 @@ t.test('roles on a secured nats-server', async (t) => {
     }
     const membership = new Membership({ bus: planner, id: 'p1', log: nats.log, heartbeatMs: 60_000, ttlMs: 30_000, deadMs: 30_000, replicas: 1 });
     await membership.start();
-    membership.reportProgress(revision);
+    membership.reportProgress(revision, ['p1']); // published through it, owning every cell as the only member
     t.same(membership.members, ['p1'], 'the planner announces itself in the planners bucket');
     const checkpoints = await CheckpointStore.open(planner, 'p1', 1);
     await checkpoints.write(JSON.stringify({ v: 2, seq: 1, cells: {} }));

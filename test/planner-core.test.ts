@@ -531,8 +531,35 @@ t.test('the enforcement answer stops waiting for a dead planner only once the li
   );
   t.same(
     plannerProgress(entries({ p1: { beat: 9_000, through: 40, members: both }, p2: { beat: 10_000, through: 50, members: ['p2'] } }), 50, 1200),
-    { members: both, plannersBehind: ['p1'], plannersStopped: [] },
-    'p1 silent for less than deadMs: live, waited for',
+    { members: both, plannersBehind: ['p1', 'p2'], plannersStopped: [] },
+    'p1 silent for less than deadMs: live, waited for; and p2, which published under members without it, too',
+  );
+  t.same(
+    plannerProgress(
+      entries({
+        p1: { beat: 10_000, through: 50, members: both },
+        p2: { beat: 10_000, through: 50, members: both },
+        p3: { beat: 10_000, through: 50, members: [] },
+      }),
+      50,
+      1200,
+    ),
+    { members: ['p1', 'p2', 'p3'], plannersBehind: ['p1', 'p2', 'p3'], plannersStopped: [] },
+    'p3 joined: nobody has published under the new members yet (p3 has not taken its cells over, p1 and p2 not let them go)',
+  );
+  const three = ['p1', 'p2', 'p3'];
+  t.same(
+    plannerProgress(
+      entries({
+        p1: { beat: 10_000, through: 50, members: three },
+        p2: { beat: 10_000, through: 50, members: three },
+        p3: { beat: 10_000, through: 50, members: three },
+      }),
+      50,
+      1200,
+    ),
+    { members: three, plannersBehind: [], plannersStopped: [] },
+    'every one published through 50 under the three: none behind',
   );
   t.same(
     plannerProgress(entries({ p1: { beat: 8_000, through: 40 }, p2: { beat: 10_000, through: 50 } }), 50, 1200),
@@ -544,4 +571,22 @@ t.test('the enforcement answer stops waiting for a dead planner only once the li
     { members: ['p1'], plannersBehind: ['p1'], plannersStopped: [] },
     'the only planner is never stopped (nobody beats newer)',
   );
+});
+
+t.test('folding first, owning nothing, then taking every cell over: the same states as ingesting', async (t) => {
+  const { prefix, streams } = scenario();
+  const recs = record([...prefix, ...merge(streams, 5)]);
+  const { core: reference } = runCore(recs, 7);
+  const folded = new PlannerCore(opts(() => false));
+  for (let i = 0; i < recs.length; i += 7) folded.foldOnly(recs.slice(i, i + 7));
+  folded.foldOnly(recs.slice(0, 10)); // a batch already folded changes nothing
+  t.same(folded.cells(), {}, 'nothing derived while owning nothing');
+  const outputs = folded.setOwnership(() => true);
+  t.same(cellsOf(folded), cellsOf(reference), 'every cell an event named is taken over');
+  t.equal(statesOf(folded), statesOf(reference), 'the states taken over equal the ingested ones');
+  for (const cellId of cellsOf(folded)) {
+    const snap = outputs.find((o) => o.kind === 'snapshot' && o.cellId === cellId);
+    t.equal(snap?.revision, recs.at(-1)!.seq, `${cellId}: a snapshot at the sequence folded to`);
+  }
+  t.throws(() => folded.foldOnly(recs), /owns cells/, 'a core that owns cells must ingest');
 });

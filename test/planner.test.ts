@@ -197,6 +197,7 @@ t.test('re-partitioning: planners join and leave; every cell keeps exactly one o
   await partitioned('two planners');
 
   const p3 = await inProcessPlanner(t, await nats.connectAs('planner'), nats, 'p3');
+  t.equal(p3.catchUp, 'folded-first', 'p3 caught up owning nothing while p1 and p2 served every cell, then joined');
   live.push(p3);
   await eventually(() => (live.every((p) => p.membership.members.length === 3) ? true : undefined), 10_000, 'three members');
   await workload(gw, 12, 20);
@@ -259,4 +260,26 @@ t.test('an idle planner keeps announcing how far it has published, past the memb
   }, 10_000, 'the progress entry re-put while idle');
   t.same(later.json(), { publishedThrough: last, members: ['planner'] }, 'how far, and under which members');
   t.same((await enforcementOf(bus, last)).plannersBehind, [], 'the idle planner is not reported behind');
+});
+
+t.test('a lone planner far behind the log folds first, then takes every cell over: readers follow', async (t) => {
+  const nats = await startNats(t, { plannerMemberTtlMs: 1000 });
+  const gw = await startGateway(t, nats);
+  const bus = await nats.connect('readers');
+  const feeds = await feedsFor(t, bus, nats);
+  const first = await inProcessPlanner(t, await nats.connectAs('planner'), nats, 'p1');
+  t.equal(first.catchUp, 'joined-first', 'an empty log: joined at once');
+  await workload(gw, 0, 12);
+  await feedsConverge(t, bus, feeds, 'before the restart');
+  await first.stop();
+  await workload(gw, 12, 30); // written while no planner runs: more events ahead than foldFirstAfter below
+  const again = await inProcessPlanner(t, await nats.connectAs('planner'), nats, 'p1', { foldFirstAfter: 5 });
+  t.equal(again.catchUp, 'folded-first', 'far behind: folded first');
+  await feedsConverge(t, bus, feeds, 'after the take-over');
+  t.ok(again.stats.snapshots >= CELLS.length, `each cell taken over with a snapshot (${again.stats.snapshots})`);
+  await workload(gw, 30, 36);
+  await feedsConverge(t, bus, feeds, 'the chain goes on after the take-over');
+  const last = (await logEvents(bus)).at(-1)!.seq;
+  await again.waitPublished(last);
+  t.ok((await enforcementOf(bus, last)).plannersBehind.length === 0, 'the enforcement answer: nobody behind');
 });

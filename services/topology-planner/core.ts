@@ -240,6 +240,24 @@ export class PlannerCore {
   }
 
   /**
+   * Folds events into the model only, for a planner catching up before it joins (it owns no cell, and derives
+   * nothing: about ten times the speed of ingest). Stored heads passed here are dropped: the cells this planner
+   * comes to own are taken over at the sequence it joins at (setOwnership), not continued from a head.
+   */
+  foldOnly(batch: readonly RecordedEvent[]): void {
+    if (this.#cells.size > 0) throw new Error('foldOnly on a planner core that owns cells');
+    const fresh = batch.filter((rec) => rec.seq > this.model.seq);
+    if (fresh.length === 0) return;
+    for (const rec of fresh) {
+      const cellId = (rec.event.data as { cellId?: unknown }).cellId;
+      if (typeof cellId === 'string') this.#known.add(cellId);
+    }
+    this.#lastAt = fresh[fresh.length - 1]!.event.at;
+    foldEventsInPlace(this.model, fresh);
+    while (this.#nextHead < this.#heads.length && this.#heads[this.#nextHead]![0] <= this.model.seq) this.#nextHead++;
+  }
+
+  /**
    * Changes which cells this instance owns. A cell taken over gets a snapshot at the current sequence (its state
    * is derived from the model, which every instance folds whole) and a delta linking any chain to it; a cell given
    * up is forgotten.

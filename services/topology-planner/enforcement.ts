@@ -115,7 +115,14 @@ export function plannerProgress(
   const stopped = stoppedMembers(new Map(members.map((id) => [id, entries.get(`m.${id}`)!.time])), memberDeadMs);
   const live = members.filter((id) => !stopped.includes(id));
   const plannersStopped = stopped.filter((dead) => live.length > 0 && live.every((id) => covers(id)?.includes(dead) === false));
-  const plannersBehind = members.filter((id) => !plannersStopped.includes(id) && publishedThrough(id) < revision);
+  // A live planner has published what it owns only once it says so under members that include every live one: one
+  // that joined has taken its cells over, and the others have let them go (until then, their marks speak for other
+  // owners). A planner that does not say under which members is taken at its mark.
+  const current = (id: string) => {
+    const c = covers(id);
+    return c === null || live.every((m) => c.includes(m));
+  };
+  const plannersBehind = members.filter((id) => !plannersStopped.includes(id) && (publishedThrough(id) < revision || (live.includes(id) && !current(id))));
   return { members, plannersBehind, plannersStopped };
 }
 

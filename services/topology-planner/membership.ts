@@ -163,7 +163,7 @@ export class Membership {
   }
 
   async #flushProgress(): Promise<void> {
-    if (this.#reporting || !this.#kv) return;
+    if (this.#reporting || !this.#kv || this.#timer === undefined) return; // not joined: nothing to say yet
     this.#reporting = true;
     try {
       while (this.#sent < this.#latest) {
@@ -182,9 +182,22 @@ export class Membership {
     this.#listeners.add(listener);
   }
 
-  async start(): Promise<void> {
+  async #open(): Promise<KV> {
     const options = bucketOptions.plannerMembers(this.#o.replicas, this.#o.ttlMs);
-    this.#kv = await createOrOpenBucket(PLANNER_MEMBERS_BUCKET, () => new Kvm(this.#o.bus.js).create(PLANNER_MEMBERS_BUCKET, options));
+    this.#kv ??= await createOrOpenBucket(PLANNER_MEMBERS_BUCKET, () => new Kvm(this.#o.bus.js).create(PLANNER_MEMBERS_BUCKET, options));
+    return this.#kv;
+  }
+
+  /** The other members present now (entries not expired), read without joining. */
+  async peers(): Promise<string[]> {
+    await this.#open();
+    const entries = await kvLatest(this.#o.bus, PLANNER_MEMBERS_BUCKET, plannerKey.allMembers);
+    return plannersOf(entries).members.filter((id) => id !== this.#o.id);
+  }
+
+  /** Joins: heartbeats from now on, and the member list (this one included) re-read with each. */
+  async start(): Promise<void> {
+    await this.#open();
     await this.#beat();
     this.#timer = setInterval(() => {
       if (this.#beating) return; // a beat still waiting on the bus (an election): do not pile more up

@@ -12,6 +12,7 @@ import { EventLog, LogFollower, foldLog, type Fold } from '../../runtime/event-l
 import { StreamPublisher } from '../../runtime/nats-adapter.ts';
 import { UnavailableError } from '../../runtime/errors.ts';
 import { Registry } from '../../runtime/metrics.ts';
+import { EVENTS_STREAM } from '../../runtime/subjects.ts';
 import { quarantineGauge, quarantineReporter } from '../../runtime/quarantine-report.ts';
 import { CELL_DELTAS_STREAM, CELL_SNAPSHOTS_STREAM, EMPTY_CELL_HASH, type PlannerOutput, cellSubject, outputMessage } from '../../projections/cell-stream.ts';
 import { initialModel, liveModelFold } from '../../projections/model.ts';
@@ -32,6 +33,8 @@ export type PlannerConfig = {
   memberTtlMs: number;
   /** A member whose heartbeat has not changed for this long (while this planner's own were stored) is dead. */
   memberDeadMs: number;
+  /** Events ahead at start beyond which a lone planner folds first and takes its cells over (see startPlanner). */
+  foldFirstAfter: number;
   replicas: number;
   /** Most outputs awaiting acknowledgement at once. */
   publishWindow: number;
@@ -45,6 +48,7 @@ export const defaultPlannerConfig: PlannerConfig = {
   heartbeatMs: 300,
   memberTtlMs: 5000,
   memberDeadMs: DEFAULT_MEMBER_DEAD_MS,
+  foldFirstAfter: 50_000,
   replicas: 1,
   publishWindow: 512,
 };
@@ -62,6 +66,8 @@ export type Planner = {
   /** Resolves once every output for events up to `seq` is acknowledged. */
   waitPublished(seq: number, timeoutMs?: number): Promise<void>;
   stats: { deltas: number; snapshots: number; suppressed: number; checkpoints: number };
+  /** How it caught up at start: joined at once (continuing its cells' chains), or folded first and took them over. */
+  catchUp: 'joined-first' | 'folded-first';
   stop(): Promise<void>;
 };
 
@@ -84,15 +90,28 @@ export async function startPlanner(deps: { bus: Bus; log: Logger; config: Planne
     deadMs: cfg.memberDeadMs,
     replicas: cfg.replicas,
   });
-  await membership.start();
+  // How to catch up (docs/architecture.md, "Planner start"): joining at once, this planner owns its cells while it
+  // folds the log and continues their stored chains from the heads; folding first, it owns nothing and derives
+  // nothing until it has caught up, then joins and takes its cells over (a snapshot and a link delta each). It folds
+  // first when other planners serve the cells meanwhile, or when the log ahead is long (deriving per event would keep
+  // the cells waiting longer than a take-over costs their agents).
+  const peers = await membership.peers();
   const coreOptions = { domain: cfg.domain, snapshotEvery: cfg.snapshotEvery, owns: membership.owns };
   const resume = checkpoint
     ? { checkpoint, model: await foldLog(new EventLog(deps.bus), liveModelFold, initialModel(), { toSeq: checkpoint.seq, log }) }
     : undefined;
+  const ahead = (await deps.bus.jsm.streams.info(EVENTS_STREAM)).state.last_seq - (resume?.model.seq ?? 0);
+  let joined = peers.length === 0 && ahead <= cfg.foldFirstAfter;
+  const catchUp = joined ? 'joined-first' : 'folded-first';
+  if (joined) await membership.start();
   // Each cell's head in the cell streams, read after the fold (a previous owner of a cell has had the most time to stop).
   const heads = await latestPlannedPerCell(deps.bus);
   const core = new PlannerCore(coreOptions, resume, heads);
-  log.info({ seq: core.seq, cells: Object.keys(core.cells()).length, heads: heads.size, fromCheckpoint: !!checkpoint }, 'planner-restored');
+  if (!joined) core.setOwnership(() => false); // the checkpoint's cells are taken over at the join instead
+  log.info(
+    { seq: core.seq, cells: Object.keys(core.cells()).length, heads: heads.size, fromCheckpoint: !!checkpoint, ahead, peers, foldFirst: !joined },
+    'planner-restored',
+  );
 
   const publisher = new OutputPublisher(deps.bus, heads, log);
   const pump = new OutputPump({
@@ -132,7 +151,8 @@ export async function startPlanner(deps: { bus: Bus; log: Logger; config: Planne
     initial: () => core,
     apply(c, batch) {
       mFolded.inc({}, batch.length);
-      const items: PumpItem[] = c.ingest(batch).map((output) => ({ output }));
+      if (!joined) c.foldOnly(batch);
+      const items: PumpItem[] = joined ? c.ingest(batch).map((output) => ({ output })) : [];
       reportQuarantine(c.model);
       items.push({ through: c.seq }, ...checkpointer.due());
       pump.enqueue(items);
@@ -152,10 +172,15 @@ export async function startPlanner(deps: { bus: Bus; log: Logger; config: Planne
     if (taken.length > 0) log.info({ cells: taken.map((o) => o.cellId) }, 'planner-cells-taken-over');
     pump.enqueue([...taken.map((output) => ({ output })), { through: core.seq, members: membership.members }]);
   };
-  reconcileOwnership(); // the members may have changed since the checkpoint
+  if (joined) reconcileOwnership(); // the members may have changed since the checkpoint
   membership.onChange(reconcileOwnership);
   const stateResponder = serveCellState(deps.bus, membership.owns, core);
   await follower.start();
+  if (!joined) {
+    await membership.start();
+    joined = true; // between two batches: the next is ingested, and the cells owned now are taken over first
+    reconcileOwnership();
+  }
   log.info({ seq: core.seq, members: membership.members }, 'planner-started');
 
   return {
@@ -175,6 +200,7 @@ export async function startPlanner(deps: { bus: Bus; log: Logger; config: Planne
         return pump.stats.checkpoints;
       },
     },
+    catchUp,
     publishedThrough: () => pump.publishedThrough.value,
     waitPublished: (seq, timeoutMs = 10_000) => pump.publishedThrough.until((at) => at >= seq, timeoutMs, `planner outputs through ${seq}`),
     async stop() {
