@@ -16,6 +16,7 @@
 //   - take-over while down (planner fault): from the kill until a revision written just after it is enforced on
 //     every cell, the other planner having taken the dead one's cells over;
 //   - longest write gap: the longest time between two acknowledged commands of the load, from the kill on;
+//   - back up after return: from the restart until the node answers or the process has logged its start line;
 //   - re-converged after return: from the restart until the log's revision at the restart is enforced on every
 //     cell by the enforcement answer's rule (every live planner published through it, every agent applied its cell's
 //     latest plan up to it), read every 250 ms with direct gets (no consumers); the slowest reader is named (the last
@@ -133,6 +134,7 @@ type Run = {
     'election (s)': number | null;
     'take-over while down (s)': number | null;
     'longest write gap (s)': number | null;
+    'back up after return (s)': number | null;
     're-converged after return (s)': number | null;
     'slowest reader after return': string;
     'commands acknowledged / sent': string;
@@ -210,11 +212,14 @@ async function runFault(fault: Fault): Promise<Run> {
     // the return: the moment the node or process is started again (a process's start-up counts in what follows)
     const revision = (await system.bus.jsm.streams.info(EVENTS_STREAM)).state.last_seq;
     const tReturn = Date.now();
-    if (victim) await cluster.restart(victim);
-    else if (fault === 'planner') await system.startPlanner('p1');
-    else await system.startAgent('cell-1');
-    const tUp = Date.now();
-    progress(`[${fault}] back; waiting until revision ${revision} is enforced on every cell`);
+    // watched from the return on, while the node or process starts (a planner's start-up takes seconds, during
+    // which the other planner keeps serving every cell)
+    let tUp: number | undefined;
+    const restarting = (victim ? cluster.restart(victim) : fault === 'planner' ? system.startPlanner('p1') : system.startAgent('cell-1')).then(() => {
+      tUp = Date.now();
+      progress(`[${fault}] back after ${seconds(tUp - tReturn)} s`);
+    });
+    progress(`[${fault}] restarting; waiting until revision ${revision} is enforced on every cell`);
 
     // ---- re-convergence: the revision at the return enforced everywhere; when each reader got there ----
     // (direct and stream gets only: the enforcement answer creates consumers, and polling it would load the cluster)
@@ -235,9 +240,10 @@ async function runFault(fault: Fault): Promise<Run> {
         }
       }
       const flowing = now - lastAck() < 1000;
-      if ((reconverged !== null && flowing && now - tUp >= settings.TAIL_S * 1000) || now - tReturn > settings.MAX_WAIT_S * 1000) break;
+      if ((reconverged !== null && flowing && tUp !== undefined && now - tUp >= settings.TAIL_S * 1000) || now - tReturn > settings.MAX_WAIT_S * 1000) break;
       await new Promise((r) => setTimeout(r, 250));
     }
+    await restarting;
     stopLoad = true;
     const { sent, dropped } = await loading;
     progress(`[${fault}] load stopped (${sent} sent); settling the commands in flight`);
@@ -268,6 +274,7 @@ async function runFault(fault: Fault): Promise<Run> {
         'election (s)': seconds(await election),
         'take-over while down (s)': seconds(takeOver),
         'longest write gap (s)': seconds(gap),
+        'back up after return (s)': seconds(tUp === undefined ? null : tUp - tReturn),
         're-converged after return (s)': seconds(reconverged),
         'slowest reader after return': slowest ? `${slowest[0]} (${seconds(slowest[1])} s)` : 'none behind',
         'commands acknowledged / sent': `${load.acked.length} / ${load.commands.length}`,
