@@ -47,15 +47,19 @@ export class EventLog {
 
   /** The sequence of the last event on a subject, read from the server (0 when there is none). */
   async lastSubjectSeq(subject: string): Promise<number> {
-    return withNatsRetry(`last sequence of ${subject}`, async () => {
-      try {
-        const m = await this.#bus.jsm.direct.getMessage(this.#stream, { last_by_subj: subject });
-        return m ? m.seq : 0;
-      } catch (err) {
-        if (isNoMessageFound(err)) return 0;
-        throw err;
-      }
-    }, { deadlineMs: 15_000 });
+    return withNatsRetry(
+      `last sequence of ${subject}`,
+      async () => {
+        try {
+          const m = await this.#bus.jsm.direct.getMessage(this.#stream, { last_by_subj: subject });
+          return m ? m.seq : 0;
+        } catch (err) {
+          if (isNoMessageFound(err)) return 0;
+          throw err;
+        }
+      },
+      { deadlineMs: 15_000 },
+    );
   }
 
   /** The stream's last sequence. */
@@ -182,6 +186,13 @@ export class LogFollower<S> {
     return this.#fold.seqOf(this.#state);
   }
 
+  /** How many events the log held past the last one delivered, when it was delivered (0: caught up). */
+  get behind(): number {
+    return this.#behind;
+  }
+
+  #behind = 0;
+
   /** Called after every folded batch with the new state. */
   onFold(listener: (state: S, batch: readonly RecordedEvent[]) => void): () => void {
     this.#listeners.add(listener);
@@ -234,6 +245,7 @@ export class LogFollower<S> {
           continue;
         }
         batch.push(rec);
+        this.#behind = m.info.pending;
         if (m.info.pending === 0 || batch.length >= 1000) flushNow();
         else scheduled ??= setImmediate(flushNow);
       }

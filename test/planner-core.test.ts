@@ -578,8 +578,8 @@ t.test('folding first, owning nothing, then taking every cell over: the same sta
   const recs = record([...prefix, ...merge(streams, 5)]);
   const { core: reference } = runCore(recs, 7);
   const folded = new PlannerCore(opts(() => false));
-  for (let i = 0; i < recs.length; i += 7) folded.foldOnly(recs.slice(i, i + 7));
-  folded.foldOnly(recs.slice(0, 10)); // a batch already folded changes nothing
+  for (let i = 0; i < recs.length; i += 7) folded.fastForward(recs.slice(i, i + 7));
+  folded.fastForward(recs.slice(0, 10)); // a batch already folded changes nothing
   t.same(folded.cells(), {}, 'nothing derived while owning nothing');
   const outputs = folded.setOwnership(() => true);
   t.same(cellsOf(folded), cellsOf(reference), 'every cell an event named is taken over');
@@ -588,5 +588,54 @@ t.test('folding first, owning nothing, then taking every cell over: the same sta
     const snap = outputs.find((o) => o.kind === 'snapshot' && o.cellId === cellId);
     t.equal(snap?.revision, recs.at(-1)!.seq, `${cellId}: a snapshot at the sequence folded to`);
   }
-  t.throws(() => folded.foldOnly(recs), /owns cells/, 'a core that owns cells must ingest');
+});
+
+t.test('fast-forward then settle: one delta per changed cell that readers apply on their chains, the same states', async (t) => {
+  const { prefix, streams } = scenario();
+  const recs = record([...prefix, ...merge(streams, 9)]);
+  const { core: reference } = runCore(recs, 5);
+  const third = Math.floor(recs.length / 3);
+  const core = new PlannerCore(opts());
+  const reader: Reader = new Map();
+  applyOutputs(t, reader, core.ingest(recs.slice(0, third)));
+  t.notOk(core.stale, 'not stale after ingesting');
+  core.fastForward(recs.slice(third, 2 * third));
+  t.ok(core.stale, 'stale after a fast-forward over owned cells');
+  t.throws(() => core.checkpoint(), /settles/, 'no checkpoint while stale');
+  const settled = core.settle();
+  t.ok(settled.length > 0, `settled: ${settled.length} outputs`);
+  const perCell = new Map<string, number>();
+  for (const o of settled.filter((o) => o.kind === 'delta')) perCell.set(o.cellId, (perCell.get(o.cellId) ?? 0) + 1);
+  t.ok([...perCell.values()].every((n) => n === 1), 'one delta per changed cell');
+  t.ok(settled.every((o) => o.kind === 'snapshot' || o.revision === recs[2 * third - 1]!.seq), 'stamped with the last event folded');
+  applyOutputs(t, reader, settled);
+  t.same(core.settle(), [], 'settling again changes nothing');
+  core.fastForward(recs.slice(2 * third, 2 * third + 3));
+  applyOutputs(t, reader, core.ingest(recs.slice(2 * third + 3))); // ingest settles first
+  t.equal(statesOf(core), statesOf(reference), 'the same states as ingesting everything');
+  for (const cellId of cellsOf(core)) t.equal(reader.get(cellId)?.hash, core.cells()[cellId]!.hash, `${cellId}: the reader followed to the hash`);
+});
+
+t.test('a fast-forward past a stored head takes that cell over (snapshot and link delta) when it settles', async (t) => {
+  const { prefix, streams } = scenario();
+  const recs = record([...prefix, ...merge(streams, 3)]);
+  const half = Math.floor(recs.length / 2);
+  const first = new PlannerCore(opts());
+  first.ingest(recs.slice(0, half));
+  const checkpoint = first.checkpoint();
+  const model = foldEventsInPlace(structuredClone(initialModel()), recs.slice(0, half));
+  const cellId = cellsOf(first)[0]!;
+  const heads = new Map([[cellId, half + 2]]); // an earlier run stored this cell's chain past the checkpoint
+  const core = new PlannerCore(opts(), { checkpoint, model }, heads);
+  core.fastForward(recs.slice(half));
+  const outs = core.settle();
+  const mine = outs.filter((o) => o.cellId === cellId);
+  t.same(
+    mine.map((o) => [o.kind, o.revision, o.kind === 'delta' ? o.prevRevision : null]),
+    [
+      ['snapshot', recs.at(-1)!.seq, null],
+      ['delta', recs.at(-1)!.seq, 0],
+    ],
+    'the cell whose head was passed: a take-over at the last event',
+  );
 });

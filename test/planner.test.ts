@@ -283,3 +283,25 @@ t.test('a lone planner far behind the log folds first, then takes every cell ove
   await again.waitPublished(last);
   t.ok((await enforcementOf(bus, last)).plannersBehind.length === 0, 'the enforcement answer: nobody behind');
 });
+
+t.test('a planner behind by more than fastForwardAfter folds without deriving, then settles: readers follow without a resync', async (t) => {
+  const nats = await startNats(t, { plannerMemberTtlMs: 1000 });
+  const gw = await startGateway(t, nats);
+  const bus = await nats.connect('readers');
+  const feeds = await feedsFor(t, bus, nats);
+  const first = await inProcessPlanner(t, await nats.connectAs('planner'), nats, 'p1');
+  await workload(gw, 0, 10);
+  await feedsConverge(t, bus, feeds, 'before the stop');
+  await first.stop();
+  await workload(gw, 10, 40); // ~50 events written while no planner runs
+  // Joins at once (foldFirstAfter not reached), and is then behind by more than fastForwardAfter.
+  const again = await inProcessPlanner(t, await nats.connectAs('planner'), nats, 'p1', { fastForwardAfter: 3 });
+  t.equal(again.catchUp, 'joined-first');
+  await feedsConverge(t, bus, feeds, 'after catching up');
+  t.ok(again.stats.fastForwarded > 0, `events folded without deriving: ${again.stats.fastForwarded}`);
+  for (const [cell, feed] of feeds) t.equal(feed.resyncs, 0, `${cell}: followed the settled deltas without a resync`);
+  const last = (await logEvents(bus)).at(-1)!.seq;
+  await again.waitPublished(last);
+  await workload(gw, 40, 46);
+  await feedsConverge(t, bus, feeds, 'and on after it');
+});

@@ -79,6 +79,9 @@ export class PlannerCore {
   /** Stored heads above the start sequence, in log order: [revision, cell]; `#nextHead` is the first not reached. */
   readonly #heads: [number, string][];
   #nextHead = 0;
+  #stale = false;
+  /** Owned cells whose stored head a fast-forward passed: taken over when settled. */
+  readonly #headsPassed = new Set<string>();
 
   /**
    * A fresh core, or one resumed from a checkpoint with `model` = the log folded up to the checkpoint's sequence
@@ -136,7 +139,7 @@ export class PlannerCore {
    * more where a stored head closes a group inside it), in order per cell.
    */
   ingest(batch: readonly RecordedEvent[]): PlannerOutput[] {
-    const out: PlannerOutput[] = [];
+    const out: PlannerOutput[] = this.settle();
     const groups = new Map<string, Group>();
     const domain = this.#opts.domain;
     this.#reachHeads(groups, out);
@@ -239,22 +242,90 @@ export class PlannerCore {
     return { kind: 'snapshot', cellId, revision: t.revision, hash: t.hash, state };
   }
 
+  /** How many cells this instance tracks (owns and has derived). */
+  get cellCount(): number {
+    return this.#cells.size;
+  }
+
+  /** Events folded by fastForward so far (for metrics and tests). */
+  fastForwarded = 0;
+
+  /** Whether events were folded past without deriving the owned cells (fastForward): `settle` brings them up. */
+  get stale(): boolean {
+    return this.#stale;
+  }
+
   /**
-   * Folds events into the model only, for a planner catching up before it joins (it owns no cell, and derives
-   * nothing: about ten times the speed of ingest). Stored heads passed here are dropped: the cells this planner
-   * comes to own are taken over at the sequence it joins at (setOwnership), not continued from a head.
+   * Folds events into the model only, deriving nothing: for a planner far behind the log (a bulk change, a long
+   * catch-up), where deriving per event costs about ten times the fold, and for one catching up before it joins
+   * (owning nothing). The owned cells keep their states until `settle`, which `ingest` and `setOwnership` run
+   * first; meanwhile nothing about those cells may be announced as published, nor checkpointed.
    */
-  foldOnly(batch: readonly RecordedEvent[]): void {
-    if (this.#cells.size > 0) throw new Error('foldOnly on a planner core that owns cells');
+  fastForward(batch: readonly RecordedEvent[]): void {
     const fresh = batch.filter((rec) => rec.seq > this.model.seq);
     if (fresh.length === 0) return;
+    let touchesOwned = false;
     for (const rec of fresh) {
       const cellId = (rec.event.data as { cellId?: unknown }).cellId;
-      if (typeof cellId === 'string') this.#known.add(cellId);
+      if (typeof cellId !== 'string') continue;
+      this.#known.add(cellId);
+      touchesOwned ||= this.#owns(cellId);
     }
     this.#lastAt = fresh[fresh.length - 1]!.event.at;
     foldEventsInPlace(this.model, fresh);
-    while (this.#nextHead < this.#heads.length && this.#heads[this.#nextHead]![0] <= this.model.seq) this.#nextHead++;
+    this.fastForwarded += fresh.length;
+    for (; this.#nextHead < this.#heads.length && this.#heads[this.#nextHead]![0] <= this.model.seq; this.#nextHead++) {
+      const cellId = this.#heads[this.#nextHead]![1];
+      if (this.#owns(cellId)) this.#headsPassed.add(cellId);
+    }
+    // (a planner owning nothing, catching up before it joins, has nothing to settle)
+    if (touchesOwned || this.#cells.size > 0 || this.#headsPassed.size > 0) this.#stale = true;
+  }
+
+  /**
+   * After a fast-forward: every owned cell derived whole from the model and compared with the state it holds. A
+   * cell that changed gets one delta of every changed entry, from its revision to the model's sequence (its state
+   * after that event), and a snapshot when one is due. A cell whose stored head was passed is taken over instead (a
+   * snapshot and a link delta): a reader on that head may hold a state the delta does not lead from.
+   */
+  settle(): PlannerOutput[] {
+    const out: PlannerOutput[] = [];
+    if (!this.#stale) return out;
+    this.#stale = false;
+    const domain = this.#opts.domain;
+    for (const cellId of [...this.#known].sort()) {
+      if (!this.#owns(cellId)) continue;
+      if (this.#headsPassed.has(cellId)) {
+        this.#cells.delete(cellId);
+        this.#takeOver(cellId, out);
+        continue;
+      }
+      const track = this.#cells.get(cellId) ?? this.#track(cellId);
+      const next = deriveCellState(this.model, cellId, domain);
+      const ops: CellOp[] = [];
+      for (const section of SECTIONS) {
+        const held = track.state[section] as Record<string, unknown>;
+        const now = next[section] as Record<string, unknown>;
+        for (const key of Object.keys(held)) if (now[key] === undefined) ops.push({ path: [section, key] });
+        for (const key of Object.keys(now)) {
+          const value = now[key];
+          const current = held[key];
+          if (current === undefined || !sameValue(current, value)) ops.push({ path: [section, key], value });
+        }
+      }
+      if (ops.length === 0) continue;
+      const prevRevision = track.revision;
+      track.hash = applyCellOps(track.state, track.hash, ops, this.#hashes);
+      track.revision = this.model.seq;
+      track.sinceSnapshot += 1;
+      out.push({ kind: 'delta', cellId, revision: track.revision, prevRevision, ops, hash: track.hash, at: this.#lastAt });
+      if (track.sinceSnapshot >= this.#opts.snapshotEvery) {
+        out.push(this.#snapshot(cellId, track));
+        track.sinceSnapshot = 0;
+      }
+    }
+    this.#headsPassed.clear();
+    return out;
   }
 
   /**
@@ -263,27 +334,30 @@ export class PlannerCore {
    * up is forgotten.
    */
   setOwnership(owns: (cellId: string) => boolean): PlannerOutput[] {
+    const out = this.settle(); // the cells owned so far brought up to the model first
     this.#owns = owns;
-    const out: PlannerOutput[] = [];
     this.#reachHeads(new Map(), out); // between batches: no group is open, nothing is emitted
     for (const cellId of [...this.#known].sort()) {
       const had = this.#cells.has(cellId);
-      if (owns(cellId) && !had) {
-        const t = this.#derived(cellId, this.model.seq);
-        out.push(this.#snapshot(cellId, t));
-        // Agents follow deltas, not snapshots: a delta with no operations, from revision 0 to the snapshot's, moves an
-        // agent holding the old owner's last state (the same state, when the old owner was up to date) to this
-        // chain; one whose state differs finds a gap and reads the snapshot.
-        if (t.revision > 0) out.push({ kind: 'delta', cellId, revision: t.revision, prevRevision: 0, ops: [], hash: t.hash, at: this.#lastAt });
-      } else if (!owns(cellId) && had) {
-        this.#cells.delete(cellId);
-      }
+      if (owns(cellId) && !had) this.#takeOver(cellId, out);
+      else if (!owns(cellId) && had) this.#cells.delete(cellId);
     }
     return out;
   }
 
+  /** Starts owning a cell at the model's sequence: a snapshot, and a delta linking any chain to it. */
+  #takeOver(cellId: string, out: PlannerOutput[]): void {
+    const t = this.#derived(cellId, this.model.seq);
+    out.push(this.#snapshot(cellId, t));
+    // Agents follow deltas, not snapshots: a delta with no operations, from revision 0 to the snapshot's, moves an
+    // agent holding the old owner's last state (the same state, when the old owner was up to date) to this
+    // chain; one whose state differs finds a gap and reads the snapshot.
+    if (t.revision > 0) out.push({ kind: 'delta', cellId, revision: t.revision, prevRevision: 0, ops: [], hash: t.hash, at: this.#lastAt });
+  }
+
   /** A checkpoint of everything needed, with the log, to resume exactly. */
   checkpoint(): PlannerCheckpoint {
+    if (this.#stale) throw new Error('no checkpoint of a fast-forwarded core before it settles');
     const cells: PlannerCheckpoint['cells'] = dict();
     for (const [id, t] of this.#cells) cells[id] = { revision: t.revision, sinceSnapshot: t.sinceSnapshot };
     return { v: 2, seq: this.model.seq, cells };

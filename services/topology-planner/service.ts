@@ -35,6 +35,8 @@ export type PlannerConfig = {
   memberDeadMs: number;
   /** Events ahead at start beyond which a lone planner folds first and takes its cells over (see startPlanner). */
   foldFirstAfter: number;
+  /** Events behind the log beyond which the planner folds without deriving, then settles its cells at once. */
+  fastForwardAfter: number;
   replicas: number;
   /** Most outputs awaiting acknowledgement at once. */
   publishWindow: number;
@@ -49,6 +51,7 @@ export const defaultPlannerConfig: PlannerConfig = {
   memberTtlMs: 5000,
   memberDeadMs: DEFAULT_MEMBER_DEAD_MS,
   foldFirstAfter: 50_000,
+  fastForwardAfter: 5_000,
   replicas: 1,
   publishWindow: 512,
 };
@@ -65,7 +68,7 @@ export type Planner = {
   publishedThrough(): number;
   /** Resolves once every output for events up to `seq` is acknowledged. */
   waitPublished(seq: number, timeoutMs?: number): Promise<void>;
-  stats: { deltas: number; snapshots: number; suppressed: number; checkpoints: number };
+  stats: { deltas: number; snapshots: number; suppressed: number; checkpoints: number; fastForwarded: number };
   /** How it caught up at start: joined at once (continuing its cells' chains), or folded first and took them over. */
   catchUp: 'joined-first' | 'folded-first';
   stop(): Promise<void>;
@@ -130,7 +133,7 @@ export async function startPlanner(deps: { bus: Bus; log: Logger; config: Planne
     log,
   });
   const checkpointer = new Checkpointer(core, cfg.checkpointIntervalMs);
-  const checkpointTimer = setInterval(() => pump.enqueue(checkpointer.due()), cfg.checkpointIntervalMs);
+  const checkpointTimer = setInterval(() => core.stale || pump.enqueue(checkpointer.due()), cfg.checkpointIntervalMs);
 
   const metrics = deps.metrics ?? new Registry();
   const mFolded = metrics.counter('netfold_planner_events_folded_total', 'events folded by the planner');
@@ -141,6 +144,9 @@ export async function startPlanner(deps: { bus: Bus; log: Logger; config: Planne
       .gauge('netfold_planner_revision', 'event-log revision folded / published')
       .set({ planner: cfg.plannerId, of: 'published' }, pump.publishedThrough.value);
     metrics.gauge('netfold_planner_cells_owned', 'cells this planner owns').set({ planner: cfg.plannerId }, Object.keys(core.cells()).length);
+    metrics
+      .gauge('netfold_planner_fast_forwarded_events', 'events folded without deriving cells (far behind the log, or before joining)')
+      .set({ planner: cfg.plannerId }, core.fastForwarded);
     quarantineGauge(metrics, `planner-${cfg.plannerId}`, core.model);
   });
 
@@ -151,10 +157,21 @@ export async function startPlanner(deps: { bus: Bus; log: Logger; config: Planne
     initial: () => core,
     apply(c, batch) {
       mFolded.inc({}, batch.length);
-      if (!joined) c.foldOnly(batch);
-      const items: PumpItem[] = joined ? c.ingest(batch).map((output) => ({ output })) : [];
+      const behind = follower.behind;
+      const items: PumpItem[] = [];
+      // Far behind (a bulk change, a long catch-up): fold only, and bring every owned cell up at once when caught up
+      // (PlannerCore.settle: one delta per changed cell); nothing is marked published meanwhile. Worth it when the
+      // events ahead outnumber a few times the cells (deriving a cell whole costs about what deriving 4 events does).
+      const ahead = batch.length + behind;
+      const far = Math.max(cfg.fastForwardAfter, 4 * c.cellCount);
+      if (!joined || ahead > far || (c.stale && ahead > far / 4)) {
+        c.fastForward(batch);
+        if (joined && behind === 0) items.push(...c.settle().map((output) => ({ output })));
+      } else {
+        items.push(...c.ingest(batch).map((output) => ({ output })));
+      }
       reportQuarantine(c.model);
-      items.push({ through: c.seq }, ...checkpointer.due());
+      if (!c.stale) items.push({ through: c.seq }, ...checkpointer.due());
       pump.enqueue(items);
       return c;
     },
@@ -198,6 +215,9 @@ export async function startPlanner(deps: { bus: Bus; log: Logger; config: Planne
       },
       get checkpoints() {
         return pump.stats.checkpoints;
+      },
+      get fastForwarded() {
+        return core.fastForwarded;
       },
     },
     catchUp,
