@@ -207,6 +207,7 @@ export class LogFollower<S> {
       stream: this.#stream,
       start: { seq: this.seq + 1 },
       reader: 'log-follower',
+      readDirectWhenStuck: true, // the writer's commands wait on this fold
       log: this.#log,
       ...(this.#metrics && { metrics: this.#metrics }),
       maxMessages: 2048,

@@ -11,7 +11,13 @@
 // ends or fails is recreated the same way, with a backoff. Recovery is logged (`stream-tail-recovered`, with the
 // reason) and counted (`netfold_stream_tail_recoveries_total{reader,reason}`). Messages at or below the last one
 // delivered are never delivered again, so recreation is invisible to the reader.
-import { DeliverPolicy, type ConsumerMessages, type JsMsg, type OrderedConsumerOptions } from '@nats-io/jetstream';
+//
+// Consumers are created through the cluster's meta leader; when that node is the one lost, no consumer can be created
+// until the meta group elects another (seen: 5–10 s, the writer's commands waiting on its fold all that time). A tail
+// with `readDirectWhenStuck` reads on meanwhile with direct gets (any replica of the stream answers them), one
+// message at a time, until a consumer can be made again.
+import { DeliverPolicy, type ConsumerMessages, type OrderedConsumerOptions, type StoredMsg } from '@nats-io/jetstream';
+import type { MsgHdrs } from '@nats-io/nats-core';
 import type { Bus } from './nats.ts';
 import type { Logger } from './logger.ts';
 import type { Registry } from './metrics.ts';
@@ -37,6 +43,19 @@ export type StreamTailOptions = {
   stallMs?: number;
   /** How often the watchdog looks (ms). */
   checkMs?: number;
+  /** While no consumer can be created, read with direct gets (the principal must be allowed `DIRECT.GET.<stream>`). */
+  readDirectWhenStuck?: boolean;
+};
+
+/** What a tail delivers: a consumer's message, or one read with a direct get (`info.pending` then 1 or 0). */
+export type TailMsg = {
+  seq: number;
+  subject: string;
+  data: Uint8Array;
+  headers?: MsgHdrs | undefined;
+  info: { pending: number };
+  json<T>(): T;
+  string(): string;
 };
 
 export type TailRecoveryReason = 'stalled' | 'ended' | 'failed';
@@ -46,7 +65,7 @@ export const FAST_TAIL = { expiresMs: 5_000, idleHeartbeatMs: 1_000, stallMs: 1_
 /** Cell agents: a thousand of them on one host, so fewer heartbeats and probes; still well under 5 s. */
 export const AGENT_TAIL = { expiresMs: 10_000, idleHeartbeatMs: 2_500, stallMs: 2_000, checkMs: 1_000 } as const;
 
-export class StreamTail implements AsyncIterable<JsMsg> {
+export class StreamTail implements AsyncIterable<TailMsg> {
   readonly #bus: Bus;
   readonly #o: StreamTailOptions;
   readonly #log: Logger;
@@ -66,6 +85,8 @@ export class StreamTail implements AsyncIterable<JsMsg> {
   #nextCheckAt = 0;
   /** Times the consumer was recreated. */
   recoveries = 0;
+  /** Messages delivered from direct gets while no consumer could be created. */
+  readDirect = 0;
   #markOpened: () => void = () => undefined;
   /** Resolves once the first consumer exists on the server (the reader has started iterating). */
   readonly opened = new Promise<void>((resolve) => (this.#markOpened = resolve));
@@ -86,7 +107,7 @@ export class StreamTail implements AsyncIterable<JsMsg> {
     return this.#last;
   }
 
-  async *[Symbol.asyncIterator](): AsyncGenerator<JsMsg> {
+  async *[Symbol.asyncIterator](): AsyncGenerator<TailMsg> {
     this.#watchdog ??= setInterval(() => void this.#check(), this.#o.checkMs ?? FAST_TAIL.checkMs);
     this.#watchdog.unref();
     let failures = 0;
@@ -94,7 +115,8 @@ export class StreamTail implements AsyncIterable<JsMsg> {
       while (!this.#stopped) {
         let messages: ConsumerMessages;
         try {
-          messages = await this.#open();
+          // a recreation may wait seconds for the meta leader: a tail that may reads directly meanwhile
+          messages = this.#o.readDirectWhenStuck && this.#started ? yield* this.#readWhile(this.#open()) : await this.#open();
         } catch (err) {
           if (this.#stopped) return;
           failures += 1;
@@ -155,6 +177,39 @@ export class StreamTail implements AsyncIterable<JsMsg> {
     }
     this.#messages = messages;
     return messages;
+  }
+
+  /** Delivers what direct gets find after the last message delivered, until `opening` settles; then its outcome. */
+  async *#readWhile(opening: Promise<ConsumerMessages>): AsyncGenerator<TailMsg, ConsumerMessages> {
+    let outcome: { messages: ConsumerMessages } | { err: unknown } | undefined;
+    const settled = opening.then(
+      (messages) => (outcome = { messages }),
+      (err: unknown) => (outcome = { err }),
+    );
+    let newest = 0;
+    while (outcome === undefined && !this.#stopped) {
+      let m: StoredMsg | null = null;
+      try {
+        m = await this.#bus.jsm.direct.getMessage(this.#o.stream, { seq: this.#last + 1, next_by_subj: this.#o.filter ?? '>' });
+      } catch (err) {
+        if (!isNoMessageFound(err)) this.#log.debug({ err }, 'stream-tail-direct-get-failed');
+      }
+      if (outcome !== undefined || this.#stopped) break;
+      if (!m || m.seq <= this.#last) {
+        newest = this.#last;
+        await Promise.race([settled, delay(250)]); // caught up: look again in a moment
+        continue;
+      }
+      if (m.seq > newest) newest = (await this.#newestSeq().catch(() => undefined)) ?? m.seq;
+      this.#last = m.seq;
+      this.#lastDeliveryAt = Date.now();
+      this.readDirect += 1;
+      yield directMsg(m, m.seq < newest ? 1 : 0);
+    }
+    await settled;
+    if (outcome === undefined) throw new Error('stopped');
+    if ('err' in outcome) throw outcome.err;
+    return outcome.messages;
   }
 
   #recovered(reason: TailRecoveryReason): void {
@@ -223,6 +278,11 @@ async function closeQuietly(messages: ConsumerMessages): Promise<void> {
     () => undefined,
   );
   await Promise.race([closing, delay(1_000)]);
+}
+
+/** A message read with a direct get, shaped as a tail delivers it. */
+function directMsg(m: StoredMsg, pending: number): TailMsg {
+  return { seq: m.seq, subject: m.subject, data: m.data, headers: m.header, info: { pending }, json: <T>() => m.json<T>(), string: () => m.string() };
 }
 
 const delay = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms).unref());

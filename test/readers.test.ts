@@ -2,7 +2,7 @@
 // and restarted, and a cell's deltas stored out of order (a publish retried across a leader change) applied in
 // revision order by the replica and by the feed — with no later write to rescue it.
 import t from 'tap';
-import type { JsMsg } from '@nats-io/jetstream';
+import { AckPolicy, type JsMsg } from '@nats-io/jetstream';
 import { startNats, eventually } from './harness/nats.ts';
 import { ev, record } from './harness/events.ts';
 import { CELL_DELTAS_STREAM, CellReplica, cellSubject, type CellDelta, type PlannerOutput, outputMessage, parseCellDelta } from '../projections/cell-stream.ts';
@@ -280,3 +280,51 @@ t.test('the watchdog recreates a consumer that went silent long before nats.js w
   t.same(got, ['one', 'two', 'three'], 'in order, once');
   t.ok(tail.recoveries >= 1, `the watchdog recreated the consumer (${tail.recoveries})`);
 });
+
+t.test('while no consumer can be created, a tail that may reads on with direct gets, then takes a consumer again', async (t) => {
+  const nats = await startNats(t);
+  const bus = await nats.connect('stuck');
+  // One consumer at most: once the tail's is gone and another holds the slot, no consumer can be created (as while
+  // the meta leader is lost), yet the stream still answers direct gets.
+  await bus.jsm.streams.add({ name: 'TAIL_STUCK', subjects: ['stuck.>'], max_consumers: 1, allow_direct: true });
+  const tail = new StreamTail(bus, { stream: 'TAIL_STUCK', filter: 'stuck.>', start: { seq: 1 }, reader: 'test', log: nats.log, readDirectWhenStuck: true });
+  const got: number[] = [];
+  const reading = (async () => {
+    for await (const m of tail) got.push(Number(m.string()));
+  })();
+  t.teardown(async () => {
+    await tail.stop();
+    await reading;
+  });
+  let n = 0;
+  const write = async (count: number) => {
+    for (let i = 0; i < count; i++) await bus.js.publish(`stuck.${n % 2 ? 'a' : 'b'}`, String(++n));
+  };
+  const all = () => Array.from({ length: n }, (_, i) => i + 1);
+  await write(10);
+  await eventually(() => (got.length === 10 ? true : undefined), 10_000, 'the first messages, through a consumer');
+  t.equal(tail.readDirect, 0, 'none read directly while the consumer works');
+
+  for await (const c of await bus.jsm.consumers.list('TAIL_STUCK')) await bus.jsm.consumers.delete('TAIL_STUCK', c.name);
+  await bus.jsm.consumers.add('TAIL_STUCK', { durable_name: 'blocker', ack_policy: AckPolicy.None });
+  await write(10);
+  await eventually(() => (got.length === 20 ? true : undefined), 20_000, 'the messages written while no consumer can be created');
+  t.ok(tail.readDirect >= 10, `read directly: ${tail.readDirect}`);
+  t.same(got, all(), 'in order, once');
+
+  await bus.jsm.consumers.delete('TAIL_STUCK', 'blocker');
+  await write(10);
+  await eventually(() => (got.length === 30 ? true : undefined), 20_000, 'the messages after the slot is free again');
+  t.same(got, all(), 'in order, once, across both switches');
+  const direct = tail.readDirect;
+  await eventually(async () => ((await bus.jsm.consumers.info('TAIL_STUCK', (await firstConsumer(bus, 'TAIL_STUCK'))!)) ? true : undefined), 20_000, 'a consumer again');
+  await write(5);
+  await eventually(() => (got.length === 35 ? true : undefined), 20_000, 'the messages after that');
+  t.same(got, all());
+  t.equal(tail.readDirect, direct, 'read through the consumer again, not directly');
+});
+
+async function firstConsumer(bus: Bus, stream: string): Promise<string | undefined> {
+  for await (const c of await bus.jsm.consumers.list(stream)) return c.name;
+  return undefined;
+}

@@ -50,6 +50,7 @@ export async function followRecords(opts: {
     filter: kvLayout.subject(DISCOVERY_BUCKET, '>'),
     start: 'last-per-subject',
     reader: 'discovery-records',
+    readDirectWhenStuck: true,
     log,
     ...(opts.metrics && { metrics: opts.metrics }),
     ...FAST_TAIL,
