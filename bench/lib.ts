@@ -51,7 +51,7 @@ export const rate = (n: number, ms: number) => Math.round((n / ms) * 1000);
 
 /** Starts a TypeScript entry point as a child process; resolves once it logs `readyMessage`. */
 export async function startChild(entry: string, env: NodeJS.ProcessEnv, readyMessage: string): Promise<ChildProcess> {
-  const extra = process.env.BENCH_CHILD_NODE_ARGS ? process.env.BENCH_CHILD_NODE_ARGS.split(' ') : [];
+  const extra = (process.env.BENCH_CHILD_NODE_ARGS ?? '').split(' ').filter((a) => a !== ''); // ' ': V8 defaults
   const child = spawn(process.execPath, [...extra, '--import', 'tsx', entry], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'inherit'] });
   await new Promise<void>((resolve, reject) => {
     let buf = '';

@@ -6,7 +6,8 @@
 // and the core alone over the same events in process.
 // The raw append rate of the same server is measured in the same run. Sizes: BENCH_EVENTS, BENCH_CELLS,
 // BENCH_CONTAINERS, BENCH_POLICIES, BENCH_APPS, BENCH_SAMPLES, BENCH_MEM_CONTAINERS, BENCH_BULK_APPS,
-// BENCH_BULK_TIMEOUT_S; BENCH_ONLY=replay|latency|memory|bulk runs one part.
+// BENCH_BULK_TIMEOUT_S; BENCH_ONLY=replay|latency|memory|bulk runs one part; BENCH_SKIP_PLANNER / BENCH_SKIP_CORE leave
+// the planner process's cold start / the in-process core out of the replay part.
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -22,7 +23,8 @@ import { foldEventsInPlace, initialModel } from '../projections/model.ts';
 import { PlannerCore } from '../services/topology-planner/core.ts';
 import { DEFAULT_DOMAIN, deriveCellState } from '../projections/cell.ts';
 import { replay } from '../cli/operators.ts';
-import { kvLatest } from '../runtime/buckets.ts';
+import { kvLatest, kvLatestEntries } from '../runtime/buckets.ts';
+import { plannerProgress } from '../services/topology-planner/enforcement.ts';
 import { PLANNER_MEMBERS_BUCKET } from '../runtime/subjects.ts';
 import { plannersOf } from '../services/topology-planner/membership.ts';
 import { CELL_DELTAS_STREAM, CELL_SNAPSHOTS_STREAM } from '../projections/cell-stream.ts';
@@ -214,6 +216,27 @@ if (!process.env.BENCH_ONLY || process.env.BENCH_ONLY === 'replay') {
   results['netfold replay of 1M: read, validate, fold, hash every cell (s)'] = Math.round(replayCliMs / 100) / 10;
   results['netfold replay of 1M (events/s)'] = Math.round((recs.length / replayCliMs) * 1000);
   results['netfold replay cells compared'] = report.cells.length;
+  // The planner process itself over the same log, with empty output streams: from its start until it has published
+  // every cell's state and says so (its progress entry through the last event, under members that include it).
+  if (!process.env.BENCH_SKIP_PLANNER) {
+    progress(`planner process cold start over the ${EVENTS} events`);
+    const last = (await s.bus.jsm.streams.info('NF_EVENTS')).state.last_seq;
+    const tp = performance.now();
+    const child = await startChild('services/topology-planner/main.ts', { NATS_URL: s.url, NETFOLD_LOG_LEVEL: 'info', NETFOLD_METRICS_PORT: '0' }, 'planner-started');
+    const deadline = Date.now() + BULK_TIMEOUT_S * 1000;
+    let done = false;
+    while (!done && Date.now() < deadline) {
+      done = plannerProgress(await kvLatestEntries(s.bus, PLANNER_MEMBERS_BUCKET), last).plannersBehind.length === 0;
+      if (!done) await new Promise((r) => setTimeout(r, 200));
+    }
+    results[`planner process cold start over ${EVENTS} events, every cell's state published (s)`] = done
+      ? Math.round((performance.now() - tp) / 100) / 10
+      : `not within ${BULK_TIMEOUT_S} s`;
+    results['planner process cold start: cell snapshots / deltas published'] =
+      `${(await s.bus.jsm.streams.info(CELL_SNAPSHOTS_STREAM)).state.last_seq} / ${(await s.bus.jsm.streams.info(CELL_DELTAS_STREAM)).state.last_seq}`;
+    results['planner process cold start: RSS (MiB)'] = rssMiB(child.pid!);
+    await stopChild(child);
+  }
   if (process.env.BENCH_SKIP_CORE) {
     await s.close();
   } else {

@@ -144,11 +144,14 @@ export function deriveEntry(m: Model, cellId: string, section: Section, key: str
   }
 }
 
-/** The whole state of a cell, entry by entry: the reference the incremental planner is checked against. */
-export function deriveCellState(m: Model, cellId: string, domain: string = DEFAULT_DOMAIN): CellState {
+/**
+ * The whole state of a cell, entry by entry: the reference the incremental planner is checked against. `memo`, shared
+ * while deriving several cells from one model state, makes them share each app's source IPs (one object).
+ */
+export function deriveCellState(m: Model, cellId: string, domain: string = DEFAULT_DOMAIN, memo?: DeriveMemo): CellState {
   const s = emptyCellState();
   const set = (section: Section, key: string) => {
-    const v = deriveEntry(m, cellId, section, key, domain);
+    const v = deriveEntry(m, cellId, section, key, domain, memo);
     if (v !== undefined) (s[section] as Record<string, unknown>)[key] = v;
   };
   set('cell', cellId);

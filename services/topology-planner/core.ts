@@ -98,9 +98,10 @@ export class PlannerCore {
     this.model = resume ? resume.model : initialModel();
     for (const c of Object.values(this.model.containers)) if (c.cellId) this.#known.add(c.cellId);
     for (const cellId of Object.keys(this.model.cells)) this.#known.add(cellId); // a registered cell has state without containers
+    const memo: DeriveMemo = new Map(); // one model state: the cells share each app's source IPs
     for (const [cellId, t] of Object.entries(checkpoint?.cells ?? {})) {
       this.#known.add(cellId);
-      const state = deriveCellState(this.model, cellId, opts.domain);
+      const state = deriveCellState(this.model, cellId, opts.domain, memo);
       this.#cells.set(cellId, { state, revision: t.revision, hash: cellHashOf(state), sinceSnapshot: t.sinceSnapshot });
     }
     this.#heads = [...heads].filter(([, revision]) => revision > this.model.seq).map(([cellId, revision]): [number, string] => [revision, cellId]);
@@ -222,8 +223,8 @@ export class PlannerCore {
   }
 
   /** Starts tracking a cell at its state in the model now. */
-  #derived(cellId: string, revision: number): CellTrack {
-    const state = deriveCellState(this.model, cellId, this.#opts.domain);
+  #derived(cellId: string, revision: number, memo?: DeriveMemo): CellTrack {
+    const state = deriveCellState(this.model, cellId, this.#opts.domain, memo);
     const t: CellTrack = { state, revision, hash: cellHashOf(state), sinceSnapshot: 0 };
     this.#cells.set(cellId, t);
     return t;
@@ -293,15 +294,16 @@ export class PlannerCore {
     if (!this.#stale) return out;
     this.#stale = false;
     const domain = this.#opts.domain;
+    const memo: DeriveMemo = new Map(); // one model state while settling: the cells share each app's source IPs
     for (const cellId of [...this.#known].sort()) {
       if (!this.#owns(cellId)) continue;
       if (this.#headsPassed.has(cellId)) {
         this.#cells.delete(cellId);
-        this.#takeOver(cellId, out);
+        this.#takeOver(cellId, out, memo);
         continue;
       }
       const track = this.#cells.get(cellId) ?? this.#track(cellId);
-      const next = deriveCellState(this.model, cellId, domain);
+      const next = deriveCellState(this.model, cellId, domain, memo);
       const ops: CellOp[] = [];
       for (const section of SECTIONS) {
         const held = track.state[section] as Record<string, unknown>;
@@ -337,17 +339,18 @@ export class PlannerCore {
     const out = this.settle(); // the cells owned so far brought up to the model first
     this.#owns = owns;
     this.#reachHeads(new Map(), out); // between batches: no group is open, nothing is emitted
+    const memo: DeriveMemo = new Map();
     for (const cellId of [...this.#known].sort()) {
       const had = this.#cells.has(cellId);
-      if (owns(cellId) && !had) this.#takeOver(cellId, out);
+      if (owns(cellId) && !had) this.#takeOver(cellId, out, memo);
       else if (!owns(cellId) && had) this.#cells.delete(cellId);
     }
     return out;
   }
 
   /** Starts owning a cell at the model's sequence: a snapshot, and a delta linking any chain to it. */
-  #takeOver(cellId: string, out: PlannerOutput[]): void {
-    const t = this.#derived(cellId, this.model.seq);
+  #takeOver(cellId: string, out: PlannerOutput[], memo: DeriveMemo): void {
+    const t = this.#derived(cellId, this.model.seq, memo);
     out.push(this.#snapshot(cellId, t));
     // Agents follow deltas, not snapshots: a delta with no operations, from revision 0 to the snapshot's, moves an
     // agent holding the old owner's last state (the same state, when the old owner was up to date) to this
