@@ -106,7 +106,7 @@ t.test('backpressure: drained() holds the follower back while the queue is long'
 
 t.test('a checkpoint is due when something new was folded and the interval passed (or forced)', async (t) => {
   let now = 1000;
-  const core = { seq: 10, checkpoint: () => ({ v: 2 as const, seq: core.seq, cells: {} }) };
+  const core = { seq: 10, stale: false, checkpoint: () => ({ v: 2 as const, seq: core.seq, cells: {} }) };
   const c = new Checkpointer(core, 5000, () => now);
   t.same(c.due(), [], 'nothing new folded');
   core.seq = 12;
@@ -117,4 +117,10 @@ t.test('a checkpoint is due when something new was folded and the interval passe
   core.seq = 13;
   t.same(c.due(true), [{ checkpoint: { seq: 13, json: JSON.stringify({ v: 2, seq: 13, cells: {} }) } }], 'forced at stop');
   t.same(c.due(true), [], 'forced, but nothing new');
+  core.seq = 20;
+  core.stale = true;
+  now += 5000;
+  t.same(c.due(true), [], 'never while fast-forwarded: its cells are behind the sequence');
+  core.stale = false;
+  t.same(c.due(true), [{ checkpoint: { seq: 20, json: JSON.stringify({ v: 2, seq: 20, cells: {} }) } }], 'once settled');
 });

@@ -15,7 +15,7 @@ export class Checkpointer {
   #lastSeq: number;
 
   constructor(
-    private readonly core: Pick<PlannerCore, 'seq' | 'checkpoint'>,
+    private readonly core: Pick<PlannerCore, 'seq' | 'checkpoint' | 'stale'>,
     private readonly intervalMs: number,
     private readonly now: () => number = Date.now,
   ) {
@@ -23,10 +23,10 @@ export class Checkpointer {
     this.#lastSeq = core.seq;
   }
 
-  /** The checkpoint to queue now, if one is due. */
+  /** The checkpoint to queue now, if one is due (never while the core is fast-forwarded and not settled). */
   due(force = false): PumpItem[] {
     const seq = this.core.seq;
-    if (seq <= this.#lastSeq || (!force && this.now() - this.#lastAt < this.intervalMs)) return [];
+    if (this.core.stale || seq <= this.#lastSeq || (!force && this.now() - this.#lastAt < this.intervalMs)) return [];
     this.#lastAt = this.now();
     this.#lastSeq = seq;
     return [{ checkpoint: { seq, json: JSON.stringify(this.core.checkpoint()) } }];

@@ -133,7 +133,7 @@ export async function startPlanner(deps: { bus: Bus; log: Logger; config: Planne
     log,
   });
   const checkpointer = new Checkpointer(core, cfg.checkpointIntervalMs);
-  const checkpointTimer = setInterval(() => core.stale || pump.enqueue(checkpointer.due()), cfg.checkpointIntervalMs);
+  const checkpointTimer = setInterval(() => pump.enqueue(checkpointer.due()), cfg.checkpointIntervalMs);
 
   const metrics = deps.metrics ?? new Registry();
   const mFolded = metrics.counter('netfold_planner_events_folded_total', 'events folded by the planner');
@@ -171,7 +171,7 @@ export async function startPlanner(deps: { bus: Bus; log: Logger; config: Planne
         items.push(...c.ingest(batch).map((output) => ({ output })));
       }
       reportQuarantine(c.model);
-      if (!c.stale) items.push({ through: c.seq }, ...checkpointer.due());
+      if (!c.stale) items.push({ through: c.seq }, ...checkpointer.due()); // (stale: nothing about its cells is published yet)
       pump.enqueue(items);
       return c;
     },
