@@ -222,7 +222,11 @@ if (!process.env.BENCH_ONLY || process.env.BENCH_ONLY === 'replay') {
     progress(`planner process cold start over the ${EVENTS} events`);
     const last = (await s.bus.jsm.streams.info('NF_EVENTS')).state.last_seq;
     const tp = performance.now();
-    const child = await startChild('services/topology-planner/main.ts', { NATS_URL: s.url, NETFOLD_LOG_LEVEL: 'info', NETFOLD_METRICS_PORT: '0' }, 'planner-started');
+    const child = await startChild(
+      'services/topology-planner/main.ts',
+      { NATS_URL: s.url, NETFOLD_LOG_LEVEL: 'info', NETFOLD_METRICS_PORT: '0' },
+      'planner-started',
+    );
     const deadline = Date.now() + BULK_TIMEOUT_S * 1000;
     let done = false;
     while (!done && Date.now() < deadline) {
