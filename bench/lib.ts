@@ -49,6 +49,9 @@ export async function pool(count: number, concurrency: number, task: (i: number)
 
 export const rate = (n: number, ms: number) => Math.round((n / ms) * 1000);
 
+/** BENCH_CHILD_GREP: children's log lines matching it are shown too (e.g. `planner-settled`). */
+const childGrep = process.env.BENCH_CHILD_GREP ? new RegExp(process.env.BENCH_CHILD_GREP) : undefined;
+
 /** Starts a TypeScript entry point as a child process; resolves once it logs `readyMessage`. */
 export async function startChild(entry: string, env: NodeJS.ProcessEnv, readyMessage: string): Promise<ChildProcess> {
   const extra = (process.env.BENCH_CHILD_NODE_ARGS ?? '').split(' ').filter((a) => a !== ''); // ' ': V8 defaults
@@ -66,7 +69,7 @@ export async function startChild(entry: string, env: NodeJS.ProcessEnv, readyMes
       const lines = buf.split('\n');
       buf = lines.pop() ?? '';
       for (const line of lines) {
-        if (/"level":(40|50|60)/.test(line)) process.stderr.write(`${entry}: ${line.slice(0, 2000)}\n`);
+        if (/"level":(40|50|60)/.test(line) || (childGrep && childGrep.test(line))) process.stderr.write(`${entry}: ${line.slice(0, 2000)}\n`);
         // with BENCH_CHILD_NODE_ARGS=--trace-gc: pauses of 20 ms or more, with the time they were seen
         const gc = /(Mark-Compact|Scavenge)[^,]*MB, ([\d.]+)/.exec(line);
         if (gc && Number(gc[2]) >= 20) process.stderr.write(`gc ${new Date().toISOString()} ${entry} ${gc[1]} ${gc[2]} ms\n`);

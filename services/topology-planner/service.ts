@@ -153,6 +153,7 @@ export async function startPlanner(deps: { bus: Bus; log: Logger; config: Planne
   // ---- following the log: the core folds each batch, its outputs and a "published through" mark go to the pump ----
   const reportQuarantine = quarantineReporter(log);
   reportQuarantine(core.model);
+  let settledAt = 0; // events fast-forwarded before the last settle (for the log)
   const fold: Fold<PlannerCore> = {
     initial: () => core,
     apply(c, batch) {
@@ -164,10 +165,19 @@ export async function startPlanner(deps: { bus: Bus; log: Logger; config: Planne
       // events ahead outnumber a few times the cells (deriving a cell whole costs about what deriving 4 events does).
       const ahead = batch.length + behind;
       const far = Math.max(cfg.fastForwardAfter, 4 * c.cellCount);
+      const settle = () => {
+        const t0 = performance.now();
+        const from = c.fastForwarded;
+        const outputs = c.settle();
+        log.info({ seq: c.seq, fastForwarded: from - settledAt, outputs: outputs.length, ms: Math.round(performance.now() - t0) }, 'planner-settled');
+        settledAt = from;
+        return outputs;
+      };
       if (!joined || ahead > far || (c.stale && ahead > far / 4)) {
         c.fastForward(batch);
-        if (joined && behind === 0) items.push(...c.settle().map((output) => ({ output })));
+        if (joined && behind === 0) items.push(...settle().map((output) => ({ output })));
       } else {
+        if (c.stale) items.push(...settle().map((output) => ({ output })));
         items.push(...c.ingest(batch).map((output) => ({ output })));
       }
       reportQuarantine(c.model);
