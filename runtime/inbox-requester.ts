@@ -55,7 +55,11 @@ export class InboxRequester {
     }
   }
 
-  request(subject: string, payload: string | Uint8Array, opts: { headers?: MsgHdrs; timeoutMs: number }): Promise<Msg> {
+  /**
+   * `keepWaiting`, asked each time `timeoutMs` passes without an answer: true waits another `timeoutMs` (the other
+   * side is known to be alive and working through what was sent before), false gives up with RequestTimeout.
+   */
+  request(subject: string, payload: string | Uint8Array, opts: { headers?: MsgHdrs; timeoutMs: number; keepWaiting?: () => boolean }): Promise<Msg> {
     if (!this.#sub) void this.#watchReconnects();
     this.#sub ??= this.#nc.subscribe(`${this.#prefix}.*`, {
       callback: (_err, msg) => {
@@ -69,10 +73,17 @@ export class InboxRequester {
     });
     const token = (this.#next++).toString(36);
     return new Promise<Msg>((resolve, reject) => {
-      const timer = setTimeout(() => {
+      const expire = () => {
+        const p = this.#pending.get(token);
+        if (!p) return;
+        if (opts.keepWaiting?.()) {
+          p.timer = setTimeout(expire, opts.timeoutMs);
+          return;
+        }
         this.#pending.delete(token);
         reject(new RequestTimeout(subject, opts.timeoutMs));
-      }, opts.timeoutMs);
+      };
+      const timer = setTimeout(expire, opts.timeoutMs);
       this.#pending.set(token, { subject, resolve, reject, timer });
       try {
         this.#nc.publish(subject, payload, opts.headers ? { reply: `${this.#prefix}.${token}`, headers: opts.headers } : { reply: `${this.#prefix}.${token}` });

@@ -96,6 +96,10 @@ export class StreamPublisher {
   readonly #stream: string;
   readonly #requests: InboxRequester;
   readonly #timeoutMs: number;
+  /** Attempts sent so far (each gets the next number), the highest number answered, and when the last answer came. */
+  #sent = 0;
+  #answeredUpTo = 0;
+  #answeredAt = 0;
 
   constructor(nc: NatsConnection, stream: string, opts: { ackTimeoutMs?: number } = {}) {
     this.#stream = stream;
@@ -118,8 +122,15 @@ export class StreamPublisher {
     let delay = 50;
     for (let attempts = 1; ; attempts++) {
       let transient: unknown;
+      const order = ++this.#sent;
+      // Past the timeout, keep waiting only while the stream is answering what was sent before this one (a busy
+      // server works through a backlog in order); once something sent after it is answered, or nothing is, the
+      // publish was lost with its leader: send it again (same msg id, stored once).
+      const keepWaiting = () => Date.now() - this.#answeredAt < this.#timeoutMs && this.#answeredUpTo < order && Date.now() < deadline;
       try {
-        const msg = await this.#requests.request(subject, payload, { headers: hdrs, timeoutMs: this.#timeoutMs });
+        const msg = await this.#requests.request(subject, payload, { headers: hdrs, timeoutMs: this.#timeoutMs, keepWaiting });
+        this.#answeredAt = Date.now();
+        this.#answeredUpTo = Math.max(this.#answeredUpTo, order);
         if (msg.headers?.code === 503) {
           transient = new Error('no responders for the stream');
         } else {

@@ -16,7 +16,7 @@
 // until the meta group elects another (seen: 5–10 s, the writer's commands waiting on its fold all that time). A tail
 // with `readDirectWhenStuck` reads on meanwhile with direct gets (any replica of the stream answers them), one
 // message at a time, until a consumer can be made again.
-import { DeliverPolicy, type ConsumerMessages, type OrderedConsumerOptions, type StoredMsg } from '@nats-io/jetstream';
+import { DeliverPolicy, type Consumer, type ConsumerMessages, type OrderedConsumerOptions, type StoredMsg } from '@nats-io/jetstream';
 import type { MsgHdrs } from '@nats-io/nats-core';
 import type { Bus } from './nats.ts';
 import type { Logger } from './logger.ts';
@@ -71,6 +71,9 @@ export class StreamTail implements AsyncIterable<TailMsg> {
   readonly #log: Logger;
   readonly #recoveries: ((reason: TailRecoveryReason) => void) | undefined;
   #messages: ConsumerMessages | undefined;
+  #consumer: Consumer | undefined;
+  /** Stalled looks in a row at a consumer that still answered (a busy server or reader): given more time, up to 3. */
+  #patience = 0;
   #last = 0;
   #started = false;
   #stopped = false;
@@ -133,6 +136,7 @@ export class StreamTail implements AsyncIterable<TailMsg> {
             this.#last = m.seq;
             this.#lastDeliveryAt = Date.now();
             this.#fruitless = 0;
+            this.#patience = 0;
             this.#waitingSince = undefined;
             yield m;
             this.#waitingSince = Date.now();
@@ -164,6 +168,7 @@ export class StreamTail implements AsyncIterable<TailMsg> {
       opts.opt_start_seq = this.#last + 1;
     }
     const consumer = await this.#bus.js.consumers.get(this.#o.stream, opts);
+    this.#consumer = consumer;
     const messages = await consumer.consume({
       max_messages: this.#o.maxMessages ?? 1024,
       expires: this.#o.expiresMs ?? FAST_TAIL.expiresMs,
@@ -228,6 +233,15 @@ export class StreamTail implements AsyncIterable<TailMsg> {
     try {
       const newest = await this.#newestSeq();
       if (newest === undefined || newest <= this.#last || this.#waitingSince === undefined) return;
+      // A consumer that still answers at once is on a live node: a server (or reader) too busy to deliver in time, not
+      // a lost consumer; recreating it would only add work (a thousand agents recreating theirs at once overloaded the
+      // server further). It gets three more stall periods; one that does not answer within 500 ms is recreated now.
+      if (this.#patience < 3 && this.#consumer && (await answersWithin(this.#consumer, 500))) {
+        this.#patience += 1;
+        this.#nextCheckAt = Date.now() + (this.#o.stallMs ?? FAST_TAIL.stallMs);
+        return;
+      }
+      this.#patience = 0;
       this.#fruitless += 1;
       // A recreation that delivered nothing (e.g. a wildcard filter narrower than the stream): back off up to 30 s.
       this.#nextCheckAt = Date.now() + Math.min(2 ** this.#fruitless * 250, 30_000);
@@ -278,6 +292,15 @@ async function closeQuietly(messages: ConsumerMessages): Promise<void> {
     () => undefined,
   );
   await Promise.race([closing, delay(1_000)]);
+}
+
+/** Whether a consumer's info comes back within `ms` (its node is alive and it exists). */
+async function answersWithin(consumer: Consumer, ms: number): Promise<boolean> {
+  const info = consumer.info().then(
+    () => true,
+    () => false,
+  );
+  return Promise.race([info, delay(ms).then(() => false)]);
 }
 
 /** A message read with a direct get, shaped as a tail delivers it. */

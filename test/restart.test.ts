@@ -67,3 +67,18 @@ t.test('a request waiting when the connection is re-established fails at once, n
   t.type(err, RequestTimeout, 'a kind of timeout: a caller that re-sends on timeouts re-sends it');
   t.equal(requests.inFlight, 0, 'nothing left waiting');
 });
+
+t.test('a request past its timeout keeps waiting while keepWaiting says the other side is working through a backlog', async (t) => {
+  const nats = await startNats(t, { open: true });
+  const bus = await nats.connect('requester');
+  const requests = new InboxRequester(bus.nc);
+  // answers each request 300 ms after it came, in order (a busy server)
+  bus.nc.subscribe('slow.x', { callback: (_err, msg) => void setTimeout(() => msg.respond('done'), 300) });
+  await bus.nc.flush();
+  let asked = 0;
+  const answered = await requests.request('slow.x', 'a', { timeoutMs: 100, keepWaiting: () => ++asked > 0 });
+  t.equal(answered.string(), 'done', 'answered after three timeouts');
+  t.ok(asked >= 2, `asked whether to keep waiting each time (${asked})`);
+  await t.rejects(requests.request('slow.x', 'b', { timeoutMs: 100, keepWaiting: () => false }), RequestTimeout, 'without it: a timeout');
+  t.equal(requests.inFlight, 0, 'nothing left waiting');
+});
