@@ -77,13 +77,16 @@ export class InboxRequester {
         const p = this.#pending.get(token);
         if (!p) return;
         if (opts.keepWaiting?.()) {
-          p.timer = setTimeout(expire, opts.timeoutMs);
+          p.timer = setTimeout(later, opts.timeoutMs);
           return;
         }
         this.#pending.delete(token);
         reject(new RequestTimeout(subject, opts.timeoutMs));
       };
-      const timer = setTimeout(expire, opts.timeoutMs);
+      // Decided after the loop's I/O: when the process was busy for longer than the timeout (a long computation), the
+      // answer may be waiting in the socket, and timers run before it is read.
+      const later = () => void setImmediate(expire);
+      const timer = setTimeout(later, opts.timeoutMs);
       this.#pending.set(token, { subject, resolve, reject, timer });
       try {
         this.#nc.publish(subject, payload, opts.headers ? { reply: `${this.#prefix}.${token}`, headers: opts.headers } : { reply: `${this.#prefix}.${token}` });

@@ -1,6 +1,7 @@
 // Restarts lose nothing: a new gateway rebuilds the same model from the log, and a gateway rides out a
 // nats-server kill -9 and restart (same port, same store).
 import t from 'tap';
+import { spawn } from 'node:child_process';
 import { startNats } from './harness/nats.ts';
 import { startGateway, cfPolicy } from './harness/gateway.ts';
 import { InboxRequester, RequestInterrupted, RequestTimeout } from '../runtime/inbox-requester.ts';
@@ -81,4 +82,30 @@ t.test('a request past its timeout keeps waiting while keepWaiting says the othe
   t.ok(asked >= 2, `asked whether to keep waiting each time (${asked})`);
   await t.rejects(requests.request('slow.x', 'b', { timeoutMs: 100, keepWaiting: () => false }), RequestTimeout, 'without it: a timeout');
   t.equal(requests.inFlight, 0, 'nothing left waiting');
+});
+
+t.test('an answer that arrived while the process was busy past the timeout is taken, not timed out', async (t) => {
+  const nats = await startNats(t, { open: true });
+  const bus = await nats.connect('requester');
+  // Another process answers 100 ms after each request (this one will be busy then).
+  const code = `import { connect } from '@nats-io/transport-node';
+    const nc = await connect({ servers: ${JSON.stringify(nats.server.url)} });
+    nc.subscribe('late.x', { callback: (_e, m) => setTimeout(() => m.respond('late'), 100) });
+    await nc.flush(); console.log('ready');`;
+  const responder = spawn(process.execPath, ['--input-type=module', '-e', code], { stdio: ['ignore', 'pipe', 'inherit'] });
+  t.teardown(() => void responder.kill());
+  await new Promise<void>((resolve) => responder.stdout!.once('data', () => resolve()));
+  const requests = new InboxRequester(bus.nc);
+  const answered = requests.request('late.x', 'hello', { timeoutMs: 50 });
+  await new Promise((r) => setTimeout(r, 5)); // the request is on its way
+  // Busy in the loop's check phase (as a planner folding a big batch in an I/O callback): the answer comes at ~100 ms
+  // and waits in the socket; the next loop turn runs the due timer before reading it.
+  await new Promise<void>((resolve) =>
+    setImmediate(() => {
+      const until = Date.now() + 400;
+      while (Date.now() < until);
+      resolve();
+    }),
+  );
+  t.equal((await answered).string(), 'late', 'the answer, not a RequestTimeout');
 });
