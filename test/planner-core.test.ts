@@ -639,3 +639,38 @@ t.test('a fast-forward past a stored head takes that cell over (snapshot and lin
     'the cell whose head was passed: a take-over at the last event',
   );
 });
+
+t.test('a settle spread over calls (limit) ends as one whole settle does; a fast-forward in the middle begins it again', async (t) => {
+  const { prefix, streams } = scenario();
+  const recs = record([...prefix, ...merge(streams, 11)]);
+  const half = Math.floor(recs.length / 2);
+  const make = () => {
+    const core = new PlannerCore(opts());
+    core.ingest(recs.slice(0, half));
+    core.fastForward(recs.slice(half, recs.length - 5));
+    return core;
+  };
+  const whole = make();
+  const once = whole.settle();
+  const spread = make();
+  const parts: typeof once = [];
+  let calls = 0;
+  while (spread.stale) {
+    parts.push(...spread.settle(1));
+    calls += 1;
+  }
+  t.ok(calls > 1, `settled one cell per call (${calls} calls)`);
+  t.equal(JSON.stringify(parts), JSON.stringify(once), 'the same outputs, in the same order');
+  const interrupted = make();
+  const reader: Reader = new Map();
+  applyOutputs(t, reader, new PlannerCore(opts()).ingest(recs.slice(0, half)));
+  applyOutputs(t, reader, interrupted.settle(1));
+  t.ok(interrupted.stale, 'stale until the last cell');
+  interrupted.fastForward(recs.slice(recs.length - 5));
+  const rest: typeof once = [];
+  while (interrupted.stale) rest.push(...interrupted.settle(2));
+  applyOutputs(t, reader, rest);
+  const { core: reference } = runCore(recs, 5);
+  t.equal(statesOf(interrupted), statesOf(reference), 'the states of the whole log');
+  for (const cellId of cellsOf(interrupted)) t.equal(reader.get(cellId)?.hash, interrupted.cells()[cellId]!.hash, `${cellId}: followed`);
+});

@@ -80,6 +80,8 @@ export class PlannerCore {
   readonly #heads: [number, string][];
   #nextHead = 0;
   #stale = false;
+  /** A settle pass under way: the cells it brings up, the next one, and its memo. */
+  #settling: { cells: string[]; next: number; memo: DeriveMemo } | undefined;
   /** Owned cells whose stored head a fast-forward passed: taken over when settled. */
   readonly #headsPassed = new Set<string>();
 
@@ -275,6 +277,7 @@ export class PlannerCore {
     this.#lastAt = fresh[fresh.length - 1]!.event.at;
     foldEventsInPlace(this.model, fresh);
     this.fastForwarded += fresh.length;
+    this.#settling = undefined; // a pass under way derived cells at an older model state: begin again
     for (; this.#nextHead < this.#heads.length && this.#heads[this.#nextHead]![0] <= this.model.seq; this.#nextHead++) {
       const cellId = this.#heads[this.#nextHead]![1];
       if (this.#owns(cellId)) this.#headsPassed.add(cellId);
@@ -287,16 +290,20 @@ export class PlannerCore {
    * After a fast-forward: every owned cell derived whole from the model and compared with the state it holds. A
    * cell that changed gets one delta of every changed entry, from its revision to the model's sequence (its state
    * after that event), and a snapshot when one is due. A cell whose stored head was passed is taken over instead (a
-   * snapshot and a link delta): a reader on that head may hold a state the delta does not lead from.
+   * snapshot and a link delta): a reader on that head may hold a state the delta does not lead from. `limit`: at
+   * most this many cells now; the core stays stale until a call has brought up the last one.
    */
-  settle(): PlannerOutput[] {
+  settle(limit = Infinity): PlannerOutput[] {
     const out: PlannerOutput[] = [];
     if (!this.#stale) return out;
-    this.#stale = false;
     const domain = this.#opts.domain;
-    const memo: DeriveMemo = new Map(); // one model state while settling: the cells share each app's source IPs
-    for (const cellId of [...this.#known].sort()) {
-      if (!this.#owns(cellId)) continue;
+    // The cells to bring up, fixed when a pass begins (a fast-forward during a pass begins it again); each call does
+    // up to `limit` of them, so a caller can spread a pass over turns of its event loop.
+    this.#settling ??= { cells: [...this.#known].filter((c) => this.#owns(c)).sort(), next: 0, memo: new Map() };
+    const pass = this.#settling;
+    const memo = pass.memo; // one model state during a pass: the cells share each app's source IPs
+    for (let done = 0; pass.next < pass.cells.length && done < limit; done++) {
+      const cellId = pass.cells[pass.next++]!;
       if (this.#headsPassed.has(cellId)) {
         this.#cells.delete(cellId);
         this.#takeOver(cellId, out, memo);
@@ -326,6 +333,9 @@ export class PlannerCore {
         track.sinceSnapshot = 0;
       }
     }
+    if (pass.next < pass.cells.length) return out;
+    this.#settling = undefined;
+    this.#stale = false;
     this.#headsPassed.clear();
     return out;
   }

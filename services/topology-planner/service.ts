@@ -42,6 +42,9 @@ export type PlannerConfig = {
   publishWindow: number;
 };
 
+/** Cells a settle derives per turn of the event loop (a few ms each at 50 containers a cell). */
+const SETTLE_CHUNK = 50;
+
 export const defaultPlannerConfig: PlannerConfig = {
   plannerId: 'planner',
   domain: DEFAULT_DOMAIN,
@@ -153,7 +156,28 @@ export async function startPlanner(deps: { bus: Bus; log: Logger; config: Planne
   // ---- following the log: the core folds each batch, its outputs and a "published through" mark go to the pump ----
   const reportQuarantine = quarantineReporter(log);
   reportQuarantine(core.model);
+  // Settling after a fast-forward derives every owned cell (seconds at 1,000 cells): done SETTLE_CHUNK cells per turn
+  // of the event loop, so heartbeats, the state responder and acknowledgements go on, with the follower held until
+  // the pass ends (drained); its "published through" mark follows the last cell.
+  let settling: Promise<void> | undefined;
+  let stopped = false;
   let settledAt = 0; // events fast-forwarded before the last settle (for the log)
+  const settleInTurns = () => {
+    settling ??= new Promise<void>((resolve) => {
+      const t0 = performance.now();
+      const step = () => {
+        pump.enqueue(core.settle(SETTLE_CHUNK).map((output) => ({ output })));
+        if (core.stale && !stopped) return void setImmediate(step);
+        const ff = core.fastForwarded;
+        log.info({ seq: core.seq, fastForwarded: ff - settledAt, ms: Math.round(performance.now() - t0) }, 'planner-settled');
+        settledAt = ff;
+        if (!core.stale) pump.enqueue([{ through: core.seq }, ...checkpointer.due()]);
+        settling = undefined;
+        resolve();
+      };
+      step();
+    });
+  };
   const fold: Fold<PlannerCore> = {
     initial: () => core,
     apply(c, batch) {
@@ -165,19 +189,11 @@ export async function startPlanner(deps: { bus: Bus; log: Logger; config: Planne
       // events ahead outnumber a few times the cells (deriving a cell whole costs about what deriving 4 events does).
       const ahead = batch.length + behind;
       const far = Math.max(cfg.fastForwardAfter, 4 * c.cellCount);
-      const settle = () => {
-        const t0 = performance.now();
-        const from = c.fastForwarded;
-        const outputs = c.settle();
-        log.info({ seq: c.seq, fastForwarded: from - settledAt, outputs: outputs.length, ms: Math.round(performance.now() - t0) }, 'planner-settled');
-        settledAt = from;
-        return outputs;
-      };
-      if (!joined || ahead > far || (c.stale && ahead > far / 4)) {
+      if (!joined || c.stale || ahead > far) {
         c.fastForward(batch);
-        if (joined && behind === 0) items.push(...settle().map((output) => ({ output })));
+        // caught up or near it (or after a long run of fast-forwarding, so cells never wait for ever): settle, then ingest
+        if (joined && c.stale && (behind === 0 || ahead <= far / 4 || c.fastForwarded - settledAt > 100_000)) settleInTurns();
       } else {
-        if (c.stale) items.push(...settle().map((output) => ({ output })));
         items.push(...c.ingest(batch).map((output) => ({ output })));
       }
       reportQuarantine(c.model);
@@ -190,7 +206,7 @@ export async function startPlanner(deps: { bus: Bus; log: Logger; config: Planne
       return c;
     },
     seqOf: (c) => c.seq,
-    drained: () => pump.drained(),
+    drained: () => settling ?? pump.drained(),
   };
   const follower = new LogFollower<PlannerCore>(deps.bus, fold, log, { initialState: core, metrics });
 
@@ -234,6 +250,7 @@ export async function startPlanner(deps: { bus: Bus; log: Logger; config: Planne
     publishedThrough: () => pump.publishedThrough.value,
     waitPublished: (seq, timeoutMs = 10_000) => pump.publishedThrough.until((at) => at >= seq, timeoutMs, `planner outputs through ${seq}`),
     async stop() {
+      stopped = true;
       clearInterval(checkpointTimer);
       stateResponder.unsubscribe();
       await follower.stop();
