@@ -145,7 +145,6 @@ t.test('drift checks read the table back: every tampering is found, changes besi
   let revision = 1;
   const subnets = ['10.255.1.0/24'];
   await plane.apply(expander.expand(state, subnets), { revision, hash: cellHashOf(state) });
-  t.equal(await plane.drifted(), false, 'a whole load is no drift');
 
   // Changes while a check lists and reads the table: left out of it, no drift.
   const change = async (k: number) => {
@@ -156,8 +155,10 @@ t.test('drift checks read the table back: every tampering is found, changes besi
     const diff = expander.update(state, subnets)!;
     t.ok(await plane.change(diff, { revision: ++revision, hash: cellHashOf(state) }), `change ${k} applied`);
   };
+  // (the first check after a whole load also builds what it expects, from the rules loaded and the changes since)
+  await change(0);
   const checking = plane.drifted();
-  for (let k = 0; k < 12; k++) await change(k);
+  for (let k = 1; k < 12; k++) await change(k);
   t.equal(await checking, false, 'changes during a check are not drift');
   t.equal(await plane.drifted(), false, 'nor after');
 

@@ -11,10 +11,12 @@ import {
   type TableElements,
   TABLE,
   allows,
+  applyDiffTo,
   normalizeAllows,
   readTable,
   renderNft,
   renderNftDiff,
+  stampElementsOf,
   stampOf,
   tableElementsOf,
 } from './rules.ts';
@@ -72,20 +74,23 @@ export type NftOptions = { overlayCidr: string; /** Network namespace to program
 /**
  * The real driver: one nftables table owned by netfold. A whole load replaces the table in one `nft -f -`
  * transaction; a difference is one transaction of set element deletions and additions, its size whatever the
- * table's. The driver keeps what it loaded, set by set (TableElements), and checks drift by reading the kernel's
- * listing back against it: the table's skeleton (chains, set declarations, as listed after the last whole load)
- * and every element with its comment. A check runs beside changes, never holding them up: the elements a change
- * touches while a check lists and reads are left out of that check (the listing may show them before or after).
+ * table's. Drift checks read the kernel's listing back against what was loaded: the table's skeleton (chains, set
+ * declarations, as listed by the first check after the last whole load) and every element with its comment. What
+ * was loaded is kept set by set (TableElements), built by the first check after a whole load from its rule set and
+ * the differences applied since, so neither a load nor a change pays for it. A check runs beside changes, never
+ * holding them up: the elements a change touches while a check lists and reads are left out of that check (the
+ * listing may show them before or after).
  */
 export class NftDataplane implements Dataplane {
   readonly kind = 'nftables' as const;
   readonly #o: NftOptions;
   /**
    * What is loaded: the RuleExpander version it is (undefined: a RuleSet built otherwise, no difference applies),
-   * its elements, and the listing's skeleton once a drift check read it. Undefined while unknown (nothing loaded by
-   * this process, or a load failed); a new object with every whole load.
+   * the stamp elements, and its elements — until a check builds them, the rule set loaded whole and the differences
+   * applied since. Undefined while unknown (nothing loaded by this process, or a load failed); a new object with every
+   * whole load.
    */
-  #loaded: { version: number | undefined; elements: TableElements; skeleton?: string } | undefined;
+  #loaded: Loaded | undefined;
   /** The elements touched, as `set element`, during each drift check under way. */
   readonly #checks = new Set<Set<string>>();
   /** Drift seen (incremented by drifted()) and drift repaired by a whole load: equal when in sync. */
@@ -118,7 +123,7 @@ export class NftDataplane implements Dataplane {
       this.#loaded = undefined; // unknown until nft took it
       await this.#nft(['-f', '-'], text);
       this.loads.full += 1;
-      this.#loaded = { version: rules.version, elements: tableElementsOf(rules, stamp) };
+      this.#loaded = { version: rules.version, stamps: stampElementsOf(stamp), rules, applied: [] };
       this.#driftLoaded = drift; // drift seen during this load is repaired by the next one
     });
   }
@@ -127,7 +132,7 @@ export class NftDataplane implements Dataplane {
     return this.#exclusive(async () => {
       const loaded = this.#loaded;
       if (!loaded || loaded.version === undefined || loaded.version !== diff.from || this.#driftSeen !== this.#driftLoaded) return false;
-      const { text, keys, commit } = renderNftDiff(diff, loaded.elements, this.#o.overlayCidr, stamp);
+      const { text, keys, commit } = renderNftDiff(diff, loaded.stamps, this.#o.overlayCidr, stamp);
       if (text !== null) {
         this.#touch(keys);
         try {
@@ -138,6 +143,8 @@ export class NftDataplane implements Dataplane {
         }
         this.#touch(keys); // and for the checks that began meanwhile
         commit();
+        if (loaded.elements) applyDiffTo(loaded.elements, diff);
+        else loaded.applied.push(diff);
         this.loads.incremental += 1;
       }
       loaded.version = diff.to;
@@ -147,6 +154,20 @@ export class NftDataplane implements Dataplane {
 
   #touch(keys: Array<[string, string]>): void {
     for (const touched of this.#checks) for (const [set, element] of keys) touched.add(`${set} ${element}`);
+  }
+
+  /** What `loaded` holds element by element: built once (from its rule set, then the differences applied since). */
+  async #elementsOf(loaded: Loaded): Promise<TableElements> {
+    if (loaded.elements) return loaded.elements;
+    const elements = await (loaded.building ??= tableElementsOf(loaded.rules!, loaded.stamps, pause));
+    if (!loaded.elements) {
+      // (no await from here on: a change applies to the map or to the list, never in between)
+      for (const diff of loaded.applied) applyDiffTo(elements, diff);
+      loaded.elements = elements;
+      loaded.applied = [];
+      delete loaded.rules;
+    }
+    return loaded.elements;
   }
 
   /** The table as found (the stamp is the `applied` set's element comment); null when there is no table. */
@@ -177,20 +198,21 @@ export class NftDataplane implements Dataplane {
       const listing = await this.listing();
       if (this.#loaded !== loaded) return false;
       if (listing === undefined) return this.#drift('table-missing');
+      const elements = await this.#elementsOf(loaded);
       const matched = new Map<string, number>();
       let stray = false;
       const skeleton = await readTable(
         listing,
         (set, element, comment) => {
           if (touched.size > 0 && touched.has(`${set} ${element}`)) return;
-          if (loaded.elements.get(set)?.get(element) === comment) matched.set(set, (matched.get(set) ?? 0) + 1);
+          if (elements.get(set)?.get(element) === comment) matched.set(set, (matched.get(set) ?? 0) + 1);
           else stray = true;
         },
-        () => new Promise((r) => setImmediate(r)),
+        pause,
       );
       if (this.#loaded !== loaded) return false;
       if (stray) return this.#drift('elements-changed');
-      for (const [set, held] of loaded.elements) {
+      for (const [set, held] of elements) {
         let expected = held.size;
         for (const key of touched) if (key.startsWith(`${set} `) && held.has(key.slice(set.length + 1))) expected -= 1;
         if ((matched.get(set) ?? 0) !== expected) return this.#drift('elements-changed');
@@ -208,6 +230,19 @@ export class NftDataplane implements Dataplane {
     return true;
   }
 }
+
+type Loaded = {
+  version: number | undefined;
+  stamps: Map<string, string>;
+  rules?: RuleSet;
+  applied: RuleDiff[];
+  elements?: TableElements;
+  building?: Promise<TableElements>;
+  skeleton?: string;
+};
+
+/** Lets the event loop run (between slices of a large table's elements). */
+const pause = () => new Promise<void>((resolve) => setImmediate(resolve));
 
 /** An element of the table: the flow without its comment. */
 const flowKey = (a: Allow) => `${a.src} ${a.dst} ${a.protocol} ${a.startPort} ${a.endPort}`;

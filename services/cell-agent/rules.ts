@@ -137,7 +137,11 @@ export function renderNft(rules: RuleSet, overlayCidr: string, stamp?: AppliedSt
     ...(elements.length > 0 ? [`    elements = { ${elements.join(', ')} }`] : []),
     '  }',
   ];
-  const of = (p: Protocol, ranged: boolean) => rules.allows.filter((a) => a.protocol === p && (a.startPort !== a.endPort) === ranged).map(elementWithComment);
+  // one pass over the flows, each comment built once per (source app, destination app, policy)
+  const bySet: Record<string, string[]> = { allow_tcp: [], allow_udp: [], range_tcp: [], range_udp: [] };
+  const comment = commentMemo();
+  for (const a of rules.allows) bySet[setOf(a)]!.push(`${elementOf(a)} comment "${comment(a)}"`);
+  const of = (p: Protocol, ranged: boolean) => bySet[`${ranged ? 'range' : 'allow'}_${p}`]!;
   const tuple = 'ipv4_addr . ipv4_addr . inet_service';
   return [
     `table inet ${TABLE}`,
@@ -173,9 +177,21 @@ export function renderNft(rules: RuleSet, overlayCidr: string, stamp?: AppliedSt
   ].join('\n');
 }
 
-const setOf = (a: Allow): string => `${a.startPort === a.endPort ? 'allow' : 'range'}_${a.protocol}`;
+const setOf = (a: Allow): string =>
+  a.startPort === a.endPort ? (a.protocol === 'tcp' ? 'allow_tcp' : 'allow_udp') : a.protocol === 'tcp' ? 'range_tcp' : 'range_udp';
 const elementOf = (a: Allow): string => `${a.src} . ${a.dst} . ${a.startPort === a.endPort ? a.startPort : `${a.startPort}-${a.endPort}`}`;
-const elementWithComment = (a: Allow): string => `${elementOf(a)} comment "${commentOf(a)}"`;
+
+/** commentOf, remembered per (source app, destination app, policy): a table has few distinct comments. */
+function commentMemo(): (a: Allow) => string {
+  const memo = new Map<string, Map<string, Map<string, string>>>();
+  return (a) => {
+    const byDest = memo.get(a.srcApp) ?? memo.set(a.srcApp, new Map()).get(a.srcApp)!;
+    const byPolicy = byDest.get(a.dstApp) ?? byDest.set(a.dstApp, new Map()).get(a.dstApp)!;
+    let text = byPolicy.get(a.policy);
+    if (text === undefined) byPolicy.set(a.policy, (text = commentOf(a)));
+    return text;
+  };
+}
 
 /**
  * What a table holds, set by set: each element as `nft list` prints it (without its comment) → its comment ('' when
@@ -190,25 +206,49 @@ const listedMark = (key: number): string => `0x${key.toString(16).padStart(8, '0
 /** How nft lists an interval set's CIDR: a /32 as the address alone. */
 const listedCidr = (cidr: string): string => (cidr.endsWith('/32') ? cidr.slice(0, -3) : cidr);
 
-/** The elements a whole load of `rules` (stamped with `stamp`) makes. */
-export function tableElementsOf(rules: RuleSet, stamp?: AppliedStamp): TableElements {
+/** The stamp elements of set `applied` (as listed → comment) a whole load stamped with `stamp` makes. */
+export function stampElementsOf(stamp?: AppliedStamp): Map<string, string> {
+  return new Map(stamp ? [[listedMark(stampKey(stamp.revision)), stampComment(stamp)]] : []);
+}
+
+/**
+ * What a whole load of `rules` leaves in the table, with `stamps` as set `applied` (the same map, not a copy).
+ * Built in slices, yielding to the event loop between them (`pause`).
+ */
+export async function tableElementsOf(rules: RuleSet, stamps: Map<string, string>, pause: () => Promise<void>): Promise<TableElements> {
   const sets: TableElements = new Map(SETS.map((s) => [s, new Map<string, string>()]));
-  if (stamp) sets.get('applied')!.set(listedMark(stampKey(stamp.revision)), stampComment(stamp));
+  sets.set('applied', stamps);
   for (const ip of rules.local) sets.get('local')!.set(ip, '');
   for (const c of rules.subnets) sets.get('subnets')!.set(listedCidr(c), '');
-  for (const a of rules.allows) sets.get(setOf(a))!.set(elementOf(a), commentOf(a));
+  const comment = commentMemo();
+  let count = 0;
+  for (const a of rules.allows) {
+    sets.get(setOf(a))!.set(elementOf(a), comment(a));
+    if (++count % 5000 === 0) await pause();
+  }
   return sets;
+}
+
+/** Applies a difference to what a table holds (`elements`, changed in place). */
+export function applyDiffTo(elements: TableElements, diff: RuleDiff): void {
+  for (const a of diff.removed) elements.get(setOf(a))!.delete(elementOf(a));
+  for (const ip of diff.local.removed) elements.get('local')!.delete(ip);
+  for (const c of diff.subnets.removed) elements.get('subnets')!.delete(listedCidr(c));
+  for (const a of diff.added) elements.get(setOf(a))!.set(elementOf(a), commentOf(a));
+  for (const ip of diff.local.added) elements.get('local')!.set(ip, '');
+  for (const c of diff.subnets.added) elements.get('subnets')!.set(listedCidr(c), '');
 }
 
 /**
  * A rule difference (RuleExpander) as one nft transaction of set element deletions and additions (the table's
- * chains never change), applied to `elements` (what is loaded) when it succeeds: call `commit` after nft took it.
- * The stamp moves in the same transaction; old stamp elements are deleted when it deletes anyway, once STAMP_KEEP
- * have piled up, or when the key is taken. Only what is added needs validating: what is loaded already was.
+ * chains never change), with the elements it touches (as listed: `keys`). The stamp moves in the same transaction;
+ * old stamp elements are deleted when it deletes anyway, once STAMP_KEEP have piled up, or when the key is taken;
+ * `commit` (once nft took it) updates `stamps`, the stamp elements loaded. Only what is added needs validating:
+ * what is loaded already was.
  */
 export function renderNftDiff(
   diff: RuleDiff,
-  elements: TableElements,
+  stamps: Map<string, string>,
   overlayCidr: string,
   stamp?: AppliedStamp,
 ): { text: string | null; keys: Array<[string, string]>; commit: () => void } {
@@ -217,28 +257,26 @@ export function renderNftDiff(
   const deletes = new Map<string, string[]>();
   const adds = new Map<string, string[]>();
   const keys: Array<[string, string]> = [];
-  const commits: Array<() => void> = [];
-  const change = (set: string, element: string, comment: string | null) => {
+  // `listed`: the element as a listing shows it
+  const change = (set: string, element: string, comment: string | null, listed = element) => {
     const into = comment === null ? deletes : adds;
     (into.get(set) ?? into.set(set, []).get(set)!).push(comment ? `${element} comment "${comment}"` : element);
-    keys.push([set, element]);
-    const held = elements.get(set)!;
-    commits.push(comment === null ? () => held.delete(element) : () => held.set(element, comment));
+    keys.push([set, listed]);
   };
   for (const a of diff.removed) change(setOf(a), elementOf(a), null);
   for (const ip of diff.local.removed) change('local', ip, null);
-  for (const c of diff.subnets.removed) change('subnets', c, null);
+  for (const c of diff.subnets.removed) change('subnets', c, null, listedCidr(c));
   for (const a of diff.added) change(setOf(a), elementOf(a), commentOf(a));
   for (const ip of diff.local.added) change('local', ip, '');
-  for (const c of diff.subnets.added) change('subnets', c, '');
+  for (const c of diff.subnets.added) change('subnets', c, '', listedCidr(c));
   const lines: string[] = [];
   // Deletions first: an element and its replacement (the same one with a new comment, or one overlapping it in an
   // interval set) are then added back. The transaction is atomic.
   for (const [set, els] of deletes) lines.push(`delete element inet ${TABLE} ${set} { ${els.join(', ')} }`);
   for (const [set, els] of adds) lines.push(`add element inet ${TABLE} ${set} { ${els.join(', ')} }`);
+  let commit = () => {};
   // The stamp moves only with a change of the rules.
   if (lines.length > 0 && stamp) {
-    const stamps = elements.get('applied')!;
     const key = listedMark(stampKey(stamp.revision));
     if (stamps.get(key) !== stampComment(stamp)) {
       const old = deletes.size > 0 || stamps.size >= STAMP_KEEP || stamps.has(key) ? [...stamps.keys()] : [];
@@ -246,13 +284,13 @@ export function renderNftDiff(
       lines.push(`add element inet ${TABLE} applied { ${stampKey(stamp.revision)} comment "${stampComment(stamp)}" }`);
       for (const k of old) keys.push(['applied', k]);
       keys.push(['applied', key]);
-      commits.push(() => {
+      commit = () => {
         for (const k of old) stamps.delete(k);
         stamps.set(key, stampComment(stamp));
-      });
+      };
     }
   }
-  return { text: lines.length > 0 ? lines.join('\n') + '\n' : null, keys, commit: () => commits.forEach((c) => c()) };
+  return { text: lines.length > 0 ? lines.join('\n') + '\n' : null, keys, commit };
 }
 
 /**
