@@ -1,14 +1,15 @@
 // npm run bench:agent — the cell agent's dataplane: whole-table apply time for 1k/10k/100k-tuple rule sets next to
 // a bare `nft -f` of the same file in the same run; one-tuple changes end to end (a cell delta is parsed and
 // applied by the feed's replica, expanded by the converger, loaded by the nftables driver, with drift checks
-// ticking at the agent's default interval); and the memory driver's apply rate.
+// ticking at the agent's default interval), next to a bare `nft add element` / `nft delete element` on the same
+// table; and the memory driver's apply rate.
 // Needs root (it programs nftables in a network namespace of its own); sizes: BENCH_SIZES (1000,10000,100000),
 // BENCH_RUNS (5), BENCH_INCREMENTAL (200), BENCH_DRIFT_MS (500).
 import { writeFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MemoryDataplane, NftDataplane, run } from '../services/cell-agent/dataplane.ts';
-import { type Allow, type RuleSet, expandRules, normalizeAllows, renderNft } from '../services/cell-agent/rules.ts';
+import { type Allow, type RuleSet, RuleExpander, expandRules, normalizeAllows, renderNft } from '../services/cell-agent/rules.ts';
 import { Converger } from '../services/cell-agent/converger.ts';
 import { type CellOp, type CellState, applyCellOps, cellHashOf, emptyCellState } from '../projections/cell.ts';
 import { CellReplica } from '../projections/cell-stream.ts';
@@ -83,7 +84,9 @@ function cellState(cellId: string, n: number): CellState {
  * (two entries change: the new source's IPs, d0's ingress rules), each as a delta message the replica parses and
  * checks; timed from the message to the converger's enforced revision. Then the same policies deleted, one by one.
  */
-async function oneTupleChanges(n: number): Promise<{ adds: number[]; removes: number[]; errors: number; loads: unknown }> {
+async function oneTupleChanges(
+  n: number,
+): Promise<{ adds: number[]; removes: number[]; bareAdds: number[]; bareDeletes: number[]; errors: number; loads: unknown }> {
   await run('ip', ['netns', 'exec', ns, 'nft', 'delete', 'table', 'inet', 'netfold']).catch(() => undefined);
   const cellId = 'bench-cell';
   const planned = cellState(cellId, n);
@@ -143,7 +146,16 @@ async function oneTupleChanges(n: number): Promise<{ adds: number[]; removes: nu
     removes.push(await change([{ path: ['sources', `p${k}`] }, { path: ['ingress', 'd0'], value: rules }]));
   }
   await converger.stop();
-  return { adds, removes, errors, loads: plane.loads };
+  // The raw limit on the same table: one element added, then deleted, by a bare `nft` (as the driver runs it).
+  const nft = (...args: string[]) => run('ip', ['netns', 'exec', ns, 'nft', ...args]);
+  const bareAdds: number[] = [];
+  const bareDeletes: number[] = [];
+  for (let k = 0; k < INCREMENTAL; k++) {
+    const element = `{ ${ip(61440 + k)} . ${ip(1)} . 8080 }`;
+    bareAdds.push(await time(() => nft('add', 'element', 'inet', 'netfold', 'allow_tcp', element)));
+    bareDeletes.push(await time(() => nft('delete', 'element', 'inet', 'netfold', 'allow_tcp', element)));
+  }
+  return { adds, removes, bareAdds, bareDeletes, errors, loads: plane.loads };
 }
 
 const median = (xs: number[]) =>
@@ -174,7 +186,7 @@ try {
       bare.push(await time(() => run('ip', ['netns', 'exec', ns, 'nft', '-f', file])));
       const plane = new NftDataplane({ overlayCidr: OVERLAY, netns: ns });
       driver.push(await time(() => plane.apply(rules)));
-      await plane.drifted(); // lets its baseline listing finish outside the timing
+      await plane.drifted(); // (a driver that lists the table after a load: that listing finishes outside the timing)
     }
     results[`${n} tuples: bare nft -f, median (ms)`] = Math.round(median(bare));
     results[`${n} tuples: driver apply (render + load), median (ms)`] = Math.round(median(driver));
@@ -184,6 +196,8 @@ try {
     const inc = await oneTupleChanges(n);
     results[`${n} tuples: one-tuple policy add, delta → enforced, p50 / p99 / max (ms)`] = summary(inc.adds);
     results[`${n} tuples: one-tuple policy delete, delta → enforced, p50 / p99 / max (ms)`] = summary(inc.removes);
+    results[`${n} tuples: bare nft add element, p50 / p99 / max (ms)`] = summary(inc.bareAdds);
+    results[`${n} tuples: bare nft delete element, p50 / p99 / max (ms)`] = summary(inc.bareDeletes);
     results[`${n} tuples: loads (whole / incremental), failed passes`] = `${JSON.stringify(inc.loads)}, ${inc.errors}`;
   }
 
@@ -200,6 +214,19 @@ try {
     for (let i = 0; i < rounds; i++) await mem.apply(expandRules(state));
   });
   results['memory driver: expand + apply of a 1,000-tuple cell (applies/s)'] = Math.round(rounds / (ms / 1000));
+  // the agent's path since the expander keeps its expansion: one source IP more or less, then the difference applied
+  const expander = new RuleExpander();
+  await mem.apply(expander.expand(state));
+  const changeMs = await time(async () => {
+    for (let i = 0; i < rounds; i++) {
+      const ips = { ...state.sources.src0 };
+      if (i % 2 === 0) ips[ip(60000)] = true;
+      else delete ips[ip(60000)];
+      state.sources.src0 = ips;
+      if (!(await mem.change(expander.update(state)!))) throw new Error('difference refused');
+    }
+  });
+  results['memory driver: one-tuple change of that cell, expander update + change (changes/s)'] = Math.round(rounds / (changeMs / 1000));
 } finally {
   await run('ip', ['netns', 'del', ns]).catch(() => undefined);
   rmSync(dir, { recursive: true, force: true });

@@ -113,9 +113,13 @@ export class RuleExpander {
   /** The whole expansion as a RuleSet, sorted; the same object until the next change; `version` is this expander's. */
   get rules(): RuleSet {
     if (this.#rules?.version !== this.#version) {
+      // in cmpAllow's order without sorting the flows: destinations, then their sources, then each pair's (sorted) flows
       const allows: Allow[] = [];
-      for (const bySource of this.#pairs.values()) for (const pair of bySource.values()) for (const a of pair.flows) allows.push(a);
-      this.#rules = { local: [...this.#localCount.keys()].sort(), subnets: this.#subnets, allows: allows.sort(cmpAllow), version: this.#version };
+      for (const dst of [...this.#pairs.keys()].sort()) {
+        const bySource = this.#pairs.get(dst)!;
+        for (const src of [...bySource.keys()].sort()) for (const a of bySource.get(src)!.flows) allows.push(a);
+      }
+      this.#rules = { local: [...this.#localCount.keys()].sort(), subnets: this.#subnets, allows, version: this.#version };
     }
     return this.#rules;
   }
@@ -142,13 +146,18 @@ export class RuleExpander {
       diff.subnets.removed = this.#subnets.filter((c) => !cidrs.includes(c));
       this.#subnets = cidrs;
     }
+    // (any order gives the same result; this one expands a new cell rule by rule, each over its source's IPs)
     syncSection(state.containers, this.#containers, (id, old, next) => this.#setContainer(id, old, next));
-    syncSection(state.ingress, this.#ingress, (app, old, next) => this.#setIngress(app, old, next));
     syncSection(state.sources, this.#sources, (app, old, next) => this.#setSources(app, old, next));
+    syncSection(state.ingress, this.#ingress, (app, old, next) => this.#setIngress(app, old, next));
     for (const pair of this.#dirty) {
       const flows = pair.contributions.length <= 1 ? pair.contributions.slice() : normalizeAllows(pair.contributions);
-      for (const a of pair.flows) if (!flows.some((b) => sameFlow(a, b))) diff.removed.push(a);
-      for (const b of flows) if (!pair.flows.some((a) => sameFlow(a, b))) diff.added.push(b);
+      if (pair.flows.length === 0) for (const b of flows) diff.added.push(b);
+      else if (flows.length === 0) for (const a of pair.flows) diff.removed.push(a);
+      else {
+        for (const a of pair.flows) if (!flows.some((b) => sameFlow(a, b))) diff.removed.push(a);
+        for (const b of flows) if (!pair.flows.some((a) => sameFlow(a, b))) diff.added.push(b);
+      }
       this.#flowCount += flows.length - pair.flows.length;
       pair.flows = flows;
       if (pair.contributions.length === 0) {
@@ -226,7 +235,8 @@ export class RuleExpander {
     const rules = this.#ingress.get(c.appId);
     for (const key in rules) {
       const rule = rules[key]!;
-      for (const src in this.#sources.get(rule.sourceAppId)) this.#contribute(id, c, rule, src, sign);
+      const policy = portsOf(rule.protocol, rule.startPort, rule.endPort);
+      for (const src in this.#sources.get(rule.sourceAppId)) this.#contribute(id, c, rule, policy, src, sign);
     }
   }
 
@@ -235,9 +245,10 @@ export class RuleExpander {
     const ids = this.#containersOf.get(app);
     if (!ids) return;
     const ips = this.#sources.get(rule.sourceAppId);
+    const policy = portsOf(rule.protocol, rule.startPort, rule.endPort);
     for (const id of ids) {
       const c = this.#containers.get(id)!;
-      for (const src in ips) this.#contribute(id, c, rule, src, sign);
+      for (const src in ips) this.#contribute(id, c, rule, policy, src, sign);
     }
   }
 
@@ -247,12 +258,16 @@ export class RuleExpander {
       const ids = this.#containersOf.get(app);
       if (!ids) continue;
       const rules = this.#ingress.get(app)!;
-      for (const key of keys) for (const id of ids) this.#contribute(id, this.#containers.get(id)!, rules[key]!, src, sign);
+      for (const key of keys) {
+        const rule = rules[key]!;
+        const policy = portsOf(rule.protocol, rule.startPort, rule.endPort);
+        for (const id of ids) this.#contribute(id, this.#containers.get(id)!, rule, policy, src, sign);
+      }
     }
   }
 
-  /** Adds (1) or removes (-1) what container `id` gets from `rule` for source address `src`. */
-  #contribute(id: string, c: LocalContainer, rule: IngressRule, src: string, sign: 1 | -1): void {
+  /** Adds (1) or removes (-1) what container `id` gets from `rule` (its `policy` text) for source address `src`. */
+  #contribute(id: string, c: LocalContainer, rule: IngressRule, policy: string, src: string, sign: 1 | -1): void {
     let bySource = this.#pairs.get(c.ip);
     if (!bySource) this.#pairs.set(c.ip, (bySource = new Map()));
     let pair = bySource.get(src);
@@ -268,7 +283,7 @@ export class RuleExpander {
         endPort: rule.endPort,
         srcApp: rule.sourceAppId,
         dstApp: c.appId,
-        policy: portsOf(rule.protocol, rule.startPort, rule.endPort),
+        policy,
       });
       return;
     }

@@ -125,7 +125,7 @@ t.test('incremental changes: the expander\'s difference as element additions and
   // Additions only: the new stamp is added, the old one stays (a deletion would cost the transaction ~13 ms) ...
   let s = next;
   for (let k = 0; k < STAMP_KEEP - 1; k++) {
-    s = { ...s, sources: { ...s.sources, 'app-back': { ...s.sources['app-back'], [`10.255.9.${k + 1}`]: true } } };
+    s = { ...s, sources: { ...s.sources, 'app-back': { ...s.sources['app-back'], [`10.255.${9 + Math.floor(k / 200)}.${(k % 200) + 1}`]: true } } };
     const c = renderNftDiff(expander.update(s)!, stamps, OVERLAY, { revision: 100 + k, hash: 'f'.repeat(32) });
     t.notMatch(c.text, /delete/, `addition ${k}: nothing deleted`);
     c.commit();
@@ -133,7 +133,7 @@ t.test('incremental changes: the expander\'s difference as element additions and
   t.equal(stamps.size, STAMP_KEEP);
   t.same(stampOf(`set applied {\n elements = { 0x0000002a comment "netfold revision=42 hash=${'0'.repeat(32)}", 0x00000080 comment "netfold revision=128 hash=${'f'.repeat(32)}" }\n}`), { revision: 128, hash: 'f'.repeat(32) }, 'the highest stamp element is the stamp');
   // ... until STAMP_KEEP have piled up: then they go in one deletion.
-  s = { ...s, sources: { ...s.sources, 'app-back': { ...s.sources['app-back'], '10.255.9.200': true } } };
+  s = { ...s, sources: { ...s.sources, 'app-back': { ...s.sources['app-back'], '10.255.20.1': true } } };
   const old = [...stamps.keys()].map(Number);
   const swept = renderNftDiff(expander.update(s)!, stamps, OVERLAY, { revision: 500, hash: 'f'.repeat(32) });
   t.match(swept.text, new RegExp(`delete element inet netfold applied \\{ ${old.join(', ')} \\}`));

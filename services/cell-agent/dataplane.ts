@@ -1,6 +1,6 @@
 // Dataplane drivers behind one small interface (the "modular topology" of the original proposal): the real
 // nftables driver, an in-memory one for simulation and benchmarks, and a render-only one for dry runs.
-import { spawn } from 'node:child_process';
+import { type SpawnOptions, spawn } from 'node:child_process';
 import { NetfoldError } from '../../runtime/errors.ts';
 import {
   type AppliedStamp,
@@ -49,10 +49,12 @@ class DataplaneError extends NetfoldError {
   }
 }
 
-/** Runs a command, feeding `input` on stdin; resolves with stdout (streamed, no buffer limit). */
-export function run(command: string, args: string[], input?: string): Promise<string> {
+/** Runs a command, feeding `input` on stdin; resolves with stdout (streamed, no buffer limit). `signal` kills it. */
+export function run(command: string, args: string[], input?: string, signal?: AbortSignal): Promise<string> {
   return new Promise((resolve, reject) => {
-    const child = spawn(command, args, { stdio: [input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'] });
+    const options: SpawnOptions = { stdio: [input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'] };
+    if (signal) Object.assign(options, { signal, killSignal: 'SIGKILL' });
+    const child = spawn(command, args, options);
     const out: Buffer[] = [];
     const err: Buffer[] = [];
     child.stdout!.on('data', (d: Buffer) => out.push(d));
@@ -69,7 +71,16 @@ export function run(command: string, args: string[], input?: string): Promise<st
   });
 }
 
-export type NftOptions = { overlayCidr: string; /** Network namespace to program; the host's when absent. */ netns?: string };
+export type NftOptions = {
+  overlayCidr: string;
+  /** Network namespace to program; the host's when absent. */
+  netns?: string;
+  /**
+   * A drift check that changes keep abandoning (a table that changes all the time, listed slowly) is made to complete
+   * — holding changes up while it lists — once none completed for this long (default DRIFT_CHECK_DUE_MS).
+   */
+  checkDueMs?: number;
+};
 
 /**
  * The real driver: one nftables table owned by netfold. A whole load replaces the table in one `nft -f -`
@@ -93,6 +104,8 @@ export class NftDataplane implements Dataplane {
   #loaded: Loaded | undefined;
   /** The elements touched, as `set element`, during each drift check under way. */
   readonly #checks = new Set<Set<string>>();
+  /** A drift check's listing under way: `abort` abandons it (absent: it must complete). */
+  #listingNow: { done: Promise<unknown>; abort?: AbortController } | undefined;
   /** Drift seen (incremented by drifted()) and drift repaired by a whole load: equal when in sync. */
   #driftSeen = 0;
   #driftLoaded = 0;
@@ -112,8 +125,8 @@ export class NftDataplane implements Dataplane {
     this.#o = opts;
   }
 
-  #nft(args: string[], input?: string): Promise<string> {
-    return this.#o.netns ? run('ip', ['netns', 'exec', this.#o.netns, 'nft', ...args], input) : run('nft', args, input);
+  #nft(args: string[], input?: string, signal?: AbortSignal): Promise<string> {
+    return this.#o.netns ? run('ip', ['netns', 'exec', this.#o.netns, 'nft', ...args], input, signal) : run('nft', args, input, signal);
   }
 
   apply(rules: RuleSet, stamp?: AppliedStamp): Promise<void> {
@@ -123,7 +136,7 @@ export class NftDataplane implements Dataplane {
       this.#loaded = undefined; // unknown until nft took it
       await this.#nft(['-f', '-'], text);
       this.loads.full += 1;
-      this.#loaded = { version: rules.version, stamps: stampElementsOf(stamp), rules, applied: [] };
+      this.#loaded = { version: rules.version, stamps: stampElementsOf(stamp), rules, applied: [], at: Date.now() };
       this.#driftLoaded = drift; // drift seen during this load is repaired by the next one
     });
   }
@@ -134,6 +147,7 @@ export class NftDataplane implements Dataplane {
       if (!loaded || loaded.version === undefined || loaded.version !== diff.from || this.#driftSeen !== this.#driftLoaded) return false;
       const { text, keys, commit } = renderNftDiff(diff, loaded.stamps, this.#o.overlayCidr, stamp);
       if (text !== null) {
+        await this.#overtake();
         this.#touch(keys);
         try {
           await this.#nft(['-f', '-'], text);
@@ -150,6 +164,18 @@ export class NftDataplane implements Dataplane {
       loaded.version = diff.to;
       return true;
     });
+  }
+
+  /**
+   * A drift check listing the table when a change comes: abandoned (a listing under way makes element deletions
+   * several times slower, and restarts whenever the table changes under it), unless it is one that must complete —
+   * then the change waits for its listing.
+   */
+  async #overtake(): Promise<void> {
+    const listing = this.#listingNow;
+    if (!listing) return;
+    if (listing.abort) listing.abort.abort();
+    else await listing.done;
   }
 
   #touch(keys: Array<[string, string]>): void {
@@ -191,12 +217,19 @@ export class NftDataplane implements Dataplane {
    */
   async drifted(): Promise<boolean> {
     const loaded = this.#loaded;
-    if (!loaded) return false;
+    if (!loaded || this.#listingNow) return false;
     const touched = new Set<string>();
     this.#checks.add(touched);
     try {
-      const listing = await this.listing();
-      if (this.#loaded !== loaded) return false;
+      // a change abandons the listing, unless no check completed for DRIFT_CHECK_DUE_MS: then it waits for it
+      const abort = Date.now() - (loaded.checked ?? loaded.at) < (this.#o.checkDueMs ?? DRIFT_CHECK_DUE_MS) ? new AbortController() : undefined;
+      const done = this.#nft(['list', 'table', 'inet', TABLE], undefined, abort?.signal).then(
+        (text) => text,
+        () => undefined,
+      );
+      this.#listingNow = { done, ...(abort && { abort }) };
+      const listing = await done.finally(() => (this.#listingNow = undefined));
+      if (this.#loaded !== loaded || abort?.signal.aborted) return false;
       if (listing === undefined) return this.#drift('table-missing');
       const elements = await this.#elementsOf(loaded);
       const matched = new Map<string, number>();
@@ -218,6 +251,7 @@ export class NftDataplane implements Dataplane {
         if ((matched.get(set) ?? 0) !== expected) return this.#drift('elements-changed');
       }
       loaded.skeleton ??= skeleton; // the first check after a whole load reads the table's skeleton
+      loaded.checked = Date.now();
       return skeleton === loaded.skeleton ? false : this.#drift('table-changed');
     } finally {
       this.#checks.delete(touched);
@@ -232,6 +266,9 @@ export class NftDataplane implements Dataplane {
 }
 
 type Loaded = {
+  /** When it was loaded whole, and when a drift check last completed on it. */
+  at: number;
+  checked?: number;
   version: number | undefined;
   stamps: Map<string, string>;
   rules?: RuleSet;
@@ -240,6 +277,9 @@ type Loaded = {
   building?: Promise<TableElements>;
   skeleton?: string;
 };
+
+/** NftOptions.checkDueMs by default: a drift check completes at least once a minute, however busy the table. */
+const DRIFT_CHECK_DUE_MS = 60_000;
 
 /** Lets the event loop run (between slices of a large table's elements). */
 const pause = () => new Promise<void>((resolve) => setImmediate(resolve));
