@@ -141,10 +141,14 @@ export function renderNft(rules: RuleSet, overlayCidr: string, stamp?: AppliedSt
     '  }',
   ];
   // one pass over the flows, each comment built once per (source app, destination app, policy)
-  const bySet: Record<string, string[]> = { allow_tcp: [], allow_udp: [], range_tcp: [], range_udp: [] };
-  const comment = commentMemo();
-  for (const a of rules.allows) bySet[setOf(a)]!.push(`${elementOf(a)} comment "${comment(a)}"`);
-  const of = (p: Protocol, ranged: boolean) => bySet[`${ranged ? 'range' : 'allow'}_${p}`]!;
+  const [allowTcp, allowUdp, rangeTcp, rangeUdp] = [[], [], [], []] as string[][];
+  const comment = commentMemo((text) => ` comment "${text}"`);
+  for (const a of rules.allows) {
+    const single = a.startPort === a.endPort;
+    const element = `${a.src} . ${a.dst} . ${single ? a.startPort : `${a.startPort}-${a.endPort}`}${comment(a)}`;
+    (single ? (a.protocol === 'tcp' ? allowTcp : allowUdp) : a.protocol === 'tcp' ? rangeTcp : rangeUdp)!.push(element);
+  }
+  const of = (p: Protocol, ranged: boolean) => (ranged ? (p === 'tcp' ? rangeTcp : rangeUdp) : p === 'tcp' ? allowTcp : allowUdp)!;
   const tuple = 'ipv4_addr . ipv4_addr . inet_service';
   return [
     `table inet ${TABLE}`,
@@ -184,14 +188,14 @@ const setOf = (a: Allow): string =>
   a.startPort === a.endPort ? (a.protocol === 'tcp' ? 'allow_tcp' : 'allow_udp') : a.protocol === 'tcp' ? 'range_tcp' : 'range_udp';
 const elementOf = (a: Allow): string => `${a.src} . ${a.dst} . ${a.startPort === a.endPort ? a.startPort : `${a.startPort}-${a.endPort}`}`;
 
-/** commentOf, remembered per (source app, destination app, policy): a table has few distinct comments. */
-function commentMemo(): (a: Allow) => string {
+/** commentOf (through `as`), remembered per (source app, destination app, policy): a table has few distinct comments. */
+function commentMemo(as: (comment: string) => string = (c) => c): (a: Allow) => string {
   const memo = new Map<string, Map<string, Map<string, string>>>();
   return (a) => {
     const byDest = memo.get(a.srcApp) ?? memo.set(a.srcApp, new Map()).get(a.srcApp)!;
     const byPolicy = byDest.get(a.dstApp) ?? byDest.set(a.dstApp, new Map()).get(a.dstApp)!;
     let text = byPolicy.get(a.policy);
-    if (text === undefined) byPolicy.set(a.policy, (text = commentOf(a)));
+    if (text === undefined) byPolicy.set(a.policy, (text = as(commentOf(a))));
     return text;
   };
 }
