@@ -11,7 +11,7 @@ import { Registry } from '../runtime/metrics.ts';
 import type { Logger } from '../runtime/logger.ts';
 import type { CellView } from '../services/cell-agent/feed.ts';
 import { MemoryDataplane } from '../services/cell-agent/dataplane.ts';
-import type { AppliedStamp, RuleSet } from '../services/cell-agent/rules.ts';
+import { type AppliedStamp, type RuleDiff, type RuleSet, expandRules } from '../services/cell-agent/rules.ts';
 import { adoptionOf } from '../services/cell-agent/adoption.ts';
 import { Converger, type ConvergePass, type Enforced, type Repairs } from '../services/cell-agent/converger.ts';
 import { type CellStatus, StatusReporter, statusAfterPass, statusAfterRepair } from '../services/cell-agent/status.ts';
@@ -87,12 +87,19 @@ async function converger(plane: { dataplane: MemoryDataplane | FlakyDataplane; f
 /** The memory dataplane whose next `failures` loads throw. */
 class FlakyDataplane extends MemoryDataplane {
   failures = 0;
-  override async apply(rules: RuleSet, stamp?: AppliedStamp): Promise<void> {
+  #fail(): void {
     if (this.failures > 0) {
       this.failures -= 1;
       throw new Error('nft: no buffer space');
     }
+  }
+  override async apply(rules: RuleSet, stamp?: AppliedStamp): Promise<void> {
+    this.#fail();
     return super.apply(rules, stamp);
+  }
+  override async change(diff: RuleDiff, stamp?: AppliedStamp): Promise<boolean> {
+    this.#fail();
+    return super.change(diff, stamp);
   }
 }
 
@@ -129,7 +136,10 @@ t.test('converger: an empty dataplane gets the initial default-deny rules at onc
   t.equal(plane.allows('10.255.2.2', '10.255.1.4', 'tcp', 8080), false, 'default deny to another local container');
   t.equal(plane.allows('10.255.2.2', '10.255.1.9', 'tcp', 8080), false, 'and to an unknown address in the cell range');
   t.same([...c.enforced.value.containers].sort(), ['api-0', 'other-0'], 'the containers the rules cover');
-  t.match(passes.at(-1), { error: null, view: { revision: 3 }, rules: { local: ['10.255.1.3', '10.255.1.4'] } });
+  t.match(passes.at(-1), { error: null, view: { revision: 3 }, rules: { local: 2, allows: 1 } });
+  t.equal(plane.changes, 1, 'after the first load, the difference');
+  const { local, subnets, allows } = expandRules(plannedState(), ['10.255.1.0/24']);
+  t.same(plane.rules, { local, subnets, allows }, 'what is loaded is the whole expansion');
 
   // Only the names change: the rules are the same object, nothing is loaded, the revision is still announced.
   feed.view.state.names['1.api.apps.internal'] = { '10.255.1.5': true };
@@ -245,7 +255,7 @@ t.test('converger: stop cancels the waits on it and runs no pass after', async (
 
 t.test('status: built from a pass; a failed load keeps the revision still enforced; repairs update it', async (t) => {
   const view = new FakeFeed().plan(7, plannedState());
-  const rules = { local: ['10.255.1.3', '10.255.1.4'], subnets: [], allows: [] };
+  const rules = { local: 2, allows: 0 };
   const ids = { cellId: CELL, dataplane: 'memory' as const };
   const ok = statusAfterPass(undefined, { view, rules, error: null, at: '2024-01-01T00:00:00.000Z', applyMs: 1.5, repairs: { count: 0, last: null } }, ids);
   t.same(ok, { cellId: CELL, dataplane: 'memory', revision: 7, hash: view.hash, appliedAt: '2024-01-01T00:00:00.000Z', applyMs: 1.5, rules: { local: 2, allows: 0 }, driftRepairs: 0, lastRepair: null, error: null, refusals: { count: 0, last: null } });

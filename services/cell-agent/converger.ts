@@ -1,5 +1,7 @@
-// The converger: the feed's view → rules → the dataplane, only when the rules change. It owns what is enforced:
-// the rule set last loaded, the fail-closed adoption of a table found at start (`adoptionOf`), the drift checks and
+// The converger: the feed's view → rules → the dataplane, only when the rules change. The expander keeps the
+// cell's expansion and updates it from what changed; the dataplane gets that difference (a whole load only for the
+// first load, after drift or a failed load, or when the dataplane cannot apply a difference). It owns what is enforced:
+// the rules loaded, the fail-closed adoption of a table found at start (`adoptionOf`), the drift checks and
 // repairs, and the enforced revision with the containers it covers (what the ready gate and `waitApplied` wait on).
 // One pass at a time: a change while a pass runs makes the loop run again with the latest view. After every pass
 // it hands the outcome to `passed` (the status record); after a successful one, `applied` runs before the revision
@@ -9,7 +11,7 @@ import { Progress } from '../../runtime/progress.ts';
 import { Registry } from '../../runtime/metrics.ts';
 import type { Dataplane, FoundTable } from './dataplane.ts';
 import type { CellView } from './feed.ts';
-import { type AppliedStamp, type RuleSet, RuleExpander, cellSubnetsOf } from './rules.ts';
+import { type AppliedStamp, RuleExpander, cellSubnetsOf } from './rules.ts';
 import { adoptionOf } from './adoption.ts';
 
 /** What is enforced now: the applied revision and the containers it covers. */
@@ -23,7 +25,8 @@ export type Repairs = { count: number; last: { at: string; drift: string } | nul
 /** The outcome of one pass that reached the dataplane (a pass keeping a found table has none). */
 export type ConvergePass = {
   view: CellView;
-  rules: RuleSet;
+  /** How many local addresses and allowed flows the cell's rules have. */
+  rules: { local: number; allows: number };
   /** The load's error; null when loaded, or when nothing needed loading. */
   error: string | null;
   /** When the pass ended (ISO) and how long it took (ms, one decimal). */
@@ -63,9 +66,9 @@ export class Converger {
    */
   #adopting: { stamp: AppliedStamp | null } | undefined;
   #keptLogged = false;
-  /** The rule set last loaded into the dataplane. */
-  #lastRules: RuleSet | undefined;
-  /** Set by a drift check or a retry: apply even if the rules did not change (survives an apply already in flight). */
+  /** A load succeeded and none failed since: the dataplane holds the expander's rules (else the next pass loads). */
+  #loaded = false;
+  /** Set by a drift check or a retry: load the rules whole even if they did not change (survives an apply already in flight). */
   #reload = false;
   #dirty = true;
   #running: Promise<void> | undefined;
@@ -76,6 +79,8 @@ export class Converger {
   #failed = false;
   #repairs: Repairs = { count: 0, last: null };
   #timer: NodeJS.Timeout | undefined;
+  /** No periodic drift check before this (ms since the epoch): a check may take at most DRIFT_CHECK_SHARE of the time. */
+  #nextDriftCheck = 0;
 
   constructor(opts: ConvergerOptions) {
     this.#o = opts;
@@ -117,12 +122,16 @@ export class Converger {
     this.#timer = setInterval(() => this.tick(), this.#o.driftIntervalMs);
   }
 
-  /** The periodic work: retry a failed load, check for drift. */
+  /**
+   * The periodic work: retry a failed load, check for drift — less often than every tick when checks take long (a
+   * large table lists slowly): at most DRIFT_CHECK_SHARE of the time goes to them.
+   */
   tick(): void {
     if (this.#failed) {
       this.#reload = true; // the last apply failed: try again
       this.schedule();
     }
+    if (Date.now() < this.#nextDriftCheck) return;
     void this.checkDrift().catch((err: unknown) => this.#log.error({ err }, 'drift-check-failed'));
   }
 
@@ -152,19 +161,25 @@ export class Converger {
       this.#subnetWarned = true;
       this.#log.warn({ overlayCidr: this.#o.overlayCidr }, 'cell-subnet-unknown'); // only the known local containers are guarded
     }
-    // The same RuleSet object back means nothing the rules depend on changed since the last expansion.
-    const rules: RuleSet = this.#expander.expand(view.state, subnets);
+    const diff = this.#expander.update(view.state, subnets);
+    const counts = this.#expander.counts;
     // the feed's state changes in place: the containers these rules cover are taken now, for the ready gate
     const covered = new Set(Object.keys(view.state.containers));
     let error: string | null = null;
-    if (rules !== this.#lastRules || this.#reload) {
+    if (diff || this.#reload || !this.#loaded) {
+      const whole = this.#reload || !this.#loaded;
       this.#reload = false;
+      this.#loaded = false;
       try {
-        await this.#o.dataplane.apply(rules, { revision: view.revision, hash: view.hash });
-        this.#lastRules = rules;
+        const stamp = { revision: view.revision, hash: view.hash };
+        const changed = !whole && diff !== null && (await this.#o.dataplane.change(diff, stamp));
+        if (!changed) await this.#o.dataplane.apply(this.#expander.rules, stamp);
+        this.#loaded = true;
         this.#m.apply.observe(this.#cell, (performance.now() - t0) / 1000);
         if (view.eventAt) this.#m.propagation.observe(this.#cell, Math.max(0, Date.now() - Date.parse(view.eventAt)) / 1000);
-        this.#log.info({ revision: view.revision, allows: rules.allows.length, ms: Math.round(performance.now() - t0) }, 'rules-applied');
+        const ms = Math.round(performance.now() - t0);
+        const what = changed ? { added: diff.added.length, removed: diff.removed.length } : { whole: true };
+        this.#log.info({ revision: view.revision, allows: counts.allows, ...what, ms }, 'rules-applied');
       } catch (err) {
         error = err instanceof Error ? err.message : String(err);
         this.#m.errors.inc(this.#cell);
@@ -174,14 +189,14 @@ export class Converger {
     this.#failed = error !== null;
     const pass: ConvergePass = {
       view,
-      rules,
+      rules: counts,
       error,
       at: new Date().toISOString(),
       applyMs: Math.round((performance.now() - t0) * 10) / 10,
       repairs: this.#repairs,
     };
-    this.#m.rules.set({ ...this.#cell, kind: 'local' }, rules.local.length);
-    this.#m.rules.set({ ...this.#cell, kind: 'allows' }, rules.allows.length);
+    this.#m.rules.set({ ...this.#cell, kind: 'local' }, counts.local);
+    this.#m.rules.set({ ...this.#cell, kind: 'allows' }, counts.allows);
     await this.#o.passed?.(pass);
     if (!error) {
       await this.#o.applied?.(view);
@@ -194,7 +209,10 @@ export class Converger {
     if (this.#stopped || this.#checking) return false;
     this.#checking = true;
     try {
-      if (!(await this.#o.dataplane.drifted())) return false;
+      const t0 = Date.now();
+      const drifted = await this.#o.dataplane.drifted();
+      this.#nextDriftCheck = Date.now() + (Date.now() - t0) * (1 / DRIFT_CHECK_SHARE - 1);
+      if (!drifted) return false;
       const drift = this.#o.dataplane.lastDrift ?? 'unknown';
       this.#log.warn({ drift }, 'drift-detected');
       this.#reload = true;
@@ -219,6 +237,9 @@ export class Converger {
     this.#enforced.cancelAll('cell agent stopped');
   }
 }
+
+/** The most of the time periodic drift checks may take (a check listing a large table for 2 s: one every 20 s). */
+const DRIFT_CHECK_SHARE = 0.1;
 
 function convergerMetrics(metrics: Registry) {
   return {

@@ -1,8 +1,25 @@
 // Dataplane drivers behind one small interface (the "modular topology" of the original proposal): the real
 // nftables driver, an in-memory one for simulation and benchmarks, and a render-only one for dry runs.
-import { spawn } from 'node:child_process';
+import { type SpawnOptions, spawn } from 'node:child_process';
 import { NetfoldError } from '../../runtime/errors.ts';
-import { type AppliedStamp, type Protocol, type RuleIndex, type RuleSet, TABLE, allows, indexRules, renderNft, renderNftChanges, stampOf } from './rules.ts';
+import {
+  type AppliedStamp,
+  type Allow,
+  type Protocol,
+  type RuleDiff,
+  type RuleSet,
+  type TableElements,
+  TABLE,
+  allows,
+  applyDiffTo,
+  normalizeAllows,
+  readTable,
+  renderNft,
+  renderNftDiff,
+  stampElementsOf,
+  stampOf,
+  tableElementsOf,
+} from './rules.ts';
 
 /** What a (re)started agent finds in the dataplane: null when nothing is loaded; else the stamp it carries (null when none). */
 export type FoundTable = { stamp: AppliedStamp | null } | null;
@@ -11,6 +28,12 @@ export interface Dataplane {
   readonly kind: 'nftables' | 'memory' | 'render';
   /** Loads the whole rule set atomically, stamped with the revision and hash of the state it was built from. */
   apply(rules: RuleSet, stamp?: AppliedStamp): Promise<void>;
+  /**
+   * Applies a difference to what this process loaded last, when that is the difference's `from` (the `version` of
+   * the RuleSet loaded whole, or the `to` of the difference applied since) and nothing drifted meanwhile: true.
+   * False when it cannot (nothing loaded by this process, a failed load, another base, drift seen): load whole.
+   */
+  change(diff: RuleDiff, stamp?: AppliedStamp): Promise<boolean>;
   /** What is loaded now, before this process applied anything (an agent's restart adopts it). */
   found(): Promise<FoundTable>;
   /** True when what is enforced differs from what was last applied (tampered with, flushed, missing). */
@@ -26,10 +49,12 @@ class DataplaneError extends NetfoldError {
   }
 }
 
-/** Runs a command, feeding `input` on stdin; resolves with stdout (streamed, no buffer limit). */
-export function run(command: string, args: string[], input?: string): Promise<string> {
+/** Runs a command, feeding `input` on stdin; resolves with stdout (streamed, no buffer limit). `signal` kills it. */
+export function run(command: string, args: string[], input?: string, signal?: AbortSignal): Promise<string> {
   return new Promise((resolve, reject) => {
-    const child = spawn(command, args, { stdio: [input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'] });
+    const options: SpawnOptions = { stdio: [input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'] };
+    if (signal) Object.assign(options, { signal, killSignal: 'SIGKILL' });
+    const child = spawn(command, args, options);
     const out: Buffer[] = [];
     const err: Buffer[] = [];
     child.stdout!.on('data', (d: Buffer) => out.push(d));
@@ -46,27 +71,48 @@ export function run(command: string, args: string[], input?: string): Promise<st
   });
 }
 
-export type NftOptions = { overlayCidr: string; /** Network namespace to program; the host's when absent. */ netns?: string };
+export type NftOptions = {
+  overlayCidr: string;
+  /** Network namespace to program; the host's when absent. */
+  netns?: string;
+  /**
+   * A drift check that changes keep abandoning (a table that changes all the time, listed slowly) is made to complete
+   * — holding changes up while it lists — once none completed for this long (default DRIFT_CHECK_DUE_MS).
+   */
+  checkDueMs?: number;
+};
 
 /**
- * The real driver: one nftables table owned by netfold. The first load, and any load after drift, replaces the
- * table whole in one `nft -f -` transaction; later changes are set element additions and deletions in one
- * transaction. After each apply the kernel's listing is captured (in the background, awaited by the next drift
- * check) as the baseline that drift checks compare with.
+ * The real driver: one nftables table owned by netfold. A whole load replaces the table in one `nft -f -`
+ * transaction; a difference is one transaction of set element deletions and additions, its size whatever the
+ * table's. Drift checks read the kernel's listing back against what was loaded: the table's skeleton (chains, set
+ * declarations, as listed by the first check after the last whole load) and every element with its comment. What
+ * was loaded is kept set by set (TableElements), built by the first check after a whole load from its rule set and
+ * the differences applied since, so neither a load nor a change pays for it. A check runs beside changes, never
+ * holding them up: the elements a change touches while a check lists and reads are left out of that check (the
+ * listing may show them before or after).
  */
 export class NftDataplane implements Dataplane {
   readonly kind = 'nftables' as const;
   readonly #o: NftOptions;
-  /** What is loaded; its index is built on the first incremental change after a whole load (off the load's path). */
-  #applied: { rules: RuleSet; stamp?: AppliedStamp; index?: RuleIndex } | undefined;
-  #baseline: Promise<string | undefined> | undefined;
+  /**
+   * What is loaded: the RuleExpander version it is (undefined: a RuleSet built otherwise, no difference applies),
+   * the stamp elements, and its elements — until a check builds them, the rule set loaded whole and the differences
+   * applied since. Undefined while unknown (nothing loaded by this process, or a load failed); a new object with every
+   * whole load.
+   */
+  #loaded: Loaded | undefined;
+  /** The elements touched, as `set element`, during each drift check under way. */
+  readonly #checks = new Set<Set<string>>();
+  /** A drift check's listing under way: `abort` abandons it (absent: it must complete). */
+  #listingNow: { done: Promise<unknown>; abort?: AbortController } | undefined;
   /** Drift seen (incremented by drifted()) and drift repaired by a whole load: equal when in sync. */
   #driftSeen = 0;
   #driftLoaded = 0;
   /** Loads by kind, for status and benchmarks. */
   readonly loads = { full: 0, incremental: 0 };
   lastDrift?: string;
-  /** apply() and drifted() never interleave: a load between reading the baseline and listing would look like drift. */
+  /** Loads and reads of the stamp one at a time. */
   #tail: Promise<unknown> = Promise.resolve();
 
   #exclusive<T>(work: () => Promise<T>): Promise<T> {
@@ -79,50 +125,81 @@ export class NftDataplane implements Dataplane {
     this.#o = opts;
   }
 
-  #nft(args: string[], input?: string): Promise<string> {
-    return this.#o.netns ? run('ip', ['netns', 'exec', this.#o.netns, 'nft', ...args], input) : run('nft', args, input);
+  #nft(args: string[], input?: string, signal?: AbortSignal): Promise<string> {
+    return this.#o.netns ? run('ip', ['netns', 'exec', this.#o.netns, 'nft', ...args], input, signal) : run('nft', args, input, signal);
   }
 
   apply(rules: RuleSet, stamp?: AppliedStamp): Promise<void> {
-    return this.#exclusive(() => this.#apply(rules, stamp));
+    return this.#exclusive(async () => {
+      const drift = this.#driftSeen;
+      const text = renderNft(rules, this.#o.overlayCidr, stamp);
+      this.#loaded = undefined; // unknown until nft took it
+      await this.#nft(['-f', '-'], text);
+      this.loads.full += 1;
+      this.#loaded = { version: rules.version, stamps: stampElementsOf(stamp), rules, applied: [], at: Date.now() };
+      this.#driftLoaded = drift; // drift seen during this load is repaired by the next one
+    });
+  }
+
+  change(diff: RuleDiff, stamp?: AppliedStamp): Promise<boolean> {
+    return this.#exclusive(async () => {
+      const loaded = this.#loaded;
+      if (!loaded || loaded.version === undefined || loaded.version !== diff.from || this.#driftSeen !== this.#driftLoaded) return false;
+      const { text, keys, commit } = renderNftDiff(diff, loaded.stamps, this.#o.overlayCidr, stamp);
+      if (text !== null) {
+        await this.#overtake();
+        this.#touch(keys);
+        try {
+          await this.#nft(['-f', '-'], text);
+        } catch (err) {
+          this.#loaded = undefined; // unknown state: the next change is refused, the next load is whole
+          throw err;
+        }
+        this.#touch(keys); // and for the checks that began meanwhile
+        commit();
+        if (loaded.elements) applyDiffTo(loaded.elements, diff);
+        else loaded.applied.push(diff);
+        this.loads.incremental += 1;
+      }
+      loaded.version = diff.to;
+      return true;
+    });
+  }
+
+  /**
+   * A drift check listing the table when a change comes: abandoned (a listing under way makes element deletions
+   * several times slower, and restarts whenever the table changes under it), unless it is one that must complete —
+   * then the change waits for its listing.
+   */
+  async #overtake(): Promise<void> {
+    const listing = this.#listingNow;
+    if (!listing) return;
+    if (listing.abort) listing.abort.abort();
+    else await listing.done;
+  }
+
+  #touch(keys: Array<[string, string]>): void {
+    for (const touched of this.#checks) for (const [set, element] of keys) touched.add(`${set} ${element}`);
+  }
+
+  /** What `loaded` holds element by element: built once (from its rule set, then the differences applied since). */
+  async #elementsOf(loaded: Loaded): Promise<TableElements> {
+    if (loaded.elements) return loaded.elements;
+    const elements = await (loaded.building ??= tableElementsOf(loaded.rules!, loaded.stamps, pause));
+    if (!loaded.elements) {
+      // (no await from here on: a change applies to the map or to the list, never in between)
+      for (const diff of loaded.applied) applyDiffTo(elements, diff);
+      loaded.elements = elements;
+      loaded.applied = [];
+      delete loaded.rules;
+    }
+    return loaded.elements;
   }
 
   /** The table as found (the stamp is the `applied` set's element comment); null when there is no table. */
   async found(): Promise<FoundTable> {
     const listing = await this.#exclusive(() => this.listing());
     return listing === undefined ? null : { stamp: stampOf(listing) };
-  }
-
-  async #apply(rules: RuleSet, stamp: AppliedStamp | undefined): Promise<void> {
-    await this.#baseline; // never overlap a listing with a change
-    const drift = this.#driftSeen;
-    const whole = !this.#applied || drift !== this.#driftLoaded;
-    let changes: ReturnType<typeof renderNftChanges> | undefined;
-    if (!whole) {
-      const applied = this.#applied!;
-      applied.index ??= indexRules(applied.rules, applied.stamp);
-      changes = renderNftChanges(applied.index, rules, this.#o.overlayCidr, stamp);
-      if (changes.text === null) return;
-    }
-    let index: RuleIndex | undefined;
-    try {
-      if (changes !== undefined) {
-        await this.#nft(['-f', '-'], changes.text!);
-        this.loads.incremental += 1;
-        index = changes.index;
-      } else {
-        await this.#nft(['-f', '-'], renderNft(rules, this.#o.overlayCidr, stamp));
-        this.loads.full += 1;
-      }
-    } catch (err) {
-      this.#applied = undefined; // unknown state: the next apply loads the table whole
-      throw err;
-    }
-    // rule sets are never modified once built
-    const loadedStamp = index ? index.stamp : stamp;
-    this.#applied = { rules, ...(loadedStamp ? { stamp: loadedStamp } : {}), ...(index ? { index } : {}) };
-    if (whole) this.#driftLoaded = drift; // drift seen during this load is repaired by the next one
-    this.#baseline = this.listing();
   }
 
   /** The kernel's listing of the table, or undefined when it does not exist. */
@@ -134,35 +211,135 @@ export class NftDataplane implements Dataplane {
     }
   }
 
-  drifted(): Promise<boolean> {
-    return this.#exclusive(() => this.#drifted());
+  /**
+   * Lists the table and reads it back against what was loaded. A whole load while it runs makes the check moot
+   * (false: the next one compares with the new table).
+   */
+  async drifted(): Promise<boolean> {
+    const loaded = this.#loaded;
+    if (!loaded || this.#listingNow) return false;
+    const touched = new Set<string>();
+    this.#checks.add(touched);
+    try {
+      // a change abandons the listing, unless no check completed for DRIFT_CHECK_DUE_MS: then it waits for it
+      const abort = Date.now() - (loaded.checked ?? loaded.at) < (this.#o.checkDueMs ?? DRIFT_CHECK_DUE_MS) ? new AbortController() : undefined;
+      const done = this.#nft(['list', 'table', 'inet', TABLE], undefined, abort?.signal).then(
+        (text) => text,
+        () => undefined,
+      );
+      this.#listingNow = { done, ...(abort && { abort }) };
+      const listing = await done.finally(() => (this.#listingNow = undefined));
+      if (this.#loaded !== loaded || abort?.signal.aborted) return false;
+      if (listing === undefined) return this.#drift('table-missing');
+      const elements = await this.#elementsOf(loaded);
+      const matched = new Map<string, number>();
+      let stray = false;
+      const skeleton = await readTable(
+        listing,
+        (set, element, comment) => {
+          if (touched.size > 0 && touched.has(`${set} ${element}`)) return;
+          if (elements.get(set)?.get(element) === comment) matched.set(set, (matched.get(set) ?? 0) + 1);
+          else stray = true;
+        },
+        pause,
+      );
+      if (this.#loaded !== loaded) return false;
+      if (stray) return this.#drift('elements-changed');
+      for (const [set, held] of elements) {
+        let expected = held.size;
+        for (const key of touched) if (key.startsWith(`${set} `) && held.has(key.slice(set.length + 1))) expected -= 1;
+        if ((matched.get(set) ?? 0) !== expected) return this.#drift('elements-changed');
+      }
+      loaded.skeleton ??= skeleton; // the first check after a whole load reads the table's skeleton
+      loaded.checked = Date.now();
+      return skeleton === loaded.skeleton ? false : this.#drift('table-changed');
+    } finally {
+      this.#checks.delete(touched);
+    }
   }
 
-  async #drifted(): Promise<boolean> {
-    if (!this.#applied || !this.#baseline) return false;
-    const baseline = await this.#baseline;
-    const now = await this.listing();
-    if (baseline !== undefined && now === baseline) return false;
-    this.lastDrift = now === undefined ? 'table-missing' : 'table-changed';
-    this.#driftSeen += 1; // the next apply loads the table whole
+  #drift(kind: string): true {
+    this.lastDrift = kind;
+    this.#driftSeen += 1; // the next load is whole
     return true;
   }
 }
 
+type Loaded = {
+  /** When it was loaded whole, and when a drift check last completed on it. */
+  at: number;
+  checked?: number;
+  version: number | undefined;
+  stamps: Map<string, string>;
+  rules?: RuleSet;
+  applied: RuleDiff[];
+  elements?: TableElements;
+  building?: Promise<TableElements>;
+  skeleton?: string;
+};
+
+/** NftOptions.checkDueMs by default: a drift check completes at least once a minute, however busy the table. */
+const DRIFT_CHECK_DUE_MS = 60_000;
+
+/** Lets the event loop run (between slices of a large table's elements). */
+const pause = () => new Promise<void>((resolve) => setImmediate(resolve));
+
+/** An element of the table: the flow without its comment. */
+const flowKey = (a: Allow) => `${a.src} ${a.dst} ${a.protocol} ${a.startPort} ${a.endPort}`;
+
 /** Same semantics in process: for simulations and benchmarks (and tests of what a rule set allows). */
 export class MemoryDataplane implements Dataplane {
   readonly kind = 'memory' as const;
-  rules: RuleSet = { local: [], subnets: [], allows: [] };
   /** The stamp of what is loaded; `loaded` is false until something was applied (like a kernel with no table). */
   stamp: AppliedStamp | null = null;
   loaded = false;
+  /** Loads, whole or by difference, and of them by difference. */
   applies = 0;
+  changes = 0;
+  #rules: RuleSet = { local: [], subnets: [], allows: [] };
+  /** Once a difference was applied: what is loaded by element, until `rules` is read again. */
+  #held: { flows: Map<string, Allow>; local: Set<string>; subnets: Set<string> } | undefined;
+  #stale = false;
+  #version: number | undefined;
   #tampered = false;
 
   constructor(private readonly overlayCidr: string) {}
 
+  /** What is loaded (the agent never edits a rule set it handed over). */
+  get rules(): RuleSet {
+    if (this.#held && this.#stale) {
+      const { flows, local, subnets } = this.#held;
+      this.#rules = { local: [...local].sort(), subnets: [...subnets].sort(), allows: normalizeAllows([...flows.values()]) };
+      this.#stale = false;
+    }
+    return this.#rules;
+  }
+
   async apply(rules: RuleSet, stamp?: AppliedStamp): Promise<void> {
-    this.rules = rules; // the agent never edits a rule set it handed over (a new one is built for every change)
+    this.#rules = rules;
+    this.#held = undefined;
+    this.#version = rules.version;
+    this.#loaded(stamp);
+  }
+
+  async change(diff: RuleDiff, stamp?: AppliedStamp): Promise<boolean> {
+    if (this.#version === undefined || this.#version !== diff.from || this.#tampered) return false;
+    const r = this.#rules;
+    const held = (this.#held ??= { flows: new Map(r.allows.map((a) => [flowKey(a), a])), local: new Set(r.local), subnets: new Set(r.subnets) });
+    for (const a of diff.removed) held.flows.delete(flowKey(a));
+    for (const a of diff.added) held.flows.set(flowKey(a), a);
+    for (const ip of diff.local.removed) held.local.delete(ip);
+    for (const ip of diff.local.added) held.local.add(ip);
+    for (const c of diff.subnets.removed) held.subnets.delete(c);
+    for (const c of diff.subnets.added) held.subnets.add(c);
+    this.#stale = true;
+    this.#version = diff.to;
+    this.changes += 1;
+    this.#loaded(stamp);
+    return true;
+  }
+
+  #loaded(stamp: AppliedStamp | undefined): void {
     this.stamp = stamp ?? null;
     this.loaded = true;
     this.applies += 1;
@@ -182,7 +359,9 @@ export class MemoryDataplane implements Dataplane {
 
   /** Simulates someone flushing the rules. */
   tamper(): void {
-    this.rules = { local: this.rules.local, subnets: this.rules.subnets, allows: [] };
+    const { local, subnets } = this.rules;
+    this.#rules = { local, subnets, allows: [] };
+    this.#held = undefined;
     this.#tampered = true;
   }
 
@@ -201,6 +380,11 @@ export class RenderDataplane implements Dataplane {
 
   async apply(rules: RuleSet, stamp?: AppliedStamp): Promise<void> {
     this.print(renderNft(rules, this.overlayCidr, stamp));
+  }
+
+  /** Prints the whole table for every change (false: the converger loads whole). */
+  async change(): Promise<boolean> {
+    return false;
   }
 
   async found(): Promise<FoundTable> {

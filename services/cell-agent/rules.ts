@@ -1,8 +1,8 @@
 // From a cell's desired state to the rules its dataplane enforces: a pure expansion and a deterministic nftables
 // rendering. Enforcement is at the destination, default deny for traffic from the overlay to local containers.
 
-export { type Allow, type Protocol, type RuleSet, RuleExpander, allows, expandRules, normalizeAllows } from '../../projections/flows.ts';
-import type { Allow, Protocol, RuleSet } from '../../projections/flows.ts';
+export { type Allow, type Protocol, type RuleDiff, type RuleSet, RuleExpander, allows, expandRules, normalizeAllows } from '../../projections/flows.ts';
+import type { Allow, Protocol, RuleDiff, RuleSet } from '../../projections/flows.ts';
 import type { CellState } from '../../projections/cell.ts';
 import { CIDR_PATTERN as CIDR, IPV4_PATTERN as IPV4, cidrWithin, isCanonicalCidr } from '../../projections/ipv4.ts';
 
@@ -88,8 +88,11 @@ export const commentOf = (a: Allow): string => commentText(`${a.srcApp}->${a.dst
 const stampComment = (s: AppliedStamp): string => commentText(`netfold revision=${s.revision} hash=${s.hash}`);
 const STAMP_SET = /set applied \{[^}]*\}/;
 const STAMP = /comment "netfold revision=(\d+) hash=([0-9a-f]+)"/g;
-/** Stamp elements kept before a transaction deletes the old ones even without other deletions. */
-export const STAMP_KEEP = 32;
+/**
+ * Stamp elements kept before a transaction deletes the old ones even without other deletions: a run of additions
+ * pays the deletion once in STAMP_KEEP changes (with 32, one change in 32 — 3%, the p99 of additions — paid it).
+ */
+export const STAMP_KEEP = 256;
 /** The key of a revision's stamp element (a 32-bit mark). */
 const stampKey = (revision: number): number => revision % 2 ** 32;
 
@@ -137,7 +140,15 @@ export function renderNft(rules: RuleSet, overlayCidr: string, stamp?: AppliedSt
     ...(elements.length > 0 ? [`    elements = { ${elements.join(', ')} }`] : []),
     '  }',
   ];
-  const of = (p: Protocol, ranged: boolean) => rules.allows.filter((a) => a.protocol === p && (a.startPort !== a.endPort) === ranged).map(elementWithComment);
+  // one pass over the flows, each comment built once per (source app, destination app, policy)
+  const [allowTcp, allowUdp, rangeTcp, rangeUdp] = [[], [], [], []] as string[][];
+  const comment = commentMemo((text) => ` comment "${text}"`);
+  for (const a of rules.allows) {
+    const single = a.startPort === a.endPort;
+    const element = `${a.src} . ${a.dst} . ${single ? a.startPort : `${a.startPort}-${a.endPort}`}${comment(a)}`;
+    (single ? (a.protocol === 'tcp' ? allowTcp : allowUdp) : a.protocol === 'tcp' ? rangeTcp : rangeUdp)!.push(element);
+  }
+  const of = (p: Protocol, ranged: boolean) => (ranged ? (p === 'tcp' ? rangeTcp : rangeUdp) : p === 'tcp' ? allowTcp : allowUdp)!;
   const tuple = 'ipv4_addr . ipv4_addr . inet_service';
   return [
     `table inet ${TABLE}`,
@@ -173,78 +184,153 @@ export function renderNft(rules: RuleSet, overlayCidr: string, stamp?: AppliedSt
   ].join('\n');
 }
 
-const setOf = (a: Allow): string => `${a.startPort === a.endPort ? 'allow' : 'range'}_${a.protocol}`;
+const setOf = (a: Allow): string =>
+  a.startPort === a.endPort ? (a.protocol === 'tcp' ? 'allow_tcp' : 'allow_udp') : a.protocol === 'tcp' ? 'range_tcp' : 'range_udp';
 const elementOf = (a: Allow): string => `${a.src} . ${a.dst} . ${a.startPort === a.endPort ? a.startPort : `${a.startPort}-${a.endPort}`}`;
-const elementWithComment = (a: Allow): string => `${elementOf(a)} comment "${commentOf(a)}"`;
 
-/**
- * A rule set indexed by nft set and element (with its comment: a flow whose comment changes is deleted and added
- * again), to compute the next change without rebuilding the last index; with the stamp loaded with it.
- */
-export type RuleIndex = {
-  local: Set<string>;
-  subnets: Set<string>;
-  allows: Map<string, Allow>;
-  stamp?: AppliedStamp;
-  /** Keys of the stamp elements in set `applied` (the stamp's and older ones not deleted yet). */
-  stampKeys: number[];
-};
-
-export function indexRules(rules: RuleSet, stamp?: AppliedStamp, stampKeys: number[] = stamp ? [stampKey(stamp.revision)] : []): RuleIndex {
-  const index: RuleIndex = {
-    local: new Set(rules.local),
-    subnets: new Set(rules.subnets),
-    allows: new Map(rules.allows.map((a) => [`${setOf(a)}|${elementWithComment(a)}`, a])),
-    stampKeys,
+/** commentOf (through `as`), remembered per (source app, destination app, policy): a table has few distinct comments. */
+function commentMemo(as: (comment: string) => string = (c) => c): (a: Allow) => string {
+  const memo = new Map<string, Map<string, Map<string, string>>>();
+  return (a) => {
+    const byDest = memo.get(a.srcApp) ?? memo.set(a.srcApp, new Map()).get(a.srcApp)!;
+    const byPolicy = byDest.get(a.dstApp) ?? byDest.set(a.dstApp, new Map()).get(a.dstApp)!;
+    let text = byPolicy.get(a.policy);
+    if (text === undefined) byPolicy.set(a.policy, (text = as(commentOf(a))));
+    return text;
   };
-  if (stamp) index.stamp = stamp;
-  return index;
 }
 
 /**
- * The changes from one rule set (indexed) to the next as one nft transaction of set element additions and
- * deletions (the table's chains never change), or null when there is nothing to do; with the next set's index.
- * A new stamp replaces the old one in the same transaction. Only what is added needs validating: what is loaded
- * already was.
+ * What a table holds, set by set: each element as `nft list` prints it (without its comment) → its comment ('' when
+ * none). What the driver expects is kept in this form, and a listing is read back into it (`readTable`).
  */
-export function renderNftChanges(prev: RuleIndex, next: RuleSet, overlayCidr: string, stamp?: AppliedStamp): { text: string | null; index: RuleIndex } {
-  const index = indexRules(next, stamp ?? prev.stamp, prev.stampKeys);
-  const addedLocal = next.local.filter((ip) => !prev.local.has(ip));
-  const removedLocal = [...prev.local].filter((ip) => !index.local.has(ip));
-  const addedSubnets = next.subnets.filter((c) => !prev.subnets.has(c));
-  const removedSubnets = [...prev.subnets].filter((c) => !index.subnets.has(c));
-  const added: Allow[] = [];
-  for (const [k, a] of index.allows) if (!prev.allows.has(k)) added.push(a);
-  const removed: Allow[] = [];
-  for (const [k, a] of prev.allows) if (!index.allows.has(k)) removed.push(a);
-  validateRules({ local: addedLocal, subnets: addedSubnets, allows: added }, overlayCidr);
+export type TableElements = Map<string, Map<string, string>>;
+
+/** The sets of netfold's table (what `renderNft` declares). */
+const SETS = ['applied', 'local', 'subnets', 'allow_tcp', 'allow_udp', 'range_tcp', 'range_udp'] as const;
+/** How nft lists a stamp element's key (a mark): `0x0000002a`. */
+const listedMark = (key: number): string => `0x${key.toString(16).padStart(8, '0')}`;
+/** How nft lists an interval set's CIDR: a /32 as the address alone. */
+const listedCidr = (cidr: string): string => (cidr.endsWith('/32') ? cidr.slice(0, -3) : cidr);
+
+/** The stamp elements of set `applied` (as listed → comment) a whole load stamped with `stamp` makes. */
+export function stampElementsOf(stamp?: AppliedStamp): Map<string, string> {
+  return new Map(stamp ? [[listedMark(stampKey(stamp.revision)), stampComment(stamp)]] : []);
+}
+
+/**
+ * What a whole load of `rules` leaves in the table, with `stamps` as set `applied` (the same map, not a copy).
+ * Built in slices, yielding to the event loop between them (`pause`).
+ */
+export async function tableElementsOf(rules: RuleSet, stamps: Map<string, string>, pause: () => Promise<void>): Promise<TableElements> {
+  const sets: TableElements = new Map(SETS.map((s) => [s, new Map<string, string>()]));
+  sets.set('applied', stamps);
+  for (const ip of rules.local) sets.get('local')!.set(ip, '');
+  for (const c of rules.subnets) sets.get('subnets')!.set(listedCidr(c), '');
+  const comment = commentMemo();
+  let count = 0;
+  for (const a of rules.allows) {
+    sets.get(setOf(a))!.set(elementOf(a), comment(a));
+    if (++count % 5000 === 0) await pause();
+  }
+  return sets;
+}
+
+/** Applies a difference to what a table holds (`elements`, changed in place). */
+export function applyDiffTo(elements: TableElements, diff: RuleDiff): void {
+  for (const a of diff.removed) elements.get(setOf(a))!.delete(elementOf(a));
+  for (const ip of diff.local.removed) elements.get('local')!.delete(ip);
+  for (const c of diff.subnets.removed) elements.get('subnets')!.delete(listedCidr(c));
+  for (const a of diff.added) elements.get(setOf(a))!.set(elementOf(a), commentOf(a));
+  for (const ip of diff.local.added) elements.get('local')!.set(ip, '');
+  for (const c of diff.subnets.added) elements.get('subnets')!.set(listedCidr(c), '');
+}
+
+/**
+ * A rule difference (RuleExpander) as one nft transaction of set element deletions and additions (the table's
+ * chains never change), with the elements it touches (as listed: `keys`). The stamp moves in the same transaction;
+ * old stamp elements are deleted when it deletes anyway, once STAMP_KEEP have piled up, or when the key is taken;
+ * `commit` (once nft took it) updates `stamps`, the stamp elements loaded. Only what is added needs validating:
+ * what is loaded already was.
+ */
+export function renderNftDiff(
+  diff: RuleDiff,
+  stamps: Map<string, string>,
+  overlayCidr: string,
+  stamp?: AppliedStamp,
+): { text: string | null; keys: Array<[string, string]>; commit: () => void } {
+  validateRules({ local: diff.local.added, subnets: diff.subnets.added, allows: diff.added }, overlayCidr);
   if (stamp) validateStamp(stamp);
-  const group = (list: Allow[], render: (a: Allow) => string) => {
-    const by = new Map<string, string[]>();
-    for (const a of list) (by.get(setOf(a)) ?? by.set(setOf(a), []).get(setOf(a))!).push(render(a));
-    return [...by].sort(([x], [y]) => (x < y ? -1 : 1));
+  const deletes = new Map<string, string[]>();
+  const adds = new Map<string, string[]>();
+  const keys: Array<[string, string]> = [];
+  // `listed`: the element as a listing shows it
+  const change = (set: string, element: string, comment: string | null, listed = element) => {
+    const into = comment === null ? deletes : adds;
+    (into.get(set) ?? into.set(set, []).get(set)!).push(comment ? `${element} comment "${comment}"` : element);
+    keys.push([set, listed]);
   };
+  for (const a of diff.removed) change(setOf(a), elementOf(a), null);
+  for (const ip of diff.local.removed) change('local', ip, null);
+  for (const c of diff.subnets.removed) change('subnets', c, null, listedCidr(c));
+  for (const a of diff.added) change(setOf(a), elementOf(a), commentOf(a));
+  for (const ip of diff.local.added) change('local', ip, '');
+  for (const c of diff.subnets.added) change('subnets', c, '', listedCidr(c));
   const lines: string[] = [];
   // Deletions first: an element and its replacement (the same one with a new comment, or one overlapping it in an
   // interval set) are then added back. The transaction is atomic.
-  for (const [set, els] of group(removed, elementOf)) lines.push(`delete element inet ${TABLE} ${set} { ${els.join(', ')} }`);
-  if (removedLocal.length > 0) lines.push(`delete element inet ${TABLE} local { ${removedLocal.join(', ')} }`);
-  if (removedSubnets.length > 0) lines.push(`delete element inet ${TABLE} subnets { ${removedSubnets.join(', ')} }`);
-  for (const [set, els] of group(added, elementWithComment)) lines.push(`add element inet ${TABLE} ${set} { ${els.join(', ')} }`);
-  if (addedLocal.length > 0) lines.push(`add element inet ${TABLE} local { ${addedLocal.join(', ')} }`);
-  if (addedSubnets.length > 0) lines.push(`add element inet ${TABLE} subnets { ${addedSubnets.join(', ')} }`);
-  // The stamp moves only with a change of the rules: a state whose rules equal the loaded ones needs no load.
-  if (lines.length === 0) {
-    if (prev.stamp) index.stamp = prev.stamp;
-    else delete index.stamp;
-  } else if (stamp && (stamp.revision !== prev.stamp?.revision || stamp.hash !== prev.stamp?.hash)) {
-    const key = stampKey(stamp.revision);
-    const deletes = lines.some((l) => l.startsWith('delete '));
-    // Old stamp elements go when this transaction deletes anyway, when too many piled up, or when the key is taken.
-    const old = deletes || prev.stampKeys.length >= STAMP_KEEP || prev.stampKeys.includes(key) ? prev.stampKeys : [];
-    if (old.length > 0) lines.push(`delete element inet ${TABLE} applied { ${old.join(', ')} }`);
-    lines.push(`add element inet ${TABLE} applied { ${key} comment "${stampComment(stamp)}" }`);
-    index.stampKeys = [...prev.stampKeys.filter((k) => !old.includes(k)), key];
+  for (const [set, els] of deletes) lines.push(`delete element inet ${TABLE} ${set} { ${els.join(', ')} }`);
+  for (const [set, els] of adds) lines.push(`add element inet ${TABLE} ${set} { ${els.join(', ')} }`);
+  let commit = () => {};
+  // The stamp moves only with a change of the rules.
+  if (lines.length > 0 && stamp) {
+    const key = listedMark(stampKey(stamp.revision));
+    if (stamps.get(key) !== stampComment(stamp)) {
+      const old = deletes.size > 0 || stamps.size >= STAMP_KEEP || stamps.has(key) ? [...stamps.keys()] : [];
+      if (old.length > 0) lines.push(`delete element inet ${TABLE} applied { ${old.map(Number).join(', ')} }`);
+      lines.push(`add element inet ${TABLE} applied { ${stampKey(stamp.revision)} comment "${stampComment(stamp)}" }`);
+      for (const k of old) keys.push(['applied', k]);
+      keys.push(['applied', key]);
+      commit = () => {
+        for (const k of old) stamps.delete(k);
+        stamps.set(key, stampComment(stamp));
+      };
+    }
   }
-  return { text: lines.length > 0 ? lines.join('\n') + '\n' : null, index };
+  return { text: lines.length > 0 ? lines.join('\n') + '\n' : null, keys, commit };
+}
+
+/**
+ * Reads a listing of the table (`nft list table inet netfold`) back: every element of a named set, handed to
+ * `element(set, element, comment)` as TableElements keeps them, and the rest (`skeleton`: the listing without its
+ * element lists — chains, set declarations), to compare with what was loaded. Yields to the event loop every few
+ * thousand elements (`pause`), so a large table does not hold the agent up.
+ */
+export async function readTable(listing: string, element: (set: string, key: string, comment: string) => void, pause?: () => Promise<void>): Promise<string> {
+  const skeleton: string[] = [];
+  const ELEMENTS = /^[ \t]*elements = \{/gm;
+  const SET = /set (\S+) \{/g;
+  const ITEM = /\s*([^,"{}]*?)(?:\s+comment\s+"([^"]*)")?\s*([,}])/y;
+  let at = 0;
+  let count = 0;
+  for (let m = ELEMENTS.exec(listing); m; m = ELEMENTS.exec(listing)) {
+    let set = '';
+    SET.lastIndex = at;
+    for (let s = SET.exec(listing); s && s.index < m.index; s = SET.exec(listing)) set = s[1]!;
+    skeleton.push(listing.slice(at, m.index));
+    ITEM.lastIndex = m.index + m[0].length;
+    for (;;) {
+      const item = ITEM.exec(listing);
+      if (!item) throw new InvalidRuleError(`unreadable elements of set ${set} at ${ITEM.lastIndex}`);
+      element(set, item[1]!, item[2] ?? '');
+      if (pause && ++count % 5000 === 0) await pause();
+      if (item[3] === '}') break;
+    }
+    at = ITEM.lastIndex;
+    const eol = listing.indexOf('\n', at);
+    at = eol < 0 ? listing.length : eol + 1;
+    ELEMENTS.lastIndex = at;
+  }
+  skeleton.push(listing.slice(at));
+  return skeleton.join('');
 }

@@ -39,7 +39,7 @@ export function statusAfterPass(
     hash: error ? (prev?.hash ?? '') : view.hash,
     appliedAt: pass.at,
     applyMs: pass.applyMs,
-    rules: { local: rules.local.length, allows: rules.allows.length },
+    rules: { local: rules.local, allows: rules.allows },
     driftRepairs: pass.repairs.count,
     lastRepair: pass.repairs.last,
     error,
