@@ -233,10 +233,11 @@ export class StreamTail implements AsyncIterable<TailMsg> {
     try {
       const newest = await this.#newestSeq();
       if (newest === undefined || newest <= this.#last || this.#waitingSince === undefined) return;
-      // A consumer that still answers at once is on a live node: a server (or reader) too busy to deliver in time, not
-      // a lost consumer; recreating it would only add work (a thousand agents recreating theirs at once overloaded the
-      // server further). It gets three more stall periods; one that does not answer within 500 ms is recreated now.
-      if (this.#patience < 3 && this.#consumer && (await answersWithin(this.#consumer, 500))) {
+      // A consumer whose server has delivered past what this reader has seen is alive: the reader (or the server)
+      // is too busy, and recreating it would only add work (a thousand agents recreating theirs at once overloaded
+      // the server further). It gets up to three more stall periods. One that delivered nothing new, or does not
+      // answer within 500 ms, is recreated now.
+      if (this.#patience < 3 && this.#consumer && ((await deliveredWithin(this.#consumer, 500)) ?? 0) > this.#last) {
         this.#patience += 1;
         this.#nextCheckAt = Date.now() + (this.#o.stallMs ?? FAST_TAIL.stallMs);
         return;
@@ -294,13 +295,13 @@ async function closeQuietly(messages: ConsumerMessages): Promise<void> {
   await Promise.race([closing, delay(1_000)]);
 }
 
-/** Whether a consumer's info comes back within `ms` (its node is alive and it exists). */
-async function answersWithin(consumer: Consumer, ms: number): Promise<boolean> {
+/** The last stream sequence a consumer has delivered, if its info comes back within `ms`. */
+async function deliveredWithin(consumer: Consumer, ms: number): Promise<number | undefined> {
   const info = consumer.info().then(
-    () => true,
-    () => false,
+    (i) => i.delivered.stream_seq,
+    () => undefined,
   );
-  return Promise.race([info, delay(ms).then(() => false)]);
+  return Promise.race([info, delay(ms).then(() => undefined)]);
 }
 
 /** A message read with a direct get, shaped as a tail delivers it. */

@@ -41,7 +41,9 @@ export function isAlreadyPlanned(o: Pick<PlannerOutput, 'kind' | 'revision'>, he
 
 async function lastOn(bus: Bus, stream: string, subject: string): Promise<Published | null> {
   try {
-    const msg = await bus.jsm.direct.getMessage(stream, { last_by_subj: subject });
+    // From the stream's leader: a direct get may be answered by any replica, and one that just came back can serve a
+    // stale message for a long while (a chaos run saw an old hash as "planned" for minutes).
+    const msg = await bus.jsm.streams.getMessage(stream, { last_by_subj: subject });
     const r = msg ? revisionOf(msg.data) : null;
     return r ? { revision: r.revision, hash: r.hash } : null;
   } catch (err) {
