@@ -104,6 +104,8 @@ export class NftDataplane implements Dataplane {
   #loaded: Loaded | undefined;
   /** The elements touched, as `set element`, during each drift check under way. */
   readonly #checks = new Set<Set<string>>();
+  /** The elements of the change being loaded (changes are loaded one at a time). */
+  #inflight: Array<[string, string]> = [];
   /** A drift check's listing under way: `abort` abandons it (absent: it must complete). */
   #listingNow: { done: Promise<unknown>; abort?: AbortController } | undefined;
   /** Drift seen (incremented by drifted()) and drift repaired by a whole load: equal when in sync. */
@@ -148,14 +150,18 @@ export class NftDataplane implements Dataplane {
       const { text, keys, commit } = renderNftDiff(diff, loaded.stamps, this.#o.overlayCidr, stamp);
       if (text !== null) {
         await this.#overtake();
-        this.#touch(keys);
+        // the checks under way leave these elements out, and so do those that begin before this is committed (nft
+        // may still be exiting when the kernel already holds the change, and a check may list it meanwhile)
+        for (const touched of this.#checks) for (const [set, element] of keys) touched.add(`${set} ${element}`);
+        this.#inflight = keys;
         try {
           await this.#nft(['-f', '-'], text);
         } catch (err) {
           this.#loaded = undefined; // unknown state: the next change is refused, the next load is whole
           throw err;
+        } finally {
+          this.#inflight = [];
         }
-        this.#touch(keys); // and for the checks that began meanwhile
         commit();
         if (loaded.elements) applyDiffTo(loaded.elements, diff);
         else loaded.applied.push(diff);
@@ -176,10 +182,6 @@ export class NftDataplane implements Dataplane {
     if (!listing) return;
     if (listing.abort) listing.abort.abort();
     else await listing.done;
-  }
-
-  #touch(keys: Array<[string, string]>): void {
-    for (const touched of this.#checks) for (const [set, element] of keys) touched.add(`${set} ${element}`);
   }
 
   /** What `loaded` holds element by element: built once (from its rule set, then the differences applied since). */
@@ -218,7 +220,7 @@ export class NftDataplane implements Dataplane {
   async drifted(): Promise<boolean> {
     const loaded = this.#loaded;
     if (!loaded || this.#listingNow) return false;
-    const touched = new Set<string>();
+    const touched = new Set(this.#inflight.map(([set, element]) => `${set} ${element}`));
     this.#checks.add(touched);
     try {
       // a change abandons the listing, unless no check completed for DRIFT_CHECK_DUE_MS: then it waits for it
