@@ -3,7 +3,8 @@
 // JetStream append rate of the same server in the same run.
 //
 // Flags (env): BENCH_RAW_MSGS (100000), BENCH_APPS (2000), BENCH_CONTAINERS (20000), BENCH_POLICIES (10000),
-// BENCH_CONCURRENCY (256 intake / 64 HTTP). BENCH_AUTH: off (default); on: the server requires nkey users
+// BENCH_CONCURRENCY (256 intake / 64 HTTP), BENCH_INTAKE_BATCH (100 commands per batch request) with
+// BENCH_BATCH_CONCURRENCY (4 batches in flight) for the batch phases. BENCH_AUTH: off (default); on: the server requires nkey users
 // (runtime/authz.ts): topology and raw appends as admin, the writer as writer, intake as platform `bench`; both: off
 // then on, each on a fresh server, and the ratio on / off of every figure.
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -14,7 +15,7 @@ import { StorageType } from '@nats-io/jetstream';
 import { connectBus } from '../runtime/nats.ts';
 import { ensureTopology, defaultTopologyOptions } from '../runtime/topology.ts';
 import { silentLogger } from '../runtime/logger.ts';
-import { intakeCommand, intakeSubject } from '../runtime/subjects.ts';
+import { intakeBatchSubject, intakeCommand, intakeSubject } from '../runtime/subjects.ts';
 import { mintToken } from '../runtime/tokens.ts';
 import { InboxRequester } from '../runtime/inbox-requester.ts';
 import { sampleEventPayload, cpuSeconds, envNumber, freePort, machine, pool, post, progress, rate, rawAppendRate, startChild, stopChild } from './lib.ts';
@@ -26,6 +27,8 @@ const CONTAINERS = envNumber('BENCH_CONTAINERS', 20_000);
 const POLICIES = envNumber('BENCH_POLICIES', 10_000);
 const INTAKE_CONC = envNumber('BENCH_CONCURRENCY', 256);
 const HTTP_CONC = envNumber('BENCH_HTTP_CONCURRENCY', 64);
+const BATCH = envNumber('BENCH_INTAKE_BATCH', 100);
+const BATCH_CONC = envNumber('BENCH_BATCH_CONCURRENCY', 4);
 
 const MODES = authModes();
 type Results = Record<string, number | string>;
@@ -90,7 +93,7 @@ async function run(auth: boolean): Promise<{ results: Results; events: number }>
     return `10.${k >> 8}.${k & 255}.${host}`;
   };
 
-  const measure = async (name: string, count: number, concurrency: number, task: (i: number) => Promise<void>) => {
+  const measure = async (name: string, count: number, concurrency: number, task: (i: number) => Promise<void>, perTask = 1) => {
     progress(name);
     const cpu0 = cpuSeconds(child.pid!);
     const server0 = cpuSeconds(server.pid);
@@ -98,7 +101,7 @@ async function run(auth: boolean): Promise<{ results: Results; events: number }>
     const ms = await pool(count, concurrency, task);
     const cores = (seconds: number) => Math.round((seconds / (ms / 1000)) * 100) / 100;
     const self = process.cpuUsage(self0);
-    results[name] = rate(count, ms);
+    results[name] = rate(count * perTask, ms);
     results[`${name} — CPU cores: writer / nats-server / load generator`] =
       `${cores(cpuSeconds(child.pid!) - cpu0)} / ${cores(cpuSeconds(server.pid) - server0)} / ${cores((self.user + self.system) / 1e6)}`;
   };
@@ -121,6 +124,39 @@ async function run(auth: boolean): Promise<{ results: Results; events: number }>
   );
   await measure('container stops via intake (events/s)', CONTAINERS, INTAKE_CONC, (i) =>
     request(intakeSubject('bench', intakeCommand.stopContainer), { containerId: `c-${i}` }),
+  );
+  // The same again as batches of BATCH commands per request (containers CONTAINERS … 2 × CONTAINERS - 1).
+  const batchOf = (b: number, command: (i: number) => { command: string; body: unknown }) => {
+    const commands = [];
+    for (let i = CONTAINERS + b * BATCH; i < CONTAINERS + Math.min((b + 1) * BATCH, CONTAINERS); i++) commands.push(command(i));
+    return { commands };
+  };
+  const batchRequest = async (body: { commands: unknown[] }) => {
+    const m = await requester.request(intakeBatchSubject('bench'), JSON.stringify(body), { timeoutMs: 30_000 });
+    const r = m.json<{ ok: boolean; error?: string; results?: { ok: boolean; error?: string }[] }>();
+    const failed = r.ok ? r.results!.find((x) => !x.ok) : r;
+    if (failed) throw new Error(`batch: ${failed.error}`);
+  };
+  const batches = Math.ceil(CONTAINERS / BATCH);
+  await measure(
+    `container starts via intake, ${BATCH} per request (events/s)`,
+    batches,
+    BATCH_CONC,
+    (b) =>
+      batchRequest(
+        batchOf(b, (i) => ({
+          command: intakeCommand.startContainer,
+          body: { containerId: `c-${i}`, appId: `app-${i % APPS}`, cellId: `cell-${i % 1000}`, instanceIndex: Math.floor(i / APPS), ip: ipOnCell(i) },
+        })),
+      ),
+    BATCH,
+  );
+  await measure(
+    `container stops via intake, ${BATCH} per request (events/s)`,
+    batches,
+    BATCH_CONC,
+    (b) => batchRequest(batchOf(b, (i) => ({ command: intakeCommand.stopContainer, body: { containerId: `c-${i}` } }))),
+    BATCH,
   );
   await measure('policy creates via HTTP, 1 per request (policies/s)', POLICIES, HTTP_CONC, async (i) => {
     const src = i % APPS;
@@ -153,7 +189,7 @@ const table = (results: Results) => {
 };
 const runs: { auth: boolean; results: Results; events: number }[] = [];
 for (const auth of MODES) runs.push({ auth, ...(await run(auth)) });
-const sizes = { RAW, APPS, CONTAINERS, POLICIES, INTAKE_CONC, HTTP_CONC };
+const sizes = { RAW, APPS, CONTAINERS, POLICIES, INTAKE_CONC, HTTP_CONC, BATCH, BATCH_CONC };
 console.log(JSON.stringify({ machine: machine(), sizes, runs }, null, 2));
 for (const r of runs) console.log(`\nauth ${r.auth ? 'on' : 'off'}:\n${table(r.results)}`);
 if (runs.length === 2) {

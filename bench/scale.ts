@@ -145,6 +145,8 @@ async function runOnce(pollMs: number, auth: boolean): Promise<ScaleRun> {
     // ---- observers: every planner output, every agent status ----
     /** revision → cells the planner sent a delta for, and when the first of them was seen. */
     const deltaCells = new Map<number, { cells: Set<string>; firstAt: number }>();
+    /** When the bench saw each cell's delta for a revision (`<revision>:<cell>`): where a slow change waited. */
+    const deltaSeen = new Map<string, number>();
     /** The planner's latest hash per cell, from its deltas. */
     const plannedHash = new Map<string, string>();
     const deltaSub = bus.nc.subscribe('nf.cell.delta.*', {
@@ -153,6 +155,7 @@ async function runOnce(pollMs: number, auth: boolean): Promise<ScaleRun> {
         let e = deltaCells.get(d.revision);
         if (!e) deltaCells.set(d.revision, (e = { cells: new Set(), firstAt: performance.now() }));
         e.cells.add(d.cellId);
+        deltaSeen.set(`${d.revision}:${d.cellId}`, performance.now());
         plannedHash.set(d.cellId, d.hash);
       },
     });
@@ -463,6 +466,24 @@ async function runOnce(pollMs: number, auth: boolean): Promise<ScaleRun> {
       results[`${kind}: command acknowledged (ms)`] = summary(of.filter((s) => s.acked).map((s) => s.acked! - s.t0));
       results[`${kind}: first cell delta published (ms)`] = summary(done.map((x) => x.r.planned!));
     }
+    // The five slowest changes and where each waited: its slowest cell, when that cell's delta was seen, when applied.
+    const slowest = samples
+      .map((s) => ({ s, r: toAll(s) }))
+      .filter((x) => x.r.all !== undefined)
+      .sort((a, b) => b.r.all! - a.r.all!)
+      .slice(0, 5)
+      .map(({ s, r }) => {
+        let cell = '';
+        let at = 0;
+        for (const c of deltaCells.get(s.revision!)!.cells) {
+          const t = appliedAt(c, s.revision!)!;
+          if (t > at) [cell, at] = [c, t];
+        }
+        const seen = deltaSeen.get(`${s.revision}:${cell}`);
+        const ms = (t: number | undefined) => (t === undefined ? '?' : Math.round(t - s.t0));
+        return `${s.kind} at ${round((s.t0 - tChurn) / 1000)} s: ${Math.round(r.all!)} ms, ${cell}: delta seen ${ms(seen)}, applied ${ms(at)}`;
+      });
+    results['slowest changes (into the churn; ms from the command)'] = slowest;
     const dnsSamples = samples.filter((s) => s.dnsAt !== undefined).map((s) => s.dnsAt! - s.t0);
     results['container start → DNS name answers (ms)'] = { ...summary(dnsSamples), unresolved: dnsPending.size };
 

@@ -4,22 +4,42 @@
 export const IPV4_PATTERN = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
 export const CIDR_PATTERN = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}\/([0-9]|[12][0-9]|3[0-2])$/;
 
+/** A dotted quad (already validated) as an unsigned 32-bit number; no allocation (it runs per fold and decision). */
 function ipToInt(ip: string): number {
-  const p = ip.split('.');
-  return ((Number(p[0]) << 24) | (Number(p[1]) << 16) | (Number(p[2]) << 8) | Number(p[3])) >>> 0;
+  let n = 0;
+  let octet = 0;
+  for (let i = 0; i < ip.length; i++) {
+    const c = ip.charCodeAt(i);
+    if (c === 46) {
+      n = n * 256 + octet;
+      octet = 0;
+    } else if (c >= 48 && c <= 57) octet = octet * 10 + (c - 48);
+    else break; // the '/' of a CIDR ends the address
+  }
+  return n * 256 + octet;
 }
 
 export function intToIp(n: number): string {
   return [n >>> 24, (n >>> 16) & 255, (n >>> 8) & 255, n & 255].join('.');
 }
 
+type Range = { readonly first: number; readonly size: number; readonly bits: number };
+
+/** Ranges parsed lately: cells' ranges are checked against every registration and start (bounded: emptied when full). */
+const ranges = new Map<string, Range>();
+
 /** First address and size of a CIDR range. */
-export function cidrRange(cidr: string): { first: number; size: number; bits: number } {
-  const [net, b] = cidr.split('/');
-  const bits = Number(b);
+export function cidrRange(cidr: string): Range {
+  const known = ranges.get(cidr);
+  if (known) return known;
+  const slash = cidr.indexOf('/');
+  const bits = Number(cidr.slice(slash + 1));
   const size = 2 ** (32 - bits);
-  const first = bits === 0 ? 0 : (ipToInt(net!) & (2 ** 32 - size)) >>> 0;
-  return { first, size, bits };
+  const first = bits === 0 ? 0 : (ipToInt(cidr) & (2 ** 32 - size)) >>> 0;
+  if (ranges.size >= 16_384) ranges.clear();
+  const range = { first, size, bits };
+  ranges.set(cidr, range);
+  return range;
 }
 
 export function cidrContains(cidr: string, ip: string): boolean {
@@ -51,8 +71,7 @@ export function isNetworkOrBroadcast(cidr: string, ip: string): boolean {
 
 /** True when the CIDR has no host bits set (10.255.1.0/24, not 10.255.1.7/24). */
 export function isCanonicalCidr(cidr: string): boolean {
-  const [net] = cidr.split('/');
-  return ipToInt(net!) === cidrRange(cidr).first;
+  return ipToInt(cidr) === cidrRange(cidr).first;
 }
 
 /** The `index`-th (0-based) subnet of prefix length `bits` inside `outer`; undefined past its end. */

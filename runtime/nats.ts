@@ -1,6 +1,9 @@
-// One way to connect to NATS for every service: reconnects for ever, logs connection state changes.
-import { connect } from '@nats-io/transport-node';
+// One way to connect to NATS for every service: reconnects for ever, logs connection state changes, and writes to
+// the socket at most once per turn of the event loop (CoalescingTransport).
 import { errors as natsErrors, nkeyAuthenticator, type NatsConnection } from '@nats-io/nats-core';
+import { NatsConnectionImpl, setTransportFactory } from '@nats-io/nats-core/internal';
+import { NodeTransport, nodeResolveHost } from '@nats-io/transport-node/lib/node_transport.js';
+import type { NodeConnectionOptions } from '@nats-io/transport-node';
 import { jetstream, jetstreamManager, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream';
 import type { Logger } from './logger.ts';
 import { NetfoldError, UnavailableError } from './errors.ts';
@@ -36,6 +39,36 @@ export function clientAuthOf(settings: NatsClientSettings): Pick<ConnectOptions,
     ...(settings.credsFile !== undefined && { credential: readCredentialFile(settings.credsFile) }),
     ...(settings.tls && { tls: settings.tls }),
   };
+}
+
+/**
+ * nats.js's Node transport, writing what a turn of the event loop sends in one system call. The client flushes its
+ * outbound buffer on a microtask, so a process answering many messages at once (the writer: an append per command,
+ * then a reply; the planner: a delta per cell) made one `write` per few messages — 15% of the writer's CPU under
+ * load (docs/benchmarks.md, "Ingest"). Here the socket is corked at the first send of a turn and uncorked by
+ * setImmediate: the sends of that turn leave together (one writev), at most one turn later.
+ */
+class CoalescingTransport extends NodeTransport {
+  #corked = false;
+
+  override send(frame: Uint8Array): void {
+    const socket = this.socket;
+    if (socket && !this.#corked && !socket.destroyed) {
+      this.#corked = true;
+      socket.cork();
+      setImmediate(() => {
+        this.#corked = false;
+        socket.uncork();
+      });
+    }
+    super.send(frame);
+  }
+}
+
+/** nats.js's `connect` for Node, with the coalescing transport. */
+function connect(opts: NodeConnectionOptions): Promise<NatsConnection> {
+  setTransportFactory({ factory: () => new CoalescingTransport(), dnsResolveFn: nodeResolveHost });
+  return NatsConnectionImpl.connect(opts);
 }
 
 export async function connectBus(opts: ConnectOptions): Promise<Bus> {

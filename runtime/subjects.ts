@@ -42,15 +42,31 @@ export const intakeSubject = (caller: string, command: IntakeCommandName): strin
 /** Every command of one caller: what a platform component's NATS user may publish. */
 export const intakeSubjectsOf = (caller: string): string => `nf.cmd.${caller}.>`;
 
+/**
+ * Several commands in one request (`nf.cmd.<caller>.commands.batch`, body `{"commands":[{"command","body"}]}`), one
+ * reply with a result per command, in order: what a platform component reporting many changes at once sends
+ * (services/policy-writer/intake.ts).
+ */
+export const INTAKE_BATCH = 'commands.batch';
+
+/** The subject a caller sends a batch of commands to. */
+export const intakeBatchSubject = (caller: string): string => `nf.cmd.${caller}.${INTAKE_BATCH}`;
+
 /** What the writer subscribes to: every caller's commands. */
 export const INTAKE_SUBJECTS = 'nf.cmd.*.*.*';
 
-/** The caller and command of an intake subject; undefined for anything else. */
-export function parseIntakeSubject(subject: string): { caller: string; command: IntakeCommandName } | undefined {
+const INTAKE_COMMAND_NAMES: ReadonlySet<string> = new Set(Object.values(intakeCommand));
+
+/** Is this one of the intake commands' names (`container.start`, …)? */
+export const isIntakeCommandName = (name: unknown): name is IntakeCommandName => typeof name === 'string' && INTAKE_COMMAND_NAMES.has(name);
+
+/** The caller and command (or the batch) of an intake subject; undefined for anything else. */
+export function parseIntakeSubject(subject: string): { caller: string; command: IntakeCommandName | typeof INTAKE_BATCH } | undefined {
   const parts = subject.split('.');
   if (parts.length !== 5 || parts[0] !== 'nf' || parts[1] !== 'cmd') return undefined;
   const command = `${parts[3]}.${parts[4]}`;
-  return (Object.values(intakeCommand) as string[]).includes(command) ? { caller: parts[2]!, command: command as IntakeCommandName } : undefined;
+  if (command === INTAKE_BATCH) return { caller: parts[2]!, command };
+  return isIntakeCommandName(command) ? { caller: parts[2]!, command } : undefined;
 }
 
 export const INTAKE_QUEUE = 'policy-writer';

@@ -1,8 +1,9 @@
 // Platform intake over NATS request/reply against a real nats-server.
 import t, { type Test } from 'tap';
 import { EventLog } from '../runtime/event-log.ts';
-import { intakeCommand, intakeSubject } from '../runtime/subjects.ts';
+import { intakeBatchSubject, intakeCommand, intakeSubject } from '../runtime/subjects.ts';
 import { startNats } from './harness/nats.ts';
+import { MAX_INTAKE_BATCH } from '../services/policy-writer/intake.ts';
 import { startGateway, cfPolicy } from './harness/gateway.ts';
 
 async function setup(t: Test) {
@@ -113,4 +114,59 @@ t.test('deleting an app deletes its policies, as events, before the app', async 
   t.ok(del.ok && del.revision === before + 4, 'the reply carries the revision of the deletion');
   const list = await gw.http('GET', '/networking/v1/external/policies');
   t.same(list.body.policies, [cfPolicy('c', 'b')]);
+});
+
+t.test('a batch of commands: one reply with a result per command, in order; each decided as if sent alone', async (t) => {
+  const { gw, log } = await setup(t);
+  await gw.registerCells('cell-1');
+  await gw.intake('registerApp', { appId: 'a1', name: 'web', spaceId: 's1', orgId: 'o1' });
+  const before = await log.lastSeq();
+  const start = (id: string, ip: string, index: number) => ({ command: 'container.start', body: { containerId: id, appId: 'a1', cellId: 'cell-1', instanceIndex: index, ip } });
+  const batch = async (body: unknown) => (await gw.bus.nc.request(intakeBatchSubject('kubelet'), JSON.stringify(body), { timeout: 5000 })).json();
+  const r = (await batch({
+    commands: [
+      start('c1', '10.255.1.2', 0),
+      start('c2', '10.255.1.2', 1), // the same IP as c1, decided concurrently: both appended, the fold lets one win
+      start('c3', '10.255.1.300', 2), // invalid: refused alone
+      { command: 'container.stop', body: { containerId: 'c9' } },
+      start('c4', '10.255.1.4', 3),
+      { command: 'container.stop', body: { containerId: 'c4' } }, // same aggregate as the one before: after it
+    ],
+  })) as { ok: boolean; results: { ok: boolean; code?: string; appended?: number; revision?: number; issues?: unknown }[] };
+  t.equal(r.ok, true);
+  t.equal(r.results.length, 6, 'one result per command');
+  t.equal(r.results.filter((x, i) => i < 2 && x.ok).length, 1, 'one of two starts with one IP took effect');
+  t.match(r.results.filter((x, i) => i < 2 && !x.ok), [{ ok: false, code: 'ip-in-use' }]);
+  t.match(r.results[2], { ok: false, code: 'invalid-input', issues: [{ path: 'ip' }] });
+  t.match(r.results[3], { ok: true, appended: 1 }, 'a stop before its start is recorded (see the test above)');
+  t.match(r.results[4], { ok: true, appended: 1 });
+  t.match(r.results[5], { ok: true, appended: 1 });
+  t.ok(r.results[5]!.revision! > r.results[4]!.revision!, 'commands on one aggregate take effect in the batch order');
+  const events = await eventsFrom(log, before + 1);
+  // the losing start of one IP is appended and ignored by the fold (docs/architecture.md, "Cross-aggregate rules")
+  t.equal(events.length, 5, 'five commands appended, the invalid one nothing');
+  for (const e of events) t.equal(e.actor, 'platform:kubelet', 'the actor is the caller token of the subject');
+
+  // A batch of the wrong shape is refused whole and appends nothing.
+  const last = await log.lastSeq();
+  const raw = await gw.bus.nc.request(intakeBatchSubject('kubelet'), '{"commands": [', { timeout: 5000 });
+  t.match(raw.json(), { ok: false, code: 'invalid-json' });
+  const ok5 = start('c5', '10.255.1.5', 5);
+  for (const bad of [
+    null,
+    [ok5],
+    {},
+    { commands: [] },
+    { commands: ok5 },
+    { commands: [ok5], extra: 1 },
+    { commands: [ok5, { command: 'container.explode', body: {} }] },
+    { commands: [ok5, { command: 'container.stop' }] },
+    { commands: [ok5, { command: 'container.stop', body: { containerId: 'c5' }, actor: 'admin' }] },
+    { commands: [ok5, { command: '__proto__', body: {} }] },
+    { commands: [ok5, 'container.stop'] },
+    { commands: Array.from({ length: MAX_INTAKE_BATCH + 1 }, () => ok5) },
+  ]) {
+    t.match(await batch(bad), { ok: false, code: 'invalid-batch', retryable: false }, `refused: ${JSON.stringify(bad).slice(0, 80)}`);
+  }
+  t.equal(await log.lastSeq(), last, 'nothing was appended');
 });

@@ -6,7 +6,7 @@
 import type { Logger } from '../../runtime/logger.ts';
 import { type DomainEvent, type EventEnvelope, envelope } from '../../events/catalogue.ts';
 import type { AppCommand, CellCommand, ContainerCommand, PolicyCommand } from '../../events/commands.ts';
-import { type Model, freeTagCount, liveApp, overlappingCells, policiesInto, startConflict } from '../../projections/model.ts';
+import { type Model, freeTagCount, liveApp, overlappingCells, policiesInto, startConflict, subjectSeqOf } from '../../projections/model.ts';
 import { dict, dictOf } from '../../projections/dict.ts';
 import { KeyedMutex } from '../../runtime/keyed-mutex.ts';
 import type { EventLog, LogFollower } from '../../runtime/event-log.ts';
@@ -101,7 +101,8 @@ export class Writer {
     const model = this.#o.follower.state;
     this.stats.decisions += 1;
     // Read now: the live model is folded in place, so later reads could see events this decision never saw.
-    return { subject, decision: decide(model), expectedSubjectSeq: model.subjectSeq[subject] ?? 0, revision: model.subjectSeq[subject] ?? model.seq };
+    const last = subjectSeqOf(model, subject);
+    return { subject, decision: decide(model), expectedSubjectSeq: last ?? 0, revision: last ?? model.seq };
   }
 
   /**
@@ -157,7 +158,7 @@ export class Writer {
   /** Makes sure the model has folded the latest event of each subject it has never seen. */
   async catchUpOn(subjects: readonly string[]): Promise<void> {
     const { follower, eventLog } = this.#o;
-    const unknown = subjects.filter((s) => follower.state.subjectSeq[s] === undefined);
+    const unknown = subjects.filter((s) => subjectSeqOf(follower.state, s) === undefined);
     if (unknown.length === 0) return;
     const seqs = await Promise.all(unknown.map((s) => eventLog.lastSubjectSeq(s)));
     await follower.waitFor(Math.max(...seqs));

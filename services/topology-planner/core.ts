@@ -97,7 +97,7 @@ export class PlannerCore {
     if (resume && resume.model.seq !== resume.checkpoint.seq) {
       throw new Error(`resume model is at ${resume.model.seq}, the checkpoint at ${resume.checkpoint.seq}`);
     }
-    this.model = resume ? resume.model : initialModel();
+    this.model = resume ? resume.model : initialModel({ subjectSeqs: false });
     for (const c of Object.values(this.model.containers)) if (c.cellId) this.#known.add(c.cellId);
     for (const cellId of Object.keys(this.model.cells)) this.#known.add(cellId); // a registered cell has state without containers
     const memo: DeriveMemo = new Map(); // one model state: the cells share each app's source IPs

@@ -9,7 +9,7 @@ import type { Bus } from '../../runtime/nats.ts';
 import type { Config } from '../../runtime/config.ts';
 import type { Logger } from '../../runtime/logger.ts';
 import { EventLog, LogFollower, foldLog, type Fold } from '../../runtime/event-log.ts';
-import { StreamPublisher } from '../../runtime/nats-adapter.ts';
+import { StreamPublisher, WrongExpectedSequenceError } from '../../runtime/nats-adapter.ts';
 import { UnavailableError } from '../../runtime/errors.ts';
 import { Registry } from '../../runtime/metrics.ts';
 import { EVENTS_STREAM } from '../../runtime/subjects.ts';
@@ -104,7 +104,7 @@ export async function startPlanner(deps: { bus: Bus; log: Logger; config: Planne
   const peers = await membership.peers();
   const coreOptions = { domain: cfg.domain, snapshotEvery: cfg.snapshotEvery, owns: membership.owns };
   const resume = checkpoint
-    ? { checkpoint, model: await foldLog(new EventLog(deps.bus), liveModelFold, initialModel(), { toSeq: checkpoint.seq, log }) }
+    ? { checkpoint, model: await foldLog(new EventLog(deps.bus), liveModelFold, initialModel({ subjectSeqs: false }), { toSeq: checkpoint.seq, log }) }
     : undefined;
   const ahead = (await deps.bus.jsm.streams.info(EVENTS_STREAM)).state.last_seq - (resume?.model.seq ?? 0);
   let joined = peers.length === 0 && ahead <= cfg.foldFirstAfter;
@@ -295,15 +295,26 @@ class OutputPublisher {
       return 'suppressed';
     }
     const { subject, msgId, body } = outputMessage(o);
+    // A re-send is stored only while nothing followed what this planner last stored on the subject: never after a
+    // newer output (its own, or a new owner's after a take-over), where it would read as the cell's latest plan.
+    const expected = this.#lastStored.get(subject) ?? 0;
     let resent = false;
     for (;;) {
       try {
-        const { attempts, seq, duplicate } = await this.#publishers[o.kind].publish(subject, body, { msgId });
+        const opts = resent ? { msgId, expectedSubjectSeq: expected } : { msgId, expectedSubjectSeqOnResend: expected };
+        const { attempts, seq, duplicate } = await this.#publishers[o.kind].publish(subject, body, opts);
         resent ||= attempts > 1;
+        if (seq > (this.#lastStored.get(subject) ?? 0)) this.#lastStored.set(subject, seq);
         // where a re-sent output landed: stored after later ones, or found stored already (duplicate)
         if (resent) this.log.warn({ cell: o.cellId, kind: o.kind, revision: o.revision, seq, duplicate, attempts }, 'planner-publish-resent');
         break;
       } catch (err) {
+        if (err instanceof WrongExpectedSequenceError) {
+          // not stored: something newer is on the subject. The caller follows a refused delta with a snapshot of
+          // the cell (when it still owns it), as after any re-send.
+          this.log.warn({ cell: o.cellId, kind: o.kind, revision: o.revision }, 'planner-publish-resend-refused');
+          return 'resent';
+        }
         if (!(err instanceof UnavailableError) || this.#closed) throw err;
         resent = true;
         this.log.warn({ err, cell: o.cellId, kind: o.kind, revision: o.revision }, 'planner-publish-retrying');
@@ -314,6 +325,9 @@ class OutputPublisher {
     this.#counter?.inc({ kind: o.kind });
     return resent ? 'resent' : 'sent';
   }
+
+  /** Per cell subject, the highest stream sequence this planner's outputs were stored at. */
+  readonly #lastStored = new Map<string, number>();
 
   #closed = false;
 
