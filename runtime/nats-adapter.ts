@@ -88,13 +88,6 @@ export type PublishOptions = {
   msgId?: string;
   /** Expected last sequence of this subject (optimistic concurrency); omitted: no expectation. */
   expectedSubjectSeq?: number;
-  /**
-   * Expected last sequence of this subject for the sends after the first (a send that went unanswered): a re-send is
-   * then stored only if nothing was stored on its subject since this sequence, never after messages that followed it
-   * (WrongExpectedSequenceError instead). A re-send of a message that was stored after all is still answered as a
-   * duplicate of it (the msg id is checked first).
-   */
-  expectedSubjectSeqOnResend?: number;
   /** How long to keep re-sending a publish that gets no answer. */
   deadlineMs?: number;
 };
@@ -130,8 +123,6 @@ export class StreamPublisher {
     for (let attempts = 1; ; attempts++) {
       let transient: unknown;
       const order = ++this.#sent;
-      const expected = attempts > 1 && opts.expectedSubjectSeqOnResend !== undefined ? opts.expectedSubjectSeqOnResend : opts.expectedSubjectSeq;
-      if (attempts === 2 && expected !== undefined) hdrs.set('Nats-Expected-Last-Subject-Sequence', String(expected));
       // Past the timeout, keep waiting only while the stream is answering what was sent before this one (a busy
       // server works through a backlog in order); once something sent after it is answered, or nothing is, the
       // publish was lost with its leader: send it again (same msg id, stored once).
@@ -147,7 +138,7 @@ export class StreamPublisher {
           if (ack.error) {
             const code = ack.error.err_code ?? 0;
             if (code === JetStreamApiCodes.StreamWrongLastSequence || code === JetStreamApiCodes.StreamWrongLastSequenceUnknown) {
-              throw new WrongExpectedSequenceError(subject, expected ?? -1);
+              throw new WrongExpectedSequenceError(subject, opts.expectedSubjectSeq ?? -1);
             }
             if (ack.error.code === 503) transient = new Error(ack.error.description ?? 'unavailable');
             else throw new PublishRejectedError(code, ack.error.description ?? 'unknown error');

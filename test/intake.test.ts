@@ -45,7 +45,10 @@ t.test('invalid input gets an error reply and appends nothing', async (t) => {
   const bad = await gw.intake('startContainer', { containerId: 'c1', appId: 'a1', cellId: 'cell-1', instanceIndex: 0, ip: '10.0.0.300' });
   t.match(bad, { ok: false, code: 'invalid-input', issues: [{ path: 'ip' }] });
   t.match(await gw.intake('registerApp', { appId: 'a.b', name: 'x', spaceId: 's', orgId: 'o' }), { ok: false, code: 'invalid-input' });
-  t.match(await gw.intake('startContainer', { containerId: 'c1', appId: 'nope', cellId: 'cell-1', instanceIndex: 0, ip: '10.0.0.3' }), { ok: false, code: 'app-not-found' });
+  t.match(await gw.intake('startContainer', { containerId: 'c1', appId: 'nope', cellId: 'cell-1', instanceIndex: 0, ip: '10.0.0.3' }), {
+    ok: false,
+    code: 'app-not-found',
+  });
   t.match(await gw.intake('registerApp', { appId: 'a2', name: 'WEB', spaceId: 's1', orgId: 'o1' }), { ok: false, code: 'app-name-taken' });
   t.match(await gw.intake('renameApp', { appId: 'ghost', name: 'x' }), { ok: false, code: 'app-not-found' });
   // Who is asking is the subject's caller token (bound to the connection's user when authorization is on), never a
@@ -73,7 +76,10 @@ t.test('retries with the same request id are idempotent', async (t) => {
   const start = { containerId: 'c1', appId: 'a1', cellId: 'cell-1', instanceIndex: 0, ip: '10.255.1.2', requestId: 'req-2' };
   const results = await Promise.all(Array.from({ length: 5 }, () => gw.intake('startContainer', start)));
   t.equal(results.filter((r) => r.ok && r.appended === 1).length, 1, 'exactly one of five concurrent retries appended');
-  t.ok(results.every((r) => r.ok && r.revision === 3), 'all answer the same revision');
+  t.ok(
+    results.every((r) => r.ok && r.revision === 3),
+    'all answer the same revision',
+  );
   t.equal(await log.lastSeq(), 3);
   t.match(await gw.intake('startContainer', { ...start, ip: '10.255.1.3' }), { ok: false, code: 'container-conflict' });
 });
@@ -83,14 +89,21 @@ t.test('a stop before its start, and a stop of an unknown container, do not corr
   await gw.registerCells('cell-1');
   await gw.intake('registerApp', { appId: 'a1', name: 'web', spaceId: 's1', orgId: 'o1' });
   t.match(await gw.intake('stopContainer', { containerId: 'c1' }), { ok: true, appended: 1, note: 'stopped-before-start' });
-  t.match(await gw.intake('startContainer', { containerId: 'c1', appId: 'a1', cellId: 'cell-1', instanceIndex: 0, ip: '10.255.1.2' }), { ok: true, appended: 0, note: 'already-stopped' });
+  t.match(await gw.intake('startContainer', { containerId: 'c1', appId: 'a1', cellId: 'cell-1', instanceIndex: 0, ip: '10.255.1.2' }), {
+    ok: true,
+    appended: 0,
+    note: 'already-stopped',
+  });
   t.match(await gw.intake('stopContainer', { containerId: 'c1' }), { ok: true, appended: 0, note: 'already-stopped' });
   const m = gw.writer.follower.state;
   t.equal(m.containers.c1?.status, 'stopped');
   t.same(m.containersByCell, {}, 'no running container on any cell');
   t.equal(await log.lastSeq(), 3);
   // the normal order
-  t.match(await gw.intake('startContainer', { containerId: 'c2', appId: 'a1', cellId: 'cell-1', instanceIndex: 1, ip: '10.255.1.3' }), { ok: true, appended: 1 });
+  t.match(await gw.intake('startContainer', { containerId: 'c2', appId: 'a1', cellId: 'cell-1', instanceIndex: 1, ip: '10.255.1.3' }), {
+    ok: true,
+    appended: 1,
+  });
   t.same(gw.writer.follower.state.containersByCell, { 'cell-1': { c2: true } });
   t.match(await gw.intake('stopContainer', { containerId: 'c2' }), { ok: true, appended: 1 });
   t.match((await eventsFrom(log, 5))[0], { type: 'ContainerStopped', data: { containerId: 'c2', appId: 'a1', cellId: 'cell-1', wasRunning: true } });
@@ -99,7 +112,9 @@ t.test('a stop before its start, and a stop of an unknown container, do not corr
 t.test('deleting an app deletes its policies, as events, before the app', async (t) => {
   const { gw, log } = await setup(t);
   for (const appId of ['a', 'b', 'c']) await gw.intake('registerApp', { appId, name: appId, spaceId: 's1', orgId: 'o1' });
-  await gw.http('POST', '/networking/v1/external/policies', { body: { policies: [cfPolicy('a', 'b'), cfPolicy('b', 'a', 'udp', 53), cfPolicy('c', 'a'), cfPolicy('c', 'b')] } });
+  await gw.http('POST', '/networking/v1/external/policies', {
+    body: { policies: [cfPolicy('a', 'b'), cfPolicy('b', 'a', 'udp', 53), cfPolicy('c', 'a'), cfPolicy('c', 'b')] },
+  });
   const before = await log.lastSeq();
   const del = await gw.intake('deleteApp', { appId: 'a', requestId: 'del-a' });
   t.match(del, { ok: true, appended: 1 });
@@ -121,7 +136,10 @@ t.test('a batch of commands: one reply with a result per command, in order; each
   await gw.registerCells('cell-1');
   await gw.intake('registerApp', { appId: 'a1', name: 'web', spaceId: 's1', orgId: 'o1' });
   const before = await log.lastSeq();
-  const start = (id: string, ip: string, index: number) => ({ command: 'container.start', body: { containerId: id, appId: 'a1', cellId: 'cell-1', instanceIndex: index, ip } });
+  const start = (id: string, ip: string, index: number) => ({
+    command: 'container.start',
+    body: { containerId: id, appId: 'a1', cellId: 'cell-1', instanceIndex: index, ip },
+  });
   const batch = async (body: unknown) => (await gw.bus.nc.request(intakeBatchSubject('kubelet'), JSON.stringify(body), { timeout: 5000 })).json();
   const r = (await batch({
     commands: [
@@ -136,7 +154,10 @@ t.test('a batch of commands: one reply with a result per command, in order; each
   t.equal(r.ok, true);
   t.equal(r.results.length, 6, 'one result per command');
   t.equal(r.results.filter((x, i) => i < 2 && x.ok).length, 1, 'one of two starts with one IP took effect');
-  t.match(r.results.filter((x, i) => i < 2 && !x.ok), [{ ok: false, code: 'ip-in-use' }]);
+  t.match(
+    r.results.filter((x, i) => i < 2 && !x.ok),
+    [{ ok: false, code: 'ip-in-use' }],
+  );
   t.match(r.results[2], { ok: false, code: 'invalid-input', issues: [{ path: 'ip' }] });
   t.match(r.results[3], { ok: true, appended: 1 }, 'a stop before its start is recorded (see the test above)');
   t.match(r.results[4], { ok: true, appended: 1 });

@@ -1,12 +1,24 @@
 // The planner's parts that need no NATS: the output pump's ordering rules and the checkpoint rule.
 import t from 'tap';
 import type { PlannerOutput } from '../projections/cell-stream.ts';
-import { EMPTY_CELL_HASH } from '../projections/cell-stream.ts';
+import { CELL_DELTAS_STREAM, EMPTY_CELL_HASH, revisionOf } from '../projections/cell-stream.ts';
+import { emptyCellState } from '../projections/cell.ts';
+import { OutputPublisher } from '../services/topology-planner/output-publisher.ts';
+import { lastStoredOn, latestPlanned, publishedHeads } from '../services/topology-planner/published.ts';
+import { startNats } from './harness/nats.ts';
 import { OutputPump } from '../services/topology-planner/output-pump.ts';
 import { Checkpointer } from '../services/topology-planner/checkpointer.ts';
 import { silentLogger } from '../runtime/logger.ts';
 
-const delta = (cellId: string, revision: number): PlannerOutput => ({ kind: 'delta', cellId, revision, prevRevision: revision - 1, ops: [], hash: EMPTY_CELL_HASH, at: new Date(0).toISOString() });
+const delta = (cellId: string, revision: number): PlannerOutput => ({
+  kind: 'delta',
+  cellId,
+  revision,
+  prevRevision: revision - 1,
+  ops: [],
+  hash: EMPTY_CELL_HASH,
+  at: new Date(0).toISOString(),
+});
 
 /** Lets every settled promise run its continuations (no timer involved). */
 const settle = async () => {
@@ -33,7 +45,14 @@ function controlledPublish() {
 t.test('a mark advances only once every output queued before it is acknowledged, in order', async (t) => {
   const p = controlledPublish();
   const seen: number[] = [];
-  const pump = new OutputPump({ publish: p.publish, writeCheckpoint: async () => undefined, window: 8, from: 4, onPublishedThrough: (s) => seen.push(s), log: silentLogger() });
+  const pump = new OutputPump({
+    publish: p.publish,
+    writeCheckpoint: async () => undefined,
+    window: 8,
+    from: 4,
+    onPublishedThrough: (s) => seen.push(s),
+    log: silentLogger(),
+  });
   pump.enqueue([{ output: delta('a', 5) }, { output: delta('b', 5) }, { through: 5 }, { output: delta('a', 6) }, { through: 6 }]);
   await settle();
   t.same(p.started, ['a@5', 'b@5', 'a@6'], 'marks never hold publishing back');
@@ -123,4 +142,62 @@ t.test('a checkpoint is due when something new was folded and the interval passe
   t.same(c.due(true), [], 'never while fast-forwarded: its cells are behind the sequence');
   core.stale = false;
   t.same(c.due(true), [{ checkpoint: { seq: 20, json: JSON.stringify({ v: 2, seq: 20, cells: {} }) } }], 'once settled');
+});
+
+t.test('fenced outputs: two planners writing one cell never leave an older plan as the last message', async (t) => {
+  const nats = await startNats(t);
+  const bus = await nats.connect('fence');
+  const log = silentLogger();
+  const delta = (revision: number, prevRevision: number): PlannerOutput => ({
+    kind: 'delta',
+    cellId: 'cell-x',
+    revision,
+    prevRevision,
+    ops: [],
+    hash: EMPTY_CELL_HASH,
+    at: '2026-11-29T00:00:00.000Z',
+  });
+  const snapshot = (revision: number): PlannerOutput => ({ kind: 'snapshot', cellId: 'cell-x', revision, hash: EMPTY_CELL_HASH, state: emptyCellState() });
+  const stored = async () => {
+    const out: number[] = [];
+    for (const m of await readAll(bus, CELL_DELTAS_STREAM)) out.push(revisionOf(m)!.revision);
+    return out;
+  };
+  const readAll = async (b: typeof bus, stream: string) => {
+    const info = await b.jsm.streams.info(stream);
+    const msgs = [];
+    for (let seq = info.state.first_seq; seq <= info.state.last_seq; seq++) {
+      const m = await b.jsm.streams.getMessage(stream, { seq }).catch(() => null);
+      if (m) msgs.push(m.data);
+    }
+    return msgs;
+  };
+  const start = await publishedHeads(bus);
+  const p1 = new OutputPublisher(bus, start.heads, start.lastSeq, log);
+  // the old owner stores its chain up to 165
+  t.equal(await p1.publish(delta(160, 0)), 'sent');
+  t.equal(await p1.publish(delta(165, 160)), 'sent');
+  // a second planner takes the cell over (the first one was cut off): snapshot and link at 221
+  const mid = await publishedHeads(bus);
+  t.same([...mid.heads], [['cell-x', 165]], 'heads: the last delta');
+  const p2 = new OutputPublisher(bus, mid.heads, mid.lastSeq, log);
+  t.equal(await p2.publish(snapshot(221)), 'sent');
+  t.equal(await p2.publish(delta(221, 0)), 'sent');
+  // the old owner goes on with what it had folded: older than what is stored, so dropped, up to where it passes 221
+  t.equal(await p1.publish(delta(166, 165)), 'superseded', 'an older delta after a newer plan is not stored');
+  t.equal(await p1.publish(delta(170, 166)), 'suppressed', 'nor anything of the cell up to the stored plan');
+  t.equal(await p1.publish(delta(221, 170)), 'suppressed');
+  t.equal(await p1.publish(snapshot(200)), 'suppressed', 'snapshots likewise');
+  t.equal(await p1.publish(delta(222, 221)), 'sent', 'newer: stored after it');
+  t.equal(await p1.publish(snapshot(222)), 'sent', "a newer snapshot after the other planner's");
+  t.same(await lastStoredOn(bus, 'snapshot', 'cell-x'), { revision: 222, seq: 2 });
+  t.same(await stored(), [160, 165, 221, 222]);
+  // the other one, newer still, publishes after the first one's message (its expected sequence was stale)
+  t.equal(await p2.publish(delta(230, 221)), 'sent');
+  t.same(await stored(), [160, 165, 221, 222, 230]);
+  t.same(await latestPlanned(bus, 'cell-x'), { revision: 230, hash: EMPTY_CELL_HASH }, 'the latest plan is the newest');
+  // outputs of one cell handed over together leave in order, one after the other
+  const outcomes = await Promise.all([231, 232, 233, 234].map((r) => p2.publish(delta(r, r - 1))));
+  t.same(outcomes, ['sent', 'sent', 'sent', 'sent']);
+  t.same((await stored()).slice(-4), [231, 232, 233, 234]);
 });

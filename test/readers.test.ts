@@ -10,7 +10,6 @@ import { canonicalJson } from '../projections/canonical.ts';
 import { PlannerCore } from '../services/topology-planner/core.ts';
 import { CellFeed } from '../services/cell-agent/feed.ts';
 import { StreamTail } from '../runtime/stream-tail.ts';
-import { StreamPublisher, WrongExpectedSequenceError } from '../runtime/nats-adapter.ts';
 import { Registry } from '../runtime/metrics.ts';
 import type { Bus } from '../runtime/nats.ts';
 import { silentLogger } from '../runtime/logger.ts';
@@ -318,7 +317,11 @@ t.test('while no consumer can be created, a tail that may reads on with direct g
   await eventually(() => (got.length === 30 ? true : undefined), 20_000, 'the messages after the slot is free again');
   t.same(got, all(), 'in order, once, across both switches');
   const direct = tail.readDirect;
-  await eventually(async () => ((await bus.jsm.consumers.info('TAIL_STUCK', (await firstConsumer(bus, 'TAIL_STUCK'))!)) ? true : undefined), 20_000, 'a consumer again');
+  await eventually(
+    async () => ((await bus.jsm.consumers.info('TAIL_STUCK', (await firstConsumer(bus, 'TAIL_STUCK'))!)) ? true : undefined),
+    20_000,
+    'a consumer again',
+  );
   await write(5);
   await eventually(() => (got.length === 35 ? true : undefined), 20_000, 'the messages after that');
   t.same(got, all());
@@ -329,54 +332,3 @@ async function firstConsumer(bus: Bus, stream: string): Promise<string | undefin
   for await (const c of await bus.jsm.consumers.list(stream)) return c.name;
   return undefined;
 }
-
-t.test('a re-sent publish is never stored after messages that followed it on its subject (expectedSubjectSeqOnResend)', async (t) => {
-  const nats = await startNats(t);
-  const bus = await nats.connect('resend');
-  await bus.jsm.streams.add({ name: 'RESEND', subjects: ['resend.real.>'] });
-  // A stand-in for a stream leader lost with the first send: requests to resend.via.<x> are forwarded to
-  // resend.real.<x> with their headers, except those the test drops (never answered: the publisher times out).
-  let drop = 0;
-  let gate: Promise<void> = Promise.resolve(); // forwarding waits for it
-  const forwarded: string[] = [];
-  const proxy = bus.nc.subscribe('resend.via.>', {
-    callback: (_e, m) => {
-      if (drop > 0) return void drop--;
-      forwarded.push(m.headers?.get('Nats-Expected-Last-Subject-Sequence') ?? '');
-      gate
-        .then(() => bus.nc.request(m.subject.replace('resend.via.', 'resend.real.'), m.data, { timeout: 5000, ...(m.headers && { headers: m.headers }) }))
-        .then((r) => m.respond(r.data, { ...(r.headers && { headers: r.headers }) }))
-        .catch(() => undefined);
-    },
-  });
-  t.teardown(() => proxy.unsubscribe());
-  const publisher = new StreamPublisher(bus.nc, 'RESEND', { ackTimeoutMs: 200 });
-
-  // 1. The first send is lost; nothing else reaches the subject meanwhile: the re-send is stored, in order.
-  const first = await publisher.publish('resend.via.a', 'one', { msgId: 'm1', expectedSubjectSeqOnResend: 0 });
-  drop = 1;
-  const second = await publisher.publish('resend.via.a', 'two', { msgId: 'm2', expectedSubjectSeqOnResend: first.seq });
-  t.match(second, { attempts: 2, duplicate: false }, 'stored by its re-send');
-  t.same(forwarded, ['', String(first.seq)], 'only the re-send carried the expectation');
-
-  // 2. The first send is lost and a newer message is stored on the subject before the re-send (held until then):
-  // refused, not stored.
-  drop = 1;
-  let open!: () => void;
-  gate = new Promise((r) => (open = r));
-  const late = publisher.publish('resend.via.a', 'three', { msgId: 'm3', expectedSubjectSeqOnResend: second.seq });
-  await eventually(() => (drop === 0 ? true : undefined), 5000, 'the first send dropped');
-  const newer = await bus.js.publish('resend.real.a', 'newer', { msgID: 'm4' });
-  open();
-  await t.rejects(late, WrongExpectedSequenceError, 'the late re-send is refused');
-  const last = await bus.jsm.streams.getMessage('RESEND', { last_by_subj: 'resend.real.a' });
-  t.equal(last?.seq, newer.seq, 'the newer message is still the last on its subject');
-  t.equal(new TextDecoder().decode(last!.data), 'newer');
-
-  // 3. A re-send of a message that was stored after all (only its answer was lost) is its duplicate, not refused.
-  drop = 0;
-  const stored = await publisher.publish('resend.via.b', 'five', { msgId: 'm5' });
-  await bus.js.publish('resend.real.b', 'six', { msgID: 'm6' });
-  const again = await publisher.publish('resend.via.b', 'five', { msgId: 'm5', expectedSubjectSeq: 1 });
-  t.match(again, { seq: stored.seq, duplicate: true }, 'the msg id is checked before the expected sequence');
-});

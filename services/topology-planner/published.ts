@@ -8,23 +8,41 @@ import { CELL_DELTAS_STREAM, CELL_SNAPSHOTS_STREAM, type PlannerOutput, cellSubj
 
 export type Published = { revision: number; hash: string | null };
 
-/** The revision of the last delta (or snapshot) of every cell: complete, or an error (see lastPerSubject). */
-async function lastPublishedPerCell(bus: Bus, kind: 'delta' | 'snapshot'): Promise<Map<string, number>> {
+/** The last delta (or snapshot) of every cell: its revision and stream sequence. Complete, or an error (see lastPerSubject). */
+async function lastPublishedPerCell(bus: Bus, kind: 'delta' | 'snapshot'): Promise<Map<string, { revision: number; seq: number }>> {
   const [stream, filter] = kind === 'delta' ? [CELL_DELTAS_STREAM, cellSubject.allDeltas] : [CELL_SNAPSHOTS_STREAM, cellSubject.allSnapshots];
-  const out = new Map<string, number>();
+  const out = new Map<string, { revision: number; seq: number }>();
   for (const m of await lastPerSubject(bus, stream, filter)) {
     const r = revisionOf(m.data);
-    if (r) out.set(r.cellId, Math.max(out.get(r.cellId) ?? 0, r.revision)); // a message not of the contract is no plan
+    if (r && m.subject === (kind === 'delta' ? cellSubject.delta(r.cellId) : cellSubject.snapshot(r.cellId)))
+      out.set(r.cellId, { revision: r.revision, seq: m.seq });
   }
   return out;
 }
 
+/**
+ * What the cell streams hold, for a planner that starts: per cell its latest planned revision (`heads`: its last
+ * delta or snapshot, whichever is newer) and per cell subject the sequence of its last message (`lastSeq`: where the
+ * planner's next output there must follow, output-publisher.ts).
+ */
+export async function publishedHeads(bus: Bus): Promise<{ heads: Map<string, number>; lastSeq: Map<string, number> }> {
+  const [deltas, snapshots] = await Promise.all([lastPublishedPerCell(bus, 'delta'), lastPublishedPerCell(bus, 'snapshot')]);
+  const heads = new Map<string, number>();
+  const lastSeq = new Map<string, number>();
+  for (const [cell, d] of deltas) {
+    heads.set(cell, d.revision);
+    lastSeq.set(cellSubject.delta(cell), d.seq);
+  }
+  for (const [cell, s] of snapshots) {
+    heads.set(cell, Math.max(s.revision, heads.get(cell) ?? 0));
+    lastSeq.set(cellSubject.snapshot(cell), s.seq);
+  }
+  return { heads, lastSeq };
+}
+
 /** Every cell's latest planned revision: its last delta or snapshot, whichever is newer. */
 export async function latestPlannedPerCell(bus: Bus): Promise<Map<string, number>> {
-  const [deltas, snapshots] = await Promise.all([lastPublishedPerCell(bus, 'delta'), lastPublishedPerCell(bus, 'snapshot')]);
-  const planned = new Map(deltas);
-  for (const [cell, r] of snapshots) planned.set(cell, Math.max(r, planned.get(cell) ?? 0));
-  return planned;
+  return (await publishedHeads(bus)).heads;
 }
 
 /**
@@ -39,17 +57,26 @@ export function isAlreadyPlanned(o: Pick<PlannerOutput, 'kind' | 'revision'>, he
   return o.kind === 'delta' ? o.revision <= head : o.revision < head;
 }
 
-async function lastOn(bus: Bus, stream: string, subject: string): Promise<Published | null> {
+async function lastOn(bus: Bus, stream: string, subject: string): Promise<(Published & { seq: number }) | null> {
   try {
     // From the stream's leader: a direct get may be answered by any replica, and one that just came back can serve a
     // stale message for a long while (a chaos run saw an old hash as "planned" for minutes).
     const msg = await bus.jsm.streams.getMessage(stream, { last_by_subj: subject });
     const r = msg ? revisionOf(msg.data) : null;
-    return r ? { revision: r.revision, hash: r.hash } : null;
+    return r ? { revision: r.revision, hash: r.hash, seq: msg!.seq } : null;
   } catch (err) {
     if (isNoMessageFound(err)) return null;
     throw err;
   }
+}
+
+/** The last message of one cell's delta or snapshot subject: its revision and stream sequence; null if none. */
+export async function lastStoredOn(bus: Bus, kind: PlannerOutput['kind'], cellId: string): Promise<{ revision: number; seq: number } | null> {
+  const last =
+    kind === 'delta'
+      ? await lastOn(bus, CELL_DELTAS_STREAM, cellSubject.delta(cellId))
+      : await lastOn(bus, CELL_SNAPSHOTS_STREAM, cellSubject.snapshot(cellId));
+  return last && { revision: last.revision, seq: last.seq };
 }
 
 /** One cell's latest planned revision and hash (its last delta or snapshot, whichever is newer); null if none. */
@@ -58,7 +85,6 @@ export async function latestPlanned(bus: Bus, cellId: string): Promise<Published
     lastOn(bus, CELL_DELTAS_STREAM, cellSubject.delta(cellId)),
     lastOn(bus, CELL_SNAPSHOTS_STREAM, cellSubject.snapshot(cellId)),
   ]);
-  if (!d) return s;
-  if (!s) return d;
-  return s.revision > d.revision ? s : d;
+  const newest = !d ? s : !s ? d : s.revision > d.revision ? s : d;
+  return newest && { revision: newest.revision, hash: newest.hash };
 }

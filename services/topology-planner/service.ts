@@ -9,18 +9,17 @@ import type { Bus } from '../../runtime/nats.ts';
 import type { Config } from '../../runtime/config.ts';
 import type { Logger } from '../../runtime/logger.ts';
 import { EventLog, LogFollower, foldLog, type Fold } from '../../runtime/event-log.ts';
-import { StreamPublisher, WrongExpectedSequenceError } from '../../runtime/nats-adapter.ts';
-import { UnavailableError } from '../../runtime/errors.ts';
 import { Registry } from '../../runtime/metrics.ts';
 import { EVENTS_STREAM } from '../../runtime/subjects.ts';
 import { quarantineGauge, quarantineReporter } from '../../runtime/quarantine-report.ts';
-import { CELL_DELTAS_STREAM, CELL_SNAPSHOTS_STREAM, EMPTY_CELL_HASH, type PlannerOutput, cellSubject, outputMessage } from '../../projections/cell-stream.ts';
+import { EMPTY_CELL_HASH, cellSubject, outputMessage } from '../../projections/cell-stream.ts';
 import { initialModel, liveModelFold } from '../../projections/model.ts';
 import { DEFAULT_DOMAIN, emptyCellState } from '../../projections/cell.ts';
 import { PlannerCore } from './core.ts';
 import { CheckpointStore, Checkpointer } from './checkpointer.ts';
 import { OutputPump, type PumpItem } from './output-pump.ts';
-import { isAlreadyPlanned, latestPlannedPerCell } from './published.ts';
+import { publishedHeads } from './published.ts';
+import { OutputPublisher } from './output-publisher.ts';
 import { DEFAULT_MEMBER_DEAD_MS, Membership } from './membership.ts';
 
 export type PlannerConfig = {
@@ -111,7 +110,7 @@ export async function startPlanner(deps: { bus: Bus; log: Logger; config: Planne
   const catchUp = joined ? 'joined-first' : 'folded-first';
   if (joined) await membership.start();
   // Each cell's head in the cell streams, read after the fold (a previous owner of a cell has had the most time to stop).
-  const heads = await latestPlannedPerCell(deps.bus);
+  const { heads, lastSeq } = await publishedHeads(deps.bus);
   const core = new PlannerCore(coreOptions, resume, heads);
   if (!joined) core.setOwnership(() => false); // the checkpoint's cells are taken over at the join instead
   log.info(
@@ -119,16 +118,11 @@ export async function startPlanner(deps: { bus: Bus; log: Logger; config: Planne
     'planner-restored',
   );
 
-  const publisher = new OutputPublisher(deps.bus, heads, log);
+  const publisher = new OutputPublisher(deps.bus, heads, lastSeq, log);
   const pump = new OutputPump({
-    // A delta that had to be sent again may be stored after later ones (a stream leader change): a snapshot of the
-    // cell follows it, so its agent is whole again from the snapshot even if nothing else is ever written there.
-    publish: async (o) => {
-      if ((await publisher.publish(o)) === 'resent' && o.kind === 'delta') {
-        const snap = core.snapshotOf(o.cellId);
-        if (snap) pump.enqueue([{ output: snap }]);
-      }
-    },
+    // Fenced per subject (output-publisher.ts): an output is stored right after what its subject held, or dropped
+    // when the subject holds a newer plan of the cell.
+    publish: async (o) => void (await publisher.publish(o)),
     writeCheckpoint: (_seq, json) => store.write(json),
     window: cfg.publishWindow,
     from: core.seq,
@@ -261,80 +255,6 @@ export async function startPlanner(deps: { bus: Bus; log: Logger; config: Planne
       log.info({ seq: core.seq }, 'planner-stopped');
     },
   };
-}
-
-/**
- * Publishes outputs to the cell streams with their message ids, and does not send again what a cell's subjects
- * already hold (`heads`, read once at start: after a restart the planner re-derives outputs up to them).
- */
-class OutputPublisher {
-  readonly stats = { deltas: 0, snapshots: 0, suppressed: 0 };
-  #counter: { inc(labels: { kind: string }): void } | undefined;
-  readonly #publishers: Record<PlannerOutput['kind'], StreamPublisher>;
-
-  constructor(
-    bus: Bus,
-    private readonly heads: ReadonlyMap<string, number>,
-    private readonly log: Logger,
-  ) {
-    this.#publishers = { delta: new StreamPublisher(bus.nc, CELL_DELTAS_STREAM), snapshot: new StreamPublisher(bus.nc, CELL_SNAPSHOTS_STREAM) };
-  }
-
-  countInto(counter: { inc(labels: { kind: string }): void }): void {
-    this.#counter = counter;
-  }
-
-  /**
-   * Publishes one output with its msg id, sending it again for as long as the stream is unavailable (an output is
-   * never dropped while the planner runs: a dropped delta would leave its cell behind until the next snapshot).
-   * `resent`: it went out more than once, so it may be stored after outputs published later.
-   */
-  async publish(o: PlannerOutput): Promise<'sent' | 'resent' | 'suppressed'> {
-    if (isAlreadyPlanned(o, this.heads.get(o.cellId))) {
-      this.stats.suppressed += 1;
-      return 'suppressed';
-    }
-    const { subject, msgId, body } = outputMessage(o);
-    // A re-send is stored only while nothing followed what this planner last stored on the subject: never after a
-    // newer output (its own, or a new owner's after a take-over), where it would read as the cell's latest plan.
-    const expected = this.#lastStored.get(subject) ?? 0;
-    let resent = false;
-    for (;;) {
-      try {
-        const opts = resent ? { msgId, expectedSubjectSeq: expected } : { msgId, expectedSubjectSeqOnResend: expected };
-        const { attempts, seq, duplicate } = await this.#publishers[o.kind].publish(subject, body, opts);
-        resent ||= attempts > 1;
-        if (seq > (this.#lastStored.get(subject) ?? 0)) this.#lastStored.set(subject, seq);
-        // where a re-sent output landed: stored after later ones, or found stored already (duplicate)
-        if (resent) this.log.warn({ cell: o.cellId, kind: o.kind, revision: o.revision, seq, duplicate, attempts }, 'planner-publish-resent');
-        break;
-      } catch (err) {
-        if (err instanceof WrongExpectedSequenceError) {
-          // not stored: something newer is on the subject. The caller follows a refused delta with a snapshot of
-          // the cell (when it still owns it), as after any re-send.
-          this.log.warn({ cell: o.cellId, kind: o.kind, revision: o.revision }, 'planner-publish-resend-refused');
-          return 'resent';
-        }
-        if (!(err instanceof UnavailableError) || this.#closed) throw err;
-        resent = true;
-        this.log.warn({ err, cell: o.cellId, kind: o.kind, revision: o.revision }, 'planner-publish-retrying');
-      }
-    }
-    if (o.kind === 'delta') this.stats.deltas += 1;
-    else this.stats.snapshots += 1;
-    this.#counter?.inc({ kind: o.kind });
-    return resent ? 'resent' : 'sent';
-  }
-
-  /** Per cell subject, the highest stream sequence this planner's outputs were stored at. */
-  readonly #lastStored = new Map<string, number>();
-
-  #closed = false;
-
-  /** Outputs that cannot be published from now on fail instead of being sent again (the planner is stopping). */
-  close(): void {
-    this.#closed = true;
-  }
 }
 
 /**
