@@ -1,5 +1,5 @@
-// One way to connect to NATS for every service: reconnects for ever, logs connection state changes, and writes to
-// the socket at most once per turn of the event loop (CoalescingTransport).
+// One way to connect to NATS for every service: reconnects for ever, logs connection state changes, and (for a
+// process that asks: the policy-writer) writes to the socket at most once per turn of the event loop.
 import { errors as natsErrors, nkeyAuthenticator, type NatsConnection } from '@nats-io/nats-core';
 import { NatsConnectionImpl, setTransportFactory } from '@nats-io/nats-core/internal';
 import { NodeTransport, nodeResolveHost } from '@nats-io/transport-node/lib/node_transport.js';
@@ -31,6 +31,8 @@ export type ConnectOptions = {
   credential?: { seed: string; inboxPrefix: string };
   /** TLS to the server (nats.js's `tls`: CA, client certificate and key files). */
   tls?: { caFile?: string; certFile?: string; keyFile?: string };
+  /** Write what a turn of the event loop sends at once (CoalescingTransport): for a process that mostly sends. */
+  coalesceWrites?: boolean;
 };
 
 /** What `--nats-creds` and `--nats-tls-*` add to the connect options: the credential file read, the TLS files. */
@@ -44,9 +46,11 @@ export function clientAuthOf(settings: NatsClientSettings): Pick<ConnectOptions,
 /**
  * nats.js's Node transport, writing what a turn of the event loop sends in one system call. The client flushes its
  * outbound buffer on a microtask, so a process answering many messages at once (the writer: an append per command,
- * then a reply; the planner: a delta per cell) made one `write` per few messages — 15% of the writer's CPU under
- * load (docs/benchmarks.md, "Ingest"). Here the socket is corked at the first send of a turn and uncorked by
- * setImmediate: the sends of that turn leave together (one writev), at most one turn later.
+ * then a reply) made one `write` per few messages — 15% of the writer's CPU under load (docs/benchmarks.md,
+ * "Ingest"). Here the socket is corked at the first send of a turn and uncorked by setImmediate: the sends of that
+ * turn leave together (one writev), at most one turn later. Only for a process that sends far more than it reads:
+ * in one that reads a burst (1,000 cell agents in four processes taking a 54 MB settle), a turn lasts seconds and
+ * its pull requests waited with it — consumers looked stalled and were recreated (bench:scale, 24 → 76 s to enforce).
  */
 class CoalescingTransport extends NodeTransport {
   #corked = false;
@@ -65,9 +69,12 @@ class CoalescingTransport extends NodeTransport {
   }
 }
 
-/** nats.js's `connect` for Node, with the coalescing transport. */
-function connect(opts: NodeConnectionOptions): Promise<NatsConnection> {
-  setTransportFactory({ factory: () => new CoalescingTransport(), dnsResolveFn: nodeResolveHost });
+/**
+ * nats.js's `connect` for Node, with the coalescing transport when asked. (The factory is the library's global, read
+ * at every (re)connect: in a process mixing both kinds, a reconnect takes the kind of the latest connect.)
+ */
+function connect(opts: NodeConnectionOptions, coalesceWrites: boolean): Promise<NatsConnection> {
+  setTransportFactory({ factory: () => (coalesceWrites ? new CoalescingTransport() : new NodeTransport()), dnsResolveFn: nodeResolveHost });
   return NatsConnectionImpl.connect(opts);
 }
 
@@ -78,18 +85,21 @@ export async function connectBus(opts: ConnectOptions): Promise<Bus> {
   let lastErr: unknown;
   while (!nc && Date.now() < deadline) {
     try {
-      nc = await connect({
-        servers: opts.servers,
-        name: opts.name,
-        maxReconnectAttempts: -1,
-        reconnectTimeWait: 250,
-        pingInterval: 10_000,
-        ...(opts.credential && {
-          authenticator: nkeyAuthenticator(new TextEncoder().encode(opts.credential.seed)),
-          inboxPrefix: opts.credential.inboxPrefix,
-        }),
-        ...(opts.tls && { tls: opts.tls }),
-      });
+      nc = await connect(
+        {
+          servers: opts.servers,
+          name: opts.name,
+          maxReconnectAttempts: -1,
+          reconnectTimeWait: 250,
+          pingInterval: 10_000,
+          ...(opts.credential && {
+            authenticator: nkeyAuthenticator(new TextEncoder().encode(opts.credential.seed)),
+            inboxPrefix: opts.credential.inboxPrefix,
+          }),
+          ...(opts.tls && { tls: opts.tls }),
+        },
+        opts.coalesceWrites === true,
+      );
     } catch (err) {
       lastErr = err;
       // refused credentials (or none where the server requires some) stay refused: no point trying for the deadline

@@ -41,7 +41,13 @@ export function serviceWiringOf(c: Config, defaultMetricsPort: number | undefine
 export async function runService(
   name: string,
   start: (ctx: ServiceContext) => Promise<{ stop(): Promise<void> }>,
-  opts: { metricsPort?: number; /** Checks that must pass before connecting (throw a ConfigError). */ validate?: (config: Config) => void } = {},
+  opts: {
+    metricsPort?: number;
+    /** Checks that must pass before connecting (throw a ConfigError). */
+    validate?: (config: Config) => void;
+    /** Socket writes coalesced per event-loop turn (runtime/nats.ts): for a service that mostly sends (the writer). */
+    coalesceWrites?: boolean;
+  } = {},
 ): Promise<void> {
   const { values } = parseArgs({ options: Object.fromEntries(SETTINGS.map((s) => [s.flag, { type: 'string' as const }])) });
   let config: Config;
@@ -59,7 +65,7 @@ export async function runService(
     return;
   }
   const log = createRootLogger({ level: wiring.logLevel, name });
-  const bus = await connectBus({ servers: wiring.servers, name: `netfold-${name}`, log, ...auth });
+  const bus = await connectBus({ servers: wiring.servers, name: `netfold-${name}`, log, ...auth, coalesceWrites: opts.coalesceWrites === true });
   const metrics = new Registry();
   let service: { stop(): Promise<void> };
   try {

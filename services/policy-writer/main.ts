@@ -7,5 +7,8 @@ import { startPolicyWriter, policyWriterConfigOf } from './service.ts';
 await runService(
   'policy-writer',
   ({ config, log, bus, metrics }) => startPolicyWriter({ bus, log, metrics, config: policyWriterConfigOf(config, resolveTokenSecret(config, false)) }),
-  { validate: (config) => void resolveTokenSecret(config, false) }, // a missing or weak secret: refused before connecting
+  {
+    validate: (config) => void resolveTokenSecret(config, false), // a missing or weak secret: refused before connecting
+    coalesceWrites: true, // it mostly sends: an append and a reply per command
+  },
 );
