@@ -1,7 +1,8 @@
 // Shared pieces of the benchmarks: machine description, a fresh server per run (open or requiring nkey users),
 // bounded-concurrency loops.
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { cpus, totalmem } from 'node:os';
+import { cpus, tmpdir, totalmem } from 'node:os';
+import { mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { type Agent, request as httpRequest } from 'node:http';
 import { createServer } from 'node:net';
@@ -53,9 +54,30 @@ export const rate = (n: number, ms: number) => Math.round((n / ms) * 1000);
 const childGrep = process.env.BENCH_CHILD_GREP ? new RegExp(process.env.BENCH_CHILD_GREP) : undefined;
 
 /** Starts a TypeScript entry point as a child process; resolves once it logs `readyMessage`. */
+/**
+ * BENCH_COMPILED=1: children run as JavaScript compiled once by tsc into a temporary directory, without the tsx
+ * loader (its hooks thread and transform cache cost each process ~45 MiB of RSS: docs/benchmarks.md).
+ */
+let compiledDir: string | undefined;
+function compiled(): string {
+  if (compiledDir) return compiledDir;
+  const dir = mkdtempSync(join(tmpdir(), 'netfold-js-'));
+  progress('compiling the TypeScript sources for BENCH_COMPILED');
+  const root = join(import.meta.dirname, '..');
+  const tsc = join(root, 'node_modules', 'typescript', 'bin', 'tsc');
+  execFileSync(process.execPath, [tsc, '-p', root, '--noEmit', 'false', '--outDir', dir, '--rewriteRelativeImportExtensions', '--sourceMap', 'false'], {
+    stdio: 'inherit',
+  });
+  writeFileSync(join(dir, 'package.json'), '{"type":"module"}\n');
+  symlinkSync(join(root, 'node_modules'), join(dir, 'node_modules'));
+  process.once('exit', () => rmSync(dir, { recursive: true, force: true }));
+  return (compiledDir = dir);
+}
+
 export async function startChild(entry: string, env: NodeJS.ProcessEnv, readyMessage: string): Promise<ChildProcess> {
   const extra = (process.env.BENCH_CHILD_NODE_ARGS ?? '').split(' ').filter((a) => a !== ''); // ' ': V8 defaults
-  const child = spawn(process.execPath, [...extra, '--import', 'tsx', entry], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'inherit'] });
+  const run = process.env.BENCH_COMPILED === '1' ? [join(compiled(), entry.replace(/\.ts$/, '.js'))] : ['--import', 'tsx', entry];
+  const child = spawn(process.execPath, [...extra, ...run], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'inherit'] });
   await new Promise<void>((resolve, reject) => {
     let buf = '';
     let ready = false;
