@@ -6,8 +6,8 @@
 // and the core alone over the same events in process.
 // The raw append rate of the same server is measured in the same run. Sizes: BENCH_EVENTS, BENCH_CELLS,
 // BENCH_CONTAINERS, BENCH_POLICIES, BENCH_APPS, BENCH_SAMPLES, BENCH_MEM_CONTAINERS, BENCH_BULK_APPS,
-// BENCH_BULK_TIMEOUT_S; BENCH_ONLY=replay|latency|memory|bulk runs one part; BENCH_SKIP_PLANNER / BENCH_SKIP_CORE leave
-// the planner process's cold start / the in-process core out of the replay part.
+// BENCH_BULK_TIMEOUT_S; BENCH_ONLY=replay|latency|memory|bulk runs one part; BENCH_SKIP_REPLAY / BENCH_SKIP_PLANNER /
+// BENCH_SKIP_CORE leave the in-process replays / the planner process's cold start / the in-process core out of the replay part.
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -179,43 +179,46 @@ if (!process.env.BENCH_ONLY || process.env.BENCH_ONLY === 'replay') {
   const make = history(EVENTS, APPS, POLICIES, CONTAINERS, CELLS);
   results[`load ${EVENTS} events into NF_EVENTS (msgs/s)`] = await load(s.bus, EVENTS, make);
 
-  progress('replay: read + validate + fold the model');
-  const t0 = performance.now();
-  const model = structuredClone(initialModel());
-  const recs: RecordedEvent[] = [];
-  let batch: RecordedEvent[] = [];
-  for await (const r of new EventLog(s.bus).read(1)) {
-    if (!('event' in r)) continue;
-    batch.push(r);
-    recs.push(r);
-    if (batch.length === 1000) {
-      foldEventsInPlace(model, batch);
-      batch = [];
+  const recs: RecordedEvent[] = []; // (the core part below goes over them again)
+  let replayMs = 0;
+  if (!process.env.BENCH_SKIP_REPLAY || !process.env.BENCH_SKIP_CORE) {
+    progress('replay: read + validate + fold the model');
+    const t0 = performance.now();
+    const model = structuredClone(initialModel());
+    let batch: RecordedEvent[] = [];
+    for await (const r of new EventLog(s.bus).read(1)) {
+      if (!('event' in r)) continue;
+      batch.push(r);
+      recs.push(r);
+      if (batch.length === 1000) {
+        foldEventsInPlace(model, batch);
+        batch = [];
+      }
     }
-  }
-  foldEventsInPlace(model, batch);
-  const replayMs = performance.now() - t0;
-  results['replay: read, validate, fold model (events/s)'] = Math.round((recs.length / replayMs) * 1000);
-  results['replay: read, validate, fold model (s)'] = Math.round(replayMs / 100) / 10;
-  const td = performance.now();
-  const cells = Object.keys(model.containersByCell);
-  let entries = 0;
-  for (const cell of cells) {
-    const st = deriveCellState(model, cell);
-    entries += Object.keys(st.containers).length + Object.keys(st.ingress).length + Object.keys(st.sources).length + Object.keys(st.names).length;
-  }
-  const deriveMs = performance.now() - td;
-  results[`derive all ${cells.length} cell states from the model (s)`] = Math.round(deriveMs / 100) / 10;
-  results['rebuild: replay + every cell state (s)'] = Math.round((replayMs + deriveMs) / 100) / 10;
-  results['cell state entries'] = entries;
+    foldEventsInPlace(model, batch);
+    replayMs = performance.now() - t0;
+    results['replay: read, validate, fold model (events/s)'] = Math.round((recs.length / replayMs) * 1000);
+    results['replay: read, validate, fold model (s)'] = Math.round(replayMs / 100) / 10;
+    const td = performance.now();
+    const cells = Object.keys(model.containersByCell);
+    let entries = 0;
+    for (const cell of cells) {
+      const st = deriveCellState(model, cell);
+      entries += Object.keys(st.containers).length + Object.keys(st.ingress).length + Object.keys(st.sources).length + Object.keys(st.names).length;
+    }
+    const deriveMs = performance.now() - td;
+    results[`derive all ${cells.length} cell states from the model (s)`] = Math.round(deriveMs / 100) / 10;
+    results['rebuild: replay + every cell state (s)'] = Math.round((replayMs + deriveMs) / 100) / 10;
+    results['cell state entries'] = entries;
 
-  progress('netfold replay (cli/operators.ts) over the same log');
-  const tr = performance.now();
-  const report = await replay(s.bus, undefined, DEFAULT_DOMAIN);
-  const replayCliMs = performance.now() - tr;
-  results['netfold replay of 1M: read, validate, fold, hash every cell (s)'] = Math.round(replayCliMs / 100) / 10;
-  results['netfold replay of 1M (events/s)'] = Math.round((recs.length / replayCliMs) * 1000);
-  results['netfold replay cells compared'] = report.cells.length;
+    progress('netfold replay (cli/operators.ts) over the same log');
+    const tr = performance.now();
+    const report = await replay(s.bus, undefined, DEFAULT_DOMAIN);
+    const replayCliMs = performance.now() - tr;
+    results['netfold replay of 1M: read, validate, fold, hash every cell (s)'] = Math.round(replayCliMs / 100) / 10;
+    results['netfold replay of 1M (events/s)'] = Math.round((recs.length / replayCliMs) * 1000);
+    results['netfold replay cells compared'] = report.cells.length;
+  }
   // The planner process itself over the same log, with empty output streams: from its start until it has published
   // every cell's state and says so (its progress entry through the last event, under members that include it).
   if (!process.env.BENCH_SKIP_PLANNER) {

@@ -77,9 +77,10 @@ export class EventLog {
       opt_start_seq: fromSeq,
     });
     const messages = await consumer.consume({ max_messages: 4096 });
+    const invalid = new InvalidReporter(log);
     try {
       for await (const m of messages) {
-        const parsed = decode(m.seq, m.subject, m.data, log);
+        const parsed = decode(m.seq, m.subject, m.data, invalid);
         yield parsed;
         if (m.seq >= last) break;
       }
@@ -89,17 +90,37 @@ export class EventLog {
   }
 }
 
-function decode(seq: number, subject: string, data: Uint8Array, log?: Logger): RecordedEvent | { seq: number; subject: string; invalid: string } {
+/**
+ * Says that log entries were skipped as not events, without flooding the log: the first LOGGED_INVALID of a reader
+ * one line each, then one line per SUMMARY_EVERY more (`event-invalid-repeated`, with the count so far). A log
+ * written full of garbage (a raw benchmark, an attacker with write access) would otherwise make a reader write one
+ * line per entry — 100,000 lines in the planner's cold start over the 1M-event bench log.
+ */
+class InvalidReporter {
+  static readonly LOGGED_INVALID = 100;
+  static readonly SUMMARY_EVERY = 10_000;
+  #count = 0;
+
+  constructor(private readonly log: Logger | undefined) {}
+
+  report(fields: { seq: number; subject: string; issues?: unknown }, msg: 'event-not-json' | 'event-invalid'): void {
+    this.#count += 1;
+    if (this.#count <= InvalidReporter.LOGGED_INVALID) this.log?.warn(fields, msg);
+    else if (this.#count % InvalidReporter.SUMMARY_EVERY === 0) this.log?.warn({ seq: fields.seq, skipped: this.#count }, 'event-invalid-repeated');
+  }
+}
+
+function decode(seq: number, subject: string, data: Uint8Array, invalid?: InvalidReporter): RecordedEvent | { seq: number; subject: string; invalid: string } {
   let raw: unknown;
   try {
     raw = JSON.parse(Buffer.from(data).toString('utf8'));
   } catch {
-    log?.warn({ seq, subject }, 'event-not-json');
+    invalid?.report({ seq, subject }, 'event-not-json');
     return { seq, subject, invalid: 'not JSON' };
   }
   const r = parseEvent(raw);
   if (!r.ok) {
-    log?.warn({ seq, subject, issues: r.issues.slice(0, 5) }, 'event-invalid');
+    invalid?.report({ seq, subject, issues: r.issues.slice(0, 5) }, 'event-invalid');
     return { seq, subject, invalid: r.issues.map((i) => `${i.path}: ${i.message}`).join('; ') };
   }
   return { seq, subject, event: r.value };
@@ -167,6 +188,7 @@ export class LogFollower<S> {
   readonly #progress = new Progress(0);
   #loop: Promise<void> | undefined;
   #stopped = false;
+  readonly #invalid: InvalidReporter;
   readonly #listeners = new Set<(state: S, batch: readonly RecordedEvent[]) => void>();
 
   constructor(bus: Bus, fold: Fold<S>, log: Logger, opts: { stream?: string; initialState?: S; metrics?: Registry } = {}) {
@@ -174,6 +196,7 @@ export class LogFollower<S> {
     this.#metrics = opts.metrics;
     this.#fold = fold;
     this.#log = log.child({ component: 'log-follower' });
+    this.#invalid = new InvalidReporter(this.#log);
     this.#stream = opts.stream ?? EVENTS_STREAM;
     this.#state = opts.initialState ?? fold.initial();
   }
@@ -238,7 +261,7 @@ export class LogFollower<S> {
           const wait = this.#fold.drained?.();
           if (wait) await wait;
         }
-        const rec = decode(m.seq, m.subject, m.data, this.#log);
+        const rec = decode(m.seq, m.subject, m.data, this.#invalid);
         if ('invalid' in rec) {
           flushNow();
           this.#state = this.#fold.skip(this.#state, rec.seq, rec.subject, rec.invalid);

@@ -5,7 +5,16 @@ import type { DomainEvent } from '../events/catalogue.ts';
 import { parseEvent } from '../events/catalogue.ts';
 import { canonicalJson, stateHash } from '../projections/canonical.ts';
 import { cellHashOf, deriveCellState } from '../projections/cell.ts';
-import { type FoldStep, type Model, MAX_QUARANTINE_ENTRIES, foldEvents, foldEventsInPlace, initialModel, skipEntry } from '../projections/model.ts';
+import {
+  type FoldStep,
+  type Model,
+  MAX_QUARANTINE_ENTRIES,
+  foldEvents,
+  foldEventsInPlace,
+  initialModel,
+  liveModelFold,
+  skipEntry,
+} from '../projections/model.ts';
 import { expandRules } from '../projections/flows.ts';
 import { PlannerCore } from '../services/topology-planner/core.ts';
 import { ev, record } from './harness/events.ts';
@@ -13,13 +22,24 @@ import { startNats, eventually } from './harness/nats.ts';
 import { startGateway, cfPolicy } from './harness/gateway.ts';
 import { startStack } from './harness/stack.ts';
 import { enforcementOf, waitEnforced } from '../services/topology-planner/enforcement.ts';
-import { EventLog } from '../runtime/event-log.ts';
+import { EventLog, LogFollower } from '../runtime/event-log.ts';
+import { pino } from 'pino';
 import { quarantined, replay } from '../cli/operators.ts';
 import { startDiscovery, defaultDiscoveryConfig } from '../services/discovery/service.ts';
 
-
 /** Ids that are properties of Object.prototype (or of Object) and still pass the id pattern. */
-const PROTO_IDS = ['constructor', 'hasOwnProperty', 'toString', 'valueOf', 'keys', 'isPrototypeOf', 'propertyIsEnumerable', 'toLocaleString', 'assign', 'create'];
+const PROTO_IDS = [
+  'constructor',
+  'hasOwnProperty',
+  'toString',
+  'valueOf',
+  'keys',
+  'isPrototypeOf',
+  'propertyIsEnumerable',
+  'toLocaleString',
+  'assign',
+  'create',
+];
 
 /** App names (DNS labels, looked up lower-cased) that are properties of Object or its prototype. */
 const PROTO_NAMES = ['constructor', 'keys', 'values', 'entries', 'assign', 'create', 'is', 'seal', 'freeze', 'length'];
@@ -102,7 +122,8 @@ t.test('prototype-name ids fold exactly like ordinary ids (model, every cell, th
     // The planner's incremental path agrees with the whole derivation on these ids too.
     const core = new PlannerCore({ domain: 'apps.internal', snapshotEvery: 8, owns: () => true });
     core.ingest(proto);
-    for (const cell of PROTO_IDS.slice(0, 2)) t.equal(core.cells()[cell]?.hash ?? cellHashOf(deriveCellState(core.model, cell)), cellHashOf(deriveCellState(b, cell)));
+    for (const cell of PROTO_IDS.slice(0, 2))
+      t.equal(core.cells()[cell]?.hash ?? cellHashOf(deriveCellState(core.model, cell)), cellHashOf(deriveCellState(b, cell)));
   }
 });
 
@@ -145,14 +166,17 @@ t.test('the quarantine is bounded: entries past 1,000 are counted, not kept', as
 });
 
 t.test('one IP, one holder; a decommissioned cell takes no containers (the fold settles writers racing)', async (t) => {
-  const m = foldEvents(initialModel(), record([
-    ev.cell('cell-1'),
-    ev.registered('web'),
-    ev.registered('db'),
-    ev.started('db-0', 'db', 'cell-1', '10.255.1.9'),
-    ev.started('web-0', 'web', 'cell-1', '10.255.1.9'), // a second writer raced past its decider: ignored
-    ev.started('web-1', 'web', 'cell-1', '10.255.7.9'), // outside the cell's range: ignored
-  ]));
+  const m = foldEvents(
+    initialModel(),
+    record([
+      ev.cell('cell-1'),
+      ev.registered('web'),
+      ev.registered('db'),
+      ev.started('db-0', 'db', 'cell-1', '10.255.1.9'),
+      ev.started('web-0', 'web', 'cell-1', '10.255.1.9'), // a second writer raced past its decider: ignored
+      ev.started('web-1', 'web', 'cell-1', '10.255.7.9'), // outside the cell's range: ignored
+    ]),
+  );
   t.equal(m.containers['web-0'], undefined);
   t.equal(m.containers['web-1'], undefined);
   t.equal(m.containersByIp['10.255.1.9'], 'db-0');
@@ -160,7 +184,7 @@ t.test('one IP, one holder; a decommissioned cell takes no containers (the fold 
   t.equal(racing.cells['cell-1']?.status, 'active', 'a decommission racing a start loses: the cell still runs db-0');
 });
 
-t.test('through NATS: the outside tester\'s inputs are refused or harmless, and everything keeps running', async (t) => {
+t.test("through NATS: the outside tester's inputs are refused or harmless, and everything keeps running", async (t) => {
   const nats = await startNats(t);
   const gw = await startGateway(t, nats);
   await gw.registerCells('cell-1', 'cell-2');
@@ -169,32 +193,61 @@ t.test('through NATS: the outside tester\'s inputs are refused or harmless, and 
 
   // 1. prototype-name ids: refused when they name nothing, accepted as ordinary ids otherwise.
   t.match(await gw.intake('renameApp', { appId: 'constructor', name: 'x' }), { ok: false, code: 'app-not-found' });
-  t.match(await gw.intake('startContainer', { containerId: 'c1', appId: 'hasOwnProperty', cellId: 'cell-1', instanceIndex: 0, ip: '10.255.1.2' }), { ok: false, code: 'app-not-found' });
+  t.match(await gw.intake('startContainer', { containerId: 'c1', appId: 'hasOwnProperty', cellId: 'cell-1', instanceIndex: 0, ip: '10.255.1.2' }), {
+    ok: false,
+    code: 'app-not-found',
+  });
   const dry = await gw.http('POST', '/networking/v1/external/policies?dry_run=true', { body: { policies: [cfPolicy('toString', 'valueOf')] } });
   t.equal(dry.status, 403, 'a dry run naming unknown apps toString/valueOf is refused like any unknown app');
-  const discovery = await startDiscovery({ bus: await nats.connectAs('discovery'), log: nats.log, config: { ...defaultDiscoveryConfig, dnsPort: 0, httpPort: 0 } });
+  const discovery = await startDiscovery({
+    bus: await nats.connectAs('discovery'),
+    log: nats.log,
+    config: { ...defaultDiscoveryConfig, dnsPort: 0, httpPort: 0 },
+  });
   t.teardown(() => discovery.stop());
-  for (const [appId, name] of [['constructor', 'constructor'], ['toString', 'keys']]) t.match(await gw.intake('registerApp', { appId, name, spaceId: 's', orgId: 'o' }), { ok: true });
-  t.match(await gw.intake('startContainer', { containerId: 'keys', appId: 'constructor', cellId: 'cell-1', instanceIndex: 0, ip: '10.255.1.2' }), { ok: true, appended: 1 });
-  t.match(await gw.intake('startContainer', { containerId: 'valueOf', appId: 'toString', cellId: 'cell-2', instanceIndex: 0, ip: '10.255.2.2' }), { ok: true, appended: 1 });
+  for (const [appId, name] of [
+    ['constructor', 'constructor'],
+    ['toString', 'keys'],
+  ])
+    t.match(await gw.intake('registerApp', { appId, name, spaceId: 's', orgId: 'o' }), { ok: true });
+  t.match(await gw.intake('startContainer', { containerId: 'keys', appId: 'constructor', cellId: 'cell-1', instanceIndex: 0, ip: '10.255.1.2' }), {
+    ok: true,
+    appended: 1,
+  });
+  t.match(await gw.intake('startContainer', { containerId: 'valueOf', appId: 'toString', cellId: 'cell-2', instanceIndex: 0, ip: '10.255.2.2' }), {
+    ok: true,
+    appended: 1,
+  });
   const add = await gw.http('POST', '/networking/v1/external/policies', { body: { policies: [cfPolicy('constructor', 'toString')] } });
   t.equal(add.status, 200);
   await stack.agents['cell-2']!.waitApplied(add.body.revision);
   t.equal(stack.planes['cell-2']!.allows('10.255.1.2', '10.255.2.2', 'tcp', 8080), true, 'constructor -> toString is enforced like any policy');
   t.equal(typeof Object.keys, 'function');
   // A dry run folds into a copy of the model: the copy keeps prototype-free records (toString has no policy yet).
-  const dryOk = await gw.http('POST', '/networking/v1/external/policies?dry_run=true', { body: { policies: [cfPolicy('toString', 'constructor', 'tcp', 7000)] } });
+  const dryOk = await gw.http('POST', '/networking/v1/external/policies?dry_run=true', {
+    body: { policies: [cfPolicy('toString', 'constructor', 'tcp', 7000)] },
+  });
   t.equal(dryOk.status, 200);
   t.same(dryOk.body.cells, { 'cell-1': { added: ['10.255.2.2 -> 10.255.1.2 tcp/7000'], removed: [] } });
   t.equal((Object.prototype.toString as unknown as Record<string, unknown>)['constructor|tcp|7000|7000'], undefined, 'nothing written onto a prototype');
   // The agent guards its registered range, not only the addresses it knows (CellRegistered reaches its rules).
-  t.equal(stack.planes['cell-2']!.allows('10.255.1.2', '10.255.2.99', 'tcp', 8080), false, 'an unknown address in cell-2\'s range is denied');
+  t.equal(stack.planes['cell-2']!.allows('10.255.1.2', '10.255.2.99', 'tcp', 8080), false, "an unknown address in cell-2's range is denied");
   t.same(stack.agents['cell-2']!.feed.view.state.cell['cell-2'], { subnet: '10.255.2.0/24' });
   // Discovery answers prototype names like any other; replay rebuilds the same cells.
   const lookup = async (name: string) => (await (await fetch(`${discovery.httpUrl}/v1/registration/${name}`)).json()) as { hosts: { ip_address: string }[] };
-  await eventually(async () => ((await lookup('constructor.apps.internal')).hosts.length === 1 && (await lookup('keys.apps.internal')).hosts.length === 1) || undefined, 10_000, 'both names in discovery');
-  t.same((await lookup('constructor.apps.internal')).hosts.map((h) => h.ip_address), ['10.255.1.2']);
-  t.same((await lookup('keys.apps.internal')).hosts.map((h) => h.ip_address), ['10.255.2.2']);
+  await eventually(
+    async () => ((await lookup('constructor.apps.internal')).hosts.length === 1 && (await lookup('keys.apps.internal')).hosts.length === 1) || undefined,
+    10_000,
+    'both names in discovery',
+  );
+  t.same(
+    (await lookup('constructor.apps.internal')).hosts.map((h) => h.ip_address),
+    ['10.255.1.2'],
+  );
+  t.same(
+    (await lookup('keys.apps.internal')).hosts.map((h) => h.ip_address),
+    ['10.255.2.2'],
+  );
   t.same((await lookup('tostring.apps.internal')).hosts ?? [], [], 'an app id is not a name');
   const replayed = await replay(gw.bus, undefined, 'apps.internal');
   t.equal(replayed.ok, true, `replay agrees with planner and agents: ${JSON.stringify(replayed.cells)}`);
@@ -203,19 +256,34 @@ t.test('through NATS: the outside tester\'s inputs are refused or harmless, and 
   const before = await log.lastSeq();
   t.match(await gw.intake('registerApp', { appId: 'web', name: 'web', spaceId: 's', orgId: 'o' }), { ok: true });
   const afterApp = await log.lastSeq();
-  t.match(await gw.intake('startContainer', { containerId: 'web-0', appId: 'web', cellId: 'cell-2', instanceIndex: 0, ip: '10.255.2.2' }), { ok: false, code: 'ip-in-use' });
+  t.match(await gw.intake('startContainer', { containerId: 'web-0', appId: 'web', cellId: 'cell-2', instanceIndex: 0, ip: '10.255.2.2' }), {
+    ok: false,
+    code: 'ip-in-use',
+  });
   for (const ip of ['192.168.77.5', '0.0.0.0', '255.255.255.255', '127.0.0.1', '8.8.8.8']) {
-    t.match(await gw.intake('startContainer', { containerId: 'web-0', appId: 'web', cellId: 'cell-2', instanceIndex: 0, ip }), { ok: false, code: 'ip-outside-overlay' });
+    t.match(await gw.intake('startContainer', { containerId: 'web-0', appId: 'web', cellId: 'cell-2', instanceIndex: 0, ip }), {
+      ok: false,
+      code: 'ip-outside-overlay',
+    });
   }
-  t.match(await gw.intake('startContainer', { containerId: 'web-0', appId: 'web', cellId: 'cell-2', instanceIndex: 0, ip: '10.255.1.77' }), { ok: false, code: 'ip-outside-cell' });
+  t.match(await gw.intake('startContainer', { containerId: 'web-0', appId: 'web', cellId: 'cell-2', instanceIndex: 0, ip: '10.255.1.77' }), {
+    ok: false,
+    code: 'ip-outside-cell',
+  });
   t.equal(await log.lastSeq(), afterApp, 'no refused start appended anything');
   t.ok(afterApp > before);
   t.equal(stack.planes['cell-2']!.allows('10.255.1.2', '10.255.2.2', 'tcp', 8080), true, 'the holder keeps its identity');
 
   // 3. Unknown cells: refused; a registered cell nobody serves is silent and does not hold answers back.
-  t.match(await gw.intake('startContainer', { containerId: 'c9', appId: 'web', cellId: 'cell9', instanceIndex: 0, ip: '10.255.9.2' }), { ok: false, code: 'cell-not-found' });
+  t.match(await gw.intake('startContainer', { containerId: 'c9', appId: 'web', cellId: 'cell9', instanceIndex: 0, ip: '10.255.9.2' }), {
+    ok: false,
+    code: 'cell-not-found',
+  });
   await gw.registerCells(['cell9', '10.255.9.0/24']);
-  t.match(await gw.intake('startContainer', { containerId: 'c9', appId: 'web', cellId: 'cell9', instanceIndex: 0, ip: '10.255.9.2' }), { ok: true, appended: 1 });
+  t.match(await gw.intake('startContainer', { containerId: 'c9', appId: 'web', cellId: 'cell9', instanceIndex: 0, ip: '10.255.9.2' }), {
+    ok: true,
+    appended: 1,
+  });
   const later = await gw.http('POST', '/networking/v1/external/policies', { body: { policies: [cfPolicy('web', 'toString', 'tcp', 9000)] } });
   await stack.planner.waitPublished(later.body.revision);
   await stack.agents['cell-2']!.waitApplied(later.body.revision);
@@ -228,16 +296,25 @@ t.test('through NATS: the outside tester\'s inputs are refused or harmless, and 
   await stack.planner.waitPublished(revoke.body.revision);
   const lagging = await enforcementOf(gw.bus, revoke.body.revision);
   t.equal(lagging.enforced, false, 'cell-2 lags and is not silent yet');
-  t.match(lagging.cells.find((c) => c.cellId === 'cell-2'), { ok: false, silent: false });
+  t.match(
+    lagging.cells.find((c) => c.cellId === 'cell-2'),
+    { ok: false, silent: false },
+  );
   // Once its silence passes the threshold it is listed as silent instead (the clock is moved, not waited for).
   const muchLater = await enforcementOf(gw.bus, revoke.body.revision, { now: () => Date.now() + 60_000 });
-  t.match(muchLater.cells.find((c) => c.cellId === 'cell-2'), { silent: true });
+  t.match(
+    muchLater.cells.find((c) => c.cellId === 'cell-2'),
+    { silent: true },
+  );
 
   // A decommissioned cell takes no starts; a busy cell cannot be decommissioned.
   t.match(await gw.intake('decommissionCell', { cellId: 'cell9' }), { ok: false, code: 'cell-busy' });
   t.match(await gw.intake('stopContainer', { containerId: 'c9' }), { ok: true });
   t.match(await gw.intake('decommissionCell', { cellId: 'cell9' }), { ok: true, appended: 1 });
-  t.match(await gw.intake('startContainer', { containerId: 'c10', appId: 'web', cellId: 'cell9', instanceIndex: 1, ip: '10.255.9.3' }), { ok: false, code: 'cell-decommissioned' });
+  t.match(await gw.intake('startContainer', { containerId: 'c10', appId: 'web', cellId: 'cell9', instanceIndex: 1, ip: '10.255.9.3' }), {
+    ok: false,
+    code: 'cell-decommissioned',
+  });
 
   // A writer restarted on this log comes up with the same model (nothing in it stops a fold).
   const model = gw.writer.follower.state;
@@ -255,15 +332,26 @@ t.test('invalid entries in the log are skipped the same way by every fold and li
   await gw.bus.js.publish('nf.evt.app.c', 'not json');
   // The event that halted every follower for good before: AppRenamed of never-registered app `constructor`, as an
   // older writer appended it (its decider took Object.prototype.constructor for the app).
-  const crafted = { id: '01JB0000000000000000000001', type: 'AppRenamed', v: 1, at: new Date().toISOString(), actor: 'platform:old', correlationId: 'c', data: { appId: 'constructor', name: 'x', previousName: 'Object' } };
+  const crafted = {
+    id: '01JB0000000000000000000001',
+    type: 'AppRenamed',
+    v: 1,
+    at: new Date().toISOString(),
+    actor: 'platform:old',
+    correlationId: 'c',
+    data: { appId: 'constructor', name: 'x', previousName: 'Object' },
+  };
   await gw.bus.js.publish('nf.evt.app.constructor', JSON.stringify(crafted));
   const r = await gw.intake('registerApp', { appId: 'd', name: 'd', spaceId: 's', orgId: 'o' });
   t.match(r, { ok: true, revision: 5 }, 'the writer kept folding past them');
   const q = gw.writer.follower.state.quarantine.entries;
-  t.match(q, [{ seq: 2, subject: 'nf.evt.app.b', reason: 'invalid' }, { seq: 3, subject: 'nf.evt.app.c', reason: 'invalid', error: 'not JSON' }]);
+  t.match(q, [
+    { seq: 2, subject: 'nf.evt.app.b', reason: 'invalid' },
+    { seq: 3, subject: 'nf.evt.app.c', reason: 'invalid', error: 'not JSON' },
+  ]);
   t.equal(q.length, 2, 'the crafted event of an older writer folds as a no-op: not quarantined');
   const listed = await quarantined(gw.bus);
-  t.same(listed.entries, q, 'the operators\' fold skips and lists them exactly as the writer does');
+  t.same(listed.entries, q, "the operators' fold skips and lists them exactly as the writer does");
   t.equal(listed.revision, 5);
   const metrics = await (await fetch(`${gw.writer.url}/metrics`)).text();
   t.match(metrics, /netfold_events_quarantined\{[^}]*reason="invalid"[^}]*\} 2/);
@@ -274,4 +362,43 @@ t.test('invalid entries in the log are skipped the same way by every fold and li
   t.same(again.writer.follower.state.quarantine.entries, q);
   const stack = await startStack(t, nats, []);
   t.equal(stack.planner.core.seq, 5, 'the planner caught up past them');
+});
+
+t.test("a log full of garbage does not flood the readers' logs: the first 100 one line each, then one line per 10,000", async (t) => {
+  const nats = await startNats(t);
+  const bus = await nats.connect('garbage');
+  const N = 20_050;
+  const sends: Promise<unknown>[] = [];
+  for (let i = 0; i < N; i++) {
+    sends.push(bus.js.publish(`nf.evt.app.g${i % 50}`, i % 2 ? 'not json' : '{"type":"AppRegistered","v":1}'));
+    if (sends.length === 512) await Promise.all(sends.splice(0));
+  }
+  await Promise.all(sends);
+  await bus.js.publish(
+    'nf.evt.app.ok',
+    JSON.stringify({
+      id: '01JB0000000000000000000009',
+      type: 'AppRegistered',
+      v: 1,
+      at: new Date().toISOString(),
+      actor: 'platform:t',
+      correlationId: 'c',
+      data: { appId: 'ok', name: 'ok', spaceId: 's', orgId: 'o' },
+    }),
+  );
+  const lines: { msg: string; skipped?: number }[] = [];
+  const log = pino({ level: 'warn' }, { write: (line: string) => void lines.push(JSON.parse(line)) });
+  const follower = new LogFollower(bus, liveModelFold, log);
+  t.teardown(() => follower.stop());
+  await follower.start();
+  t.equal(follower.seq, N + 1, 'read to the end');
+  t.equal(follower.state.quarantine.invalid, N, 'every entry skipped and counted');
+  t.ok(follower.state.apps.ok, 'the valid event after them folded');
+  const count = (msg: string) => lines.filter((l) => l.msg === msg).length;
+  t.equal(count('event-invalid') + count('event-not-json'), 100, 'the first 100 logged one by one');
+  t.same(
+    lines.filter((l) => l.msg === 'event-invalid-repeated').map((l) => l.skipped),
+    [10_000, 20_000],
+    'then one line per 10,000',
+  );
 });
