@@ -245,8 +245,8 @@ function applyEvent(m: Draft<Model>, e: EventEnvelope, seq: number): void {
         startedAt: e.at,
         stoppedAt: null,
       };
-      (m.containersByApp[d.appId] ??= dict())[d.containerId] = true;
-      (m.containersByCell[d.cellId] ??= dict())[d.containerId] = true;
+      addIndex(m.containersByApp, d.appId, d.containerId);
+      addIndex(m.containersByCell, d.cellId, d.containerId);
       m.containersByIp[d.ip] = d.containerId;
       return;
     }
@@ -300,7 +300,7 @@ function applyEvent(m: Draft<Model>, e: EventEnvelope, seq: number): void {
         const bySource = (m.policies[src.id] ??= dict());
         if (bySource[key]) continue;
         bySource[key] = { ...rule, sourceAppId: src.id, createdAt: e.at, createdBy: e.actor, createdSeq: seq };
-        (m.policiesByDest[rule.destAppId] ??= dict())[policyRef(src.id, key)] = true;
+        addIndex(m.policiesByDest, rule.destAppId, policyRef(src.id, key));
         claimTag(m, src.id);
         claimTag(m, rule.destAppId);
       }
@@ -345,11 +345,29 @@ function removePolicy(m: Draft<Model>, sourceAppId: string, key: string): void {
   removeIndex(m.policiesByDest, rec.destAppId, policyRef(sourceAppId, key));
 }
 
+/**
+ * The size of each index set the in-place fold has touched, so that removing the last member (which removes the set)
+ * is O(1): counting the keys of a cell's set of ~1,000 containers on every stop was 12% of a planner's cold start.
+ * A set not in here (a fresh copy: the pure fold's drafts, a cloned model) is counted once.
+ */
+const indexSizes = new WeakMap<object, number>();
+
+const sizeOf = (set: Dict<true>): number => indexSizes.get(set) ?? Object.keys(set).length;
+
+function addIndex(index: Dict<Dict<true>>, outer: string, inner: string): void {
+  const set = (index[outer] ??= dict());
+  if (set[inner]) return;
+  indexSizes.set(set, sizeOf(set) + 1);
+  set[inner] = true;
+}
+
 function removeIndex(index: Dict<Dict<true>>, outer: string, inner: string): void {
   const set = index[outer];
-  if (!set) return;
+  if (!set || !set[inner]) return;
+  const size = sizeOf(set) - 1;
   delete set[inner];
-  if (Object.keys(set).length === 0) delete index[outer];
+  indexSizes.set(set, size);
+  if (size === 0) delete index[outer];
 }
 
 function claimName(m: Draft<Model>, name: string, appId: string): void {

@@ -19,11 +19,18 @@ t.test('a start after its stop is ignored; a repeated start changes nothing', as
 
 t.test('deleting an app removes every policy that names it and frees its tag', async (t) => {
   const m = modelOf([
-    ev.registered('a'), ev.registered('b'), ev.registered('c'),
-    ev.created('a', 'b'), ev.created('c', 'a'), ev.created('c', 'b'),
+    ev.registered('a'),
+    ev.registered('b'),
+    ev.registered('c'),
+    ev.created('a', 'b'),
+    ev.created('c', 'a'),
+    ev.created('c', 'b'),
     ev.deleted('a'),
   ]);
-  t.same(allPolicies(m).map((p) => `${p.sourceAppId}>${p.destAppId}`), ['c>b']);
+  t.same(
+    allPolicies(m).map((p) => `${p.sourceAppId}>${p.destAppId}`),
+    ['c>b'],
+  );
   t.same(m.policiesByDest, { b: { [`c|b|tcp|8080|8080`]: true } });
   t.equal(m.tags.byApp.a, undefined);
   t.same(m.tags.free, [1]);
@@ -64,8 +71,17 @@ t.test('tags: capacity', async (t) => {
 
 t.test('the in-place fold of the live follower gives exactly the pure fold', async (t) => {
   const history = [
-    ev.registered('a'), ev.registered('b'), ev.registered('c'), ev.created('a', 'b'), ev.created('c', 'a', 1, 9, 'udp'),
-    ev.started('c1', 'a'), ev.stopped('c0'), ev.started('c0', 'a'), ev.renamed('b', 'bee', 'b'), ev.deleted('a'), ev.created('c', 'b'),
+    ev.registered('a'),
+    ev.registered('b'),
+    ev.registered('c'),
+    ev.created('a', 'b'),
+    ev.created('c', 'a', 1, 9, 'udp'),
+    ev.started('c1', 'a'),
+    ev.stopped('c0'),
+    ev.started('c0', 'a'),
+    ev.renamed('b', 'bee', 'b'),
+    ev.deleted('a'),
+    ev.created('c', 'b'),
   ];
   const recs = record(history);
   const pure = foldEvents(initialModel(), recs);
@@ -74,4 +90,29 @@ t.test('the in-place fold of the live follower gives exactly the pure fold', asy
   const start = initialModel();
   foldEvents(start, recs);
   t.same(start, initialModel(), 'the pure fold leaves its input alone');
+});
+
+t.test('indexes under churn: the in-place fold (sizes kept aside) and the pure fold agree, sets vanish when emptied', async (t) => {
+  let x = 7;
+  const rnd = (n: number) => ((x = (x * 1103515245 + 12345) % 2 ** 31), x % n);
+  const history = [ev.registered('a'), ev.registered('b')];
+  const running = new Set<string>();
+  for (let i = 0; i < 400; i++) {
+    const id = `c${rnd(40)}`;
+    if (running.has(id)) {
+      history.push(ev.stopped(id, rnd(2) ? 'a' : 'b', `cell-${rnd(3)}`));
+      running.delete(id);
+    } else {
+      history.push(ev.started(id, rnd(2) ? 'a' : 'b', `cell-${rnd(3)}`, `10.255.${rnd(3) + 1}.${rnd(200) + 2}`, i));
+      running.add(id);
+    }
+  }
+  for (const id of running) history.push(ev.stopped(id));
+  const recs = record(history);
+  const pure = foldEvents(initialModel(), recs);
+  const inPlace = structuredClone(initialModel());
+  for (let i = 0; i < recs.length; i += 7) foldEventsInPlace(inPlace, recs.slice(i, i + 7));
+  t.same(inPlace, pure);
+  t.same(inPlace.containersByApp, {}, 'every set emptied is gone');
+  t.same(inPlace.containersByCell, {});
 });
