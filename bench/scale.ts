@@ -30,7 +30,7 @@ import { ensureTopology, ensureBuckets, defaultTopologyOptions } from '../runtim
 import type { Principal } from '../runtime/authz.ts';
 import { kvLayout } from '../runtime/nats-adapter.ts';
 import { silentLogger } from '../runtime/logger.ts';
-import { CELL_STATUS_BUCKET, intakeCommand, intakeSubject } from '../runtime/subjects.ts';
+import { CELL_STATUS_BUCKET, intakeBatchSubject, intakeCommand, intakeSubject } from '../runtime/subjects.ts';
 import { mintToken } from '../runtime/tokens.ts';
 import { InboxRequester } from '../runtime/inbox-requester.ts';
 import { replay } from '../cli/operators.ts';
@@ -69,6 +69,8 @@ const sizes = {
   DNS_EVERY: envNumber('BENCH_DNS_EVERY', 4),
   RAW_MSGS: envNumber('BENCH_RAW_MSGS', 100_000),
   INTAKE_CONCURRENCY: envNumber('BENCH_CONCURRENCY', 256),
+  /** Container starts of the load per intake request (a batch, `nf.cmd.<caller>.commands.batch`); 1: one per request. */
+  INTAKE_BATCH: envNumber('BENCH_INTAKE_BATCH', 100),
   CONVERGE_TIMEOUT_S: envNumber('BENCH_CONVERGE_TIMEOUT_S', 300),
 };
 const DOMAIN = DEFAULT_DOMAIN;
@@ -304,20 +306,35 @@ async function runOnce(pollMs: number, auth: boolean): Promise<ScaleRun> {
     });
     results[`ingest: policy creates via HTTP, ${BATCH} per request (policies/s)`] = rate(sizes.POLICIES, ms);
     const starts = Array.from({ length: sizes.CONTAINERS }, (_, j) => ({ id: `c-${j}`, app: j % sizes.APPS, ...place() }));
-    ms = await pool(sizes.CONTAINERS, sizes.INTAKE_CONCURRENCY, async (j) => {
+    const startBody = (j: number) => {
       const c = starts[j]!;
       const index = instances[c.app]!++;
-      await intake(intakeSubject('bench', intakeCommand.startContainer), {
-        containerId: c.id,
-        appId: `app-${c.app}`,
-        cellId: c.cellId,
-        instanceIndex: index,
-        ip: c.ip,
-      });
-      running.push(c);
-    });
+      return { containerId: c.id, appId: `app-${c.app}`, cellId: c.cellId, instanceIndex: index, ip: c.ip };
+    };
+    const perRequest = Math.max(1, sizes.INTAKE_BATCH);
+    ms = await pool(
+      Math.ceil(sizes.CONTAINERS / perRequest),
+      perRequest === 1 ? sizes.INTAKE_CONCURRENCY : Math.max(1, Math.round(sizes.INTAKE_CONCURRENCY / perRequest)),
+      async (b) => {
+        const js = Array.from({ length: Math.min(perRequest, sizes.CONTAINERS - b * perRequest) }, (_, k) => b * perRequest + k);
+        if (perRequest === 1) await intake(intakeSubject('bench', intakeCommand.startContainer), startBody(js[0]!));
+        else {
+          const m = await requester.request(
+            intakeBatchSubject('bench'),
+            JSON.stringify({ commands: js.map((j) => ({ command: intakeCommand.startContainer, body: startBody(j) })) }),
+            {
+              timeoutMs: 60_000,
+            },
+          );
+          const r = m.json<{ ok: boolean; error?: string; results?: { ok: boolean; error?: string }[] }>();
+          const failed = r.ok ? r.results!.find((x) => !x.ok) : r;
+          if (failed) throw new Error(`container starts: ${failed.error}`);
+        }
+        for (const j of js) running.push(starts[j]!);
+      },
+    );
     const ingest = rate(sizes.CONTAINERS, ms);
-    results['ingest: container starts via intake, everything running (cmds/s)'] = ingest;
+    results[`ingest: container starts via intake, ${perRequest} per request, everything running (cmds/s)`] = ingest;
     results['ingest vs raw append (%)'] = round((ingest / raw) * 100);
     results['ingest: CPU cores during the container load'] = coresOf(components, cpuLoad0, (performance.now() - tLoad) / 1000, [
       'nats-server',
