@@ -7,6 +7,7 @@
 // Env: NATS_URL, BENCH_CELL_FROM / BENCH_CELL_TO (cells cell-<from> … cell-<to - 1>), BENCH_POLL_MS (0 = follow the
 // stream), BENCH_AGENT_CONNS (4), BENCH_CREDS_DIR, NETFOLD_OVERLAY_CIDR. Logs `agents-started` once every agent has
 // applied its first state; SIGTERM stops them all.
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { connectBus, type Bus } from '../runtime/nats.ts';
 import { createRootLogger } from '../runtime/logger.ts';
 import { stopOnSignals } from '../runtime/lifecycle.ts';
@@ -60,7 +61,17 @@ log.level = 'info';
 log.info({ agents: agents.length, from, to, pollIntervalMs }, 'agents-started');
 log.level = process.env.NETFOLD_LOG_LEVEL ?? 'warn';
 
+// Where a change waits seconds on a cell that got its delta at once: this process's event loop. Said when blocked.
+const loopDelay = monitorEventLoopDelay({ resolution: 20 });
+loopDelay.enable();
+const loopTimer = setInterval(() => {
+  const maxMs = Math.round(loopDelay.max / 1e6);
+  if (maxMs >= 500) log.warn({ maxMs, p99Ms: Math.round(loopDelay.percentile(99) / 1e6) }, 'agents-event-loop-blocked');
+  loopDelay.reset();
+}, 2000);
+
 stopOnSignals(log, async () => {
+  clearInterval(loopTimer);
   await pool(agents.length, 64, (i) => agents[i]!.stop());
   await pool(buses.length, 64, (i) => buses[i]!.close());
 });
