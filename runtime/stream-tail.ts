@@ -86,6 +86,8 @@ export class StreamTail implements AsyncIterable<TailMsg> {
   /** Recreations since the last message delivered: the watchdog backs off while they do not help. */
   #fruitless = 0;
   #nextCheckAt = 0;
+  /** When the watchdog last ran: a tick far later than planned means this process was blocked, not the server. */
+  #lastTickAt = 0;
   /** Times the consumer was recreated. */
   recoveries = 0;
   /** Messages delivered from direct gets while no consumer could be created. */
@@ -227,8 +229,16 @@ export class StreamTail implements AsyncIterable<TailMsg> {
   async #check(): Promise<void> {
     const since = this.#waitingSince;
     const now = Date.now();
+    const stallMs = this.#o.stallMs ?? FAST_TAIL.stallMs;
+    const late = this.#lastTickAt > 0 && now - this.#lastTickAt > 2 * (this.#o.checkMs ?? FAST_TAIL.checkMs);
+    this.#lastTickAt = now;
+    // This process's event loop stood still (a burst of work: 250 agents of one host applying a bulk change at once,
+    // seen blocking 6 s): what looks like silence is unread input. Judge again a stall period from now.
+    if (late) this.#nextCheckAt = Math.max(this.#nextCheckAt, now + stallMs);
     if (this.#probing || this.#stopped || since === undefined || !this.#messages || now < this.#nextCheckAt) return;
-    if (now - Math.max(since, this.#lastDeliveryAt) < (this.#o.stallMs ?? FAST_TAIL.stallMs)) return;
+    if (now - Math.max(since, this.#lastDeliveryAt) < stallMs) return;
+    // Messages received and not yet taken by the reader: it is behind on its own work, the consumer delivers.
+    if (this.#messages.getPending() > 0) return;
     this.#probing = true;
     try {
       const newest = await this.#newestSeq();

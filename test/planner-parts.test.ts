@@ -1,7 +1,7 @@
 // The planner's parts that need no NATS: the output pump's ordering rules and the checkpoint rule.
 import t from 'tap';
 import type { PlannerOutput } from '../projections/cell-stream.ts';
-import { CELL_DELTAS_STREAM, EMPTY_CELL_HASH, revisionOf } from '../projections/cell-stream.ts';
+import { CELL_DELTAS_STREAM, EMPTY_CELL_HASH, cellSubject, revisionOf } from '../projections/cell-stream.ts';
 import { emptyCellState } from '../projections/cell.ts';
 import { OutputPublisher } from '../services/topology-planner/output-publisher.ts';
 import { lastStoredOn, latestPlanned, publishedHeads } from '../services/topology-planner/published.ts';
@@ -160,7 +160,7 @@ t.test('fenced outputs: two planners writing one cell never leave an older plan 
   const snapshot = (revision: number): PlannerOutput => ({ kind: 'snapshot', cellId: 'cell-x', revision, hash: EMPTY_CELL_HASH, state: emptyCellState() });
   const stored = async () => {
     const out: number[] = [];
-    for (const m of await readAll(bus, CELL_DELTAS_STREAM)) out.push(revisionOf(m)!.revision);
+    for (const m of await readAll(bus, CELL_DELTAS_STREAM)) out.push(revisionOf(m)?.revision ?? -1); // -1: not a delta
     return out;
   };
   const readAll = async (b: typeof bus, stream: string) => {
@@ -196,8 +196,13 @@ t.test('fenced outputs: two planners writing one cell never leave an older plan 
   t.equal(await p2.publish(delta(230, 221)), 'sent');
   t.same(await stored(), [160, 165, 221, 222, 230]);
   t.same(await latestPlanned(bus, 'cell-x'), { revision: 230, hash: EMPTY_CELL_HASH }, 'the latest plan is the newest');
+  // something that is not a plan written on the subject (only admins and planners may): no newer plan, so the next
+  // output is stored after it — never stuck on it
+  await bus.js.publish(cellSubject.delta('cell-x'), 'not a delta');
+  t.equal(await p1.publish(delta(231, 222)), 'sent', 'published after the garbage');
+  t.same((await stored()).slice(-1), [231]);
   // outputs of one cell handed over together leave in order, one after the other
-  const outcomes = await Promise.all([231, 232, 233, 234].map((r) => p2.publish(delta(r, r - 1))));
+  const outcomes = await Promise.all([232, 233, 234, 235].map((r) => p2.publish(delta(r, r - 1))));
   t.same(outcomes, ['sent', 'sent', 'sent', 'sent']);
-  t.same((await stored()).slice(-4), [231, 232, 233, 234]);
+  t.same((await stored()).slice(-4), [232, 233, 234, 235]);
 });

@@ -73,6 +73,7 @@ export class OutputPublisher {
   async #publishFenced(o: PlannerOutput): Promise<PublishOutcome> {
     const { subject, msgId, body } = outputMessage(o);
     let resent = false;
+    let conflicts = 0;
     for (;;) {
       if (isAlreadyPlanned(o, this.#heads.get(o.cellId))) {
         this.stats.suppressed += 1;
@@ -88,10 +89,13 @@ export class OutputPublisher {
         break;
       } catch (err) {
         if (err instanceof WrongExpectedSequenceError && !this.#closed) {
+          // (a subject someone keeps writing: take turns rather than spin)
+          if (++conflicts > 2) await new Promise((r) => setTimeout(r, Math.min(50 * conflicts, 1000)));
           // another planner wrote the subject: publish after its message if this output is newer, else drop it
           const last = await withNatsRetry(`the last ${o.kind} of ${o.cellId}`, () => lastStoredOn(this.#bus, o.kind, o.cellId), { deadlineMs: 15_000 });
           this.#lastSeq.set(subject, last?.seq ?? 0);
-          if (last && last.revision >= o.revision) {
+          // (a message there that is not a plan — garbage, a forgery — is no newer plan: published after it)
+          if (last && last.revision !== null && last.revision >= o.revision) {
             this.#heads.set(o.cellId, Math.max(this.#heads.get(o.cellId) ?? 0, last.revision));
             this.stats.superseded += 1;
             this.#log.warn({ cell: o.cellId, kind: o.kind, revision: o.revision, stored: last.revision }, 'planner-output-superseded');

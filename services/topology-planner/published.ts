@@ -57,26 +57,34 @@ export function isAlreadyPlanned(o: Pick<PlannerOutput, 'kind' | 'revision'>, he
   return o.kind === 'delta' ? o.revision <= head : o.revision < head;
 }
 
-async function lastOn(bus: Bus, stream: string, subject: string): Promise<(Published & { seq: number }) | null> {
+async function lastOn(bus: Bus, stream: string, subject: string): Promise<Published | null> {
   try {
     // From the stream's leader: a direct get may be answered by any replica, and one that just came back can serve a
     // stale message for a long while (a chaos run saw an old hash as "planned" for minutes).
     const msg = await bus.jsm.streams.getMessage(stream, { last_by_subj: subject });
     const r = msg ? revisionOf(msg.data) : null;
-    return r ? { revision: r.revision, hash: r.hash, seq: msg!.seq } : null;
+    return r ? { revision: r.revision, hash: r.hash } : null;
   } catch (err) {
     if (isNoMessageFound(err)) return null;
     throw err;
   }
 }
 
-/** The last message of one cell's delta or snapshot subject: its revision and stream sequence; null if none. */
-export async function lastStoredOn(bus: Bus, kind: PlannerOutput['kind'], cellId: string): Promise<{ revision: number; seq: number } | null> {
-  const last =
-    kind === 'delta'
-      ? await lastOn(bus, CELL_DELTAS_STREAM, cellSubject.delta(cellId))
-      : await lastOn(bus, CELL_SNAPSHOTS_STREAM, cellSubject.snapshot(cellId));
-  return last && { revision: last.revision, seq: last.seq };
+/**
+ * The last message of one cell's delta or snapshot subject: its stream sequence and, when it is a plan of the cell
+ * stream contract, its revision (null: something else was written there — a reader skips it); null when none.
+ */
+export async function lastStoredOn(bus: Bus, kind: PlannerOutput['kind'], cellId: string): Promise<{ revision: number | null; seq: number } | null> {
+  const [stream, subject] = kind === 'delta' ? [CELL_DELTAS_STREAM, cellSubject.delta(cellId)] : [CELL_SNAPSHOTS_STREAM, cellSubject.snapshot(cellId)];
+  try {
+    const msg = await bus.jsm.streams.getMessage(stream, { last_by_subj: subject }); // from the leader (see lastOn)
+    if (!msg) return null;
+    const r = revisionOf(msg.data);
+    return { revision: r && r.cellId === cellId ? r.revision : null, seq: msg.seq };
+  } catch (err) {
+    if (isNoMessageFound(err)) return null;
+    throw err;
+  }
 }
 
 /** One cell's latest planned revision and hash (its last delta or snapshot, whichever is newer); null if none. */
@@ -85,6 +93,7 @@ export async function latestPlanned(bus: Bus, cellId: string): Promise<Published
     lastOn(bus, CELL_DELTAS_STREAM, cellSubject.delta(cellId)),
     lastOn(bus, CELL_SNAPSHOTS_STREAM, cellSubject.snapshot(cellId)),
   ]);
-  const newest = !d ? s : !s ? d : s.revision > d.revision ? s : d;
-  return newest && { revision: newest.revision, hash: newest.hash };
+  if (!d) return s;
+  if (!s) return d;
+  return s.revision > d.revision ? s : d;
 }
