@@ -247,7 +247,9 @@ export class StreamTail implements AsyncIterable<TailMsg> {
       // is too busy, and recreating it would only add work (a thousand agents recreating theirs at once overloaded
       // the server further). It gets up to three more stall periods. One that delivered nothing new, or does not
       // answer within 500 ms, is recreated now.
-      if (this.#patience < 3 && this.#consumer && ((await deliveredWithin(this.#consumer, 500)) ?? 0) > this.#last) {
+      const delivered = this.#patience < 3 && this.#consumer ? ((await deliveredWithin(this.#consumer, 500)) ?? 0) : 0;
+      if (delivered > this.#last) {
+        if (this.#patience === 0) this.#log.info({ lastSeq: this.#last, delivered, newest, waitingMs: Date.now() - since }, 'stream-tail-waiting-on-delivered');
         this.#patience += 1;
         this.#nextCheckAt = Date.now() + (this.#o.stallMs ?? FAST_TAIL.stallMs);
         return;
