@@ -43,6 +43,8 @@ export type Config = {
   dataplane: string;
   netns: string | undefined;
   overlayCidr: string;
+  /** Prefix length of the range leased to a cell that registers without one (24: a /24 per cell). */
+  leasePrefix: number;
   /** This cell's container range(s), comma-separated CIDRs inside the overlay (`--cell-subnet`); empty when unset. */
   cellSubnet: string | undefined;
   driftIntervalMs: number;
@@ -186,6 +188,7 @@ export const SETTINGS: readonly Setting[] = [
     kind: 'string',
     services: ['policy-writer', 'cell-agent', 'up'],
   },
+  { key: 'leasePrefix', flag: 'lease-prefix', env: 'NETFOLD_LEASE_PREFIX', def: '24', kind: 'int', min: 8, max: 30, services: ['policy-writer', 'up'] },
   { key: 'cellSubnet', flag: 'cell-subnet', env: 'NETFOLD_CELL_SUBNET', def: undefined, kind: 'string', services: ['cell-agent'] },
   {
     key: 'driftIntervalMs',
@@ -305,6 +308,9 @@ export function loadConfig(flags: Record<string, string | boolean | undefined> =
   }
   if (!/^(\d{1,3}\.){3}\d{1,3}\/\d{1,2}$/.test(config.overlayCidr)) {
     throw new ConfigError(`--overlay-cidr / NETFOLD_OVERLAY_CIDR must be an IPv4 CIDR, got "${config.overlayCidr}"`);
+  }
+  if (config.leasePrefix < Number(config.overlayCidr.split('/')[1])) {
+    throw new ConfigError(`--lease-prefix / NETFOLD_LEASE_PREFIX (/${config.leasePrefix}) must not be shorter than the overlay's (${config.overlayCidr})`);
   }
   if (config.cellSubnet !== undefined) {
     for (const c of config.cellSubnet.split(',')) {
