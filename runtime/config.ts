@@ -188,7 +188,7 @@ export const SETTINGS: readonly Setting[] = [
     kind: 'string',
     services: ['policy-writer', 'cell-agent', 'up'],
   },
-  { key: 'leasePrefix', flag: 'lease-prefix', env: 'NETFOLD_LEASE_PREFIX', def: '24', kind: 'int', min: 8, max: 30, services: ['policy-writer', 'up'] },
+  { key: 'leasePrefix', flag: 'lease-prefix', env: 'NETFOLD_LEASE_PREFIX', def: '24', kind: 'int', min: 16, max: 30, services: ['policy-writer', 'up'] },
   { key: 'cellSubnet', flag: 'cell-subnet', env: 'NETFOLD_CELL_SUBNET', def: undefined, kind: 'string', services: ['cell-agent'] },
   {
     key: 'driftIntervalMs',

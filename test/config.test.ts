@@ -208,3 +208,9 @@ t.test("README's configuration table lists exactly the settings, in order, with 
     else t.equal(cell, `\`${s.def}\``, `--${s.flag}: default`);
   }
 });
+
+t.test('a lease larger than the overlay is refused at start-up', async (t) => {
+  t.throws(() => loadConfig({ ...BASE_FLAGS, 'overlay-cidr': '10.255.0.0/20', 'lease-prefix': '18' }, {}), /--lease-prefix .* must not be shorter than the overlay/);
+  t.throws(() => loadConfig({ ...BASE_FLAGS, 'lease-prefix': '31' }, {}), /lease-prefix/);
+  t.equal(loadConfig({ ...BASE_FLAGS, 'overlay-cidr': '10.255.0.0/20', 'lease-prefix': '20' }, {}).leasePrefix, 20);
+});

@@ -44,7 +44,10 @@ t.test('invalid input gets an error reply and appends nothing', async (t) => {
   const bad = await gw.intake('startContainer', { containerId: 'c1', appId: 'a1', cellId: 'cell-1', instanceIndex: 0, ip: '10.0.0.300' });
   t.match(bad, { ok: false, code: 'invalid-input', issues: [{ path: 'ip' }] });
   t.match(await gw.intake('registerApp', { appId: 'a.b', name: 'x', spaceId: 's', orgId: 'o' }), { ok: false, code: 'invalid-input' });
-  t.match(await gw.intake('startContainer', { containerId: 'c1', appId: 'nope', cellId: 'cell-1', instanceIndex: 0, ip: '10.0.0.3' }), { ok: false, code: 'app-not-found' });
+  t.match(await gw.intake('startContainer', { containerId: 'c1', appId: 'nope', cellId: 'cell-1', instanceIndex: 0, ip: '10.0.0.3' }), {
+    ok: false,
+    code: 'app-not-found',
+  });
   t.match(await gw.intake('registerApp', { appId: 'a2', name: 'WEB', spaceId: 's1', orgId: 'o1' }), { ok: false, code: 'app-name-taken' });
   t.match(await gw.intake('renameApp', { appId: 'ghost', name: 'x' }), { ok: false, code: 'app-not-found' });
   // Who is asking is the subject's caller token (bound to the connection's user when authorization is on), never a
@@ -72,7 +75,10 @@ t.test('retries with the same request id are idempotent', async (t) => {
   const start = { containerId: 'c1', appId: 'a1', cellId: 'cell-1', instanceIndex: 0, ip: '10.255.1.2', requestId: 'req-2' };
   const results = await Promise.all(Array.from({ length: 5 }, () => gw.intake('startContainer', start)));
   t.equal(results.filter((r) => r.ok && r.appended === 1).length, 1, 'exactly one of five concurrent retries appended');
-  t.ok(results.every((r) => r.ok && r.revision === 3), 'all answer the same revision');
+  t.ok(
+    results.every((r) => r.ok && r.revision === 3),
+    'all answer the same revision',
+  );
   t.equal(await log.lastSeq(), 3);
   t.match(await gw.intake('startContainer', { ...start, ip: '10.255.1.3' }), { ok: false, code: 'container-conflict' });
 });
@@ -82,14 +88,21 @@ t.test('a stop before its start, and a stop of an unknown container, do not corr
   await gw.registerCells('cell-1');
   await gw.intake('registerApp', { appId: 'a1', name: 'web', spaceId: 's1', orgId: 'o1' });
   t.match(await gw.intake('stopContainer', { containerId: 'c1' }), { ok: true, appended: 1, note: 'stopped-before-start' });
-  t.match(await gw.intake('startContainer', { containerId: 'c1', appId: 'a1', cellId: 'cell-1', instanceIndex: 0, ip: '10.255.1.2' }), { ok: true, appended: 0, note: 'already-stopped' });
+  t.match(await gw.intake('startContainer', { containerId: 'c1', appId: 'a1', cellId: 'cell-1', instanceIndex: 0, ip: '10.255.1.2' }), {
+    ok: true,
+    appended: 0,
+    note: 'already-stopped',
+  });
   t.match(await gw.intake('stopContainer', { containerId: 'c1' }), { ok: true, appended: 0, note: 'already-stopped' });
   const m = gw.writer.follower.state;
   t.equal(m.containers.c1?.status, 'stopped');
   t.same(m.containersByCell, {}, 'no running container on any cell');
   t.equal(await log.lastSeq(), 3);
   // the normal order
-  t.match(await gw.intake('startContainer', { containerId: 'c2', appId: 'a1', cellId: 'cell-1', instanceIndex: 1, ip: '10.255.1.3' }), { ok: true, appended: 1 });
+  t.match(await gw.intake('startContainer', { containerId: 'c2', appId: 'a1', cellId: 'cell-1', instanceIndex: 1, ip: '10.255.1.3' }), {
+    ok: true,
+    appended: 1,
+  });
   t.same(gw.writer.follower.state.containersByCell, { 'cell-1': { c2: true } });
   t.match(await gw.intake('stopContainer', { containerId: 'c2' }), { ok: true, appended: 1 });
   t.match((await eventsFrom(log, 5))[0], { type: 'ContainerStopped', data: { containerId: 'c2', appId: 'a1', cellId: 'cell-1', wasRunning: true } });
@@ -98,7 +111,9 @@ t.test('a stop before its start, and a stop of an unknown container, do not corr
 t.test('deleting an app deletes its policies, as events, before the app', async (t) => {
   const { gw, log } = await setup(t);
   for (const appId of ['a', 'b', 'c']) await gw.intake('registerApp', { appId, name: appId, spaceId: 's1', orgId: 'o1' });
-  await gw.http('POST', '/networking/v1/external/policies', { body: { policies: [cfPolicy('a', 'b'), cfPolicy('b', 'a', 'udp', 53), cfPolicy('c', 'a'), cfPolicy('c', 'b')] } });
+  await gw.http('POST', '/networking/v1/external/policies', {
+    body: { policies: [cfPolicy('a', 'b'), cfPolicy('b', 'a', 'udp', 53), cfPolicy('c', 'a'), cfPolicy('c', 'b')] },
+  });
   const before = await log.lastSeq();
   const del = await gw.intake('deleteApp', { appId: 'a', requestId: 'del-a' });
   t.match(del, { ok: true, appended: 1 });
@@ -113,4 +128,66 @@ t.test('deleting an app deletes its policies, as events, before the app', async 
   t.ok(del.ok && del.revision === before + 4, 'the reply carries the revision of the deletion');
   const list = await gw.http('GET', '/networking/v1/external/policies');
   t.same(list.body.policies, [cfPolicy('c', 'b')]);
+});
+
+t.test('leases over intake: cells join with an underlay address and are leased a range; starts without an IP get one', async (t) => {
+  const { gw, log } = await setup(t);
+  const a = await gw.intake('registerCell', { cellId: 'host-a', underlay: '192.0.2.1' });
+  t.match(a, { ok: true, appended: 1, subnet: '10.255.0.0/24', underlay: '192.0.2.1' });
+  const b = await gw.intake('registerCell', { cellId: 'host-b', underlay: '192.0.2.2' });
+  t.match(b, { ok: true, appended: 1, subnet: '10.255.1.0/24', underlay: '192.0.2.2' });
+  // Joining again (an agent restarted) keeps the lease.
+  t.match(await gw.intake('registerCell', { cellId: 'host-a', underlay: '192.0.2.1' }), {
+    ok: true,
+    appended: 0,
+    note: 'already-registered',
+    subnet: '10.255.0.0/24',
+  });
+  await gw.intake('registerApp', { appId: 'app-1', name: 'one', spaceId: 's1', orgId: 'o1' });
+  const s1 = await gw.intake('startContainer', { containerId: 'c1', appId: 'app-1', cellId: 'host-b', instanceIndex: 0 });
+  t.match(s1, { ok: true, appended: 1, ip: '10.255.1.2', note: 'address-allocated' });
+  const s2 = await gw.intake('startContainer', { containerId: 'c2', appId: 'app-1', cellId: 'host-b', instanceIndex: 1 });
+  t.match(s2, { ok: true, ip: '10.255.1.3' });
+  t.match(await gw.intake('startContainer', { containerId: 'c1', appId: 'app-1', cellId: 'host-b', instanceIndex: 0 }), {
+    ok: true,
+    appended: 0,
+    ip: '10.255.1.2',
+    note: 'already-running',
+  });
+  const events = await eventsFrom(log, 1);
+  t.match(events[0], { type: 'CellRegistered', v: 2, data: { cellId: 'host-a', subnet: '10.255.0.0/24', underlay: '192.0.2.1', leased: true } });
+  t.match(
+    events.find((e) => e.type === 'ContainerStarted'),
+    { data: { containerId: 'c1', ip: '10.255.1.2' } },
+    'the allocated address is recorded in the event',
+  );
+  // Decommission is refused while containers run; then the lease is released and the next cell gets it.
+  t.match(await gw.intake('decommissionCell', { cellId: 'host-b' }), { ok: false, code: 'cell-busy' });
+  await gw.intake('stopContainer', { containerId: 'c1' });
+  await gw.intake('stopContainer', { containerId: 'c2' });
+  t.match(await gw.intake('decommissionCell', { cellId: 'host-b' }), { ok: true, appended: 1 });
+  t.match(await gw.intake('registerCell', { cellId: 'host-c', underlay: '192.0.2.2' }), { ok: true, subnet: '10.255.1.0/24', underlay: '192.0.2.2' });
+});
+
+t.test('leases over intake: bad input and conflicts are typed errors and append nothing', async (t) => {
+  const { gw, log } = await setup(t);
+  await gw.intake('registerCell', { cellId: 'host-a', underlay: '192.0.2.1' });
+  await gw.intake('registerApp', { appId: 'app-1', name: 'one', spaceId: 's1', orgId: 'o1' });
+  await gw.intake('registerCell', { cellId: 'tiny', subnet: '10.255.200.0/30' });
+  await gw.intake('startContainer', { containerId: 't1', appId: 'app-1', cellId: 'tiny', instanceIndex: 0 });
+  const before = await log.lastSeq();
+  const cases: [keyof typeof intakeCommand, Record<string, unknown>, Record<string, unknown>][] = [
+    ['registerCell', { cellId: 'host-b', underlay: '192.0.2.1' }, { code: 'underlay-in-use', retryable: false }],
+    ['registerCell', { cellId: 'host-b', underlay: '10.255.9.1' }, { code: 'underlay-inside-overlay' }],
+    ['registerCell', { cellId: 'host-b', underlay: 'host-b.example' }, { code: 'invalid-input', issues: [{ path: 'underlay' }] }],
+    ['registerCell', { cellId: 'host-b', prefix: 33 }, { code: 'invalid-input', issues: [{ path: 'prefix' }] }],
+    ['registerCell', { cellId: 'host-b', prefix: 8 }, { code: 'overlay-exhausted' }],
+    ['registerCell', { cellId: 'host-a', underlay: '192.0.2.9' }, { code: 'cell-conflict' }],
+    ['startContainer', { containerId: 't2', appId: 'app-1', cellId: 'tiny', instanceIndex: 1 }, { code: 'cell-addresses-exhausted' }],
+    ['startContainer', { containerId: 'c1', appId: 'app-1', cellId: 'host-a', instanceIndex: 0, ip: '10.255.0.1' }, { code: 'ip-reserved' }],
+    ['startContainer', { containerId: 'c1', appId: 'app-1', cellId: 'host-a', instanceIndex: 0, ip: '10.255.1.5' }, { code: 'ip-outside-cell' }],
+    ['startContainer', { containerId: 'c1', appId: 'app-1', cellId: 'nowhere', instanceIndex: 0 }, { code: 'cell-not-found' }],
+  ];
+  for (const [cmd, body, expected] of cases) t.match(await gw.intake(cmd, body), { ok: false, ...expected }, `${cmd} ${JSON.stringify(body)}`);
+  t.equal(await log.lastSeq(), before, 'nothing appended');
 });

@@ -7,6 +7,9 @@ import type { Dataplane } from './dataplane.ts';
 import type { ConvergePass, Repairs } from './converger.ts';
 import type { Refusals } from './feed.ts';
 
+/** The network driver's side of a cell (services/cell-agent/network.ts): the driver, remote cells routed, drift repairs, last error. */
+export type NetworkStatus = { driver: string; peers: number; repairs: number; error: string | null };
+
 export type CellStatus = {
   cellId: string;
   dataplane: Dataplane['kind'];
@@ -22,6 +25,8 @@ export type CellStatus = {
   error: string | null;
   /** Input the feed refused (forged or corrupted snapshots and deltas): how many, and the last one. */
   refusals: Refusals;
+  /** Absent with the `none` driver (or an older agent). */
+  network?: NetworkStatus;
 };
 
 /** The status after a pass: what it applied, or (when its load failed) the revision and hash still enforced. */
