@@ -67,6 +67,7 @@ export class StatusReporter {
   readonly #log: Logger;
   #status: CellStatus | undefined;
   #refusals: Refusals = { count: 0, last: null };
+  #network: NetworkStatus | undefined;
 
   constructor(opts: { cellId: string; dataplane: Dataplane['kind']; writer: StatusWriter; log: Logger }) {
     this.#cellId = opts.cellId;
@@ -83,6 +84,15 @@ export class StatusReporter {
   /** After every pass of the converger, failed or not; a put that fails is logged, never thrown. */
   async passed(pass: ConvergePass): Promise<void> {
     this.#status = statusAfterPass(this.#status, pass, { cellId: this.#cellId, dataplane: this.#dataplane }, this.#refusals);
+    if (this.#network) this.#status.network = this.#network;
+    await this.#put(this.#status);
+  }
+
+  /** After the network driver's state changed (peers, a repair, an error). */
+  async network(network: NetworkStatus): Promise<void> {
+    this.#network = network;
+    if (!this.#status) return;
+    this.#status = { ...this.#status, network };
     await this.#put(this.#status);
   }
 
