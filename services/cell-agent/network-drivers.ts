@@ -257,7 +257,7 @@ class NoNetworkDriver implements NetworkDriver {
 export type KernelNetworkOptions = { kind: 'routed' | 'vxlan'; netns?: string; vxlan?: VxlanOptions };
 
 /** `routed` and `vxlan`, through iproute2 (in `netns` when given). */
-export class KernelNetworkDriver implements NetworkDriver {
+class KernelNetworkDriver implements NetworkDriver {
   readonly kind: 'routed' | 'vxlan';
   readonly #ns: string[];
   readonly #vxlan: VxlanOptions;

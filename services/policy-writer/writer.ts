@@ -35,7 +35,7 @@ export type CommandResult = {
   note?: string;
   /** A container start: the address the container holds (named, or allocated by the writer). */
   ip?: string;
-  /** A cell registration: the range the cell holds (named, or leased) and its underlay address. */
+  /** A cell registration, or a start: the range the cell holds (named, or leased) and its underlay address. */
   lease?: { subnet: string; underlay: string | null };
 };
 
@@ -223,8 +223,11 @@ export class Writer {
       meta,
       start && ((m) => startTook(m, start)),
     );
-    const ip = start && this.model.containers[id]?.ip;
+    const held = this.model.containers[id];
+    const ip = start && held?.status === 'running' ? held.ip : null; // a start after its stop holds no address
+    const cell = start && this.model.cells[start.cellId];
     if (ip) result.ip = ip;
+    if (ip && cell) result.lease = { subnet: cell.subnet, underlay: cell.underlay }; // the container's gateway is the range's first address
     return result;
   }
 
