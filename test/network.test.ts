@@ -16,6 +16,12 @@ import {
   vtepAddressOf,
   vtepMacOf,
 } from '../services/cell-agent/network-drivers.ts';
+import { CellNetwork } from '../services/cell-agent/network.ts';
+import type { NetworkStatus } from '../services/cell-agent/status.ts';
+import type { CellView } from '../services/cell-agent/feed.ts';
+import { emptyCellState } from '../projections/cell.ts';
+import { dictOf } from '../projections/dict.ts';
+import { silentLogger } from '../runtime/logger.ts';
 
 const OVERLAY = '10.255.0.0/16';
 const entries = {
@@ -139,4 +145,69 @@ t.test('reading the kernel back (recorded iproute2 6.1 output)', async (t) => {
 
 t.test('the none driver programs nothing', async (t) => {
   t.equal(await createNetworkDriver('none').reconcile(topo(entries)), 0);
+});
+
+t.test('the agent part: programs only verified states, refuses a foreign underlay address, counts drift repairs', async (t) => {
+  const calls: Topology[] = [];
+  let kernelChanges = 0;
+  const driver = {
+    kind: 'vxlan' as const,
+    async reconcile(topology: Topology) {
+      calls.push(topology);
+      return kernelChanges;
+    },
+  };
+  const reports: NetworkStatus[] = [];
+  let view: CellView = {
+    cellId: 'cell-a',
+    revision: 0,
+    hash: '',
+    state: { ...emptyCellState(), topology: dictOf(Object.entries(entries)) },
+    namesSeq: 0,
+    verified: false,
+  };
+  const make = (underlay: string | undefined) =>
+    new CellNetwork({
+      cellId: 'cell-a',
+      overlayCidr: OVERLAY,
+      driver,
+      underlay,
+      driftIntervalMs: 60_000,
+      view: () => view,
+      log: silentLogger(),
+      report: (s) => reports.push(s),
+    });
+  const net = make('192.0.2.1');
+  t.equal(await net.reconcile(), 0);
+  t.same(calls, [], 'the initial, unverified view is never programmed (a restart keeps the routes it finds)');
+  view = { ...view, revision: 5, verified: true };
+  kernelChanges = 3;
+  t.equal(await net.reconcile(), 3, 'a verified state is programmed');
+  t.same([...calls[0]!.peers.keys()], ['cell-b', 'cell-c']);
+  t.match(net.status, { driver: 'vxlan', peers: 2, repairs: 0, error: null });
+  kernelChanges = 1;
+  await net.reconcile();
+  t.equal(net.status.repairs, 1, 'the same topology changing the kernel again: drift repaired');
+  kernelChanges = 0;
+  const foreign = make('192.0.2.99');
+  const before = calls.length;
+  t.equal(await foreign.reconcile(), 0);
+  t.equal(calls.length, before, 'a registration naming another underlay address: nothing programmed');
+  t.match(foreign.status.error, /registered with underlay address 192\.0\.2\.1, this host is configured with 192\.0\.2\.99/);
+  view = { ...view, state: { ...view.state, topology: dictOf([...Object.entries(entries), ['x-bad', { subnet: '10.1.0.0/24', underlay: '192.0.2.9' }]]) } };
+  await net.reconcile();
+  t.match(net.status, { peers: 2, error: /left out \(invalid\): x-bad/ }, 'an invalid entry is left out and reported');
+  t.ok(reports.length >= 3, 'every change of status reported');
+  const failing = new CellNetwork({
+    cellId: 'cell-a',
+    overlayCidr: OVERLAY,
+    driver: { kind: 'routed', reconcile: async () => Promise.reject(new Error('RTNETLINK answers: Operation not permitted')) },
+    underlay: undefined,
+    driftIntervalMs: 60_000,
+    view: () => view,
+    log: silentLogger(),
+    report: () => undefined,
+  });
+  t.equal(await failing.reconcile(), 0, 'a failing driver does not throw');
+  t.match(failing.status.error, /Operation not permitted/);
 });
