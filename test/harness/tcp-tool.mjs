@@ -4,6 +4,8 @@
 //   hold HOST PORT            connects ("connected"), then sends each stdin line and prints "echo:<line>" or "closed"
 //   serve-udp PORT [PORT...]  UDP echo on every port (IPv4); prints "ready" once bound
 //   probe-udp HOST PORT MS    sends a datagram; prints "open" (echoed), "refused" (ICMP unreachable) or "timeout"
+//   wait-open PORT            reads a HOST line on stdin, then connects to HOST:PORT again and again (5 ms apart, each
+//                             attempt at most 200 ms) until one opens; prints the wall-clock time (ms) it did
 //   loop HOST PORT MS         connects again and again (each attempt closed at once, MS timeout); prints "started"
 //                             after the first attempt, and on a "stop" line on stdin the counts as JSON:
 //                             {"open":n,"refused":n,"timeout":n,"error":n}
@@ -44,6 +46,28 @@ if (mode === 'serve') {
   sock.on('message', () => done('open'));
   sock.on('error', (e) => done(e.code === 'ECONNREFUSED' ? 'refused' : `error:${e.code}`));
   sock.connect(Number(port), host, () => sock.send('ping'));
+} else if (mode === 'wait-open') {
+  const [port] = args;
+  console.log('waiting');
+  readline.createInterface({ input: process.stdin }).once('line', (host) => {
+    const attempt = () => {
+      const s = net.connect({ host, port: Number(port) });
+      let over = false;
+      const retry = () => {
+        if (over) return;
+        over = true;
+        s.destroy();
+        setTimeout(attempt, 5);
+      };
+      s.setTimeout(200, retry);
+      s.once('connect', () => {
+        console.log(String(Date.now()));
+        process.exit(0);
+      });
+      s.once('error', retry);
+    };
+    attempt();
+  });
 } else if (mode === 'probe') {
   const [host, port, ms] = args;
   const s = net.connect({ host, port: Number(port) });
