@@ -486,7 +486,11 @@ async function main(argv: string[]): Promise<void> {
             s?.error ?? s?.network?.error ?? '',
           ]),
         );
-        out.print(`${table(rows)}\n${view.length} cells`, view);
+        // JSON: each agent's status record as before, with the cell's registration beside it (null fields: no agent).
+        out.print(
+          `${table(rows)}\n${view.length} cells`,
+          view.map((v) => ({ ...v.agent, cellId: v.cellId, registration: v.registration })),
+        );
       });
     }
     case 'creds': {
