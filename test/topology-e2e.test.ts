@@ -222,11 +222,16 @@ t.test('routed: three cells on one L2 segment, containers by netfold-cni, TCP wi
   const back = await s.container('back0', 'cell-b', 'app-back', 0);
   const other = await s.container('other0', 'cell-c', 'app-other', 0);
   await net.serve(back.netns, 'tcp', 8080);
+  await net.serve(back.netns, 'udp', 5353);
   await net.serve(other.netns, 'tcp', 8080);
   t.equal(await net.probe(front.netns, back.ip, 8080), 'refused', 'denied by default');
-  const added = await gw.http('POST', P, { body: { policies: [cfPolicy('app-front', 'app-back', 'tcp', 8080, 8080)] } });
+  t.equal(await net.probe(front.netns, back.ip, 5353, 'udp'), 'refused', 'UDP denied by default');
+  const added = await gw.http('POST', P, {
+    body: { policies: [cfPolicy('app-front', 'app-back', 'tcp', 8080, 8080), cfPolicy('app-front', 'app-back', 'udp', 5353, 5353)] },
+  });
   t.equal((await waitEnforced(gw.bus, added.body.revision, 15_000)).enforced, true);
   t.equal(await net.probe(front.netns, back.ip, 8080), 'open', 'a -> b routed: allowed');
+  t.equal(await net.probe(front.netns, back.ip, 5353, 'udp'), 'open', 'UDP a -> b routed: allowed');
   t.equal(await net.probe(front.netns, other.ip, 8080), 'refused', 'a -> c, no policy: denied');
   await net.ipIn('cell-a', 'route', 'del', leases.get('cell-b')!, 'proto', String(ROUTE_PROTO));
   await s.routesEverywhere(expected, 'the deleted route is back');
