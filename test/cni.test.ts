@@ -166,4 +166,14 @@ t.test('against netfold: ADD takes the next address of the lease, DEL frees it, 
   t.match(JSON.parse(down.stdout), { code: CNI_CODES.tryAgainLater, msg: /not reachable/ });
   t.equal(await log.lastSeq(), before, 'nothing appended');
   t.notOk(link.made.has('ctr-7'), 'nothing plumbed');
+  // A cell whose agent does not answer the ready gate: ADD fails (102) and undoes the start and the plumbing.
+  t.match(await gw.intake('registerCell', { cellId: 'host-b', underlay: '192.0.2.2' }), { ok: true });
+  const unready = await add('ctr-8', 6, { cellId: 'host-b', waitReady: true, readyTimeoutMs: 300 });
+  t.match(JSON.parse(unready.stdout), { code: CNI_CODES.notEnforced, msg: /did not enforce the start of ctr-8/ });
+  t.equal(gw.writer.writer.model.containers['ctr-8']?.status, 'stopped', 'the start is undone');
+  t.same(
+    [...link.made.values()].filter((p) => p.ip.startsWith('10.255.1.')),
+    [],
+    'no interface left behind',
+  );
 });
