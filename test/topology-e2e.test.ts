@@ -156,6 +156,19 @@ t.test('vxlan: three cells behind a router (no shared L2), containers by netfold
   await net.serve(again.netns, 'tcp', 8080);
   t.equal(await net.probe(front.netns, again.ip, 8080), 'open', 'traffic flows again after the repair');
 
+  // An agent restarting (its cell joining again) keeps its lease and changes nothing in the kernel: no flush, no reload.
+  const ifindex = async () => (await net.ipJson('cell-a', 'link', 'show', 'dev', 'nfvx0'))[0]?.ifindex;
+  const deviceBefore = await ifindex();
+  const routesBefore = await s.routesOn('cell-a');
+  await agents.get('cell-a')!.stop();
+  agents.delete('cell-a');
+  t.equal(await s.join('cell-a'), leases.get('cell-a'), 'joining again: the same lease');
+  t.same(await s.routesOn('cell-a'), routesBefore, 'the routes stay while the restarted agent catches up');
+  await eventually(() => (agents.get('cell-a')!.feed.view.verified ? true : undefined), 10_000, 'restarted agent verified');
+  t.equal(await agents.get('cell-a')!.checkNetwork(), 0, 'once caught up, nothing to change');
+  t.equal(await ifindex(), deviceBefore, 'the VXLAN device was never made again');
+  t.equal(await net.probe(front.netns, again.ip, 8080), 'open', 'traffic flowed on');
+
   // A cell joins: every other cell routes to it; it leaves: the routes go.
   const dLease = await s.join('cell-d');
   t.equal(dLease, '10.255.3.0/24');
