@@ -108,7 +108,12 @@ function bulkHistory(apps: number, policies: number, containers: number, cells: 
   const nextHost = new Array<number>(cells).fill(2);
   const instances = new Array<number>(apps).fill(0);
   return (i) => {
-    if (i < cells) return { type: 'CellRegistered', v: 1, data: { cellId: `cell-${i}`, subnet: `10.${(i >> 8) & 255}.${i & 255}.0/24` } };
+    if (i < cells)
+      return {
+        type: 'CellRegistered',
+        v: 2,
+        data: { cellId: `cell-${i}`, subnet: `10.${(i >> 8) & 255}.${i & 255}.0/24`, underlay: null, leased: false },
+      };
     if (i < cells + apps) {
       const a = i - cells;
       return { type: 'AppRegistered', v: 1, data: { appId: `app-${a}`, name: `a${a}`, spaceId: 's', orgId: 'o' } };

@@ -26,10 +26,23 @@ import { demo } from './demo.ts';
 import { StreamTail, FAST_TAIL } from '../runtime/stream-tail.ts';
 import { EventLog } from '../runtime/event-log.ts';
 import { parseEvent } from '../events/catalogue.ts';
-import { type AuditEntry, type AuditFilter, audit, auditEntry, explainAt, matches, modelAt, parsePoint, quarantined, replay, stateView } from './operators.ts';
+import {
+  type AuditEntry,
+  type AuditFilter,
+  audit,
+  auditEntry,
+  cellsView,
+  explainAt,
+  matches,
+  modelAt,
+  parsePoint,
+  quarantined,
+  replay,
+  stateView,
+} from './operators.ts';
 import { waitEnforced } from '../services/topology-planner/enforcement.ts';
 import { CELL_STATUS_BUCKET } from '../runtime/subjects.ts';
-import type { CellStatus } from '../services/cell-agent/agent.ts';
+import type { CellStatus } from '../services/cell-agent/status.ts';
 
 const HELP = `netfold — event-sourced container networking control plane
 
@@ -38,12 +51,13 @@ usage: netfold <command> [flags]
   up                                  the all-in-one: NATS (embedded unless --nats-url), gateway and intake, planner, discovery, simulated cells
   token mint --user U --scope S[,S] [--space ID,..] [--ttl 24h]
                                       mint a bearer token (scopes: ${SCOPES.join(', ')})
-  cell register --id ID --subnet CIDR register a cell and its container range (inside the overlay)
+  cell register --id ID [--underlay A.B.C.D] [--subnet CIDR | --prefix N]
+                                      register a cell: leased the next free range of the overlay (or the one named)
   cell decommission --id ID           retire a cell (refused while containers run there)
   app register --id ID --name NAME --space ID --org ID
   app rename --id ID --name NAME
   app delete --id ID
-  container start --id ID --app ID --cell ID --index N --ip A.B.C.D
+  container start --id ID --app ID --cell ID --index N [--ip A.B.C.D]   (no --ip: the next free address of the cell)
   container stop --id ID
   policy add --from APP --to APP [--protocol tcp|udp] --port N[-M] [--dry-run]
   policy remove --from APP --to APP [--protocol tcp|udp] --port N[-M] [--dry-run]
@@ -57,7 +71,7 @@ usage: netfold <command> [flags]
                                       allowed or denied, by which policy, on which cells, enforced where
   replay [--to REVISION|TIME]         rebuild every cell from the log; compare with planner and agents (exit 1 on a difference)
   demo                                a scripted tour against a running "npm start"
-  cells                               each cell's agent status: applied revision, rules, drift repairs, errors
+  cells                               each cell's lease, underlay address and agent status: applied revision, rules, repairs, errors
   quarantine                          log entries the folds skipped (invalid, or a fold that failed), with why
   creds --cells A,B [--platform ID,..] [--dir DIR]
                                       one NATS credential file per role, cell agent and platform component in DIR
@@ -86,6 +100,8 @@ const CLI_FLAGS = {
   index: { type: 'string' },
   ip: { type: 'string' },
   subnet: { type: 'string' },
+  underlay: { type: 'string' },
+  prefix: { type: 'string' },
   from: { type: 'string' },
   to: { type: 'string' },
   protocol: { type: 'string' },
@@ -160,7 +176,8 @@ async function intake(config: Config, flags: Flags, out: Out, command: IntakeCom
     const msg = await bus.nc.request(intakeSubject(caller, command), JSON.stringify({ ...body, requestId }), { timeout: 30_000 });
     const reply = msg.json<IntakeReply>();
     if (!reply.ok) throw new NetfoldError(reply.error, reply.code, 400, reply.retryable);
-    out.print(`ok: revision ${reply.revision}${reply.note ? ` (${reply.note}${reply.appended === 0 ? ', nothing appended' : ''})` : ''}`, reply);
+    const held = reply.ip ? `, ip ${reply.ip}` : reply.subnet ? `, range ${reply.subnet}${reply.underlay ? ` at ${reply.underlay}` : ''}` : '';
+    out.print(`ok: revision ${reply.revision}${held}${reply.note ? ` (${reply.note}${reply.appended === 0 ? ', nothing appended' : ''})` : ''}`, reply);
   });
 }
 
@@ -240,7 +257,12 @@ async function main(argv: string[]): Promise<void> {
       return out.print(token, { token });
     }
     case 'cell register':
-      return intake(config, flags, out, intakeCommand.registerCell, { cellId: need(flags, 'id'), subnet: need(flags, 'subnet') });
+      return intake(config, flags, out, intakeCommand.registerCell, {
+        cellId: need(flags, 'id'),
+        subnet: typeof flags.subnet === 'string' ? flags.subnet : undefined,
+        underlay: typeof flags.underlay === 'string' ? flags.underlay : undefined,
+        prefix: typeof flags.prefix === 'string' ? intFlag(flags, 'prefix') : undefined,
+      });
     case 'cell decommission':
       return intake(config, flags, out, intakeCommand.decommissionCell, { cellId: need(flags, 'id') });
     case 'app register':
@@ -260,7 +282,7 @@ async function main(argv: string[]): Promise<void> {
         appId: need(flags, 'app'),
         cellId: need(flags, 'cell'),
         instanceIndex: intFlag(flags, 'index'),
-        ip: need(flags, 'ip'),
+        ip: typeof flags.ip === 'string' ? flags.ip : undefined,
       });
     case 'container stop':
       return intake(config, flags, out, intakeCommand.stopContainer, { containerId: need(flags, 'id') });
@@ -431,22 +453,44 @@ async function main(argv: string[]): Promise<void> {
     case 'cells': {
       return withBus(config, OPERATOR, async (bus) => {
         const statuses = [...(await kvLatest(bus, CELL_STATUS_BUCKET)).values()] as CellStatus[];
-        statuses.sort((a, b) => (a.cellId < b.cellId ? -1 : 1));
-        const rows = [['CELL', 'DATAPLANE', 'REVISION', 'LOCAL', 'ALLOWS', 'APPLY MS', 'REPAIRS', 'REFUSED', 'APPLIED AT', 'ERROR']].concat(
-          statuses.map((s) => [
-            s.cellId,
-            s.dataplane,
-            String(s.revision),
-            String(s.rules.local),
-            String(s.rules.allows),
-            String(s.applyMs),
-            String(s.driftRepairs),
-            s.refusals?.count ? `${s.refusals.count} (last ${s.refusals.last?.kind} ${s.refusals.last?.reason} at ${s.refusals.last?.at})` : '0',
-            s.appliedAt,
-            s.error ?? '',
+        const view = cellsView(await modelAt(bus, undefined), statuses);
+        const head = [
+          'CELL',
+          'LEASE',
+          'UNDERLAY',
+          'DATAPLANE',
+          'NETWORK',
+          'REVISION',
+          'LOCAL',
+          'ALLOWS',
+          'APPLY MS',
+          'REPAIRS',
+          'REFUSED',
+          'APPLIED AT',
+          'ERROR',
+        ];
+        const rows = [head].concat(
+          view.map(({ cellId, registration: r, agent: s }) => [
+            cellId,
+            r ? `${r.subnet}${r.leased ? ' (leased)' : ''}${r.status === 'decommissioned' ? ' (decommissioned)' : ''}` : '(not registered)',
+            r?.underlay ?? '-',
+            s?.dataplane ?? '(no agent)',
+            s?.network ? `${s.network.driver} ${s.network.peers} peers` : '-',
+            s ? String(s.revision) : '-',
+            s ? String(s.rules.local) : '-',
+            s ? String(s.rules.allows) : '-',
+            s ? String(s.applyMs) : '-',
+            s ? String(s.driftRepairs + (s.network?.repairs ?? 0)) : '-',
+            s?.refusals?.count ? `${s.refusals.count} (last ${s.refusals.last?.kind} ${s.refusals.last?.reason} at ${s.refusals.last?.at})` : '0',
+            s?.appliedAt ?? '-',
+            s?.error ?? s?.network?.error ?? '',
           ]),
         );
-        out.print(`${table(rows)}\n${statuses.length} cells`, statuses);
+        // JSON: each agent's status record as before, with the cell's registration beside it (null fields: no agent).
+        out.print(
+          `${table(rows)}\n${view.length} cells`,
+          view.map((v) => ({ ...v.agent, cellId: v.cellId, registration: v.registration })),
+        );
       });
     }
     case 'creds': {

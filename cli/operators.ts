@@ -9,6 +9,7 @@ import { cellHashOf, deriveCellState, emptyCellState, type CellState } from '../
 import { explain, type Explanation } from '../projections/explain.ts';
 import { CELL_STATUS_BUCKET } from '../runtime/subjects.ts';
 import { latestPlanned } from '../services/topology-planner/published.ts';
+import type { CellStatus } from '../services/cell-agent/status.ts';
 
 /** The apps an event concerns (for filtering). */
 function appsOf(e: EventEnvelope): string[] {
@@ -35,7 +36,9 @@ function effectOf(e: EventEnvelope): string {
   const d = e.data as Record<string, unknown>;
   switch (e.type) {
     case 'CellRegistered':
-      return `cell ${e.data.cellId} registered with container range ${e.data.subnet}`;
+      return `cell ${e.data.cellId} registered with container range ${e.data.subnet}${e.data.leased ? ' (leased)' : ''}${
+        e.data.underlay ? ` at underlay ${e.data.underlay}` : ''
+      }`;
     case 'CellDecommissioned':
       return `cell ${e.data.cellId} decommissioned`;
     case 'AppRegistered':
@@ -188,4 +191,26 @@ export async function replay(bus: Bus, to: Point | undefined, domain: string, on
     out.push({ cellId, replayed, planned, applied, ok });
   }
   return { revision: m.seq, cells: out, ok: out.every((c) => c.ok) };
+}
+
+/** A cell as `netfold cells` shows it: its registration (lease, underlay address) from the log and its agent's status. */
+export type CellView = {
+  cellId: string;
+  registration: { status: 'active' | 'decommissioned'; subnet: string; underlay: string | null; leased: boolean } | null;
+  agent: CellStatus | null;
+};
+
+/** Every active cell and every cell whose agent reports, sorted by id. */
+export function cellsView(m: Model, statuses: readonly CellStatus[]): CellView[] {
+  const byId = new Map<string, CellView>();
+  for (const c of Object.values(m.cells)) {
+    if (c.status !== 'active') continue;
+    byId.set(c.id, { cellId: c.id, registration: { status: c.status, subnet: c.subnet, underlay: c.underlay, leased: c.leased }, agent: null });
+  }
+  for (const s of statuses) {
+    const c = m.cells[s.cellId];
+    const registration = c ? { status: c.status, subnet: c.subnet, underlay: c.underlay, leased: c.leased } : null;
+    byId.set(s.cellId, { cellId: s.cellId, registration, agent: s });
+  }
+  return [...byId.values()].sort((a, b) => (a.cellId < b.cellId ? -1 : a.cellId > b.cellId ? 1 : 0));
 }

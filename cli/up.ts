@@ -50,8 +50,9 @@ export function upPlan(config: Config, tokenSecret: string): UpPlan {
   for (let i = 1; i <= config.simulateCells; i++) {
     const cellId = `sim-cell-${i}`;
     const subnet = simulatedCellSubnet(config.overlayCidr, i, config.simulateCells);
-    // A simulated cell is a standalone agent with --cell-id sim-cell-i --cell-subnet <its range> --dataplane memory.
-    const agentSettings: Config = { ...config, cellId, cellSubnet: subnet, dataplane: 'memory', netns: undefined };
+    // A simulated cell is a standalone agent with --cell-id sim-cell-i --cell-subnet <its range> --dataplane memory
+    // --network-driver none (it has no kernel to program).
+    const agentSettings: Config = { ...config, cellId, cellSubnet: subnet, dataplane: 'memory', netns: undefined, networkDriver: 'none' };
     cells.push({ cellId, subnet, agent: cellAgentConfigOf(agentSettings), dataplane: dataplaneConfigOf(agentSettings) });
   }
   return {

@@ -5,6 +5,7 @@ import {
   type Issues,
   type Result,
   appNameOf,
+  boolOf,
   cidrOf,
   arrayOf,
   idOf,
@@ -50,21 +51,17 @@ export type PoliciesDeleted = {
   data: { sourceAppId: string; policies: PolicyRule[]; reason: PolicyDeleteReason };
 };
 
-/** A cell (a host running containers) joined, with its container range: its containers' IPs lie in `subnet`. */
-export type CellRegistered = { type: 'CellRegistered'; v: 1; data: { cellId: string; subnet: string } };
+/**
+ * A cell (a host running containers) joined, with its container range: its containers' IPs lie in `subnet`. v2 adds
+ * `underlay` (the host's address other cells reach it at; null: not given, as every v1 event) and `leased` (true:
+ * the writer chose `subnet` as the next free range of the overlay; false: the caller named it).
+ */
+export type CellRegistered = { type: 'CellRegistered'; v: 2; data: { cellId: string; subnet: string; underlay: string | null; leased: boolean } };
 /** A cell left; its id may be registered again later. */
 export type CellDecommissioned = { type: 'CellDecommissioned'; v: 1; data: { cellId: string } };
 
 export type DomainEvent =
-  | CellRegistered
-  | CellDecommissioned
-  | AppRegistered
-  | AppRenamed
-  | AppDeleted
-  | ContainerStarted
-  | ContainerStopped
-  | PoliciesCreated
-  | PoliciesDeleted;
+  CellRegistered | CellDecommissioned | AppRegistered | AppRenamed | AppDeleted | ContainerStarted | ContainerStopped | PoliciesCreated | PoliciesDeleted;
 
 export type EventType = DomainEvent['type'];
 
@@ -117,7 +114,12 @@ const rulesOf = (v: unknown, path: string, issues: Issues): PolicyRule[] =>
 
 /** Data validators for the current version of each event type. */
 const dataReaders: { [T in EventType]: (d: Record<string, unknown>, p: string, i: Issues) => Extract<DomainEvent, { type: T }>['data'] } = {
-  CellRegistered: (d, p, i) => ({ cellId: idOf(d.cellId, join(p, 'cellId'), i), subnet: cidrOf(d.subnet, join(p, 'subnet'), i) }),
+  CellRegistered: (d, p, i) => ({
+    cellId: idOf(d.cellId, join(p, 'cellId'), i),
+    subnet: cidrOf(d.subnet, join(p, 'subnet'), i),
+    underlay: d.underlay === null ? null : ipv4Of(d.underlay, join(p, 'underlay'), i),
+    leased: boolOf(d.leased, join(p, 'leased'), i),
+  }),
   CellDecommissioned: (d, p, i) => ({ cellId: idOf(d.cellId, join(p, 'cellId'), i) }),
   AppRegistered: (d, p, i) => ({
     appId: idOf(d.appId, join(p, 'appId'), i),
@@ -157,7 +159,7 @@ const dataReaders: { [T in EventType]: (d: Record<string, unknown>, p: string, i
 
 /** The current version of each type. */
 const CURRENT_VERSION: { [T in EventType]: number } = {
-  CellRegistered: 1,
+  CellRegistered: 2,
   CellDecommissioned: 1,
   AppRegistered: 1,
   AppRenamed: 1,
@@ -169,10 +171,13 @@ const CURRENT_VERSION: { [T in EventType]: number } = {
 };
 
 /**
- * Upcasters turn the data of version v into version v+1, keyed `${type}@${v}`. None yet: the first change of a
- * schema adds one here and a fixture log of the old version under test/fixtures.
+ * Upcasters turn the data of version v into version v+1, keyed `${type}@${v}`. Each change of a schema adds one
+ * here and a fixture log of the old version under test/fixtures.
  */
-const upcasters: Record<string, (data: Record<string, unknown>) => Record<string, unknown>> = {};
+const upcasters: Record<string, (data: Record<string, unknown>) => Record<string, unknown>> = {
+  // v1 cells named their range and had no underlay address (test/fixtures/cells-v1.jsonl).
+  'CellRegistered@1': (data) => ({ ...data, underlay: null, leased: false }),
+};
 
 /** Validates an event read from anywhere (stream, fixture, import) and upcasts it to the current version. */
 export function parseEvent(raw: unknown): Result<EventEnvelope> {

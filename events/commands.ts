@@ -14,18 +14,24 @@ import {
   objectOf,
   oneOf,
   optional,
+  prefixOf,
   result,
   stringOf,
 } from './fields.ts';
 
-export type RegisterCell = { type: 'RegisterCell'; data: { cellId: string; subnet: string } };
+/**
+ * A cell joins. `subnet` absent: the writer leases it the next free range of the overlay (of the configured size,
+ * or `prefix` when given). `underlay`: the host address other cells reach its containers through (drivers need it).
+ */
+export type RegisterCell = { type: 'RegisterCell'; data: { cellId: string; subnet?: string; underlay?: string; prefix?: number } };
 export type DecommissionCell = { type: 'DecommissionCell'; data: { cellId: string } };
 export type RegisterApp = { type: 'RegisterApp'; data: { appId: string; name: string; spaceId: string; orgId: string } };
 export type RenameApp = { type: 'RenameApp'; data: { appId: string; name: string } };
 export type DeleteApp = { type: 'DeleteApp'; data: { appId: string } };
 export type StartContainer = {
   type: 'StartContainer';
-  data: { containerId: string; appId: string; instanceIndex: number; cellId: string; ip: string };
+  /** `ip` absent: the writer gives the container the lowest free address of its cell's range. */
+  data: { containerId: string; appId: string; instanceIndex: number; cellId: string; ip?: string };
 };
 export type StopContainer = { type: 'StopContainer'; data: { containerId: string } };
 export type CreatePolicies = { type: 'CreatePolicies'; data: { sourceAppId: string; policies: PolicyRule[] } };
@@ -59,8 +65,18 @@ type IntakeParser = (o: Record<string, unknown>, issues: Issues) => IntakeComman
 
 const intakeParsers: Record<IntakeCommand['type'], { keys: readonly string[]; parse: IntakeParser }> = {
   RegisterCell: {
-    keys: ['cellId', 'subnet'],
-    parse: (o, i) => ({ type: 'RegisterCell', data: { cellId: idOf(o.cellId, 'cellId', i), subnet: cidrOf(o.subnet, 'subnet', i) } }),
+    keys: ['cellId', 'subnet', 'underlay', 'prefix'],
+    parse: (o, i) => {
+      const data: RegisterCell['data'] = { cellId: idOf(o.cellId, 'cellId', i) };
+      const subnet = optional(o.subnet, 'subnet', i, cidrOf);
+      const underlay = optional(o.underlay, 'underlay', i, ipv4Of);
+      const prefix = optional(o.prefix, 'prefix', i, prefixOf);
+      if (subnet !== undefined && prefix !== undefined) i.push({ path: 'prefix', message: 'only for a leased range: give subnet or prefix, not both' });
+      if (subnet !== undefined) data.subnet = subnet;
+      if (underlay !== undefined) data.underlay = underlay;
+      if (prefix !== undefined) data.prefix = prefix;
+      return { type: 'RegisterCell', data };
+    },
   },
   DecommissionCell: { keys: ['cellId'], parse: (o, i) => ({ type: 'DecommissionCell', data: { cellId: idOf(o.cellId, 'cellId', i) } }) },
   RegisterApp: {
@@ -77,16 +93,17 @@ const intakeParsers: Record<IntakeCommand['type'], { keys: readonly string[]; pa
   DeleteApp: { keys: ['appId'], parse: (o, i) => ({ type: 'DeleteApp', data: { appId: idOf(o.appId, 'appId', i) } }) },
   StartContainer: {
     keys: ['containerId', 'appId', 'instanceIndex', 'cellId', 'ip'],
-    parse: (o, i) => ({
-      type: 'StartContainer',
-      data: {
+    parse: (o, i) => {
+      const data: StartContainer['data'] = {
         containerId: idOf(o.containerId, 'containerId', i),
         appId: idOf(o.appId, 'appId', i),
         instanceIndex: intOf(o.instanceIndex, 'instanceIndex', i, 0, 1_000_000),
         cellId: idOf(o.cellId, 'cellId', i),
-        ip: ipv4Of(o.ip, 'ip', i),
-      },
-    }),
+      };
+      const ip = optional(o.ip, 'ip', i, ipv4Of);
+      if (ip !== undefined) data.ip = ip;
+      return { type: 'StartContainer', data };
+    },
   },
   StopContainer: {
     keys: ['containerId'],

@@ -16,12 +16,7 @@ const ULID_PATTERN = /^[0-9A-HJKMNP-TV-Z]{26}$/;
 
 const describe = (v: unknown): string => (v === null ? 'null' : Array.isArray(v) ? 'an array' : typeof v);
 
-export function objectOf(
-  v: unknown,
-  path: string,
-  issues: Issues,
-  allowedKeys?: readonly string[],
-): Record<string, unknown> {
+export function objectOf(v: unknown, path: string, issues: Issues, allowedKeys?: readonly string[]): Record<string, unknown> {
   if (typeof v !== 'object' || v === null || Array.isArray(v)) {
     issues.push({ path, message: `must be an object, got ${describe(v)}` });
     return {};
@@ -90,6 +85,16 @@ export function cidrOf(v: unknown, path: string, issues: Issues): string {
   return s;
 }
 
+export function boolOf(v: unknown, path: string, issues: Issues): boolean {
+  if (typeof v !== 'boolean') issues.push({ path, message: v === undefined ? 'is required' : `must be true or false, got ${describe(v)}` });
+  return v === true;
+}
+
+/** A prefix length between `min` and 30 (a container range needs a gateway and at least one container address). */
+export function prefixOf(v: unknown, path: string, issues: Issues, min = 8): number {
+  return intOf(v, path, issues, min, 30);
+}
+
 export function intOf(v: unknown, path: string, issues: Issues, min: number, max: number): number {
   if (typeof v !== 'number' || !Number.isInteger(v)) {
     issues.push({ path, message: v === undefined ? 'is required' : `must be an integer, got ${describe(v)}` });
@@ -119,12 +124,7 @@ export function ulidOf(v: unknown, path: string, issues: Issues): string {
   return s;
 }
 
-export function optional<T>(
-  v: unknown,
-  path: string,
-  issues: Issues,
-  read: (v: unknown, path: string, issues: Issues) => T,
-): T | undefined {
+export function optional<T>(v: unknown, path: string, issues: Issues, read: (v: unknown, path: string, issues: Issues) => T): T | undefined {
   return v === undefined || v === null ? undefined : read(v, path, issues);
 }
 

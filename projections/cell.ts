@@ -35,15 +35,22 @@ export type CellState = {
   names: Dict<Dict<true>>;
   /** The cell itself while it is registered: key = cell id, value = its container range. */
   cell: Dict<CellInfo>;
+  /**
+   * While the cell is registered: every active cell with an underlay address (itself included) -> its range and
+   * underlay address. What the cell agent's network driver routes by (services/cell-agent/network.ts).
+   */
+  topology: Dict<TopologyEntry>;
 };
 
 export type CellInfo = { subnet: string };
+/** One cell of the topology: its container range (leased or named) and the host address it is reached at. */
+export type TopologyEntry = { subnet: string; underlay: string };
 
 export function emptyCellState(): CellState {
-  return { containers: dict(), ingress: dict(), sources: dict(), tags: dict(), names: dict(), cell: dict() };
+  return { containers: dict(), ingress: dict(), sources: dict(), tags: dict(), names: dict(), cell: dict(), topology: dict() };
 }
 
-export const SECTIONS = ['containers', 'ingress', 'sources', 'tags', 'names', 'cell'] as const;
+export const SECTIONS = ['containers', 'ingress', 'sources', 'tags', 'names', 'cell', 'topology'] as const;
 export type Section = (typeof SECTIONS)[number];
 
 const isLiveApp = (m: Model, appId: string | null | undefined): appId is string => !!appId && !!m.apps[appId] && !m.apps[appId]!.deleted;
@@ -135,6 +142,11 @@ export function deriveEntry(m: Model, cellId: string, section: Section, key: str
       const cell = m.cells[key];
       return key === cellId && cell?.status === 'active' ? ({ subnet: cell.subnet } satisfies CellInfo) : undefined;
     }
+    case 'topology': {
+      const other = m.cells[key];
+      if (m.cells[cellId]?.status !== 'active' || other?.status !== 'active' || other.underlay === null) return undefined;
+      return { subnet: other.subnet, underlay: other.underlay } satisfies TopologyEntry;
+    }
     case 'tags': {
       const tag = m.tags.byApp[key];
       if (tag === undefined) return undefined;
@@ -155,6 +167,7 @@ export function deriveCellState(m: Model, cellId: string, domain: string = DEFAU
     if (v !== undefined) (s[section] as Record<string, unknown>)[key] = v;
   };
   set('cell', cellId);
+  if (m.cells[cellId]?.status === 'active') for (const other of Object.keys(m.cells)) set('topology', other);
   const localApps = new Set<string>();
   for (const id of Object.keys(m.containersByCell[cellId] ?? {})) {
     set('containers', id);
@@ -234,9 +247,17 @@ export function dirtyEntries(m: Model, e: EventEnvelope, domain: string = DEFAUL
   };
   switch (e.type) {
     case 'CellRegistered':
-    case 'CellDecommissioned':
-      mark(e.data.cellId, 'cell', e.data.cellId);
+    case 'CellDecommissioned': {
+      // The cell's own entry; its place in every active cell's topology; and (joining or leaving) its whole topology.
+      const x = e.data.cellId;
+      mark(x, 'cell', x);
+      for (const c of Object.values(m.cells)) {
+        if (c.status !== 'active') continue;
+        mark(c.id, 'topology', x);
+        mark(x, 'topology', c.id);
+      }
       break;
+    }
     case 'AppRegistered':
     case 'AppRenamed':
     case 'AppDeleted': {

@@ -81,3 +81,40 @@ export function nthSubnet(outer: string, bits: number, index: number): string | 
   if (bits < o.bits || index < 0 || (index + 1) * size > o.size) return undefined;
   return `${intToIp(o.first + index * size)}/${bits}`;
 }
+
+/**
+ * The first subnet of prefix length `bits` inside `outer` that overlaps none of `taken` (CIDRs, any sizes), lowest
+ * address first; undefined when none is left. Deterministic: the same ranges give the same answer in every process.
+ */
+export function firstFreeSubnet(outer: string, bits: number, taken: readonly string[]): string | undefined {
+  const o = cidrRange(outer);
+  const size = 2 ** (32 - bits);
+  if (bits < o.bits || bits > 32) return undefined;
+  const ranges = taken.map(cidrRange).sort((a, b) => a.first - b.first);
+  let candidate = o.first;
+  for (const r of ranges) {
+    if (candidate + size > o.first + o.size) return undefined;
+    if (r.first + r.size <= candidate) continue;
+    if (candidate + size <= r.first) break;
+    candidate = Math.ceil((r.first + r.size - o.first) / size) * size + o.first;
+  }
+  return candidate + size <= o.first + o.size ? `${intToIp(candidate)}/${bits}` : undefined;
+}
+
+/** The gateway of a container range: its first host address (the cell's side of every container's link). */
+export function gatewayOf(cidr: string): string {
+  return intToIp(cidrRange(cidr).first + 1);
+}
+
+/**
+ * The lowest address of `cidr` a container may be given: not the network, gateway or broadcast address, and not one
+ * `taken` says is held. Undefined when the range is full.
+ */
+export function firstFreeAddress(cidr: string, taken: (ip: string) => boolean): string | undefined {
+  const { first, size } = cidrRange(cidr);
+  for (let n = first + 2; n < first + size - 1; n++) {
+    const ip = intToIp(n);
+    if (!taken(ip)) return ip;
+  }
+  return undefined;
+}

@@ -5,7 +5,7 @@
 import { produce, type Draft } from 'immer';
 import { type EventEnvelope, type PolicyRule, type RecordedEvent, policyKey } from '../events/catalogue.ts';
 import { type Dict, dict } from './dict.ts';
-import { cidrContains, cidrsOverlap } from './ipv4.ts';
+import { cidrContains, cidrsOverlap, firstFreeAddress, firstFreeSubnet } from './ipv4.ts';
 
 export type AppState = {
   id: string;
@@ -41,6 +41,10 @@ export type CellRecord = {
   id: string;
   /** The cell's container range (IPv4 CIDR inside the overlay): its containers' IPs lie in it. */
   subnet: string;
+  /** The host address other cells reach this cell's containers through; null when the cell did not give one. */
+  underlay: string | null;
+  /** True when the writer leased `subnet` from the overlay; false when the registration named it. */
+  leased: boolean;
   status: 'active' | 'decommissioned';
   registeredAt: string;
   decommissionedAt: string | null;
@@ -191,6 +195,27 @@ export function overlappingCells(m: Model, cellId: string, subnet: string): stri
     .sort();
 }
 
+/** The active cell (other than `cellId`) registered with an underlay address, if any: one cell per host address. */
+export function underlayHolder(m: Model, cellId: string, underlay: string | null): string | undefined {
+  if (underlay === null) return undefined;
+  return Object.values(m.cells).find((c) => c.status === 'active' && c.id !== cellId && c.underlay === underlay)?.id;
+}
+
+/** The range the next leased cell gets: the lowest free range of prefix length `bits` in the overlay (undefined: none left). */
+export function nextFreeSubnet(m: Model, overlayCidr: string, bits: number): string | undefined {
+  const taken = Object.values(m.cells)
+    .filter((c) => c.status === 'active')
+    .map((c) => c.subnet);
+  return firstFreeSubnet(overlayCidr, bits, taken);
+}
+
+/** The address the next container started on an active cell without an IP gets: the lowest one no running container holds. */
+export function nextFreeAddress(m: Model, cellId: string): string | undefined {
+  const cell = m.cells[cellId];
+  if (cell?.status !== 'active') return undefined;
+  return firstFreeAddress(cell.subnet, (ip) => m.containersByIp[ip] !== undefined);
+}
+
 function applyEvent(m: Draft<Model>, e: EventEnvelope, seq: number): void {
   switch (e.type) {
     case 'AppRegistered': {
@@ -274,11 +299,12 @@ function applyEvent(m: Draft<Model>, e: EventEnvelope, seq: number): void {
       return;
     }
     case 'CellRegistered': {
-      const { cellId, subnet } = e.data;
+      const { cellId, subnet, underlay, leased } = e.data;
       const cell = m.cells[cellId];
       if (cell?.status === 'active') return; // a repeat; a change of subnet is refused by the decider
       if (overlappingCells(m as Model, cellId, subnet).length > 0) return; // lost a race with another registration
-      m.cells[cellId] = { id: cellId, subnet, status: 'active', registeredAt: e.at, decommissionedAt: null };
+      if (underlayHolder(m as Model, cellId, underlay) !== undefined) return; // the same: one active cell per host address
+      m.cells[cellId] = { id: cellId, subnet, underlay, leased, status: 'active', registeredAt: e.at, decommissionedAt: null };
       return;
     }
     case 'CellDecommissioned': {

@@ -10,6 +10,7 @@ import { ConfigError } from './errors.ts';
 import { PRIVATE_MODE, isExposed, writePrivateFile } from './private-file.ts';
 import { checkTokenSecret, parseDuration } from './tokens.ts';
 import { DEFAULT_DOMAIN } from '../projections/cell.ts';
+import { IPV4_PATTERN } from '../projections/ipv4.ts';
 
 export type Config = {
   /** Existing NATS server(s); when unset, `netfold up` runs an embedded one. */
@@ -43,9 +44,18 @@ export type Config = {
   dataplane: string;
   netns: string | undefined;
   overlayCidr: string;
+  /** Prefix length of the range leased to a cell that registers without one (24: a /24 per cell). */
+  leasePrefix: number;
   /** This cell's container range(s), comma-separated CIDRs inside the overlay (`--cell-subnet`); empty when unset. */
   cellSubnet: string | undefined;
   driftIntervalMs: number;
+  /** What builds the path between cells: `none` (another system), `routed` (routes via underlay addresses), `vxlan`. */
+  networkDriver: string;
+  vxlanVni: number;
+  vxlanPort: number;
+  vxlanMtu: number;
+  /** This cell's underlay (host) address; when set, the agent programs nothing unless its registration says the same. */
+  underlayAddress: string | undefined;
   pollIntervalMs: number;
   dnsHost: string;
   dnsPort: number;
@@ -186,6 +196,12 @@ export const SETTINGS: readonly Setting[] = [
     kind: 'string',
     services: ['policy-writer', 'cell-agent', 'up'],
   },
+  { key: 'networkDriver', flag: 'network-driver', env: 'NETFOLD_NETWORK_DRIVER', def: 'none', kind: 'string', services: ['cell-agent'] },
+  { key: 'vxlanVni', flag: 'vxlan-vni', env: 'NETFOLD_VXLAN_VNI', def: '4211', kind: 'int', min: 1, max: 16_777_215, services: ['cell-agent', 'up'] },
+  { key: 'vxlanPort', flag: 'vxlan-port', env: 'NETFOLD_VXLAN_PORT', def: '4789', kind: 'int', min: 1, max: 65535, services: ['cell-agent', 'up'] },
+  { key: 'vxlanMtu', flag: 'vxlan-mtu', env: 'NETFOLD_VXLAN_MTU', def: '1450', kind: 'int', min: 576, max: 9000, services: ['cell-agent', 'up'] },
+  { key: 'underlayAddress', flag: 'underlay-address', env: 'NETFOLD_UNDERLAY_ADDRESS', def: undefined, kind: 'string', services: ['cell-agent', 'up'] },
+  { key: 'leasePrefix', flag: 'lease-prefix', env: 'NETFOLD_LEASE_PREFIX', def: '24', kind: 'int', min: 16, max: 30, services: ['policy-writer', 'up'] },
   { key: 'cellSubnet', flag: 'cell-subnet', env: 'NETFOLD_CELL_SUBNET', def: undefined, kind: 'string', services: ['cell-agent'] },
   {
     key: 'driftIntervalMs',
@@ -305,6 +321,15 @@ export function loadConfig(flags: Record<string, string | boolean | undefined> =
   }
   if (!/^(\d{1,3}\.){3}\d{1,3}\/\d{1,2}$/.test(config.overlayCidr)) {
     throw new ConfigError(`--overlay-cidr / NETFOLD_OVERLAY_CIDR must be an IPv4 CIDR, got "${config.overlayCidr}"`);
+  }
+  if (!['none', 'routed', 'vxlan'].includes(config.networkDriver)) {
+    throw new ConfigError(`--network-driver / NETFOLD_NETWORK_DRIVER must be none, routed or vxlan, got "${config.networkDriver}"`);
+  }
+  if (config.underlayAddress !== undefined && !IPV4_PATTERN.test(config.underlayAddress)) {
+    throw new ConfigError(`--underlay-address / NETFOLD_UNDERLAY_ADDRESS must be an IPv4 address, got "${config.underlayAddress}"`);
+  }
+  if (config.leasePrefix < Number(config.overlayCidr.split('/')[1])) {
+    throw new ConfigError(`--lease-prefix / NETFOLD_LEASE_PREFIX (/${config.leasePrefix}) must not be shorter than the overlay's (${config.overlayCidr})`);
   }
   if (config.cellSubnet !== undefined) {
     for (const c of config.cellSubnet.split(',')) {

@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // Makes a fresh machine ready to run netfold: installs node modules when they are missing and, when running as
-// root, the Debian packages the product and its tests need (nats-server; nftables and dnsutils for tests).
+// root, the Debian packages the product and its tests need (nats-server; nftables, dnsutils and the reference CNI
+// plugins for tests).
 // Plain JavaScript with no dependencies: it runs before anything is installed.
 import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -24,7 +25,11 @@ if (!existsSync(join(root, 'node_modules', '.package-lock.json'))) {
 }
 
 const wanted = [{ command: 'nats-server', pkg: 'nats-server' }];
-if (forTests) wanted.push({ command: 'nft', pkg: 'nftables' }, { command: 'ip', pkg: 'iproute2' }, { command: 'dig', pkg: 'dnsutils' });
+if (forTests) {
+  wanted.push({ command: 'nft', pkg: 'nftables' }, { command: 'ip', pkg: 'iproute2' }, { command: 'dig', pkg: 'dnsutils' });
+  // The reference CNI plugins (portmap to chain netfold-cni with; bridge and host-local for bench:cni) and iptables, which portmap drives.
+  wanted.push({ command: '/usr/lib/cni/portmap', pkg: 'containernetworking-plugins' }, { command: 'iptables', pkg: 'iptables' });
+}
 const missing = wanted.filter((w) => !onPath(w.command));
 if (missing.length > 0) {
   const pkgs = missing.map((m) => m.pkg);

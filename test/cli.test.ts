@@ -13,7 +13,13 @@ t.test('netfold CLI: token, app, container, policy', async (t) => {
   const gw = await startGateway(t, nats);
   // the CLI signs in as `netfold up`'s files in the data dir say: intake as platform `cli`, reads as the operator
   for (const name of ['platform_cli', 'operator']) await nats.credsFile(name);
-  const env: NodeJS.ProcessEnv = { ...process.env, NATS_URL: nats.server.url, NETFOLD_TOKEN_SECRET: TEST_SECRET, NETFOLD_API_URL: gw.writer.url, NETFOLD_DATA_DIR: nats.storeDir };
+  const env: NodeJS.ProcessEnv = {
+    ...process.env,
+    NATS_URL: nats.server.url,
+    NETFOLD_TOKEN_SECRET: TEST_SECRET,
+    NETFOLD_API_URL: gw.writer.url,
+    NETFOLD_DATA_DIR: nats.storeDir,
+  };
   const netfold = async (...args: string[]) => {
     try {
       const r = await run(process.execPath, ['bin/netfold.mjs', ...args], { env, timeout: 60_000 });
@@ -37,7 +43,9 @@ t.test('netfold CLI: token, app, container, policy', async (t) => {
   const withinMax = await netfold('token', 'mint', '--user', 'dev', '--scope', 'network.write', '--ttl', '2h', '--token-max-ttl', '1h');
   t.equal(withinMax.code, 1);
   t.match(withinMax.stderr, /longer than the gateway accepts .* \(ttl-too-long\)/);
-  const weak = await run(process.execPath, ['bin/netfold.mjs', 'token', 'mint', '--user', 'dev', '--scope', 'network.write'], { env: { ...env, NETFOLD_TOKEN_SECRET: 'too-short' } }).catch((e: { code: number; stderr: string }) => e);
+  const weak = await run(process.execPath, ['bin/netfold.mjs', 'token', 'mint', '--user', 'dev', '--scope', 'network.write'], {
+    env: { ...env, NETFOLD_TOKEN_SECRET: 'too-short' },
+  }).catch((e: { code: number; stderr: string }) => e);
   t.equal((weak as { code: number }).code, 1);
   t.match((weak as { stderr: string }).stderr, /at least 32 bytes.*\(weak-token-secret\)/);
 
@@ -52,7 +60,10 @@ t.test('netfold CLI: token, app, container, policy', async (t) => {
   const overlap = await netfold('cell', 'register', '--id', 'cell-2', '--subnet', '10.255.0.0/20');
   t.equal(overlap.code, 1);
   t.match(overlap.stderr, /overlaps cell cell-1 \(subnet-overlap\)/);
-  t.match((await netfold('container', 'start', '--id', 'c1', '--app', 'a2', '--cell', 'cell-1', '--index', '0', '--ip', '10.255.1.2')).stdout, /^ok: revision 4/);
+  t.match(
+    (await netfold('container', 'start', '--id', 'c1', '--app', 'a2', '--cell', 'cell-1', '--index', '0', '--ip', '10.255.1.2')).stdout,
+    /^ok: revision 4/,
+  );
   const borrowed = await netfold('container', 'start', '--id', 'c9', '--app', 'a1', '--cell', 'cell-1', '--index', '0', '--ip', '10.255.1.2');
   t.equal(borrowed.code, 1);
   t.match(borrowed.stderr, /held by running container c1: stop it first \(ip-in-use\)/);
@@ -70,6 +81,23 @@ t.test('netfold CLI: token, app, container, policy', async (t) => {
   t.match((await netfold('container', 'stop', '--id', 'c1', '--json')).stdout, /"appended":1/);
   t.match((await netfold('app', 'delete', '--id', 'a1')).stdout, /^ok/);
   t.match((await netfold('cell', 'decommission', '--id', 'cell-1')).stdout, /^ok/);
+  // Leases: a cell joins with its underlay address and is leased a range; a start without --ip gets an address of it.
+  t.match(
+    (await netfold('cell', 'register', '--id', 'host-a', '--underlay', '192.0.2.10')).stdout,
+    /^ok: revision \d+, range 10\.255\.0\.0\/24 at 192\.0\.2\.10/,
+  );
+  t.match(
+    (await netfold('container', 'start', '--id', 'c5', '--app', 'a2', '--cell', 'host-a', '--index', '1')).stdout,
+    /^ok: revision \d+, ip 10\.255\.0\.2 \(address-allocated\)/,
+  );
+  const cells = await netfold('cells');
+  t.match(cells.stdout, /host-a\s+10\.255\.0\.0\/24 \(leased\)\s+192\.0\.2\.10\s+\(no agent\)/, 'netfold cells shows the lease and the underlay address');
+  t.match(JSON.parse((await netfold('cells', '--json')).stdout), [
+    { cellId: 'host-a', registration: { subnet: '10.255.0.0/24', underlay: '192.0.2.10', leased: true } },
+  ]);
+  const taken = await netfold('cell', 'register', '--id', 'host-b', '--underlay', '192.0.2.10');
+  t.equal(taken.code, 1);
+  t.match(taken.stderr, /underlay-in-use/);
   const quarantine = JSON.parse((await netfold('quarantine', '--json')).stdout);
   t.same(quarantine.entries, [], 'nothing skipped by the folds');
 

@@ -37,6 +37,8 @@ const STRING_SAMPLES: Partial<Record<keyof Config, string>> = {
   plannerId: 'planner-sample',
   domain: 'sample.example',
   cellId: 'cell-sample',
+  networkDriver: 'vxlan',
+  underlayAddress: '192.0.2.77',
   dataplane: 'render',
   netns: 'ns-sample',
   overlayCidr: '10.77.0.0/16',
@@ -72,7 +74,7 @@ const CHECKED = Object.keys(BUILD) as Exclude<Consumer, 'cli'>[];
  * Agent settings `netfold up` replaces for its simulated cells: it names them (sim-cell-N), registers their ranges
  * itself (each agent gets its registered range as its cell subnet) and gives them the memory dataplane.
  */
-const UP_SIMULATED_CELLS_REPLACE: readonly (keyof Config)[] = ['cellId', 'cellSubnet', 'dataplane', 'netns'];
+const UP_SIMULATED_CELLS_REPLACE: readonly (keyof Config)[] = ['cellId', 'cellSubnet', 'dataplane', 'netns', 'networkDriver'];
 
 /** Where `netfold up` keeps each service's config (an agent's: the first simulated cell's; how many is up's own setting). */
 const UP_PART: Record<'policy-writer' | 'topology-planner' | 'discovery' | 'cell-agent', (plan: ReturnType<typeof upPlan>) => unknown> = {
@@ -120,7 +122,10 @@ const built = Object.fromEntries(CHECKED.map((c) => [c, BUILD[c](base)])) as Rec
 t.test('every setting names its consumers, at least one of them checked here', async (t) => {
   for (const s of SETTINGS) {
     t.ok(s.services.length > 0 && s.services.every((c) => (CONSUMERS as readonly string[]).includes(c)), `--${s.flag}: consumers ${s.services.join(', ')}`);
-    t.ok(s.services.some((c) => c !== 'cli'), `--${s.flag}: read by a service, service-main or up (a CLI-only setting needs a mapping to check)`);
+    t.ok(
+      s.services.some((c) => c !== 'cli'),
+      `--${s.flag}: read by a service, service-main or up (a CLI-only setting needs a mapping to check)`,
+    );
   }
 });
 
@@ -143,7 +148,10 @@ function checkSetting(t: Test, s: Setting, how: 'flag' | 'env', config: Config):
     const applies = s.services.includes(service) && !(service === 'cell-agent' && UP_SIMULATED_CELLS_REPLACE.includes(s.key));
     const diff = changed(UP_PART[service](basePlan), UP_PART[service](plan));
     if (applies) {
-      t.ok([...diff.values()].some((v) => carries(v, value)), `--${s.flag} (${how}) reaches netfold up's ${service}: ${describe(diff)}`);
+      t.ok(
+        [...diff.values()].some((v) => carries(v, value)),
+        `--${s.flag} (${how}) reaches netfold up's ${service}: ${describe(diff)}`,
+      );
     } else {
       t.equal(describe(diff), 'nothing changed', `--${s.flag} (${how}): not read by netfold up's ${service}`);
     }
@@ -153,8 +161,12 @@ function checkSetting(t: Test, s: Setting, how: 'flag' | 'env', config: Config):
   t.same(plan.planner, plannerConfigOf(config), `--${s.flag} (${how}): up's planner config is plannerConfigOf`);
   t.same(plan.discovery, discoveryConfigOf(config), `--${s.flag} (${how}): up's discovery config is discoveryConfigOf`);
   for (const cell of plan.cells) {
-    const standalone = { ...config, cellId: cell.cellId, cellSubnet: cell.subnet, dataplane: 'memory', netns: undefined };
-    t.same(cell.agent, cellAgentConfigOf(standalone), `--${s.flag} (${how}): ${cell.cellId} gets what a standalone agent with --cell-id ${cell.cellId} --cell-subnet ${cell.subnet} would`);
+    const standalone = { ...config, cellId: cell.cellId, cellSubnet: cell.subnet, dataplane: 'memory', netns: undefined, networkDriver: 'none' };
+    t.same(
+      cell.agent,
+      cellAgentConfigOf(standalone),
+      `--${s.flag} (${how}): ${cell.cellId} gets what a standalone agent with --cell-id ${cell.cellId} --cell-subnet ${cell.subnet} would`,
+    );
     t.same(cell.dataplane, dataplaneConfigOf(standalone), `--${s.flag} (${how}): ${cell.cellId}'s dataplane as a standalone --dataplane memory`);
   }
 }
@@ -182,7 +194,8 @@ t.test('every main.ts and netfold up build their service configs with the mappin
   t.match(source('services/cell-agent/main.ts'), /cellAgentConfigOf\(config\)[\s\S]*dataplaneConfigOf\(config\)/);
   const up = source('cli/up.ts');
   t.match(up, /const plan = upPlan\(config, tokenSecret\)/);
-  for (const part of ['plan.writer', 'plan.planner', 'plan.discovery', 'cell.agent', 'cell.dataplane']) t.ok(up.includes(part), `netfold up starts with ${part}`);
+  for (const part of ['plan.writer', 'plan.planner', 'plan.discovery', 'cell.agent', 'cell.dataplane'])
+    t.ok(up.includes(part), `netfold up starts with ${part}`);
 });
 
 t.test("README's configuration table lists exactly the settings, in order, with their defaults", async (t) => {
@@ -191,7 +204,12 @@ t.test("README's configuration table lists exactly the settings, in order, with 
   const rows = section
     .split('\n')
     .filter((l) => l.startsWith('| `--'))
-    .map((l) => l.split('|').slice(1, -1).map((cell) => cell.trim()));
+    .map((l) =>
+      l
+        .split('|')
+        .slice(1, -1)
+        .map((cell) => cell.trim()),
+    );
   t.same(
     rows.map((r) => r[0]),
     SETTINGS.map((s) => `\`--${s.flag}\``),
@@ -207,4 +225,13 @@ t.test("README's configuration table lists exactly the settings, in order, with 
     if (s.def === undefined) t.notMatch(cell, /^`/, `--${s.flag}: no default value, so the README says what unset means ("${cell}")`);
     else t.equal(cell, `\`${s.def}\``, `--${s.flag}: default`);
   }
+});
+
+t.test('a lease larger than the overlay is refused at start-up', async (t) => {
+  t.throws(
+    () => loadConfig({ ...BASE_FLAGS, 'overlay-cidr': '10.255.0.0/20', 'lease-prefix': '18' }, {}),
+    /--lease-prefix .* must not be shorter than the overlay/,
+  );
+  t.throws(() => loadConfig({ ...BASE_FLAGS, 'lease-prefix': '31' }, {}), /lease-prefix/);
+  t.equal(loadConfig({ ...BASE_FLAGS, 'overlay-cidr': '10.255.0.0/20', 'lease-prefix': '20' }, {}).leasePrefix, 20);
 });

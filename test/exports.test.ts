@@ -5,7 +5,7 @@ import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { join, relative } from 'node:path';
 
 const root = new URL('..', import.meta.url).pathname;
-const SOURCE_DIRS = ['events', 'projections', 'runtime', 'services', 'cli', 'bench', 'scripts'];
+const SOURCE_DIRS = ['events', 'projections', 'runtime', 'services', 'cli', 'cni', 'bench', 'scripts'];
 
 function filesUnder(dir: string): string[] {
   const out: string[] = [];
@@ -18,7 +18,7 @@ function filesUnder(dir: string): string[] {
 }
 
 const sources = SOURCE_DIRS.flatMap((d) => filesUnder(join(root, d)));
-const everything = [...sources, ...filesUnder(join(root, 'test')), join(root, 'bin/netfold.mjs')];
+const everything = [...sources, ...filesUnder(join(root, 'test')), join(root, 'bin/netfold.mjs'), join(root, 'bin/netfold-cni.mjs')];
 const text = new Map(everything.map((f) => [f, readFileSync(f, 'utf8')]));
 
 /**

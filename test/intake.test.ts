@@ -191,3 +191,65 @@ t.test('a batch of commands: one reply with a result per command, in order; each
   }
   t.equal(await log.lastSeq(), last, 'nothing was appended');
 });
+
+t.test('leases over intake: cells join with an underlay address and are leased a range; starts without an IP get one', async (t) => {
+  const { gw, log } = await setup(t);
+  const a = await gw.intake('registerCell', { cellId: 'host-a', underlay: '192.0.2.1' });
+  t.match(a, { ok: true, appended: 1, subnet: '10.255.0.0/24', underlay: '192.0.2.1' });
+  const b = await gw.intake('registerCell', { cellId: 'host-b', underlay: '192.0.2.2' });
+  t.match(b, { ok: true, appended: 1, subnet: '10.255.1.0/24', underlay: '192.0.2.2' });
+  // Joining again (an agent restarted) keeps the lease.
+  t.match(await gw.intake('registerCell', { cellId: 'host-a', underlay: '192.0.2.1' }), {
+    ok: true,
+    appended: 0,
+    note: 'already-registered',
+    subnet: '10.255.0.0/24',
+  });
+  await gw.intake('registerApp', { appId: 'app-1', name: 'one', spaceId: 's1', orgId: 'o1' });
+  const s1 = await gw.intake('startContainer', { containerId: 'c1', appId: 'app-1', cellId: 'host-b', instanceIndex: 0 });
+  t.match(s1, { ok: true, appended: 1, ip: '10.255.1.2', note: 'address-allocated' });
+  const s2 = await gw.intake('startContainer', { containerId: 'c2', appId: 'app-1', cellId: 'host-b', instanceIndex: 1 });
+  t.match(s2, { ok: true, ip: '10.255.1.3' });
+  t.match(await gw.intake('startContainer', { containerId: 'c1', appId: 'app-1', cellId: 'host-b', instanceIndex: 0 }), {
+    ok: true,
+    appended: 0,
+    ip: '10.255.1.2',
+    note: 'already-running',
+  });
+  const events = await eventsFrom(log, 1);
+  t.match(events[0], { type: 'CellRegistered', v: 2, data: { cellId: 'host-a', subnet: '10.255.0.0/24', underlay: '192.0.2.1', leased: true } });
+  t.match(
+    events.find((e) => e.type === 'ContainerStarted'),
+    { data: { containerId: 'c1', ip: '10.255.1.2' } },
+    'the allocated address is recorded in the event',
+  );
+  // Decommission is refused while containers run; then the lease is released and the next cell gets it.
+  t.match(await gw.intake('decommissionCell', { cellId: 'host-b' }), { ok: false, code: 'cell-busy' });
+  await gw.intake('stopContainer', { containerId: 'c1' });
+  await gw.intake('stopContainer', { containerId: 'c2' });
+  t.match(await gw.intake('decommissionCell', { cellId: 'host-b' }), { ok: true, appended: 1 });
+  t.match(await gw.intake('registerCell', { cellId: 'host-c', underlay: '192.0.2.2' }), { ok: true, subnet: '10.255.1.0/24', underlay: '192.0.2.2' });
+});
+
+t.test('leases over intake: bad input and conflicts are typed errors and append nothing', async (t) => {
+  const { gw, log } = await setup(t);
+  await gw.intake('registerCell', { cellId: 'host-a', underlay: '192.0.2.1' });
+  await gw.intake('registerApp', { appId: 'app-1', name: 'one', spaceId: 's1', orgId: 'o1' });
+  await gw.intake('registerCell', { cellId: 'tiny', subnet: '10.255.200.0/30' });
+  await gw.intake('startContainer', { containerId: 't1', appId: 'app-1', cellId: 'tiny', instanceIndex: 0 });
+  const before = await log.lastSeq();
+  const cases: [keyof typeof intakeCommand, Record<string, unknown>, Record<string, unknown>][] = [
+    ['registerCell', { cellId: 'host-b', underlay: '192.0.2.1' }, { code: 'underlay-in-use', retryable: false }],
+    ['registerCell', { cellId: 'host-b', underlay: '10.255.9.1' }, { code: 'underlay-inside-overlay' }],
+    ['registerCell', { cellId: 'host-b', underlay: 'host-b.example' }, { code: 'invalid-input', issues: [{ path: 'underlay' }] }],
+    ['registerCell', { cellId: 'host-b', prefix: 33 }, { code: 'invalid-input', issues: [{ path: 'prefix' }] }],
+    ['registerCell', { cellId: 'host-b', prefix: 8 }, { code: 'overlay-exhausted' }],
+    ['registerCell', { cellId: 'host-a', underlay: '192.0.2.9' }, { code: 'cell-conflict' }],
+    ['startContainer', { containerId: 't2', appId: 'app-1', cellId: 'tiny', instanceIndex: 1 }, { code: 'cell-addresses-exhausted' }],
+    ['startContainer', { containerId: 'c1', appId: 'app-1', cellId: 'host-a', instanceIndex: 0, ip: '10.255.0.1' }, { code: 'ip-reserved' }],
+    ['startContainer', { containerId: 'c1', appId: 'app-1', cellId: 'host-a', instanceIndex: 0, ip: '10.255.1.5' }, { code: 'ip-outside-cell' }],
+    ['startContainer', { containerId: 'c1', appId: 'app-1', cellId: 'nowhere', instanceIndex: 0 }, { code: 'cell-not-found' }],
+  ];
+  for (const [cmd, body, expected] of cases) t.match(await gw.intake(cmd, body), { ok: false, ...expected }, `${cmd} ${JSON.stringify(body)}`);
+  t.equal(await log.lastSeq(), before, 'nothing appended');
+});

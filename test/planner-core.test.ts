@@ -125,7 +125,8 @@ function randomHistory(seed: number, length: number): DomainEvent[] {
       live.delete(app);
     } else if (r < 0.97) {
       const cell = pick(cells)!;
-      out.push(ev.cell(cell));
+      // Half the registrations give an underlay address: those cells enter every registered cell's topology.
+      out.push(ev.cell(cell, undefined, rnd() < 0.5 ? `192.0.2.${cells.indexOf(cell) + 1}` : null));
     } else {
       const cell = pick(cells)!;
       out.push(ev.decommissioned(cell));
@@ -606,8 +607,14 @@ t.test('fast-forward then settle: one delta per changed cell that readers apply 
   t.ok(settled.length > 0, `settled: ${settled.length} outputs`);
   const perCell = new Map<string, number>();
   for (const o of settled.filter((o) => o.kind === 'delta')) perCell.set(o.cellId, (perCell.get(o.cellId) ?? 0) + 1);
-  t.ok([...perCell.values()].every((n) => n === 1), 'one delta per changed cell');
-  t.ok(settled.every((o) => o.kind === 'snapshot' || o.revision === recs[2 * third - 1]!.seq), 'stamped with the last event folded');
+  t.ok(
+    [...perCell.values()].every((n) => n === 1),
+    'one delta per changed cell',
+  );
+  t.ok(
+    settled.every((o) => o.kind === 'snapshot' || o.revision === recs[2 * third - 1]!.seq),
+    'stamped with the last event folded',
+  );
   applyOutputs(t, reader, settled);
   t.same(core.settle(), [], 'settling again changes nothing');
   core.fastForward(recs.slice(2 * third, 2 * third + 3));

@@ -23,6 +23,8 @@ import { Converger } from './converger.ts';
 import { type CellStatus, StatusReporter } from './status.ts';
 import { DiscoveryPublisher } from './discovery-publisher.ts';
 import { ReadyGate } from './ready-gate.ts';
+import { CellNetwork } from './network.ts';
+import { DEFAULT_VXLAN, type NetworkDriverKind, type VxlanOptions, createNetworkDriver } from './network-drivers.ts';
 
 export type { CellStatus } from './status.ts';
 
@@ -39,6 +41,11 @@ export type CellAgentConfig = {
    * denied from the overlay unless allowed. Empty: unknown, only the known local containers are guarded (warned once).
    */
   subnets: string[];
+  /**
+   * The network driver (`--network-driver`, network-drivers.ts) with its VXLAN settings, the underlay address this
+   * host is configured with (`--underlay-address`) and the namespace it programs (`--netns`, as the dataplane).
+   */
+  network: { driver: NetworkDriverKind; vxlan: VxlanOptions; underlay: string | undefined; netns: string | undefined };
 };
 
 export const defaultCellAgentConfig: Omit<CellAgentConfig, 'cellId'> = {
@@ -48,6 +55,7 @@ export const defaultCellAgentConfig: Omit<CellAgentConfig, 'cellId'> = {
   replicas: 1,
   pollIntervalMs: 0,
   subnets: [],
+  network: { driver: 'none', vxlan: DEFAULT_VXLAN, underlay: undefined, netns: undefined },
 };
 
 export type CellAgent = {
@@ -57,6 +65,8 @@ export type CellAgent = {
   waitApplied(revision: number, timeoutMs?: number): Promise<void>;
   /** Checks for drift now (also done every driftIntervalMs); true when something was repaired. */
   checkDrift(): Promise<boolean>;
+  /** Reconciles the network driver's kernel state now (also done on every topology change and every driftIntervalMs). */
+  checkNetwork(): Promise<number>;
   stop(): Promise<void>;
 };
 
@@ -97,12 +107,25 @@ export async function startCellAgent(deps: { bus: Bus; log: Logger; config: Cell
     repaired: (repairs) => reporter.repaired(repairs),
   });
   const ready = new ReadyGate(deps.bus.nc, cfg.cellId, converger.enforced);
+  const { network: n } = cfg;
+  const network = new CellNetwork({
+    cellId: cfg.cellId,
+    overlayCidr: cfg.overlayCidr,
+    driver: createNetworkDriver(n.driver, n.netns ? { netns: n.netns, vxlan: n.vxlan } : { vxlan: n.vxlan }),
+    underlay: n.underlay,
+    driftIntervalMs: cfg.driftIntervalMs,
+    view: () => feed.view,
+    log,
+    report: (status) => void reporter.network(status),
+  });
 
   feed.onChange(converger.schedule);
+  feed.onChange(network.schedule);
   feed.onRefused((refusals) => void reporter.refused(refusals));
   await feed.start();
   await converger.start();
   discovery.start();
+  network.start();
   log.info({ revision: feed.view.revision, dataplane: dataplane.kind, pollIntervalMs: cfg.pollIntervalMs }, 'cell-agent-started');
 
   return {
@@ -111,10 +134,12 @@ export async function startCellAgent(deps: { bus: Bus; log: Logger; config: Cell
     waitApplied: (revision, timeoutMs = 10_000) =>
       converger.enforced.until((a) => a.revision >= revision, timeoutMs, `cell ${cfg.cellId} applied revision ${revision}`),
     checkDrift: () => converger.checkDrift(),
+    checkNetwork: () => network.reconcile(),
     async stop() {
       const converged = converger.stop(); // no pass starts from here on
       ready.stop();
       discovery.stop();
+      await network.stop(); // the routes and tunnels stay in place, like the rules
       await feed.stop();
       await converged;
       log.info('cell-agent-stopped'); // the rules stay in place: containers keep their policy while we are away

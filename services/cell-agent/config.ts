@@ -5,6 +5,7 @@ import { ConfigError } from '../../runtime/errors.ts';
 import { type CellAgentConfig, defaultCellAgentConfig } from './agent.ts';
 import { type Dataplane, MemoryDataplane, NftDataplane, RenderDataplane } from './dataplane.ts';
 import { InvalidRuleError, parseCellSubnets } from './rules.ts';
+import { DEFAULT_VXLAN, type NetworkDriverKind } from './network-drivers.ts';
 
 /** The agent settings; refused (ConfigError) without `--cell-id` or with a `--cell-subnet` outside the overlay. */
 export function cellAgentConfigOf(c: Config): CellAgentConfig {
@@ -23,6 +24,12 @@ export function cellAgentConfigOf(c: Config): CellAgentConfig {
     pollIntervalMs: c.pollIntervalMs,
     replicas: c.replicas,
     subnets,
+    network: {
+      driver: c.networkDriver as NetworkDriverKind,
+      vxlan: { ...DEFAULT_VXLAN, vni: c.vxlanVni, port: c.vxlanPort, mtu: c.vxlanMtu },
+      underlay: c.underlayAddress,
+      netns: c.netns,
+    },
   };
 }
 

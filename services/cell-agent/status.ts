@@ -7,6 +7,9 @@ import type { Dataplane } from './dataplane.ts';
 import type { ConvergePass, Repairs } from './converger.ts';
 import type { Refusals } from './feed.ts';
 
+/** The network driver's side of a cell (services/cell-agent/network.ts): the driver, remote cells routed, drift repairs, last error. */
+export type NetworkStatus = { driver: string; peers: number; repairs: number; error: string | null };
+
 export type CellStatus = {
   cellId: string;
   dataplane: Dataplane['kind'];
@@ -22,6 +25,8 @@ export type CellStatus = {
   error: string | null;
   /** Input the feed refused (forged or corrupted snapshots and deltas): how many, and the last one. */
   refusals: Refusals;
+  /** Absent with the `none` driver (or an older agent). */
+  network?: NetworkStatus;
 };
 
 /** The status after a pass: what it applied, or (when its load failed) the revision and hash still enforced. */
@@ -62,6 +67,7 @@ export class StatusReporter {
   readonly #log: Logger;
   #status: CellStatus | undefined;
   #refusals: Refusals = { count: 0, last: null };
+  #network: NetworkStatus | undefined;
 
   constructor(opts: { cellId: string; dataplane: Dataplane['kind']; writer: StatusWriter; log: Logger }) {
     this.#cellId = opts.cellId;
@@ -78,6 +84,15 @@ export class StatusReporter {
   /** After every pass of the converger, failed or not; a put that fails is logged, never thrown. */
   async passed(pass: ConvergePass): Promise<void> {
     this.#status = statusAfterPass(this.#status, pass, { cellId: this.#cellId, dataplane: this.#dataplane }, this.#refusals);
+    if (this.#network) this.#status.network = this.#network;
+    await this.#put(this.#status);
+  }
+
+  /** After the network driver's state changed (peers, a repair, an error). */
+  async network(network: NetworkStatus): Promise<void> {
+    this.#network = network;
+    if (!this.#status) return;
+    this.#status = { ...this.#status, network };
     await this.#put(this.#status);
   }
 

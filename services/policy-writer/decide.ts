@@ -3,11 +3,22 @@
 // results (`rejected`), not exceptions.
 import type { AppCommand, CellCommand, ContainerCommand, PolicyCommand } from '../../events/commands.ts';
 import { type DomainEvent, type PolicyRule, policyKey } from '../../events/catalogue.ts';
-import type { AppState, CellRecord, ContainerState, PolicyRecord } from '../../projections/model.ts';
+import {
+  type AppState,
+  type CellRecord,
+  type ContainerState,
+  type Model,
+  type PolicyRecord,
+  nextFreeAddress,
+  nextFreeSubnet,
+  overlappingCells,
+  underlayHolder,
+} from '../../projections/model.ts';
 import type { Dict } from '../../projections/dict.ts';
-import { cidrContains, cidrWithin, isNetworkOrBroadcast } from '../../projections/ipv4.ts';
+import { cidrContains, cidrWithin, gatewayOf, isNetworkOrBroadcast } from '../../projections/ipv4.ts';
 
-export type Rejection = { code: string; message: string; status: 400 | 403 | 404 | 409 };
+/** A refusal; `retryable`: the same command sent again may succeed (a race lost to another writer). */
+export type Rejection = { code: string; message: string; status: 400 | 403 | 404 | 409; retryable?: boolean };
 export type Decision = { ok: true; events: DomainEvent[]; note?: string } | { ok: false; rejection: Rejection };
 
 const accept = (events: DomainEvent[], note?: string): Decision => (note ? { ok: true, events, note } : { ok: true, events });
@@ -19,11 +30,31 @@ export type CellDecisionState = {
   cell: CellRecord | undefined;
   /** The overlay every cell's container range must lie in. */
   overlayCidr: string;
-  /** Active cells (other than this one) whose range overlaps the command's. */
+  /** Active cells (other than this one) whose range overlaps the command's named range. */
   overlapping: readonly string[];
   /** Running containers on the cell. */
   running: number;
+  /** For a registration without a range: the lowest free range of the lease size; undefined when none is left. */
+  freeSubnet: string | undefined;
+  /** The active cell (other than this one) registered with the command's underlay address, if any. */
+  underlayHolder: string | undefined;
 };
+
+/** The state a cell command is decided on, read from the model (the writer and the decider tests build it alike). */
+export function cellDecisionState(m: Model, cmd: CellCommand, o: { overlayCidr: string; leasePrefix: number }): CellDecisionState {
+  const cellId = cmd.data.cellId;
+  const reg = cmd.type === 'RegisterCell' ? cmd.data : undefined;
+  return {
+    cell: m.cells[cellId],
+    overlayCidr: o.overlayCidr,
+    overlapping: reg?.subnet !== undefined ? overlappingCells(m, cellId, reg.subnet) : [],
+    running: Object.keys(m.containersByCell[cellId] ?? {}).length,
+    freeSubnet: reg && reg.subnet === undefined ? nextFreeSubnet(m, o.overlayCidr, reg.prefix ?? o.leasePrefix) : undefined,
+    underlayHolder: reg?.underlay !== undefined ? underlayHolder(m, cellId, reg.underlay) : undefined,
+  };
+}
+
+const prefixOfCidr = (cidr: string) => Number(cidr.split('/')[1]);
 
 export function decideCell(cmd: CellCommand, s: CellDecisionState): Decision {
   const { cell } = s;
@@ -31,14 +62,27 @@ export function decideCell(cmd: CellCommand, s: CellDecisionState): Decision {
     case 'RegisterCell': {
       const d = cmd.data;
       if (cell?.status === 'active') {
-        return cell.subnet === d.subnet
-          ? accept([], 'already-registered')
-          : reject(409, 'cell-conflict', `cell ${d.cellId} is registered with container range ${cell.subnet}`);
+        if (d.subnet !== undefined && cell.subnet !== d.subnet)
+          return reject(409, 'cell-conflict', `cell ${d.cellId} is registered with container range ${cell.subnet}`);
+        if (d.prefix !== undefined && prefixOfCidr(cell.subnet) !== d.prefix)
+          return reject(409, 'cell-conflict', `cell ${d.cellId} holds the range ${cell.subnet}, not a /${d.prefix}`);
+        if (d.underlay !== undefined && cell.underlay !== d.underlay)
+          return reject(409, 'cell-conflict', `cell ${d.cellId} is registered with underlay address ${cell.underlay ?? '(none)'}: decommission it first`);
+        return accept([], 'already-registered');
+      }
+      if (d.underlay !== undefined && cidrContains(s.overlayCidr, d.underlay))
+        return reject(400, 'underlay-inside-overlay', `underlay address ${d.underlay} lies inside the overlay ${s.overlayCidr}`);
+      if (s.underlayHolder !== undefined) return reject(409, 'underlay-in-use', `underlay address ${d.underlay} is registered by cell ${s.underlayHolder}`);
+      const underlay = d.underlay ?? null;
+      if (d.subnet === undefined) {
+        if (s.freeSubnet === undefined)
+          return reject(409, 'overlay-exhausted', `no free /${d.prefix ?? '(lease size)'} range is left in the overlay ${s.overlayCidr}`);
+        return accept([{ type: 'CellRegistered', v: 2, data: { cellId: d.cellId, subnet: s.freeSubnet, underlay, leased: true } }]);
       }
       if (!cidrWithin(s.overlayCidr, d.subnet))
         return reject(400, 'subnet-outside-overlay', `container range ${d.subnet} is not inside the overlay ${s.overlayCidr}`);
       if (s.overlapping.length > 0) return reject(409, 'subnet-overlap', `container range ${d.subnet} overlaps cell ${s.overlapping[0]}`);
-      return accept([{ type: 'CellRegistered', v: 1, data: { ...d } }]);
+      return accept([{ type: 'CellRegistered', v: 2, data: { cellId: d.cellId, subnet: d.subnet, underlay, leased: false } }]);
     }
     case 'DecommissionCell': {
       if (!cell) return accept([], 'not-registered');
@@ -104,8 +148,23 @@ export type ContainerDecisionState = {
   cell: CellRecord | undefined;
   /** The running container that holds the IP a start names, if any. */
   ipHolder: string | undefined;
+  /** For a start without an IP: the lowest free address of the cell's range (undefined: none left, or no active cell). */
+  freeIp: string | undefined;
   overlayCidr: string;
 };
+
+/** The state a container command is decided on, read from the model. */
+export function containerDecisionState(m: Model, cmd: ContainerCommand, overlayCidr: string): ContainerDecisionState {
+  const start = cmd.type === 'StartContainer' ? cmd.data : undefined;
+  return {
+    container: m.containers[cmd.data.containerId],
+    app: start ? m.apps[start.appId] : undefined,
+    cell: start ? m.cells[start.cellId] : undefined,
+    ipHolder: start?.ip !== undefined ? m.containersByIp[start.ip] : undefined,
+    freeIp: start && start.ip === undefined ? nextFreeAddress(m, start.cellId) : undefined,
+    overlayCidr,
+  };
+}
 
 export function decideContainer(cmd: ContainerCommand, s: ContainerDecisionState): Decision {
   const { container } = s;
@@ -114,21 +173,30 @@ export function decideContainer(cmd: ContainerCommand, s: ContainerDecisionState
       const d = cmd.data;
       if (container?.status === 'stopped') return accept([], 'already-stopped');
       if (container) {
-        const same = container.appId === d.appId && container.cellId === d.cellId && container.ip === d.ip && container.instanceIndex === d.instanceIndex;
+        const same =
+          container.appId === d.appId &&
+          container.cellId === d.cellId &&
+          (d.ip === undefined || container.ip === d.ip) &&
+          container.instanceIndex === d.instanceIndex;
         return same ? accept([], 'already-running') : reject(409, 'container-conflict', `container ${d.containerId} is already running with other details`);
       }
       if (!s.app) return reject(404, 'app-not-found', `app ${d.appId} is not registered`);
       if (s.app.deleted) return reject(409, 'app-deleted', `app ${d.appId} was deleted`);
       if (!s.cell) return reject(404, 'cell-not-found', `cell ${d.cellId} is not registered`);
       if (s.cell.status === 'decommissioned') return reject(409, 'cell-decommissioned', `cell ${d.cellId} was decommissioned`);
+      if (d.ip === undefined) {
+        if (s.freeIp === undefined) return reject(409, 'cell-addresses-exhausted', `no free address is left in cell ${d.cellId}'s range ${s.cell.subnet}`);
+        return accept([{ type: 'ContainerStarted', v: 1, data: { ...d, ip: s.freeIp } }], 'address-allocated');
+      }
       if (!cidrContains(s.overlayCidr, d.ip)) return reject(400, 'ip-outside-overlay', `IP ${d.ip} is not inside the overlay ${s.overlayCidr}`);
       if (!cidrContains(s.cell.subnet, d.ip))
         return reject(400, 'ip-outside-cell', `IP ${d.ip} is not inside cell ${d.cellId}'s container range ${s.cell.subnet}`);
-      if (isNetworkOrBroadcast(s.cell.subnet, d.ip)) return reject(400, 'ip-reserved', `IP ${d.ip} is the network or broadcast address of ${s.cell.subnet}`);
+      if (isNetworkOrBroadcast(s.cell.subnet, d.ip) || d.ip === gatewayOf(s.cell.subnet))
+        return reject(400, 'ip-reserved', `IP ${d.ip} is the network, gateway or broadcast address of ${s.cell.subnet}`);
       if (s.ipHolder !== undefined && s.ipHolder !== d.containerId) {
         return reject(409, 'ip-in-use', `IP ${d.ip} is held by running container ${s.ipHolder}: stop it first`);
       }
-      return accept([{ type: 'ContainerStarted', v: 1, data: { ...d } }]);
+      return accept([{ type: 'ContainerStarted', v: 1, data: { ...d, ip: d.ip } }]);
     }
     case 'StopContainer': {
       const id = cmd.data.containerId;

@@ -25,7 +25,7 @@ import type { CommandMeta, CommandResult, Writer } from './writer.ts';
 import type { Counter, Registry } from '../../runtime/metrics.ts';
 
 export type IntakeReply =
-  | { ok: true; revision: number; appended: number; note?: string }
+  | { ok: true; revision: number; appended: number; note?: string; ip?: string; subnet?: string; underlay?: string | null }
   | { ok: false; code: string; error: string; retryable: boolean; issues?: { path: string; message: string }[] };
 
 export type IntakeBatchReply = { ok: true; results: IntakeReply[] } | Extract<IntakeReply, { ok: false }>;
@@ -146,6 +146,8 @@ export class Intake {
       const result: CommandResult = await this.#execute(command, cmdMeta);
       const ok: IntakeReply = { ok: true, revision: result.revision, appended: result.events.length };
       if (result.note) ok.note = result.note;
+      if (result.ip) ok.ip = result.ip;
+      if (result.lease) Object.assign(ok, result.lease);
       return ok;
     } catch (err) {
       const e = toServiceError(err);

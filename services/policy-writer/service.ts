@@ -22,6 +22,8 @@ export type PolicyWriterConfig = {
   maxPoliciesPerRequest: number;
   tokenSecret: string;
   overlayCidr: string;
+  /** Prefix length of a leased cell range (default 24). */
+  leasePrefix?: number;
   /** Seconds; default 7 days (`--token-max-ttl`). */
   tokenMaxTtl?: number;
   /** Default 10 s (`--http-request-timeout-ms`). */
@@ -40,6 +42,7 @@ export function policyWriterConfigOf(c: Config, tokenSecret: string): PolicyWrit
     maxPoliciesPerRequest: c.maxPoliciesPerRequest,
     tokenSecret,
     overlayCidr: c.overlayCidr,
+    leasePrefix: c.leasePrefix,
     tokenMaxTtl: c.tokenMaxTtl,
     httpRequestTimeoutMs: c.httpRequestTimeoutMs,
     httpKeepAliveTimeoutMs: c.httpKeepAliveTimeoutMs,
@@ -76,6 +79,7 @@ export async function startPolicyWriter(deps: {
     newId: deps.newId ?? newId,
     policyQuota: deps.config.policyQuota,
     overlayCidr: deps.config.overlayCidr,
+    leasePrefix: deps.config.leasePrefix ?? 24,
   });
   const api = new PolicyApi({ writer, maxPoliciesPerRequest: deps.config.maxPoliciesPerRequest });
   const http = buildHttpGateway({

@@ -6,14 +6,24 @@
 import type { Logger } from '../../runtime/logger.ts';
 import { type DomainEvent, type EventEnvelope, envelope } from '../../events/catalogue.ts';
 import type { AppCommand, CellCommand, ContainerCommand, PolicyCommand } from '../../events/commands.ts';
-import { type Model, freeTagCount, liveApp, overlappingCells, policiesInto, startConflict, subjectSeqOf } from '../../projections/model.ts';
+import { type Model, freeTagCount, liveApp, policiesInto, startConflict, subjectSeqOf } from '../../projections/model.ts';
 import { dict, dictOf } from '../../projections/dict.ts';
 import { KeyedMutex } from '../../runtime/keyed-mutex.ts';
 import type { EventLog, LogFollower } from '../../runtime/event-log.ts';
 import { WrongExpectedSequenceError } from '../../runtime/nats-adapter.ts';
 import { ConflictError, ForbiddenError, NetfoldError, NotFoundError, ValidationError } from '../../runtime/errors.ts';
 import { eventSubject } from '../../runtime/subjects.ts';
-import { type Access, type Decision, type Rejection, decideApp, decideCell, decideContainer, decidePolicies } from './decide.ts';
+import {
+  type Access,
+  type Decision,
+  type Rejection,
+  cellDecisionState,
+  containerDecisionState,
+  decideApp,
+  decideCell,
+  decideContainer,
+  decidePolicies,
+} from './decide.ts';
 
 export type CommandMeta = { actor: string; correlationId: string; causationId?: string };
 
@@ -23,6 +33,10 @@ export type CommandResult = {
   events: EventEnvelope[];
   /** What the decision noticed, e.g. why nothing was appended (`already-registered`) or `stopped-before-start`. */
   note?: string;
+  /** A container start: the address the container holds (named, or allocated by the writer). */
+  ip?: string;
+  /** A cell registration, or a start: the range the cell holds (named, or leased) and its underlay address. */
+  lease?: { subnet: string; underlay: string | null };
 };
 
 export type WriterOptions = {
@@ -36,6 +50,8 @@ export type WriterOptions = {
   policyQuota: number;
   /** The overlay network: every cell's container range and every container IP lies in it. */
   overlayCidr: string;
+  /** Prefix length of the range a cell registered without one is leased (24: a /24 per cell). */
+  leasePrefix?: number;
 };
 
 function rejectionError(r: Rejection): NetfoldError {
@@ -47,7 +63,7 @@ function rejectionError(r: Rejection): NetfoldError {
     case 404:
       return new NotFoundError(r.message, r.code);
     case 409:
-      return new ConflictError(r.message, r.code);
+      return new ConflictError(r.message, r.code, r.retryable === true);
   }
 }
 
@@ -168,29 +184,17 @@ export class Writer {
 
   async cell(cmd: CellCommand, meta: CommandMeta): Promise<CommandResult> {
     const cellId = cmd.data.cellId;
-    const overlayCidr = this.#o.overlayCidr;
-    return this.execute(
+    const opts = { overlayCidr: this.#o.overlayCidr, leasePrefix: this.#o.leasePrefix ?? 24 };
+    const result = await this.execute(
       eventSubject.cell(cellId),
       [],
-      (m) =>
-        decideCell(cmd, {
-          cell: m.cells[cellId],
-          overlayCidr,
-          overlapping: cmd.type === 'RegisterCell' ? overlappingCells(m, cellId, cmd.data.subnet) : [],
-          running: Object.keys(m.containersByCell[cellId] ?? {}).length,
-        }),
+      (m) => decideCell(cmd, cellDecisionState(m, cmd, opts)),
       meta,
-      (m) => {
-        const cell = m.cells[cellId];
-        if (cmd.type === 'RegisterCell' && (cell?.status !== 'active' || cell.subnet !== cmd.data.subnet)) {
-          return { status: 409, code: 'subnet-overlap', message: `container range ${cmd.data.subnet} overlaps a cell registered concurrently` };
-        }
-        if (cmd.type === 'DecommissionCell' && cell?.status !== 'decommissioned') {
-          return { status: 409, code: 'cell-busy', message: `cell ${cellId} got a container concurrently: stop it first` };
-        }
-        return undefined;
-      },
+      (m) => cellTook(m, cmd),
     );
+    const cell = this.model.cells[cellId];
+    if (cmd.type === 'RegisterCell' && cell) result.lease = { subnet: cell.subnet, underlay: cell.underlay };
+    return result;
   }
 
   async app(cmd: AppCommand, meta: CommandMeta): Promise<CommandResult> {
@@ -212,20 +216,20 @@ export class Writer {
     const id = cmd.data.containerId;
     const start = cmd.type === 'StartContainer' ? cmd.data : undefined;
     const related = start ? [eventSubject.app(start.appId), eventSubject.cell(start.cellId)] : [];
-    return this.execute(
+    const overlayCidr = this.#o.overlayCidr;
+    const result = await this.execute(
       eventSubject.container(id),
       related,
-      (m) =>
-        decideContainer(cmd, {
-          container: m.containers[id],
-          app: start ? m.apps[start.appId] : undefined,
-          cell: start ? m.cells[start.cellId] : undefined,
-          ipHolder: start ? m.containersByIp[start.ip] : undefined,
-          overlayCidr: this.#o.overlayCidr,
-        }),
+      (m) => decideContainer(cmd, containerDecisionState(m, cmd, overlayCidr)),
       meta,
       start && ((m) => startTook(m, start)),
     );
+    const held = this.model.containers[id];
+    const ip = start && held?.status === 'running' ? held.ip : null; // a start after its stop holds no address
+    const cell = start && this.model.cells[start.cellId];
+    if (ip) result.ip = ip;
+    if (ip && cell) result.lease = { subnet: cell.subnet, underlay: cell.underlay }; // the container's gateway is the range's first address
+    return result;
   }
 
   /**
@@ -335,16 +339,34 @@ export class Writer {
   }
 }
 
+/** After the fold: did this registration (or decommission) take effect? (Another writer may have won the range or host first.) */
+function cellTook(m: Model, cmd: CellCommand): Rejection | undefined {
+  const cell = m.cells[cmd.data.cellId];
+  if (cmd.type === 'DecommissionCell') {
+    return cell?.status === 'decommissioned'
+      ? undefined
+      : { status: 409, code: 'cell-busy', message: `cell ${cmd.data.cellId} got a container concurrently: stop it first` };
+  }
+  const d = cmd.data;
+  if (cell?.status === 'active' && (d.subnet === undefined || cell.subnet === d.subnet) && (d.underlay === undefined || cell.underlay === d.underlay))
+    return undefined;
+  if (d.subnet === undefined)
+    return { status: 409, code: 'lease-conflict', message: `the range leased to ${d.cellId} was taken concurrently; try again`, retryable: true };
+  return { status: 409, code: 'subnet-overlap', message: `container range ${d.subnet} (or underlay address) was registered concurrently by another cell` };
+}
+
 /** After the fold: did this start take effect? (Another writer may have won the IP or the cell first.) */
-function startTook(m: Model, d: { containerId: string; appId: string; cellId: string; ip: string }): Rejection | undefined {
+function startTook(m: Model, d: { containerId: string; appId: string; cellId: string; ip?: string }): Rejection | undefined {
   const c = m.containers[d.containerId];
-  if (c && c.ip === d.ip && c.cellId === d.cellId && c.appId === d.appId) return undefined;
+  if (c && (d.ip === undefined || c.ip === d.ip) && c.cellId === d.cellId && c.appId === d.appId) return undefined;
   if (c && c.ip === null) return undefined; // a stop arrived first: the start is ignored, as a repeat would be
   if (c) return { status: 409, code: 'container-conflict', message: `container ${d.containerId} was started concurrently with other details` };
-  const why = startConflict(m, d) ?? 'ip-in-use';
+  const why = d.ip === undefined ? 'ip-in-use' : (startConflict(m, { ...d, ip: d.ip }) ?? 'ip-in-use');
   return {
     status: why === 'ip-in-use' || why === 'cell-decommissioned' ? 409 : 400,
     code: why,
     message: `container ${d.containerId} was not started: ${why} (settled by a concurrent change)`,
+    // An allocated address taken concurrently: sending the start again allocates another.
+    retryable: d.ip === undefined,
   };
 }

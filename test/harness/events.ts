@@ -59,9 +59,17 @@ export function subnetOfCell(cellId: string): string {
 }
 
 export const ev = {
-  cell: (cellId = 'cell-1', subnet = subnetOfCell(cellId)): DomainEvent => ({ type: 'CellRegistered', v: 1, data: { cellId, subnet } }),
+  cell: (cellId = 'cell-1', subnet = subnetOfCell(cellId), underlay: string | null = null, leased = false): DomainEvent => ({
+    type: 'CellRegistered',
+    v: 2,
+    data: { cellId, subnet, underlay, leased },
+  }),
   decommissioned: (cellId = 'cell-1'): DomainEvent => ({ type: 'CellDecommissioned', v: 1, data: { cellId } }),
-  registered: (appId: string, name = appId, spaceId = 's1', orgId = 'o1'): DomainEvent => ({ type: 'AppRegistered', v: 1, data: { appId, name, spaceId, orgId } }),
+  registered: (appId: string, name = appId, spaceId = 's1', orgId = 'o1'): DomainEvent => ({
+    type: 'AppRegistered',
+    v: 1,
+    data: { appId, name, spaceId, orgId },
+  }),
   renamed: (appId: string, name: string, previousName: string): DomainEvent => ({ type: 'AppRenamed', v: 1, data: { appId, name, previousName } }),
   deleted: (appId: string): DomainEvent => ({ type: 'AppDeleted', v: 1, data: { appId } }),
   started: (containerId: string, appId: string, cellId = 'cell-1', ip = '10.255.1.2', instanceIndex = 0): DomainEvent => ({

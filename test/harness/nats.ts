@@ -61,7 +61,7 @@ function principalOfName(name: string): Principal | undefined {
 
 export async function startNats(
   t: Test,
-  opts: { open?: boolean; secured?: Principal[]; plannerMemberTtlMs?: number } = {},
+  opts: { open?: boolean; secured?: Principal[]; plannerMemberTtlMs?: number; host?: string } = {},
 ): Promise<NatsFixture> {
   const storeDir = mkdtempSync(join(tmpdir(), 'netfold-test-'));
   const secured = !opts.open;
@@ -73,7 +73,7 @@ export async function startNats(
   const jetstream = `jetstream { store_dir: ${JSON.stringify(storeDir)} }\n`;
   const writeConfig = () => configFile && writePrivateFile(configFile, jetstream + authorizationBlock([...credentials.values()]));
   writeConfig();
-  const serverOpts = { storeDir, ...(configFile && { configFile, jetstreamInConfig: true }) };
+  const serverOpts = { storeDir, ...(configFile && { configFile, jetstreamInConfig: true }), ...(opts.host && { host: opts.host }) };
   // NETFOLD_TEST_LOG=debug shows the services' logs while debugging a test.
   const log = process.env.NETFOLD_TEST_LOG ? createRootLogger({ level: process.env.NETFOLD_TEST_LOG }) : silentLogger();
   let server = await startNatsServer(serverOpts);

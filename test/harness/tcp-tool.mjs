@@ -2,9 +2,14 @@
 //   serve PORT [PORT...]      echo server on every port; prints "ready" once listening
 //   probe HOST PORT MS        prints "open", "refused" or "timeout"
 //   hold HOST PORT            connects ("connected"), then sends each stdin line and prints "echo:<line>" or "closed"
+//   serve-udp PORT [PORT...]  UDP echo on every port (IPv4); prints "ready" once bound
+//   probe-udp HOST PORT MS    sends a datagram; prints "open" (echoed), "refused" (ICMP unreachable) or "timeout"
+//   wait-open PORT            reads a HOST line on stdin, then connects to HOST:PORT again and again (5 ms apart, each
+//                             attempt at most 200 ms) until one opens; prints the wall-clock time (ms) it did
 //   loop HOST PORT MS         connects again and again (each attempt closed at once, MS timeout); prints "started"
 //                             after the first attempt, and on a "stop" line on stdin the counts as JSON:
 //                             {"open":n,"refused":n,"timeout":n,"error":n}
+import dgram from 'node:dgram';
 import net from 'node:net';
 import readline from 'node:readline';
 
@@ -21,6 +26,48 @@ if (mode === 'serve') {
     v6.once('error', up);
     v6.listen({ port, host: '::', ipv6Only: true }, up);
   }
+} else if (mode === 'serve-udp') {
+  let pending = args.length;
+  for (const port of args.map(Number)) {
+    const sock = dgram.createSocket('udp4');
+    sock.on('message', (msg, from) => sock.send(msg, from.port, from.address));
+    sock.bind(port, '0.0.0.0', () => {
+      if (--pending === 0) console.log('ready');
+    });
+  }
+} else if (mode === 'probe-udp') {
+  const [host, port, ms] = args;
+  const sock = dgram.createSocket('udp4');
+  const done = (r) => {
+    console.log(r);
+    process.exit(0);
+  };
+  setTimeout(() => done('timeout'), Number(ms));
+  sock.on('message', () => done('open'));
+  sock.on('error', (e) => done(e.code === 'ECONNREFUSED' ? 'refused' : `error:${e.code}`));
+  sock.connect(Number(port), host, () => sock.send('ping'));
+} else if (mode === 'wait-open') {
+  const [port] = args;
+  console.log('waiting');
+  readline.createInterface({ input: process.stdin }).once('line', (host) => {
+    const attempt = () => {
+      const s = net.connect({ host, port: Number(port) });
+      let over = false;
+      const retry = () => {
+        if (over) return;
+        over = true;
+        s.destroy();
+        setTimeout(attempt, 5);
+      };
+      s.setTimeout(200, retry);
+      s.once('connect', () => {
+        console.log(String(Date.now()));
+        process.exit(0);
+      });
+      s.once('error', retry);
+    };
+    attempt();
+  });
 } else if (mode === 'probe') {
   const [host, port, ms] = args;
   const s = net.connect({ host, port: Number(port) });
