@@ -90,6 +90,8 @@ export class StreamTail implements AsyncIterable<TailMsg> {
   #lastTickAt = 0;
   /** Times the consumer was recreated. */
   recoveries = 0;
+  /** Times nats.js itself reset the ordered consumer (a delivery-sequence gap) or saw heartbeats missed. */
+  clientResets = 0;
   /** Messages delivered from direct gets while no consumer could be created. */
   readDirect = 0;
   #markOpened: () => void = () => undefined;
@@ -176,6 +178,7 @@ export class StreamTail implements AsyncIterable<TailMsg> {
       expires: this.#o.expiresMs ?? FAST_TAIL.expiresMs,
       idle_heartbeat: this.#o.idleHeartbeatMs ?? FAST_TAIL.idleHeartbeatMs,
     });
+    this.#watchClient(messages);
     this.#started = true;
     this.#markOpened();
     if (this.#stopped) {
@@ -217,6 +220,20 @@ export class StreamTail implements AsyncIterable<TailMsg> {
     if (outcome === undefined) throw new Error('stopped');
     if ('err' in outcome) throw outcome.err;
     return outcome.messages;
+  }
+
+  /**
+   * nats.js's own recoveries, said (info): it re-creates an ordered consumer on a delivery-sequence gap, dropping the
+   * message, and the reader waits meanwhile — the first suspect for a delta applied seconds after it was stored.
+   */
+  #watchClient(messages: ConsumerMessages): void {
+    void (async () => {
+      for await (const n of messages.status()) {
+        if (n.type !== 'reset' && n.type !== 'heartbeats_missed') continue;
+        this.clientResets += 1;
+        this.#log.info({ type: n.type, lastSeq: this.#last, idleMs: Date.now() - this.#lastDeliveryAt }, 'stream-tail-client-reset');
+      }
+    })().catch(() => undefined);
   }
 
   #recovered(reason: TailRecoveryReason): void {
