@@ -90,7 +90,7 @@ export class StreamTail implements AsyncIterable<TailMsg> {
   #lastTickAt = 0;
   /** Times the consumer was recreated. */
   recoveries = 0;
-  /** Times nats.js itself reset the ordered consumer (a delivery-sequence gap) or saw heartbeats missed. */
+  /** Times nats.js itself reset the ordered consumer (a delivery-sequence gap) or missed heartbeats (and pulled again). */
   clientResets = 0;
   /** Messages delivered from direct gets while no consumer could be created. */
   readDirect = 0;
@@ -223,8 +223,9 @@ export class StreamTail implements AsyncIterable<TailMsg> {
   }
 
   /**
-   * nats.js's own recoveries, said (info): it re-creates an ordered consumer on a delivery-sequence gap, dropping the
-   * message, and the reader waits meanwhile — the first suspect for a delta applied seconds after it was stored.
+   * nats.js's own recoveries, said (info): it re-creates an ordered consumer on a delivery-sequence gap (dropping the
+   * message) and pulls again after two missed idle heartbeats; the reader waits meanwhile. The second is what the
+   * seconds-late applies in bench:scale's churn were (docs/benchmarks.md, "Performance goals").
    */
   #watchClient(messages: ConsumerMessages): void {
     void (async () => {
