@@ -131,12 +131,6 @@ export class PlannerCore {
     return t && { revision: t.revision, hash: t.hash, state: t.state };
   }
 
-  /** A snapshot of an owned cell at its current revision (undefined for a cell not owned here). */
-  snapshotOf(cellId: string): PlannerOutput | undefined {
-    const t = this.#cells.get(cellId);
-    return t && this.#snapshot(cellId, t);
-  }
-
   /**
    * Folds events in order; returns the outputs for owned cells: per cell at most one delta for the batch (and one
    * more where a stored head closes a group inside it), in order per cell.
