@@ -33,6 +33,19 @@ export const isRoot = () => typeof process.getuid === 'function' && process.getu
 
 const ip = (...args: string[]) => run('ip', args);
 
+/** Removes a test's network namespace, killing what still runs in it first (a namespace with processes stays). */
+export async function removeNetns(ns: string): Promise<void> {
+  const pids = (await run('ip', ['netns', 'pids', ns]).catch(() => '')).split('\n').filter(Boolean);
+  for (const pid of pids) {
+    try {
+      process.kill(Number(pid), 'SIGKILL');
+    } catch {
+      // already gone
+    }
+  }
+  await ip('netns', 'del', ns).catch(() => undefined);
+}
+
 /** cells: { A: 1, B: 2 } -> container range 10.255.<n>.0/24, gateway .1; containers: name -> [cell, ip]. */
 export async function buildNet(t: Test, cells: Record<string, number>, containers: Record<string, [string, string]>): Promise<Net> {
   const prefix = `nf${randomBytes(2).toString('hex')}`;
@@ -41,17 +54,7 @@ export async function buildNet(t: Test, cells: Record<string, number>, container
   const children: ChildProcess[] = [];
   t.teardown(async () => {
     for (const c of children) c.kill('SIGKILL');
-    for (const ns of created.reverse()) {
-      const pids = (await run('ip', ['netns', 'pids', ns]).catch(() => '')).split('\n').filter(Boolean);
-      for (const pid of pids) {
-        try {
-          process.kill(Number(pid), 'SIGKILL');
-        } catch {
-          // already gone
-        }
-      }
-      await ip('netns', 'del', ns).catch(() => undefined);
-    }
+    for (const ns of created.reverse()) await removeNetns(ns);
   });
   const addNs = async (ns: string) => {
     await ip('netns', 'add', ns);

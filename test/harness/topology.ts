@@ -13,6 +13,7 @@ import { randomBytes } from 'node:crypto';
 import { createInterface } from 'node:readline';
 import type { Test } from 'tap';
 import { run } from '../../services/cell-agent/dataplane.ts';
+import { removeNetns } from './netns.ts';
 
 export const MGMT_ADDRESS = '169.254.77.1';
 /** How a runtime runs netfold-cni: the package's executable. */
@@ -49,20 +50,9 @@ export async function buildUnderlay(t: Test, kind: 'vxlan' | 'routed', cellIds: 
   const created: string[] = [];
   const children: ChildProcess[] = [];
   const hosts = new Map<string, Host>();
-  const removeNs = async (ns: string) => {
-    const pids = (await run('ip', ['netns', 'pids', ns]).catch(() => '')).split('\n').filter(Boolean);
-    for (const pid of pids) {
-      try {
-        process.kill(Number(pid), 'SIGKILL');
-      } catch {
-        // already gone
-      }
-    }
-    await ip('netns', 'del', ns).catch(() => undefined);
-  };
   t.teardown(async () => {
     for (const c of children) c.kill('SIGKILL');
-    for (const ns of created.reverse()) await removeNs(ns);
+    for (const ns of created.reverse()) await removeNetns(ns);
   });
   const addNs = async (ns: string, forwarding: boolean) => {
     await ip('netns', 'add', ns);
@@ -123,7 +113,7 @@ export async function buildUnderlay(t: Test, kind: 'vxlan' | 'routed', cellIds: 
       const host = hosts.get(cellId);
       if (!host) return;
       hosts.delete(cellId);
-      await removeNs(host.ns);
+      await removeNetns(host.ns);
     },
     async newContainerNs(name) {
       const ns = `${prefix}-k${name}`;
