@@ -45,8 +45,6 @@ const hasApiCode = (err: unknown, code: number) =>
 export const isStreamNotFound = (err: unknown): boolean => hasApiCode(err, JetStreamApiCodes.StreamNotFound);
 /** JetStream API error 10037: no message (e.g. a last-by-subject read of a subject never written). */
 export const isNoMessageFound = (err: unknown): boolean => hasApiCode(err, JetStreamApiCodes.NoMessageFound);
-/** JetStream API error 10014: the consumer does not exist (deleted, or lost with its server). */
-export const isConsumerNotFound = (err: unknown): boolean => hasApiCode(err, JetStreamApiCodes.ConsumerNotFound);
 
 // ---- the KV layout ----------------------------------------------------------------------------------------------
 

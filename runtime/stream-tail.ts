@@ -21,7 +21,7 @@ import type { MsgHdrs } from '@nats-io/nats-core';
 import type { Bus } from './nats.ts';
 import type { Logger } from './logger.ts';
 import type { Registry } from './metrics.ts';
-import { isConsumerNotFound, isNoMessageFound } from './nats-adapter.ts';
+import { isNoMessageFound } from './nats-adapter.ts';
 
 export type StreamTailOptions = {
   stream: string;
@@ -263,18 +263,15 @@ export class StreamTail implements AsyncIterable<TailMsg> {
     if (this.#messages.getPending() > 0) return;
     this.#probing = true;
     try {
-      const asked = Date.now();
       const newest = await this.#newestSeq();
-      const answeredMs = Date.now() - asked;
       if (newest === undefined || newest <= this.#last || this.#waitingSince === undefined) return;
-      const verdict = this.#patience < 3 && this.#consumer ? judgeConsumer(await consumerStateWithin(this.#consumer, 500), this.#last, answeredMs) : 'recreate';
-      if (verdict === 'caught-up') {
-        this.#patience = 0;
-        return;
-      }
-      if (verdict !== 'recreate') {
-        if (this.#patience === 0)
-          this.#log.info({ lastSeq: this.#last, newest, why: verdict, answeredMs, waitingMs: Date.now() - since }, 'stream-tail-waiting-on-server');
+      // A consumer whose server has delivered past what this reader has seen is alive: the reader (or the server)
+      // is too busy, and recreating it would only add work (a thousand agents recreating theirs at once overloaded
+      // the server further). It gets up to three more stall periods. One that delivered nothing new, or does not
+      // answer within 500 ms, is recreated now.
+      const delivered = this.#patience < 3 && this.#consumer ? ((await deliveredWithin(this.#consumer, 500)) ?? 0) : 0;
+      if (delivered > this.#last) {
+        if (this.#patience === 0) this.#log.info({ lastSeq: this.#last, delivered, newest, waitingMs: Date.now() - since }, 'stream-tail-waiting-on-delivered');
         this.#patience += 1;
         this.#nextCheckAt = Date.now() + (this.#o.stallMs ?? FAST_TAIL.stallMs);
         return;
@@ -332,35 +329,13 @@ async function closeQuietly(messages: ConsumerMessages): Promise<void> {
   await Promise.race([closing, delay(1_000)]);
 }
 
-/** What the server says of a consumer within `ms`: its info, that it does not exist, or nothing in time. */
-type ConsumerState = { kind: 'info'; delivered: number; pending: number; waiting: number } | { kind: 'gone' } | { kind: 'unknown' };
-
-async function consumerStateWithin(consumer: Consumer, ms: number): Promise<ConsumerState> {
+/** The last stream sequence a consumer has delivered, if its info comes back within `ms`. */
+async function deliveredWithin(consumer: Consumer, ms: number): Promise<number | undefined> {
   const info = consumer.info().then(
-    (i): ConsumerState => ({ kind: 'info', delivered: i.delivered.stream_seq, pending: i.num_pending, waiting: i.num_waiting }),
-    (err: unknown): ConsumerState => (isConsumerNotFound(err) ? { kind: 'gone' } : { kind: 'unknown' }),
+    (i) => i.delivered.stream_seq,
+    () => undefined,
   );
-  return Promise.race([info, delay(ms).then((): ConsumerState => ({ kind: 'unknown' }))]);
-}
-
-/**
- * The watchdog's verdict on a reader that waited a stall period while the stream holds something newer (exported
- * for its tests). Recreating a consumer costs the server (a thousand agents recreating theirs at once overloaded a
- * starved one further: 388 recreations in one bench:scale run at load 12), so it is done only on evidence:
- * - the consumer is gone (deleted, or lost with its node), or its pull is (no request waits on the server while
- *   messages for it do: nats.js would pull again only after two missed heartbeats) → recreate;
- * - nothing for this reader is pending (a filter narrower than the stream) → caught up, no stall;
- * - the server has delivered past the reader (in flight, or the reader's process is busy), or holds the pull and
- *   has not got to it yet → wait (up to three more stall periods);
- * - no answer in time: after a slow answer to the stream probe (over 250 ms: a starved server) → wait; after a
- *   quick one (a lost node, whose consumers no longer answer) → recreate.
- */
-export function judgeConsumer(s: ConsumerState, last: number, probeAnsweredMs: number): 'recreate' | 'caught-up' | 'delivered' | 'server-busy' | 'server-slow' {
-  if (s.kind === 'gone') return 'recreate';
-  if (s.kind === 'unknown') return probeAnsweredMs > 250 ? 'server-slow' : 'recreate';
-  if (s.delivered > last) return 'delivered';
-  if (s.pending === 0) return 'caught-up';
-  return s.waiting > 0 ? 'server-busy' : 'recreate';
+  return Promise.race([info, delay(ms).then(() => undefined)]);
 }
 
 /** A message read with a direct get, shaped as a tail delivers it. */

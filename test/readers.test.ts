@@ -9,7 +9,7 @@ import { CELL_DELTAS_STREAM, CellReplica, cellSubject, type CellDelta, type Plan
 import { canonicalJson } from '../projections/canonical.ts';
 import { PlannerCore } from '../services/topology-planner/core.ts';
 import { CellFeed } from '../services/cell-agent/feed.ts';
-import { StreamTail, judgeConsumer } from '../runtime/stream-tail.ts';
+import { StreamTail } from '../runtime/stream-tail.ts';
 import { Registry } from '../runtime/metrics.ts';
 import type { Bus } from '../runtime/nats.ts';
 import { silentLogger } from '../runtime/logger.ts';
@@ -332,14 +332,3 @@ async function firstConsumer(bus: Bus, stream: string): Promise<string | undefin
   for await (const c of await bus.jsm.consumers.list(stream)) return c.name;
   return undefined;
 }
-
-t.test("the watchdog's verdict: recreate on evidence only, wait for a busy or starved server", async (t) => {
-  const info = (delivered: number, pending: number, waiting: number) => ({ kind: 'info', delivered, pending, waiting }) as const;
-  t.equal(judgeConsumer({ kind: 'gone' }, 10, 5), 'recreate', 'the consumer is gone');
-  t.equal(judgeConsumer(info(10, 3, 0), 10, 5), 'recreate', 'messages pending and no pull waiting: the pull was lost');
-  t.equal(judgeConsumer({ kind: 'unknown' }, 10, 5), 'recreate', 'no answer although the stream answered at once (a lost node)');
-  t.equal(judgeConsumer({ kind: 'unknown' }, 10, 900), 'server-slow', 'no answer from a server slow to answer anything');
-  t.equal(judgeConsumer(info(12, 0, 1), 10, 5), 'delivered', 'delivered past the reader: in flight');
-  t.equal(judgeConsumer(info(10, 3, 1), 10, 5), 'server-busy', 'the server holds the pull and has not served it yet');
-  t.equal(judgeConsumer(info(10, 0, 1), 10, 5), 'caught-up', 'nothing pending for this reader (a filter narrower than the stream)');
-});
