@@ -37,6 +37,7 @@ export type UpPlan = {
   /** Replicas of every stream. */
   replicas: number;
   logLevel: string;
+  shutdownTimeoutMs: number;
   writer: PolicyWriterConfig;
   planner: PlannerConfig;
   discovery: DiscoveryConfig;
@@ -62,6 +63,7 @@ export function upPlan(config: Config, tokenSecret: string): UpPlan {
     client: natsClientOf(config),
     replicas: config.replicas,
     logLevel: config.logLevel,
+    shutdownTimeoutMs: config.shutdownTimeoutMs,
     writer: policyWriterConfigOf(config, tokenSecret),
     planner: plannerConfigOf(config),
     discovery: discoveryConfigOf(config),
@@ -147,7 +149,7 @@ export async function up(config: Config): Promise<void> {
     await planner.stop();
     for (const bus of buses.reverse()) await bus.close();
     await embedded?.stop();
-  });
+  }, plan.shutdownTimeoutMs);
 }
 
 /** Where `netfold up` keeps the embedded server's credentials and config (the CLI looks there too). */

@@ -37,6 +37,8 @@ export type Config = {
   /** Seconds: the longest lifetime (exp − iat) of a bearer token, checked by the gateway and `token mint`. */
   tokenMaxTtl: number;
   logLevel: string;
+  /** A stop on SIGINT/SIGTERM that takes longer exits the process anyway (1). */
+  shutdownTimeoutMs: number;
   plannerId: string;
   domain: string;
   checkpointIntervalMs: number;
@@ -173,6 +175,16 @@ export const SETTINGS: readonly Setting[] = [
     services: ['policy-writer', 'up', 'cli'],
   },
   { key: 'logLevel', flag: 'log-level', env: 'NETFOLD_LOG_LEVEL', def: 'info', kind: 'string', services: ['service-main', 'up'] },
+  {
+    key: 'shutdownTimeoutMs',
+    flag: 'shutdown-timeout-ms',
+    env: 'NETFOLD_SHUTDOWN_TIMEOUT_MS',
+    def: '15000',
+    kind: 'int',
+    min: 100,
+    max: 600_000,
+    services: ['service-main', 'up'],
+  },
   { key: 'plannerId', flag: 'planner-id', env: 'NETFOLD_PLANNER_ID', def: 'planner', kind: 'string', services: ['topology-planner', 'up'] },
   { key: 'domain', flag: 'domain', env: 'NETFOLD_DOMAIN', def: DEFAULT_DOMAIN, kind: 'string', services: ['topology-planner', 'discovery', 'up', 'cli'] },
   {

@@ -24,6 +24,7 @@ export type ServiceWiring = {
   /** Replicas of the streams it makes sure exist. */
   replicas: number;
   logLevel: string;
+  shutdownTimeoutMs: number;
   /** Where its metrics are served; undefined for a service with an HTTP server of its own. */
   metrics: { host: string; port: number } | undefined;
 };
@@ -34,6 +35,7 @@ export function serviceWiringOf(c: Config, defaultMetricsPort: number | undefine
     client: natsClientOf(c),
     replicas: c.replicas,
     logLevel: c.logLevel,
+    shutdownTimeoutMs: c.shutdownTimeoutMs,
     metrics: defaultMetricsPort === undefined ? undefined : { host: c.httpHost, port: c.metricsPort ?? defaultMetricsPort },
   };
 }
@@ -80,9 +82,13 @@ export async function runService(
   }
   const served = wiring.metrics === undefined ? undefined : await serveMetrics(metrics, wiring.metrics.host, wiring.metrics.port);
   if (served) log.info({ url: served.url }, 'metrics-serving');
-  stopOnSignals(log, async () => {
-    await service.stop();
-    await served?.close();
-    await bus.close();
-  });
+  stopOnSignals(
+    log,
+    async () => {
+      await service.stop();
+      await served?.close();
+      await bus.close();
+    },
+    wiring.shutdownTimeoutMs,
+  );
 }
