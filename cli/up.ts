@@ -142,14 +142,18 @@ export async function up(config: Config): Promise<void> {
     ].join('\n') + '\n',
   );
 
-  stopOnSignals(log, async () => {
-    await writer.stop();
-    for (const a of agents) await a.stop();
-    await discovery.stop();
-    await planner.stop();
-    for (const bus of buses.reverse()) await bus.close();
-    await embedded?.stop();
-  }, plan.shutdownTimeoutMs);
+  stopOnSignals(
+    log,
+    async () => {
+      await writer.stop();
+      for (const a of agents) await a.stop();
+      await discovery.stop();
+      await planner.stop();
+      for (const bus of buses.reverse()) await bus.close();
+      await embedded?.stop();
+    },
+    plan.shutdownTimeoutMs,
+  );
 }
 
 /** Where `netfold up` keeps the embedded server's credentials and config (the CLI looks there too). */
