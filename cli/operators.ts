@@ -8,6 +8,7 @@ import { type Model, type QuarantineEntry, initialModel, allPolicies, liveModelF
 import { cellHashOf, deriveCellState, emptyCellState, type CellState } from '../projections/cell.ts';
 import { explain, type Explanation } from '../projections/explain.ts';
 import { CELL_STATUS_BUCKET } from '../runtime/subjects.ts';
+import { securityGroupEffect } from './security-groups.ts';
 import { latestPlanned } from '../services/topology-planner/published.ts';
 import type { CellStatus } from '../services/cell-agent/status.ts';
 
@@ -28,6 +29,12 @@ function appsOf(e: EventEnvelope): string[] {
     case 'PoliciesCreated':
     case 'PoliciesDeleted':
       return [e.data.sourceAppId, ...e.data.policies.map((p) => p.destAppId)];
+    case 'SecurityGroupCreated':
+    case 'SecurityGroupUpdated':
+    case 'SecurityGroupDeleted':
+    case 'SecurityGroupSpacesBound':
+    case 'SecurityGroupSpacesUnbound':
+      return [];
   }
 }
 
@@ -57,6 +64,12 @@ function effectOf(e: EventEnvelope): string {
       const ports = (p: { startPort: number; endPort: number }) => (p.startPort === p.endPort ? `${p.startPort}` : `${p.startPort}-${p.endPort}`);
       return `${verb}: ${e.data.policies.map((p) => `${e.data.sourceAppId} -> ${p.destAppId} ${p.protocol}/${ports(p)}`).join(', ')}`;
     }
+    case 'SecurityGroupCreated':
+    case 'SecurityGroupUpdated':
+    case 'SecurityGroupDeleted':
+    case 'SecurityGroupSpacesBound':
+    case 'SecurityGroupSpacesUnbound':
+      return securityGroupEffect(e);
   }
   return JSON.stringify(d);
 }
