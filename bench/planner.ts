@@ -66,7 +66,14 @@ function history(total: number, apps: number, policies: number, containers: numb
       return {
         type: 'ContainerStarted',
         v: 2,
-        data: { containerId: `c-${j}`, appId: `app-${j % apps}`, instanceIndex: Math.floor(j / apps), cellId: `cell-${j % cells}`, ip: ip(j), lifecycle: 'running' },
+        data: {
+          containerId: `c-${j}`,
+          appId: `app-${j % apps}`,
+          instanceIndex: Math.floor(j / apps),
+          cellId: `cell-${j % cells}`,
+          ip: ip(j),
+          lifecycle: 'running',
+        },
       };
     // churn: stop the oldest running container, start a new one of the same app on the same cell
     const k = j - containers;

@@ -1,19 +1,7 @@
 // Application security groups (egress rules, Cloud Foundry's ASGs): the rule shape every part shares, its
 // validation (the Cloud Foundry v3 rules, applied alike to HTTP bodies and to events read back), and the pure
 // expansion of a rule's text fields — destinations and ports — into numeric ranges the dataplane and `explain` use.
-import {
-  type Issues,
-  type Result,
-  arrayOf,
-  boolOf,
-  idOf,
-  join,
-  objectOf,
-  oneOf,
-  optional,
-  result,
-  stringOf,
-} from './fields.ts';
+import { type Issues, type Result, arrayOf, boolOf, idOf, join, objectOf, oneOf, optional, result, stringOf } from './fields.ts';
 import { IPV4_PATTERN } from '../projections/ipv4.ts';
 
 export const LIFECYCLES = ['running', 'staging'] as const;
@@ -122,7 +110,8 @@ function icmpFieldOf(v: unknown, path: string, issues: Issues, name: 'type' | 'c
     issues.push({ path, message: `${name} is required for protocols of type ICMP` });
     return 0;
   }
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < -1 || v > 255) issues.push({ path, message: `${name} must be an integer between -1 and 255 (inclusive)` });
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < -1 || v > 255)
+    issues.push({ path, message: `${name} must be an integer between -1 and 255 (inclusive)` });
   return typeof v === 'number' ? v : 0;
 }
 
@@ -269,3 +258,12 @@ export function parseFilterList(raw: unknown, name: string, read: 'id' | 'name')
   const values = raw.split(',').map((s, i) => (read === 'id' ? idOf(s, join(name, i), issues) : securityGroupNameOf(s, join(name, i), issues)));
   return result(issues, values);
 }
+
+// ---- commands ---------------------------------------------------------------------------------------------------
+
+export type CreateSecurityGroup = { type: 'CreateSecurityGroup'; data: CreateSecurityGroupBody & { groupId: string } };
+export type UpdateSecurityGroup = { type: 'UpdateSecurityGroup'; data: UpdateSecurityGroupBody & { groupId: string } };
+export type DeleteSecurityGroup = { type: 'DeleteSecurityGroup'; data: { groupId: string } };
+export type BindSecurityGroup = { type: 'BindSecurityGroup'; data: { groupId: string; lifecycle: Lifecycle; spaceIds: string[] } };
+export type UnbindSecurityGroup = { type: 'UnbindSecurityGroup'; data: { groupId: string; lifecycle: Lifecycle; spaceIds: string[] } };
+export type SecurityGroupCommand = CreateSecurityGroup | UpdateSecurityGroup | DeleteSecurityGroup | BindSecurityGroup | UnbindSecurityGroup;

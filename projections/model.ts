@@ -476,7 +476,10 @@ export const lifecycleOf = (c: ContainerState): Lifecycle => c.lifecycle ?? 'run
 
 /** The live security groups that apply to a space's containers of one lifecycle: bound to it, or globally enabled; sorted. */
 export function securityGroupsFor(m: Model, spaceId: string, lifecycle: Lifecycle): string[] {
-  const ids = new Set([...Object.keys(m.globalSecurityGroups[lifecycle]), ...Object.keys(m.securityGroupsBySpace[spaceLifecycleKey(spaceId, lifecycle)] ?? {})]);
+  const ids = new Set([
+    ...Object.keys(m.globalSecurityGroups[lifecycle]),
+    ...Object.keys(m.securityGroupsBySpace[spaceLifecycleKey(spaceId, lifecycle)] ?? {}),
+  ]);
   return [...ids].filter((id) => m.securityGroups[id] !== undefined).sort();
 }
 

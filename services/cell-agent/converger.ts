@@ -13,6 +13,7 @@ import type { Dataplane, FoundTable } from './dataplane.ts';
 import type { CellView } from './feed.ts';
 import { type AppliedStamp, RuleExpander, cellSubnetsOf } from './rules.ts';
 import { adoptionOf } from './adoption.ts';
+import type { EgressEnforcer } from './egress.ts';
 
 /** What is enforced now: the applied revision and the containers it covers. */
 export type Enforced = { revision: number; containers: ReadonlySet<string> };
@@ -42,6 +43,8 @@ export type ConvergerOptions = {
   subnets: readonly string[];
   driftIntervalMs: number;
   dataplane: Dataplane;
+  /** Egress (application security groups), in its own table; absent: not enforced by this agent. */
+  egress?: EgressEnforcer;
   /** What the dataplane held at start (`dataplane.found()`): kept until a view may replace it. */
   found: FoundTable;
   /** The desired state, read at each pass (the feed's state changes in place). */
@@ -186,6 +189,7 @@ export class Converger {
         this.#log.error({ err, revision: view.revision }, 'rules-apply-failed');
       }
     }
+    if (this.#o.egress) error = (await this.#egress(this.#o.egress, view, subnets)) ?? error;
     this.#failed = error !== null;
     const pass: ConvergePass = {
       view,
@@ -201,6 +205,23 @@ export class Converger {
     if (!error) {
       await this.#o.applied?.(view);
       this.#enforced.advance({ revision: view.revision, containers: covered });
+    }
+  }
+
+  /** Brings the egress table to the view; the error's text when the load failed (the next tick loads it whole). */
+  async #egress(egress: EgressEnforcer, view: CellView, subnets: readonly string[]): Promise<string | null> {
+    const t0 = performance.now();
+    try {
+      const how = await egress.converge(view.state, subnets);
+      if (how !== 'none') {
+        const ms = Math.round(performance.now() - t0);
+        this.#log.info({ revision: view.revision, how, ms, refused: egress.lastRefused.length }, 'egress-applied');
+      }
+      return null;
+    } catch (err) {
+      this.#m.errors.inc(this.#cell);
+      this.#log.error({ err, revision: view.revision }, 'egress-apply-failed');
+      return err instanceof Error ? err.message : String(err);
     }
   }
 
