@@ -35,6 +35,7 @@ import {
   renderEgressTable,
   spaceChainOf,
 } from '../services/cell-agent/egress.ts';
+import { explainEgress, ruleAllows } from '../projections/explain-egress.ts';
 import { given } from './harness/decider-spec.ts';
 import { ev, record, modelOf } from './harness/events.ts';
 
@@ -376,4 +377,45 @@ t.test('agent rendering fails closed on a state that is not valid', async (t) =>
   t.equal(plan.bindings.get('10.255.2.9'), 's_invalid', 'containers of an invalid entry are denied');
   t.same(plan.groups.get('g_g1')?.rules, ['ip daddr 203.0.113.5 tcp dport 443 accept'], 'an invalid rule is left out');
   t.equal(plan.refused.length, 2);
+});
+
+t.test('explain egress: by which group and rule, or why not', async (t) => {
+  const m = modelOf(scenario().slice(0, 12));
+  const q = (destination: string, protocol: 'tcp' | 'udp' | 'icmp', port?: number, icmpType?: number) => ({
+    destination,
+    protocol,
+    ...(port !== undefined && { port }),
+    ...(icmpType !== undefined && { icmpType, icmpCode: 0 }),
+  });
+  const ex = (source: string, question: ReturnType<typeof q>, dflt: 'deny' | 'allow' = 'deny') => explainEgress(m, source, question, '10.255.0.0/16', dflt);
+  t.match(ex('a0', q('203.0.113.5', 'tcp', 443)), {
+    allowed: true,
+    reason: 'allowed by security group web',
+    source: { containerId: 'a0', appId: 'app-a', spaceId: 's1', lifecycle: 'running', cellId: 'cell-1' },
+    matches: [{ groupId: 'g1', index: 0 }],
+  });
+  t.same(
+    ex('a0', q('203.0.113.5', 'tcp', 443)).applicable.map((g) => [g.groupName, g.global]),
+    [
+      ['web', false],
+      ['dns', true],
+    ],
+  );
+  t.match(ex('a0', q('8.8.8.8', 'udp', 53)), { allowed: true, matches: [{ groupName: 'dns' }] }, 'a global group');
+  t.match(ex('a0', q('203.0.113.5', 'tcp', 80)), {
+    allowed: false,
+    reason: /2 security group\(s\) apply to space s1 \(running\) but none allows 203\.0\.113\.5 tcp\/80/,
+  });
+  t.match(ex('a0', q('203.0.113.9', 'icmp', undefined, 8)), { allowed: true, matches: [{ groupName: 'web', index: 1 }] }, 'icmp by type');
+  t.match(ex('a0', q('203.0.113.9', 'icmp', undefined, 0)), { allowed: false }, 'another icmp type');
+  t.match(ex('as', q('203.0.113.5', 'tcp', 443)), { allowed: true, source: { lifecycle: 'staging' } }, 'the staging container: bound for staging');
+  t.match(ex('b0', q('203.0.113.5', 'tcp', 443)), { allowed: false, applicable: [{ groupName: 'dns' }] });
+  t.match(ex('app-b', q('203.0.113.5', 'tcp', 443)), { source: { containerId: null, lifecycle: 'running' } }, 'an app: its running containers');
+  t.match(ex('a0', q('10.255.2.2', 'tcp', 443)), { allowed: false, reason: /inside the overlay/ });
+  t.match(ex('nobody', q('203.0.113.5', 'tcp', 443)), { allowed: false, source: null });
+  t.match(ex('a0', q('300.1.1.1', 'tcp', 443)), { allowed: false, reason: /not an IPv4 address/ });
+  const bare = modelOf([ev.registered('app-z', 'z', 's9')]);
+  t.match(explainEgress(bare, 'app-z', q('1.1.1.1', 'tcp', 443), '10.255.0.0/16', 'allow'), { allowed: true, reason: /allowed by --egress-default allow/ });
+  t.equal(ruleAllows({ protocol: 'all', destination: '1.1.1.0/24' }, q('1.1.1.7', 'udp', 9)), true, 'all: any protocol and port');
+  t.equal(ruleAllows({ protocol: 'udp', destination: '1.1.1.0/24', ports: '53' }, q('1.1.1.7', 'tcp', 53)), false, 'another protocol');
 });
