@@ -150,6 +150,21 @@ t.test('security groups enforced by nftables between namespaces', { skip: isRoot
     t.match(line, /SRC=10\.255\.1\.2 DST=203\.0\.113\.6 .*PROTO=TCP .*DPT=5432/, 'the kernel log names the group, source, destination and port');
   }
 
+  // Someone flushes a chain of the egress table (a flushed chain reached by goto falls through to the base chain's
+  // accept: wider): the agent's drift check notices and loads the table whole again.
+  await agent.checkDrift(); // the first check after the last load reads the table as loaded
+  const repairs = agent.status()?.driftRepairs ?? 0;
+  await run('ip', ['netns', 'exec', net.cellNs('A'), 'nft', 'flush', 'chain', 'inet', EGRESS_TABLE, 's_s1_s']);
+  await eventually(() => ((agent.status()?.driftRepairs ?? 0) > repairs ? true : undefined), 10_000, 'the egress table repaired');
+  t.match(agent.status()?.lastRepair, { drift: 'egress-table-changed' }, 'the status says the egress table was repaired');
+  t.equal(await net.probeAddr('stager', OUT, 8443), 'refused', 'enforced again after the repair');
+  t.equal(await net.probeAddr('stager', OUT, 443), 'open', 'and what is allowed still is');
+  await run('ip', ['netns', 'exec', net.cellNs('A'), 'nft', 'delete', 'table', 'inet', EGRESS_TABLE]);
+  await eventually(() => ((agent.status()?.driftRepairs ?? 0) > repairs + 1 ? true : undefined), 10_000, 'the deleted egress table repaired');
+  t.match(agent.status()?.lastRepair, { drift: 'egress-table-missing' });
+  t.equal(await net.probeAddr('other', OUT, 443), 'refused', 'enforced again after the table was deleted');
+  const fullBeforeUnbind = egress.loads.full;
+
   // Unbinding and deleting close it again.
   const unbound = await gw.http('DELETE', `${SG}/${guid}/relationships/running_spaces/s1`);
   t.equal(unbound.status, 204);
@@ -160,6 +175,7 @@ t.test('security groups enforced by nftables between namespaces', { skip: isRoot
   t.equal(deleted.status, 202);
   await agent.waitApplied(Number(deleted.headers['x-netfold-revision']));
   t.equal(await net.probeAddr('stager', OUT, 443), 'refused', 'deleted: denied again');
-  t.equal(egress.loads.full, 1, 'one whole load in the whole test (the first)');
+  t.equal(egress.loads.full, fullBeforeUnbind, 'no whole load for the unbind and the delete');
+  t.equal(egress.loads.full, 3, 'whole loads: the first, and one per repair');
   t.match(agent.status(), { error: null });
 });

@@ -232,9 +232,10 @@ export class Converger {
     try {
       const t0 = Date.now();
       const drifted = await this.#o.dataplane.drifted();
+      const egressDrift = drifted ? undefined : await this.#o.egress?.drifted();
       this.#nextDriftCheck = Date.now() + (Date.now() - t0) * (1 / DRIFT_CHECK_SHARE - 1);
-      if (!drifted) return false;
-      const drift = this.#o.dataplane.lastDrift ?? 'unknown';
+      if (!drifted && !egressDrift) return false;
+      const drift = egressDrift ?? this.#o.dataplane.lastDrift ?? 'unknown';
       this.#log.warn({ drift }, 'drift-detected');
       this.#reload = true;
       this.schedule();

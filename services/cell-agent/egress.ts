@@ -230,6 +230,8 @@ export interface EgressDriver {
   readonly kind: 'nftables' | 'memory' | 'render';
   /** Loads `text` (whole table or a difference) as one transaction. */
   load(text: string, whole: boolean): Promise<void>;
+  /** The kernel's listing of the table (undefined: there is none); absent where there is no kernel to read. */
+  listing?(): Promise<string | undefined>;
 }
 
 export type EgressOptions = {
@@ -245,6 +247,9 @@ export type EgressOptions = {
 export class EgressEnforcer {
   readonly #o: EgressOptions;
   #applied: EgressPlan | undefined;
+  /** Loads so far (a drift check spanning one is moot), and the listing the first check after the last load read. */
+  #loads = 0;
+  #listed: string | undefined;
   /** Loads by kind, for benchmarks and tests. */
   readonly loads = { full: 0, incremental: 0 };
   lastRefused: string[] = [];
@@ -255,6 +260,31 @@ export class EgressEnforcer {
 
   get egressDefault(): EgressDefault {
     return this.#o.egressDefault;
+  }
+
+  /**
+   * Reads the table back: the first check after a load keeps the kernel's listing; a later one that lists something
+   * else (a chain flushed, an element added by hand) or no table is drift — what was loaded is forgotten, so the next
+   * pass loads the table whole. A load during the check makes it moot. Undefined: no drift (or nothing to read).
+   */
+  async drifted(): Promise<'egress-table-missing' | 'egress-table-changed' | undefined> {
+    const read = this.#o.driver.listing;
+    if (!read || this.#applied === undefined) return undefined;
+    const loads = this.#loads;
+    const listing = await read.call(this.#o.driver);
+    if (loads !== this.#loads || this.#applied === undefined) return undefined;
+    if (listing === undefined) return this.#drift('egress-table-missing');
+    if (this.#listed === undefined) {
+      this.#listed = listing;
+      return undefined;
+    }
+    return listing === this.#listed ? undefined : this.#drift('egress-table-changed');
+  }
+
+  #drift<K extends string>(kind: K): K {
+    this.#applied = undefined;
+    this.#listed = undefined;
+    return kind;
   }
 
   /** The plan last loaded (undefined: none, or the last load failed). */
@@ -273,6 +303,8 @@ export class EgressEnforcer {
       return 'none';
     }
     this.#applied = undefined; // unknown until the load succeeded: the next pass loads whole
+    this.#loads += 1; // a check listing meanwhile is moot, and the next one reads the new table as it is
+    this.#listed = undefined;
     await this.#o.driver.load(text, !from);
     this.#applied = plan;
     if (from) this.loads.incremental += 1;
@@ -304,6 +336,14 @@ export class NftEgressDriver implements EgressDriver {
   readonly kind = 'nftables' as const;
   constructor(private readonly netns?: string) {}
   async load(text: string): Promise<void> {
-    await (this.netns ? run('ip', ['netns', 'exec', this.netns, 'nft', '-f', '-'], text) : run('nft', ['-f', '-'], text));
+    await this.#nft(['-f', '-'], text);
+  }
+
+  async listing(): Promise<string | undefined> {
+    return this.#nft(['list', 'table', 'inet', EGRESS_TABLE]).catch(() => undefined);
+  }
+
+  #nft(args: string[], input?: string): Promise<string> {
+    return this.netns ? run('ip', ['netns', 'exec', this.netns, 'nft', ...args], input) : run('nft', args, input);
   }
 }
