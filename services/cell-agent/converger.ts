@@ -13,7 +13,8 @@ import type { Dataplane, FoundTable } from './dataplane.ts';
 import type { CellView } from './feed.ts';
 import { type AppliedStamp, RuleExpander, cellSubnetsOf } from './rules.ts';
 import { adoptionOf } from './adoption.ts';
-import type { EgressEnforcer } from './egress.ts';
+import { type EgressEnforcer, egressCounts } from './egress.ts';
+import type { EgressStatus } from './status.ts';
 
 /** What is enforced now: the applied revision and the containers it covers. */
 export type Enforced = { revision: number; containers: ReadonlySet<string> };
@@ -34,6 +35,8 @@ export type ConvergePass = {
   at: string;
   applyMs: number;
   repairs: Repairs;
+  /** What the egress table holds after the pass (absent: this agent enforces no egress). */
+  egress?: EgressStatus;
 };
 
 export type ConvergerOptions = {
@@ -199,6 +202,8 @@ export class Converger {
       applyMs: Math.round((performance.now() - t0) * 10) / 10,
       repairs: this.#repairs,
     };
+    const egressPlan = this.#o.egress?.applied;
+    if (egressPlan) pass.egress = { ...egressCounts(egressPlan), refused: egressPlan.refused.length };
     this.#m.rules.set({ ...this.#cell, kind: 'local' }, counts.local);
     this.#m.rules.set({ ...this.#cell, kind: 'allows' }, counts.allows);
     await this.#o.passed?.(pass);
