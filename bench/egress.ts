@@ -59,7 +59,7 @@ function rulesOf(g: number, variant = 0): EgressRule[] {
   const b = g & 255;
   const all: EgressRule[] = [
     { protocol: 'tcp', destination: `100.${a}.${b}.0/24`, ports: `${443 + variant}` },
-    { protocol: 'tcp', destination: `100.64.${a}.${b}-100.64.${a}.${(b + 9) & 255 || 255}`, ports: '8000-9000,443' },
+    { protocol: 'tcp', destination: `100.64.${a}.${b}-100.64.${a}.${Math.min(b + 9, 255)}`, ports: '8000-9000,443' },
     { protocol: 'udp', destination: `192.0.2.${b}`, ports: '53' },
     { protocol: 'icmp', destination: `198.51.${a}.${b}`, type: 8, code: -1 },
     { protocol: 'all', destination: `198.18.${a}.${b}` },
@@ -74,6 +74,20 @@ function rulesOf(g: number, variant = 0): EgressRule[] {
 
 const groupId = (g: number) => `g${g}`;
 const spaceOf = (g: number) => `s${g % SPACES}`;
+
+/** The spaces each group is bound to (running), to bind it to one more each time. */
+const boundSpaces = new Map<number, Set<string>>();
+function nextSpace(g: number): string {
+  const bound = boundSpaces.get(g) ?? boundSpaces.set(g, new Set([spaceOf(g)])).get(g)!;
+  for (let k = 1; k <= SPACES; k++) {
+    const s = `s${(g + k) % SPACES}`;
+    if (!bound.has(s)) {
+      bound.add(s);
+      return s;
+    }
+  }
+  throw new Error(`group ${g} is bound to every space already`);
+}
 
 // ---- part 1: one cell, nftables -------------------------------------------------------------------------------------
 
@@ -177,7 +191,7 @@ async function cellPart(): Promise<Record<string, unknown>> {
       );
       record(
         'a group bound to one more space',
-        await timed([{ type: 'SecurityGroupSpacesBound', v: 1, data: { groupId: groupId(g), lifecycle: 'running', spaceIds: [`s${(g + 1 + i) % SPACES}`] } }]),
+        await timed([{ type: 'SecurityGroupSpacesBound', v: 1, data: { groupId: groupId(g), lifecycle: 'running', spaceIds: [nextSpace(g)] } }]),
       );
       const s = i % SPACES;
       record(
@@ -353,10 +367,11 @@ async function scalePart(): Promise<Record<string, unknown>> {
     };
     const updates: { ms: number; acked: number; cells: number }[] = [];
     const binds: { ms: number; acked: number; cells: number }[] = [];
+    boundSpaces.clear();
     for (let i = 0; i < SCALE_CHANGES; i++) {
       const g = (i * 37) % GROUPS;
       updates.push(await measure('PATCH', `/v3/security_groups/${guids[g]}`, { rules: rulesOf(g, i + 1) }));
-      binds.push(await measure('POST', `/v3/security_groups/${guids[g]}/relationships/running_spaces`, { data: [{ guid: `s${(g + 1 + i) % SPACES}` }] }));
+      binds.push(await measure('POST', `/v3/security_groups/${guids[g]}/relationships/running_spaces`, { data: [{ guid: nextSpace(g) }] }));
     }
     deltaSub.unsubscribe();
     statusSub.unsubscribe();

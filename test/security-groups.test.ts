@@ -25,6 +25,7 @@ import { PlannerCore } from '../services/topology-planner/core.ts';
 import {
   EGRESS_DEFAULTS,
   EgressEnforcer,
+  MAX_EXPANSION,
   MemoryEgressDriver,
   egressCounts,
   groupChainOf,
@@ -297,13 +298,25 @@ t.test('a bind touches only the cells running that space’s containers of that 
 
 t.test('agent rendering: a plan, the whole table, differences touching only what changed', async (t) => {
   t.same(EGRESS_DEFAULTS, ['deny', 'allow']);
-  t.equal(renderEgressRule(tcp443, 'web'), 'ip daddr 203.0.113.5 tcp dport 443 accept');
-  t.equal(
+  t.same(renderEgressRule(tcp443, 'web'), ['ip daddr 203.0.113.5 tcp dport 443 accept']);
+  t.same(
     renderEgressRule({ protocol: 'udp', destination: '10.0.0.0/8,192.168.0.1-192.168.0.9', ports: '53,5353-5354', log: true }, 'my group!'),
-    'ip daddr { 10.0.0.0/8, 192.168.0.1-192.168.0.9 } udp dport { 53, 5353-5354 } log prefix "netfold-asg my_group_ " accept',
+    [
+      'ip daddr 10.0.0.0/8 udp dport 53 log prefix "netfold-asg my_group_ " accept',
+      'ip daddr 10.0.0.0/8 udp dport 5353-5354 log prefix "netfold-asg my_group_ " accept',
+      'ip daddr 192.168.0.1-192.168.0.9 udp dport 53 log prefix "netfold-asg my_group_ " accept',
+      'ip daddr 192.168.0.1-192.168.0.9 udp dport 5353-5354 log prefix "netfold-asg my_group_ " accept',
+    ],
+    'destinations x ports, one plain rule each (nft loads anonymous sets slowly)',
   );
-  t.equal(renderEgressRule({ protocol: 'icmp', destination: '0.0.0.0/0', type: 8, code: -1 }, 'x'), 'ip daddr 0.0.0.0/0 meta l4proto icmp icmp type 8 accept');
-  t.equal(renderEgressRule({ protocol: 'all', destination: '10.0.0.0-10.0.0.255' }, 'x'), 'ip daddr 10.0.0.0/24 accept', 'an aligned range as a CIDR');
+  const many = Array.from({ length: MAX_EXPANSION + 1 }, (_, i) => `10.1.${i}.1`).join(',');
+  t.same(
+    renderEgressRule({ protocol: 'tcp', destination: many, ports: '443' }, 'x'),
+    [`ip daddr { ${many.split(',').join(', ')} } tcp dport 443 accept`],
+    'past MAX_EXPANSION rules: one rule with sets',
+  );
+  t.same(renderEgressRule({ protocol: 'icmp', destination: '0.0.0.0/0', type: 8, code: -1 }, 'x'), ['ip daddr 0.0.0.0/0 meta l4proto icmp icmp type 8 accept']);
+  t.same(renderEgressRule({ protocol: 'all', destination: '10.0.0.0-10.0.0.255' }, 'x'), ['ip daddr 10.0.0.0/24 accept'], 'an aligned range as a CIDR');
   t.equal(renderEgressRule({ protocol: 'all', destination: 'evil.example' }, 'x'), null, 'an invalid rule is left out, never rendered');
   t.equal(logPrefixOf('a"b'), 'netfold-asg a_b ', 'no quote can end the prefix');
   t.equal(groupChainOf('g1'), 'g_g1');

@@ -74,26 +74,47 @@ const setOf = (items: string[]) => (items.length === 1 ? items[0]! : `{ ${items.
 /** The log prefix of a group's logging rules: names the group (nft allows 127 bytes; kept well below). */
 export const logPrefixOf = (name: string): string => `netfold-asg ${commentText(name).replace(/ /g, '_').slice(0, 48)} `;
 
-/** One rule as an nft rule body, or null when it is not valid (left out: narrower, never wider). */
-export function renderEgressRule(rule: EgressRule, groupName: string): string | null {
+/**
+ * Most nft rules one group rule expands to (its destination ranges times its port ranges). Anonymous sets would keep
+ * it to one rule, but nft 1.0 loads them slowly — 10,000 rules with two small sets each took 69 s where the same
+ * allowances as 40,000 plain rules took 1.0 s (docs/benchmarks.md, bench:egress) — so a rule is expanded, and only
+ * one whose product exceeds this keeps sets.
+ */
+export const MAX_EXPANSION = 64;
+
+/** One rule as nft rule bodies, or null when it is not valid (left out: narrower, never wider). */
+export function renderEgressRule(rule: EgressRule, groupName: string): string[] | null {
   const issues: { path: string; message: string }[] = [];
   const r = egressRuleOf(rule, '', issues);
   if (issues.length > 0) return null;
   const dest = destinationRanges(r.destination);
   if (typeof dest === 'string') return null;
-  const parts = [`ip daddr ${setOf(dest.map(rangeText))}`];
+  let ports: NumRange[] = [];
   if (r.protocol === 'tcp' || r.protocol === 'udp') {
-    const ports = portRanges(r.ports ?? '');
-    if (typeof ports === 'string') return null;
-    parts.push(`${r.protocol} dport ${setOf(ports.map(portText))}`);
-  } else if (r.protocol === 'icmp') {
-    parts.push('meta l4proto icmp');
-    if (r.type !== undefined && r.type >= 0) parts.push(`icmp type ${r.type}`);
-    if (r.code !== undefined && r.code >= 0) parts.push(`icmp code ${r.code}`);
+    const p = portRanges(r.ports ?? '');
+    if (typeof p === 'string') return null;
+    ports = p;
   }
-  if (r.log === true) parts.push(`log prefix "${logPrefixOf(groupName)}"`);
-  parts.push('accept');
-  return parts.join(' ');
+  const rest: string[] = [];
+  if (r.protocol === 'icmp') {
+    rest.push('meta l4proto icmp');
+    if (r.type !== undefined && r.type >= 0) rest.push(`icmp type ${r.type}`);
+    if (r.code !== undefined && r.code >= 0) rest.push(`icmp code ${r.code}`);
+  }
+  if (r.log === true) rest.push(`log prefix "${logPrefixOf(groupName)}"`);
+  rest.push('accept');
+  const tail = rest.join(' ');
+  const portPart = (p: string) => `${r.protocol} dport ${p} `;
+  if (dest.length * Math.max(1, ports.length) > MAX_EXPANSION) {
+    const p = ports.length > 0 ? portPart(setOf(ports.map(portText))) : '';
+    return [`ip daddr ${setOf(dest.map(rangeText))} ${p}${tail}`];
+  }
+  const out: string[] = [];
+  for (const d of dest) {
+    if (ports.length === 0) out.push(`ip daddr ${rangeText(d)} ${tail}`);
+    else for (const p of ports) out.push(`ip daddr ${rangeText(d)} ${portPart(portText(p))}${tail}`);
+  }
+  return out;
 }
 
 /**
@@ -107,9 +128,9 @@ export function planEgress(state: CellState, subnets: readonly string[]): Egress
   for (const [id, g] of Object.entries(state.asg).sort(([a], [b]) => (a < b ? -1 : 1))) {
     const name = typeof g?.name === 'string' ? g.name : id;
     const rules = Array.isArray(g?.rules) ? g.rules.map((r) => renderEgressRule(r, name)) : [null];
-    const kept = rules.filter((r): r is string => r !== null);
-    if (kept.length !== rules.length) refused.push(`asg ${id}: ${rules.length - kept.length} invalid rule(s) left out`);
-    groups.set(groupChainOf(id), { name, rules: kept });
+    const invalid = rules.filter((r) => r === null).length;
+    if (invalid > 0) refused.push(`asg ${id}: ${invalid} invalid rule(s) left out`);
+    groups.set(groupChainOf(id), { name, rules: rules.flatMap((r) => r ?? []) });
   }
   const bindings = new Map<string, string>();
   const chains = new Map<string, string[]>();
