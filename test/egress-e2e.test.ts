@@ -132,7 +132,11 @@ t.test('security groups enforced by nftables between namespaces', { skip: isRoot
   // Binding the staging space lets the staging container out.
   await write('POST', `${SG}/${guid}/relationships/staging_spaces`, { data: [{ guid: 's1' }] });
   t.equal(await net.probeAddr('stager', OUT, 443), 'open', 'bound for staging: allowed');
-  t.match(agent.status()?.egress, { bound: 2, groups: 1, rules: 2, refused: 0 }, 'the status counts what the egress table holds');
+  t.match(
+    agent.status()?.egress,
+    { bound: 2, groups: 1, rules: 5, refused: 0 },
+    'the status counts what the egress table holds (2 destinations x 2 ports + 1 icmp: 5 nft rules)',
+  );
 
   // `log: true` puts an nft log statement naming the group in the rule; the kernel writes a line per new connection.
   const listing = await run('ip', ['netns', 'exec', net.cellNs('A'), 'nft', 'list', 'table', 'inet', EGRESS_TABLE]);
