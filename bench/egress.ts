@@ -9,7 +9,8 @@
 //      HTTP request to every affected cell (each cell the planner sent a delta for that revision) reporting it
 //      applied, p50/p99.
 // Env: BENCH_GROUPS (1000), BENCH_RULES (10), BENCH_SPACES (100), BENCH_RUNS (5), BENCH_CHANGES (100),
-// BENCH_CELLS (1000), BENCH_CONTAINERS (5000), BENCH_AGENT_PROCS (4), BENCH_SCALE_CHANGES (50), BENCH_PART (both|cell|scale).
+// BENCH_CELLS (1000), BENCH_CONTAINERS (5000), BENCH_AGENT_PROCS (4), BENCH_SCALE_CHANGES (50), BENCH_GLOBAL_CHANGES (20),
+// BENCH_PART (both|cell|scale). Last, a globally enabled group's rules changed: every cell running a container applies it.
 import { mkdtempSync, rmSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -17,7 +18,8 @@ import type { ChildProcess } from 'node:child_process';
 import type { DomainEvent, RecordedEvent } from '../events/catalogue.ts';
 import type { EgressRule } from '../events/security-groups.ts';
 import { type Model, foldEventsInPlace, initialModel } from '../projections/model.ts';
-import { type CellState, deriveCellState } from '../projections/cell.ts';
+import { type CellState, SECTIONS, deriveCellState } from '../projections/cell.ts';
+import { canonicalJson } from '../projections/canonical.ts';
 import { EgressEnforcer, NftEgressDriver, planEgress, renderEgressDiff, renderEgressTable } from '../services/cell-agent/egress.ts';
 import { run } from '../services/cell-agent/dataplane.ts';
 import { eventSubject, CELL_STATUS_BUCKET, intakeCommand, intakeSubject } from '../runtime/subjects.ts';
@@ -39,6 +41,7 @@ const CELLS = envNumber('BENCH_CELLS', 1000);
 const CONTAINERS = envNumber('BENCH_CONTAINERS', 5000);
 const AGENT_PROCS = envNumber('BENCH_AGENT_PROCS', 4);
 const SCALE_CHANGES = envNumber('BENCH_SCALE_CHANGES', 50);
+const GLOBAL_CHANGES = envNumber('BENCH_GLOBAL_CHANGES', 20);
 const PART = process.env.BENCH_PART ?? 'both';
 const round = (x: number, d = 1) => Math.round(x * 10 ** d) / 10 ** d;
 const summary = (xs: number[]) => {
@@ -130,7 +133,20 @@ async function cellPart(): Promise<Record<string, unknown>> {
       });
     }
     fold(events);
-    const state = (): CellState => deriveCellState(m, 'cell-1');
+    // The agent's state changes entry by entry (its feed's replica replaces only the entries a delta names): the
+    // derived state is handed over the same way, unchanged entries keeping their objects.
+    let held: CellState | undefined;
+    const state = (): CellState => {
+      const next = deriveCellState(m, 'cell-1');
+      if (held) {
+        for (const section of SECTIONS) {
+          const was = held[section] as Record<string, unknown>;
+          const now = next[section] as Record<string, unknown>;
+          for (const key of Object.keys(now)) if (was[key] !== undefined && canonicalJson(was[key]) === canonicalJson(now[key])) now[key] = was[key];
+        }
+      }
+      return (held = next);
+    };
     const subnets = ['10.255.1.0/24'];
     const plan = planEgress(state(), subnets);
     const rules = [...plan.groups.values()].reduce((n, g) => n + g.rules.length, 0);
@@ -373,6 +389,15 @@ async function scalePart(): Promise<Record<string, unknown>> {
       updates.push(await measure('PATCH', `/v3/security_groups/${guids[g]}`, { rules: rulesOf(g, i + 1) }));
       binds.push(await measure('POST', `/v3/security_groups/${guids[g]}/relationships/running_spaces`, { data: [{ guid: nextSpace(g) }] }));
     }
+    // a globally enabled group: a change of its rules reaches every cell running a container
+    const global = await call('POST', '/v3/security_groups', { name: 'global', rules: rulesOf(GROUPS), globally_enabled: { running: true } });
+    const tGlobal = performance.now();
+    while (!(await enforcementOf(bus, global.revision)).enforced) {
+      if (performance.now() - tGlobal > 120_000) throw new Error('the global group was not enforced everywhere in 2 minutes');
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const globals: { ms: number; acked: number; cells: number }[] = [];
+    for (let i = 0; i < GLOBAL_CHANGES; i++) globals.push(await measure('PATCH', `/v3/security_groups/${global.body.guid}`, { rules: rulesOf(GROUPS, i + 1) }));
     deltaSub.unsubscribe();
     statusSub.unsubscribe();
     const cellsOf = (xs: { cells: number }[]) => summary(xs.map((x) => x.cells));
@@ -384,6 +409,8 @@ async function scalePart(): Promise<Record<string, unknown>> {
       "a group's rules changed: affected cells": cellsOf(updates),
       'a group bound to one more space → every affected cell applied (ms)': summary(binds.map((x) => x.ms)),
       'a group bound to one more space: affected cells': cellsOf(binds),
+      "a globally enabled group's rules changed → every affected cell applied (ms)": summary(globals.map((x) => x.ms)),
+      "a globally enabled group's rules changed: affected cells": cellsOf(globals),
     };
   } finally {
     for (const c of children.reverse()) await stopChild(c);

@@ -24,6 +24,7 @@ import { canonicalJson } from '../projections/canonical.ts';
 import { PlannerCore } from '../services/topology-planner/core.ts';
 import {
   EGRESS_DEFAULTS,
+  type EgressRenderCache,
   EgressEnforcer,
   MAX_EXPANSION,
   MemoryEgressDriver,
@@ -358,6 +359,13 @@ t.test('agent rendering: a plan, the whole table, differences touching only what
     "a group's rule change: its chain flushed and refilled, nothing else",
   );
   t.equal(renderEgressDiff(after, after), null, 'nothing changed: nothing loaded');
+  const cache: EgressRenderCache = new WeakMap();
+  const held = core.cellState('cell-2')!;
+  const first = planEgress(held, ['10.255.2.0/24'], cache);
+  const again = planEgress({ ...held, asg: { ...held.asg, g1: { ...held.asg.g1! } } }, ['10.255.2.0/24'], cache);
+  t.equal(again.groups.get('g_g2'), first.groups.get('g_g2'), 'an entry the state still holds is not rendered again');
+  t.not(again.groups.get('g_g1'), first.groups.get('g_g1'), 'a replaced entry is');
+  t.same(again.groups.get('g_g1'), first.groups.get('g_g1'));
   core.ingest(recs.slice(12, 15)); // a2 starts on cell-1, a0 stops, g1 unbound from s1 running
   const later = planEgress(structuredClone(core.cellState('cell-2')!), ['10.255.2.0/24']);
   t.equal(

@@ -121,16 +121,25 @@ export function renderEgressRule(rule: EgressRule, groupName: string): string[] 
  * The egress plan of a cell's state: which local IPs go to which (space, lifecycle) chain, which groups each
  * chain jumps to, and each group's rules. Every address is validated (nft would resolve a bad one as a host name).
  */
-export function planEgress(state: CellState, subnets: readonly string[]): EgressPlan {
+export function planEgress(state: CellState, subnets: readonly string[], cache?: EgressRenderCache): EgressPlan {
   const refused: string[] = [];
   const local = [...new Set(Object.values(state.containers).map((c) => c.ip))].filter((ip) => IPV4_PATTERN.test(ip)).sort();
   const groups = new Map<string, PlannedGroup>();
   for (const [id, g] of Object.entries(state.asg).sort(([a], [b]) => (a < b ? -1 : 1))) {
+    // an entry the state still holds (the same object: entries are replaced whole, never edited) is rendered once
+    const known = typeof g === 'object' && g !== null ? cache?.get(g) : undefined;
+    if (known && known.id === id) {
+      if (known.invalid > 0) refused.push(`asg ${id}: ${known.invalid} invalid rule(s) left out`);
+      groups.set(groupChainOf(id), known.group);
+      continue;
+    }
     const name = typeof g?.name === 'string' ? g.name : id;
     const rules = Array.isArray(g?.rules) ? g.rules.map((r) => renderEgressRule(r, name)) : [null];
     const invalid = rules.filter((r) => r === null).length;
     if (invalid > 0) refused.push(`asg ${id}: ${invalid} invalid rule(s) left out`);
-    groups.set(groupChainOf(id), { name, rules: rules.flatMap((r) => r ?? []) });
+    const group = { name, rules: rules.flatMap((r) => r ?? []) };
+    if (typeof g === 'object' && g !== null) cache?.set(g, { id, group, invalid });
+    groups.set(groupChainOf(id), group);
   }
   const bindings = new Map<string, string>();
   const chains = new Map<string, string[]>();
@@ -154,6 +163,9 @@ export function planEgress(state: CellState, subnets: readonly string[]): Egress
   }
   return { local, subnets: [...subnets].sort(), bindings, chains, groups, refused };
 }
+
+/** Rendered groups by the state's entry object: a pass re-renders only the groups whose entries changed. */
+export type EgressRenderCache = WeakMap<object, { id: string; group: PlannedGroup; invalid: number }>;
 
 const T = `inet ${EGRESS_TABLE}`;
 
@@ -215,7 +227,7 @@ export function renderEgressDiff(from: EgressPlan, to: EgressPlan): string | nul
   // 1. groups: new chains, changed ones flushed and refilled
   for (const [chain, g] of to.groups) {
     const old = from.groups.get(chain);
-    if (old && sameList(old.rules, g.rules)) continue;
+    if (old && (old === g || sameList(old.rules, g.rules))) continue;
     out.push(old ? `flush chain ${T} ${chain}` : `add chain ${T} ${chain}`);
     for (const r of g.rules) out.push(`add rule ${T} ${chain} ${r}`);
   }
@@ -271,6 +283,7 @@ export class EgressEnforcer {
   /** Loads so far (a drift check spanning one is moot), and the listing the first check after the last load read. */
   #loads = 0;
   #listed: string | undefined;
+  readonly #cache: EgressRenderCache = new WeakMap();
   /** Loads by kind, for benchmarks and tests. */
   readonly loads = { full: 0, incremental: 0 };
   lastRefused: string[] = [];
@@ -315,7 +328,7 @@ export class EgressEnforcer {
 
   /** Brings the table to `state`; resolves with what changed (`none`, `whole`, `incremental`). */
   async converge(state: CellState, subnets: readonly string[]): Promise<'none' | 'whole' | 'incremental'> {
-    const plan = planEgress(state, subnets);
+    const plan = planEgress(state, subnets, this.#cache);
     this.lastRefused = plan.refused;
     const from = this.#applied;
     const text = from ? renderEgressDiff(from, plan) : renderEgressTable(plan, this.#o.overlayCidr, this.#o.egressDefault);
