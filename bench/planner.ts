@@ -67,8 +67,15 @@ function history(total: number, apps: number, policies: number, containers: numb
     if (j < containers)
       return {
         type: 'ContainerStarted',
-        v: 1,
-        data: { containerId: `c-${j}`, appId: `app-${j % apps}`, instanceIndex: Math.floor(j / apps), cellId: `cell-${j % cells}`, ip: ip(j) },
+        v: 2,
+        data: {
+          containerId: `c-${j}`,
+          appId: `app-${j % apps}`,
+          instanceIndex: Math.floor(j / apps),
+          cellId: `cell-${j % cells}`,
+          ip: ip(j),
+          lifecycle: 'running',
+        },
       };
     // churn: stop the oldest running container, start a new one of the same app on the same cell
     const k = j - containers;
@@ -82,13 +89,14 @@ function history(total: number, apps: number, policies: number, containers: numb
     const fresh = containers + victim;
     return {
       type: 'ContainerStarted',
-      v: 1,
+      v: 2,
       data: {
         containerId: `c-${fresh}`,
         appId: `app-${victim % apps}`,
         instanceIndex: Math.floor(fresh / apps),
         cellId: `cell-${victim % cells}`,
         ip: ip(fresh),
+        lifecycle: 'running',
       },
     };
   };
@@ -140,7 +148,7 @@ function bulkHistory(apps: number, policies: number, containers: number, cells: 
       cellId: `cell-${k}`,
       ip: `10.${(k >> 8) & 255}.${k & 255}.${nextHost[k]!++}`,
     };
-    return { type: 'ContainerStarted', v: 1, data };
+    return { type: 'ContainerStarted', v: 2, data: { ...data, lifecycle: 'running' } };
   };
 }
 

@@ -5,14 +5,15 @@
 // `agent_<cell>` principal, with that credential file from the directory: its permissions cover its own cell only.
 //
 // Env: NATS_URL, BENCH_CELL_FROM / BENCH_CELL_TO (cells cell-<from> … cell-<to - 1>), BENCH_POLL_MS (0 = follow the
-// stream), BENCH_AGENT_CONNS (4), BENCH_CREDS_DIR, NETFOLD_OVERLAY_CIDR. Logs `agents-started` once every agent has
-// applied its first state; SIGTERM stops them all.
+// stream), BENCH_AGENT_CONNS (4), BENCH_CREDS_DIR, NETFOLD_OVERLAY_CIDR, BENCH_EGRESS (1: egress rules too). Logs
+// `agents-started` once every agent has applied its first state; SIGTERM stops them all.
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { connectBus, type Bus } from '../runtime/nats.ts';
 import { createRootLogger } from '../runtime/logger.ts';
 import { stopOnSignals } from '../runtime/lifecycle.ts';
 import { startCellAgent, defaultCellAgentConfig, type CellAgent } from '../services/cell-agent/agent.ts';
 import { MemoryDataplane } from '../services/cell-agent/dataplane.ts';
+import { EgressEnforcer, MemoryEgressDriver } from '../services/cell-agent/egress.ts';
 import { credentialFileOf, principalName, readCredentialFile } from '../runtime/authz.ts';
 import { envNumber, pool } from './lib.ts';
 
@@ -23,6 +24,8 @@ const pollIntervalMs = envNumber('BENCH_POLL_MS', 0);
 const overlayCidr = process.env.NETFOLD_OVERLAY_CIDR ?? '10.0.0.0/8';
 const credsDir = process.env.BENCH_CREDS_DIR;
 const conns = envNumber('BENCH_AGENT_CONNS', 4);
+/** BENCH_EGRESS=1 (bench:egress): each agent also enforces egress rules, on the memory driver. */
+const egress = process.env.BENCH_EGRESS === '1';
 const url = process.env.NATS_URL;
 if (!url) throw new Error('NATS_URL is required');
 const servers = url.split(',');
@@ -53,6 +56,7 @@ await pool(to - from, 32, async (i) => {
       log,
       config: { ...defaultCellAgentConfig, cellId, overlayCidr, pollIntervalMs },
       dataplane: new MemoryDataplane(overlayCidr),
+      ...(egress && { egress: new EgressEnforcer({ overlayCidr, egressDefault: 'deny', driver: new MemoryEgressDriver() }) }),
     }),
   );
 });

@@ -43,6 +43,7 @@ import {
 import { waitEnforced } from '../services/topology-planner/enforcement.ts';
 import { CELL_STATUS_BUCKET } from '../runtime/subjects.ts';
 import type { CellStatus } from '../services/cell-agent/status.ts';
+import { SECURITY_GROUP_FLAGS, SECURITY_GROUP_HELP, explainEgressCli, securityGroupCli, securityGroupHttp, securityGroupLines } from './security-groups.ts';
 
 const HELP = `netfold — event-sourced container networking control plane
 
@@ -57,7 +58,8 @@ usage: netfold <command> [flags]
   app register --id ID --name NAME --space ID --org ID
   app rename --id ID --name NAME
   app delete --id ID
-  container start --id ID --app ID --cell ID --index N [--ip A.B.C.D]   (no --ip: the next free address of the cell)
+  container start --id ID --app ID --cell ID --index N [--ip A.B.C.D] [--lifecycle running|staging]
+                                      (no --ip: the next free address of the cell; no --lifecycle: running)
   container stop --id ID
   policy add --from APP --to APP [--protocol tcp|udp] --port N[-M] [--dry-run]
   policy remove --from APP --to APP [--protocol tcp|udp] --port N[-M] [--dry-run]
@@ -73,6 +75,7 @@ usage: netfold <command> [flags]
   demo                                a scripted tour against a running "npm start"
   cells                               each cell's lease, underlay address and agent status: applied revision, rules, repairs, errors
   quarantine                          log entries the folds skipped (invalid, or a fold that failed), with why
+${SECURITY_GROUP_HELP}
   creds --cells A,B [--platform ID,..] [--dir DIR]
                                       one NATS credential file per role, cell agent and platform component in DIR
                                       (default <data-dir>/nats; existing ones kept) and the nats-server authorization
@@ -189,8 +192,11 @@ function tokenFor(config: Config, flags: Flags): string {
   throw new UsageError(`no token: pass --token, set NETFOLD_TOKEN, or run "netfold up" to create ${file}`);
 }
 
+const apiBase = (config: Config, flags: Flags) =>
+  typeof flags.api === 'string' ? flags.api : (process.env.NETFOLD_API_URL ?? `http://${config.httpHost}:${config.httpPort}`);
+
 async function api(config: Config, flags: Flags, method: string, path: string, body?: unknown): Promise<any> {
-  const base = typeof flags.api === 'string' ? flags.api : (process.env.NETFOLD_API_URL ?? `http://${config.httpHost}:${config.httpPort}`);
+  const base = apiBase(config, flags);
   const res = await fetch(`${base}/networking/v1/external${path}`, {
     method,
     headers: { authorization: `Bearer ${tokenFor(config, flags)}`, ...(body ? { 'content-type': 'application/json' } : {}) },
@@ -220,7 +226,12 @@ function policyBody(flags: Flags) {
 
 async function main(argv: string[]): Promise<void> {
   const settingFlags = Object.fromEntries(SETTINGS.map((s) => [s.flag, { type: 'string' as const }]));
-  const { values: flags, positionals } = parseArgs({ args: argv, options: { ...settingFlags, ...CLI_FLAGS }, allowPositionals: true, strict: true });
+  const { values: flags, positionals } = parseArgs({
+    args: argv,
+    options: { ...settingFlags, ...CLI_FLAGS, ...SECURITY_GROUP_FLAGS },
+    allowPositionals: true,
+    strict: true,
+  });
   const [group, verb] = positionals;
   const out = output(flags.json === true);
   if (flags.help || !group || group === 'help') {
@@ -283,6 +294,7 @@ async function main(argv: string[]): Promise<void> {
         cellId: need(flags, 'cell'),
         instanceIndex: intFlag(flags, 'index'),
         ip: typeof flags.ip === 'string' ? flags.ip : undefined,
+        lifecycle: typeof flags.lifecycle === 'string' ? flags.lifecycle : undefined,
       });
     case 'container stop':
       return intake(config, flags, out, intakeCommand.stopContainer, { containerId: need(flags, 'id') });
@@ -386,12 +398,19 @@ async function main(argv: string[]): Promise<void> {
               p.createdAt,
             ]),
           ),
+          `security groups (${view.securityGroups.length}):`,
+          ...securityGroupLines(view.securityGroups),
           ...(view.cell ? [`cell ${view.cell.cellId} (hash ${view.cell.hash}):`, JSON.stringify(view.cell.state, null, 2)] : []),
         ].join('\n');
         out.print(human, view);
       });
     }
     case 'explain': {
+      if (/^\d+\.\d+\.\d+\.\d+$/.test(positionals[2] ?? '')) {
+        const withModel = <T>(work: (bus: Bus, m: Awaited<ReturnType<typeof modelAt>>) => Promise<T>) =>
+          withBus(config, OPERATOR, async (bus) => work(bus, await modelAt(bus, undefined)));
+        return explainEgressCli(positionals.slice(1), flags, out, withModel, config);
+      }
       const [, , , port] = positionals;
       const [source, destination] = [positionals[1], positionals[2]];
       if (!source || !destination || !port || !/^\d+$/.test(port)) throw new UsageError('usage: netfold explain SOURCE-APP DEST-APP PORT [--protocol tcp|udp]');
@@ -528,6 +547,7 @@ ${q.invalid} invalid and ${q.foldFailed} failed to fold, of ${q.revision} log en
       });
     }
     default:
+      if (group === 'security-group') return securityGroupCli(verb, flags, out, () => securityGroupHttp(apiBase(config, flags), tokenFor(config, flags)));
       throw new UsageError(`unknown command "${key}"; see "netfold help"`);
   }
 }

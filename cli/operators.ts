@@ -4,10 +4,19 @@ import { kvLatest, openBucket } from '../runtime/buckets.ts';
 import type { Bus } from '../runtime/nats.ts';
 import { EventLog, foldLog } from '../runtime/event-log.ts';
 import type { EventEnvelope, Protocol, RecordedEvent } from '../events/catalogue.ts';
-import { type Model, type QuarantineEntry, initialModel, allPolicies, liveModelFold } from '../projections/model.ts';
+import {
+  type Model,
+  type QuarantineEntry,
+  type SecurityGroupRecord,
+  initialModel,
+  allPolicies,
+  allSecurityGroups,
+  liveModelFold,
+} from '../projections/model.ts';
 import { cellHashOf, deriveCellState, emptyCellState, type CellState } from '../projections/cell.ts';
 import { explain, type Explanation } from '../projections/explain.ts';
 import { CELL_STATUS_BUCKET } from '../runtime/subjects.ts';
+import { securityGroupEffect } from './security-groups.ts';
 import { latestPlanned } from '../services/topology-planner/published.ts';
 import type { CellStatus } from '../services/cell-agent/status.ts';
 
@@ -28,6 +37,12 @@ function appsOf(e: EventEnvelope): string[] {
     case 'PoliciesCreated':
     case 'PoliciesDeleted':
       return [e.data.sourceAppId, ...e.data.policies.map((p) => p.destAppId)];
+    case 'SecurityGroupCreated':
+    case 'SecurityGroupUpdated':
+    case 'SecurityGroupDeleted':
+    case 'SecurityGroupSpacesBound':
+    case 'SecurityGroupSpacesUnbound':
+      return [];
   }
 }
 
@@ -57,6 +72,12 @@ function effectOf(e: EventEnvelope): string {
       const ports = (p: { startPort: number; endPort: number }) => (p.startPort === p.endPort ? `${p.startPort}` : `${p.startPort}-${p.endPort}`);
       return `${verb}: ${e.data.policies.map((p) => `${e.data.sourceAppId} -> ${p.destAppId} ${p.protocol}/${ports(p)}`).join(', ')}`;
     }
+    case 'SecurityGroupCreated':
+    case 'SecurityGroupUpdated':
+    case 'SecurityGroupDeleted':
+    case 'SecurityGroupSpacesBound':
+    case 'SecurityGroupSpacesUnbound':
+      return securityGroupEffect(e);
   }
   return JSON.stringify(d);
 }
@@ -122,6 +143,8 @@ export type StateView = {
   apps: { id: string; name: string; spaceId: string; deleted: boolean }[];
   containers: { id: string; appId: string | null; cellId: string | null; ip: string | null; status: string }[];
   policies: ReturnType<typeof allPolicies>;
+  /** Application security groups with their rules, bindings, and who changed them last and when. */
+  securityGroups: SecurityGroupRecord[];
   cell?: { cellId: string; hash: string; state: CellState };
 };
 
@@ -135,6 +158,7 @@ export function stateView(m: Model, cellId?: string, domain?: string): StateView
       .map((c) => ({ id: c.id, appId: c.appId, cellId: c.cellId, ip: c.ip, status: c.status }))
       .sort((a, b) => (a.id < b.id ? -1 : 1)),
     policies: allPolicies(m),
+    securityGroups: allSecurityGroups(m),
   };
   if (cellId) {
     const state = deriveCellState(m, cellId, domain);

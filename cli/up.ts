@@ -19,7 +19,7 @@ import { startPolicyWriter, policyWriterConfigOf, type PolicyWriterConfig } from
 import { startPlanner, plannerConfigOf, type PlannerConfig } from '../services/topology-planner/service.ts';
 import { startDiscovery, discoveryConfigOf, type DiscoveryConfig } from '../services/discovery/service.ts';
 import { startCellAgent, type CellAgent, type CellAgentConfig } from '../services/cell-agent/agent.ts';
-import { cellAgentConfigOf, createDataplane, dataplaneConfigOf, type DataplaneConfig } from '../services/cell-agent/config.ts';
+import { cellAgentConfigOf, createDataplane, createEgress, dataplaneConfigOf, type DataplaneConfig } from '../services/cell-agent/config.ts';
 import { Registry } from '../runtime/metrics.ts';
 import { ConfigError } from '../runtime/errors.ts';
 import { newId } from '../runtime/ids.ts';
@@ -115,7 +115,8 @@ export async function up(config: Config): Promise<void> {
       { actor: 'system:netfold-up', correlationId: newId() },
     );
     const bus = await busOf({ role: 'agent', cellId: cell.cellId });
-    agents.push(await startCellAgent({ bus, log, config: cell.agent, dataplane: createDataplane(cell.dataplane), metrics }));
+    const egress = createEgress(cell.dataplane);
+    agents.push(await startCellAgent({ bus, log, config: cell.agent, dataplane: createDataplane(cell.dataplane), egress, metrics }));
   }
   const adminTokenFile = plan.adminToken.file;
   // Re-minted at every start, living as long as the gateway allows (--token-max-ttl); always mode 0600.

@@ -20,6 +20,16 @@ import {
   stringOf,
   ulidOf,
 } from './fields.ts';
+import {
+  type EgressRule,
+  type GloballyEnabled,
+  type Lifecycle,
+  LIFECYCLES,
+  egressRulesOf,
+  globallyEnabledOf,
+  securityGroupNameOf,
+  spaceIdsOf,
+} from './security-groups.ts';
 
 export const PROTOCOLS = ['tcp', 'udp'] as const;
 export type Protocol = (typeof PROTOCOLS)[number];
@@ -33,10 +43,11 @@ export type PolicyDeleteReason = (typeof POLICY_DELETE_REASONS)[number];
 export type AppRegistered = { type: 'AppRegistered'; v: 1; data: { appId: string; name: string; spaceId: string; orgId: string } };
 export type AppRenamed = { type: 'AppRenamed'; v: 1; data: { appId: string; name: string; previousName: string } };
 export type AppDeleted = { type: 'AppDeleted'; v: 1; data: { appId: string } };
+/** v2 adds `lifecycle` (`running`: an app instance; `staging`: a staging task); v1 events are upcast as `running`. */
 export type ContainerStarted = {
   type: 'ContainerStarted';
-  v: 1;
-  data: { containerId: string; appId: string; instanceIndex: number; cellId: string; ip: string };
+  v: 2;
+  data: { containerId: string; appId: string; instanceIndex: number; cellId: string; ip: string; lifecycle: Lifecycle };
 };
 /** `wasRunning: false` records a stop that arrived before (or without) its start: a later start is then ignored. */
 export type ContainerStopped = {
@@ -60,8 +71,36 @@ export type CellRegistered = { type: 'CellRegistered'; v: 2; data: { cellId: str
 /** A cell left; its id may be registered again later. */
 export type CellDecommissioned = { type: 'CellDecommissioned'; v: 1; data: { cellId: string } };
 
+/** An application security group (egress rules) was created, with the spaces it is bound to from the start. */
+export type SecurityGroupCreated = {
+  type: 'SecurityGroupCreated';
+  v: 1;
+  data: { groupId: string; name: string; rules: EgressRule[]; globallyEnabled: GloballyEnabled; runningSpaces: string[]; stagingSpaces: string[] };
+};
+/** A group's name, rules or global flags changed: the data holds all three as they are now. */
+export type SecurityGroupUpdated = {
+  type: 'SecurityGroupUpdated';
+  v: 1;
+  data: { groupId: string; name: string; rules: EgressRule[]; globallyEnabled: GloballyEnabled };
+};
+export type SecurityGroupDeleted = { type: 'SecurityGroupDeleted'; v: 1; data: { groupId: string; name: string } };
+/** Spaces newly bound to (or unbound from) a group for one lifecycle (only the ones that changed). */
+export type SecurityGroupSpacesBound = { type: 'SecurityGroupSpacesBound'; v: 1; data: { groupId: string; lifecycle: Lifecycle; spaceIds: string[] } };
+export type SecurityGroupSpacesUnbound = { type: 'SecurityGroupSpacesUnbound'; v: 1; data: { groupId: string; lifecycle: Lifecycle; spaceIds: string[] } };
+
+export type SecurityGroupEvent = SecurityGroupCreated | SecurityGroupUpdated | SecurityGroupDeleted | SecurityGroupSpacesBound | SecurityGroupSpacesUnbound;
+
 export type DomainEvent =
-  CellRegistered | CellDecommissioned | AppRegistered | AppRenamed | AppDeleted | ContainerStarted | ContainerStopped | PoliciesCreated | PoliciesDeleted;
+  | CellRegistered
+  | CellDecommissioned
+  | AppRegistered
+  | AppRenamed
+  | AppDeleted
+  | ContainerStarted
+  | ContainerStopped
+  | PoliciesCreated
+  | PoliciesDeleted
+  | SecurityGroupEvent;
 
 export type EventType = DomainEvent['type'];
 
@@ -75,6 +114,11 @@ const EVENT_TYPES: readonly EventType[] = [
   'ContainerStopped',
   'PoliciesCreated',
   'PoliciesDeleted',
+  'SecurityGroupCreated',
+  'SecurityGroupUpdated',
+  'SecurityGroupDeleted',
+  'SecurityGroupSpacesBound',
+  'SecurityGroupSpacesUnbound',
 ];
 
 export type EnvelopeMeta = {
@@ -139,6 +183,7 @@ const dataReaders: { [T in EventType]: (d: Record<string, unknown>, p: string, i
     instanceIndex: intOf(d.instanceIndex, join(p, 'instanceIndex'), i, 0, 1_000_000),
     cellId: idOf(d.cellId, join(p, 'cellId'), i),
     ip: ipv4Of(d.ip, join(p, 'ip'), i),
+    lifecycle: oneOf(d.lifecycle, join(p, 'lifecycle'), i, LIFECYCLES),
   }),
   ContainerStopped: (d, p, i) => ({
     containerId: idOf(d.containerId, join(p, 'containerId'), i),
@@ -155,6 +200,31 @@ const dataReaders: { [T in EventType]: (d: Record<string, unknown>, p: string, i
     policies: rulesOf(d.policies, join(p, 'policies'), i),
     reason: oneOf(d.reason, join(p, 'reason'), i, POLICY_DELETE_REASONS),
   }),
+  SecurityGroupCreated: (d, p, i) => ({
+    groupId: idOf(d.groupId, join(p, 'groupId'), i),
+    name: securityGroupNameOf(d.name, join(p, 'name'), i),
+    rules: egressRulesOf(d.rules, join(p, 'rules'), i),
+    globallyEnabled: globallyEnabledOf(d.globallyEnabled, join(p, 'globallyEnabled'), i),
+    runningSpaces: spaceIdsOf(d.runningSpaces, join(p, 'runningSpaces'), i),
+    stagingSpaces: spaceIdsOf(d.stagingSpaces, join(p, 'stagingSpaces'), i),
+  }),
+  SecurityGroupUpdated: (d, p, i) => ({
+    groupId: idOf(d.groupId, join(p, 'groupId'), i),
+    name: securityGroupNameOf(d.name, join(p, 'name'), i),
+    rules: egressRulesOf(d.rules, join(p, 'rules'), i),
+    globallyEnabled: globallyEnabledOf(d.globallyEnabled, join(p, 'globallyEnabled'), i),
+  }),
+  SecurityGroupDeleted: (d, p, i) => ({ groupId: idOf(d.groupId, join(p, 'groupId'), i), name: securityGroupNameOf(d.name, join(p, 'name'), i) }),
+  SecurityGroupSpacesBound: (d, p, i) => ({
+    groupId: idOf(d.groupId, join(p, 'groupId'), i),
+    lifecycle: oneOf(d.lifecycle, join(p, 'lifecycle'), i, LIFECYCLES),
+    spaceIds: spaceIdsOf(d.spaceIds, join(p, 'spaceIds'), i, { min: 1 }),
+  }),
+  SecurityGroupSpacesUnbound: (d, p, i) => ({
+    groupId: idOf(d.groupId, join(p, 'groupId'), i),
+    lifecycle: oneOf(d.lifecycle, join(p, 'lifecycle'), i, LIFECYCLES),
+    spaceIds: spaceIdsOf(d.spaceIds, join(p, 'spaceIds'), i, { min: 1 }),
+  }),
 };
 
 /** The current version of each type. */
@@ -164,10 +234,15 @@ const CURRENT_VERSION: { [T in EventType]: number } = {
   AppRegistered: 1,
   AppRenamed: 1,
   AppDeleted: 1,
-  ContainerStarted: 1,
+  ContainerStarted: 2,
   ContainerStopped: 1,
   PoliciesCreated: 1,
   PoliciesDeleted: 1,
+  SecurityGroupCreated: 1,
+  SecurityGroupUpdated: 1,
+  SecurityGroupDeleted: 1,
+  SecurityGroupSpacesBound: 1,
+  SecurityGroupSpacesUnbound: 1,
 };
 
 /**
@@ -177,6 +252,8 @@ const CURRENT_VERSION: { [T in EventType]: number } = {
 const upcasters: Record<string, (data: Record<string, unknown>) => Record<string, unknown>> = {
   // v1 cells named their range and had no underlay address (test/fixtures/cells-v1.jsonl).
   'CellRegistered@1': (data) => ({ ...data, underlay: null, leased: false }),
+  // v1 starts predate lifecycles: every one was an app instance (test/fixtures/events-v1.jsonl).
+  'ContainerStarted@1': (data) => ({ ...data, lifecycle: 'running' }),
 };
 
 /** Validates an event read from anywhere (stream, fixture, import) and upcasts it to the current version. */

@@ -1,6 +1,7 @@
 // Commands: what callers ask for, imperative names. Parsers here validate every command that arrives from outside
 // (platform intake over NATS, the Cloud Foundry-shaped HTTP bodies) before anything is decided or appended.
 import { type PolicyRule, PROTOCOLS } from './catalogue.ts';
+import { type Lifecycle, LIFECYCLES } from './security-groups.ts';
 import {
   type Issues,
   type Result,
@@ -30,8 +31,11 @@ export type RenameApp = { type: 'RenameApp'; data: { appId: string; name: string
 export type DeleteApp = { type: 'DeleteApp'; data: { appId: string } };
 export type StartContainer = {
   type: 'StartContainer';
-  /** `ip` absent: the writer gives the container the lowest free address of its cell's range. */
-  data: { containerId: string; appId: string; instanceIndex: number; cellId: string; ip?: string };
+  /**
+   * `ip` absent: the writer gives the container the lowest free address of its cell's range. `lifecycle` absent:
+   * `running` (an app instance); `staging` for a staging task (egress rules are bound per lifecycle).
+   */
+  data: { containerId: string; appId: string; instanceIndex: number; cellId: string; ip?: string; lifecycle?: Lifecycle };
 };
 export type StopContainer = { type: 'StopContainer'; data: { containerId: string } };
 export type CreatePolicies = { type: 'CreatePolicies'; data: { sourceAppId: string; policies: PolicyRule[] } };
@@ -92,7 +96,7 @@ const intakeParsers: Record<IntakeCommand['type'], { keys: readonly string[]; pa
   },
   DeleteApp: { keys: ['appId'], parse: (o, i) => ({ type: 'DeleteApp', data: { appId: idOf(o.appId, 'appId', i) } }) },
   StartContainer: {
-    keys: ['containerId', 'appId', 'instanceIndex', 'cellId', 'ip'],
+    keys: ['containerId', 'appId', 'instanceIndex', 'cellId', 'ip', 'lifecycle'],
     parse: (o, i) => {
       const data: StartContainer['data'] = {
         containerId: idOf(o.containerId, 'containerId', i),
@@ -102,6 +106,8 @@ const intakeParsers: Record<IntakeCommand['type'], { keys: readonly string[]; pa
       };
       const ip = optional(o.ip, 'ip', i, ipv4Of);
       if (ip !== undefined) data.ip = ip;
+      const lifecycle = optional(o.lifecycle, 'lifecycle', i, (v, p, is) => oneOf(v, p, is, LIFECYCLES));
+      if (lifecycle !== undefined) data.lifecycle = lifecycle;
       return { type: 'StartContainer', data };
     },
   },

@@ -13,7 +13,8 @@
 // `deriveCellState` derives a whole cell the same way; tests check the two agree.
 import { createHash } from 'node:crypto';
 import type { EventEnvelope, Protocol } from '../events/catalogue.ts';
-import { type Model, parsePolicyRef, policiesInto } from './model.ts';
+import { type ContainerState, type Model, lifecycleOf, parsePolicyRef, policiesInto, securityGroupsFor, spaceLifecycleKey } from './model.ts';
+import type { EgressRule, Lifecycle } from '../events/security-groups.ts';
 import { canonicalJson } from './canonical.ts';
 import { type Dict, dict } from './dict.ts';
 
@@ -40,17 +41,28 @@ export type CellState = {
    * underlay address. What the cell agent's network driver routes by (services/cell-agent/network.ts).
    */
   topology: Dict<TopologyEntry>;
+  /**
+   * Egress (application security groups): per `<space>|<lifecycle>` with local containers that some group applies
+   * to, their IPs and the groups (sorted ids). Absent for containers no group applies to: the agent's default
+   * (`--egress-default`) governs them.
+   */
+  egress: Dict<EgressEntry>;
+  /** The groups the cell's `egress` entries name -> name and rules. */
+  asg: Dict<SecurityGroupEntry>;
 };
+
+export type EgressEntry = { ips: Dict<true>; groups: string[] };
+export type SecurityGroupEntry = { name: string; rules: EgressRule[] };
 
 export type CellInfo = { subnet: string };
 /** One cell of the topology: its container range (leased or named) and the host address it is reached at. */
 export type TopologyEntry = { subnet: string; underlay: string };
 
 export function emptyCellState(): CellState {
-  return { containers: dict(), ingress: dict(), sources: dict(), tags: dict(), names: dict(), cell: dict(), topology: dict() };
+  return { containers: dict(), ingress: dict(), sources: dict(), tags: dict(), names: dict(), cell: dict(), topology: dict(), egress: dict(), asg: dict() };
 }
 
-export const SECTIONS = ['containers', 'ingress', 'sources', 'tags', 'names', 'cell', 'topology'] as const;
+export const SECTIONS = ['containers', 'ingress', 'sources', 'tags', 'names', 'cell', 'topology', 'egress', 'asg'] as const;
 export type Section = (typeof SECTIONS)[number];
 
 const isLiveApp = (m: Model, appId: string | null | undefined): appId is string => !!appId && !!m.apps[appId] && !m.apps[appId]!.deleted;
@@ -147,6 +159,33 @@ export function deriveEntry(m: Model, cellId: string, section: Section, key: str
       if (m.cells[cellId]?.status !== 'active' || other?.status !== 'active' || other.underlay === null) return undefined;
       return { subnet: other.subnet, underlay: other.underlay } satisfies TopologyEntry;
     }
+    case 'egress': {
+      const bar = key.lastIndexOf('|');
+      const spaceId = key.slice(0, bar);
+      const lifecycle = key.slice(bar + 1);
+      if (lifecycle !== 'running' && lifecycle !== 'staging') return undefined;
+      const groups = securityGroupsFor(m, spaceId, lifecycle);
+      if (groups.length === 0) return undefined;
+      const ips = dict<true>();
+      for (const appId of Object.keys(m.appsBySpace[spaceId] ?? {})) {
+        for (const id of localContainersOf(m, appId, cellId)) {
+          const c = m.containers[id]!;
+          if (lifecycleOf(c) === lifecycle) ips[c.ip!] = true;
+        }
+      }
+      return Object.keys(ips).length > 0 ? ({ ips, groups } satisfies EgressEntry) : undefined;
+    }
+    case 'asg': {
+      const g = m.securityGroups[key];
+      if (!g) return undefined;
+      for (const id of Object.keys(m.containersByCell[cellId] ?? {})) {
+        const c = m.containers[id];
+        if (!c || !isLiveApp(m, c.appId) || c.ip === null || c.instanceIndex === null) continue;
+        const lc = lifecycleOf(c);
+        if (g.globallyEnabled[lc] || g.spaces[lc][m.apps[c.appId]!.spaceId]) return { name: g.name, rules: g.rules } satisfies SecurityGroupEntry;
+      }
+      return undefined;
+    }
     case 'tags': {
       const tag = m.tags.byApp[key];
       if (tag === undefined) return undefined;
@@ -169,10 +208,12 @@ export function deriveCellState(m: Model, cellId: string, domain: string = DEFAU
   set('cell', cellId);
   if (m.cells[cellId]?.status === 'active') for (const other of Object.keys(m.cells)) set('topology', other);
   const localApps = new Set<string>();
+  const egressKeys = new Set<string>();
   for (const id of Object.keys(m.containersByCell[cellId] ?? {})) {
     set('containers', id);
     const c = m.containers[id];
     if (c?.appId && isLiveApp(m, c.appId) && c.instanceIndex !== null) {
+      egressKeys.add(spaceLifecycleKey(m.apps[c.appId]!.spaceId, lifecycleOf(c)));
       localApps.add(c.appId);
       const name = m.apps[c.appId]!.name.toLowerCase();
       set('names', `${name}.${domain}`);
@@ -187,6 +228,8 @@ export function deriveCellState(m: Model, cellId: string, domain: string = DEFAU
       set('tags', rule.sourceAppId);
     }
   }
+  for (const key of egressKeys) set('egress', key);
+  for (const entry of Object.values(s.egress)) for (const g of entry.groups) if (s.asg[g] === undefined) set('asg', g);
   return s;
 }
 
@@ -245,7 +288,49 @@ export function dirtyEntries(m: Model, e: EventEnvelope, domain: string = DEFAUL
       }
     }
   };
+  /** A container's egress entry on its cell, and the groups that apply to it there. */
+  const markEgress = (appId: string | null | undefined, cellId: string | null | undefined, lifecycle: Lifecycle) => {
+    const app = appId ? m.apps[appId] : undefined;
+    if (!app || !cellId) return;
+    mark(cellId, 'egress', spaceLifecycleKey(app.spaceId, lifecycle));
+    for (const g of securityGroupsFor(m, app.spaceId, lifecycle)) mark(cellId, 'asg', g);
+  };
+  const markEgressOf = (c: ContainerState | undefined) => {
+    if (c?.status === 'running') markEgress(c.appId, c.cellId, lifecycleOf(c));
+  };
+  /** Every running container of a space with a lifecycle (all spaces: `spaceId` undefined): its egress entry and group `g`. */
+  const markSpace = (spaceId: string | undefined, lifecycle: Lifecycle, g: string) => {
+    const apps = spaceId === undefined ? Object.keys(m.apps) : Object.keys(m.appsBySpace[spaceId] ?? {});
+    for (const appId of apps) {
+      const app = m.apps[appId];
+      if (!app) continue;
+      for (const id of Object.keys(m.containersByApp[appId] ?? {})) {
+        const c = m.containers[id];
+        if (!c?.cellId || lifecycleOf(c) !== lifecycle) continue;
+        mark(c.cellId, 'egress', spaceLifecycleKey(app.spaceId, lifecycle));
+        mark(c.cellId, 'asg', g);
+      }
+    }
+  };
+  /** Everywhere a group applies in this model. */
+  const markGroup = (g: string) => {
+    const grp = m.securityGroups[g];
+    if (!grp) return;
+    for (const lc of ['running', 'staging'] as const) {
+      if (grp.globallyEnabled[lc]) markSpace(undefined, lc, g);
+      else for (const spaceId of Object.keys(grp.spaces[lc])) markSpace(spaceId, lc, g);
+    }
+  };
   switch (e.type) {
+    case 'SecurityGroupCreated':
+    case 'SecurityGroupUpdated':
+    case 'SecurityGroupDeleted':
+      markGroup(e.data.groupId);
+      break;
+    case 'SecurityGroupSpacesBound':
+    case 'SecurityGroupSpacesUnbound':
+      for (const spaceId of e.data.spaceIds) markSpace(spaceId, e.data.lifecycle, e.data.groupId);
+      break;
     case 'CellRegistered':
     case 'CellDecommissioned': {
       // The cell's own entry; its place in every active cell's topology; and (joining or leaving) its whole topology.
@@ -264,6 +349,7 @@ export function dirtyEntries(m: Model, e: EventEnvelope, domain: string = DEFAUL
       const appId = e.data.appId;
       for (const cell of cellsHosting(appId)) markAppOnCell(appId, cell);
       markAsSource(appId, e.type === 'AppDeleted');
+      for (const id of Object.keys(m.containersByApp[appId] ?? {})) markEgressOf(m.containers[id]);
       break;
     }
     case 'ContainerStarted':
@@ -279,6 +365,8 @@ export function dirtyEntries(m: Model, e: EventEnvelope, domain: string = DEFAUL
         markAppOnCell(appId, cellId);
       }
       if (appId) markAsSource(appId, false);
+      if (c) markEgressOf(c);
+      else if (e.type === 'ContainerStarted') markEgress(e.data.appId, e.data.cellId, e.data.lifecycle ?? 'running');
       break;
     }
     case 'PoliciesCreated':

@@ -4,6 +4,7 @@
 // (by stream sequence); every rule below is idempotent, so a re-appended duplicate changes nothing either.
 import { produce, type Draft } from 'immer';
 import { type EventEnvelope, type PolicyRule, type RecordedEvent, policyKey } from '../events/catalogue.ts';
+import type { EgressRule, GloballyEnabled, Lifecycle } from '../events/security-groups.ts';
 import { type Dict, dict } from './dict.ts';
 import { cidrContains, cidrsOverlap, firstFreeAddress, firstFreeSubnet } from './ipv4.ts';
 
@@ -27,6 +28,23 @@ export type ContainerState = {
   status: 'running' | 'stopped';
   startedAt: string | null;
   stoppedAt: string | null;
+  /** Present only for a staging task (absent: an app instance, `running`), so older models hash as before. */
+  lifecycle?: 'staging';
+};
+
+/** An application security group (egress rules), with the spaces it is bound to per lifecycle. */
+export type SecurityGroupRecord = {
+  id: string;
+  name: string;
+  rules: EgressRule[];
+  globallyEnabled: GloballyEnabled;
+  spaces: { running: Dict<true>; staging: Dict<true> };
+  createdAt: string;
+  createdBy: string;
+  createdSeq: number;
+  updatedAt: string;
+  updatedBy: string;
+  updatedSeq: number;
 };
 
 export type PolicyRecord = PolicyRule & {
@@ -86,6 +104,14 @@ export type Model = {
   /** Index: destination app -> `${source}|${key}`. */
   policiesByDest: Dict<Dict<true>>;
   tags: { byApp: Dict<number>; next: number; free: number[] };
+  /** Live apps by space (egress rules are bound to spaces). */
+  appsBySpace: Dict<Dict<true>>;
+  /** Application security groups by id; live ones by name (names are unique). */
+  securityGroups: Dict<SecurityGroupRecord>;
+  securityGroupIdByName: Dict<string>;
+  /** Groups bound per `<space>|<lifecycle>`, and the globally enabled ones per lifecycle. */
+  securityGroupsBySpace: Dict<Dict<true>>;
+  globalSecurityGroups: { running: Dict<true>; staging: Dict<true> };
   /**
    * Log entries skipped (see QuarantineEntry): how many by reason, and the first MAX_QUARANTINE_ENTRIES of them in
    * log order (bounded, so a log full of garbage cannot grow every model without limit).
@@ -114,6 +140,11 @@ export function initialModel(opts: { subjectSeqs?: boolean } = {}): Model {
     policies: dict(),
     policiesByDest: dict(),
     tags: { byApp: dict(), next: 1, free: [] },
+    appsBySpace: dict(),
+    securityGroups: dict(),
+    securityGroupIdByName: dict(),
+    securityGroupsBySpace: dict(),
+    globalSecurityGroups: { running: dict(), staging: dict() },
     quarantine: { invalid: 0, foldFailed: 0, entries: [] },
   };
 }
@@ -230,6 +261,7 @@ function applyEvent(m: Draft<Model>, e: EventEnvelope, seq: number): void {
         deletedAt: null,
       };
       claimName(m, e.data.name, e.data.appId);
+      addIndex(m.appsBySpace, e.data.spaceId, e.data.appId);
       return;
     }
     case 'AppRenamed': {
@@ -246,6 +278,7 @@ function applyEvent(m: Draft<Model>, e: EventEnvelope, seq: number): void {
       app.deleted = true;
       app.deletedAt = e.at;
       releaseName(m, app.name, app.id);
+      removeIndex(m.appsBySpace, app.spaceId, app.id);
       // Policies of a deleted app go with it, even one created concurrently with the deletion.
       for (const key of Object.keys(m.policies[app.id] ?? {})) removePolicy(m, app.id, key);
       for (const ref of Object.keys(m.policiesByDest[app.id] ?? {})) {
@@ -269,6 +302,7 @@ function applyEvent(m: Draft<Model>, e: EventEnvelope, seq: number): void {
         status: 'running',
         startedAt: e.at,
         stoppedAt: null,
+        ...(d.lifecycle === 'staging' && { lifecycle: 'staging' as const }),
       };
       addIndex(m.containersByApp, d.appId, d.containerId);
       addIndex(m.containersByCell, d.cellId, d.containerId);
@@ -336,11 +370,122 @@ function applyEvent(m: Draft<Model>, e: EventEnvelope, seq: number): void {
       for (const rule of e.data.policies) removePolicy(m, e.data.sourceAppId, policyKey(rule));
       return;
     }
+    case 'SecurityGroupCreated': {
+      const d = e.data;
+      if (m.securityGroups[d.groupId]) return; // a repeat
+      if (m.securityGroupIdByName[d.name] !== undefined) return; // lost a race for the name: the decider refuses it otherwise
+      const spaces = { running: dict<true>(), staging: dict<true>() };
+      m.securityGroups[d.groupId] = {
+        id: d.groupId,
+        name: d.name,
+        rules: d.rules,
+        globallyEnabled: { ...d.globallyEnabled },
+        spaces,
+        createdAt: e.at,
+        createdBy: e.actor,
+        createdSeq: seq,
+        updatedAt: e.at,
+        updatedBy: e.actor,
+        updatedSeq: seq,
+      };
+      m.securityGroupIdByName[d.name] = d.groupId;
+      for (const lc of LIFECYCLE_LIST) if (d.globallyEnabled[lc]) m.globalSecurityGroups[lc][d.groupId] = true;
+      bindSpaces(m, d.groupId, 'running', d.runningSpaces);
+      bindSpaces(m, d.groupId, 'staging', d.stagingSpaces);
+      return;
+    }
+    case 'SecurityGroupUpdated': {
+      const d = e.data;
+      const g = m.securityGroups[d.groupId];
+      if (!g) return;
+      const holder = m.securityGroupIdByName[d.name];
+      if (holder !== undefined && holder !== g.id) return; // lost a race for the new name
+      if (m.securityGroupIdByName[g.name] === g.id) delete m.securityGroupIdByName[g.name];
+      g.name = d.name;
+      m.securityGroupIdByName[d.name] = g.id;
+      g.rules = d.rules;
+      g.globallyEnabled = { ...d.globallyEnabled };
+      for (const lc of LIFECYCLE_LIST) {
+        if (d.globallyEnabled[lc]) m.globalSecurityGroups[lc][g.id] = true;
+        else delete m.globalSecurityGroups[lc][g.id];
+      }
+      g.updatedAt = e.at;
+      g.updatedBy = e.actor;
+      g.updatedSeq = seq;
+      return;
+    }
+    case 'SecurityGroupDeleted': {
+      const g = m.securityGroups[e.data.groupId];
+      if (!g) return;
+      for (const lc of LIFECYCLE_LIST) {
+        unbindSpaces(m, g.id, lc, Object.keys(g.spaces[lc]));
+        delete m.globalSecurityGroups[lc][g.id];
+      }
+      if (m.securityGroupIdByName[g.name] === g.id) delete m.securityGroupIdByName[g.name];
+      delete m.securityGroups[g.id];
+      return;
+    }
+    case 'SecurityGroupSpacesBound': {
+      if (!m.securityGroups[e.data.groupId]) return;
+      bindSpaces(m, e.data.groupId, e.data.lifecycle, e.data.spaceIds);
+      const g = m.securityGroups[e.data.groupId]!;
+      g.updatedAt = e.at;
+      g.updatedBy = e.actor;
+      g.updatedSeq = seq;
+      return;
+    }
+    case 'SecurityGroupSpacesUnbound': {
+      if (!m.securityGroups[e.data.groupId]) return;
+      unbindSpaces(m, e.data.groupId, e.data.lifecycle, e.data.spaceIds);
+      const g = m.securityGroups[e.data.groupId]!;
+      g.updatedAt = e.at;
+      g.updatedBy = e.actor;
+      g.updatedSeq = seq;
+      return;
+    }
     default: {
       const never: never = e;
       return never;
     }
   }
+}
+
+const LIFECYCLE_LIST = ['running', 'staging'] as const satisfies readonly Lifecycle[];
+
+/** The key of `securityGroupsBySpace` (and of a cell's `egress` entries): `<space>|<lifecycle>` (ids hold no `|`). */
+export const spaceLifecycleKey = (spaceId: string, lifecycle: Lifecycle): string => `${spaceId}|${lifecycle}`;
+
+function bindSpaces(m: Draft<Model>, groupId: string, lc: Lifecycle, spaceIds: readonly string[]): void {
+  const g = m.securityGroups[groupId]!;
+  for (const s of spaceIds) {
+    g.spaces[lc][s] = true;
+    addIndex(m.securityGroupsBySpace, spaceLifecycleKey(s, lc), groupId);
+  }
+}
+
+function unbindSpaces(m: Draft<Model>, groupId: string, lc: Lifecycle, spaceIds: readonly string[]): void {
+  const g = m.securityGroups[groupId]!;
+  for (const s of spaceIds) {
+    delete g.spaces[lc][s];
+    removeIndex(m.securityGroupsBySpace, spaceLifecycleKey(s, lc), groupId);
+  }
+}
+
+/** The lifecycle of a container record (`running` unless recorded as a staging task). */
+export const lifecycleOf = (c: ContainerState): Lifecycle => c.lifecycle ?? 'running';
+
+/** The live security groups that apply to a space's containers of one lifecycle: bound to it, or globally enabled; sorted. */
+export function securityGroupsFor(m: Model, spaceId: string, lifecycle: Lifecycle): string[] {
+  const ids = new Set([
+    ...Object.keys(m.globalSecurityGroups[lifecycle]),
+    ...Object.keys(m.securityGroupsBySpace[spaceLifecycleKey(spaceId, lifecycle)] ?? {}),
+  ]);
+  return [...ids].filter((id) => m.securityGroups[id] !== undefined).sort();
+}
+
+/** Every security group, sorted by name. */
+export function allSecurityGroups(m: Model): SecurityGroupRecord[] {
+  return Object.values(m.securityGroups).sort((a, b) => cmp(a.name, b.name) || cmp(a.id, b.id));
 }
 
 /** An entry of `policiesByDest`: `<source app>|<policy key>` (app ids never hold a `|`). */

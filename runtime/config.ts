@@ -44,6 +44,8 @@ export type Config = {
   checkpointIntervalMs: number;
   cellId: string | undefined;
   dataplane: string;
+  /** Egress from a container no security group applies to, outside the overlay: `deny` (default) or `allow`. */
+  egressDefault: string;
   netns: string | undefined;
   overlayCidr: string;
   /** Prefix length of the range leased to a cell that registers without one (24: a /24 per cell). */
@@ -200,6 +202,7 @@ export const SETTINGS: readonly Setting[] = [
   { key: 'cellId', flag: 'cell-id', env: 'NETFOLD_CELL_ID', def: undefined, kind: 'string', services: ['cell-agent'] },
   { key: 'dataplane', flag: 'dataplane', env: 'NETFOLD_DATAPLANE', def: 'nftables', kind: 'string', services: ['cell-agent'] },
   { key: 'netns', flag: 'netns', env: 'NETFOLD_NETNS', def: undefined, kind: 'string', services: ['cell-agent'] },
+  { key: 'egressDefault', flag: 'egress-default', env: 'NETFOLD_EGRESS_DEFAULT', def: 'deny', kind: 'string', services: ['cell-agent', 'up'] },
   {
     key: 'overlayCidr',
     flag: 'overlay-cidr',
@@ -333,6 +336,9 @@ export function loadConfig(flags: Record<string, string | boolean | undefined> =
   }
   if (!/^(\d{1,3}\.){3}\d{1,3}\/\d{1,2}$/.test(config.overlayCidr)) {
     throw new ConfigError(`--overlay-cidr / NETFOLD_OVERLAY_CIDR must be an IPv4 CIDR, got "${config.overlayCidr}"`);
+  }
+  if (!['deny', 'allow'].includes(config.egressDefault)) {
+    throw new ConfigError(`--egress-default / NETFOLD_EGRESS_DEFAULT must be deny or allow, got "${config.egressDefault}"`);
   }
   if (!['none', 'routed', 'vxlan'].includes(config.networkDriver)) {
     throw new ConfigError(`--network-driver / NETFOLD_NETWORK_DRIVER must be none, routed or vxlan, got "${config.networkDriver}"`);

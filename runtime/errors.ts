@@ -35,6 +35,19 @@ export class ValidationError extends NetfoldError {
   }
 }
 
+/** Well-formed JSON whose content breaks a rule (Cloud Foundry v3 answers these 422 Unprocessable Entity). */
+export class UnprocessableError extends NetfoldError {
+  readonly issues: Issue[];
+  constructor(issues: Issue[], code = 'unprocessable-entity') {
+    super(issues.map((i) => (i.path ? `${i.path}: ${i.message}` : i.message)).join('; '), code, 422, false);
+    this.name = 'UnprocessableError';
+    this.issues = issues;
+  }
+  override toBody(): { code: string; error: string; issues: Issue[] } {
+    return { ...super.toBody(), issues: this.issues };
+  }
+}
+
 export class UnauthenticatedError extends NetfoldError {
   constructor(message: string, cause?: unknown) {
     super(message, 'unauthenticated', 401, false, cause);

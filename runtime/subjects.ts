@@ -5,6 +5,7 @@
 //   nf.evt.app.<appId>            app lifecycle events                 (stream NF_EVENTS)
 //   nf.evt.container.<containerId> container lifecycle events           (stream NF_EVENTS)
 //   nf.evt.policy.<sourceAppId>   policy events of one source app      (stream NF_EVENTS)
+//   nf.evt.asg.<groupId>          one application security group       (stream NF_EVENTS)
 //   nf.cmd.<caller>.<aggregate>.<verb>  platform intake, request/reply  (core NATS, queue group policy-writer)
 //   nf.cell.snap|delta|state.<cellId>  the cell stream: see projections/cell-stream.ts, which owns it
 
@@ -16,6 +17,7 @@ export const eventSubject = {
   app: (appId: string) => `nf.evt.app.${appId}`,
   container: (containerId: string) => `nf.evt.container.${containerId}`,
   policy: (sourceAppId: string) => `nf.evt.policy.${sourceAppId}`,
+  securityGroup: (groupId: string) => `nf.evt.asg.${groupId}`,
 } as const;
 
 /**

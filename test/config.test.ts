@@ -41,6 +41,7 @@ const STRING_SAMPLES: Partial<Record<keyof Config, string>> = {
   underlayAddress: '192.0.2.77',
   dataplane: 'render',
   netns: 'ns-sample',
+  egressDefault: 'allow',
   overlayCidr: '10.77.0.0/16',
   cellSubnet: '10.255.77.0/24',
   dnsHost: '127.0.0.9',

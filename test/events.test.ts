@@ -100,7 +100,7 @@ t.test('events read back are validated', async (t) => {
   t.notOk(parseEvent({ ...rec!.event, id: 'not-a-ulid' }).ok, 'bad id');
   t.notOk(parseEvent({ ...rec!.event, at: 'yesterday' }).ok, 'bad time');
   t.notOk(parseEvent({ ...rec!.event, data: { ...rec!.event.data, ip: '999.1.1.1' } }).ok, 'bad data');
-  t.match(issuesOf(parseEvent({ ...rec!.event, v: 2 })).join(), /newer than this build knows/);
+  t.match(issuesOf(parseEvent({ ...rec!.event, v: 3 })).join(), /newer than this build knows/);
   t.notOk(parseEvent(null).ok);
 });
 

@@ -31,8 +31,18 @@ t.test('events-v1.jsonl folds to its known state', async (t) => {
   t.same(m.containersByCell, { 'cell-1': { 'web-0': true, 'api-1': true }, 'cell-2': { 'api-0': true }, 'cell-3': { 'db-0': true, 'cache-0': true } });
   t.same(m.appIdByName, { web: 'app-web', backend: 'app-api', db: 'app-db' });
   t.equal(m.containers['cache-9']?.status, 'stopped');
-  // The model as it was before cells, IP holders and the quarantine were folded: unchanged, hash for hash.
-  const { cells, containersByIp, quarantine, ...before } = m;
+  // The model as it was before cells, IP holders, the quarantine and security groups were folded: unchanged, hash for hash.
+  const { cells, containersByIp, quarantine, appsBySpace, securityGroups, securityGroupIdByName, securityGroupsBySpace, globalSecurityGroups, ...before } = m;
+  t.same(
+    { securityGroups, securityGroupIdByName, securityGroupsBySpace, globalSecurityGroups },
+    { securityGroups: {}, securityGroupIdByName: {}, securityGroupsBySpace: {}, globalSecurityGroups: { running: {}, staging: {} } },
+    'a v1 log has no security groups',
+  );
+  t.same(appsBySpace, { 'space-1': { 'app-web': true, 'app-api': true }, 'space-2': { 'app-db': true } }, 'live apps by space');
+  t.notOk(
+    Object.values(m.containers).some((c) => 'lifecycle' in c),
+    'v1 starts upcast to running: the model records no lifecycle for them',
+  );
   t.equal(stateHash(before), 'adafd3da1b18599b94dcd67673408f041b009cf95f702807d72b2fd94130d68a', 'the model hash is pinned');
   t.same(cells, {}, 'a v1 log registers no cells (its starts predate cell registration and still fold)');
   t.same(quarantine, { invalid: 0, foldFailed: 0, entries: [] });

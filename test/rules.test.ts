@@ -43,6 +43,8 @@ const state: CellState = {
   names: {},
   cell: { 'cell-1': { subnet: '10.255.1.0/24' } },
   topology: {},
+  egress: {},
+  asg: {},
 };
 
 t.test('expansion: one allow per (source IP, local destination, rule)', async (t) => {

@@ -20,6 +20,7 @@ import { CELL_STATUS_BUCKET, DISCOVERY_BUCKET } from '../../runtime/subjects.ts'
 import type { Dataplane } from './dataplane.ts';
 import { Registry } from '../../runtime/metrics.ts';
 import { Converger } from './converger.ts';
+import type { EgressEnforcer } from './egress.ts';
 import { type CellStatus, StatusReporter } from './status.ts';
 import { DiscoveryPublisher } from './discovery-publisher.ts';
 import { ReadyGate } from './ready-gate.ts';
@@ -77,7 +78,15 @@ async function createBuckets(bus: Bus, replicas: number): Promise<void> {
   await createOrOpenBucket(DISCOVERY_BUCKET, () => kvm.create(DISCOVERY_BUCKET, bucketOptions.discovery(replicas)));
 }
 
-export async function startCellAgent(deps: { bus: Bus; log: Logger; config: CellAgentConfig; dataplane: Dataplane; metrics?: Registry }): Promise<CellAgent> {
+export async function startCellAgent(deps: {
+  bus: Bus;
+  log: Logger;
+  config: CellAgentConfig;
+  dataplane: Dataplane;
+  /** Egress rules (application security groups) in the table `inet netfold_egress`; absent: not enforced. */
+  egress?: EgressEnforcer;
+  metrics?: Registry;
+}): Promise<CellAgent> {
   const { config: cfg, dataplane } = deps;
   const log = deps.log.child({ service: 'cell-agent', cell: cfg.cellId });
   await createBuckets(deps.bus, cfg.replicas);
@@ -98,6 +107,7 @@ export async function startCellAgent(deps: { bus: Bus; log: Logger; config: Cell
     subnets: cfg.subnets,
     driftIntervalMs: cfg.driftIntervalMs,
     dataplane,
+    ...(deps.egress && { egress: deps.egress }),
     found: await dataplane.found(),
     feed,
     log,

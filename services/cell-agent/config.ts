@@ -6,6 +6,7 @@ import { type CellAgentConfig, defaultCellAgentConfig } from './agent.ts';
 import { type Dataplane, MemoryDataplane, NftDataplane, RenderDataplane } from './dataplane.ts';
 import { InvalidRuleError, parseCellSubnets } from './rules.ts';
 import { DEFAULT_VXLAN, type NetworkDriverKind } from './network-drivers.ts';
+import { type EgressDefault, EgressEnforcer, MemoryEgressDriver, NftEgressDriver, RenderEgressDriver } from './egress.ts';
 
 /** The agent settings; refused (ConfigError) without `--cell-id` or with a `--cell-subnet` outside the overlay. */
 export function cellAgentConfigOf(c: Config): CellAgentConfig {
@@ -33,11 +34,11 @@ export function cellAgentConfigOf(c: Config): CellAgentConfig {
   };
 }
 
-export type DataplaneConfig = { kind: Dataplane['kind']; overlayCidr: string; netns: string | undefined };
+export type DataplaneConfig = { kind: Dataplane['kind']; overlayCidr: string; netns: string | undefined; egressDefault: EgressDefault };
 
-/** The dataplane settings: `--dataplane`, the overlay, and (nftables only) `--netns`. */
+/** The dataplane settings: `--dataplane`, the overlay, (nftables only) `--netns`, and `--egress-default`. */
 export function dataplaneConfigOf(c: Config): DataplaneConfig {
-  return { kind: c.dataplane as Dataplane['kind'], overlayCidr: c.overlayCidr, netns: c.netns };
+  return { kind: c.dataplane as Dataplane['kind'], overlayCidr: c.overlayCidr, netns: c.netns, egressDefault: c.egressDefault as EgressDefault };
 }
 
 /** The dataplane a config names; `render` prints each rule set it would load through `print`. */
@@ -45,4 +46,10 @@ export function createDataplane(d: DataplaneConfig, print: (text: string) => voi
   if (d.kind === 'memory') return new MemoryDataplane(d.overlayCidr);
   if (d.kind === 'render') return new RenderDataplane(d.overlayCidr, print);
   return new NftDataplane(d.netns ? { overlayCidr: d.overlayCidr, netns: d.netns } : { overlayCidr: d.overlayCidr });
+}
+
+/** The egress enforcer for a dataplane config (same kind, same namespace) with `--egress-default`. */
+export function createEgress(d: DataplaneConfig, print: (text: string) => void = (text) => process.stderr.write(text)): EgressEnforcer {
+  const driver = d.kind === 'memory' ? new MemoryEgressDriver() : d.kind === 'render' ? new RenderEgressDriver(print) : new NftEgressDriver(d.netns);
+  return new EgressEnforcer({ overlayCidr: d.overlayCidr, egressDefault: d.egressDefault, driver });
 }

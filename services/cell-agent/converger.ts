@@ -13,6 +13,8 @@ import type { Dataplane, FoundTable } from './dataplane.ts';
 import type { CellView } from './feed.ts';
 import { type AppliedStamp, RuleExpander, cellSubnetsOf } from './rules.ts';
 import { adoptionOf } from './adoption.ts';
+import { type EgressEnforcer, egressCounts } from './egress.ts';
+import type { EgressStatus } from './status.ts';
 
 /** What is enforced now: the applied revision and the containers it covers. */
 export type Enforced = { revision: number; containers: ReadonlySet<string> };
@@ -33,6 +35,8 @@ export type ConvergePass = {
   at: string;
   applyMs: number;
   repairs: Repairs;
+  /** What the egress table holds after the pass (absent: this agent enforces no egress). */
+  egress?: EgressStatus;
 };
 
 export type ConvergerOptions = {
@@ -42,6 +46,8 @@ export type ConvergerOptions = {
   subnets: readonly string[];
   driftIntervalMs: number;
   dataplane: Dataplane;
+  /** Egress (application security groups), in its own table; absent: not enforced by this agent. */
+  egress?: EgressEnforcer;
   /** What the dataplane held at start (`dataplane.found()`): kept until a view may replace it. */
   found: FoundTable;
   /** The desired state, read at each pass (the feed's state changes in place). */
@@ -186,6 +192,7 @@ export class Converger {
         this.#log.error({ err, revision: view.revision }, 'rules-apply-failed');
       }
     }
+    if (this.#o.egress) error = (await this.#egress(this.#o.egress, view, subnets)) ?? error;
     this.#failed = error !== null;
     const pass: ConvergePass = {
       view,
@@ -195,12 +202,31 @@ export class Converger {
       applyMs: Math.round((performance.now() - t0) * 10) / 10,
       repairs: this.#repairs,
     };
+    const egressPlan = this.#o.egress?.applied;
+    if (egressPlan) pass.egress = { ...egressCounts(egressPlan), refused: egressPlan.refused.length };
     this.#m.rules.set({ ...this.#cell, kind: 'local' }, counts.local);
     this.#m.rules.set({ ...this.#cell, kind: 'allows' }, counts.allows);
     await this.#o.passed?.(pass);
     if (!error) {
       await this.#o.applied?.(view);
       this.#enforced.advance({ revision: view.revision, containers: covered });
+    }
+  }
+
+  /** Brings the egress table to the view; the error's text when the load failed (the next tick loads it whole). */
+  async #egress(egress: EgressEnforcer, view: CellView, subnets: readonly string[]): Promise<string | null> {
+    const t0 = performance.now();
+    try {
+      const how = await egress.converge(view.state, subnets);
+      if (how !== 'none') {
+        const ms = Math.round(performance.now() - t0);
+        this.#log.info({ revision: view.revision, how, ms, refused: egress.lastRefused.length }, 'egress-applied');
+      }
+      return null;
+    } catch (err) {
+      this.#m.errors.inc(this.#cell);
+      this.#log.error({ err, revision: view.revision }, 'egress-apply-failed');
+      return err instanceof Error ? err.message : String(err);
     }
   }
 
@@ -211,9 +237,10 @@ export class Converger {
     try {
       const t0 = Date.now();
       const drifted = await this.#o.dataplane.drifted();
+      const egressDrift = drifted ? undefined : await this.#o.egress?.drifted();
       this.#nextDriftCheck = Date.now() + (Date.now() - t0) * (1 / DRIFT_CHECK_SHARE - 1);
-      if (!drifted) return false;
-      const drift = this.#o.dataplane.lastDrift ?? 'unknown';
+      if (!drifted && !egressDrift) return false;
+      const drift = egressDrift ?? this.#o.dataplane.lastDrift ?? 'unknown';
       this.#log.warn({ drift }, 'drift-detected');
       this.#reload = true;
       this.schedule();

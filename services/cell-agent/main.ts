@@ -6,11 +6,18 @@
 // the rules in place.
 import { runService } from '../../runtime/service-main.ts';
 import { startCellAgent } from './agent.ts';
-import { cellAgentConfigOf, createDataplane, dataplaneConfigOf } from './config.ts';
+import { cellAgentConfigOf, createDataplane, createEgress, dataplaneConfigOf } from './config.ts';
 
 await runService(
   'cell-agent',
   ({ config, log, bus, metrics }) =>
-    startCellAgent({ bus, log, metrics, config: cellAgentConfigOf(config), dataplane: createDataplane(dataplaneConfigOf(config)) }),
+    startCellAgent({
+      bus,
+      log,
+      metrics,
+      config: cellAgentConfigOf(config),
+      dataplane: createDataplane(dataplaneConfigOf(config)),
+      egress: createEgress(dataplaneConfigOf(config)),
+    }),
   { metricsPort: 9471 },
 );

@@ -27,7 +27,11 @@ export type CellStatus = {
   refusals: Refusals;
   /** Absent with the `none` driver (or an older agent). */
   network?: NetworkStatus;
+  /** Egress (security groups) loaded: containers bound to a group chain, groups, rules, entries refused as invalid. */
+  egress?: EgressStatus;
 };
+
+export type EgressStatus = { bound: number; groups: number; rules: number; refused: number };
 
 /** The status after a pass: what it applied, or (when its load failed) the revision and hash still enforced. */
 export function statusAfterPass(
@@ -49,6 +53,7 @@ export function statusAfterPass(
     lastRepair: pass.repairs.last,
     error,
     refusals,
+    ...(pass.egress && { egress: pass.egress }),
   };
 }
 

@@ -18,7 +18,7 @@ import type { Dict } from '../../projections/dict.ts';
 import { cidrContains, cidrWithin, gatewayOf, isNetworkOrBroadcast } from '../../projections/ipv4.ts';
 
 /** A refusal; `retryable`: the same command sent again may succeed (a race lost to another writer). */
-export type Rejection = { code: string; message: string; status: 400 | 403 | 404 | 409; retryable?: boolean };
+export type Rejection = { code: string; message: string; status: 400 | 403 | 404 | 409 | 422; retryable?: boolean };
 export type Decision = { ok: true; events: DomainEvent[]; note?: string } | { ok: false; rejection: Rejection };
 
 const accept = (events: DomainEvent[], note?: string): Decision => (note ? { ok: true, events, note } : { ok: true, events });
@@ -177,7 +177,8 @@ export function decideContainer(cmd: ContainerCommand, s: ContainerDecisionState
           container.appId === d.appId &&
           container.cellId === d.cellId &&
           (d.ip === undefined || container.ip === d.ip) &&
-          container.instanceIndex === d.instanceIndex;
+          container.instanceIndex === d.instanceIndex &&
+          (container.lifecycle ?? 'running') === (d.lifecycle ?? 'running');
         return same ? accept([], 'already-running') : reject(409, 'container-conflict', `container ${d.containerId} is already running with other details`);
       }
       if (!s.app) return reject(404, 'app-not-found', `app ${d.appId} is not registered`);
@@ -186,7 +187,7 @@ export function decideContainer(cmd: ContainerCommand, s: ContainerDecisionState
       if (s.cell.status === 'decommissioned') return reject(409, 'cell-decommissioned', `cell ${d.cellId} was decommissioned`);
       if (d.ip === undefined) {
         if (s.freeIp === undefined) return reject(409, 'cell-addresses-exhausted', `no free address is left in cell ${d.cellId}'s range ${s.cell.subnet}`);
-        return accept([{ type: 'ContainerStarted', v: 1, data: { ...d, ip: s.freeIp } }], 'address-allocated');
+        return accept([{ type: 'ContainerStarted', v: 2, data: { ...d, ip: s.freeIp, lifecycle: d.lifecycle ?? 'running' } }], 'address-allocated');
       }
       if (!cidrContains(s.overlayCidr, d.ip)) return reject(400, 'ip-outside-overlay', `IP ${d.ip} is not inside the overlay ${s.overlayCidr}`);
       if (!cidrContains(s.cell.subnet, d.ip))
@@ -196,7 +197,7 @@ export function decideContainer(cmd: ContainerCommand, s: ContainerDecisionState
       if (s.ipHolder !== undefined && s.ipHolder !== d.containerId) {
         return reject(409, 'ip-in-use', `IP ${d.ip} is held by running container ${s.ipHolder}: stop it first`);
       }
-      return accept([{ type: 'ContainerStarted', v: 1, data: { ...d, ip: d.ip } }]);
+      return accept([{ type: 'ContainerStarted', v: 2, data: { ...d, ip: d.ip, lifecycle: d.lifecycle ?? 'running' } }]);
     }
     case 'StopContainer': {
       const id = cmd.data.containerId;

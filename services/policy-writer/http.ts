@@ -11,9 +11,13 @@ import type { PolicyApi } from './policy-api.ts';
 import { accessOf } from './policy-api.ts';
 import type { Enforcement } from '../topology-planner/enforcement.ts';
 import { CONTENT_TYPE, type Registry } from '../../runtime/metrics.ts';
+import { registerSecurityGroupRoutes } from './security-groups-http.ts';
+import type { SecurityGroupApi } from './security-groups.ts';
 
 export type HttpOptions = {
   api: PolicyApi;
+  /** Cloud Foundry v3 security groups (egress rules): `/v3/security_groups`. */
+  securityGroups?: SecurityGroupApi;
   /** Answers "is revision N enforced on every cell?", waiting up to `waitMs` for it to become so. */
   enforcement: (revision: number, waitMs: number) => Promise<Enforcement>;
   tokenSecret: string;
@@ -115,6 +119,7 @@ export function buildHttpGateway(opts: HttpOptions): FastifyInstance {
     });
     api.get(`${BASE}/tags`, async (req) => opts.api.tags(principal(req)));
     api.get(`${BASE}/whoami`, async (req) => ({ user_name: principal(req).user }));
+    if (opts.securityGroups) registerSecurityGroupRoutes(api, { api: opts.securityGroups, principal, meta: metaOf });
     // netfold's own: is a revision enforced on every cell? `wait_ms` (<= 60000) waits for it.
     api.get(`${BASE}/enforcement`, async (req) => {
       accessOf(principal(req));

@@ -8,6 +8,7 @@ import { quarantineGauge, quarantineReporter } from '../../runtime/quarantine-re
 import { buildHttpGateway } from './http.ts';
 import { Intake } from './intake.ts';
 import { PolicyApi } from './policy-api.ts';
+import { SecurityGroupApi } from './security-groups.ts';
 import { Writer } from './writer.ts';
 import { waitEnforced } from '../topology-planner/enforcement.ts';
 import { Registry } from '../../runtime/metrics.ts';
@@ -84,6 +85,7 @@ export async function startPolicyWriter(deps: {
   const api = new PolicyApi({ writer, maxPoliciesPerRequest: deps.config.maxPoliciesPerRequest });
   const http = buildHttpGateway({
     api,
+    securityGroups: new SecurityGroupApi({ writer }),
     enforcement: (revision, waitMs) => waitEnforced(deps.bus, revision, waitMs),
     tokenSecret: deps.config.tokenSecret,
     log,

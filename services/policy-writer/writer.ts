@@ -11,7 +11,7 @@ import { dict, dictOf } from '../../projections/dict.ts';
 import { KeyedMutex } from '../../runtime/keyed-mutex.ts';
 import type { EventLog, LogFollower } from '../../runtime/event-log.ts';
 import { WrongExpectedSequenceError } from '../../runtime/nats-adapter.ts';
-import { ConflictError, ForbiddenError, NetfoldError, NotFoundError, ValidationError } from '../../runtime/errors.ts';
+import { ConflictError, ForbiddenError, NetfoldError, NotFoundError, UnprocessableError, ValidationError } from '../../runtime/errors.ts';
 import { eventSubject } from '../../runtime/subjects.ts';
 import {
   type Access,
@@ -64,6 +64,8 @@ function rejectionError(r: Rejection): NetfoldError {
       return new NotFoundError(r.message, r.code);
     case 409:
       return new ConflictError(r.message, r.code, r.retryable === true);
+    case 422:
+      return new UnprocessableError([{ path: '', message: r.message }], r.code);
   }
 }
 

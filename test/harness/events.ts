@@ -32,6 +32,12 @@ export function subjectOf(e: DomainEvent): string {
     case 'PoliciesCreated':
     case 'PoliciesDeleted':
       return eventSubject.policy(e.data.sourceAppId);
+    case 'SecurityGroupCreated':
+    case 'SecurityGroupUpdated':
+    case 'SecurityGroupDeleted':
+    case 'SecurityGroupSpacesBound':
+    case 'SecurityGroupSpacesUnbound':
+      return eventSubject.securityGroup(e.data.groupId);
   }
 }
 
@@ -72,10 +78,17 @@ export const ev = {
   }),
   renamed: (appId: string, name: string, previousName: string): DomainEvent => ({ type: 'AppRenamed', v: 1, data: { appId, name, previousName } }),
   deleted: (appId: string): DomainEvent => ({ type: 'AppDeleted', v: 1, data: { appId } }),
-  started: (containerId: string, appId: string, cellId = 'cell-1', ip = '10.255.1.2', instanceIndex = 0): DomainEvent => ({
+  started: (
+    containerId: string,
+    appId: string,
+    cellId = 'cell-1',
+    ip = '10.255.1.2',
+    instanceIndex = 0,
+    lifecycle: 'running' | 'staging' = 'running',
+  ): DomainEvent => ({
     type: 'ContainerStarted',
-    v: 1,
-    data: { containerId, appId, cellId, ip, instanceIndex },
+    v: 2,
+    data: { containerId, appId, cellId, ip, instanceIndex, lifecycle },
   }),
   stopped: (containerId: string, appId: string | null = null, cellId: string | null = null, wasRunning = appId !== null): DomainEvent => ({
     type: 'ContainerStopped',

@@ -15,7 +15,7 @@ export const TEST_SECRET = 'test-secret-0123456789abcdef0123456789abcdef';
 export type GatewayFixture = {
   writer: PolicyWriter;
   bus: Bus;
-  http(method: string, path: string, opts?: { token?: string | null; body?: unknown; rawBody?: string; headers?: Record<string, string> }): Promise<{ status: number; body: any }>;
+  http(method: string, path: string, opts?: { token?: string | null; body?: unknown; rawBody?: string; headers?: Record<string, string> }): Promise<{ status: number; body: any; headers: Record<string, string> }>;
   token(p: Partial<Principal> & { scopes: string[] }): Promise<string>;
   admin: string;
   /** An intake command sent as platform component `caller` (the actor the events record: `platform:<caller>`). */
@@ -66,7 +66,7 @@ export async function startGateway(t: Test, nats: NatsFixture, overrides: Partia
       if (body !== undefined && !headers['content-type']) headers['content-type'] = 'application/json';
       const res = await fetch(writer.url + path, { method, headers, body });
       const text = await res.text();
-      return { status: res.status, body: text ? JSON.parse(text) : undefined };
+      return { status: res.status, body: text ? JSON.parse(text) : undefined, headers: Object.fromEntries(res.headers) };
     },
     async intake(command, body, caller = 'test') {
       const msg = await (await platform(caller)).nc.request(intakeSubject(caller, intakeCommand[command]), JSON.stringify(body), { timeout: 10_000 });
