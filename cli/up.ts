@@ -37,6 +37,8 @@ export type UpPlan = {
   /** Replicas of every stream. */
   replicas: number;
   logLevel: string;
+  /** `auto`, `pretty` or `json` (`--log-format`). */
+  logFormat: string;
   writer: PolicyWriterConfig;
   planner: PlannerConfig;
   discovery: DiscoveryConfig;
@@ -62,6 +64,7 @@ export function upPlan(config: Config, tokenSecret: string): UpPlan {
     client: natsClientOf(config),
     replicas: config.replicas,
     logLevel: config.logLevel,
+    logFormat: config.logFormat,
     writer: policyWriterConfigOf(config, tokenSecret),
     planner: plannerConfigOf(config),
     discovery: discoveryConfigOf(config),
@@ -74,7 +77,7 @@ export async function up(config: Config): Promise<void> {
   // Before anything starts: a weak configured secret is refused (weak-token-secret) with nothing left running.
   const tokenSecret = resolveTokenSecret(config, true);
   const plan = upPlan(config, tokenSecret);
-  const log = createRootLogger({ level: plan.logLevel, name: 'netfold' });
+  const log = createRootLogger({ level: plan.logLevel, format: plan.logFormat, name: 'netfold' });
   let embedded: NatsServerProcess | undefined;
   let busOf: (p: Principal) => Promise<Bus>;
   const buses: Bus[] = [];

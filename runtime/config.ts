@@ -37,6 +37,8 @@ export type Config = {
   /** Seconds: the longest lifetime (exp − iat) of a bearer token, checked by the gateway and `token mint`. */
   tokenMaxTtl: number;
   logLevel: string;
+  /** Log lines: `auto` (pretty on a terminal, JSON otherwise), `pretty` or `json`. */
+  logFormat: string;
   plannerId: string;
   domain: string;
   checkpointIntervalMs: number;
@@ -173,6 +175,7 @@ export const SETTINGS: readonly Setting[] = [
     services: ['policy-writer', 'up', 'cli'],
   },
   { key: 'logLevel', flag: 'log-level', env: 'NETFOLD_LOG_LEVEL', def: 'info', kind: 'string', services: ['service-main', 'up'] },
+  { key: 'logFormat', flag: 'log-format', env: 'NETFOLD_LOG_FORMAT', def: 'auto', kind: 'string', services: ['service-main', 'up'] },
   { key: 'plannerId', flag: 'planner-id', env: 'NETFOLD_PLANNER_ID', def: 'planner', kind: 'string', services: ['topology-planner', 'up'] },
   { key: 'domain', flag: 'domain', env: 'NETFOLD_DOMAIN', def: DEFAULT_DOMAIN, kind: 'string', services: ['topology-planner', 'discovery', 'up', 'cli'] },
   {

@@ -24,6 +24,8 @@ export type ServiceWiring = {
   /** Replicas of the streams it makes sure exist. */
   replicas: number;
   logLevel: string;
+  /** `auto`, `pretty` or `json` (`--log-format`). */
+  logFormat: string;
   /** Where its metrics are served; undefined for a service with an HTTP server of its own. */
   metrics: { host: string; port: number } | undefined;
 };
@@ -34,6 +36,7 @@ export function serviceWiringOf(c: Config, defaultMetricsPort: number | undefine
     client: natsClientOf(c),
     replicas: c.replicas,
     logLevel: c.logLevel,
+    logFormat: c.logFormat,
     metrics: defaultMetricsPort === undefined ? undefined : { host: c.httpHost, port: c.metricsPort ?? defaultMetricsPort },
   };
 }
@@ -64,7 +67,7 @@ export async function runService(
     process.exitCode = 1;
     return;
   }
-  const log = createRootLogger({ level: wiring.logLevel, name });
+  const log = createRootLogger({ level: wiring.logLevel, format: wiring.logFormat, name });
   const bus = await connectBus({ servers: wiring.servers, name: `netfold-${name}`, log, ...auth, coalesceWrites: opts.coalesceWrites === true });
   const metrics = new Registry();
   let service: { stop(): Promise<void> };
