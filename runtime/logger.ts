@@ -6,7 +6,6 @@ export type { Logger } from 'pino';
 /** How log lines look: `json` (pino's JSON lines), `pretty` (one coloured human line each), `auto` (pretty on a terminal). */
 const LOG_FORMATS = ['auto', 'pretty', 'json'] as const;
 
-
 /** `toStderr`: for a process whose stdout is an answer (netfold-cni prints its CNI result there). */
 export type LoggerOptions = { level?: string; name?: string; toStderr?: boolean; format?: string };
 

@@ -7,7 +7,17 @@ import { prettyLine, resolveLogFormat } from '../runtime/logger.ts';
 import { ConfigError } from '../runtime/errors.ts';
 
 const ESC = '\x1b[';
-const line = JSON.stringify({ level: 40, time: '2026-11-29T10:00:01.250Z', pid: 1, name: 'netfold', service: 'policy-writer', component: 'http', revision: 7, note: 'two words', msg: 'append-ignored-by-fold' });
+const line = JSON.stringify({
+  level: 40,
+  time: '2026-11-29T10:00:01.250Z',
+  pid: 1,
+  name: 'netfold',
+  service: 'policy-writer',
+  component: 'http',
+  revision: 7,
+  note: 'two words',
+  msg: 'append-ignored-by-fold',
+});
 
 t.test('a pretty line: time, level, where, message, then the fields', async (t) => {
   const plain = prettyLine(line, false);
@@ -16,7 +26,10 @@ t.test('a pretty line: time, level, where, message, then the fields', async (t) 
   const coloured = prettyLine(line, true);
   t.ok(coloured.includes(`${ESC}33mWARN `), 'warn is yellow');
   t.equal(coloured.replace(/\x1b\[[0-9;]*m/g, ''), plain, 'the same text under the colours');
-  const err = prettyLine(JSON.stringify({ level: 50, time: '2026-11-29T10:00:01.250Z', msg: 'x-failed', err: { message: 'boom', stack: 'Error: boom\n    at f' } }), false);
+  const err = prettyLine(
+    JSON.stringify({ level: 50, time: '2026-11-29T10:00:01.250Z', msg: 'x-failed', err: { message: 'boom', stack: 'Error: boom\n    at f' } }),
+    false,
+  );
   t.match(err, /ERROR {2}x-failed\n {4}Error: boom\n {8}at f\n$/, 'the error stack under the line, indented');
   t.equal(prettyLine('not json', false), 'not json\n', 'anything else passes through');
 });
@@ -41,15 +54,22 @@ t.test('a process whose stdout is a pipe logs JSON unless told otherwise', async
   t.notOk(forced.stdout.includes(ESC));
 });
 
-t.test('on a terminal: coloured human lines; --log-format json forces JSON', { skip: existsSync('/usr/bin/script') ? false : 'no script(1) for a pseudo-terminal' }, async (t) => {
-  const underTty = (format: string) => {
-    const r = spawnSync('script', ['-qec', [process.execPath, ...PROBE, format].join(' '), '/dev/null'], { encoding: 'utf8', env: { ...process.env, NO_COLOR: '' } });
-    return r.stdout;
-  };
-  const tty = underTty('-');
-  t.ok(tty.includes(`${ESC}32mINFO `), 'green INFO on a terminal');
-  t.match(tty.replace(/\x1b\[[0-9;]*m/g, ''), /INFO {3}probe {2}probe-line {2}n=1/);
-  const json = underTty('json');
-  t.match(json, /\{"level":30,.*"msg":"probe-line"\}/, 'JSON when forced, terminal or not');
-  t.notOk(json.includes(`${ESC}32m`));
-});
+t.test(
+  'on a terminal: coloured human lines; --log-format json forces JSON',
+  { skip: existsSync('/usr/bin/script') ? false : 'no script(1) for a pseudo-terminal' },
+  async (t) => {
+    const underTty = (format: string) => {
+      const r = spawnSync('script', ['-qec', [process.execPath, ...PROBE, format].join(' '), '/dev/null'], {
+        encoding: 'utf8',
+        env: { ...process.env, NO_COLOR: '' },
+      });
+      return r.stdout;
+    };
+    const tty = underTty('-');
+    t.ok(tty.includes(`${ESC}32mINFO `), 'green INFO on a terminal');
+    t.match(tty.replace(/\x1b\[[0-9;]*m/g, ''), /INFO {3}probe {2}probe-line {2}n=1/);
+    const json = underTty('json');
+    t.match(json, /\{"level":30,.*"msg":"probe-line"\}/, 'JSON when forced, terminal or not');
+    t.notOk(json.includes(`${ESC}32m`));
+  },
+);

@@ -50,6 +50,11 @@ export class PolicyApi {
     this.#maxPolicies = opts.maxPoliciesPerRequest;
   }
 
+  /** Most policies in one request (`--max-policies-per-request`). */
+  get maxPoliciesPerRequest(): number {
+    return this.#maxPolicies;
+  }
+
   /**
    * Creates or deletes every policy of a request: parsed, grouped into one command per source app (in source
    * order) and handed to the writer as one batch, which decides it whole — nothing is appended if any part is

@@ -5,7 +5,8 @@ import type { Logger } from '../../runtime/logger.ts';
 import { EventLog, LogFollower } from '../../runtime/event-log.ts';
 import { type Model, liveModelFold } from '../../projections/model.ts';
 import { quarantineGauge, quarantineReporter } from '../../runtime/quarantine-report.ts';
-import { buildHttpGateway } from './http.ts';
+import { buildHttpGateway, registeredRoutes } from './http.ts';
+import type { RegisteredRoute } from './openapi.ts';
 import { Intake } from './intake.ts';
 import { PolicyApi } from './policy-api.ts';
 import { Writer } from './writer.ts';
@@ -54,6 +55,8 @@ export type PolicyWriter = {
   url: string;
   writer: Writer;
   follower: LogFollower<Model>;
+  /** Every route the gateway registered (test/openapi.test.ts checks each is in /openapi.json). */
+  routes: readonly RegisteredRoute[];
   stop(): Promise<void>;
 };
 
@@ -110,6 +113,7 @@ export async function startPolicyWriter(deps: {
     url: address,
     writer,
     follower,
+    routes: registeredRoutes(http),
     async stop() {
       await intake.stop();
       await http.close();
