@@ -61,7 +61,8 @@ function effectOf(e: EventEnvelope): string {
   return JSON.stringify(d);
 }
 
-export type AuditFilter = { app?: string; actor?: string; type?: string; since?: number; until?: number };
+/** `changeSet`: the correlation id the events of one change set share (a policy file applied, one request). */
+export type AuditFilter = { app?: string; actor?: string; type?: string; since?: number; until?: number; changeSet?: string };
 export type AuditEntry = { revision: number; at: string; actor: string; type: string; correlationId: string; effect: string };
 
 export function matches(rec: RecordedEvent, f: AuditFilter): boolean {
@@ -69,6 +70,7 @@ export function matches(rec: RecordedEvent, f: AuditFilter): boolean {
   if (f.app && !appsOf(e).includes(f.app)) return false;
   if (f.actor && e.actor !== f.actor && !e.actor.endsWith(`:${f.actor}`)) return false;
   if (f.type && e.type !== f.type) return false;
+  if (f.changeSet && e.correlationId !== f.changeSet) return false;
   const at = Date.parse(e.at);
   if (f.since !== undefined && at < f.since) return false;
   if (f.until !== undefined && at > f.until) return false;

@@ -7,7 +7,8 @@ import { NetfoldError, UnauthenticatedError, ValidationError } from '../../runti
 import { toServiceError } from '../../runtime/retry.ts';
 import { DEFAULT_TOKEN_MAX_TTL_SECONDS, type Principal, verifyToken } from '../../runtime/tokens.ts';
 import { parseIdList } from '../../events/commands.ts';
-import type { PolicyApi } from './policy-api.ts';
+import type { PolicyApi, PolicyFiles } from './policy-api.ts';
+import { netfoldRoutes } from './http-netfold.ts';
 import { accessOf } from './policy-api.ts';
 import type { Enforcement } from '../topology-planner/enforcement.ts';
 import { CONTENT_TYPE, type Registry } from '../../runtime/metrics.ts';
@@ -16,6 +17,8 @@ import * as S from './schemas.ts';
 
 export type HttpOptions = {
   api: PolicyApi;
+  /** Policy files: apply and export (`/netfold/v1/…`). */
+  files: PolicyFiles;
   /** Answers "is revision N enforced on every cell?", waiting up to `waitMs` for it to become so. */
   enforcement: (revision: number, waitMs: number) => Promise<Enforcement>;
   tokenSecret: string;
@@ -232,6 +235,7 @@ export function buildHttpGateway(opts: HttpOptions): FastifyInstance {
         return opts.enforcement(q.revision, q.wait_ms ?? 0);
       },
     );
+    netfoldRoutes(api, { files: opts.files, principal, metaOf });
   });
 
   return app;

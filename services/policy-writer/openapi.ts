@@ -13,7 +13,8 @@ import { ValidationError, type Issue } from '../../runtime/errors.ts';
 
 export type JsonSchema = Record<string, unknown>;
 
-type Response = { description: string; schema?: JsonSchema; contentType?: string };
+/** A response: a JSON body's `schema`, or another content type; `also`: further content types of the same status. */
+type Response = { description: string; schema?: JsonSchema; contentType?: string; also?: { contentType: string; schema?: JsonSchema }[] };
 
 export type RouteSpec = {
   method: 'GET' | 'POST' | 'PUT' | 'DELETE';
@@ -154,8 +155,9 @@ export function openApiDocument(routes: readonly RegisteredRoute[], info: { titl
     const s = r.spec;
     const responses: Record<string, unknown> = {};
     for (const [status, res] of Object.entries(s.responses)) {
-      const contentType = res.contentType ?? 'application/json';
-      responses[status] = { description: res.description, content: { [contentType]: { schema: res.schema ?? { type: 'string' } } } };
+      const content: Record<string, unknown> = { [res.contentType ?? 'application/json']: { schema: res.schema ?? { type: 'string' } } };
+      for (const alt of res.also ?? []) content[alt.contentType] = { schema: alt.schema ?? { type: 'string' } };
+      responses[status] = { description: res.description, content };
     }
     if (s.auth)
       responses['401'] = { description: 'no valid bearer token', content: { 'application/json': { schema: { $ref: '#/components/schemas/Error' } } } };

@@ -158,3 +158,61 @@ export const TAGS_SCHEMA: JsonSchema = {
     },
   },
 };
+
+export const APPLY_BODY: JsonSchema = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['document'],
+  properties: { document: { type: 'string', description: 'the policy file, YAML or JSON (docs/policy-files.md)' } },
+};
+
+export const APPLY_QUERY: JsonSchema = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    dry_run: { type: 'boolean', description: 'true: show per policy and per cell what would change; append nothing' },
+    prune: { type: 'boolean', description: "true: also delete the policies of the file's spaces and source apps that the file does not have" },
+  },
+};
+
+export const EXPORT_QUERY: JsonSchema = {
+  type: 'object',
+  additionalProperties: false,
+  properties: { format: { type: 'string', enum: ['yaml', 'json'], description: 'yaml (default) or json' } },
+};
+
+const APP_REF = { type: 'object', required: ['id', 'name'], properties: { id: { type: 'string' }, name: { type: 'string' } } };
+
+export const APPLY_RESULT_SCHEMA: JsonSchema = {
+  type: 'object',
+  required: ['dry_run', 'revision', 'change_set', 'created', 'deleted', 'unchanged', 'changes'],
+  properties: {
+    dry_run: { type: 'boolean' },
+    revision: { type: 'integer' },
+    change_set: { type: 'string', description: 'the correlation id of every event of the change set' },
+    created: { type: 'integer' },
+    deleted: { type: 'integer' },
+    unchanged: { type: 'integer' },
+    changes: {
+      type: 'array',
+      items: {
+        type: 'object',
+        required: ['op', 'source', 'destination'],
+        properties: {
+          op: { type: 'string', enum: ['create', 'delete'] },
+          source: APP_REF,
+          destination: {
+            type: 'object',
+            properties: {
+              ...APP_REF.properties,
+              protocol: { type: 'string' },
+              ports: { type: 'object', properties: { start: { type: 'integer' }, end: { type: 'integer' } } },
+            },
+          },
+          line: { type: 'integer', description: 'where the file has it' },
+        },
+      },
+    },
+    cells: DRY_RUN_SCHEMA.properties && (DRY_RUN_SCHEMA.properties as Record<string, JsonSchema>).cells,
+  },
+};

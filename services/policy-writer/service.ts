@@ -8,7 +8,7 @@ import { quarantineGauge, quarantineReporter } from '../../runtime/quarantine-re
 import { buildHttpGateway, registeredRoutes } from './http.ts';
 import type { RegisteredRoute } from './openapi.ts';
 import { Intake } from './intake.ts';
-import { PolicyApi } from './policy-api.ts';
+import { PolicyApi, PolicyFiles } from './policy-api.ts';
 import { Writer } from './writer.ts';
 import { waitEnforced } from '../topology-planner/enforcement.ts';
 import { Registry } from '../../runtime/metrics.ts';
@@ -87,6 +87,7 @@ export async function startPolicyWriter(deps: {
   const api = new PolicyApi({ writer, maxPoliciesPerRequest: deps.config.maxPoliciesPerRequest });
   const http = buildHttpGateway({
     api,
+    files: new PolicyFiles(writer),
     enforcement: (revision, waitMs) => waitEnforced(deps.bus, revision, waitMs),
     tokenSecret: deps.config.tokenSecret,
     log,
