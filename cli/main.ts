@@ -29,20 +29,8 @@ import { writeFileSync } from 'node:fs';
 import { StreamTail, FAST_TAIL } from '../runtime/stream-tail.ts';
 import { EventLog } from '../runtime/event-log.ts';
 import { parseEvent } from '../events/catalogue.ts';
-import {
-  type AuditEntry,
-  type AuditFilter,
-  audit,
-  auditEntry,
-  cellsView,
-  explainAt,
-  matches,
-  modelAt,
-  parsePoint,
-  quarantined,
-  replay,
-  stateView,
-} from './operators.ts';
+import { type AuditEntry, type AuditFilter, auditEntry, matches } from '../projections/audit.ts';
+import { audit, cellsView, explainAt, modelAt, parsePoint, quarantined, replay, stateView } from './operators.ts';
 import { waitEnforced } from '../services/topology-planner/enforcement.ts';
 import { CELL_STATUS_BUCKET } from '../runtime/subjects.ts';
 import type { CellStatus } from '../services/cell-agent/status.ts';

@@ -29,6 +29,8 @@ if (forTests) {
   wanted.push({ command: 'nft', pkg: 'nftables' }, { command: 'ip', pkg: 'iproute2' }, { command: 'dig', pkg: 'dnsutils' });
   // The reference CNI plugins (portmap to chain netfold-cni with; bridge and host-local for bench:cni) and iptables, which portmap drives.
   wanted.push({ command: '/usr/lib/cni/portmap', pkg: 'containernetworking-plugins' }, { command: 'iptables', pkg: 'iptables' });
+  // Headless Chromium for the web console's browser test (test/console.test.ts drives it with playwright-core).
+  wanted.push({ command: 'chromium', pkg: 'chromium' });
 }
 const missing = wanted.filter((w) => !onPath(w.command));
 if (missing.length > 0) {

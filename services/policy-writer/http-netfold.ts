@@ -8,7 +8,7 @@ import type { CommandMeta } from './writer.ts';
 import type { PolicyFiles } from './policy-api.ts';
 import { APPLY_BODY, APPLY_QUERY, APPLY_RESULT_SCHEMA, EXPORT_QUERY } from './schemas.ts';
 
-const NETFOLD_BASE = '/netfold/v1';
+export const NETFOLD_BASE = '/netfold/v1';
 
 export type NetfoldRouteDeps = {
   files: PolicyFiles;
@@ -16,15 +16,32 @@ export type NetfoldRouteDeps = {
   metaOf: (req: FastifyRequest) => CommandMeta;
 };
 
-/** Server-sent events on a hijacked reply: `send(event, data)`, then `end()`. */
-function eventStream(req: FastifyRequest, reply: FastifyReply): { send(event: string, data: unknown): void; end(): void; closed: Promise<void> } {
+/** Open event streams per HTTP server, ended when the gateway closes (a stream never ends on its own). */
+const openStreams = new WeakMap<object, Set<() => void>>();
+
+/** Ends every event stream still open on a gateway (its preClose hook), so closing never waits for them. */
+export function endEventStreams(server: object): void {
+  for (const end of openStreams.get(server) ?? []) end();
+}
+
+/** Server-sent events on a hijacked reply: `send(event, data)`, then `end()`; `closed` resolves when the client is gone. */
+export function eventStream(req: FastifyRequest, reply: FastifyReply): { send(event: string, data: unknown): void; end(): void; closed: Promise<void> } {
   reply.hijack();
   reply.raw.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', 'x-accel-buffering': 'no' });
   reply.raw.flushHeaders();
-  const closed = new Promise<void>((resolve) => req.raw.socket.once('close', () => resolve()));
+  const streams = openStreams.get(req.server.server) ?? openStreams.set(req.server.server, new Set()).get(req.server.server)!;
+  const end = () => {
+    streams.delete(end);
+    if (!reply.raw.writableEnded) reply.raw.end();
+  };
+  streams.add(end);
+  const closed = new Promise<void>((resolve) => reply.raw.once('close', () => resolve()));
+  void closed.then(() => streams.delete(end));
   return {
-    send: (event, data) => void reply.raw.write(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`),
-    end: () => reply.raw.end(),
+    send: (event, data) => {
+      if (!reply.raw.writableEnded) reply.raw.write(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
+    },
+    end,
     closed,
   };
 }

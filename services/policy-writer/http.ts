@@ -8,7 +8,8 @@ import { toServiceError } from '../../runtime/retry.ts';
 import { DEFAULT_TOKEN_MAX_TTL_SECONDS, type Principal, verifyToken } from '../../runtime/tokens.ts';
 import { parseIdList } from '../../events/commands.ts';
 import type { PolicyApi, PolicyFiles } from './policy-api.ts';
-import { netfoldRoutes } from './http-netfold.ts';
+import { endEventStreams, netfoldRoutes } from './http-netfold.ts';
+import { type ConsoleDeps, consoleFiles, consoleRoutes } from './http-console.ts';
 import { accessOf } from './policy-api.ts';
 import type { Enforcement } from '../topology-planner/enforcement.ts';
 import { CONTENT_TYPE, type Registry } from '../../runtime/metrics.ts';
@@ -19,6 +20,8 @@ export type HttpOptions = {
   api: PolicyApi;
   /** Policy files: apply and export (`/netfold/v1/…`). */
   files: PolicyFiles;
+  /** The console's reads: the bus (cells, the log) and the writer's fold. */
+  console: ConsoleDeps;
   /** Answers "is revision N enforced on every cell?", waiting up to `waitMs` for it to become so. */
   enforcement: (revision: number, waitMs: number) => Promise<Enforcement>;
   tokenSecret: string;
@@ -71,6 +74,7 @@ export function buildHttpGateway(opts: HttpOptions): FastifyInstance {
   const routes = recordRoutes(app);
   routesOf.set(app, routes);
   app.setValidatorCompiler(validatorCompiler());
+  app.addHook('preClose', async () => endEventStreams(app.server));
 
   app.setErrorHandler((err, req, reply) => {
     const e = fastifyErrorToNetfold(err);
@@ -142,6 +146,8 @@ export function buildHttpGateway(opts: HttpOptions): FastifyInstance {
     },
     async () => (document ??= openApiDocument(routes, { title: 'netfold gateway', version: '1' })),
   );
+
+  consoleFiles(app);
 
   app.register(async (api) => {
     api.addHook('onRequest', authenticate);
@@ -236,6 +242,7 @@ export function buildHttpGateway(opts: HttpOptions): FastifyInstance {
       },
     );
     netfoldRoutes(api, { files: opts.files, principal, metaOf });
+    consoleRoutes(api, { ...opts.console, principal });
   });
 
   return app;

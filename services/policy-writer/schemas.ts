@@ -216,3 +216,103 @@ export const APPLY_RESULT_SCHEMA: JsonSchema = {
     cells: DRY_RUN_SCHEMA.properties && (DRY_RUN_SCHEMA.properties as Record<string, JsonSchema>).cells,
   },
 };
+
+export const APPS_SCHEMA: JsonSchema = {
+  type: 'object',
+  required: ['revision', 'apps'],
+  properties: {
+    revision: { type: 'integer' },
+    apps: {
+      type: 'array',
+      items: {
+        type: 'object',
+        required: ['id', 'name', 'space', 'instances', 'visible'],
+        properties: {
+          id: { type: 'string' },
+          name: { type: 'string' },
+          space: { type: 'string' },
+          instances: { type: 'integer', description: 'running containers' },
+          visible: { type: 'boolean', description: "false: not in the token's spaces, listed because a visible policy reaches it" },
+        },
+      },
+    },
+  },
+};
+
+export const CELLS_SCHEMA: JsonSchema = {
+  type: 'object',
+  required: ['revision', 'cells'],
+  properties: {
+    revision: { type: 'integer', description: "the log's revision the writer has folded" },
+    cells: {
+      type: 'array',
+      items: {
+        type: 'object',
+        required: ['cellId', 'planned', 'applied', 'lag'],
+        properties: {
+          cellId: { type: 'string' },
+          subnet: { type: ['string', 'null'] },
+          planned: { type: ['integer', 'null'], description: "the planner's latest revision for the cell" },
+          applied: { type: ['integer', 'null'], description: "the revision the cell's agent enforces" },
+          lag: { type: ['integer', 'null'], description: 'planned - applied (null: no agent has reported)' },
+          appliedAt: { type: ['string', 'null'] },
+          allows: { type: ['integer', 'null'] },
+          error: { type: ['string', 'null'] },
+        },
+      },
+    },
+  },
+};
+
+export const EXPLAIN_QUERY: JsonSchema = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['source', 'destination', 'port'],
+  properties: {
+    source: { ...ID_SCHEMA, description: 'source app id or name' },
+    destination: { ...ID_SCHEMA, description: 'destination app id or name' },
+    port: { type: 'integer', minimum: 1, maximum: 65535 },
+    protocol: { type: 'string', enum: [...PROTOCOLS], description: 'tcp (default) or udp' },
+  },
+};
+
+const POLICY_RECORD = {
+  type: 'object',
+  properties: {
+    sourceAppId: { type: 'string' },
+    destAppId: { type: 'string' },
+    protocol: { type: 'string' },
+    startPort: { type: 'integer' },
+    endPort: { type: 'integer' },
+    createdAt: { type: 'string' },
+    createdBy: { type: 'string' },
+    createdSeq: { type: 'integer' },
+  },
+};
+
+export const EXPLAIN_SCHEMA: JsonSchema = {
+  type: 'object',
+  required: ['allowed', 'reason', 'policies', 'nearMisses', 'cells', 'enforcement'],
+  properties: {
+    allowed: { type: 'boolean' },
+    reason: { type: 'string' },
+    policies: { type: 'array', items: POLICY_RECORD, description: 'the policies that allow it' },
+    nearMisses: { type: 'array', items: POLICY_RECORD, description: 'policies between the two apps that do not cover the port or protocol' },
+    cells: { type: 'array', items: { type: 'string' }, description: 'where the destination runs' },
+    source: { type: 'string' },
+    destination: { type: 'string' },
+    port: { type: 'integer' },
+    protocol: { type: 'string' },
+    revision: { type: 'integer' },
+    enforcement: {
+      type: 'array',
+      items: { type: 'object', properties: { cellId: { type: 'string' }, planned: { type: ['integer', 'null'] }, applied: { type: ['integer', 'null'] } } },
+    },
+  },
+};
+
+export const AUDIT_QUERY: JsonSchema = {
+  type: 'object',
+  additionalProperties: false,
+  properties: { from: { type: 'integer', minimum: 1, description: 'the first revision to send (default: the last 20 changes)' } },
+};

@@ -88,6 +88,7 @@ export async function startPolicyWriter(deps: {
   const http = buildHttpGateway({
     api,
     files: new PolicyFiles(writer),
+    console: { bus: deps.bus, follower },
     enforcement: (revision, waitMs) => waitEnforced(deps.bus, revision, waitMs),
     tokenSecret: deps.config.tokenSecret,
     log,
