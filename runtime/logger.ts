@@ -6,8 +6,18 @@ export type { Logger } from 'pino';
 /** How log lines look: `json` (pino's JSON lines), `pretty` (one coloured human line each), `auto` (pretty on a terminal). */
 const LOG_FORMATS = ['auto', 'pretty', 'json'] as const;
 
-/** `toStderr`: for a process whose stdout is an answer (netfold-cni prints its CNI result there). */
-export type LoggerOptions = { level?: string; name?: string; toStderr?: boolean; format?: string };
+/**
+ * `toStderr`: for a process whose stdout is an answer (netfold-cni prints its CNI result there). `holdPretty`: pretty
+ * lines are held until `releaseHeldLogs` (so `netfold up` shows its banner first on a terminal); JSON is never held.
+ */
+export type LoggerOptions = { level?: string; name?: string; toStderr?: boolean; format?: string; holdPretty?: boolean };
+
+const held = new WeakMap<Logger, () => void>();
+
+/** Writes the lines a `holdPretty` logger held, and every later line at once. A no-op for other loggers. */
+export function releaseHeldLogs(log: Logger): void {
+  held.get(log)?.();
+}
 
 /** `auto` resolves to `pretty` when the log's destination is a terminal, `json` otherwise (pipes, files, tests). */
 export function resolveLogFormat(format: string | undefined, isTty: boolean): 'pretty' | 'json' {
@@ -27,7 +37,19 @@ export function createRootLogger(opts: LoggerOptions = {}): Logger {
   const out = opts.toStderr ? process.stderr : process.stdout;
   if (resolveLogFormat(opts.format, out.isTTY === true) === 'pretty') {
     const colour = out.isTTY === true && !process.env.NO_COLOR;
-    return pino(options, { write: (line: string) => void out.write(prettyLine(line, colour)) });
+    let buffer: string[] | null = opts.holdPretty ? [] : null;
+    const log = pino(options, {
+      write: (line: string) => {
+        const text = prettyLine(line, colour);
+        if (buffer) buffer.push(text);
+        else out.write(text);
+      },
+    });
+    held.set(log, () => {
+      if (buffer && buffer.length > 0) out.write(buffer.join(''));
+      buffer = null;
+    });
+    return log;
   }
   return opts.toStderr ? pino(options, pino.destination({ dest: 2, sync: true })) : pino(options);
 }

@@ -73,3 +73,40 @@ t.test(
     t.notOk(json.includes(`${ESC}32m`));
   },
 );
+
+t.test(
+  'netfold up on a terminal: the banner first, then its start-up lines, human-readable; Ctrl-C stops it',
+  { skip: existsSync('/usr/bin/script') ? false : 'no script(1) for a pseudo-terminal' },
+  async (t) => {
+    const { spawn } = await import('node:child_process');
+    const { mkdtempSync, rmSync } = await import('node:fs');
+    const { tmpdir } = await import('node:os');
+    const { join } = await import('node:path');
+    const dataDir = mkdtempSync(join(tmpdir(), 'netfold-up-tty-'));
+    t.teardown(() => rmSync(dataDir, { recursive: true, force: true }));
+    const cmd = `${process.execPath} bin/netfold.mjs up --data-dir ${dataDir} --nats-port=-1 --http-port 0 --dns-port 0 --discovery-http-port 0 --simulate-cells 1`;
+    const child = spawn('script', ['-qec', cmd, '/dev/null'], { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, NATS_URL: '', NO_COLOR: '' } });
+    t.teardown(() => {
+      if (child.exitCode === null) child.kill('SIGKILL');
+    });
+    let out = '';
+    const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+    await new Promise<void>((resolve, reject) => {
+      child.stdout!.on('data', (d: Buffer) => {
+        out += d.toString();
+        if (/stop with Ctrl-C[\s\S]*cell-agent-started/.test(out)) resolve();
+      });
+      void exited.then(() => reject(new Error(`netfold up ended early: ${out}`)));
+    });
+    const plain = out.replace(/\x1b\[[0-9;]*m/g, '');
+    const banner = plain.indexOf('netfold is up.');
+    t.ok(banner >= 0, 'the banner is there');
+    t.equal(plain.slice(0, banner).trim(), '', 'nothing comes before the banner');
+    t.match(plain.slice(banner), /console: +http:\/\/127\.0\.0\.1:\d+\/ui/);
+    t.match(plain, /\d\d:\d\d:\d\d\.\d{3} {2}INFO {3}policy-writer {2}policy-writer-started {2}url=http/, 'start-up lines after it, one human line each');
+    t.notMatch(plain, /^\{"level"/m, 'no JSON on a terminal');
+    child.stdin!.write('\x03'); // Ctrl-C on the terminal: SIGINT to netfold up
+    await exited;
+    t.match(out.replace(/\x1b\[[0-9;]*m/g, ''), /stopped|stopping/i, 'it stops cleanly');
+  },
+);
