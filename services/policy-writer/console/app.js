@@ -2,7 +2,9 @@
 // gateway with the signed-in token, so it sees exactly what that token may see.
 const $ = (id) => document.getElementById(id);
 const SVG = 'http://www.w3.org/2000/svg';
-const state = { token: sessionStorage.getItem('netfold-token') ?? '', apps: [], policies: [], fresh: new Set(), lastRevision: 0, abort: null };
+const state = { token: sessionStorage.getItem('netfold-token') ?? '', apps: [], policies: [], fresh: new Map(), lastRevision: 0, abort: null };
+/** Is any edge still highlighted as new (added in the last 10 s)? */
+const fresh = () => [...state.fresh.values()].some((t) => t > Date.now() - 10_000);
 
 async function api(path, init = {}) {
   const res = await fetch(path, { ...init, headers: { authorization: `Bearer ${state.token}`, ...(init.body ? { 'content-type': 'application/json' } : {}), ...init.headers } });
@@ -85,32 +87,50 @@ function renderGraph() {
   const shown = new Set(edges.flatMap((p) => [p.source.id, p.destination.id]));
   for (const a of state.apps) if (inSpace(a.id) && matchApp(a.id)) shown.add(a.id);
   const apps = [...shown].map((id) => byId.get(id) ?? { id, name: id, space: '?', instances: 0, visible: false });
-  const columns = [...new Set(apps.map((a) => a.space))].sort();
-  const W = 170, H = 40, GAP_X = 120, GAP_Y = 18, PAD = 30, TOP = 34;
+  // Layout: one box per space, side by side; its apps on a circle inside it (two or fewer: side by side).
+  const spaces = [...new Set(apps.map((a) => a.space))].sort();
+  const W = 150, H = 40, PAD = 16, TOP = 30;
   const pos = new Map();
-  let height = 0;
-  columns.forEach((sp, c) => {
-    apps.filter((a) => a.space === sp).sort((a, b) => (a.name < b.name ? -1 : 1)).forEach((a, r) => {
-      pos.set(a.id, { x: PAD + c * (W + GAP_X), y: TOP + r * (H + GAP_Y) });
-      height = Math.max(height, TOP + (r + 1) * (H + GAP_Y));
+  const boxes = [];
+  let x = PAD, height = 0;
+  for (const sp of spaces) {
+    const members = apps.filter((a) => a.space === sp).sort((a, b) => (a.name < b.name ? -1 : 1));
+    const n = members.length;
+    const r = n <= 1 ? 0 : Math.max(W * 0.8, (n * (H + 34)) / (2 * Math.PI) + 40);
+    const bw = 2 * r + W + 2 * PAD + (n > 1 ? 60 : 0), bh = 2 * r * (n <= 2 ? 0 : 0.75) + H + 2 * PAD + 14;
+    const cx = x + bw / 2, cy = TOP + 14 + bh / 2 - 7;
+    members.forEach((a, i) => {
+      const angle = n <= 2 ? Math.PI * i : -Math.PI / 2 + (2 * Math.PI * i) / n;
+      pos.set(a.id, { cx: cx + r * Math.cos(angle), cy: cy + r * (n <= 2 ? 0 : 0.75) * Math.sin(angle) });
     });
-  });
+    boxes.push({ sp, x, w: bw, h: bh });
+    x += bw + 40;
+    height = Math.max(height, TOP + bh + 10);
+  }
   const svg = $('graph');
   svg.replaceChildren();
-  const width = Math.max(600, PAD * 2 + columns.length * (W + GAP_X) - GAP_X);
-  svg.setAttribute('viewBox', `0 0 ${width} ${Math.max(200, height + 20)}`);
-  svg.style.height = `${Math.max(200, height + 20)}px`;
+  const width = Math.max(600, x);
+  svg.setAttribute('viewBox', `0 0 ${width} ${Math.max(200, height + 10)}`);
+  svg.style.height = `${Math.max(200, Math.min(700, height + 10))}px`;
   const defs = el('defs');
-  const marker = el('marker', { id: 'arrow', viewBox: '0 0 10 10', refX: 9, refY: 5, markerWidth: 7, markerHeight: 7, orient: 'auto-start-reverse' });
-  marker.append(el('path', { d: 'M 0 0 L 10 5 L 0 10 z', fill: '#1f8a4c' }));
-  defs.append(marker);
+  for (const [id, colour] of [['arrow', '#1f8a4c'], ['arrow-fresh', '#2f6fdf']]) {
+    const marker = el('marker', { id, viewBox: '0 0 10 10', refX: 9, refY: 5, markerWidth: 7, markerHeight: 7, orient: 'auto-start-reverse' });
+    marker.append(el('path', { d: 'M 0 0 L 10 5 L 0 10 z', fill: colour }));
+    defs.append(marker);
+  }
   svg.append(defs);
-  columns.forEach((sp, c) => {
-    const x = PAD + c * (W + GAP_X) - 12;
-    svg.append(el('rect', { class: 'space-box', x, y: 8, width: W + 24, height: height + 4, rx: 8 }));
-    svg.append(el('text', { class: 'space-label', x: x + 10, y: 24 }, `space ${sp}`));
-  });
+  for (const b of boxes) {
+    svg.append(el('rect', { class: 'space-box', x: b.x, y: 8, width: b.w, height: b.h + TOP - 14, rx: 8 }));
+    svg.append(el('text', { class: 'space-label', x: b.x + 10, y: 24 }, `space ${b.sp}`));
+  }
+  // Where the line from a node's centre towards (tx, ty) leaves its box.
+  const exit = (p, tx, ty) => {
+    const dx = tx - p.cx, dy = ty - p.cy;
+    const k = 1 / Math.max(Math.abs(dx) / (W / 2 + 3), Math.abs(dy) / (H / 2 + 3), 1e-9);
+    return [p.cx + dx * k, p.cy + dy * k];
+  };
   const pairCount = new Map();
+  const now = Date.now();
   for (const p of edges) {
     const a = pos.get(p.source.id), b = pos.get(p.destination.id);
     if (!a || !b) continue;
@@ -119,30 +139,35 @@ function renderGraph() {
     pairCount.set(pair, n + 1);
     const ports = p.destination.ports.start === p.destination.ports.end ? p.destination.ports.start : `${p.destination.ports.start}-${p.destination.ports.end}`;
     const key = `${p.source.id}|${p.destination.id}|${p.destination.protocol}|${p.destination.ports.start}|${p.destination.ports.end}`;
-    const g = el('g', { class: `edge${state.fresh.has(key) ? ' fresh' : ''}`, 'data-edge': key });
+    const fresh = (state.fresh.get(key) ?? 0) > now - 10_000;
+    const g = el('g', { class: `edge${fresh ? ' fresh' : ''}`, 'data-edge': key });
     let d, lx, ly;
-    if (a.x === b.x) {
-      const x0 = a.x + W, y0 = a.y + H / 2 + n * 6, y1 = b.y + H / 2 + n * 6, bend = 50 + 20 * n + Math.abs(y1 - y0) / 4;
-      d = `M ${x0} ${y0} C ${x0 + bend} ${y0}, ${x0 + bend} ${y1}, ${x0 + 2} ${y1}`;
-      lx = x0 + bend * 0.75 + 4; ly = (y0 + y1) / 2;
+    if (a === b) {
+      const x0 = a.cx + W / 2, y0 = a.cy - 8, y1 = a.cy + 8, bend = 40 + 16 * n;
+      d = `M ${x0} ${y0} C ${x0 + bend} ${y0 - bend / 2}, ${x0 + bend} ${y1 + bend / 2}, ${x0 + 2} ${y1}`;
+      lx = x0 + bend * 0.8; ly = a.cy + 4;
     } else {
-      const fwd = b.x > a.x;
-      const x0 = fwd ? a.x + W : a.x, x1 = fwd ? b.x : b.x + W, y0 = a.y + H / 2, y1 = b.y + H / 2 + n * 6, mid = (x0 + x1) / 2;
-      d = `M ${x0} ${y0} C ${mid} ${y0}, ${mid} ${y1}, ${x1} ${y1}`;
-      lx = mid - 24; ly = (y0 + y1) / 2 - 4 - n * 11;
+      // A curve bowed to its left: the two directions between a pair never overlap; more policies bow further.
+      const mx = (a.cx + b.cx) / 2, my = (a.cy + b.cy) / 2, len = Math.hypot(b.cx - a.cx, b.cy - a.cy);
+      const bow = 18 + 16 * n, qx = mx + (-(b.cy - a.cy) / len) * bow * 2, qy = my + ((b.cx - a.cx) / len) * bow * 2;
+      const [x0, y0] = exit(a, qx, qy), [x1, y1] = exit(b, qx, qy);
+      d = `M ${x0} ${y0} Q ${qx} ${qy} ${x1} ${y1}`;
+      lx = (x0 + 2 * qx + x1) / 4 + 4; ly = (y0 + 2 * qy + y1) / 4;
     }
-    g.append(el('path', { d, 'marker-end': 'url(#arrow)' }), el('text', { x: lx, y: ly }, `${p.destination.protocol}/${ports}`));
+    g.append(el('path', { d, 'marker-end': `url(#${fresh ? 'arrow-fresh' : 'arrow'})` }), el('text', { x: lx, y: ly }, `${p.destination.protocol}/${ports}`));
     g.append(el('title', {}, `${byId.get(p.source.id)?.name ?? p.source.id} -> ${byId.get(p.destination.id)?.name ?? p.destination.id} ${p.destination.protocol}/${ports}`));
     svg.append(g);
   }
   for (const a of apps) {
     const p = pos.get(a.id);
-    const g = el('g', { class: `app${a.visible ? '' : ' foreign'}`, 'data-app': a.id, transform: `translate(${p.x},${p.y})` });
+    const g = el('g', { class: `app${a.visible ? '' : ' foreign'}`, 'data-app': a.id, transform: `translate(${p.cx - W / 2},${p.cy - H / 2})` });
     g.append(el('rect', { width: W, height: H, rx: 6 }));
     g.append(el('text', { x: 10, y: 17 }, a.name));
     g.append(el('text', { class: 'sub', x: 10, y: 31 }, `${a.id} · ${a.instances} running`));
     svg.append(g);
   }
+  clearTimeout(state.unfresh);
+  if (fresh()) state.unfresh = setTimeout(() => renderGraph(), 10_500); // drawn again once the highlight is over
   $('graph-count').textContent = `${apps.length} apps, ${edges.length} policies`;
 }
 
@@ -198,7 +223,7 @@ function followAudit(from) {
           if (event !== 'audit' || !data) continue;
           const a = JSON.parse(data);
           addAudit(a);
-          if (a.type.startsWith('Policies')) for (const key of policyKeys(a)) state.fresh.add(key);
+          if (a.type === 'PoliciesCreated' && document.body.dataset.auditReady) for (const key of policyKeys(a)) state.fresh.set(key, Date.now());
           clearTimeout(refresh);
           refresh = setTimeout(() => void Promise.all([loadGraph(), loadCells()]).catch(() => {}), 150);
         }
