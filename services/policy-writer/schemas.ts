@@ -163,7 +163,7 @@ export const APPLY_BODY: JsonSchema = {
   type: 'object',
   additionalProperties: false,
   required: ['document'],
-  properties: { document: { type: 'string', description: 'the policy file, YAML or JSON (docs/policy-files.md)' } },
+  properties: { document: { type: 'string', description: 'the policy file, YAML or JSON (its format: docs/policy-files.md in the repository)' } },
 };
 
 export const APPLY_QUERY: JsonSchema = {
