@@ -194,6 +194,16 @@ function tokenFor(config: Config, flags: Flags): string {
 const apiBase = (config: Config, flags: Flags) =>
   typeof flags.api === 'string' ? flags.api : (process.env.NETFOLD_API_URL ?? `http://${config.httpHost}:${config.httpPort}`);
 
+/** Folds the log (to a point), with a progress bar on a terminal: a long log takes seconds. */
+async function foldWithBar(bus: Bus, point: Parameters<typeof modelAt>[1], json: boolean) {
+  const bar = progressBar('reading the log', 'events', { json, delayMs: 500 });
+  try {
+    return await modelAt(bus, point, bar.update);
+  } finally {
+    bar.finish();
+  }
+}
+
 /** Waits until a revision is enforced on every cell, with a progress bar of the cells that are (on a terminal). */
 async function waitForCells(bus: Bus, revision: number, timeoutMs: number, json: boolean) {
   const bar = progressBar(`waiting for revision ${revision}`, 'cells', { json });
@@ -410,7 +420,7 @@ async function main(argv: string[]): Promise<void> {
     }
     case 'state': {
       return withBus(config, OPERATOR, async (bus) => {
-        const m = await modelAt(bus, typeof flags.at === 'string' ? parsePoint(flags.at) : undefined);
+        const m = await foldWithBar(bus, typeof flags.at === 'string' ? parsePoint(flags.at) : undefined, out.json);
         const view = stateView(m, typeof flags.cell === 'string' ? flags.cell : undefined, config.domain);
         const human = [
           `state at revision ${view.revision}`,
@@ -440,7 +450,7 @@ async function main(argv: string[]): Promise<void> {
       if (!source || !destination || !port || !/^\d+$/.test(port)) throw new UsageError('usage: netfold explain SOURCE-APP DEST-APP PORT [--protocol tcp|udp]');
       const protocol = flags.protocol === 'udp' ? 'udp' : 'tcp';
       return withBus(config, OPERATOR, async (bus) => {
-        const e = await explainAt(bus, await modelAt(bus, undefined), source, destination, Number(port), protocol);
+        const e = await explainAt(bus, await foldWithBar(bus, undefined, out.json), source, destination, Number(port), protocol);
         const human = [
           `${source} -> ${destination} ${protocol}/${port}: ${e.allowed ? 'ALLOWED' : 'DENIED'} (${e.reason}) at revision ${e.revision}`,
           ...e.policies.map(
@@ -488,7 +498,7 @@ async function main(argv: string[]): Promise<void> {
     case 'cells': {
       return withBus(config, OPERATOR, async (bus) => {
         const statuses = [...(await kvLatest(bus, CELL_STATUS_BUCKET)).values()] as CellStatus[];
-        const view = cellsView(await modelAt(bus, undefined), statuses);
+        const view = cellsView(await foldWithBar(bus, undefined, out.json), statuses);
         const head = [
           'CELL',
           'LEASE',

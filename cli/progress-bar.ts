@@ -14,7 +14,8 @@ export function progressLine(label: string, unit: string, done: number, total: n
   return `${label} [${'#'.repeat(filled)}${'.'.repeat(WIDTH - filled)}] ${done}/${total} ${unit}, ${Math.round(rate)}/s, ETA ${eta.toFixed(1)} s`;
 }
 
-export function progressBar(label: string, unit: string, o: { json: boolean; stream?: NodeJS.WriteStream; now?: () => number }): ProgressBar {
+/** `delayMs`: draw nothing until the operation has run this long (a quick one leaves no trace). */
+export function progressBar(label: string, unit: string, o: { json: boolean; delayMs?: number; stream?: NodeJS.WriteStream; now?: () => number }): ProgressBar {
   const stream = o.stream ?? process.stderr;
   const now = o.now ?? Date.now;
   if (o.json || !stream.isTTY) return { update() {}, finish() {} };
@@ -22,6 +23,7 @@ export function progressBar(label: string, unit: string, o: { json: boolean; str
   let drawn = false;
   return {
     update(done, total) {
+      if (now() - t0 < (o.delayMs ?? 0)) return;
       drawn = true;
       stream.write(`\r${progressLine(label, unit, done, total, now() - t0)}   `);
     },
