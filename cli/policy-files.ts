@@ -81,13 +81,15 @@ export function applyText(r: ApplyResult): string {
       : `applied at revision ${r.revision}: ${r.created} created, ${r.deleted} deleted, ${r.unchanged} unchanged ` +
         `(change set ${r.change_set}: netfold audit --change-set ${r.change_set})`;
   const lines = [head];
-  for (const c of r.changes) {
+  const SHOWN = 100;
+  for (const c of r.changes.slice(0, SHOWN)) {
     const name = (a: { id: string; name: string }) => (a.id === a.name ? a.id : `${a.name} (${a.id})`);
     lines.push(
       `  ${c.op === 'create' ? '+' : '-'} ${name(c.source)} -> ${name(c.destination)} ${c.destination.protocol}/${ports(c.destination.ports)}` +
         (c.line ? `   line ${c.line}` : ''),
     );
   }
+  if (r.changes.length > SHOWN) lines.push(`  … and ${r.changes.length - SHOWN} more (--json lists every one)`);
   if (r.cells) {
     for (const [cell, f] of Object.entries(r.cells)) lines.push(`cell ${cell}:`, ...f.added.map((x) => `  + ${x}`), ...f.removed.map((x) => `  - ${x}`));
     if (Object.keys(r.cells).length === 0) lines.push('no cell would change');
