@@ -137,6 +137,12 @@ t.test("the console's routes refuse what a token may not see, and bad queries", 
     ['app-a'],
   );
   t.equal((await gw.http('GET', '/netfold/v1/cells', { token: null })).status, 401);
+  const badFrom = await gw.http('GET', '/netfold/v1/audit/stream?from=0');
+  t.same([badFrom.status, badFrom.body.code, badFrom.body.issues[0].path], [400, 'invalid-input', 'from']);
+  const badFormat = await gw.http('GET', '/netfold/v1/export?format=xml');
+  t.same([badFormat.status, badFormat.body.issues[0].path], [400, 'format']);
+  const extra = await gw.http('GET', '/netfold/v1/explain?source=app-a&destination=app-b&port=80&colour=red');
+  t.same([extra.status, extra.body.issues[0].path], [400, 'colour'], 'unknown query parameters are refused');
   t.equal((await gw.http('GET', '/netfold/v1/audit/stream', { token: null })).status, 401);
   const file = await fetch(`${gw.writer.url}/ui/secrets.txt`);
   t.equal(file.status, 404, 'only the console files are served');

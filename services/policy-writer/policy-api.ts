@@ -8,6 +8,7 @@ import { type Model, type PolicyRecord, allPolicies, foldEventsInPlace } from '.
 import { ForbiddenError, ValidationError } from '../../runtime/errors.ts';
 import { cloneDicts } from '../../projections/dict.ts';
 import type { Principal } from '../../runtime/tokens.ts';
+import type { Logger } from '../../runtime/logger.ts';
 import type { Access } from './decide.ts';
 import type { CommandMeta, Writer } from './writer.ts';
 import { type ExportedPolicy, parsePolicyFile, writePolicyFile } from '../../events/policy-file.ts';
@@ -130,9 +131,11 @@ export type ApplyProgress = { done: number; total: number };
 /** Policy files (policy as code): apply one as a change set, export the current set in the same format. */
 export class PolicyFiles {
   readonly #writer: Writer;
+  readonly #log: Logger;
 
-  constructor(writer: Writer) {
+  constructor(writer: Writer, log: Logger) {
     this.#writer = writer;
+    this.#log = log.child({ component: 'policy-files' });
   }
 
   /**
@@ -188,7 +191,12 @@ export class PolicyFiles {
     let revision = m.seq;
     if (creates.length > 0) revision = Math.max(revision, (await this.#writer.policies(creates, access, meta, step)).revision);
     if (deletes.length > 0) revision = Math.max(revision, (await this.#writer.policies(deletes, access, meta, step)).revision);
-    return result(revision);
+    const applied = result(revision);
+    if (total > 0) {
+      const { created, deleted, unchanged } = applied;
+      this.#log.info({ changeSet: meta.correlationId, actor: meta.actor, created, deleted, unchanged, revision }, 'policy-file-applied');
+    }
+    return applied;
   }
 
   /**

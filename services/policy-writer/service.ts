@@ -87,7 +87,7 @@ export async function startPolicyWriter(deps: {
   const api = new PolicyApi({ writer, maxPoliciesPerRequest: deps.config.maxPoliciesPerRequest });
   const http = buildHttpGateway({
     api,
-    files: new PolicyFiles(writer),
+    files: new PolicyFiles(writer, log),
     console: { bus: deps.bus, follower },
     enforcement: (revision, waitMs) => waitEnforced(deps.bus, revision, waitMs),
     tokenSecret: deps.config.tokenSecret,
