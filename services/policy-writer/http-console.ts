@@ -39,7 +39,14 @@ export function consoleFiles(app: FastifyInstance): void {
   const send = (name: string, reply: FastifyReply) => {
     const f = files.get(name);
     if (!f) throw new NotFoundError(`no console file ${name}`);
-    return reply.type(f.type).header('cache-control', 'no-cache').send(f.body);
+    // Only its own files, scripts and styles; nothing inline, no framing; the token never leaves in a Referer.
+    return reply
+      .type(f.type)
+      .header('cache-control', 'no-cache')
+      .header('content-security-policy', "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
+      .header('x-content-type-options', 'nosniff')
+      .header('referrer-policy', 'no-referrer')
+      .send(f.body);
   };
   const html = { 200: { description: 'the console', contentType: 'text/html' } };
   route(app, { method: 'GET', url: '/ui', summary: 'the web console', tags: ['console'], auth: false, responses: html }, async (_req, reply) =>
