@@ -23,23 +23,14 @@ import type { IntakeReply } from '../services/policy-writer/intake.ts';
 import { type Out, UsageError, output, table } from './output.ts';
 import { natsCredentialsDir, up } from './up.ts';
 import { demo } from './demo.ts';
+import { progressBar } from './progress-bar.ts';
+import { applyPolicyFile, applyText, exportPolicyFile } from './policy-files.ts';
+import { writeFileSync } from 'node:fs';
 import { StreamTail, FAST_TAIL } from '../runtime/stream-tail.ts';
 import { EventLog } from '../runtime/event-log.ts';
 import { parseEvent } from '../events/catalogue.ts';
-import {
-  type AuditEntry,
-  type AuditFilter,
-  audit,
-  auditEntry,
-  cellsView,
-  explainAt,
-  matches,
-  modelAt,
-  parsePoint,
-  quarantined,
-  replay,
-  stateView,
-} from './operators.ts';
+import { type AuditEntry, type AuditFilter, auditEntry, matches } from '../projections/audit.ts';
+import { audit, cellsView, explainAt, modelAt, parsePoint, quarantined, replay, stateView } from './operators.ts';
 import { waitEnforced } from '../services/topology-planner/enforcement.ts';
 import { CELL_STATUS_BUCKET } from '../runtime/subjects.ts';
 import type { CellStatus } from '../services/cell-agent/status.ts';
@@ -64,8 +55,13 @@ usage: netfold <command> [flags]
   policy add --from APP --to APP [--protocol tcp|udp] --port N[-M] [--dry-run]
   policy remove --from APP --to APP [--protocol tcp|udp] --port N[-M] [--dry-run]
   policy list [--id ID,..] [--source ID,..] [--dest ID,..]
+  apply -f FILE [--dry-run] [--prune] [--wait]
+                                      make the policies what a policy file (YAML or JSON; - for stdin) says, as one
+                                      change set; --prune also deletes those of its spaces and apps it no longer has
+  export [-f FILE] [--format yaml|json]
+                                      the current policies as a policy file (stdout, or FILE)
   wait --revision N [--timeout 30s]   wait until revision N is enforced on every cell (exit 1 on timeout)
-  audit [--app ID] [--actor A] [--type T] [--since TIME] [--until TIME] [--follow]
+  audit [--app ID] [--actor A] [--type T] [--change-set ID] [--since TIME] [--until TIME] [--follow]
                                       every change: time, revision, actor, type, effect
   state [--at REVISION|TIME] [--cell ID]
                                       apps, containers, policies (and one cell's rules) as they were then
@@ -123,6 +119,11 @@ const CLI_FLAGS = {
   actor: { type: 'string' },
   type: { type: 'string' },
   'dry-run': { type: 'boolean' },
+  file: { type: 'string', short: 'f' },
+  prune: { type: 'boolean' },
+  wait: { type: 'boolean' },
+  format: { type: 'string' },
+  'change-set': { type: 'string' },
 } as const;
 
 type Flags = Record<string, string | boolean | undefined>;
@@ -192,8 +193,29 @@ function tokenFor(config: Config, flags: Flags): string {
   throw new UsageError(`no token: pass --token, set NETFOLD_TOKEN, or run "netfold up" to create ${file}`);
 }
 
+/** The gateway's base URL: --api, NETFOLD_API_URL, or the local one. */
 const apiBase = (config: Config, flags: Flags) =>
   typeof flags.api === 'string' ? flags.api : (process.env.NETFOLD_API_URL ?? `http://${config.httpHost}:${config.httpPort}`);
+
+/** Folds the log (to a point), with a progress bar on a terminal: a long log takes seconds. */
+async function foldWithBar(bus: Bus, point: Parameters<typeof modelAt>[1], json: boolean) {
+  const bar = progressBar('reading the log', 'events', { json, delayMs: 500 });
+  try {
+    return await modelAt(bus, point, bar.update);
+  } finally {
+    bar.finish();
+  }
+}
+
+/** Waits until a revision is enforced on every cell, with a progress bar of the cells that are (on a terminal). */
+async function waitForCells(bus: Bus, revision: number, timeoutMs: number, json: boolean) {
+  const bar = progressBar(`waiting for revision ${revision}`, 'cells', { json });
+  try {
+    return await waitEnforced(bus, revision, timeoutMs, { onCheck: (e) => bar.update(e.cells.filter((c) => c.ok).length, e.cells.length) });
+  } finally {
+    bar.finish();
+  }
+}
 
 async function api(config: Config, flags: Flags, method: string, path: string, body?: unknown): Promise<any> {
   const base = apiBase(config, flags);
@@ -239,7 +261,7 @@ async function main(argv: string[]): Promise<void> {
     return;
   }
   const config = loadConfig(flags);
-  const single = ['up', 'wait', 'cells', 'audit', 'state', 'explain', 'replay', 'demo', 'quarantine', 'creds'];
+  const single = ['up', 'wait', 'cells', 'audit', 'state', 'explain', 'replay', 'demo', 'quarantine', 'creds', 'apply', 'export'];
   const key = verb && !single.includes(group) ? `${group} ${verb}` : group;
   switch (key) {
     case 'up':
@@ -309,6 +331,33 @@ async function main(argv: string[]): Promise<void> {
       if (cells.length === 0) lines.push('no cell would change');
       return out.print(lines.join('\n'), r);
     }
+    case 'apply': {
+      const file = need(flags, 'file');
+      const text = file === '-' ? readFileSync(0, 'utf8') : readFileSync(file, 'utf8');
+      const client = { base: apiBase(config, flags), token: tokenFor(config, flags) };
+      const bar = progressBar('applying', 'policies', { json: out.json });
+      const r = await applyPolicyFile(client, text, { prune: flags.prune === true, dryRun: flags['dry-run'] === true, bar });
+      out.print(applyText(r), r);
+      if (flags.wait && !r.dry_run && r.created + r.deleted > 0) {
+        const timeoutMs = parseDuration(typeof flags.timeout === 'string' ? flags.timeout : '30s') * 1000;
+        await withBus(config, OPERATOR, async (bus) => {
+          const e = await waitForCells(bus, r.revision, timeoutMs, out.json);
+          if (!out.json) process.stdout.write(`revision ${r.revision}: ${e.enforced ? 'enforced on every cell' : 'NOT enforced everywhere (timed out)'}\n`);
+          if (!e.enforced) process.exitCode = 1;
+        });
+      }
+      return;
+    }
+    case 'export': {
+      const format = flags.format === undefined ? 'yaml' : flags.format;
+      if (format !== 'yaml' && format !== 'json') throw new UsageError('--format must be yaml or json');
+      const text = await exportPolicyFile({ base: apiBase(config, flags), token: tokenFor(config, flags) }, format);
+      if (typeof flags.file === 'string' && flags.file !== '-') {
+        writeFileSync(flags.file, text);
+        process.stderr.write(`wrote ${flags.file}\n`);
+      } else process.stdout.write(text);
+      return;
+    }
     case 'policy list': {
       const q = new URLSearchParams();
       if (typeof flags.id === 'string') q.set('id', flags.id);
@@ -329,7 +378,7 @@ async function main(argv: string[]): Promise<void> {
       const revision = intFlag(flags, 'revision');
       const timeoutMs = parseDuration(typeof flags.timeout === 'string' ? flags.timeout : '30s') * 1000;
       return withBus(config, OPERATOR, async (bus) => {
-        const e = await waitEnforced(bus, revision, timeoutMs);
+        const e = await waitForCells(bus, revision, timeoutMs, out.json);
         const rows = [['CELL', 'PLANNED', 'REQUIRED', 'APPLIED', 'OK', 'LAST HEARD']].concat(
           e.cells.map((c) => [
             c.cellId,
@@ -356,6 +405,7 @@ async function main(argv: string[]): Promise<void> {
       if (typeof flags.app === 'string') f.app = flags.app;
       if (typeof flags.actor === 'string') f.actor = flags.actor;
       if (typeof flags.type === 'string') f.type = flags.type;
+      if (typeof flags['change-set'] === 'string') f.changeSet = flags['change-set'];
       if (typeof flags.since === 'string') f.since = timeFlag(flags.since, 'since');
       if (typeof flags.until === 'string') f.until = timeFlag(flags.until, 'until');
       const line = (a: AuditEntry) => (out.json ? JSON.stringify(a) : `${a.at}  #${a.revision}  ${a.actor}  ${a.type}  ${a.effect}`);
@@ -379,7 +429,7 @@ async function main(argv: string[]): Promise<void> {
     }
     case 'state': {
       return withBus(config, OPERATOR, async (bus) => {
-        const m = await modelAt(bus, typeof flags.at === 'string' ? parsePoint(flags.at) : undefined);
+        const m = await foldWithBar(bus, typeof flags.at === 'string' ? parsePoint(flags.at) : undefined, out.json);
         const view = stateView(m, typeof flags.cell === 'string' ? flags.cell : undefined, config.domain);
         const human = [
           `state at revision ${view.revision}`,
@@ -416,7 +466,7 @@ async function main(argv: string[]): Promise<void> {
       if (!source || !destination || !port || !/^\d+$/.test(port)) throw new UsageError('usage: netfold explain SOURCE-APP DEST-APP PORT [--protocol tcp|udp]');
       const protocol = flags.protocol === 'udp' ? 'udp' : 'tcp';
       return withBus(config, OPERATOR, async (bus) => {
-        const e = await explainAt(bus, await modelAt(bus, undefined), source, destination, Number(port), protocol);
+        const e = await explainAt(bus, await foldWithBar(bus, undefined, out.json), source, destination, Number(port), protocol);
         const human = [
           `${source} -> ${destination} ${protocol}/${port}: ${e.allowed ? 'ALLOWED' : 'DENIED'} (${e.reason}) at revision ${e.revision}`,
           ...e.policies.map(
@@ -436,17 +486,9 @@ async function main(argv: string[]): Promise<void> {
     }
     case 'replay': {
       return withBus(config, OPERATOR, async (bus) => {
-        const tty = process.stderr.isTTY && !out.json;
-        const t0 = Date.now();
-        const progress = tty
-          ? (done: number, total: number) => {
-              const rate = done / Math.max(0.001, (Date.now() - t0) / 1000);
-              const eta = rate > 0 ? Math.max(0, (total - done) / rate) : 0;
-              process.stderr.write(`\rreplaying ${done}/${total} events, ${Math.round(rate)}/s, ETA ${eta.toFixed(1)} s   `);
-            }
-          : undefined;
-        const report = await replay(bus, typeof flags.to === 'string' ? parsePoint(flags.to) : undefined, config.domain, progress);
-        if (tty) process.stderr.write('\n');
+        const bar = progressBar('replaying', 'events', { json: out.json });
+        const report = await replay(bus, typeof flags.to === 'string' ? parsePoint(flags.to) : undefined, config.domain, bar.update);
+        bar.finish();
         const rows = [['CELL', 'REPLAYED', 'PLANNED', 'APPLIED', 'OK']].concat(
           report.cells.map((c) => [
             c.cellId,
@@ -472,7 +514,7 @@ async function main(argv: string[]): Promise<void> {
     case 'cells': {
       return withBus(config, OPERATOR, async (bus) => {
         const statuses = [...(await kvLatest(bus, CELL_STATUS_BUCKET)).values()] as CellStatus[];
-        const view = cellsView(await modelAt(bus, undefined), statuses);
+        const view = cellsView(await foldWithBar(bus, undefined, out.json), statuses);
         const head = [
           'CELL',
           'LEASE',

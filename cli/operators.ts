@@ -3,7 +3,8 @@
 import { kvLatest, openBucket } from '../runtime/buckets.ts';
 import type { Bus } from '../runtime/nats.ts';
 import { EventLog, foldLog } from '../runtime/event-log.ts';
-import type { EventEnvelope, Protocol, RecordedEvent } from '../events/catalogue.ts';
+import type { Protocol } from '../events/catalogue.ts';
+import { type AuditEntry, type AuditFilter, auditEntry, matches } from '../projections/audit.ts';
 import {
   type Model,
   type QuarantineEntry,
@@ -16,94 +17,8 @@ import {
 import { cellHashOf, deriveCellState, emptyCellState, type CellState } from '../projections/cell.ts';
 import { explain, type Explanation } from '../projections/explain.ts';
 import { CELL_STATUS_BUCKET } from '../runtime/subjects.ts';
-import { securityGroupEffect } from './security-groups.ts';
 import { latestPlanned } from '../services/topology-planner/published.ts';
 import type { CellStatus } from '../services/cell-agent/status.ts';
-
-/** The apps an event concerns (for filtering). */
-function appsOf(e: EventEnvelope): string[] {
-  switch (e.type) {
-    case 'CellRegistered':
-    case 'CellDecommissioned':
-      return [];
-    case 'AppRegistered':
-    case 'AppRenamed':
-    case 'AppDeleted':
-      return [e.data.appId];
-    case 'ContainerStarted':
-      return [e.data.appId];
-    case 'ContainerStopped':
-      return e.data.appId ? [e.data.appId] : [];
-    case 'PoliciesCreated':
-    case 'PoliciesDeleted':
-      return [e.data.sourceAppId, ...e.data.policies.map((p) => p.destAppId)];
-    case 'SecurityGroupCreated':
-    case 'SecurityGroupUpdated':
-    case 'SecurityGroupDeleted':
-    case 'SecurityGroupSpacesBound':
-    case 'SecurityGroupSpacesUnbound':
-      return [];
-  }
-}
-
-/** One line of what an event did. */
-function effectOf(e: EventEnvelope): string {
-  const d = e.data as Record<string, unknown>;
-  switch (e.type) {
-    case 'CellRegistered':
-      return `cell ${e.data.cellId} registered with container range ${e.data.subnet}${e.data.leased ? ' (leased)' : ''}${
-        e.data.underlay ? ` at underlay ${e.data.underlay}` : ''
-      }`;
-    case 'CellDecommissioned':
-      return `cell ${e.data.cellId} decommissioned`;
-    case 'AppRegistered':
-      return `app ${e.data.appId} "${e.data.name}" registered in space ${e.data.spaceId}`;
-    case 'AppRenamed':
-      return `app ${e.data.appId} renamed ${e.data.previousName} -> ${e.data.name}`;
-    case 'AppDeleted':
-      return `app ${e.data.appId} deleted`;
-    case 'ContainerStarted':
-      return `container ${e.data.containerId} of ${e.data.appId} started on ${e.data.cellId} at ${e.data.ip} (#${e.data.instanceIndex})`;
-    case 'ContainerStopped':
-      return `container ${e.data.containerId} stopped${e.data.wasRunning ? '' : ' (before any start: a later start is ignored)'}`;
-    case 'PoliciesCreated':
-    case 'PoliciesDeleted': {
-      const verb = e.type === 'PoliciesCreated' ? 'allowed' : `revoked${e.data.reason === 'app-deleted' ? ' (app deleted)' : ''}`;
-      const ports = (p: { startPort: number; endPort: number }) => (p.startPort === p.endPort ? `${p.startPort}` : `${p.startPort}-${p.endPort}`);
-      return `${verb}: ${e.data.policies.map((p) => `${e.data.sourceAppId} -> ${p.destAppId} ${p.protocol}/${ports(p)}`).join(', ')}`;
-    }
-    case 'SecurityGroupCreated':
-    case 'SecurityGroupUpdated':
-    case 'SecurityGroupDeleted':
-    case 'SecurityGroupSpacesBound':
-    case 'SecurityGroupSpacesUnbound':
-      return securityGroupEffect(e);
-  }
-  return JSON.stringify(d);
-}
-
-export type AuditFilter = { app?: string; actor?: string; type?: string; since?: number; until?: number };
-export type AuditEntry = { revision: number; at: string; actor: string; type: string; correlationId: string; effect: string };
-
-export function matches(rec: RecordedEvent, f: AuditFilter): boolean {
-  const e = rec.event;
-  if (f.app && !appsOf(e).includes(f.app)) return false;
-  if (f.actor && e.actor !== f.actor && !e.actor.endsWith(`:${f.actor}`)) return false;
-  if (f.type && e.type !== f.type) return false;
-  const at = Date.parse(e.at);
-  if (f.since !== undefined && at < f.since) return false;
-  if (f.until !== undefined && at > f.until) return false;
-  return true;
-}
-
-export const auditEntry = (rec: RecordedEvent): AuditEntry => ({
-  revision: rec.seq,
-  at: rec.event.at,
-  actor: rec.event.actor,
-  type: rec.event.type,
-  correlationId: rec.event.correlationId,
-  effect: effectOf(rec.event),
-});
 
 export async function audit(bus: Bus, f: AuditFilter): Promise<AuditEntry[]> {
   const out: AuditEntry[] = [];

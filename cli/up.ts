@@ -9,7 +9,7 @@
 import { readFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { type Config, type NatsClientSettings, natsClientOf, natsServersOf, resolveTokenSecret } from '../runtime/config.ts';
-import { createRootLogger } from '../runtime/logger.ts';
+import { createRootLogger, releaseHeldLogs } from '../runtime/logger.ts';
 import { startNatsServer, type NatsServerProcess } from '../runtime/nats-server.ts';
 import { clientAuthOf, connectBus, type Bus } from '../runtime/nats.ts';
 import { ensureBuckets, ensureTopology, defaultTopologyOptions } from '../runtime/topology.ts';
@@ -38,6 +38,8 @@ export type UpPlan = {
   replicas: number;
   logLevel: string;
   shutdownTimeoutMs: number;
+  /** `auto`, `pretty` or `json` (`--log-format`). */
+  logFormat: string;
   writer: PolicyWriterConfig;
   planner: PlannerConfig;
   discovery: DiscoveryConfig;
@@ -64,6 +66,7 @@ export function upPlan(config: Config, tokenSecret: string): UpPlan {
     replicas: config.replicas,
     logLevel: config.logLevel,
     shutdownTimeoutMs: config.shutdownTimeoutMs,
+    logFormat: config.logFormat,
     writer: policyWriterConfigOf(config, tokenSecret),
     planner: plannerConfigOf(config),
     discovery: discoveryConfigOf(config),
@@ -76,7 +79,16 @@ export async function up(config: Config): Promise<void> {
   // Before anything starts: a weak configured secret is refused (weak-token-secret) with nothing left running.
   const tokenSecret = resolveTokenSecret(config, true);
   const plan = upPlan(config, tokenSecret);
-  const log = createRootLogger({ level: plan.logLevel, name: 'netfold' });
+  // On a terminal the start-up lines wait until the banner is out: the banner is what a newcomer reads first.
+  const log = createRootLogger({ level: plan.logLevel, format: plan.logFormat, name: 'netfold', holdPretty: true });
+  try {
+    await start(config, plan, tokenSecret, log);
+  } finally {
+    releaseHeldLogs(log);
+  }
+}
+
+async function start(config: Config, plan: UpPlan, tokenSecret: string, log: Logger): Promise<void> {
   let embedded: NatsServerProcess | undefined;
   let busOf: (p: Principal) => Promise<Bus>;
   const buses: Bus[] = [];
@@ -127,6 +139,7 @@ export async function up(config: Config): Promise<void> {
     [
       '',
       'netfold is up.',
+      `  console:       ${writer.url}/ui (sign in with the admin token below)`,
       `  NATS:          ${servers.join(',')}${embedded ? ' (embedded, data in ' + join(config.dataDir, 'jetstream') + ')' : ''}`,
       ...('credentialsDir' in plan.nats ? [`  NATS users:    ${plan.nats.credentialsDir} (a credential per role, 0600; anonymous connections refused)`] : []),
       `  policy API:    ${writer.url}/networking/v1/external/policies`,
@@ -135,13 +148,16 @@ export async function up(config: Config): Promise<void> {
         `lookup ${discovery.httpUrl}/v1/registration/<name>`,
       `  cells:         ${plan.cells.length} simulated (sim-cell-1..${plan.cells.length}, memory dataplane; --simulate-cells N)`,
       `  metrics:       ${writer.url}/metrics (Prometheus text, every service of this process)`,
+      `  API contract:  ${writer.url}/openapi.json (OpenAPI 3.1, every route of the gateway)`,
       `  admin token:   ${adminTokenFile} (valid ${plan.adminToken.ttlSeconds} s; re-minted at every start)`,
       '',
       `  try: curl -H "Authorization: Bearer $(cat ${adminTokenFile})" ${writer.url}/networking/v1/external/policies`,
-      '  tour: npx netfold demo      stop with Ctrl-C',
+      '  tour: npx netfold demo      policy as code: npx netfold export -f policies.yaml; npx netfold apply -f policies.yaml --dry-run',
+      '  stop with Ctrl-C',
       '',
     ].join('\n') + '\n',
   );
+  releaseHeldLogs(log);
 
   stopOnSignals(
     log,

@@ -39,6 +39,8 @@ export type Config = {
   logLevel: string;
   /** A stop on SIGINT/SIGTERM that takes longer exits the process anyway (1). */
   shutdownTimeoutMs: number;
+  /** Log lines: `auto` (pretty on a terminal, JSON otherwise), `pretty` or `json`. */
+  logFormat: string;
   plannerId: string;
   domain: string;
   checkpointIntervalMs: number;
@@ -187,6 +189,7 @@ export const SETTINGS: readonly Setting[] = [
     max: 600_000,
     services: ['service-main', 'up'],
   },
+  { key: 'logFormat', flag: 'log-format', env: 'NETFOLD_LOG_FORMAT', def: 'auto', kind: 'string', services: ['service-main', 'up'] },
   { key: 'plannerId', flag: 'planner-id', env: 'NETFOLD_PLANNER_ID', def: 'planner', kind: 'string', services: ['topology-planner', 'up'] },
   { key: 'domain', flag: 'domain', env: 'NETFOLD_DOMAIN', def: DEFAULT_DOMAIN, kind: 'string', services: ['topology-planner', 'discovery', 'up', 'cli'] },
   {

@@ -21,12 +21,14 @@ export class NetfoldError extends Error {
   }
 }
 
-export type Issue = { path: string; message: string };
+/** One problem with an input; `line`: where it is in a file (policy files). */
+export type Issue = { path: string; message: string; line?: number };
 
 export class ValidationError extends NetfoldError {
   readonly issues: Issue[];
   constructor(issues: Issue[], code = 'invalid-input') {
-    super(issues.map((i) => (i.path ? `${i.path}: ${i.message}` : i.message)).join('; '), code, 400, false);
+    const text = (i: Issue) => `${i.line ? `line ${i.line}: ` : ''}${i.path ? `${i.path}: ${i.message}` : i.message}`;
+    super(issues.map(text).join('; '), code, 400, false);
     this.name = 'ValidationError';
     this.issues = issues;
   }

@@ -25,6 +25,8 @@ export type ServiceWiring = {
   replicas: number;
   logLevel: string;
   shutdownTimeoutMs: number;
+  /** `auto`, `pretty` or `json` (`--log-format`). */
+  logFormat: string;
   /** Where its metrics are served; undefined for a service with an HTTP server of its own. */
   metrics: { host: string; port: number } | undefined;
 };
@@ -36,6 +38,7 @@ export function serviceWiringOf(c: Config, defaultMetricsPort: number | undefine
     replicas: c.replicas,
     logLevel: c.logLevel,
     shutdownTimeoutMs: c.shutdownTimeoutMs,
+    logFormat: c.logFormat,
     metrics: defaultMetricsPort === undefined ? undefined : { host: c.httpHost, port: c.metricsPort ?? defaultMetricsPort },
   };
 }
@@ -66,7 +69,7 @@ export async function runService(
     process.exitCode = 1;
     return;
   }
-  const log = createRootLogger({ level: wiring.logLevel, name });
+  const log = createRootLogger({ level: wiring.logLevel, format: wiring.logFormat, name });
   const bus = await connectBus({ servers: wiring.servers, name: `netfold-${name}`, log, ...auth, coalesceWrites: opts.coalesceWrites === true });
   const metrics = new Registry();
   let service: { stop(): Promise<void> };

@@ -31,6 +31,8 @@ if (forTests) {
   wanted.push({ command: '/usr/lib/cni/portmap', pkg: 'containernetworking-plugins' }, { command: 'iptables', pkg: 'iptables' });
   // ping, for the egress tests' ICMP rules (security groups allow ICMP by type and code).
   wanted.push({ command: 'ping', pkg: 'iputils-ping' });
+  // Headless Chromium for the web console's browser test (test/console.test.ts drives it with playwright-core).
+  wanted.push({ command: 'chromium', pkg: 'chromium' });
 }
 const missing = wanted.filter((w) => !onPath(w.command));
 if (missing.length > 0) {

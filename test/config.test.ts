@@ -34,6 +34,7 @@ const STRING_SAMPLES: Partial<Record<keyof Config, string>> = {
   httpHost: '127.0.0.9',
   tokenSecret: 'sample-token-secret-'.padEnd(48, 'z'),
   logLevel: 'debug',
+  logFormat: 'json',
   plannerId: 'planner-sample',
   domain: 'sample.example',
   cellId: 'cell-sample',

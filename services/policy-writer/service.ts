@@ -5,10 +5,11 @@ import type { Logger } from '../../runtime/logger.ts';
 import { EventLog, LogFollower } from '../../runtime/event-log.ts';
 import { type Model, liveModelFold } from '../../projections/model.ts';
 import { quarantineGauge, quarantineReporter } from '../../runtime/quarantine-report.ts';
-import { buildHttpGateway } from './http.ts';
+import { buildHttpGateway, registeredRoutes } from './http.ts';
+import type { RegisteredRoute } from './openapi.ts';
 import { Intake } from './intake.ts';
-import { PolicyApi } from './policy-api.ts';
 import { SecurityGroupApi } from './security-groups.ts';
+import { PolicyApi, PolicyFiles } from './policy-api.ts';
 import { Writer } from './writer.ts';
 import { waitEnforced } from '../topology-planner/enforcement.ts';
 import { Registry } from '../../runtime/metrics.ts';
@@ -55,6 +56,8 @@ export type PolicyWriter = {
   url: string;
   writer: Writer;
   follower: LogFollower<Model>;
+  /** Every route the gateway registered (test/openapi.test.ts checks each is in /openapi.json). */
+  routes: readonly RegisteredRoute[];
   stop(): Promise<void>;
 };
 
@@ -86,6 +89,8 @@ export async function startPolicyWriter(deps: {
   const http = buildHttpGateway({
     api,
     securityGroups: new SecurityGroupApi({ writer }),
+    files: new PolicyFiles(writer, log),
+    console: { bus: deps.bus, follower },
     enforcement: (revision, waitMs) => waitEnforced(deps.bus, revision, waitMs),
     tokenSecret: deps.config.tokenSecret,
     log,
@@ -112,6 +117,7 @@ export async function startPolicyWriter(deps: {
     url: address,
     writer,
     follower,
+    routes: registeredRoutes(http),
     async stop() {
       await intake.stop();
       await http.close();

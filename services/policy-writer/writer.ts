@@ -255,12 +255,13 @@ export class Writer {
    * appended and has no effect (the fold ignores it); tags taken concurrently by another process are handed out by
    * the fold in log order. Both exactly as for a single command.
    */
-  async policies(cmds: readonly PolicyCommand[], access: Access, meta: CommandMeta): Promise<PolicyBatchResult> {
+  async policies(cmds: readonly PolicyCommand[], access: Access, meta: CommandMeta, onAppended?: (cmd: PolicyCommand) => void): Promise<PolicyBatchResult> {
     return this.#decidePolicyBatch(cmds, access, async (decided) => {
       const results: CommandResult[] = [];
       for (const [i, first] of decided.entries()) {
         const cmd = cmds[i]!;
         results.push(await this.#append(first, (m) => this.#decidePolicies(cmd, access, m), meta));
+        onAppended?.(cmd);
       }
       return { revision: Math.max(0, ...results.map((r) => r.revision)), results };
     });

@@ -44,6 +44,8 @@ export type EnforcementOptions = {
   now?: () => number;
   /** A planner's heartbeat standing still this long while another's goes on: dead (the planners' `memberDeadMs`). */
   memberDeadMs?: number;
+  /** `waitEnforced`: hears every answer while waiting (a progress bar of the cells). */
+  onCheck?: (e: Enforcement) => void;
 };
 
 export async function enforcementOf(bus: Bus, revision: number, opts: EnforcementOptions = {}): Promise<Enforcement> {
@@ -131,6 +133,7 @@ export async function waitEnforced(bus: Bus, revision: number, timeoutMs: number
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const e = await enforcementOf(bus, revision, opts);
+    opts.onCheck?.(e);
     if (e.enforced || Date.now() >= deadline) return e;
     await new Promise((r) => setTimeout(r, Math.min(100, Math.max(0, deadline - Date.now()))));
   }
