@@ -8,6 +8,7 @@ import type { Bus } from '../runtime/nats.ts';
 import { intakeCommand, intakeSubject, CELL_STATUS_BUCKET } from '../runtime/subjects.ts';
 import { waitEnforced } from '../services/topology-planner/enforcement.ts';
 import { NetfoldError } from '../runtime/errors.ts';
+import type { PolicyRule } from '../events/catalogue.ts';
 import { audit, explainAt, modelAt } from './operators.ts';
 
 /** `bus` reads (the operator's role on a secured server); `platform` sends the platform's intake commands (`demo`). */
@@ -32,20 +33,11 @@ export async function demo(o: DemoOptions): Promise<void> {
   say(`1. cells reporting: ${cells.join(', ')}`);
 
   say('2. the platform registers two apps and starts their containers');
-  await intake(intakeSubject('demo', intakeCommand.registerApp), { appId: 'demo-frontend', name: 'frontend', spaceId: 'demo-space', orgId: 'demo-org' });
-  await intake(intakeSubject('demo', intakeCommand.registerApp), { appId: 'demo-backend', name: 'backend', spaceId: 'demo-space', orgId: 'demo-org' });
-  const starts: [string, string, number][] = [
-    ['demo-frontend-0', 'demo-frontend', 0],
-    ['demo-backend-0', 'demo-backend', 0],
-    ['demo-backend-1', 'demo-backend', 1],
-  ];
-  for (const [i, [containerId, appId, index]] of starts.entries()) {
-    const cellId = cells[i % cells.length]!;
-    // An address in the cell's registered container range (the writer refuses any other).
-    const range = cidrRange(model.cells[cellId]!.subnet);
-    const ip = intToIp(range.first + Math.min(10 + i, range.size - 2));
-    await intake(intakeSubject('demo', intakeCommand.startContainer), { containerId, appId, instanceIndex: index, cellId, ip });
-    say(`   ${containerId} on ${cellId} at ${ip}`);
+  const d = demoData(cells.map((cellId) => ({ cellId, subnet: model.cells[cellId]!.subnet })));
+  for (const app of d.apps) await intake(intakeSubject('demo', intakeCommand.registerApp), app);
+  for (const c of d.containers) {
+    await intake(intakeSubject('demo', intakeCommand.startContainer), c);
+    say(`   ${c.containerId} on ${c.cellId} at ${c.ip}`);
   }
 
   say('3. a developer allows frontend -> backend on tcp 8080 (Cloud Foundry policy API)');
@@ -53,7 +45,10 @@ export async function demo(o: DemoOptions): Promise<void> {
     method: 'POST',
     headers: { authorization: `Bearer ${o.token}`, 'content-type': 'application/json' },
     body: JSON.stringify({
-      policies: [{ source: { id: 'demo-frontend' }, destination: { id: 'demo-backend', protocol: 'tcp', ports: { start: 8080, end: 8080 } } }],
+      policies: d.policy.rules.map((r) => ({
+        source: { id: d.policy.sourceAppId },
+        destination: { id: r.destAppId, protocol: r.protocol, ports: { start: r.startPort, end: r.endPort } },
+      })),
     }),
   });
   const body = (await res.json()) as { revision?: number; error?: string };
@@ -80,4 +75,35 @@ export async function demo(o: DemoOptions): Promise<void> {
     say(`7. explain frontend -> backend tcp/${port}: ${x.allowed ? 'ALLOWED' : 'DENIED'} (${x.reason})`);
   }
   say('done. Try: npx netfold audit, npx netfold cells, npx netfold replay, npx netfold policy remove --from demo-frontend --to demo-backend --port 8080');
+}
+
+/**
+ * The demo's apps, containers and policy, for the given cells (sorted by id): the tour makes them through the
+ * platform's intake and the policy API, `netfold up` seeds them straight into a fresh log (`--demo-data seed`). Both
+ * make the very same commands, so either may come first and the other changes nothing.
+ */
+export function demoData(cells: readonly { cellId: string; subnet: string }[]): {
+  apps: { appId: string; name: string; spaceId: string; orgId: string }[];
+  containers: { containerId: string; appId: string; instanceIndex: number; cellId: string; ip: string }[];
+  policy: { sourceAppId: string; rules: PolicyRule[] };
+} {
+  const sorted = [...cells].sort((a, b) => (a.cellId < b.cellId ? -1 : a.cellId > b.cellId ? 1 : 0));
+  const starts: [string, string, number][] = [
+    ['demo-frontend-0', 'demo-frontend', 0],
+    ['demo-backend-0', 'demo-backend', 0],
+    ['demo-backend-1', 'demo-backend', 1],
+  ];
+  return {
+    apps: [
+      { appId: 'demo-frontend', name: 'frontend', spaceId: 'demo-space', orgId: 'demo-org' },
+      { appId: 'demo-backend', name: 'backend', spaceId: 'demo-space', orgId: 'demo-org' },
+    ],
+    containers: starts.map(([containerId, appId, instanceIndex], i) => {
+      const cell = sorted[i % sorted.length]!;
+      // An address in the cell's registered container range (the writer refuses any other).
+      const range = cidrRange(cell.subnet);
+      return { containerId, appId, instanceIndex, cellId: cell.cellId, ip: intToIp(range.first + Math.min(10 + i, range.size - 2)) };
+    }),
+    policy: { sourceAppId: 'demo-frontend', rules: [{ destAppId: 'demo-backend', protocol: 'tcp', startPort: 8080, endPort: 8080 }] },
+  };
 }

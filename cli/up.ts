@@ -27,6 +27,8 @@ import { nthSubnet } from '../projections/ipv4.ts';
 import { writePrivateFile } from '../runtime/private-file.ts';
 import { authorizationBlock, ensureCredentialFiles, principalName, type Credential, type Principal } from '../runtime/authz.ts';
 import type { Logger } from '../runtime/logger.ts';
+import type { Writer } from '../services/policy-writer/writer.ts';
+import { demoData } from './demo.ts';
 
 /** What `netfold up` starts, with which settings: everything it reads of the configuration. */
 export type UpPlan = {
@@ -40,6 +42,8 @@ export type UpPlan = {
   shutdownTimeoutMs: number;
   /** `auto`, `pretty` or `json` (`--log-format`). */
   logFormat: string;
+  /** `seed`: the demo's apps, containers and policy go into a fresh log, so the console has something to show. */
+  demoData: 'seed' | 'none';
   writer: PolicyWriterConfig;
   planner: PlannerConfig;
   discovery: DiscoveryConfig;
@@ -66,6 +70,7 @@ export function upPlan(config: Config, tokenSecret: string): UpPlan {
     replicas: config.replicas,
     logLevel: config.logLevel,
     shutdownTimeoutMs: config.shutdownTimeoutMs,
+    demoData: demoDataOf(config.demoData),
     logFormat: config.logFormat,
     writer: policyWriterConfigOf(config, tokenSecret),
     planner: plannerConfigOf(config),
@@ -130,6 +135,7 @@ async function start(config: Config, plan: UpPlan, tokenSecret: string, log: Log
     const egress = createEgress(cell.dataplane);
     agents.push(await startCellAgent({ bus, log, config: cell.agent, dataplane: createDataplane(cell.dataplane), egress, metrics }));
   }
+  if (plan.demoData === 'seed') await seedDemoData(writer.writer, plan.cells, log);
   const adminTokenFile = plan.adminToken.file;
   // Re-minted at every start, living as long as the gateway allows (--token-max-ttl); always mode 0600.
   const adminToken = await mintToken(tokenSecret, { user: 'admin', scopes: ['network.admin'], spaces: [] }, plan.adminToken.ttlSeconds);
@@ -146,6 +152,7 @@ async function start(config: Config, plan: UpPlan, tokenSecret: string, log: Log
       `  planner:       ${plan.planner.plannerId}, per-cell state on nf.cell.snap.<cell> / nf.cell.delta.<cell>`,
       `  DNS:           ${plan.discovery.dnsHost}:${discovery.dnsPort} (udp+tcp), zone ${plan.discovery.zone}; ` +
         `lookup ${discovery.httpUrl}/v1/registration/<name>`,
+      ...(plan.demoData === 'seed' ? ["  demo data:     the demo's apps, containers and policy in a fresh log (--demo-data none: start empty)"] : []),
       `  cells:         ${plan.cells.length} simulated (sim-cell-1..${plan.cells.length}, memory dataplane; --simulate-cells N)`,
       `  metrics:       ${writer.url}/metrics (Prometheus text, every service of this process)`,
       `  API contract:  ${writer.url}/openapi.json (OpenAPI 3.1, every route of the gateway)`,
@@ -171,6 +178,31 @@ async function start(config: Config, plan: UpPlan, tokenSecret: string, log: Log
     },
     plan.shutdownTimeoutMs,
   );
+}
+
+function demoDataOf(v: string): 'seed' | 'none' {
+  if (v === 'seed' || v === 'none') return v;
+  throw new ConfigError(`--demo-data must be seed or none, got ${JSON.stringify(v)}`, 'invalid-demo-data');
+}
+
+/**
+ * A fresh log (no app registered yet) gets the demo's apps, containers and policy, decided and appended by the
+ * writer like any command (audited as `system:netfold-up`): the console then shows a graph and cells at first sight.
+ * `netfold demo` makes the same commands, so it still runs afterwards and changes nothing. A log with apps is left
+ * alone, so a restart adds nothing.
+ */
+async function seedDemoData(writer: Writer, cells: UpPlan['cells'], log: Logger): Promise<void> {
+  if (Object.keys(writer.model.apps).length > 0 || cells.length === 0) return;
+  const d = demoData(cells);
+  const meta = { actor: 'system:netfold-up', correlationId: newId() };
+  for (const app of d.apps) await writer.app({ type: 'RegisterApp', data: app }, meta);
+  for (const c of d.containers) await writer.container({ type: 'StartContainer', data: c }, meta);
+  const r = await writer.policies(
+    [{ type: 'CreatePolicies', data: { sourceAppId: d.policy.sourceAppId, policies: d.policy.rules } }],
+    { admin: true, spaces: [] },
+    meta,
+  );
+  log.info({ apps: d.apps.length, containers: d.containers.length, policies: d.policy.rules.length, revision: r.revision }, 'demo-data-seeded');
 }
 
 /** Where `netfold up` keeps the embedded server's credentials and config (the CLI looks there too). */

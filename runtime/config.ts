@@ -75,6 +75,8 @@ export type Config = {
   discoveryHttpPort: number;
   discoveryExpiryMs: number;
   simulateCells: number;
+  /** `netfold up`: `seed` puts the demo's apps, containers and policy into a fresh log (none yet); `none` leaves it empty. */
+  demoData: string;
   metricsPort: number | undefined;
 };
 
@@ -296,6 +298,7 @@ export const SETTINGS: readonly Setting[] = [
     services: ['discovery', 'up'],
   },
   { key: 'simulateCells', flag: 'simulate-cells', env: 'NETFOLD_SIMULATE_CELLS', def: '3', kind: 'int', min: 0, max: 1000, services: ['up'] },
+  { key: 'demoData', flag: 'demo-data', env: 'NETFOLD_DEMO_DATA', def: 'seed', kind: 'string', services: ['up'] },
   { key: 'metricsPort', flag: 'metrics-port', env: 'NETFOLD_METRICS_PORT', def: undefined, kind: 'int', min: 0, max: 65535, services: ['service-main'] },
 ];
 

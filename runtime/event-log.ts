@@ -185,7 +185,8 @@ export class LogFollower<S> {
   #state: S;
   readonly #metrics: Registry | undefined;
   #tail: StreamTail | undefined;
-  readonly #progress = new Progress(0);
+  /** The revision folded so far; starts at the initial state's (a planner resuming from a checkpoint is already there). */
+  readonly #progress: Progress<number>;
   #loop: Promise<void> | undefined;
   #stopped = false;
   readonly #invalid: InvalidReporter;
@@ -199,6 +200,7 @@ export class LogFollower<S> {
     this.#invalid = new InvalidReporter(this.#log);
     this.#stream = opts.stream ?? EVENTS_STREAM;
     this.#state = opts.initialState ?? fold.initial();
+    this.#progress = new Progress(fold.seqOf(this.#state));
   }
 
   get state(): S {

@@ -402,3 +402,24 @@ t.test("a log full of garbage does not flood the readers' logs: the first 100 on
     'then one line per 10,000',
   );
 });
+
+t.test('a follower resuming at the end of the log (from a checkpoint, nothing new since) is started at once', async (t) => {
+  const nats = await startNats(t);
+  const bus = await nats.connect('resume');
+  for (const id of ['a', 'b', 'c']) {
+    const e = { id: `01JB00000000000000000000R${id}`, type: 'AppRegistered', v: 1, at: new Date().toISOString(), actor: 'platform:t', correlationId: 'c' };
+    await bus.js.publish(`nf.evt.app.${id}`, JSON.stringify({ ...e, data: { appId: id, name: id, spaceId: 's', orgId: 'o' } }));
+  }
+  const first = new LogFollower(bus, liveModelFold, nats.log);
+  await first.start();
+  await first.stop();
+  t.equal(first.seq, 3);
+  // `netfold up` started a second time hung here for 600 s: the follower's progress began at 0, not at its state's.
+  const resumed = new LogFollower(bus, liveModelFold, nats.log, { initialState: first.state });
+  t.teardown(() => resumed.stop());
+  const started = await Promise.race([resumed.start().then(() => true), new Promise<false>((r) => setTimeout(() => r(false), 20_000).unref())]);
+  t.ok(started, 'start() resolved without a new event');
+  t.equal(resumed.seq, 3);
+  await resumed.waitFor(3, 1000);
+  t.pass('and waitFor(its revision) resolves at once');
+});
