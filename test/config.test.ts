@@ -25,6 +25,7 @@ const BASE_FLAGS: Record<string, string> = { 'data-dir': baseDir, 'cell-id': 'ce
 
 /** A distinctive value for each string setting (a setting added without one fails below: give it one). */
 const STRING_SAMPLES: Partial<Record<keyof Config, string>> = {
+  demoData: 'none',
   natsUrl: 'nats://10.9.8.7:4999,nats://10.9.8.6:4999',
   natsCreds: '/sample/creds/writer.creds.json',
   natsTlsCa: '/sample/tls/ca.pem',
