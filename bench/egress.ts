@@ -365,12 +365,13 @@ async function scalePart(): Promise<Record<string, unknown>> {
     }
 
     /** One change: from the request to every cell the planner sent a delta for reporting the revision applied. */
-    const measure = async (method: string, path: string, body: unknown) => {
+    const measure = async (method: string, path: string, body: unknown, expected?: string[]) => {
       const t0 = performance.now();
       const { revision } = await call(method, path, body);
       const acked = performance.now() - t0;
-      // the planner's deltas for this revision: wait until they stopped arriving (one per affected cell, at once)
+      // the planner's deltas for this revision: every expected cell's, or (none expected) until they stopped arriving
       await waitApplied(() => deltaCells.has(revision), waiters, 30_000, 5);
+      if (expected) await waitApplied(() => expected.every((c) => deltaCells.get(revision)!.has(c)), waiters, 60_000, 5);
       let size = -1;
       while (size !== deltaCells.get(revision)!.size) {
         size = deltaCells.get(revision)!.size;
@@ -397,7 +398,10 @@ async function scalePart(): Promise<Record<string, unknown>> {
       await new Promise((r) => setTimeout(r, 100));
     }
     const globals: { ms: number; acked: number; cells: number }[] = [];
-    for (let i = 0; i < GLOBAL_CHANGES; i++) globals.push(await measure('PATCH', `/v3/security_groups/${global.body.guid}`, { rules: rulesOf(GROUPS, i + 1) }));
+    // every cell runs containers (container j is on cell j % CELLS): every cell is affected
+    const everyCell = Array.from({ length: Math.min(CELLS, CONTAINERS) }, (_, k) => `cell-${k}`);
+    for (let i = 0; i < GLOBAL_CHANGES; i++)
+      globals.push(await measure('PATCH', `/v3/security_groups/${global.body.guid}`, { rules: rulesOf(GROUPS, i + 1) }, everyCell));
     deltaSub.unsubscribe();
     statusSub.unsubscribe();
     const cellsOf = (xs: { cells: number }[]) => summary(xs.map((x) => x.cells));

@@ -142,7 +142,15 @@ t.test('security groups enforced by nftables between namespaces', { skip: isRoot
   const listing = await run('ip', ['netns', 'exec', net.cellNs('A'), 'nft', 'list', 'table', 'inet', EGRESS_TABLE]);
   t.match(listing, /log prefix "netfold-asg public-api " accept/, 'the logging rule is installed with a prefix naming the group');
   const logAll = (await run('sysctl', ['-n', 'net.netfilter.nf_log_all_netns']).catch(() => '')).trim();
-  if (logAll !== '') {
+  const kernelLog = await run('dmesg', []).then(
+    () => true,
+    () => false,
+  );
+  if (logAll === '' || !kernelLog) {
+    t.comment(
+      `the kernel log cannot be read here (nf_log_all_netns ${logAll || 'absent'}, dmesg ${kernelLog ? 'readable' : 'unreadable'}): the rule is proven installed with its prefix above`,
+    );
+  } else {
     // nf_log writes only for the initial namespace unless this is 1: switched on for the test, restored after
     t.teardown(() => run('sysctl', ['-q', '-w', `net.netfilter.nf_log_all_netns=${logAll}`]).then(() => undefined));
     await run('sysctl', ['-q', '-w', 'net.netfilter.nf_log_all_netns=1']);

@@ -2,7 +2,7 @@
 // then), the fold and each cell's egress entries (the incremental planner against the whole derivation), which cells
 // a change touches, and the agent's nftables rendering (whole table and differences).
 import t from 'tap';
-import type { DomainEvent } from '../events/catalogue.ts';
+import { type DomainEvent, parseEvent } from '../events/catalogue.ts';
 import {
   EGRESS_PROTOCOLS,
   MAX_DESTINATIONS_PER_RULE,
@@ -439,4 +439,18 @@ t.test('explain egress: by which group and rule, or why not', async (t) => {
   t.match(explainEgress(bare, 'app-z', q('1.1.1.1', 'tcp', 443), '10.255.0.0/16', 'allow'), { allowed: true, reason: /allowed by --egress-default allow/ });
   t.equal(ruleAllows({ protocol: 'all', destination: '1.1.1.0/24' }, q('1.1.1.7', 'udp', 9)), true, 'all: any protocol and port');
   t.equal(ruleAllows({ protocol: 'udp', destination: '1.1.1.0/24', ports: '53' }, q('1.1.1.7', 'tcp', 53)), false, 'another protocol');
+});
+
+t.test('events read back: ContainerStarted v1 upcast to v2 (running); group events validated like the API', async (t) => {
+  const [rec] = record([ev.started('c1', 'a')]);
+  const v1 = { ...rec!.event, v: 1, data: { containerId: 'c1', appId: 'a', cellId: 'cell-1', ip: '10.255.1.2', instanceIndex: 0 } };
+  const up = parseEvent(JSON.parse(JSON.stringify(v1)));
+  t.match(up, { ok: true, value: { type: 'ContainerStarted', v: 2, data: { lifecycle: 'running' } } });
+  t.notOk(parseEvent({ ...rec!.event, data: { ...rec!.event.data, lifecycle: 'booting' } }).ok, 'an unknown lifecycle is refused');
+  const [created] = record([sg.created('g1', 'web')]);
+  t.ok(parseEvent(JSON.parse(JSON.stringify(created!.event))).ok);
+  const badRule = { ...created!.event, data: { ...created!.event.data, rules: [{ protocol: 'tcp', destination: 'example.com', ports: '443' }] } };
+  t.notOk(parseEvent(badRule).ok, 'a rule with a host name is refused on read (quarantined, never folded)');
+  const noSpaces = { ...record([sg.bound('g1', ['s1'])])[0]!.event, data: { groupId: 'g1', lifecycle: 'running', spaceIds: [] } };
+  t.notOk(parseEvent(noSpaces).ok, 'a bind names at least one space');
 });
