@@ -1,34 +1,16 @@
 // The netfold CLI as a user runs it (a child process), against a real nats-server and gateway.
 import t from 'tap';
-import { execFile } from 'node:child_process';
-import { promisify } from 'node:util';
 import { startNats } from './harness/nats.ts';
 import { startGateway, TEST_SECRET } from './harness/gateway.ts';
+import { cliEnv, cliRunner } from './harness/cli.ts';
 import { verifyToken } from '../runtime/tokens.ts';
-
-const run = promisify(execFile);
 
 t.test('netfold CLI: token, app, container, policy', async (t) => {
   const nats = await startNats(t);
   const gw = await startGateway(t, nats);
   // the CLI signs in as `netfold up`'s files in the data dir say: intake as platform `cli`, reads as the operator
-  for (const name of ['platform_cli', 'operator']) await nats.credsFile(name);
-  const env: NodeJS.ProcessEnv = {
-    ...process.env,
-    NATS_URL: nats.server.url,
-    NETFOLD_TOKEN_SECRET: TEST_SECRET,
-    NETFOLD_API_URL: gw.writer.url,
-    NETFOLD_DATA_DIR: nats.storeDir,
-  };
-  const netfold = async (...args: string[]) => {
-    try {
-      const r = await run(process.execPath, ['bin/netfold.mjs', ...args], { env, timeout: 60_000 });
-      return { code: 0, stdout: r.stdout, stderr: r.stderr };
-    } catch (err) {
-      const e = err as { code: number; stdout: string; stderr: string };
-      return { code: e.code, stdout: e.stdout, stderr: e.stderr };
-    }
-  };
+  const env = await cliEnv(nats, gw.writer.url);
+  const netfold = cliRunner(env);
 
   const minted = await netfold('token', 'mint', '--user', 'dev', '--scope', 'network.write', '--space', 's1', '--ttl', '1h', '--json');
   t.equal(minted.code, 0, minted.stderr);
@@ -43,11 +25,9 @@ t.test('netfold CLI: token, app, container, policy', async (t) => {
   const withinMax = await netfold('token', 'mint', '--user', 'dev', '--scope', 'network.write', '--ttl', '2h', '--token-max-ttl', '1h');
   t.equal(withinMax.code, 1);
   t.match(withinMax.stderr, /longer than the gateway accepts .* \(ttl-too-long\)/);
-  const weak = await run(process.execPath, ['bin/netfold.mjs', 'token', 'mint', '--user', 'dev', '--scope', 'network.write'], {
-    env: { ...env, NETFOLD_TOKEN_SECRET: 'too-short' },
-  }).catch((e: { code: number; stderr: string }) => e);
-  t.equal((weak as { code: number }).code, 1);
-  t.match((weak as { stderr: string }).stderr, /at least 32 bytes.*\(weak-token-secret\)/);
+  const weak = await cliRunner({ ...env, NETFOLD_TOKEN_SECRET: 'too-short' })('token', 'mint', '--user', 'dev', '--scope', 'network.write');
+  t.equal(weak.code, 1);
+  t.match(weak.stderr, /at least 32 bytes.*\(weak-token-secret\)/);
 
   const reg = await netfold('app', 'register', '--id', 'a1', '--name', 'web', '--space', 's1', '--org', 'o1', '--json');
   t.same(JSON.parse(reg.stdout), { ok: true, revision: 1, appended: 1 });

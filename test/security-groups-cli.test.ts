@@ -1,34 +1,15 @@
 // The security group verbs and egress `explain` of the netfold CLI as a user runs them (child processes), against a
 // real nats-server and gateway; audit and `state --at` cover the groups.
 import t from 'tap';
-import { execFile } from 'node:child_process';
-import { promisify } from 'node:util';
 import { startNats } from './harness/nats.ts';
-import { startGateway, TEST_SECRET } from './harness/gateway.ts';
-
-const run = promisify(execFile);
+import { startGateway } from './harness/gateway.ts';
+import { cliEnv, cliRunner } from './harness/cli.ts';
 
 t.test('netfold security-group verbs, explain for egress, audit and state --at', async (t) => {
   const nats = await startNats(t);
   const gw = await startGateway(t, nats);
-  for (const name of ['platform_cli', 'operator']) await nats.credsFile(name);
-  const env: NodeJS.ProcessEnv = {
-    ...process.env,
-    NATS_URL: nats.server.url,
-    NETFOLD_TOKEN_SECRET: TEST_SECRET,
-    NETFOLD_API_URL: gw.writer.url,
-    NETFOLD_DATA_DIR: nats.storeDir,
-    NETFOLD_TOKEN: gw.admin,
-  };
-  const netfold = async (...args: string[]) => {
-    try {
-      const r = await run(process.execPath, ['bin/netfold.mjs', ...args], { env, timeout: 60_000 });
-      return { code: 0, stdout: r.stdout, stderr: r.stderr };
-    } catch (err) {
-      const e = err as { code: number; stdout: string; stderr: string };
-      return { code: e.code, stdout: e.stdout, stderr: e.stderr };
-    }
-  };
+  const env = await cliEnv(nats, gw.writer.url, { NETFOLD_TOKEN: gw.admin });
+  const netfold = cliRunner(env);
   const ok = async (...args: string[]) => {
     const r = await netfold(...args);
     t.equal(r.code, 0, `netfold ${args.join(' ')}: ${r.stderr}`);
@@ -109,9 +90,7 @@ t.test('netfold security-group verbs, explain for egress, audit and state --at',
 
   // refusals: a developer may not write; an invalid rule is a 422 with its path
   const dev = await ok('token', 'mint', '--user', 'dev', '--scope', 'network.write', '--space', 's1', '--ttl', '1h', '--json');
-  const refused = await run(process.execPath, ['bin/netfold.mjs', 'security-group', 'create', '--name', 'x'], {
-    env: { ...env, NETFOLD_TOKEN: JSON.parse(dev).token },
-  }).catch((e: { code: number; stderr: string }) => e);
+  const refused = await cliRunner({ ...env, NETFOLD_TOKEN: JSON.parse(dev).token })('security-group', 'create', '--name', 'x');
   t.match(refused, { code: 1, stderr: /network\.admin scope \(admin-only\)/ });
   const invalid = await netfold('security-group', 'create', '--name', 'bad', '--protocol', 'tcp', '--destination', '203.0.113.5', '--ports', '70000');
   t.equal(invalid.code, 1);
