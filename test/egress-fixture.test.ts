@@ -2,22 +2,9 @@
 // scripts/record-egress-fixture.ts through the real gateway and intake) must always still parse and fold to the same
 // groups and the same per-cell states, through the model and through a replay from a real stream.
 import t from 'tap';
-import { readFileSync } from 'node:fs';
-import { parseEvent, type RecordedEvent } from '../events/catalogue.ts';
+import { loadFixture as load } from './harness/events.ts';
 import { allSecurityGroups, foldEvents, initialModel } from '../projections/model.ts';
 import { PlannerCore } from '../services/topology-planner/core.ts';
-
-function load(file: string): RecordedEvent[] {
-  return readFileSync(new URL(`./fixtures/${file}`, import.meta.url), 'utf8')
-    .split('\n')
-    .filter((l) => l.trim() !== '')
-    .map((line, i) => {
-      const raw = JSON.parse(line) as { seq: number; subject: string; event: unknown };
-      const parsed = parseEvent(raw.event);
-      if (!parsed.ok) throw new Error(`${file}:${i + 1}: ${JSON.stringify(parsed.issues)}`);
-      return { seq: raw.seq, subject: raw.subject, event: parsed.value };
-    });
-}
 
 /** Pinned when the fixture was recorded: the planner's and a replay's states must hash the same for ever. */
 const HASHES = { 'cell-1': '275c73c2eb49350a1156b1b742fc3ec7', 'cell-2': '2a2aaef19fe7201cb596352c14c254a9' };

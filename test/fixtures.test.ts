@@ -1,23 +1,10 @@
 // Recorded event logs (test/fixtures/*.jsonl, written by scripts/record-fixture.ts against a real server) must
 // always still parse and fold to the same state: an old log never stops replaying.
 import t from 'tap';
-import { readFileSync } from 'node:fs';
-import { parseEvent, type RecordedEvent } from '../events/catalogue.ts';
+import { loadFixture as load } from './harness/events.ts';
 import { allPolicies, foldEvents, initialModel } from '../projections/model.ts';
 import { stateHash } from '../projections/canonical.ts';
 import { PlannerCore } from '../services/topology-planner/core.ts';
-
-function load(file: string): RecordedEvent[] {
-  return readFileSync(new URL(`./fixtures/${file}`, import.meta.url), 'utf8')
-    .split('\n')
-    .filter((l) => l.trim() !== '')
-    .map((line, i) => {
-      const raw = JSON.parse(line) as { seq: number; subject: string; event: unknown };
-      const parsed = parseEvent(raw.event);
-      if (!parsed.ok) throw new Error(`${file}:${i + 1}: ${JSON.stringify(parsed.issues)}`);
-      return { seq: raw.seq, subject: raw.subject, event: parsed.value };
-    });
-}
 
 t.test('events-v1.jsonl folds to its known state', async (t) => {
   const recs = load('events-v1.jsonl');

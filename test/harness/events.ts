@@ -1,5 +1,6 @@
 // Builders for recorded events, for fold and decider tests (given / when / then).
-import type { DomainEvent, RecordedEvent } from '../../events/catalogue.ts';
+import { readFileSync } from 'node:fs';
+import { type DomainEvent, type RecordedEvent, parseEvent } from '../../events/catalogue.ts';
 import { eventSubject } from '../../runtime/subjects.ts';
 import { type Model, foldEvents, initialModel } from '../../projections/model.ts';
 
@@ -106,3 +107,16 @@ export const ev = {
     data: { sourceAppId, policies: [{ destAppId, protocol, startPort, endPort }], reason: 'requested' },
   }),
 };
+
+/** A recorded log (test/fixtures/<file>, one `{ seq, subject, event }` per line), every event parsed as read back. */
+export function loadFixture(file: string): RecordedEvent[] {
+  return readFileSync(new URL(`../fixtures/${file}`, import.meta.url), 'utf8')
+    .split('\n')
+    .filter((l) => l.trim() !== '')
+    .map((line, i) => {
+      const raw = JSON.parse(line) as { seq: number; subject: string; event: unknown };
+      const parsed = parseEvent(raw.event);
+      if (!parsed.ok) throw new Error(`${file}:${i + 1}: ${JSON.stringify(parsed.issues)}`);
+      return { seq: raw.seq, subject: raw.subject, event: parsed.value };
+    });
+}
