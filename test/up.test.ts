@@ -153,7 +153,7 @@ t.test('netfold up refuses a token secret shorter than 32 bytes before starting 
   });
   let stderr = '';
   child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
-  const code = await new Promise<number | null>((resolve) => child.once('exit', (c) => resolve(c)));
+  const code = await new Promise<number | null>((resolve) => child.once('close', (c) => resolve(c)));
   t.equal(code, 1, stderr);
   t.match(stderr, /at least 32 bytes, got 12 \(weak-token-secret\)/);
   t.notOk(stderr.includes('netfold is up'), 'nothing started');
@@ -223,7 +223,7 @@ t.test('netfold up refuses an unknown --demo-data before starting anything', asy
   });
   let stderr = '';
   child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
-  const code = await new Promise<number | null>((resolve) => child.once('exit', (c) => resolve(c)));
+  const code = await new Promise<number | null>((resolve) => child.once('close', (c) => resolve(c)));
   t.equal(code, 1, stderr);
   t.match(stderr, /--demo-data must be seed or none.*invalid-demo-data/);
   t.notOk(stderr.includes('netfold is up'), 'nothing started');

@@ -111,15 +111,6 @@ export async function buildNet(t: Test, cells: Record<string, number>, container
     children.push(child);
     return child;
   };
-  const firstLine = (child: ChildProcess) =>
-    new Promise<string>((resolve) => {
-      const rl = createInterface({ input: child.stdout! });
-      rl.once('line', (l) => {
-        rl.close();
-        resolve(l);
-      });
-      child.once('exit', () => resolve('exited'));
-    });
   return {
     prefix,
     cellNs,
@@ -141,7 +132,7 @@ export async function buildNet(t: Test, cells: Record<string, number>, container
       const next = () =>
         new Promise<string>((resolve) => {
           lines.once('line', resolve);
-          child.once('exit', () => resolve('exited'));
+          child.once('close', () => resolve('exited'));
         });
       const started = await next();
       if (started !== 'started') throw new Error(`loop ${from} -> ${to}:${port}: ${started}`);
@@ -185,4 +176,19 @@ export async function buildNet(t: Test, cells: Record<string, number>, container
       };
     },
   };
+}
+
+/**
+ * The first line a child prints, or `exited` when it ends without one. Waits for `close` (its output read to the end),
+ * not `exit`: a child's exit can be seen before the line it printed just before exiting (a probe read as "exited").
+ */
+export function firstLine(child: ChildProcess): Promise<string> {
+  return new Promise<string>((resolve) => {
+    const rl = createInterface({ input: child.stdout! });
+    rl.once('line', (l) => {
+      rl.close();
+      resolve(l);
+    });
+    child.once('close', () => resolve('exited'));
+  });
 }

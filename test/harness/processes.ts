@@ -59,7 +59,7 @@ export async function spawnService(
       }
     }
   });
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  const exited = new Promise<void>((resolve) => child.once('close', () => resolve()));
   const waitLog = (check: (l: LogLine) => boolean, timeoutMs: number, what: string, since = 0) => {
     const hit = seen.find((s) => s.at >= since && check(s.line));
     if (hit) return Promise.resolve(hit.line);

@@ -10,10 +10,9 @@
 // 169.254.77.<10+k>. Everything is removed at teardown (processes inside first, then the namespaces).
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { createInterface } from 'node:readline';
 import type { Test } from 'tap';
 import { run } from '../../services/cell-agent/dataplane.ts';
-import { removeNetns } from './netns.ts';
+import { firstLine, removeNetns } from './netns.ts';
 
 export const MGMT_ADDRESS = '169.254.77.1';
 /** How a runtime runs netfold-cni: the package's executable. */
@@ -175,15 +174,4 @@ export async function buildUnderlay(t: Test, kind: 'vxlan' | 'routed', cellIds: 
   };
   for (const cellId of cellIds) await underlay.addHost(cellId);
   return underlay;
-}
-
-function firstLine(child: ChildProcess): Promise<string> {
-  return new Promise<string>((resolve) => {
-    const rl = createInterface({ input: child.stdout! });
-    rl.once('line', (l) => {
-      rl.close();
-      resolve(l);
-    });
-    child.once('exit', () => resolve('exited'));
-  });
 }
