@@ -1,27 +1,12 @@
 // Records a real event log with application security groups for test/fixtures: the scenario through the real
 // gateway (/v3/security_groups) and intake against a throwaway nats-server, written as JSON lines to stdout.
 //   node --import tsx scripts/record-egress-fixture.ts > test/fixtures/egress-v1.jsonl
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { startNatsServer } from '../runtime/nats-server.ts';
-import { connectBus } from '../runtime/nats.ts';
-import { ensureTopology, defaultTopologyOptions } from '../runtime/topology.ts';
-import { silentLogger } from '../runtime/logger.ts';
 import { intakeCommand, intakeSubject } from '../runtime/subjects.ts';
-import { EventLog } from '../runtime/event-log.ts';
-import { mintToken } from '../runtime/tokens.ts';
-import { policyWriterConfigOf, startPolicyWriter } from '../services/policy-writer/service.ts';
-import { loadConfig } from '../runtime/config.ts';
+import { startRecorder } from './fixture-recorder.ts';
 
-const dir = mkdtempSync(join(tmpdir(), 'netfold-fixture-'));
-const server = await startNatsServer({ storeDir: dir });
-const log = silentLogger();
-const bus = await connectBus({ servers: server.url, name: 'fixture', log });
-await ensureTopology(bus.jsm, defaultTopologyOptions, log);
-const secret = 'fixture-secret-fixture-secret-fixture';
-const writer = await startPolicyWriter({ bus, log, config: policyWriterConfigOf(loadConfig({ 'http-port': '0' }, {}), secret) });
-const admin = await mintToken(secret, { user: 'alice', scopes: ['network.admin'], spaces: [] }, 600);
+const rec = await startRecorder();
+const { bus, writer } = rec;
+const admin = await rec.token({ user: 'alice', scopes: ['network.admin'], spaces: [] });
 
 const intake = async (command: (typeof intakeCommand)[keyof typeof intakeCommand], body: object) => {
   const r = (await bus.nc.request(intakeSubject('cloud-controller', command), JSON.stringify(body), { timeout: 5000 })).json<{ ok: boolean; error?: string }>();
@@ -73,8 +58,4 @@ const gone = await api('POST', '', { name: 'temporary', rules: [{ protocol: 'all
 await api('DELETE', `/${gone.guid}`);
 await intake(intakeCommand.stopContainer, { containerId: 'web-s' });
 
-for await (const rec of new EventLog(bus).read(1)) process.stdout.write(JSON.stringify(rec) + '\n');
-await writer.stop();
-await bus.close();
-await server.stop();
-rmSync(dir, { recursive: true, force: true });
+await rec.finish();

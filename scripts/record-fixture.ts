@@ -1,32 +1,13 @@
 // Records a real event log for test/fixtures: runs a scenario through the real gateway and intake against a
 // throwaway nats-server, then writes the stream as JSON lines ({ seq, subject, event }) to stdout.
 //   node --import tsx scripts/record-fixture.ts > test/fixtures/events-v1.jsonl
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { startNatsServer } from '../runtime/nats-server.ts';
-import { connectBus } from '../runtime/nats.ts';
-import { ensureTopology, defaultTopologyOptions } from '../runtime/topology.ts';
-import { silentLogger } from '../runtime/logger.ts';
 import { intakeCommand, intakeSubject } from '../runtime/subjects.ts';
-import { EventLog } from '../runtime/event-log.ts';
-import { mintToken } from '../runtime/tokens.ts';
-import { policyWriterConfigOf, startPolicyWriter } from '../services/policy-writer/service.ts';
-import { loadConfig } from '../runtime/config.ts';
+import { startRecorder } from './fixture-recorder.ts';
 
-const dir = mkdtempSync(join(tmpdir(), 'netfold-fixture-'));
-const server = await startNatsServer({ storeDir: dir });
-const log = silentLogger();
-const bus = await connectBus({ servers: server.url, name: 'fixture', log });
-await ensureTopology(bus.jsm, defaultTopologyOptions, log);
-const secret = 'fixture-secret-fixture-secret-fixture';
-const writer = await startPolicyWriter({
-  bus,
-  log,
-  config: policyWriterConfigOf(loadConfig({ 'http-port': '0' }, {}), secret), // the defaults, any free port
-});
-const admin = await mintToken(secret, { user: 'alice', scopes: ['network.admin'], spaces: [] }, 600);
-const dev = await mintToken(secret, { user: 'bob', scopes: ['network.write'], spaces: ['space-1'] }, 600);
+const rec = await startRecorder();
+const { bus, writer } = rec;
+const admin = await rec.token({ user: 'alice', scopes: ['network.admin'], spaces: [] });
+const dev = await rec.token({ user: 'bob', scopes: ['network.write'], spaces: ['space-1'] });
 
 const intake = async (subject: string, body: object) => {
   const r = (await bus.nc.request(subject, JSON.stringify(body), { timeout: 5000 })).json<{ ok: boolean; error?: string }>();
@@ -105,8 +86,4 @@ await intake(intakeSubject('cloud-controller', intakeCommand.startContainer), {
   ip: '10.255.1.3',
 });
 
-for await (const rec of new EventLog(bus).read(1)) process.stdout.write(JSON.stringify(rec) + '\n');
-await writer.stop();
-await bus.close();
-await server.stop();
-rmSync(dir, { recursive: true, force: true });
+await rec.finish();
