@@ -31,6 +31,14 @@ const cellMessageId = {
   snapshot: (cellId: string, revision: number) => `s:${cellId}:${revision}`,
 } as const;
 
+/** The revision a delta's message id names (`d:<cell>:<rev>` of cell `cellId`), or undefined when it names none. */
+export function deltaRevisionOf(msgId: string | undefined, cellId: string): number | undefined {
+  const prefix = `d:${cellId}:`;
+  if (msgId === undefined || !msgId.startsWith(prefix)) return undefined;
+  const digits = msgId.slice(prefix.length);
+  return /^[0-9]{1,15}$/.test(digits) ? Number(digits) : undefined;
+}
+
 /** `at`: the time of the event the delta reflects (agents measure propagation from it). */
 export type CellDelta = { cellId: string; revision: number; prevRevision: number; ops: CellOp[]; hash: string; at?: string };
 export type CellSnapshot = { cellId: string; revision: number; hash: string; state: CellState };

@@ -127,7 +127,8 @@ function grantsOf(p: Principal): { pub: string[]; sub: string[]; repliesTo: Role
           kvKey(DISCOVERY_BUCKET, cell),
           cellSubject.state(cell),
         ],
-        sub: [readySubject(cell)],
+        // its deltas live, as the planner stores them (services/cell-agent/feed.ts); the stream only to catch up
+        sub: [readySubject(cell), cellSubject.delta(cell)],
         repliesTo: ['platform'],
         jetstream: true,
       };

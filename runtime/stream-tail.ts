@@ -157,6 +157,7 @@ export class StreamTail implements AsyncIterable<TailMsg> {
           this.#waitingSince = undefined;
           if (this.#messages === messages) this.#messages = undefined;
           await closeQuietly(messages); // also when the reader left the loop (a break): the consumer must not go on pulling
+          dropQuietly(this.#consumer);
         }
         if (this.#stopped) return;
         this.#recovered(this.#closing ?? reason);
@@ -187,6 +188,7 @@ export class StreamTail implements AsyncIterable<TailMsg> {
     this.#markOpened();
     if (this.#stopped) {
       await closeQuietly(messages);
+      dropQuietly(consumer);
       throw new Error('stopped');
     }
     this.#messages = messages;
@@ -327,6 +329,15 @@ async function closeQuietly(messages: ConsumerMessages): Promise<void> {
     () => undefined,
   );
   await Promise.race([closing, delay(1_000)]);
+}
+
+/**
+ * Deletes a consumer no one reads any more, without waiting: nats.js leaves a closed ordered consumer on the server
+ * until its inactivity threshold (5 minutes), so every recreation and every reader that caught up and stopped (a cell
+ * feed going live) would leave one behind.
+ */
+function dropQuietly(consumer: Consumer | undefined): void {
+  consumer?.delete().catch(() => undefined);
 }
 
 /** The last stream sequence a consumer has delivered, if its info comes back within `ms`. */

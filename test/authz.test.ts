@@ -138,6 +138,8 @@ const ACTIONS: { action: string; allowed: Column[]; run: (bus: Bus) => Promise<u
   { action: 'publish a delta for cell-2', allowed: ['planner', 'admin'], run: (b) => publishToStream(b.nc, cellSubject.delta('cell-2'), '{}') },
   { action: "follow cell-1's deltas (ordered consumer)", allowed: ['writer', 'planner', 'agent_cell-1', 'operator', 'admin'], run: (b) => firstDelta(b, 'cell-1') },
   { action: "follow cell-2's deltas (ordered consumer)", allowed: ['writer', 'planner', 'operator', 'admin'], run: (b) => firstDelta(b, 'cell-2') },
+  { action: "subscribe to cell-1's deltas (live)", allowed: ['agent_cell-1', 'admin'], run: (b) => subscribeOnce(b.nc, cellSubject.delta('cell-1')) },
+  { action: "subscribe to cell-2's deltas (live)", allowed: ['admin'], run: (b) => subscribeOnce(b.nc, cellSubject.delta('cell-2')) },
   {
     action: "direct-get cell-1's snapshot",
     allowed: ['writer', 'planner', 'agent_cell-1', 'operator', 'admin'],
@@ -261,7 +263,7 @@ t.test('roles on a secured nats-server', async (t) => {
     t.equal((await checkpoints.load())?.seq, 2, 'the planner writes and reads its checkpoint');
     t.equal((await admin.jsm.streams.info(OBJ_STREAM)).state.messages, 2, "the rewrite purged the old checkpoint's chunks (1 chunk + 1 meta)");
 
-    // agent of cell-1: the feed on its cell (snapshot + ordered consumer on its delta subject), its status and discovery puts
+    // agent of cell-1: the feed on its cell (snapshot, its delta subject read to catch up and subscribed to live), its status and discovery puts
     const agent = as('agent_cell-1');
     await new Kvm(agent.js).create(CELL_STATUS_BUCKET, { history: 1 }); // what the agent does at start: opens the existing bucket
     const feed = new CellFeed(agent, 'cell-1', nats.log);
@@ -333,7 +335,7 @@ t.test('permissions are generated per role and per cell', async (t) => {
   const a = permissionsOf({ role: 'agent', cellId: 'cell-9' });
   t.ok(a.publish.allow.includes(`$JS.API.CONSUMER.CREATE.${CELL_DELTAS_STREAM}.*.${cellSubject.delta('cell-9')}`));
   t.notOk(a.publish.allow.some((s) => s.includes('cell-1')), 'nothing of another cell');
-  t.same(a.subscribe.allow, ['_INBOX.agent.cell-9.>', readySubject('cell-9')]);
+  t.same(a.subscribe.allow, ['_INBOX.agent.cell-9.>', readySubject('cell-9'), cellSubject.delta('cell-9')]);
   t.notOk(permissionsOf({ role: 'platform', id: 'cc' }).publish.allow.some((s) => s.startsWith('$JS.')), 'platform: nothing under $JS');
   t.ok(permissionsOf({ role: 'platform', id: 'cc' }).publish.allow.includes('nf.cmd.cc.>'), 'platform: intake under its own caller token only');
   t.throws(() => permissionsOf({ role: 'platform', id: 'a.>' }), { code: 'invalid-platform-id' });

@@ -1,9 +1,9 @@
 // The agent's side of the planner's output: a cell's desired state, kept current. Reads the cell's snapshot, then
-// follows its deltas; a delta whose previous revision is not the one held (a gap), or whose resulting hash does not
+// follows its deltas (live on a subscription, the stream read only to catch up: see CellFeed); a delta whose previous revision is not the one held (a gap), or whose resulting hash does not
 // match, makes it re-read the snapshot and the retained deltas after it. Anything at or below the held revision is
 // ignored, so duplicates and a planner replaying after a restart change nothing. A message that is not JSON or not
 // of the expected shape never ends the feed: it is logged (warn `cell-feed-invalid-delta`/`-snapshot`), counted
-// (`rejected`), remembered by stream sequence so a re-read skips it, and answered with a resync. A snapshot is
+// (`rejected`), remembered by message id (or stream sequence) so a re-read skips it, and answered with a resync. A snapshot is
 // adopted only when its shape is valid and its state hashes to its hash.
 import type { CellState } from '../../projections/cell.ts';
 import {
@@ -13,11 +13,13 @@ import {
   type CellDelta,
   type CellSnapshot,
   cellSubject,
+  deltaRevisionOf,
   parseCellDelta,
   parseCellSnapshot,
 } from '../../projections/cell-stream.ts';
 import type { Registry } from '../../runtime/metrics.ts';
 import type { Bus } from '../../runtime/nats.ts';
+import type { Status, Subscription } from '@nats-io/nats-core';
 import type { Logger } from '../../runtime/logger.ts';
 import { isNoMessageFound } from '../../runtime/nats-adapter.ts';
 import { withNatsRetry } from '../../runtime/retry.ts';
@@ -73,6 +75,26 @@ class RefusalLog {
   }
 }
 
+/** A delta as the live subscription delivered it: its body, and the planner's message id (`d:<cell>:<rev>`) when set. */
+type LiveDelta = { data: Uint8Array; msgId: string | undefined };
+
+/**
+ * The streaming feed. Deltas arrive **live**, on a plain subscription to the cell's delta subject: the server hands
+ * every delta the planner publishes to the agent as it stores it, with no consumer, no pull and no acknowledgement.
+ * The stream is read only to catch up: at start and after a resync (snapshot, then the retained deltas up to the
+ * newest at the time, through a consumer that is dropped once caught up). The subscription is made before that
+ * read, and what it delivers meanwhile waits in a buffer, so nothing falls between the two.
+ *
+ * Live delivery is at most once, so the feed checks for what it could miss: a delta that does not follow the
+ * revision held is a gap (the replica keeps it a moment, then a resync); and every LIVE_CHECK_MS, and at once after
+ * the connection comes back, it reads the newest stored delta's revision (a direct get) and resyncs when that stays
+ * ahead of what it holds (`cell-feed-live-missed`: a delta lost in a reconnect or on a cluster route, with no later
+ * one to show the gap). A server that refuses the subscription (permissions from before it) makes the feed follow
+ * the stream with its consumer for good, as it did before.
+ *
+ * Following a thousand cells with a pull consumer each cost the server a thousand consumers' pulls and heartbeats,
+ * and an unanswered pull delayed a delta by two missed heartbeats (bench:scale's 2–3 s churn outliers, issue 16).
+ */
 export class CellFeed implements DesiredStateFeed {
   readonly #bus: Bus;
   readonly #cellId: string;
@@ -84,13 +106,15 @@ export class CellFeed implements DesiredStateFeed {
   #stopped = false;
   readonly #progress: Progress<CellView>;
   readonly #listeners = new Set<(view: CellView) => void>();
-  /** Times the feed re-read its snapshot because of a gap, a hash mismatch or a bad message. */
+  /** Times the feed re-read its snapshot because of a gap, a hash mismatch, a bad message or a missed delta. */
   resyncs = 0;
   /** Messages refused: not JSON, not of the expected shape, or (snapshots) a state that does not hash to its hash. */
   rejected = 0;
+  /** Times a check found a stored delta that live delivery had not brought (each answered with a resync). */
+  missed = 0;
   readonly #refusals = new RefusalLog();
-  /** Stream sequences of delta messages refused for their shape: they never change, so a re-read skips them. */
-  readonly #badDeltas = new Set<number>();
+  /** Delta messages refused for their shape, by message id (or stream sequence): they never change, so a re-read skips them. */
+  readonly #badDeltas = new Set<string>();
   /** The snapshot message last refused (by stream sequence): re-reading it is not logged or counted again. */
   #badSnapshot = -1;
   readonly #mRejected: ((kind: 'delta' | 'snapshot') => void) | undefined;
@@ -101,9 +125,23 @@ export class CellFeed implements DesiredStateFeed {
   #gapStreak = 0;
   /** Times the owning planner's current state was asked for because the stored chain stayed broken. */
   stateRequests = 0;
+  #sub: Subscription | undefined;
+  /** False once the server refused the live subscription: the feed then follows the stream by consumer. */
+  #liveOk = true;
+  /** Live deltas that arrived while the stream is read (undefined while following live: offered as they come). */
+  #buffer: LiveDelta[] | undefined = [];
+  #bufferOverflow = false;
+  /** Ends the live phase (a resync is due, or the feed stops). */
+  #endLive: (() => void) | undefined;
+  #checkTimer: NodeJS.Timeout | undefined;
+  #checking = false;
+  #status: (AsyncIterable<Status> & { stop?: () => void }) | undefined;
+  readonly #liveCheckMs: number;
 
-  constructor(bus: Bus, cellId: string, log: Logger, metrics?: Registry) {
+  /** `liveCheckMs`: how often a feed following live checks the stream for a delta it did not get (jittered ±50%). */
+  constructor(bus: Bus, cellId: string, log: Logger, metrics?: Registry, opts: { liveCheckMs?: number } = {}) {
     this.#bus = bus;
+    this.#liveCheckMs = opts.liveCheckMs ?? LIVE_CHECK_MS;
     this.#cellId = cellId;
     this.#replica = new CellReplica(cellId);
     this.#log = log.child({ component: 'cell-feed', cell: cellId });
@@ -118,10 +156,10 @@ export class CellFeed implements DesiredStateFeed {
     }
   }
 
-  #reject(kind: 'delta' | 'snapshot', seq: number): void {
+  #reject(kind: 'delta' | 'snapshot', message: number | string): void {
     this.rejected += 1;
     this.#mRejected?.(kind);
-    this.#log.warn({ seq, kind }, kind === 'delta' ? 'cell-feed-invalid-delta' : 'cell-feed-invalid-snapshot');
+    this.#log.warn({ message, kind }, kind === 'delta' ? 'cell-feed-invalid-delta' : 'cell-feed-invalid-snapshot');
     this.#refusals.add(kind, 'invalid');
   }
 
@@ -137,33 +175,74 @@ export class CellFeed implements DesiredStateFeed {
     return viewOf(this.#replica);
   }
 
+  /** True while deltas come by the live subscription (false: catching up, or the server refused it). */
+  get live(): boolean {
+    return this.#buffer === undefined;
+  }
+
   onChange(listener: (view: CellView) => void): () => void {
     this.#listeners.add(listener);
     return () => this.#listeners.delete(listener);
   }
 
-  /** Adopts the snapshot, then follows the deltas in the background. */
+  /** Subscribes, adopts the snapshot, then catches up and follows the deltas in the background. */
   async start(): Promise<void> {
+    this.#subscribe();
+    await this.#bus.nc.flush(); // the server has the subscription before the stream is read: no delta falls between
     await this.#adoptSnapshot();
+    this.#watchReconnects();
+    this.#scheduleCheck();
     this.#loop = this.#run();
   }
 
+  #subscribe(): void {
+    const refused = (err: unknown) => {
+      if (this.#stopped || !this.#liveOk) return;
+      this.#liveOk = false;
+      this.#log.warn({ err }, 'cell-feed-live-refused');
+      this.#resync('live-refused');
+    };
+    try {
+      this.#sub = this.#bus.nc.subscribe(cellSubject.delta(this.#cellId), {
+        callback: (err, m) => {
+          if (err) refused(err);
+          else this.#onLive({ data: m.data, msgId: m.headers?.get('Nats-Msg-Id') || undefined });
+        },
+      });
+      void this.#sub.closed.then((err) => err && refused(err));
+    } catch (err) {
+      refused(err);
+    }
+  }
+
+  #onLive(d: LiveDelta): void {
+    if (this.#stopped || !this.#liveOk) return;
+    if (this.#buffer === undefined) return this.#offerMessage(d.data, d.msgId);
+    if (this.#buffer.length < MAX_BUFFERED) this.#buffer.push(d);
+    else this.#bufferOverflow = true;
+  }
+
   /**
-   * Reads the retained deltas and then follows new ones, until a read must start over (a gap that does not close, a
-   * hash mismatch, a bad message); then re-reads the snapshot and does it again, with a backoff, while it runs.
+   * Catches up from the stream, then follows live until a resync is due (a gap that does not close, a hash mismatch, a
+   * bad message, a missed delta); then re-reads the snapshot and does it again, with a backoff, while it runs.
    */
   async #run(): Promise<void> {
     let failures = 0;
     while (!this.#stopped) {
       try {
-        await this.#followDeltas();
+        await this.#readStored();
+        if (this.#resyncReason === undefined && this.#liveOk) await this.#followLive();
         failures = 0;
       } catch (err) {
         if (this.#stopped) return;
         failures += 1;
         this.#log.error({ err }, 'cell-feed-failed');
       }
+      clearTimeout(this.#gapTimer);
+      this.#gapTimer = undefined;
       if (this.#stopped) return;
+      this.#gapStreak = this.#resyncReason === 'gap' ? this.#gapStreak + 1 : 0;
+      if (this.#resyncReason !== undefined) this.#log.warn({ reason: this.#resyncReason, revision: this.#replica.revision }, 'cell-feed-resync');
       this.resyncs += 1;
       await new Promise((r) => setTimeout(r, Math.min(50 * (failures + 1) * Math.min(this.resyncs, 20), 1000)));
       if (this.#stopped) return;
@@ -174,6 +253,12 @@ export class CellFeed implements DesiredStateFeed {
         this.#log.error({ err }, 'cell-feed-resync-failed');
       }
     }
+  }
+
+  /** A resync is due: ends the live phase or the read in progress (the first reason is the one reported). */
+  #resync(reason: string): void {
+    this.#resyncReason ??= reason;
+    this.#endLive?.();
   }
 
   /**
@@ -229,14 +314,21 @@ export class CellFeed implements DesiredStateFeed {
     });
   }
 
-  /** The stream sequence of the cell's newest delta (0: none). */
-  async #lastDeltaSeq(): Promise<number> {
+  /**
+   * The cell's newest stored delta: its stream sequence, and its revision (0 for none, and for a message this feed
+   * refused: a check does not resync for ever on it).
+   */
+  async #newestDelta(): Promise<{ seq: number; revision: number }> {
     return withNatsRetry('cell last delta', async () => {
       try {
         const m = await this.#bus.jsm.direct.getMessage(CELL_DELTAS_STREAM, { last_by_subj: cellSubject.delta(this.#cellId) });
-        return m?.seq ?? 0;
+        if (!m) return { seq: 0, revision: 0 };
+        const msgId = m.header?.get('Nats-Msg-Id') || undefined;
+        if (this.#badDeltas.has(msgId ?? `#${m.seq}`)) return { seq: m.seq, revision: 0 };
+        const revision = deltaRevisionOf(msgId, this.#cellId) ?? parseCellDelta(m.data, this.#cellId)?.revision ?? 0;
+        return { seq: m.seq, revision };
       } catch (err) {
-        if (isNoMessageFound(err)) return 0;
+        if (isNoMessageFound(err)) return { seq: 0, revision: 0 };
         throw err;
       }
     });
@@ -244,10 +336,16 @@ export class CellFeed implements DesiredStateFeed {
 
   /**
    * Reads every retained delta of the cell (up to the newest one at the call) and applies them in revision order,
-   * whatever order they were stored in, then applies new ones as they come. Returns when a re-read is due.
+   * whatever order they were stored in. Returns then, or when a resync is due; when the server refused the live
+   * subscription it goes on applying new ones as they are stored, until a resync is due.
    */
-  async #followDeltas(): Promise<void> {
-    const until = await this.#lastDeltaSeq();
+  async #readStored(): Promise<void> {
+    this.#resyncReason = undefined;
+    this.#buffer = []; // live deltas from here on wait; those before are in the stream, read below
+    this.#bufferOverflow = false;
+    const until = (await this.#newestDelta()).seq;
+    const stopWhenCaughtUp = this.#liveOk;
+    if (until === 0 && stopWhenCaughtUp) return;
     const tail = new StreamTail(this.#bus, {
       stream: CELL_DELTAS_STREAM,
       filter: cellSubject.delta(this.#cellId),
@@ -259,17 +357,17 @@ export class CellFeed implements DesiredStateFeed {
       ...AGENT_TAIL,
     });
     this.#tail = tail;
-    this.#resyncReason = undefined;
-    if (this.#stopped) return;
+    if (this.#stopped || this.#resyncReason !== undefined) return;
     let retained: CellDelta[] | undefined = until > 0 ? [] : undefined;
     try {
       for await (const m of tail) {
-        const refusedBefore = this.#badDeltas.has(m.seq); // a re-read after a resync: not logged or counted again
+        const key = m.headers?.get('Nats-Msg-Id') || `#${m.seq}`;
+        const refusedBefore = this.#badDeltas.has(key); // a re-read after a resync: not logged or counted again
         const d = refusedBefore ? null : parseCellDelta(m.data, this.#cellId);
         if (!d && !refusedBefore) {
-          this.#badDeltas.add(m.seq);
-          this.#reject('delta', m.seq);
-          this.#resyncReason ??= 'invalid-delta'; // it may have been a delta of the chain: read the snapshot again
+          this.#badDeltas.add(key);
+          this.#reject('delta', key);
+          this.#resync('invalid-delta'); // it may have been a delta of the chain: read the snapshot again
         }
         if (d && retained) retained.push(d);
         else if (d) this.#offer(d);
@@ -277,20 +375,42 @@ export class CellFeed implements DesiredStateFeed {
         if (retained && (m.seq >= until || m.info.pending === 0)) {
           for (const r of retained.sort((a, b) => a.revision - b.revision)) this.#offer(r);
           retained = undefined;
+          if (stopWhenCaughtUp) break;
         }
         if (this.#resyncReason !== undefined) break;
       }
     } finally {
-      clearTimeout(this.#gapTimer);
-      this.#gapTimer = undefined;
       await tail.stop();
       if (this.#tail === tail) this.#tail = undefined;
     }
-    this.#gapStreak = this.#resyncReason === 'gap' ? this.#gapStreak + 1 : 0;
-    if (this.#resyncReason !== undefined) this.#log.warn({ reason: this.#resyncReason, revision: this.#replica.revision }, 'cell-feed-resync');
   }
 
-  /** Applies one delta; marks the read for a resync when it must start over. */
+  /** Offers the deltas that came live during the read, then each as it comes, until a resync is due or the feed stops. */
+  async #followLive(): Promise<void> {
+    const buffered = this.#buffer ?? [];
+    const overflow = this.#bufferOverflow;
+    this.#buffer = undefined;
+    await new Promise<void>((resolve) => {
+      this.#endLive = resolve;
+      for (const d of buffered) if (this.#resyncReason === undefined) this.#offerMessage(d.data, d.msgId);
+      if (overflow) this.#resync('live-overflow'); // some were dropped: read the stream again
+      if (this.#resyncReason !== undefined || this.#stopped) resolve();
+    });
+    this.#endLive = undefined;
+    this.#buffer = [];
+  }
+
+  /** A live delta: parsed and applied; one refused for its shape is logged and counted once, and answered with a resync. */
+  #offerMessage(data: Uint8Array, msgId: string | undefined): void {
+    if (msgId !== undefined && this.#badDeltas.has(msgId)) return;
+    const d = parseCellDelta(data, this.#cellId);
+    if (d) return this.#offer(d);
+    if (msgId !== undefined) this.#badDeltas.add(msgId);
+    this.#reject('delta', msgId ?? 'live');
+    this.#resync('invalid-delta');
+  }
+
+  /** Applies one delta; calls for a resync when the feed must start over. */
   #offer(d: CellDelta): void {
     const held = this.#replica.revision;
     switch (this.#replica.offerDelta(d)) {
@@ -303,13 +423,13 @@ export class CellFeed implements DesiredStateFeed {
         break;
       case 'gap':
         this.#log.warn({ revision: held, expected: d.prevRevision }, 'cell-feed-gap');
-        this.#resyncReason ??= 'gap';
+        this.#resync('gap');
         break;
       case 'mismatch': // undone by the replica: the state held is never one that was not planned
         if (this.#replica.revision !== held) this.#changed();
         this.#log.warn({ revision: d.revision }, 'cell-feed-hash-mismatch');
         this.#refusals.add('delta', 'hash-mismatch');
-        this.#resyncReason ??= 'hash-mismatch';
+        this.#resync('hash-mismatch');
         break;
       default: // stale: a duplicate, or a planner re-publishing after a restart
     }
@@ -322,9 +442,49 @@ export class CellFeed implements DesiredStateFeed {
       this.#gapTimer = undefined;
       if (this.#replica.waiting === 0 || this.#stopped) return;
       this.#log.warn({ revision: this.#replica.revision, heldAt: held, waiting: this.#replica.waiting }, 'cell-feed-gap');
-      this.#resyncReason ??= 'gap';
+      this.#resync('gap');
       void this.#tail?.stop();
     }, GAP_GRACE_MS);
+  }
+
+  #scheduleCheck(delayMs = this.#liveCheckMs * (0.5 + Math.random())): void {
+    if (this.#stopped) return;
+    this.#checkTimer = setTimeout(() => void this.#check().finally(() => this.#scheduleCheck()), delayMs);
+    this.#checkTimer.unref();
+  }
+
+  /** After a reconnect, what was published while the connection was down never comes live: check at once. */
+  #watchReconnects(): void {
+    const status = this.#bus.nc.status() as AsyncIterable<Status> & { stop?: () => void };
+    this.#status = status;
+    void (async () => {
+      for await (const s of status) {
+        if (this.#stopped) return;
+        if (s.type === 'reconnect') void this.#check();
+      }
+    })().catch(() => undefined);
+  }
+
+  /**
+   * While following live: reads the newest stored delta's revision; when it is past the one held, gives it
+   * GAP_GRACE_MS to arrive (it may be on its way), then resyncs if it has not.
+   */
+  async #check(): Promise<void> {
+    if (!this.live || this.#checking || this.#stopped) return;
+    this.#checking = true;
+    try {
+      const { revision } = await this.#newestDelta();
+      if (revision <= this.#replica.revision) return;
+      await new Promise((r) => setTimeout(r, GAP_GRACE_MS).unref());
+      if (!this.live || this.#stopped || this.#replica.revision >= revision) return;
+      this.missed += 1;
+      this.#log.warn({ revision: this.#replica.revision, stored: revision }, 'cell-feed-live-missed');
+      this.#resync('missed');
+    } catch (err) {
+      if (!this.#stopped) this.#log.debug({ err }, 'cell-feed-check-failed');
+    } finally {
+      this.#checking = false;
+    }
   }
 
   #changed(): void {
@@ -341,12 +501,20 @@ export class CellFeed implements DesiredStateFeed {
   async stop(): Promise<void> {
     this.#stopped = true;
     clearTimeout(this.#gapTimer);
+    clearTimeout(this.#checkTimer);
+    this.#status?.stop?.();
+    this.#endLive?.();
     this.#progress.cancelAll('cell feed stopped');
+    this.#sub?.unsubscribe();
     await this.#tail?.stop();
     await this.#loop;
   }
 }
 
+/** Live deltas kept while the stream is read; past it the feed reads the stream again once caught up. */
+const MAX_BUFFERED = 4096;
+/** How often a feed following live checks the stream for a delta it did not get, by default. */
+const LIVE_CHECK_MS = 5000;
 /** How long a delta that came before the one it follows may wait for it before the feed reads everything again. */
 const GAP_GRACE_MS = 500;
 /** Reads in a row ending on the same kind of gap after which the owning planner is asked for the cell's state. */
