@@ -46,12 +46,45 @@ export type CellSnapshot = { cellId: string; revision: number; hash: string; sta
 /** What the planner core produces: deltas and snapshots, tagged (the tag is not on the wire). */
 export type PlannerOutput = ({ kind: 'delta' } & CellDelta & { at: string }) | ({ kind: 'snapshot' } & CellSnapshot);
 
+/** The subject an output is published on. */
+export const outputSubject = (o: PlannerOutput): string => (o.kind === 'delta' ? cellSubject.delta(o.cellId) : cellSubject.snapshot(o.cellId));
+
 /** The wire body of an output (its message, without the tag), with its subject and message id. */
 export function outputMessage(o: PlannerOutput): { subject: string; msgId: string; body: string } {
-  const { kind, ...body } = o;
-  return kind === 'delta'
-    ? { subject: cellSubject.delta(o.cellId), msgId: cellMessageId.delta(o.cellId, o.revision), body: JSON.stringify(body) }
-    : { subject: cellSubject.snapshot(o.cellId), msgId: cellMessageId.snapshot(o.cellId, o.revision), body: JSON.stringify(body) };
+  if (o.kind === 'delta') return { subject: cellSubject.delta(o.cellId), msgId: cellMessageId.delta(o.cellId, o.revision), body: deltaJson(o) };
+  const { kind: _, ...body } = o;
+  return { subject: cellSubject.snapshot(o.cellId), msgId: cellMessageId.snapshot(o.cellId, o.revision), body: JSON.stringify(body) };
+}
+
+/**
+ * The JSON of entry values recently written, by object: the planner shares one value among every cell it goes to
+ * (an app's source IPs go to each cell with a rule from that app: ~20 per container start, ~100 source apps per cell
+ * in a settle) and never edits one (projections/cell.ts, SharedEntryHashes), so each is serialized once. Bounded:
+ * cleared when full (it only has to span the outputs of one batch).
+ */
+const valueJson = new Map<object, string>();
+const VALUE_JSON_MAX = 8192;
+
+function jsonOfValue(value: unknown): string {
+  if (typeof value !== 'object' || value === null) return JSON.stringify(value);
+  let json = valueJson.get(value);
+  if (json === undefined) {
+    json = JSON.stringify(value);
+    if (valueJson.size >= VALUE_JSON_MAX) valueJson.clear();
+    valueJson.set(value, json);
+  }
+  return json;
+}
+
+/** A delta's body: what JSON.stringify of it (without the tag) writes, byte for byte, its entry values from the cache. */
+function deltaJson(d: CellDelta): string {
+  let ops = '';
+  for (const op of d.ops) {
+    const path = `{"path":[${JSON.stringify(op.path[0])},${JSON.stringify(op.path[1])}]`;
+    ops += (ops === '' ? '' : ',') + (op.value === undefined ? `${path}}` : `${path},"value":${jsonOfValue(op.value)}}`);
+  }
+  const at = d.at === undefined ? '' : `,"at":${JSON.stringify(d.at)}`;
+  return `{"cellId":${JSON.stringify(d.cellId)},"revision":${d.revision},"prevRevision":${d.prevRevision},"ops":[${ops}],"hash":${JSON.stringify(d.hash)}${at}}`;
 }
 
 // ---- validators -------------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 // The planner's parts that need no NATS: the output pump's ordering rules and the checkpoint rule.
 import t from 'tap';
-import type { PlannerOutput } from '../projections/cell-stream.ts';
-import { CELL_DELTAS_STREAM, EMPTY_CELL_HASH, cellSubject, revisionOf } from '../projections/cell-stream.ts';
+import type { CellDelta, PlannerOutput } from '../projections/cell-stream.ts';
+import type { CellOp } from '../projections/cell.ts';
+import { CELL_DELTAS_STREAM, EMPTY_CELL_HASH, cellSubject, outputMessage, revisionOf } from '../projections/cell-stream.ts';
 import { emptyCellState } from '../projections/cell.ts';
 import { OutputPublisher } from '../services/topology-planner/output-publisher.ts';
 import { lastStoredOn, latestPlanned, publishedHeads } from '../services/topology-planner/published.ts';
@@ -121,6 +122,52 @@ t.test('backpressure: drained() holds the follower back while the queue is long'
   }
   t.equal(released, true, 'released once the queue is below half');
   await pump.stop();
+});
+
+t.test('a long queue is published in order across the compaction of the taken items', async (t) => {
+  const published: number[] = [];
+  const pump = new OutputPump({
+    publish: async (o) => void published.push(o.revision),
+    writeCheckpoint: async () => undefined,
+    window: 64,
+    from: 0,
+    log: silentLogger(),
+  });
+  for (let chunk = 0; chunk < 5; chunk++) pump.enqueue(Array.from({ length: 3000 }, (_, i) => ({ output: delta('q', chunk * 3000 + i + 1) })));
+  pump.enqueue([{ through: 15_000 }]);
+  await pump.publishedThrough.until((v) => v >= 15_000, 10_000, 'through 15,000');
+  t.equal(published.length, 15_000, 'each output once');
+  t.ok(
+    published.every((r, i) => r === i + 1),
+    'in the order queued',
+  );
+  t.equal(pump.queued, 0);
+  await pump.stop();
+});
+
+t.test("a delta's body is JSON.stringify's, byte for byte, also when values are shared and written again", (t) => {
+  const shared = Object.assign(Object.create(null), { '10.255.0.2': true, '10.255.0.3': true });
+  const withOps = (cellId: string, revision: number, ops: CellOp[]): PlannerOutput => ({
+    ...(delta(cellId, revision) as CellDelta & { kind: 'delta'; at: string }),
+    ops,
+  });
+  const outputs: PlannerOutput[] = [
+    withOps('cell-1', 7, [{ path: ['sources', 'app-1'], value: shared }, { path: ['names', 'x"y\\z.apps.internal'] }]),
+    withOps('cell-2', 9, [
+      { path: ['sources', 'app-1'], value: shared },
+      { path: ['cell', 'k'], value: null },
+      { path: ['tags', 't'], value: 5 },
+    ]),
+    withOps('cell-3', 2, [{ path: ['containers', 'c\u2028'], value: { ip: '10.255.0.9', appId: 'é' } }]),
+    withOps('cell-4', 3, []),
+  ];
+  const { at: _, ...noAt } = delta('cell-5', 4) as PlannerOutput & { at?: string };
+  outputs.push(noAt as PlannerOutput);
+  for (const o of [...outputs, ...outputs]) {
+    const { kind: _k, ...body } = o;
+    t.equal(outputMessage(o).body, JSON.stringify(body), `${o.cellId}@${o.revision}`);
+  }
+  t.end();
 });
 
 t.test('a checkpoint is due when something new was folded and the interval passed (or forced)', async (t) => {

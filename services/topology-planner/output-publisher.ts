@@ -17,7 +17,7 @@ import type { Logger } from '../../runtime/logger.ts';
 import { StreamPublisher, WrongExpectedSequenceError } from '../../runtime/nats-adapter.ts';
 import { UnavailableError } from '../../runtime/errors.ts';
 import { withNatsRetry } from '../../runtime/retry.ts';
-import { CELL_DELTAS_STREAM, CELL_SNAPSHOTS_STREAM, type PlannerOutput, outputMessage } from '../../projections/cell-stream.ts';
+import { CELL_DELTAS_STREAM, CELL_SNAPSHOTS_STREAM, type PlannerOutput, outputMessage, outputSubject } from '../../projections/cell-stream.ts';
 import { isAlreadyPlanned, lastStoredOn } from './published.ts';
 
 export type PublishOutcome = 'sent' | 'resent' | 'suppressed' | 'superseded';
@@ -58,7 +58,7 @@ export class OutputPublisher {
    * `resent`: it went out more than once; `superseded`: the subject holds a plan as new or newer.
    */
   async publish(o: PlannerOutput): Promise<PublishOutcome> {
-    const { subject } = outputMessage(o);
+    const subject = outputSubject(o);
     const before = this.#busy.get(subject);
     const mine = (before ?? Promise.resolve()).then(() => this.#publishFenced(o));
     const settled = mine.catch(() => undefined);
