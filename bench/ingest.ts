@@ -4,13 +4,15 @@
 //
 // Flags (env): BENCH_RAW_MSGS (100000), BENCH_APPS (2000), BENCH_CONTAINERS (20000), BENCH_POLICIES (10000),
 // BENCH_CONCURRENCY (256 intake / 64 HTTP), BENCH_INTAKE_BATCH (100 commands per batch request) with
-// BENCH_BATCH_CONCURRENCY (4 batches in flight) for the batch phases. BENCH_AUTH: off (default); on: the server requires nkey users
+// BENCH_BATCH_CONCURRENCY (4 batches in flight) for the batch phases, BENCH_WRITERS (1) policy-writer processes sharing
+// the intake queue group (HTTP round robin over their gateways). BENCH_AUTH: off (default); on: the server requires nkey users
 // (runtime/authz.ts): topology and raw appends as admin, the writer as writer, intake as platform `bench`; both: off
 // then on, each on a fresh server, and the ratio on / off of every figure.
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Agent } from 'node:http';
+import type { ChildProcess } from 'node:child_process';
 import { StorageType } from '@nats-io/jetstream';
 import { connectBus } from '../runtime/nats.ts';
 import { ensureTopology, defaultTopologyOptions } from '../runtime/topology.ts';
@@ -29,6 +31,7 @@ const INTAKE_CONC = envNumber('BENCH_CONCURRENCY', 256);
 const HTTP_CONC = envNumber('BENCH_HTTP_CONCURRENCY', 64);
 const BATCH = envNumber('BENCH_INTAKE_BATCH', 100);
 const BATCH_CONC = envNumber('BENCH_BATCH_CONCURRENCY', 4);
+const WRITERS = envNumber('BENCH_WRITERS', 1);
 
 const MODES = authModes();
 type Results = Record<string, number | string>;
@@ -61,20 +64,25 @@ async function run(auth: boolean): Promise<{ results: Results; events: number }>
 
   // 2. The real path: a policy-writer process (HTTP gateway + intake), driven from this process.
   const secret = 'bench-secret-bench-secret-bench-secret';
-  const httpPort = await freePort();
-  const child = await startChild(
-    'services/policy-writer/main.ts',
-    {
-      NATS_URL: server.url,
-      NETFOLD_TOKEN_SECRET: secret,
-      NETFOLD_HTTP_PORT: String(httpPort),
-      NETFOLD_LOG_LEVEL: 'info',
-      NETFOLD_OVERLAY_CIDR: '10.0.0.0/8',
-      ...credsEnv('writer'),
-    },
-    'policy-writer-started',
-  );
-  const gateway = `http://127.0.0.1:${httpPort}/networking/v1/external/policies`;
+  // BENCH_WRITERS processes share the intake queue group (and each has its gateway: HTTP requests go round robin).
+  const writers: { child: ChildProcess; gateway: string }[] = [];
+  for (let w = 0; w < WRITERS; w++) {
+    const httpPort = await freePort();
+    const child = await startChild(
+      'services/policy-writer/main.ts',
+      {
+        NATS_URL: server.url,
+        NETFOLD_TOKEN_SECRET: secret,
+        NETFOLD_HTTP_PORT: String(httpPort),
+        NETFOLD_LOG_LEVEL: 'info',
+        NETFOLD_OVERLAY_CIDR: '10.0.0.0/8',
+        ...credsEnv('writer'),
+      },
+      'policy-writer-started',
+    );
+    writers.push({ child, gateway: `http://127.0.0.1:${httpPort}/networking/v1/external/policies` });
+  }
+  const writersCpu = () => writers.reduce((sum, w) => sum + cpuSeconds(w.child.pid!), 0);
   const agent = new Agent({ keepAlive: true, maxSockets: HTTP_CONC });
   const admin = await mintToken(secret, { user: 'bench', scopes: ['network.admin'], spaces: [] }, 3600);
 
@@ -95,7 +103,7 @@ async function run(auth: boolean): Promise<{ results: Results; events: number }>
 
   const measure = async (name: string, count: number, concurrency: number, task: (i: number) => Promise<void>, perTask = 1) => {
     progress(name);
-    const cpu0 = cpuSeconds(child.pid!);
+    const cpu0 = writersCpu();
     const server0 = cpuSeconds(server.pid);
     const self0 = process.cpuUsage();
     const ms = await pool(count, concurrency, task);
@@ -103,7 +111,7 @@ async function run(auth: boolean): Promise<{ results: Results; events: number }>
     const self = process.cpuUsage(self0);
     results[name] = rate(count * perTask, ms);
     results[`${name} — CPU cores: writer / nats-server / load generator`] =
-      `${cores(cpuSeconds(child.pid!) - cpu0)} / ${cores(cpuSeconds(server.pid) - server0)} / ${cores((self.user + self.system) / 1e6)}`;
+      `${cores(writersCpu() - cpu0)} / ${cores(cpuSeconds(server.pid) - server0)} / ${cores((self.user + self.system) / 1e6)}`;
   };
 
   // 1,000 cells, cell k with the container range 10.<k / 256>.<k % 256>.0/24 of the overlay 10.0.0.0/8 (not measured).
@@ -169,12 +177,12 @@ async function run(auth: boolean): Promise<{ results: Results; events: number }>
         },
       ],
     };
-    const res = await post(agent, gateway, admin, JSON.stringify(body));
+    const res = await post(agent, writers[i % WRITERS]!.gateway, admin, JSON.stringify(body));
     if (res.status !== 200) throw new Error(`HTTP ${res.status}: ${res.body}`);
   });
   const events = (await bus.jsm.streams.info('NF_EVENTS')).state.messages;
   agent.destroy();
-  await stopChild(child);
+  for (const w of writers) await stopChild(w.child);
   if (platform !== bus) await platform.close();
   await bus.close();
   await server.stop();
@@ -189,7 +197,7 @@ const table = (results: Results) => {
 };
 const runs: { auth: boolean; results: Results; events: number }[] = [];
 for (const auth of MODES) runs.push({ auth, ...(await run(auth)) });
-const sizes = { RAW, APPS, CONTAINERS, POLICIES, INTAKE_CONC, HTTP_CONC, BATCH, BATCH_CONC };
+const sizes = { RAW, APPS, CONTAINERS, POLICIES, INTAKE_CONC, HTTP_CONC, BATCH, BATCH_CONC, WRITERS };
 console.log(JSON.stringify({ machine: machine(), sizes, runs }, null, 2));
 for (const r of runs) console.log(`\nauth ${r.auth ? 'on' : 'off'}:\n${table(r.results)}`);
 if (runs.length === 2) {

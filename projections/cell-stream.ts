@@ -84,7 +84,8 @@ function deltaJson(d: CellDelta): string {
     ops += (ops === '' ? '' : ',') + (op.value === undefined ? `${path}}` : `${path},"value":${jsonOfValue(op.value)}}`);
   }
   const at = d.at === undefined ? '' : `,"at":${JSON.stringify(d.at)}`;
-  return `{"cellId":${JSON.stringify(d.cellId)},"revision":${d.revision},"prevRevision":${d.prevRevision},"ops":[${ops}],"hash":${JSON.stringify(d.hash)}${at}}`;
+  const head = `{"cellId":${JSON.stringify(d.cellId)},"revision":${d.revision},"prevRevision":${d.prevRevision}`;
+  return `${head},"ops":[${ops}],"hash":${JSON.stringify(d.hash)}${at}}`;
 }
 
 // ---- validators -------------------------------------------------------------------------------------------------

@@ -1,10 +1,11 @@
 // The agent's side of the planner's output: a cell's desired state, kept current. Reads the cell's snapshot, then
-// follows its deltas (live on a subscription, the stream read only to catch up: see CellFeed); a delta whose previous revision is not the one held (a gap), or whose resulting hash does not
-// match, makes it re-read the snapshot and the retained deltas after it. Anything at or below the held revision is
-// ignored, so duplicates and a planner replaying after a restart change nothing. A message that is not JSON or not
-// of the expected shape never ends the feed: it is logged (warn `cell-feed-invalid-delta`/`-snapshot`), counted
-// (`rejected`), remembered by message id (or stream sequence) so a re-read skips it, and answered with a resync. A snapshot is
-// adopted only when its shape is valid and its state hashes to its hash.
+// follows its deltas (live on a subscription, the stream read only to catch up: see CellFeed); a delta whose previous
+// revision is not the one held (a gap), or whose resulting hash does not match, makes it re-read the snapshot and the
+// retained deltas after it. Anything at or below the held revision is ignored, so duplicates and a planner replaying
+// after a restart change nothing. A message that is not JSON or not of the expected shape never ends the feed: it is
+// logged (warn `cell-feed-invalid-delta`/`-snapshot`), counted (`rejected`), remembered by message id (or stream
+// sequence) so a re-read skips it, and answered with a resync. A snapshot is adopted only when its shape is valid and
+// its state hashes to its hash.
 import type { CellState } from '../../projections/cell.ts';
 import {
   CELL_DELTAS_STREAM,
