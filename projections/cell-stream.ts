@@ -59,19 +59,26 @@ export function outputMessage(o: PlannerOutput): { subject: string; msgId: strin
 /**
  * The JSON of entry values recently written, by object: the planner shares one value among every cell it goes to
  * (an app's source IPs go to each cell with a rule from that app: ~20 per container start, ~100 source apps per cell
- * in a settle) and never edits one (projections/cell.ts, SharedEntryHashes), so each is serialized once. Bounded:
- * cleared when full (it only has to span the outputs of one batch).
+ * in a settle) and never edits one (projections/cell.ts, SharedEntryHashes), so each is serialized once. Bounded by
+ * entries and by characters, and cleared when full: it only has to span the outputs of one batch, and it holds the
+ * values it names (replaced ones too) until then.
  */
 const valueJson = new Map<object, string>();
+let valueJsonChars = 0;
 const VALUE_JSON_MAX = 8192;
+const VALUE_JSON_MAX_CHARS = 4_000_000;
 
 function jsonOfValue(value: unknown): string {
   if (typeof value !== 'object' || value === null) return JSON.stringify(value);
   let json = valueJson.get(value);
   if (json === undefined) {
     json = JSON.stringify(value);
-    if (valueJson.size >= VALUE_JSON_MAX) valueJson.clear();
+    if (valueJson.size >= VALUE_JSON_MAX || valueJsonChars + json.length > VALUE_JSON_MAX_CHARS) {
+      valueJson.clear();
+      valueJsonChars = 0;
+    }
     valueJson.set(value, json);
+    valueJsonChars += json.length;
   }
   return json;
 }

@@ -122,3 +122,26 @@ t.test('a live delta of the wrong shape is refused once and answered with a resy
   await feed.waitUntil((v) => v.revision === 2, 10_000, 'the next valid delta');
   t.equal(feed.view.hash, chain[1]!.hash);
 });
+
+t.test('a listener that throws on a live delta does not stop the connection: caught, answered with a resync', async (t) => {
+  const { nats, admin, agent } = await setUp(t);
+  const chain = chainOf('cell-1', 3);
+  await store(admin, chain[0]!);
+  const feed = new CellFeed(agent, 'cell-1', nats.log);
+  await feed.start();
+  t.teardown(() => feed.stop());
+  await feed.waitUntil((v) => v.revision === 1, 10_000, 'the stored delta');
+  await eventually(() => (feed.live ? true : undefined), 10_000, 'live');
+  let calls = 0;
+  feed.onChange(() => {
+    calls += 1;
+    if (calls === 1) throw new Error('a listener failed');
+  });
+  await store(admin, chain[1]!);
+  await eventually(() => (feed.resyncs >= 1 ? true : undefined), 10_000, 'the resync');
+  await store(admin, chain[2]!);
+  await feed.waitUntil((v) => v.revision === 3, 10_000, 'the next delta');
+  t.equal(feed.view.hash, chain[2]!.hash);
+  await agent.nc.flush();
+  t.pass('the connection still reads');
+});

@@ -136,6 +136,8 @@ export class CellFeed implements DesiredStateFeed {
   #endLive: (() => void) | undefined;
   #checkTimer: NodeJS.Timeout | undefined;
   #checking = false;
+  /** A check was asked for (a reconnect) while one ran or while catching up: made as soon as it can be. */
+  #checkDue = false;
   #status: (AsyncIterable<Status> & { stop?: () => void }) | undefined;
   readonly #liveCheckMs: number;
 
@@ -189,8 +191,14 @@ export class CellFeed implements DesiredStateFeed {
   /** Subscribes, adopts the snapshot, then catches up and follows the deltas in the background. */
   async start(): Promise<void> {
     this.#subscribe();
-    await this.#bus.nc.flush(); // the server has the subscription before the stream is read: no delta falls between
-    await this.#adoptSnapshot();
+    try {
+      await this.#bus.nc.flush(); // the server has the subscription before the stream is read: no delta falls between
+      await this.#adoptSnapshot();
+    } catch (err) {
+      this.#sub?.unsubscribe();
+      throw err;
+    }
+    if (this.#stopped) return;
     this.#watchReconnects();
     this.#scheduleCheck();
     this.#loop = this.#run();
@@ -216,11 +224,23 @@ export class CellFeed implements DesiredStateFeed {
     }
   }
 
+  /**
+   * Runs inside nats.js's reading of the socket, which has no guard of its own: an exception here (a listener's)
+   * would stop the connection reading for every user of it. Caught, logged and answered with a resync.
+   */
   #onLive(d: LiveDelta): void {
     if (this.#stopped || !this.#liveOk) return;
-    if (this.#buffer === undefined) return this.#offerMessage(d.data, d.msgId);
-    if (this.#buffer.length < MAX_BUFFERED) this.#buffer.push(d);
-    else this.#bufferOverflow = true;
+    if (this.#buffer !== undefined) {
+      if (this.#buffer.length < MAX_BUFFERED) this.#buffer.push(d);
+      else this.#bufferOverflow = true;
+      return;
+    }
+    try {
+      this.#offerMessage(d.data, d.msgId);
+    } catch (err) {
+      this.#log.error({ err }, 'cell-feed-live-failed');
+      this.#resync('failed');
+    }
   }
 
   /**
@@ -319,8 +339,8 @@ export class CellFeed implements DesiredStateFeed {
    * The cell's newest stored delta: its stream sequence, and its revision (0 for none, and for a message this feed
    * refused: a check does not resync for ever on it).
    */
-  async #newestDelta(): Promise<{ seq: number; revision: number }> {
-    return withNatsRetry('cell last delta', async () => {
+  async #newestDelta(retry: boolean): Promise<{ seq: number; revision: number }> {
+    const read = async () => {
       try {
         const m = await this.#bus.jsm.direct.getMessage(CELL_DELTAS_STREAM, { last_by_subj: cellSubject.delta(this.#cellId) });
         if (!m) return { seq: 0, revision: 0 };
@@ -332,7 +352,8 @@ export class CellFeed implements DesiredStateFeed {
         if (isNoMessageFound(err)) return { seq: 0, revision: 0 };
         throw err;
       }
-    });
+    };
+    return retry ? withNatsRetry('cell last delta', read) : read(); // (a check that fails is made again later)
   }
 
   /**
@@ -342,9 +363,10 @@ export class CellFeed implements DesiredStateFeed {
    */
   async #readStored(): Promise<void> {
     this.#resyncReason = undefined;
-    this.#buffer = []; // live deltas from here on wait; those before are in the stream, read below
-    this.#bufferOverflow = false;
-    const until = (await this.#newestDelta()).seq;
+    // Live deltas wait in the buffer (since the live phase ended) and are offered after the read: one delivered live
+    // is not always stored yet, or visible to the replica that answers the read of `until`, when it is read.
+    this.#buffer ??= [];
+    const until = (await this.#newestDelta(true)).seq;
     const stopWhenCaughtUp = this.#liveOk;
     if (until === 0 && stopWhenCaughtUp) return;
     const tail = new StreamTail(this.#bus, {
@@ -391,11 +413,13 @@ export class CellFeed implements DesiredStateFeed {
     const buffered = this.#buffer ?? [];
     const overflow = this.#bufferOverflow;
     this.#buffer = undefined;
+    this.#bufferOverflow = false;
     await new Promise<void>((resolve) => {
       this.#endLive = resolve;
       for (const d of buffered) if (this.#resyncReason === undefined) this.#offerMessage(d.data, d.msgId);
       if (overflow) this.#resync('live-overflow'); // some were dropped: read the stream again
       if (this.#resyncReason !== undefined || this.#stopped) resolve();
+      else if (this.#checkDue) void this.#check(); // a reconnect while catching up
     });
     this.#endLive = undefined;
     this.#buffer = [];
@@ -471,10 +495,15 @@ export class CellFeed implements DesiredStateFeed {
    * GAP_GRACE_MS to arrive (it may be on its way), then resyncs if it has not.
    */
   async #check(): Promise<void> {
-    if (!this.live || this.#checking || this.#stopped) return;
+    if (this.#stopped) return;
+    if (!this.live || this.#checking) {
+      this.#checkDue = true; // (made when the live phase begins, or when the running check ends)
+      return;
+    }
     this.#checking = true;
+    this.#checkDue = false;
     try {
-      const { revision } = await this.#newestDelta();
+      const { revision } = await this.#newestDelta(false);
       if (revision <= this.#replica.revision) return;
       await new Promise((r) => setTimeout(r, GAP_GRACE_MS).unref());
       if (!this.live || this.#stopped || this.#replica.revision >= revision) return;
@@ -485,6 +514,7 @@ export class CellFeed implements DesiredStateFeed {
       if (!this.#stopped) this.#log.debug({ err }, 'cell-feed-check-failed');
     } finally {
       this.#checking = false;
+      if (this.#checkDue && this.live && !this.#stopped) void this.#check();
     }
   }
 
