@@ -36,6 +36,11 @@ export type PlannerConfig = {
   foldFirstAfter: number;
   /** Events behind the log beyond which the planner folds without deriving, then settles its cells at once. */
   fastForwardAfter: number;
+  /**
+   * A fast-forwarded planner settles once the log has been quiet this long after it caught up (ms), or after 100,000
+   * events fast-forwarded: a bulk change still being written is not settled again and again on the way.
+   */
+  settleQuietMs: number;
   replicas: number;
   /** Most outputs awaiting acknowledgement at once. */
   publishWindow: number;
@@ -54,6 +59,7 @@ export const defaultPlannerConfig: PlannerConfig = {
   memberDeadMs: DEFAULT_MEMBER_DEAD_MS,
   foldFirstAfter: 50_000,
   fastForwardAfter: 5_000,
+  settleQuietMs: 200,
   replicas: 1,
   publishWindow: 512,
 };
@@ -156,7 +162,10 @@ export async function startPlanner(deps: { bus: Bus; log: Logger; config: Planne
   let settling: Promise<void> | undefined;
   let stopped = false;
   let settledAt = 0; // events fast-forwarded before the last settle (for the log)
+  let quiet: NodeJS.Timeout | undefined; // a settle waiting for the log to stay quiet
   const settleInTurns = () => {
+    clearTimeout(quiet);
+    quiet = undefined;
     settling ??= new Promise<void>((resolve) => {
       const t0 = performance.now();
       const step = () => {
@@ -185,8 +194,13 @@ export async function startPlanner(deps: { bus: Bus; log: Logger; config: Planne
       const far = Math.max(cfg.fastForwardAfter, 4 * c.cellCount);
       if (!joined || c.stale || ahead > far) {
         c.fastForward(batch);
-        // caught up or near it (or after a long run of fast-forwarding, so cells never wait for ever): settle, then ingest
-        if (joined && c.stale && (behind === 0 || ahead <= far / 4 || c.fastForwarded - settledAt > 100_000)) settleInTurns();
+        // Caught up, and the log then quiet for settleQuietMs (a bulk change may still be being written: one settle
+        // per catch-up made three of a 65,000-command load, each seconds of CPU for the planner and the agents), or
+        // after a long run of fast-forwarding, so cells never wait for ever: settle, then ingest.
+        clearTimeout(quiet);
+        quiet = undefined;
+        if (joined && c.stale && c.fastForwarded - settledAt > 100_000) settleInTurns();
+        else if (joined && c.stale && behind === 0) quiet = setTimeout(settleInTurns, cfg.settleQuietMs);
       } else {
         items.push(...c.ingest(batch).map((output) => ({ output })));
       }
@@ -245,6 +259,7 @@ export async function startPlanner(deps: { bus: Bus; log: Logger; config: Planne
     waitPublished: (seq, timeoutMs = 10_000) => pump.publishedThrough.until((at) => at >= seq, timeoutMs, `planner outputs through ${seq}`),
     async stop() {
       stopped = true;
+      clearTimeout(quiet);
       clearInterval(checkpointTimer);
       stateResponder.unsubscribe();
       await follower.stop();
