@@ -39,15 +39,21 @@ async function setUp(t: Test): Promise<{ nats: NatsFixture; admin: Bus; agent: B
   return { nats, admin: await nats.connect('admin'), agent: await nats.connectAs('agent_cell-1') };
 }
 
+/** Starts a feed of cell-1 on `bus` (stopped at teardown) and waits until it holds `revision` and follows live. */
+async function liveFeed(t: Test, bus: Bus, nats: NatsFixture, revision: number, opts: { liveCheckMs?: number } = {}): Promise<CellFeed> {
+  const feed = new CellFeed(bus, 'cell-1', nats.log, undefined, opts);
+  await feed.start();
+  t.teardown(() => feed.stop());
+  await feed.waitUntil((v) => v.revision === revision, 10_000, 'the stored deltas');
+  await eventually(() => (feed.live ? true : undefined), 10_000, 'live');
+  return feed;
+}
+
 t.test('caught up, the feed holds no consumer and applies each delta as it is stored', async (t) => {
   const { nats, admin, agent } = await setUp(t);
   const chain = chainOf('cell-1', 6);
   for (const d of chain.slice(0, 3)) await store(admin, d);
-  const feed = new CellFeed(agent, 'cell-1', nats.log);
-  await feed.start();
-  t.teardown(() => feed.stop());
-  await feed.waitUntil((v) => v.revision === 3, 10_000, 'the stored deltas');
-  await eventually(() => (feed.live ? true : undefined), 10_000, 'live');
+  const feed = await liveFeed(t, agent, nats, 3);
   // (the tail deletes its consumer without waiting for the answer)
   await eventually(async () => ((await consumersOn(admin)) === 0 ? true : undefined), 10_000, 'the consumer that caught up deleted');
   t.pass('the consumer that caught up is gone');
@@ -69,11 +75,7 @@ t.test('a delta stored that never came live is found by the check and read from 
     ...agent,
     nc: new Proxy(agent.nc, { get: (nc, k) => (k === 'subscribe' ? () => nc.subscribe('_INBOX.agent.cell-1.deaf') : Reflect.get(nc, k)) }),
   };
-  const feed = new CellFeed(deaf, 'cell-1', nats.log, undefined, { liveCheckMs: 200 });
-  await feed.start();
-  t.teardown(() => feed.stop());
-  await feed.waitUntil((v) => v.revision === 1, 10_000, 'the stored delta');
-  await eventually(() => (feed.live ? true : undefined), 10_000, 'live');
+  const feed = await liveFeed(t, deaf, nats, 1, { liveCheckMs: 200 });
   await store(admin, chain[1]!);
   await store(admin, chain[2]!);
   await feed.waitUntil((v) => v.revision === 3, 10_000, 'the deltas that never came live');
@@ -108,11 +110,7 @@ t.test('a live delta of the wrong shape is refused once and answered with a resy
   const { nats, admin, agent } = await setUp(t);
   const chain = chainOf('cell-1', 2);
   await store(admin, chain[0]!);
-  const feed = new CellFeed(agent, 'cell-1', nats.log);
-  await feed.start();
-  t.teardown(() => feed.stop());
-  await feed.waitUntil((v) => v.revision === 1, 10_000, 'the stored delta');
-  await eventually(() => (feed.live ? true : undefined), 10_000, 'live');
+  const feed = await liveFeed(t, agent, nats, 1);
   const h = headers();
   h.set('Nats-Msg-Id', 'd:cell-1:99');
   await admin.js.publish(cellSubject.delta('cell-1'), JSON.stringify({ cellId: 'cell-1', revision: 99, prevRevision: 1, ops: 'all' }), { headers: h });
@@ -129,11 +127,7 @@ t.test('a listener that throws on a live delta does not stop the connection: cau
   const { nats, admin, agent } = await setUp(t);
   const chain = chainOf('cell-1', 3);
   await store(admin, chain[0]!);
-  const feed = new CellFeed(agent, 'cell-1', nats.log);
-  await feed.start();
-  t.teardown(() => feed.stop());
-  await feed.waitUntil((v) => v.revision === 1, 10_000, 'the stored delta');
-  await eventually(() => (feed.live ? true : undefined), 10_000, 'live');
+  const feed = await liveFeed(t, agent, nats, 1);
   let calls = 0;
   feed.onChange(() => {
     calls += 1;
