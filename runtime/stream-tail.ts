@@ -98,6 +98,8 @@ export class StreamTail implements AsyncIterable<TailMsg> {
   clientResets = 0;
   /** Messages delivered from direct gets while no consumer could be created. */
   readDirect = 0;
+  /** Of those, the ones read ahead, several at once (a whole stream, behind). */
+  readAhead = 0;
   #markOpened: () => void = () => undefined;
   /** Resolves once the first consumer exists on the server (the reader has started iterating). */
   readonly opened = new Promise<void>((resolve) => (this.#markOpened = resolve));
@@ -125,14 +127,24 @@ export class StreamTail implements AsyncIterable<TailMsg> {
     try {
       while (!this.#stopped) {
         let messages: ConsumerMessages;
+        const direct = this.#o.readDirectWhenStuck === true && this.#started;
         try {
-          // a recreation may wait seconds for the meta leader: a tail that may reads directly meanwhile
-          messages = this.#o.readDirectWhenStuck && this.#started ? yield* this.#readWhile(this.#open()) : await this.#open();
+          // A recreation may wait seconds for the meta leader, or fail at once while it is being elected (then tried
+          // again after a backoff): a tail that may reads directly meanwhile, the backoff included.
+          const backoff = Math.min(100 * 2 ** Math.min(failures + 1, 5), 2_000);
+          messages = direct
+            ? yield* this.#readWhile(
+                this.#open().catch(async (err: unknown) => {
+                  await delay(backoff);
+                  throw err;
+                }),
+              )
+            : await this.#open();
         } catch (err) {
           if (this.#stopped) return;
           failures += 1;
           this.#log.warn({ err, failures }, 'stream-tail-open-failed');
-          await delay(Math.min(100 * 2 ** Math.min(failures, 5), 2_000));
+          if (!direct) await delay(Math.min(100 * 2 ** Math.min(failures, 5), 2_000));
           continue;
         }
         failures = 0;
@@ -221,11 +233,36 @@ export class StreamTail implements AsyncIterable<TailMsg> {
       this.#lastDeliveryAt = Date.now();
       this.readDirect += 1;
       yield directMsg(m, m.seq < newest ? 1 : 0);
+      // Behind on a whole stream: the next ones by sequence, DIRECT_AHEAD at once, delivered together (one message per
+      // round trip made a reader catching up fold — and a planner publish — one event at a time).
+      if (this.#o.filter === undefined && newest > this.#last && outcome === undefined && !this.#stopped) {
+        for (const next of await this.#readAhead(Math.min(DIRECT_AHEAD, newest - this.#last))) {
+          if (outcome !== undefined || this.#stopped) break;
+          this.#last = next.seq;
+          this.readDirect += 1;
+          this.readAhead += 1;
+          yield directMsg(next, next.seq < newest ? 1 : 0);
+        }
+      }
     }
     await settled;
     if (outcome === undefined) throw new Error('stopped');
     if ('err' in outcome) throw outcome.err;
     return outcome.messages;
+  }
+
+  /** The `count` messages after the last delivered, by sequence, read at once; only the unbroken run from the first. */
+  async #readAhead(count: number): Promise<StoredMsg[]> {
+    const from = this.#last + 1;
+    const got = await Promise.all(
+      Array.from({ length: count }, (_, i) => this.#bus.jsm.direct.getMessage(this.#o.stream, { seq: from + i }).catch(() => null)),
+    );
+    const run: StoredMsg[] = [];
+    for (const [i, m] of got.entries()) {
+      if (!m || m.seq !== from + i) break; // (a gap or a failure: the loop goes on one message at a time)
+      run.push(m);
+    }
+    return run;
   }
 
   /**
@@ -353,5 +390,8 @@ async function deliveredWithin(consumer: Consumer, ms: number): Promise<number |
 function directMsg(m: StoredMsg, pending: number): TailMsg {
   return { seq: m.seq, subject: m.subject, data: m.data, headers: m.header, info: { pending }, json: <T>() => m.json<T>(), string: () => m.string() };
 }
+
+/** Messages a tail reading with direct gets asks for at once when it is behind (a whole stream only). */
+const DIRECT_AHEAD = 64;
 
 const delay = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms).unref());

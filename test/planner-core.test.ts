@@ -497,6 +497,11 @@ t.test('a planner whose heartbeat stopped is dropped after deadMs, but not while
   t.same(watch.live(entries({ p1: 6, p2: 5, p3: 2 }), 7200, 6100), ['p1', 'p2'], 'p3 still silent 1,100 ms after the bus came back: dead');
   t.same(watch.live(entries({ p1: 7, p2: 5 }), 7300, 6100), ['p1', 'p2'], 'an entry gone (expired or deleted) is not a member');
   t.same(watch.live(entries({ p1: 8, p2: 5, p3: 9 }), 7400, 6100), ['p1', 'p2', 'p3'], 'a member that comes back is live at once');
+  // An election longer than the bucket's TTL: every entry expired; ours is stored first.
+  t.same(watch.live(entries({ p1: 9 }), 14_000, 13_900), ['p1', 'p2', 'p3'], 'the others, gone only while the bus stalled, are still members');
+  t.same(watch.live(entries({ p1: 10, p2: 6 }), 14_300, 13_900), ['p1', 'p2', 'p3'], 'p2 beats again; p3 not yet, still within deadMs');
+  t.same(watch.live(entries({ p1: 11, p2: 7 }), 15_000, 13_900), ['p1', 'p2'], 'p3 gone 1,100 ms after the bus came back: dead');
+  t.same(watch.live(entries({ p1: 12, p2: 8 }), 15_100, 13_900), ['p1', 'p2'], 'and stays gone');
 });
 
 t.test('the enforcement answer stops waiting for a dead planner only once the live ones have taken its cells over', async (t) => {

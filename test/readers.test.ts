@@ -328,6 +328,37 @@ t.test('while no consumer can be created, a tail that may reads on with direct g
   t.equal(tail.readDirect, direct, 'read through the consumer again, not directly');
 });
 
+t.test('a tail of a whole stream reading with direct gets reads ahead when behind: in order, once', async (t) => {
+  const nats = await startNats(t);
+  const bus = await nats.connect('stuck');
+  await bus.jsm.streams.add({ name: 'TAIL_AHEAD', subjects: ['ahead.>'], max_consumers: 1, allow_direct: true });
+  const tail = new StreamTail(bus, { stream: 'TAIL_AHEAD', start: { seq: 1 }, reader: 'test', log: nats.log, readDirectWhenStuck: true });
+  const got: number[] = [];
+  const reading = (async () => {
+    for await (const m of tail) got.push(Number(m.string()));
+  })();
+  t.teardown(async () => {
+    await tail.stop();
+    await reading;
+  });
+  let n = 0;
+  const write = async (count: number) => {
+    await Promise.all(Array.from({ length: count }, () => bus.js.publish(`ahead.${n % 3}`, String(++n))));
+  };
+  await write(5);
+  await eventually(() => (got.length === 5 ? true : undefined), 10_000, 'the first messages, through a consumer');
+  for await (const c of await bus.jsm.consumers.list('TAIL_AHEAD')) await bus.jsm.consumers.delete('TAIL_AHEAD', c.name);
+  await bus.jsm.consumers.add('TAIL_AHEAD', { durable_name: 'blocker', ack_policy: AckPolicy.None });
+  await write(500);
+  await eventually(() => (got.length === 505 ? true : undefined), 20_000, 'the messages written while no consumer can be created');
+  t.same(
+    got,
+    Array.from({ length: n }, (_, i) => i + 1),
+    'in order, once',
+  );
+  t.ok(tail.readAhead > 0, `read ahead: ${tail.readAhead} of ${tail.readDirect} read directly`);
+});
+
 async function firstConsumer(bus: Bus, stream: string): Promise<string | undefined> {
   for await (const c of await bus.jsm.consumers.list(stream)) return c.name;
   return undefined;

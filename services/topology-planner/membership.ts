@@ -94,20 +94,34 @@ export class HeartbeatWatch {
     this.#deadMs = deadMs;
   }
 
-  /** The live members (sorted) among the bucket's entries seen at `now`; `healthySince`: own heartbeats stored since. */
+  /**
+   * The live members (sorted) among the bucket's entries seen at `now`; `healthySince`: own heartbeats stored since.
+   * A member seen before whose entry is gone is judged like one whose entry stands still (dead `deadMs` after its last
+   * beat, or after this member's own beats were stored again, whichever is later): an outage of the bucket
+   * longer than its TTL (an election) expires every entry, and the others' come back only with their next beats —
+   * dropping them at once made the first planner to get a beat stored take every other planner's cells, and hand
+   * them back 300 ms later (bench:chaos, deltas-leader: 10–17 s to re-converge).
+   */
   live(entries: ReadonlyMap<string, unknown>, now: number, healthySince: number): string[] {
-    const present = plannersOf(entries).members;
-    for (const id of [...this.#seen.keys()]) if (!present.includes(id)) this.#seen.delete(id);
-    return present.filter((id) => {
-      if (id === this.#self) return true;
-      const beat = JSON.stringify(entries.get(plannerKey.member(id)) ?? null);
+    const present = new Set(plannersOf(entries).members);
+    const alive = (id: string, beat: string | undefined): boolean => {
       const seen = this.#seen.get(id);
-      if (!seen || seen.beat !== beat) {
+      if (beat !== undefined && seen?.beat !== beat) {
         this.#seen.set(id, { beat, changedAt: now });
         return true;
       }
-      return now - Math.max(seen.changedAt, healthySince) < this.#deadMs;
-    });
+      if (!seen) return false;
+      if (now - Math.max(seen.changedAt, healthySince) < this.#deadMs) return true;
+      if (!present.has(id)) this.#seen.delete(id);
+      return false;
+    };
+    const out: string[] = [];
+    for (const id of new Set([...present, ...this.#seen.keys()])) {
+      // (a gone entry is no change: the member stands still from its last beat)
+      if (id === this.#self ? present.has(id) : alive(id, present.has(id) ? JSON.stringify(entries.get(plannerKey.member(id)) ?? null) : undefined))
+        out.push(id);
+    }
+    return out.sort();
   }
 }
 
