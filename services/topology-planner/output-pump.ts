@@ -26,8 +26,8 @@ export type OutputPumpOptions = {
   /** Called whenever a mark passes (the planner announces it to readers of its progress), with a member mark's members. */
   onPublishedThrough?: (seq: number, members?: readonly string[]) => void;
   log: Logger;
-  /** Queue length at which the follower is held back. */
-  highWater?: number;
+  /** Queue length at which the follower is held back (read at each check: it may follow the number of cells). */
+  highWater?: number | (() => number);
 };
 
 export class OutputPump {
@@ -35,7 +35,7 @@ export class OutputPump {
   /** Items from `#head` on are queued (taken by index: `shift` on a queue of ~20,000 moved them all each time). */
   #queue: PumpItem[] = [];
   #head = 0;
-  readonly #highWater: number;
+  readonly #highWater: () => number;
   /** Highest event-log sequence whose outputs are all acknowledged. */
   readonly publishedThrough: Progress<number>;
   readonly stats = { checkpoints: 0, failed: 0 };
@@ -46,7 +46,8 @@ export class OutputPump {
 
   constructor(opts: OutputPumpOptions) {
     this.#o = opts;
-    this.#highWater = opts.highWater ?? 20_000;
+    const highWater = opts.highWater ?? 20_000;
+    this.#highWater = typeof highWater === 'number' ? () => highWater : highWater;
     this.publishedThrough = new Progress(opts.from);
     this.#done = this.#run();
   }
@@ -79,7 +80,7 @@ export class OutputPump {
 
   /** Undefined while the queue is short; otherwise resolves once it has drained to half the high-water mark. */
   drained(): Promise<void> | undefined {
-    return this.queued < this.#highWater ? undefined : new Promise<void>((resolve) => (this.#drainedWaiter = resolve));
+    return this.queued < this.#highWater() ? undefined : new Promise<void>((resolve) => (this.#drainedWaiter = resolve));
   }
 
   async #run(): Promise<void> {
@@ -91,7 +92,7 @@ export class OutputPump {
     };
     for (;;) {
       const item = this.#take();
-      if (this.#drainedWaiter && this.queued < this.#highWater / 2) {
+      if (this.#drainedWaiter && this.queued < this.#highWater() / 2) {
         this.#drainedWaiter();
         this.#drainedWaiter = undefined;
       }

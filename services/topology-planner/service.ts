@@ -131,6 +131,11 @@ export async function startPlanner(deps: { bus: Bus; log: Logger; config: Planne
     publish: async (o) => void (await publisher.publish(o)),
     writeCheckpoint: (_seq, json) => store.write(json),
     window: cfg.publishWindow,
+    // The follower waits while more outputs are queued (beyond those in flight) than two per cell, or 256: when the
+    // cell streams cannot store (a stream leader lost), events are then read on in larger batches once they can,
+    // not folded one batch per turn into thousands of one-event deltas that each cell's chain publishes one round
+    // trip at a time (bench:chaos, deltas-leader). A settle holds the follower anyway.
+    highWater: () => Math.max(256, 2 * core.cellCount),
     from: core.seq,
     onPublishedThrough: (seq, members) => membership.reportProgress(seq, members),
     log,
