@@ -65,18 +65,29 @@ export async function lastPerSubject(bus: Bus, stream: string, filter: string, g
   }
 }
 
-/** The live entries of a KV bucket (deleted keys left out), as parsed JSON; empty when the bucket does not exist. */
-export async function kvLatest(bus: Bus, bucket: string, keyFilter = '>'): Promise<Map<string, unknown>> {
-  return new Map([...(await kvLatestEntries(bus, bucket, keyFilter))].map(([k, e]) => [k, e.value]));
+/**
+ * The live entries of a KV bucket (deleted keys left out, and added to `deleted` when given), as parsed JSON; empty
+ * when the bucket does not exist.
+ */
+export async function kvLatest(bus: Bus, bucket: string, keyFilter = '>', deleted?: Set<string>): Promise<Map<string, unknown>> {
+  return new Map([...(await kvLatestEntries(bus, bucket, keyFilter, deleted))].map(([k, e]) => [k, e.value]));
 }
 
 /** kvLatest with each entry's stored time (ms, the stream leader's clock). */
-export async function kvLatestEntries(bus: Bus, bucket: string, keyFilter = '>'): Promise<Map<string, { value: unknown; time: number }>> {
+export async function kvLatestEntries(
+  bus: Bus,
+  bucket: string,
+  keyFilter = '>',
+  deleted?: Set<string>,
+): Promise<Map<string, { value: unknown; time: number }>> {
   const prefix = kvLayout.prefix(bucket);
   const out = new Map<string, { value: unknown; time: number }>();
   for (const m of await lastPerSubject(bus, kvLayout.stream(bucket), kvLayout.subject(bucket, keyFilter))) {
     const op = m.header.get('KV-Operation');
-    if (op === 'DEL' || op === 'PURGE') continue;
+    if (op === 'DEL' || op === 'PURGE') {
+      deleted?.add(m.subject.slice(prefix.length));
+      continue;
+    }
     try {
       out.set(m.subject.slice(prefix.length), { value: m.json(), time: m.time.getTime() });
     } catch {

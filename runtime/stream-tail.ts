@@ -14,8 +14,9 @@
 //
 // Consumers are created through the cluster's meta leader; when that node is the one lost, no consumer can be created
 // until the meta group elects another (seen: 5–10 s, the writer's commands waiting on its fold all that time). A tail
-// with `readDirectWhenStuck` reads on meanwhile with direct gets (any replica of the stream answers them), one
-// message at a time, until a consumer can be made again.
+// with `readDirectWhenStuck` reads on meanwhile with direct gets (any replica of the stream answers them) — also
+// through the backoff after a creation that failed at once — one message at a time, or, behind on a whole stream,
+// DIRECT_AHEAD by sequence at once, until a consumer can be made again.
 import { DeliverPolicy, type Consumer, type ConsumerMessages, type OrderedConsumerOptions, type StoredMsg } from '@nats-io/jetstream';
 import type { MsgHdrs } from '@nats-io/nats-core';
 import type { Bus } from './nats.ts';

@@ -502,6 +502,7 @@ t.test('a planner whose heartbeat stopped is dropped after deadMs, but not while
   t.same(watch.live(entries({ p1: 10, p2: 6 }), 14_300, 13_900), ['p1', 'p2', 'p3'], 'p2 beats again; p3 not yet, still within deadMs');
   t.same(watch.live(entries({ p1: 11, p2: 7 }), 15_000, 13_900), ['p1', 'p2'], 'p3 gone 1,100 ms after the bus came back: dead');
   t.same(watch.live(entries({ p1: 12, p2: 8 }), 15_100, 13_900), ['p1', 'p2'], 'and stays gone');
+  t.same(watch.live(entries({ p1: 13 }), 15_200, 13_900, new Set(['m.p2'])), ['p1'], 'a deleted entry (a clean stop): gone at once');
 });
 
 t.test('the enforcement answer stops waiting for a dead planner only once the live ones have taken its cells over', async (t) => {

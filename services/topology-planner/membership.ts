@@ -100,10 +100,12 @@ export class HeartbeatWatch {
    * beat, or after this member's own beats were stored again, whichever is later): an outage of the bucket
    * longer than its TTL (an election) expires every entry, and the others' come back only with their next beats —
    * dropping them at once made the first planner to get a beat stored take every other planner's cells, and hand
-   * them back 300 ms later (bench:chaos, deltas-leader: 10–17 s to re-converge).
+   * them back 300 ms later (bench:chaos, deltas-leader: 10–17 s to re-converge). `deleted`: keys deleted (a clean
+   * stop): those members are gone at once.
    */
-  live(entries: ReadonlyMap<string, unknown>, now: number, healthySince: number): string[] {
+  live(entries: ReadonlyMap<string, unknown>, now: number, healthySince: number, deleted: ReadonlySet<string> = new Set()): string[] {
     const present = new Set(plannersOf(entries).members);
+    for (const id of this.#seen.keys()) if (deleted.has(plannerKey.member(id))) this.#seen.delete(id);
     const alive = (id: string, beat: string | undefined): boolean => {
       const seen = this.#seen.get(id);
       if (beat !== undefined && seen?.beat !== beat) {
@@ -237,8 +239,9 @@ export class Membership {
       await kv.put(plannerKey.progress(this.#o.id), this.#progressValue());
       this.#sent = Math.max(this.#sent, this.#latest);
     }
-    const entries = await kvLatest(this.#o.bus, PLANNER_MEMBERS_BUCKET, plannerKey.allMembers);
-    const keys = this.#watch.live(entries, Date.now(), this.#healthySince);
+    const deleted = new Set<string>();
+    const entries = await kvLatest(this.#o.bus, PLANNER_MEMBERS_BUCKET, plannerKey.allMembers, deleted);
+    const keys = this.#watch.live(entries, Date.now(), this.#healthySince, deleted);
     if (keys.join(',') !== this.#members.join(',')) {
       this.#members = keys;
       this.#log.info({ members: keys }, 'planner-members-changed');
