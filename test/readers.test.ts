@@ -2,6 +2,7 @@
 // and restarted, and a cell's deltas stored out of order (a publish retried across a leader change) applied in
 // revision order by the replica and by the feed — with no later write to rescue it.
 import t from 'tap';
+import type { Test } from 'tap';
 import { AckPolicy, type JsMsg } from '@nats-io/jetstream';
 import { startNats, eventually } from './harness/nats.ts';
 import { ev, record } from './harness/events.ts';
@@ -281,13 +282,16 @@ t.test('the watchdog recreates a consumer that went silent long before nats.js w
   t.ok(tail.recoveries >= 1, `the watchdog recreated the consumer (${tail.recoveries})`);
 });
 
-t.test('while no consumer can be created, a tail that may reads on with direct gets, then takes a consumer again', async (t) => {
+/**
+ * A tail (that may read directly) of a new stream that takes one consumer at most, read into `got`; `block()` takes
+ * the tail's consumer away and fills the slot, so no consumer can be created (as while the meta leader is lost), yet
+ * the stream still answers direct gets.
+ */
+async function tailOfOneConsumerStream(t: Test, stream: string, subjects: string, filter?: string) {
   const nats = await startNats(t);
   const bus = await nats.connect('stuck');
-  // One consumer at most: once the tail's is gone and another holds the slot, no consumer can be created (as while
-  // the meta leader is lost), yet the stream still answers direct gets.
-  await bus.jsm.streams.add({ name: 'TAIL_STUCK', subjects: ['stuck.>'], max_consumers: 1, allow_direct: true });
-  const tail = new StreamTail(bus, { stream: 'TAIL_STUCK', filter: 'stuck.>', start: { seq: 1 }, reader: 'test', log: nats.log, readDirectWhenStuck: true });
+  await bus.jsm.streams.add({ name: stream, subjects: [subjects], max_consumers: 1, allow_direct: true });
+  const tail = new StreamTail(bus, { stream, ...(filter && { filter }), start: { seq: 1 }, reader: 'test', log: nats.log, readDirectWhenStuck: true });
   const got: number[] = [];
   const reading = (async () => {
     for await (const m of tail) got.push(Number(m.string()));
@@ -296,6 +300,15 @@ t.test('while no consumer can be created, a tail that may reads on with direct g
     await tail.stop();
     await reading;
   });
+  const block = async () => {
+    for await (const c of await bus.jsm.consumers.list(stream)) await bus.jsm.consumers.delete(stream, c.name);
+    await bus.jsm.consumers.add(stream, { durable_name: 'blocker', ack_policy: AckPolicy.None });
+  };
+  return { bus, tail, got, block };
+}
+
+t.test('while no consumer can be created, a tail that may reads on with direct gets, then takes a consumer again', async (t) => {
+  const { bus, tail, got, block } = await tailOfOneConsumerStream(t, 'TAIL_STUCK', 'stuck.>', 'stuck.>');
   let n = 0;
   const write = async (count: number) => {
     for (let i = 0; i < count; i++) await bus.js.publish(`stuck.${n % 2 ? 'a' : 'b'}`, String(++n));
@@ -305,8 +318,7 @@ t.test('while no consumer can be created, a tail that may reads on with direct g
   await eventually(() => (got.length === 10 ? true : undefined), 10_000, 'the first messages, through a consumer');
   t.equal(tail.readDirect, 0, 'none read directly while the consumer works');
 
-  for await (const c of await bus.jsm.consumers.list('TAIL_STUCK')) await bus.jsm.consumers.delete('TAIL_STUCK', c.name);
-  await bus.jsm.consumers.add('TAIL_STUCK', { durable_name: 'blocker', ack_policy: AckPolicy.None });
+  await block();
   await write(10);
   await eventually(() => (got.length === 20 ? true : undefined), 20_000, 'the messages written while no consumer can be created');
   t.ok(tail.readDirect >= 10, `read directly: ${tail.readDirect}`);
@@ -329,26 +341,14 @@ t.test('while no consumer can be created, a tail that may reads on with direct g
 });
 
 t.test('a tail of a whole stream reading with direct gets reads ahead when behind: in order, once', async (t) => {
-  const nats = await startNats(t);
-  const bus = await nats.connect('stuck');
-  await bus.jsm.streams.add({ name: 'TAIL_AHEAD', subjects: ['ahead.>'], max_consumers: 1, allow_direct: true });
-  const tail = new StreamTail(bus, { stream: 'TAIL_AHEAD', start: { seq: 1 }, reader: 'test', log: nats.log, readDirectWhenStuck: true });
-  const got: number[] = [];
-  const reading = (async () => {
-    for await (const m of tail) got.push(Number(m.string()));
-  })();
-  t.teardown(async () => {
-    await tail.stop();
-    await reading;
-  });
+  const { bus, tail, got, block } = await tailOfOneConsumerStream(t, 'TAIL_AHEAD', 'ahead.>');
   let n = 0;
   const write = async (count: number) => {
     await Promise.all(Array.from({ length: count }, () => bus.js.publish(`ahead.${n % 3}`, String(++n))));
   };
   await write(5);
   await eventually(() => (got.length === 5 ? true : undefined), 10_000, 'the first messages, through a consumer');
-  for await (const c of await bus.jsm.consumers.list('TAIL_AHEAD')) await bus.jsm.consumers.delete('TAIL_AHEAD', c.name);
-  await bus.jsm.consumers.add('TAIL_AHEAD', { durable_name: 'blocker', ack_policy: AckPolicy.None });
+  await block();
   await write(500);
   await eventually(() => (got.length === 505 ? true : undefined), 20_000, 'the messages written while no consumer can be created');
   t.same(
